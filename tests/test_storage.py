@@ -1,0 +1,56 @@
+"""Shard storage: atomic writes, validation, quarantine; kernel assembly from shards."""
+
+import os
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+from delift_ray.errors import ScoringError
+from delift_ray.kernel import assemble_dense
+from delift_ray.storage import BASELINE, UTILITY, ShardStore
+
+
+def pairs_table(h, e, u):
+    return pa.table({"helped_id": h, "example_id": e, "utility": np.asarray(u, np.float32),
+                     "distance": np.zeros(len(u), np.float32)})
+
+
+def test_write_read_and_validate(tmp_path):
+    store = ShardStore(str(tmp_path), "fp1")
+    store.write(UTILITY, "b1", pairs_table(["a", "a"], ["a", "b"], [0.1, 0.2]))
+    store.write(BASELINE, "b2", pa.table({"sample_id": ["a"], "distance": [0.5]}))
+    assert [s.key for s in store.list_shards(UTILITY)] == ["b1"]
+    t = store.read_all(UTILITY)
+    assert t.num_rows == 2 and t.column("utility").to_pylist() == pytest.approx([0.1, 0.2])
+    assert not [f for f in os.listdir(store.kind_dir(UTILITY)) if f.startswith("_tmp")]
+    # Another fingerprint sees nothing.
+    assert ShardStore(str(tmp_path), "fp2").read_all(UTILITY).num_rows == 0
+
+
+@pytest.mark.parametrize("damage", ["truncate", "rows", "tmp"])
+def test_corrupt_shards_are_quarantined_not_read(tmp_path, damage):
+    store = ShardStore(str(tmp_path), "fp")
+    path = store.write(UTILITY, "good", pairs_table(["a", "b"], ["b", "a"], [1, 2]))
+    if damage == "truncate":
+        data = open(path, "rb").read()
+        open(path, "wb").write(data[: len(data) // 2])
+    elif damage == "rows":  # same metadata, one row fewer
+        t = pq.read_table(path)
+        pq.write_table(t.slice(0, 1).replace_schema_metadata(t.schema.metadata), path)
+    else:
+        os.rename(path, os.path.join(os.path.dirname(path), "_tmp-good-1234.parquet"))
+    assert store.read_all(UTILITY).num_rows == 0
+    assert os.listdir(tmp_path / "quarantine")
+    assert not os.listdir(store.kind_dir(UTILITY))
+
+
+def test_assembly_places_pairs_and_refuses_holes():
+    t = pairs_table(["a", "a", "b", "b", "z"], ["a", "b", "a", "b", "a"], [1, 2, 3, 4, 9])
+    K = assemble_dense(t, ["a", "b"], ["a", "b"])
+    assert K.tolist() == [[1, 2], [3, 4]]
+    with pytest.raises(ScoringError, match="missing 1 of 4"):
+        assemble_dense(t.slice(0, 3), ["a", "b"], ["a", "b"])
+    K = assemble_dense(t.slice(0, 3), ["a", "b"], ["a", "b"], allow_missing=True)
+    assert np.isnan(K[1, 1])
