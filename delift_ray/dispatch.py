@@ -65,7 +65,7 @@ def plan_actors(cfg: DeliftConfig) -> ActorPlan:
     gpus = cluster_gpus()
     r = cfg.ray
     opts: dict[str, Any] = {"num_cpus": r.num_cpus_per_scorer, "max_restarts": r.max_actor_restarts, "max_task_retries": 0}
-    env = {"TOKENIZERS_PARALLELISM": "false"}
+    env = {"TOKENIZERS_PARALLELISM": "false", "VLLM_LOGGING_LEVEL": os.environ.get("VLLM_LOGGING_LEVEL", "WARNING")}
     if gpus > 0:
         opts["num_gpus"] = r.num_gpus_per_scorer
         count = r.num_scorers or max(1, int(gpus / max(r.num_gpus_per_scorer, 1e-9)))

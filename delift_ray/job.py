@@ -94,7 +94,8 @@ def ingest(cfg: DeliftConfig, tokenizer) -> dict[str, ScoredSet]:
         if dropped and cfg.strict:
             raise DeliftError(f"{name} data {src}: row {s.rows[dropped[0]]} does not fit max_model_len={cfg.engine.max_model_len}")
         scored = ScoredSet(s.subset(keep), take(tok, keep))
-        scored.samples.skipped[TOO_LONG] += len(dropped)
+        if dropped:
+            scored.samples.skipped[TOO_LONG] += len(dropped)
         scored.rejected = [(s.rows[k], TOO_LONG) for k in dropped]
         scored.rejected_ids = [s.sample_ids[k] for k in dropped]
         scored.rejected_texts = [(s.prompts[k], s.responses[k]) for k in dropped]
