@@ -175,7 +175,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("demo", help="The offline demo: SmolLM2-135M on ShareGPT first turns, on CPU.")
     add_job_flags(p)
     p.set_defaults(**{"cfg:out": None})
-    p.add_argument("--n", type=int, default=40, help="Demo pool size.")
+    p.add_argument("--n", type=int, default=32, help="Demo pool size.")
     p.add_argument("--max-tokens", type=int, default=160, help="Longest prompt+response of a demo sample.")
     p.add_argument("--quiet", action="store_true")
     p.set_defaults(func=cmd_demo, out="runs/demo")

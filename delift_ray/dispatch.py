@@ -64,7 +64,8 @@ def plan_actors(cfg: DeliftConfig) -> ActorPlan:
     """One actor per GPU (or ``ray.num_scorers``); one CPU engine without GPUs."""
     gpus = cluster_gpus()
     r = cfg.ray
-    opts: dict[str, Any] = {"num_cpus": r.num_cpus_per_scorer, "max_restarts": r.max_actor_restarts, "max_task_retries": 0}
+    # The pool replaces dead actors itself (ActorPool.handle_death), so Ray does not restart them too.
+    opts: dict[str, Any] = {"num_cpus": r.num_cpus_per_scorer, "max_restarts": 0, "max_task_retries": 0}
     env = {"TOKENIZERS_PARALLELISM": "false", "VLLM_LOGGING_LEVEL": os.environ.get("VLLM_LOGGING_LEVEL", "WARNING")}
     if gpus > 0:
         opts["num_gpus"] = r.num_gpus_per_scorer
@@ -88,17 +89,30 @@ class DispatchReport:
 
 
 class ActorPool:
-    """Scorer actors created from one factory; dead ones are replaced."""
+    """Scorer actors created from one factory; a dead actor is replaced by a fresh one.
+
+    Each slot may be replaced ``max_restarts`` times; one more death stops the job.
+    """
 
     def __init__(self, factory: Callable[[], Any], count: int, max_restarts: int):
         self.factory = factory
         self.max_restarts = max_restarts
         self.actors = [factory() for _ in range(count)]
+        self.restarts = [0] * count
 
-    def replace(self, actor) -> Any:
-        new = self.factory()
-        self.actors[self.actors.index(actor)] = new
-        return new
+    def handle_death(self, actor) -> Any:
+        """Replace ``actor`` unless an earlier failure already did; returns the slot's actor."""
+        if actor not in self.actors:
+            return None
+        slot = self.actors.index(actor)
+        self.restarts[slot] += 1
+        if self.restarts[slot] > self.max_restarts:
+            raise ScoringError(
+                f"scorer actor {slot} died {self.restarts[slot]} times (ray.max_actor_restarts={self.max_restarts}); "
+                "see the Ray logs for the cause (often memory). Shards already written are kept: re-run to resume."
+            )
+        self.actors[slot] = self.factory()
+        return self.actors[slot]
 
     def shutdown(self) -> None:
         import ray
@@ -132,7 +146,6 @@ def dispatch(
     attempts: dict[int, int] = {}
     running: dict[Any, tuple[Any, Any]] = {}  # ref -> (block, actor)
     load = {id(a): 0 for a in pool.actors}
-    deaths: dict[int, int] = {}
 
     def submit(actor) -> None:
         block = queue.popleft()
@@ -153,7 +166,9 @@ def dispatch(
         except (RayActorError, ActorDiedError, ActorUnavailableError) as exc:
             report.actor_deaths += 1
             error = f"scorer actor died ({exc.__class__.__name__})"
-            _maybe_replace(pool, actor, load, deaths, pool.max_restarts)
+            new = pool.handle_death(actor)
+            if new is not None:
+                load[id(new)] = 0
         except Exception as exc:  # an error raised inside the block's task
             error = f"{exc.__class__.__name__}: {str(exc).splitlines()[0][:300] if str(exc) else ''}"
         else:
@@ -177,11 +192,3 @@ def dispatch(
                 "or add --scoring.skip-failed-blocks true to finish without these pairs."
             )
     return report
-
-
-def _maybe_replace(pool: ActorPool, actor, load: dict, deaths: dict, max_restarts: int) -> None:
-    """Keep a restarting actor (Ray restarts it); replace one whose restarts are used up."""
-    deaths[id(actor)] = deaths.get(id(actor), 0) + 1
-    if deaths[id(actor)] > max_restarts:
-        new = pool.replace(actor)
-        load[id(new)] = 0
