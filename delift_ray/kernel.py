@@ -56,3 +56,79 @@ def assemble_dense(
             f"example {example_ids[e]}); re-run the same command to score them"
         )
     return M
+
+
+# --------------------------------------------------------------------------- memory guard
+
+# assemble_dense holds M (float32) and a seen-mask (bool), scaling builds a NaN mask
+# (bool) and a transposed kernel is copied once more (float32): about 10 bytes a pair.
+DENSE_ASSEMBLY_BYTES_PER_ENTRY = 10
+
+
+class KernelMemoryError(ScoringError):
+    """A dense kernel would not fit in memory."""
+
+
+def dense_assembly_bytes(n_rows: int, n_cols: int) -> int:
+    return n_rows * n_cols * DENSE_ASSEMBLY_BYTES_PER_ENTRY
+
+
+def available_bytes() -> int:
+    import psutil
+
+    return int(psutil.virtual_memory().available)
+
+
+def check_dense_fits(shapes: dict[str, tuple[int, int]], available: int | None = None) -> int:
+    """Raise :class:`KernelMemoryError` unless the dense kernels fit in available memory.
+
+    ``shapes`` maps kernel name -> (rows, cols); returns the estimated bytes.
+    """
+    need = sum(dense_assembly_bytes(r, c) for r, c in shapes.values())
+    have = available_bytes() if available is None else available
+    if need > have:
+        desc = ", ".join(f"{n} {r}x{c}" for n, (r, c) in shapes.items())
+        raise KernelMemoryError(
+            f"dense kernels ({desc}) need about {need / 2**30:.1f} GiB to assemble but only "
+            f"{have / 2**30:.1f} GiB is available; use kernel.type: knn (--kernel.type knn) for a sparse kernel"
+        )
+    return need
+
+
+# --------------------------------------------------------------------------- sparse (knn) kernels
+
+
+def sparse_kernel_bytes(nnz: int, n_rows: int) -> int:
+    """CSR bytes: float32 data + int32 indices per entry, int64 row pointers."""
+    return nnz * (4 + 4) + (n_rows + 1) * 8
+
+
+def assemble_sparse(
+    rows: np.ndarray, cols: np.ndarray, vals: np.ndarray, shape: tuple[int, int], *, drop_diagonal: bool = False
+):
+    """CSR float32 kernel from stored entries, min-max scaled over the stored entries only.
+
+        M[h, e] = (UF(h <- e) - lo) / (hi - lo)   for stored (h, e),  lo/hi = min/max over stored
+        M[h, e] = 0                                for pairs never scored
+
+    so a pair that was not scored counts like the least useful scored pair (the stored
+    minimum also becomes 0 and is then not stored). A pair stored twice (two shards)
+    keeps one value. ``drop_diagonal`` removes (i, i) before scaling (exclude_self).
+    """
+    import scipy.sparse as sp
+
+    rows = np.asarray(rows, dtype=np.int64)
+    cols = np.asarray(cols, dtype=np.int64)
+    vals = np.asarray(vals, dtype=np.float32)
+    if drop_diagonal:
+        off = rows != cols
+        rows, cols, vals = rows[off], cols[off], vals[off]
+    _, first = np.unique(rows * shape[1] + cols, return_index=True)
+    rows, cols, vals = rows[first], cols[first], vals[first]
+    if vals.size:
+        lo, hi = float(vals.min()), float(vals.max())
+        vals = ((vals - lo) / (hi - lo)).astype(np.float32) if hi > lo else np.zeros_like(vals)
+    M = sp.csr_matrix((vals, (rows, cols)), shape=shape, dtype=np.float32)
+    M.eliminate_zeros()
+    M.sort_indices()
+    return M

@@ -113,3 +113,134 @@ def plan_blocks(
                 todo.append(i)
         plan.baseline[set_name] = [np.array(todo[k : k + baseline_chunk]) for k in range(0, len(todo), baseline_chunk)]
     return plan
+
+
+# --------------------------------------------------------------------------- knn (sparse) planning
+#
+# Everything below is vectorised (numpy / pyarrow compute), never a Python loop over
+# pairs, so planning N*(k+r) pairs works at N = 1,000,000. A pair is identified by
+# integer key ``g(helped) * G + g(example)``, where g maps every sample id of the run's
+# sets to its position in their union (G ids); stored pairs are looked up by the same
+# key with a sorted-array search.
+
+
+class IdIndex:
+    """Global integer positions of the sample ids of every set (their union, G ids)."""
+
+    def __init__(self, ids: dict[str, list[str]]):
+        import pyarrow.compute as pc
+
+        arrays = {name: pa.array(v, pa.string()) for name, v in ids.items()}
+        self.values = pc.unique(pa.concat_arrays(list(arrays.values()))) if arrays else pa.array([], pa.string())
+        self.size = len(self.values)
+        self.gidx = {n: pc.index_in(a, value_set=self.values).to_numpy(zero_copy_only=False).astype(np.int64)
+                     for n, a in arrays.items()}
+        # Fixed-width bytes of every id, for hashing block contents without Python loops.
+        self.raw = {n: np.array(v, dtype="S") if len(v) else np.array([], dtype="S1") for n, v in ids.items()}
+
+    def lookup(self, column) -> np.ndarray:
+        """Global positions of an Arrow string column; -1 for ids outside the run's sets."""
+        import pyarrow.compute as pc
+
+        found = pc.index_in(column, value_set=self.values)
+        return pc.fill_null(found, -1).to_numpy(zero_copy_only=False).astype(np.int64)
+
+
+def stored_pair_keys(table: pa.Table, index: IdIndex) -> np.ndarray:
+    """Sorted unique int64 keys of the stored pairs whose two ids belong to the run."""
+    h = index.lookup(table.column("helped_id"))
+    e = index.lookup(table.column("example_id"))
+    ok = (h >= 0) & (e >= 0)
+    return np.unique(h[ok] * index.size + e[ok])
+
+
+def _isin_sorted(keys: np.ndarray, sorted_keys: np.ndarray) -> np.ndarray:
+    if sorted_keys.size == 0:
+        return np.zeros(keys.shape, dtype=bool)
+    pos = np.searchsorted(sorted_keys, keys)
+    pos[pos == sorted_keys.size] = 0
+    return sorted_keys[pos] == keys
+
+
+def _array_block_key(fingerprint: str, kind: str, helped: np.ndarray, example: np.ndarray) -> str:
+    h = hashlib.blake2b(digest_size=12)
+    h.update(f"{fingerprint}|{kind}|".encode())
+    h.update(helped.tobytes())
+    h.update(b"|")
+    h.update(example.tobytes())
+    return h.hexdigest()
+
+
+def plan_knn(
+    matrices: tuple[MatrixSpec, ...],
+    candidates: dict[str, np.ndarray],
+    ids: dict[str, list[str]],
+    stored_keys: np.ndarray,
+    stored_baselines: set[str] | np.ndarray,
+    *,
+    index: IdIndex,
+    fingerprint: str,
+    block_size: int,
+    baseline_chunk: int = 256,
+) -> Plan:
+    """Blocks for the pairs (h, candidates[m.name][h, c]) of every matrix.
+
+    ``candidates[name]`` is (n_helped, c) example indices per helped row (-1 = none).
+    A pair named twice (within or across matrices) is planned once, for the first
+    matrix that names it. Pairs to score are ordered example-major (consecutive pairs
+    share the example's prefix) and cut into blocks of ``block_size**2`` pairs.
+    """
+    plan = Plan()
+    G = np.int64(index.size)
+    parts = []
+    for m in matrices:
+        C = candidates[m.name]
+        h = np.repeat(np.arange(C.shape[0], dtype=np.int64), C.shape[1])
+        e = C.reshape(-1).astype(np.int64)
+        ok = e >= 0
+        h, e = h[ok], e[ok]
+        parts.append((m, h, e, index.gidx[m.helped][h] * G + index.gidx[m.example][e]))
+    all_keys = np.concatenate([p[3] for p in parts]) if parts else np.empty(0, np.int64)
+    first = np.zeros(all_keys.size, dtype=bool)
+    first[np.unique(all_keys, return_index=True)[1]] = True
+    per_block = block_size * block_size
+    start = 0
+    for m, h, e, keys in parts:
+        keep = first[start : start + keys.size]
+        start += keys.size
+        h, e, keys = h[keep], e[keep], keys[keep]
+        plan.pairs_total += int(keys.size)
+        reused = _isin_sorted(keys, stored_keys)
+        plan.pairs_reused += int(reused.sum())
+        h, e = h[~reused], e[~reused]
+        order = np.lexsort((h, e))
+        h, e = h[order], e[order]
+        hr, er = index.raw[m.helped], index.raw[m.example]
+        for s in range(0, h.size, per_block):
+            bh, be = h[s : s + per_block], e[s : s + per_block]
+            key = _array_block_key(fingerprint, f"{m.helped}>{m.example}", hr[bh], er[be])
+            plan.blocks.append(PlannedBlock(key, m.helped, m.example, bh, be))
+    plan_baselines(plan, matrices, ids, index, stored_baselines, baseline_chunk)
+    return plan
+
+
+def plan_baselines(plan: Plan, matrices: tuple[MatrixSpec, ...], ids: dict[str, list[str]], index: IdIndex,
+                   stored_baselines, baseline_chunk: int) -> None:
+    """Baseline chunks for every helped sample (each id once), vectorised."""
+    seen = np.zeros(index.size, dtype=bool)
+    stored = np.zeros(index.size, dtype=bool)
+    if len(stored_baselines):
+        g = index.lookup(pa.array(list(stored_baselines), pa.string()))
+        stored[g[g >= 0]] = True
+    for set_name in dict.fromkeys(m.helped for m in matrices):
+        g = index.gidx[set_name]
+        # first occurrence of each id within the set, not seen in an earlier set
+        _, first = np.unique(g, return_index=True)
+        local = np.sort(first)
+        local = local[~seen[g[local]]]
+        seen[g[local]] = True
+        plan.baselines_total += int(local.size)
+        reused = stored[g[local]]
+        plan.baselines_reused += int(reused.sum())
+        todo = local[~reused]
+        plan.baseline[set_name] = [todo[k : k + baseline_chunk] for k in range(0, todo.size, baseline_chunk)]

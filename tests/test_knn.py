@@ -1,0 +1,233 @@
+"""kernel.type knn: candidate planning, sparse assembly, the memory guard, and one real run.
+
+The end-to-end test goes through a real local Ray cluster, the real vLLM CPU engine and
+the tiny random Llama (embeddings from the same model, mean-pooled with transformers).
+"""
+
+import json
+import os
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+import scipy.sparse as sp
+
+from delift_ray import neighbours, planning
+from delift_ray.errors import DeliftError
+from delift_ray.kernel import KernelMemoryError, assemble_sparse, check_dense_fits, dense_assembly_bytes
+from delift_ray.stages import STAGE_MATRICES
+
+
+def clustered(n, d=16, centers=4, seed=0):
+    rng = np.random.default_rng(seed)
+    c = rng.normal(size=(centers, d)) * 5
+    return (c[rng.integers(0, centers, n)] + rng.normal(size=(n, d))).astype(np.float32)
+
+
+def ids_of(prefix, n):
+    return [f"{prefix}{i:015x}" for i in range(n)]
+
+
+# --------------------------------------------------------------------------- candidates
+
+
+@pytest.mark.parametrize("n,k,r", [(50, 4, 1), (200, 8, 4), (9, 4, 10), (6, 10, 2)])
+def test_candidates_rows_are_k_plus_r_distinct(n, k, r):
+    x = clustered(n)
+    c = neighbours.candidates(x, x, k, r, exact_max=10**6, seed=3)
+    kk = min(k, n)
+    rr = min(r, n - kk)
+    assert c.shape == (n, kk + rr)
+    assert c.min() >= 0 and c.max() < n
+    assert all(len(set(row)) == row.size for row in c)
+    # the first k are the exact nearest neighbours by cosine, the sample itself first
+    xn = neighbours.normalise(x)
+    sims = xn @ xn.T
+    top = np.argsort(-sims, axis=1, kind="stable")[:, :kk]
+    assert np.array_equal(np.sort(c[:, :kk], axis=1), np.sort(top, axis=1)) or kk == n
+    assert (c[:, 0] == np.arange(n)).all()
+
+
+def test_candidates_are_seeded():
+    x = clustered(300)
+    a = neighbours.candidates(x, x, 5, 3, exact_max=10**6, seed=1)
+    b = neighbours.candidates(x, x, 5, 3, exact_max=10**6, seed=1)
+    c = neighbours.candidates(x, x, 5, 3, exact_max=10**6, seed=2)
+    assert np.array_equal(a, b)
+    assert np.array_equal(a[:, :5], c[:, :5]) and not np.array_equal(a[:, 5:], c[:, 5:])
+
+
+def test_random_candidates_are_uniform_over_the_rest():
+    rng = np.random.default_rng(0)
+    exclude = np.tile(np.array([[0, 3, 7]]), (20000, 1))
+    out = neighbours.random_excluding(exclude, 10, 2, rng)
+    counts = np.bincount(out.ravel(), minlength=10)
+    assert counts[[0, 3, 7]].sum() == 0
+    assert np.allclose(counts[[1, 2, 4, 5, 6, 8, 9]] / out.size, 1 / 7, atol=0.01)
+
+
+def test_cross_set_candidates_index_the_example_set():
+    pool, target = clustered(40, seed=1), clustered(5, seed=2)
+    q = neighbours.candidates(target, pool, 4, 1, exact_max=10**6, seed=0)  # Q: each target's nearest pool samples
+    assert q.shape == (5, 5) and q.max() < 40
+    sims = neighbours.normalise(target) @ neighbours.normalise(pool).T
+    assert np.array_equal(np.sort(q[:, :4], axis=1), np.sort(np.argsort(-sims, axis=1)[:, :4], axis=1))
+
+
+def test_approximate_index_beyond_exact_max_has_high_recall():
+    x = clustered(3000, d=32, centers=20)
+    exact = neighbours.candidates(x, x, 8, 0, exact_max=10**6, seed=0)
+    approx = neighbours.candidates(x, x, 8, 0, exact_max=1000, seed=0)
+    recall = np.mean([len(set(a) & set(b)) / 8 for a, b in zip(exact, approx)])
+    assert recall > 0.9, recall
+    assert all(len(set(row)) == row.size for row in approx)
+
+
+# --------------------------------------------------------------------------- planning
+
+
+def test_plan_knn_counts_blocks_and_dedup_across_matrices():
+    pool_ids, target_ids = ids_of("p", 30), ids_of("p", 2) + ids_of("t", 3)  # two targets are pool samples
+    ids = {"pool": pool_ids, "target": target_ids}
+    rng = np.random.default_rng(0)
+    candK = np.stack([rng.choice(30, 6, replace=False) for _ in range(30)])
+    candQ = np.stack([rng.choice(30, 6, replace=False) for _ in range(5)])
+    index = planning.IdIndex(ids)
+    assert index.size == 33
+    plan = planning.plan_knn(STAGE_MATRICES["task"], {"K": candK, "Q": candQ}, ids, np.empty(0, np.int64), set(),
+                             index=index, fingerprint="fp", block_size=4)
+    want = {(pool_ids[h], pool_ids[e]) for h in range(30) for e in candK[h]}
+    want |= {(target_ids[q], pool_ids[e]) for q in range(5) for e in candQ[q]}
+    got = [(ids[b.helped_set][h], ids[b.example_set][e]) for b in plan.blocks for h, e in zip(b.h_idx, b.e_idx)]
+    assert len(got) == len(set(got)) == len(want) == plan.pairs_total and set(got) == want
+    assert plan.pairs_total < 30 * 6 + 5 * 6  # the shared targets' pairs were planned once
+    assert all(b.size <= 16 for b in plan.blocks)
+    assert plan.baselines_total == 33  # 30 pool + 3 targets not in the pool
+    # example-major within a block: consecutive pairs share the example
+    b = plan.blocks[0]
+    assert (np.diff(b.e_idx) >= 0).all()
+
+
+def test_plan_knn_reuses_stored_pairs_and_is_deterministic():
+    ids = {"pool": ids_of("p", 20)}
+    rng = np.random.default_rng(1)
+    cand = np.stack([rng.choice(20, 5, replace=False) for _ in range(20)])
+    index = planning.IdIndex(ids)
+    first = planning.plan_knn(STAGE_MATRICES["instruction"], {"K": cand}, ids, np.empty(0, np.int64), set(),
+                              index=index, fingerprint="fp", block_size=3)
+    stored_blocks = first.blocks[::2]
+    table = pa.table({"helped_id": [ids["pool"][h] for b in stored_blocks for h in b.h_idx] + ["x", ids["pool"][0]],
+                      "example_id": [ids["pool"][e] for b in stored_blocks for e in b.e_idx] + [ids["pool"][0], "y"]})
+    keys = planning.stored_pair_keys(table, index)
+    assert keys.size == sum(b.size for b in stored_blocks)  # ids outside the run are ignored
+    again = planning.plan_knn(STAGE_MATRICES["instruction"], {"K": cand}, ids, keys, set(ids["pool"][:7]),
+                              index=index, fingerprint="fp", block_size=3)
+    assert again.pairs_total == first.pairs_total == 100
+    assert again.pairs_reused == keys.size and again.pairs_to_score == 100 - keys.size
+    assert again.baselines_reused == 7 and again.baselines_to_score == 13
+    same = planning.plan_knn(STAGE_MATRICES["instruction"], {"K": cand}, ids, np.empty(0, np.int64), set(),
+                             index=index, fingerprint="fp", block_size=3)
+    assert [b.key for b in same.blocks] == [b.key for b in first.blocks]
+
+
+def test_plan_knn_drops_empty_slots():
+    ids = {"pool": ids_of("p", 4)}
+    cand = np.array([[0, 1], [1, -1], [2, 3], [-1, -1]])
+    plan = planning.plan_knn(STAGE_MATRICES["instruction"], {"K": cand}, ids, np.empty(0, np.int64), set(),
+                             index=planning.IdIndex(ids), fingerprint="fp", block_size=8)
+    assert plan.pairs_total == 5 and plan.pairs_to_score == 5
+
+
+# --------------------------------------------------------------------------- sparse assembly and the guard
+
+
+def test_assemble_sparse_scales_over_stored_entries_only():
+    rows = np.array([0, 0, 1, 2, 2, 0])
+    cols = np.array([0, 2, 1, 0, 2, 0])  # (0, 0) stored twice: one value kept
+    vals = np.array([1.0, -1.0, 3.0, 0.0, 2.0, 1.0], dtype=np.float32)
+    M = assemble_sparse(rows, cols, vals, (3, 4))
+    assert sp.isspmatrix_csr(M) and M.shape == (3, 4) and M.dtype == np.float32
+    D = M.toarray()
+    want = np.zeros((3, 4), np.float32)
+    for r, c, v in zip(rows, cols, vals):
+        want[r, c] = (v + 1) / 4
+    assert np.allclose(D, want)
+    assert M.nnz == 4  # the minimum scales to 0 and is not stored
+    M2 = assemble_sparse(rows, cols, vals, (3, 4), drop_diagonal=True)
+    # without the diagonal only (0, 2) = -1 and (2, 0) = 0 remain: they scale to 0 and 1
+    assert M2.nnz == 1 and M2.toarray()[2, 0] == 1.0 and np.diag(M2.toarray()).sum() == 0
+
+
+def test_sparse_kernel_selects_with_the_selection_module():
+    from delift_ray.selection import facility_location
+
+    rng = np.random.default_rng(0)
+    x = clustered(60)
+    cand = neighbours.candidates(x, x, 6, 2, exact_max=10**6, seed=0)
+    rows = np.repeat(np.arange(60), cand.shape[1])
+    M = assemble_sparse(rows, cand.ravel(), rng.normal(size=rows.size).astype(np.float32), (60, 60))
+    idx, gains = facility_location(M, 10)
+    assert len(set(idx.tolist())) == 10 and np.all(np.diff(gains) <= 1e-6)
+
+
+def test_memory_guard_suggests_knn():
+    assert check_dense_fits({"K": (100, 100)}, available=10**9) == dense_assembly_bytes(100, 100)
+    with pytest.raises(KernelMemoryError, match="kernel.type: knn") as e:
+        check_dense_fits({"K": (1_000_000, 1_000_000)}, available=24 * 2**30)
+    assert isinstance(e.value, DeliftError) and "\n" not in str(e.value)
+
+
+# --------------------------------------------------------------------------- real end to end
+
+
+POOL16 = [{"prompt": p, "response": r} for p, r in [
+    ("What is two plus two?", "Two plus two is four."), ("What is three plus five?", "Three plus five is eight."),
+    ("What is ten minus one?", "Ten minus one is nine."), ("What is six times two?", "Six times two is twelve."),
+    ("Name a primary colour.", "Red is a primary colour."), ("Name a warm colour.", "Orange is a warm colour."),
+    ("Name a cold colour.", "Blue is a cold colour."), ("What colour is grass?", "Grass is green."),
+    ("Translate to French: good morning", "Bonjour."), ("Translate to French: thank you", "Merci."),
+    ("Translate to German: thank you", "Danke."), ("Translate to Spanish: hello", "Hola."),
+    ("Name a mammal that swims.", "A dolphin."), ("Name a bird that cannot fly.", "A penguin."),
+    ("Name a large cat.", "A tiger."), ("Name an insect that makes honey.", "A bee."),
+]]
+
+
+@pytest.fixture(scope="module")
+def ray_cluster():
+    import ray
+
+    ray.init(num_cpus=2, object_store_memory=150 * 1024**2, include_dashboard=False, logging_level="WARNING")
+    yield
+    ray.shutdown()
+
+
+@pytest.mark.engine
+@pytest.mark.ray
+def test_knn_job_end_to_end_and_resume(ray_cluster, tiny_model_dir, tmp_path):
+    from delift_ray.job import run
+
+    data = tmp_path / "pool.jsonl"
+    data.write_text("".join(json.dumps(r) + "\n" for r in POOL16))
+    cfg = {"data": str(data), "model": str(tiny_model_dir), "out": str(tmp_path / "out"), "budget": 4,
+           "engine": {"dtype": "float32", "max_model_len": 256, "block_size": 32, "kv_cache_space_gib": 1},
+           "scoring": {"block_size": 4}, "kernel": {"type": "knn", "k": 4, "random": 1}}
+    r = run(cfg, progress=False)
+    c = r.counts
+    assert c["samples"] == 16 and c["kernel"] == "knn"
+    assert c["pairs_total"] == 16 * (4 + 1) == c["pairs_scored"]  # rows are distinct: nothing to de-duplicate
+    assert c["embedded"] == 16 and c["embeddings_reused"] == 0
+    shards = pq.read_table(os.path.join(r.out, "utility")).to_pandas()
+    assert len(shards) == 80 and not shards.duplicated(["helped_id", "example_id"]).any()
+    assert (shards.groupby("helped_id").size() == 5).all()
+    assert (shards.helped_id == shards.example_id).sum() == 16  # each sample is its own nearest neighbour
+    assert 0 < c["kernel_nnz"]["K"] <= 80
+    assert len(r.selected_ids) == 4 == len(set(r.selected_ids))
+    assert all(g1 >= g2 for g1, g2 in zip(r.gains, r.gains[1:]))
+    meta = json.load(open(os.path.join(r.out, "run.json")))
+    assert meta["config"]["kernel"]["type"] == "knn" and "embed_s" in meta["timings"]
+
+    again = run(cfg, progress=False)  # everything is stored: no engine, no embedding pass
+    assert again.counts["pairs_scored"] == 0 and again.counts["pairs_reused"] == 80
+    assert again.counts["embedded"] == 0 and again.counts["embeddings_reused"] == 16
+    assert again.selected_ids == r.selected_ids
