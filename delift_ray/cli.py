@@ -7,6 +7,7 @@ Job flags are generated from the config schema (:mod:`delift_ray.config`): every
     delift-ray demo [--out runs/demo]
     delift-ray submit --address http://head:8265 --config jobs/x.yaml   # Ray Jobs API
     delift-ray status JOB_ID --address ...  |  delift-ray logs JOB_ID --address ...
+    delift-ray estimate --data pool.jsonl --model M [--kernel.k 32] [--tokens-per-s 500] [--json]
     delift-ray config-reference
 """
 
@@ -108,6 +109,30 @@ def cmd_demo(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_estimate(args: argparse.Namespace) -> int:
+    import json
+
+    from delift_ray import estimate
+    from delift_ray.errors import ConfigError
+    from delift_ray.job import ingest, load_tokenizer
+
+    overrides = overrides_from(args)
+    overrides.setdefault("out", ".")  # nothing is written; out is required by the schema only
+    cfg = load_config(args.config, overrides)
+    tok = load_tokenizer(cfg)
+    sets = ingest(cfg, tok)
+    if args.tokens_per_s is not None:
+        if args.tokens_per_s <= 0:
+            raise ConfigError(f"--tokens-per-s must be > 0, got {args.tokens_per_s}")
+        rate, source = args.tokens_per_s, "given"
+    else:
+        rate = estimate.calibrate(cfg, sets, tok.eos_token_id, pairs=args.calibration_pairs)
+        source = f"calibrated on {args.calibration_pairs} pairs"
+    est = estimate.compute_estimate(cfg, {n: estimate.set_lengths(s) for n, s in sets.items()}, rate, rate_source=source)
+    print(json.dumps(est) if args.json else estimate.format_table(est))
+    return 0
+
+
 def _job_client(address: Optional[str]):
     from ray.job_submission import JobSubmissionClient
 
@@ -192,6 +217,13 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("job_id")
         p.add_argument("--address", help="Ray Jobs address (default: $RAY_ADDRESS).")
         p.set_defaults(func=func)
+
+    p = sub.add_parser("estimate", help="Pairs, tokens, kernel memory and engine-hours of a job, dense vs knn.")
+    add_job_flags(p)
+    p.add_argument("--tokens-per-s", type=float, help="Prompt tokens per second of one engine (default: a short calibration run).")
+    p.add_argument("--calibration-pairs", type=int, default=48, help="Pairs scored by the calibration run.")
+    p.add_argument("--json", action="store_true", help="Print one JSON object instead of the table.")
+    p.set_defaults(func=cmd_estimate)
 
     p = sub.add_parser("config-reference", help="Print the config keys as a Markdown table.")
     p.set_defaults(func=cmd_config_reference)

@@ -231,3 +231,43 @@ def test_knn_job_end_to_end_and_resume(ray_cluster, tiny_model_dir, tmp_path):
     assert again.counts["pairs_scored"] == 0 and again.counts["pairs_reused"] == 80
     assert again.counts["embedded"] == 0 and again.counts["embeddings_reused"] == 16
     assert again.selected_ids == r.selected_ids
+
+
+# --------------------------------------------------------------------------- estimate
+
+
+def test_estimate_cli_table_and_json(tiny_model_dir, tmp_path):
+    import subprocess
+    import sys
+
+    data = tmp_path / "pool.jsonl"
+    data.write_text("".join(json.dumps(r) + "\n" for r in POOL16))
+    base = [sys.executable, "-m", "delift_ray.cli", "estimate", "--data", str(data), "--model", str(tiny_model_dir),
+            "--kernel.k", "4", "--kernel.random", "1", "--tokens-per-s", "100"]
+    p = subprocess.run(base + ["--json"], capture_output=True, text=True, timeout=300)
+    assert p.returncode == 0, p.stderr
+    est = json.loads(p.stdout)
+    assert est["dense"]["pairs"] == 256 and est["knn"]["pairs"] == 80
+    assert est["dense"]["kernel_bytes"] == 256 * 4
+    assert est["knn"]["prefill_tokens"] < est["dense"]["prefill_tokens"]
+    assert np.isclose(est["dense"]["engine_hours"], est["dense"]["prefill_tokens"] / 100 / 3600, rtol=1e-3)
+    t = subprocess.run(base, capture_output=True, text=True, timeout=300)
+    assert t.returncode == 0 and "pairs to score" in t.stdout and "knn (k=4, r=1)" in t.stdout
+    bad = subprocess.run(base[:-1] + ["0"], capture_output=True, text=True, timeout=300)
+    assert bad.returncode == 2 and "tokens-per-s" in bad.stderr and "Traceback" not in bad.stderr
+
+
+@pytest.mark.engine
+def test_estimate_calibration_measures_the_engine(tiny_model_dir, tmp_path):
+    from delift_ray import estimate
+    from delift_ray.config import validate_config
+    from delift_ray.job import ingest, load_tokenizer
+
+    data = tmp_path / "pool.jsonl"
+    data.write_text("".join(json.dumps(r) + "\n" for r in POOL16))
+    cfg = validate_config({"data": str(data), "model": str(tiny_model_dir), "out": str(tmp_path),
+                           "engine": {"dtype": "float32", "max_model_len": 256, "block_size": 32, "kv_cache_space_gib": 1}})
+    tok = load_tokenizer(cfg)
+    sets = ingest(cfg, tok)
+    rate = estimate.calibrate(cfg, sets, tok.eos_token_id, pairs=16)
+    assert 1 < rate < 1e7

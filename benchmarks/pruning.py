@@ -1,0 +1,136 @@
+"""Quality of knn pruning: the FL objective of a knn-selected subset on the dense kernel.
+
+Part 1 (real utilities): a pool of --n ShareGPT demo samples scored densely (every pair)
+by the demo model (SmolLM2-135M-Instruct, bf16) through the real job (Ray + vLLM);
+then the same pool with kernel.type knn into the same output directory, so the knn job
+reads the dense job's stored pairs instead of scoring them again (a pair's utility does
+not depend on which other pairs are scored). Both subsets are evaluated with the FL
+objective on the dense kernel:
+
+    f(A) = sum_i max_{j in A} K[i, j],  K = dense UF min-max scaled over the whole matrix.
+
+Part 2 (synthetic, larger N): clustered embeddings, a dense "utility" kernel derived
+from them plus noise, and the knn graph from the same embeddings; knn FL (sparse kernel)
+vs dense FL, both evaluated on the dense kernel.
+
+One JSON line per case on stdout.
+
+    PYTHONPATH=$PWD python benchmarks/pruning.py --n 32 --out runs/pruning
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import time
+
+import numpy as np
+
+
+def fl_objective(K: np.ndarray, idx) -> float:
+    return float(np.maximum(K[:, np.asarray(idx)].max(axis=1), 0).sum())
+
+
+def real_case(args) -> list[dict]:
+    from transformers import AutoTokenizer
+
+    from delift_ray import assets
+    from delift_ray.job import assemble_kernels, coerce_config, ingest, load_tokenizer, run
+    from delift_ray.storage import ShardStore
+
+    model = str(assets.demo_model_dir())
+    os.makedirs(args.out, exist_ok=True)
+    data = assets.write_demo_dataset(os.path.join(args.out, "pool.jsonl"), n=args.n, tokenizer=AutoTokenizer.from_pretrained(model),
+                                     max_tokens=args.max_tokens)
+    base = {"data": str(data), "model": model, "out": os.path.join(args.out, "run"), "budget": args.budget,
+            "engine": {"dtype": "bfloat16", "max_model_len": 512}, "scoring": {"block_size": 16}}
+    t0 = time.perf_counter()
+    dense = run(base, progress=args.progress)
+    dense_s = time.perf_counter() - t0
+    cfg = coerce_config(base)
+    from delift_ray.job import fingerprint
+
+    sets = ingest(cfg, load_tokenizer(cfg))
+    K = assemble_kernels(cfg, sets, ShardStore(cfg.out, fingerprint(cfg)), allow_missing=False)["K"]
+    ids = sets["pool"].samples.sample_ids
+    pos = {s: i for i, s in enumerate(ids)}
+    dense_idx = [pos[s] for s in dense.selected_ids]
+    f_dense = fl_objective(K, dense_idx)
+    rng = np.random.default_rng(0)
+    f_random = float(np.mean([fl_objective(K, rng.choice(len(ids), len(dense_idx), replace=False)) for _ in range(20)]))
+    rows = []
+    for emb in args.embeddings:
+        knn_cfg = dict(base, kernel={"type": "knn", "k": args.k, "random": args.random, "embedding": emb})
+        t0 = time.perf_counter()
+        knn = run(knn_cfg, progress=args.progress)
+        knn_idx = [pos[s] for s in knn.selected_ids]
+        f_knn = fl_objective(K, knn_idx)
+        rows.append({
+            "case": "real", "model": "SmolLM2-135M-Instruct (demo, bf16)", "n": len(ids), "budget": len(dense_idx),
+            "k": args.k, "random": args.random, "embedding": emb,
+            "pairs_dense": dense.counts["pairs_total"], "pairs_knn": knn.counts["pairs_total"],
+            "fl_dense": round(f_dense, 4), "fl_knn": round(f_knn, 4), "ratio": round(f_knn / f_dense, 4),
+            "fl_random_mean": round(f_random, 4), "ratio_random": round(f_random / f_dense, 4),
+            "overlap": len(set(knn_idx) & set(dense_idx)) / len(dense_idx),
+            "dense_score_s": round(dense.timings.get("score_s", 0.0), 1), "dense_job_s": round(dense_s, 1),
+            "dense_pairs_per_s": dense.timings.get("pairs_per_s"),
+            "knn_pairs_scored_here": knn.counts["pairs_scored"], "knn_pairs_reused": knn.counts["pairs_reused"],
+        })
+        print(json.dumps(rows[-1]), flush=True)
+    return rows
+
+
+def synthetic_case(n: int, k: int, r: int, budget_frac: float, seed: int = 0, d: int = 64, noise: float = 0.3) -> dict:
+    """Dense kernel K[i, j] = max(cos(x_i, x_j), 0) + noise * U(0, 1), min-max scaled."""
+    from delift_ray import neighbours
+    from delift_ray.kernel import assemble_sparse
+    from delift_ray.selection import facility_location
+
+    rng = np.random.default_rng(seed)
+    centers = rng.normal(size=(max(8, n // 100), d)) * 3
+    x = (centers[rng.integers(0, len(centers), n)] + rng.normal(size=(n, d))).astype(np.float32)
+    xn = neighbours.normalise(x)
+    K = np.maximum(xn @ xn.T, 0) + noise * rng.random((n, n), dtype=np.float32)
+    K = ((K - K.min()) / (K.max() - K.min())).astype(np.float32)
+    b = int(round(budget_frac * n))
+    t0 = time.perf_counter()
+    dense_idx, _ = facility_location(K, b)
+    t_dense = time.perf_counter() - t0
+    cand = neighbours.candidates(x, x, k, r, exact_max=10**6, seed=seed)
+    rows = np.repeat(np.arange(n), cand.shape[1])
+    cols = cand.ravel()
+    S = assemble_sparse(rows, cols, K[rows, cols], (n, n))
+    t0 = time.perf_counter()
+    knn_idx, _ = facility_location(S, b)
+    t_knn = time.perf_counter() - t0
+    f_dense, f_knn = fl_objective(K, dense_idx), fl_objective(K, knn_idx)
+    f_rand = fl_objective(K, rng.choice(n, b, replace=False))
+    return {"case": "synthetic", "n": n, "budget": b, "k": k, "random": r, "noise": noise,
+            "pairs_dense": n * n, "pairs_knn": int(rows.size), "fl_dense": round(f_dense, 2), "fl_knn": round(f_knn, 2),
+            "ratio": round(f_knn / f_dense, 4), "ratio_random": round(f_rand / f_dense, 4),
+            "overlap": round(len(set(knn_idx.tolist()) & set(dense_idx.tolist())) / b, 4),
+            "select_dense_s": round(t_dense, 2), "select_knn_s": round(t_knn, 2)}
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--n", type=int, default=32)
+    p.add_argument("--k", type=int, default=8)
+    p.add_argument("--random", type=int, default=2)
+    p.add_argument("--budget", type=float, default=0.3)
+    p.add_argument("--max-tokens", type=int, default=160)
+    p.add_argument("--embeddings", nargs="+", default=["model", "minilm"])
+    p.add_argument("--out", default="runs/pruning")
+    p.add_argument("--synthetic-n", type=int, nargs="*", default=[2000, 5000, 10000])
+    p.add_argument("--skip-real", action="store_true")
+    p.add_argument("--progress", action="store_true")
+    args = p.parse_args()
+    for n in args.synthetic_n:
+        print(json.dumps(synthetic_case(n, 32, 4, args.budget)), flush=True)
+    if not args.skip_real:
+        real_case(args)
+
+
+if __name__ == "__main__":
+    main()
