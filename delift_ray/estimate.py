@@ -39,9 +39,8 @@ class SetLengths:
 
 def set_lengths(scored) -> SetLengths:
     t = scored.tokens
-    lens = lambda seqs: np.fromiter((len(s) for s in seqs), dtype=np.int64, count=len(seqs))  # noqa: E731
-    resp = lens(t.response)
-    return SetLengths(len(t), lens(t.head), lens(t.tail) + resp + 2, lens(t.no_example) + resp + 2)
+    resp = t.response.lengths()
+    return SetLengths(len(t), t.head.lengths(), t.tail.lengths() + resp + 2, t.no_example.lengths() + resp + 2)
 
 
 def compute_estimate(cfg: DeliftConfig, lengths: dict[str, SetLengths], tokens_per_s: float, *, rate_source: str) -> dict:

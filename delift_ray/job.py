@@ -266,14 +266,13 @@ def knn_candidates(cfg: DeliftConfig, sets: dict[str, ScoredSet], progress: bool
 
 def assemble_sparse_kernels(cfg: DeliftConfig, sets: dict[str, ScoredSet], store: ShardStore) -> dict:
     """CSR kernels of the stage from the stored pairs, scaled over stored entries (kernel.assemble_sparse)."""
-    from delift_ray.kernel import assemble_sparse, locate
+    from delift_ray.kernel import assemble_sparse_from_table
 
     table = store.read_all(UTILITY)
     kernels = {}
     for m in stages.STAGE_MATRICES[cfg.stage]:
         H, E = sets[m.helped].samples.sample_ids, sets[m.example].samples.sample_ids
-        rows, cols, vals = locate(table, H, E)
-        M = assemble_sparse(rows, cols, vals, (len(H), len(E)), drop_diagonal=m.name == "K" and cfg.scoring.exclude_self)
+        M = assemble_sparse_from_table(table, H, E, drop_diagonal=m.name == "K" and cfg.scoring.exclude_self)
         kernels[m.name] = M.T.tocsr() if m.transpose else M
     return kernels
 

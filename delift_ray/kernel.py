@@ -132,3 +132,9 @@ def assemble_sparse(
     M.eliminate_zeros()
     M.sort_indices()
     return M
+
+
+def assemble_sparse_from_table(table: pa.Table, helped_ids: list[str], example_ids: list[str], *, drop_diagonal: bool = False):
+    """CSR kernel M[h, e] of the stored pairs inside the requested sets (see :func:`assemble_sparse`)."""
+    rows, cols, vals = locate(table, helped_ids, example_ids)
+    return assemble_sparse(rows, cols, vals, (len(helped_ids), len(example_ids)), drop_diagonal=drop_diagonal)
