@@ -39,12 +39,16 @@ def real_case(args) -> list[dict]:
     from delift_ray.job import assemble_kernels, coerce_config, ingest, load_tokenizer, run
     from delift_ray.storage import ShardStore
 
-    model = str(assets.demo_model_dir())
     os.makedirs(args.out, exist_ok=True)
+    if args.model == "demo":
+        model, label, engine = str(assets.demo_model_dir()), "SmolLM2-135M-Instruct (demo, bf16)", {"dtype": "bfloat16", "max_model_len": 512}
+    else:
+        model = str(assets.build_tiny_model(os.path.join(args.out, "tiny-model"), seed=0))
+        label, engine = "tiny random Llama (test model, fp32)", {"dtype": "float32", "max_model_len": 512, "block_size": 32}
     data = assets.write_demo_dataset(os.path.join(args.out, "pool.jsonl"), n=args.n, tokenizer=AutoTokenizer.from_pretrained(model),
                                      max_tokens=args.max_tokens)
     base = {"data": str(data), "model": model, "out": os.path.join(args.out, "run"), "budget": args.budget,
-            "engine": {"dtype": "bfloat16", "max_model_len": 512}, "scoring": {"block_size": 16}}
+            "engine": engine, "scoring": {"block_size": 16}}
     t0 = time.perf_counter()
     dense = run(base, progress=args.progress)
     dense_s = time.perf_counter() - t0
@@ -67,7 +71,7 @@ def real_case(args) -> list[dict]:
         knn_idx = [pos[s] for s in knn.selected_ids]
         f_knn = fl_objective(K, knn_idx)
         rows.append({
-            "case": "real", "model": "SmolLM2-135M-Instruct (demo, bf16)", "n": len(ids), "budget": len(dense_idx),
+            "case": "real", "model": label, "n": len(ids), "budget": len(dense_idx),
             "k": args.k, "random": args.random, "embedding": emb,
             "pairs_dense": dense.counts["pairs_total"], "pairs_knn": knn.counts["pairs_total"],
             "fl_dense": round(f_dense, 4), "fl_knn": round(f_knn, 4), "ratio": round(f_knn / f_dense, 4),
@@ -81,41 +85,50 @@ def real_case(args) -> list[dict]:
     return rows
 
 
-def synthetic_case(n: int, k: int, r: int, budget_frac: float, seed: int = 0, d: int = 64, noise: float = 0.3) -> dict:
-    """Dense kernel K[i, j] = max(cos(x_i, x_j), 0) + noise * U(0, 1), min-max scaled."""
+def synthetic_case(n: int, k: int, r: int, budget_fracs: list[float], seed: int = 0, d: int = 64, noise: float = 0.1,
+                   sharp: int = 8) -> list[dict]:
+    """Dense K[i, j] = max(cos(x_i, x_j), 0)**sharp + noise * U(0, 1), min-max scaled.
+
+    Clustered x (n / 100 centres); the knn graph comes from the same x. A sharp
+    similarity makes coverage local, so FL does not saturate after one pick per cluster.
+    """
     from delift_ray import neighbours
     from delift_ray.kernel import assemble_sparse
     from delift_ray.selection import facility_location
 
     rng = np.random.default_rng(seed)
-    centers = rng.normal(size=(max(8, n // 100), d)) * 3
+    centers = rng.normal(size=(max(8, n // 100), d)) * 1.5
     x = (centers[rng.integers(0, len(centers), n)] + rng.normal(size=(n, d))).astype(np.float32)
     xn = neighbours.normalise(x)
-    K = np.maximum(xn @ xn.T, 0) + noise * rng.random((n, n), dtype=np.float32)
+    K = np.maximum(xn @ xn.T, 0) ** sharp + noise * rng.random((n, n), dtype=np.float32)
     K = ((K - K.min()) / (K.max() - K.min())).astype(np.float32)
-    b = int(round(budget_frac * n))
-    t0 = time.perf_counter()
-    dense_idx, _ = facility_location(K, b)
-    t_dense = time.perf_counter() - t0
     cand = neighbours.candidates(x, x, k, r, exact_max=10**6, seed=seed)
     rows = np.repeat(np.arange(n), cand.shape[1])
     cols = cand.ravel()
     S = assemble_sparse(rows, cols, K[rows, cols], (n, n))
-    t0 = time.perf_counter()
-    knn_idx, _ = facility_location(S, b)
-    t_knn = time.perf_counter() - t0
-    f_dense, f_knn = fl_objective(K, dense_idx), fl_objective(K, knn_idx)
-    f_rand = fl_objective(K, rng.choice(n, b, replace=False))
-    return {"case": "synthetic", "n": n, "budget": b, "k": k, "random": r, "noise": noise,
-            "pairs_dense": n * n, "pairs_knn": int(rows.size), "fl_dense": round(f_dense, 2), "fl_knn": round(f_knn, 2),
-            "ratio": round(f_knn / f_dense, 4), "ratio_random": round(f_rand / f_dense, 4),
-            "overlap": round(len(set(knn_idx.tolist()) & set(dense_idx.tolist())) / b, 4),
-            "select_dense_s": round(t_dense, 2), "select_knn_s": round(t_knn, 2)}
+    out = []
+    for frac in budget_fracs:
+        b = max(1, int(round(frac * n)))
+        t0 = time.perf_counter()
+        dense_idx, _ = facility_location(K, b)
+        t_dense = time.perf_counter() - t0
+        t0 = time.perf_counter()
+        knn_idx, _ = facility_location(S, b)
+        t_knn = time.perf_counter() - t0
+        f_dense, f_knn = fl_objective(K, dense_idx), fl_objective(K, knn_idx)
+        f_rand = float(np.mean([fl_objective(K, rng.choice(n, b, replace=False)) for _ in range(5)]))
+        out.append({"case": "synthetic", "n": n, "budget": b, "budget_frac": frac, "k": k, "random": r, "noise": noise, "sharp": sharp,
+                    "pairs_dense": n * n, "pairs_knn": int(rows.size), "fl_dense": round(f_dense, 2), "fl_knn": round(f_knn, 2),
+                    "ratio": round(f_knn / f_dense, 4), "ratio_random": round(f_rand / f_dense, 4),
+                    "overlap": round(len(set(knn_idx.tolist()) & set(dense_idx.tolist())) / b, 4),
+                    "select_dense_s": round(t_dense, 2), "select_knn_s": round(t_knn, 2)})
+    return out
 
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--n", type=int, default=32)
+    p.add_argument("--model", choices=["demo", "tiny"], default="demo", help="demo: SmolLM2-135M; tiny: the random test Llama")
     p.add_argument("--k", type=int, default=8)
     p.add_argument("--random", type=int, default=2)
     p.add_argument("--budget", type=float, default=0.3)
@@ -123,11 +136,13 @@ def main() -> None:
     p.add_argument("--embeddings", nargs="+", default=["model", "minilm"])
     p.add_argument("--out", default="runs/pruning")
     p.add_argument("--synthetic-n", type=int, nargs="*", default=[2000, 5000, 10000])
+    p.add_argument("--synthetic-budgets", type=float, nargs="*", default=[0.01, 0.05, 0.3])
     p.add_argument("--skip-real", action="store_true")
     p.add_argument("--progress", action="store_true")
     args = p.parse_args()
     for n in args.synthetic_n:
-        print(json.dumps(synthetic_case(n, 32, 4, args.budget)), flush=True)
+        for row in synthetic_case(n, 32, 4, args.synthetic_budgets):
+            print(json.dumps(row), flush=True)
     if not args.skip_real:
         real_case(args)
 

@@ -143,7 +143,7 @@ class KernelConfig(_Section):
     )
     embedding_batch_size: int = Field(32, ge=1, description="knn: texts per embedding forward pass.")
     embedding_max_length: int = Field(256, ge=8, description="knn: tokens of prompt+response read by the embedding model.")
-    exact_max: int = Field(50000, ge=1, description="knn: exact faiss search up to this many example vectors; an HNSW index beyond.")
+    exact_max: int = Field(50000, ge=1, description="knn: exact faiss search up to this many example vectors; an IVF index (nprobe 16) beyond.")
     seed: Optional[int] = Field(None, description="knn: seed of the random candidates (None: the job's seed).")
 
 
