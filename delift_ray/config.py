@@ -52,6 +52,12 @@ class EngineConfig(_Section):
     block_size: Optional[int] = Field(
         None, description="KV-cache block size; a multiple of 32 on CPU (None: engine default)."
     )
+    logprob_path: Literal["auto", "full", "suffix"] = Field(
+        "auto",
+        description="How gold logprobs are requested: suffix (prompt_logprob_token_ids, LM head on the "
+        "response rows only; vLLM V2 model runner, GPU), full (prompt_logprobs=0, any engine), or auto "
+        "(probe suffix at start-up, else full).",
+    )
     enforce_eager: bool = Field(True, description="Skip torch.compile / CUDA graphs (faster start).")
     kv_cache_space_gib: float = Field(
         2.0, gt=0, description="CPU engines only: KV cache size (VLLM_CPU_KVCACHE_SPACE)."

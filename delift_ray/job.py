@@ -155,8 +155,8 @@ def score(cfg: DeliftConfig, sets: dict[str, ScoredSet], store: ShardStore, plan
         actors.count,
         cfg.ray.max_actor_restarts,
     )
-    engine_stats: dict[str, dict] = {}
     counters = Counter()
+    engine = Counter()  # per-block engine counters, summed (each result holds its block's delta)
     try:
         base_blocks = [
             BaselineBlock(planning.block_key(store.fingerprint, [sets[n].samples.sample_ids[i] for i in chunk], ["-"] * len(chunk)),
@@ -167,7 +167,7 @@ def score(cfg: DeliftConfig, sets: dict[str, ScoredSet], store: ShardStore, plan
 
         def base_done(block, result):
             bar.update(block.size)
-            engine_stats[str(id(block))] = result.stats
+            engine.update(result.stats)
 
         rep = dispatch.dispatch(pool, base_blocks, "score_baseline", max_retries=cfg.scoring.max_retries,
                                 skip_failed=False, on_done=base_done)
@@ -191,6 +191,7 @@ def score(cfg: DeliftConfig, sets: dict[str, ScoredSet], store: ShardStore, plan
         def pair_done(block, result):
             bar.update(block.size)
             counters["pairs_scored"] += block.size
+            engine.update(result.stats)
 
         rep = dispatch.dispatch(pool, pair_blocks, "score_pairs", max_retries=cfg.scoring.max_retries,
                                 skip_failed=cfg.scoring.skip_failed_blocks, on_done=pair_done,
@@ -200,6 +201,8 @@ def score(cfg: DeliftConfig, sets: dict[str, ScoredSet], store: ShardStore, plan
         counters["actor_deaths"] += rep.actor_deaths
         counters["pairs_missing"] += sum(b.size for b, _ in rep.failed)
         counters["failed_blocks"] += len(rep.failed)
+        counters["rescored"] += int(engine.get("rescored", 0))
+        counters["cached_tokens"] += int(engine.get("cached_tokens", 0))
     finally:
         pool.shutdown()
         if started:
@@ -412,6 +415,9 @@ def run(config: DeliftConfig | dict | str | os.PathLike, *, progress: bool = Tru
         "baselines_scored": plan.baselines_to_score,
         "baselines_reused": plan.baselines_reused,
         "block_retries": int(scored.get("retries", 0)),
+        # Requests whose prefix-cache hit reached a scored position and were scored again.
+        "rescored": int(scored.get("rescored", 0)),
+        "cached_prompt_tokens": int(scored.get("cached_tokens", 0)),
         "actor_deaths": int(scored.get("actor_deaths", 0)),
         "selected": len(selected),
         "kernel": cfg.kernel.type,

@@ -59,7 +59,7 @@ class PairBlock:
 class BlockResult:
     key: str
     pairs: int
-    stats: dict = field(default_factory=dict)
+    stats: dict = field(default_factory=dict)  # this block's engine counters (EngineStats.delta)
 
 
 class BlockScorer:
@@ -76,23 +76,37 @@ class BlockScorer:
         return os.getpid()
 
     def score_baseline(self, block: BaselineBlock) -> BlockResult:
+        before = self.scorer.stats.as_dict()
         reqs = [ScoreRequest(*baseline_sequence(block.tokens, k, self.eos)) for k in range(block.size)]
         lps = self.scorer.score(reqs)
         d = np.array([distance(lp) for lp in lps], dtype=np.float64)
         table = pa.table({"sample_id": block.sample_ids, "distance": d})
         self.store.write(BASELINE, block.key, table)
-        return BlockResult(block.key, block.size, self.scorer.stats.as_dict())
+        return BlockResult(block.key, block.size, self.scorer.stats.delta(before))
 
-    def score_pairs(self, block: PairBlock) -> BlockResult:
-        # Example-major order: consecutive requests share the example prefix.
+    def pair_requests(self, block: PairBlock) -> tuple[np.ndarray, np.ndarray, list[ScoreRequest]]:
+        """(h_idx, e_idx, requests) of a block in example-major order.
+
+        Consecutive requests then share the example prefix, so the prefix cache holds one
+        example's KV blocks while all of its helped rows are scored.
+        """
         order = np.lexsort((block.h_idx, block.e_idx))
         h_idx, e_idx = block.h_idx[order], block.e_idx[order]
         reqs = [
             ScoreRequest(*pair_sequence(block.helped, int(h), block.examples, int(e), self.eos, self.max_len))
             for h, e in zip(h_idx, e_idx)
         ]
+        return h_idx, e_idx, reqs
+
+    def pair_distances(self, block: PairBlock) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """(h_idx, e_idx, d_with) of a block's pairs, scored without writing anything."""
+        h_idx, e_idx, reqs = self.pair_requests(block)
         lps = self.scorer.score(reqs, read_cache=self.prefix_reuse)
-        d_with = np.array([distance(lp) for lp in lps], dtype=np.float64)
+        return h_idx, e_idx, np.array([distance(lp) for lp in lps], dtype=np.float64)
+
+    def score_pairs(self, block: PairBlock) -> BlockResult:
+        before = self.scorer.stats.as_dict()
+        h_idx, e_idx, d_with = self.pair_distances(block)
         uf = block.d_without[h_idx] - d_with
         table = pa.table(
             {
@@ -103,7 +117,7 @@ class BlockScorer:
             }
         )
         self.store.write(UTILITY, block.key, table)
-        return BlockResult(block.key, block.size, self.scorer.stats.as_dict())
+        return BlockResult(block.key, block.size, self.scorer.stats.delta(before))
 
     def shutdown(self) -> None:
         self.scorer.shutdown()

