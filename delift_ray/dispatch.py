@@ -5,13 +5,19 @@ whichever actor finishes first, so a slow actor never stalls the others. A block
 task fails (engine error, dead actor) goes back to the queue until it has failed
 ``max_retries + 1`` times; then the job stops with a :class:`ScoringError` naming the
 block, or, with ``skip_failed``, records it as missing and goes on.
+
+Which block an actor gets next (:class:`AffinityQueue`): blocks carry an affinity group
+(pair blocks: their example columns). An actor keeps taking blocks of a group it already
+holds, whose example prefixes sit in its engine's prefix cache; when its groups run dry it
+takes a group no other actor holds; only when every group is held does it join the group
+with the most blocks left, so two engines repeat an example prefix only to balance load.
 """
 
 from __future__ import annotations
 
 import logging
 import os
-from collections import deque
+from collections import OrderedDict, deque
 from dataclasses import dataclass, field
 from typing import Any, Callable, Sequence
 
@@ -126,6 +132,58 @@ class ActorPool:
         self.actors = []
 
 
+def block_group(block) -> Any:
+    """A block's affinity group: ``block.group`` where it has one, else None (no affinity)."""
+    return getattr(block, "group", None)
+
+
+class AffinityQueue:
+    """Blocks grouped by affinity; ``pop_for(actor)`` prefers the groups the actor holds.
+
+    Within a group blocks leave in plan order; retried blocks rejoin their group's end.
+    """
+
+    def __init__(self, blocks: Sequence[Any] = (), key: Callable[[Any], Any] = block_group):
+        self.key = key
+        self.groups: OrderedDict[Any, deque] = OrderedDict()
+        self.held: dict[Any, list] = {}  # actor key -> groups it has taken blocks from, latest last
+        self.holders: dict[Any, set] = {}  # group -> actor keys
+        self.size = 0
+        for b in blocks:
+            self.push(b)
+
+    def __len__(self) -> int:
+        return self.size
+
+    def push(self, block) -> None:
+        self.groups.setdefault(self.key(block), deque()).append(block)
+        self.size += 1
+
+    def pop_for(self, actor_key) -> Any:
+        if not self.size:
+            raise IndexError("pop from an empty AffinityQueue")
+        mine = self.held.setdefault(actor_key, [])
+        group = next((g for g in reversed(mine) if self.groups.get(g)), None)
+        if group is None:
+            group = next((g for g, q in self.groups.items() if q and not self.holders.get(g)), None)
+        if group is None:  # every group with blocks left is held: share the largest
+            group = max((g for g, q in self.groups.items() if q), key=lambda g: len(self.groups[g]))
+        if group not in mine:
+            mine.append(group)
+            self.holders.setdefault(group, set()).add(actor_key)
+        q = self.groups[group]
+        block = q.popleft()
+        if not q:
+            del self.groups[group]
+        self.size -= 1
+        return block
+
+    def forget(self, actor_key) -> None:
+        """An actor died: its engine's cache is gone, its groups are free again."""
+        for g in self.held.pop(actor_key, []):
+            self.holders.get(g, set()).discard(actor_key)
+
+
 def dispatch(
     pool: ActorPool,
     blocks: Sequence[Any],
@@ -142,13 +200,13 @@ def dispatch(
     from ray.exceptions import ActorDiedError, ActorUnavailableError, RayActorError
 
     report = DispatchReport()
-    queue = deque(blocks)
+    queue = AffinityQueue(blocks)
     attempts: dict[int, int] = {}
     running: dict[Any, tuple[Any, Any]] = {}  # ref -> (block, actor)
     load = {id(a): 0 for a in pool.actors}
 
     def submit(actor) -> None:
-        block = queue.popleft()
+        block = queue.pop_for(id(actor))
         ref = getattr(actor, method).remote(block)
         running[ref] = (block, actor)
         load[id(actor)] = load.get(id(actor), 0) + 1
@@ -166,6 +224,7 @@ def dispatch(
         except (RayActorError, ActorDiedError, ActorUnavailableError) as exc:
             report.actor_deaths += 1
             error = f"scorer actor died ({exc.__class__.__name__})"
+            queue.forget(id(actor))  # its engine's prefix cache is gone
             new = pool.handle_death(actor)
             if new is not None:
                 load[id(new)] = 0
@@ -179,7 +238,7 @@ def dispatch(
         if n <= max_retries:
             report.retries += 1
             log.warning("block %s failed (%s); retry %d of %d", describe(block), error, n, max_retries)
-            queue.append(block)
+            queue.push(block)
         elif skip_failed:
             log.error("block %s failed %d times (%s); skipped", describe(block), n, error)
             report.failed.append((block, error))

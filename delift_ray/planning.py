@@ -1,7 +1,10 @@
 """Planning: which pairs a stage needs, which the store already has, and the blocks to score.
 
 The matrix of each :class:`~delift_ray.stages.MatrixSpec` is cut into a grid of
-``block_size x block_size`` cells (helped rows x example columns, in input order). A
+``block_size x block_size`` cells (helped rows x example columns, in input order), listed
+column group by column group: consecutive blocks share their examples, so an engine that
+scores them one after the other finds the example prefixes still in its prefix cache
+(``PlannedBlock.group`` names the column group; dispatch keeps a group on one engine). A
 cell's pairs that are already stored under the scorer fingerprint are reused; the rest
 of the cell becomes one block, whose key is a hash of its pairs, so re-running the same
 job plans the same blocks and finds their shards. Pairs shared by two matrices (a
@@ -28,6 +31,7 @@ class PlannedBlock:
     example_set: str
     h_idx: np.ndarray  # indices into the helped set
     e_idx: np.ndarray  # indices into the example set
+    group: tuple = ()  # (example set, first example column): blocks sharing example prefixes
 
     @property
     def size(self) -> int:
@@ -80,8 +84,8 @@ def plan_blocks(
     for m in matrices:
         H, E = ids[m.helped], ids[m.example]
         needs_baseline.setdefault(m.helped, set()).update(range(len(H)))
-        for h0 in range(0, len(H), block_size):
-            for e0 in range(0, len(E), block_size):
+        for e0 in range(0, len(E), block_size):
+            for h0 in range(0, len(H), block_size):
                 hs, es = [], []
                 for h in range(h0, min(h0 + block_size, len(H))):
                     for e in range(e0, min(e0 + block_size, len(E))):
@@ -97,7 +101,8 @@ def plan_blocks(
                         es.append(e)
                 if hs:
                     key = block_key(fingerprint, [H[h] for h in hs], [E[e] for e in es])
-                    plan.blocks.append(PlannedBlock(key, m.helped, m.example, np.array(hs), np.array(es)))
+                    plan.blocks.append(PlannedBlock(key, m.helped, m.example, np.array(hs), np.array(es),
+                                                   (m.example, e0)))
     seen: set[str] = set()
     for set_name, idx in needs_baseline.items():
         todo = []

@@ -54,6 +54,11 @@ class PairBlock:
     def sample_ids(self) -> list[str]:
         return sorted(set(self.helped_ids) | set(self.example_ids))
 
+    @property
+    def group(self) -> tuple:
+        """Dispatch affinity: blocks with the same examples share their prefixes."""
+        return tuple(self.example_ids)
+
 
 @dataclass
 class BlockResult:
