@@ -231,3 +231,16 @@ def test_affinity_queue_without_groups_is_fifo():
 
     q = AffinityQueue(list(range(5)))  # plain objects: no group attribute
     assert [q.pop_for(k % 2) for k in range(5)] == [0, 1, 2, 3, 4]
+
+
+def test_logprob_memory_warning(caplog):
+    assert eng.logprob_step_bytes(4096, 49152) == 4096 * 49152 * 6
+    llm = FakeLLM(suffix=False)
+    llm.llm_engine = SimpleNamespace(model_config=SimpleNamespace(get_vocab_size=lambda: 152064))
+    with caplog.at_level("WARNING", logger=eng.__name__):
+        make_scorer(llm, max_num_batched_tokens=8192).warn_logprob_memory()
+    assert "about 7.0 GiB" in caplog.text
+    caplog.clear()
+    with caplog.at_level("WARNING", logger=eng.__name__):
+        make_scorer(llm, max_num_batched_tokens=2048).warn_logprob_memory()
+    assert caplog.text == ""

