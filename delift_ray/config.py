@@ -50,7 +50,9 @@ class EngineConfig(_Section):
     gpu_memory_utilization: float = Field(0.85, gt=0, le=1, description="GPU memory fraction (GPU only).")
     enable_prefix_caching: bool = Field(True, description="vLLM automatic prefix caching.")
     block_size: Optional[int] = Field(
-        None, description="KV-cache block size; a multiple of 32 on CPU (None: engine default)."
+        32,
+        description="KV-cache block size, the granularity of prefix-cache hits; a multiple of 32 on CPU "
+        "(None: engine default, 128 on CPU, which caches less of each example; see docs/scoring.md).",
     )
     logprob_path: Literal["auto", "full", "suffix"] = Field(
         "auto",
