@@ -244,3 +244,25 @@ def test_logprob_memory_warning(caplog):
     with caplog.at_level("WARNING", logger=eng.__name__):
         make_scorer(llm, max_num_batched_tokens=2048).warn_logprob_memory()
     assert caplog.text == ""
+
+
+@pytest.mark.engine
+@pytest.mark.ray
+def test_job_records_cache_hits_and_rescored_in_run_json(tiny_model_dir, alpaca_jsonl, tmp_path):
+    import ray
+
+    from delift_ray.job import run
+
+    ray.init(num_cpus=2, object_store_memory=150 * 1024**2, include_dashboard=False, logging_level="WARNING")
+    try:
+        r = run({"data": str(alpaca_jsonl), "model": str(tiny_model_dir), "out": str(tmp_path / "o"), "budget": 2,
+                 "max_samples": 6, "engine": {"dtype": "float32", "max_model_len": 256, "kv_cache_space_gib": 1},
+                 "scoring": {"block_size": 3}}, progress=False)
+    finally:
+        ray.shutdown()
+    meta = json.load(open(tmp_path / "o" / "run.json"))["counts"]
+    assert meta["pairs_scored"] == 36 and meta["rescored"] == 0
+    # Summed per-block deltas: 4 blocks, each pair after the first of its example in a
+    # block reuses at least one 32-token KV block of the example head.
+    assert meta["cached_prompt_tokens"] >= 32 * 4 * 3 * 2
+    assert (r.counts["rescored"], r.counts["cached_prompt_tokens"]) == (meta["rescored"], meta["cached_prompt_tokens"])
