@@ -15,7 +15,6 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from delift_ray import selection
 from delift_ray.config import DeliftConfig
 
 
@@ -38,6 +37,10 @@ STAGE_MATRICES: dict[str, tuple[MatrixSpec, ...]] = {
 
 def select(stage: str, kernels: dict[str, np.ndarray], budget: int, cfg: DeliftConfig) -> tuple[np.ndarray, np.ndarray]:
     """Run the stage's submodular maximisation; (indices into the pool, gains)."""
+    # Imported here: the selection code loads numba, after which a vLLM CPU engine can no
+    # longer start in the same process ('_lib_fn_wrapper' object has no attribute 'get').
+    from delift_ray import selection
+
     s = cfg.selection
     K = kernels["K"]
     if stage == "instruction":
