@@ -8,6 +8,8 @@ Job flags are generated from the config schema (:mod:`delift_ray.config`): every
     delift-ray submit --address http://head:8265 --config jobs/x.yaml   # Ray Jobs API
     delift-ray status JOB_ID --address ...  |  delift-ray logs JOB_ID --address ...
     delift-ray estimate --data pool.jsonl --model M [--kernel.k 32] [--tokens-per-s 500] [--json]
+    delift-ray reselect --previous RUN_DIR --data NEW --out DIR [--mode full|continual]
+    delift-ray watch LOCATION --out DIR [--once] [--interval S] [--marker _SUCCESS]
     delift-ray config-reference
 """
 
@@ -37,10 +39,12 @@ def _flag(dotted: str) -> str:
     return "--" + dotted.replace("_", "-")
 
 
-def add_job_flags(p: argparse.ArgumentParser) -> None:
-    """One flag per schema leaf; values stay strings and the schema validates them."""
+def add_job_flags(p: argparse.ArgumentParser, skip: tuple[str, ...] = ()) -> None:
+    """One flag per schema leaf (except ``skip``); values stay strings and the schema validates them."""
     p.add_argument("--config", help="YAML job file; flags override its values.")
     for dotted, info in iter_leaf_fields():
+        if dotted in skip:
+            continue
         kw: dict[str, Any] = {"dest": "cfg:" + dotted, "default": None, "help": info.description, "metavar": "V"}
         ann = info.annotation
         if ann is bool:
@@ -179,6 +183,44 @@ def cmd_logs(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_reselect(args: argparse.Namespace) -> int:
+    from delift_ray.config import parse_number
+    from delift_ray.reselect import reselect
+
+    budget = None
+    if args.budget is not None:
+        try:
+            budget = parse_number(args.budget)
+        except ValueError as exc:
+            raise DeliftError(f"--budget {exc}") from None
+    r = reselect(args.previous, args.data, args.out, mode=args.mode, condition_on=args.condition_on,
+                 budget=budget, cache=args.cache, progress=not args.quiet)
+    c = r.counts
+    print(f"\ndelift-ray reselect ({r.mode}): {c['samples']} samples (+{c['added']} added, -{c['removed']} removed, "
+          f"{c['unchanged']} unchanged) -> {r.out}")
+    print(f"  pairs: {c['pairs_total']} total, {c['pairs_scored']} scored, {c['pairs_reused']} reused")
+    print(f"  selection: {c['selected']} selected; {c['entered']} entered, {c['left']} left, {c['kept']} kept")
+    return 0
+
+
+def cmd_watch(args: argparse.Namespace) -> int:
+    from delift_ray.config import read_yaml, set_dotted
+    from delift_ray.watch import WatchSettings, watch
+
+    base = read_yaml(args.config) if args.config else {}
+    for dotted, value in overrides_from(args).items():
+        set_dotted(base, dotted, value)
+    s = WatchSettings(args.location, args.out, base, marker=args.marker, mode=args.mode,
+                      condition_on=args.condition_on, progress=not args.quiet)
+    rows = watch(s, once=args.once, interval=args.interval)
+    for r in rows:
+        print(f"{r['version']}: {r['status']}" + (f" ({r['error']})" if r["error"] else
+              f" samples={r['samples']} pairs_scored={r['pairs_scored']} selected={r['selected']} entered={r['entered']} left={r['left']}"))
+    if args.once and not rows:
+        print("no new complete version")
+    return 1 if any(r["status"] != "ok" for r in rows) else 0
+
+
 def cmd_config_reference(args: argparse.Namespace) -> int:
     print(config_reference_markdown())
     return 0
@@ -224,6 +266,30 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--calibration-pairs", type=int, default=48, help="Pairs scored by the calibration run.")
     p.add_argument("--json", action="store_true", help="Print one JSON object instead of the table.")
     p.set_defaults(func=cmd_estimate)
+    p = sub.add_parser("reselect", help="Select on a new data version, scoring only the pairs the cache lacks.")
+    p.add_argument("--previous", required=True, metavar="RUN_DIR", help="A finished run (its run.json, samples, selection).")
+    p.add_argument("--data", required=True, help="The new data version.")
+    p.add_argument("--out", required=True, help="Output directory of this run.")
+    p.add_argument("--mode", choices=["full", "continual"], default="full",
+                   help="full: FL over the whole new version; continual: FLCG over the added samples.")
+    p.add_argument("--condition-on", choices=["selected", "all"], default="selected",
+                   help="continual: condition on the previous selection or on all previous samples.")
+    p.add_argument("--budget", help="Override the previous budget (continual: of the added samples).")
+    p.add_argument("--cache", help="Shared utility cache (default: the previous run's).")
+    p.add_argument("--quiet", action="store_true", help="No progress bars.")
+    p.set_defaults(func=cmd_reselect)
+
+    p = sub.add_parser("watch", help="Reselect on each new complete data version under LOCATION.")
+    p.add_argument("location", metavar="LOCATION", help="Folder or URI prefix; each version is a subfolder.")
+    p.add_argument("--out", required=True, help="Watcher state: versions/<v>/, history.parquet, the lock (local path).")
+    p.add_argument("--once", action="store_true", help="Process pending versions once and exit (cron).")
+    p.add_argument("--interval", type=float, default=300.0, help="Seconds between polls.")
+    p.add_argument("--marker", default="_SUCCESS", help="File whose presence marks a version complete.")
+    p.add_argument("--mode", choices=["full", "continual"], default="full", help="Reselect mode for later versions.")
+    p.add_argument("--condition-on", choices=["selected", "all"], default="selected", help="Continual mode conditioning set.")
+    p.add_argument("--quiet", action="store_true", help="No progress bars.")
+    add_job_flags(p, skip=("data", "out"))
+    p.set_defaults(func=cmd_watch)
 
     p = sub.add_parser("config-reference", help="Print the config keys as a Markdown table.")
     p.set_defaults(func=cmd_config_reference)

@@ -161,6 +161,7 @@ class DeliftConfig(_Section):
     data: str = Field(..., description="Pool to select from: JSON/JSONL/Parquet file or folder, or a hub dataset.")
     model: str = Field(..., description="Scoring model: local HF checkpoint dir or hub id.")
     out: str = Field(..., description="Output directory (local path or pyarrow-resolvable URI).")
+    cache: Optional[str] = Field(None, description="Shared content-keyed utility cache (path or URI) that many runs reuse; None: the out dir.")
     stage: Literal["instruction", "task", "continual"] = Field("instruction", description="instruction (FL), task (FLMI) or continual (FLCG).")
     budget: Union[int, float] = Field(0.3, description="Fraction in (0, 1) or a count in [1, N).")
     target: Optional[str] = Field(None, description="Target set for stage task.")

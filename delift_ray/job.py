@@ -27,7 +27,7 @@ from delift_ray.config import DeliftConfig, load_config, validate_config
 from delift_ray.data import SampleSet, load_samples
 from delift_ray.errors import DeliftError, StorageError
 from delift_ray.prompts import TOO_LONG, TokenizedSet, fits, take, template_head_length, tokenize_set
-from delift_ray.storage import BASELINE, UTILITY, ShardStore, model_digest, resolve_fs, scorer_fingerprint
+from delift_ray.storage import BASELINE, UTILITY, ShardStore, model_digest, model_identity, resolve_fs, scorer_fingerprint
 from delift_ray.utility import minmax_scale
 
 log = logging.getLogger("delift_ray")
@@ -107,11 +107,16 @@ def ingest(cfg: DeliftConfig, tokenizer) -> dict[str, ScoredSet]:
 
 def fingerprint(cfg: DeliftConfig) -> str:
     """Scorer fingerprint: the model's files and every setting that changes a utility."""
+    ident = model_identity(cfg.model)
     fields = {
         "model": os.path.abspath(cfg.model) if os.path.isdir(cfg.model) else cfg.model,
+        "hub_id": ident["hub_id"],
+        "revision": ident["revision"],
         "dtype": cfg.engine.dtype,
         "max_model_len": cfg.engine.max_model_len,
         "templates": cfg.templates.model_dump(),
+        # Scoring parameters that change the numbers: the sequence layout and the distance.
+        "scoring": {"eos_after_context": True, "eos_after_response": True, "tokenize_special": False},
         "utility": "d=sqrt(mean((1-p)^2)); teacher forcing; v1",
     }
     return scorer_fingerprint(model_digest(cfg.model), fields)
@@ -175,7 +180,7 @@ def score(cfg: DeliftConfig, sets: dict[str, ScoredSet], store: ShardStore, plan
         counters["retries"] += rep.retries
         counters["actor_deaths"] += rep.actor_deaths
 
-        d_base = baseline_lookup(store)
+        d_base = baseline_lookup(store, {sid for s in sets.values() for sid in s.samples.sample_ids})
         pair_blocks = []
         for b in plan.blocks:
             H, E = sets[b.helped_set], sets[b.example_set]
@@ -210,8 +215,13 @@ def score(cfg: DeliftConfig, sets: dict[str, ScoredSet], store: ShardStore, plan
     return dict(counters)
 
 
-def baseline_lookup(store: ShardStore) -> dict[str, float]:
-    t = store.read_all(BASELINE)
+def cache_root(cfg: DeliftConfig) -> str:
+    """Root of the shard store: the shared ``cache`` location, or the out dir."""
+    return cfg.cache or cfg.out
+
+
+def baseline_lookup(store: ShardStore, wanted: Optional[set] = None) -> dict[str, float]:
+    t = store.read_all(BASELINE) if wanted is None else store.read_relevant(BASELINE, wanted)
     return dict(zip(t.column("sample_id").to_pylist(), t.column("distance").to_pylist()))
 
 
@@ -219,7 +229,8 @@ def assemble_kernels(cfg: DeliftConfig, sets: dict[str, ScoredSet], store: Shard
     """Raw UF matrices of the stage, each min-max scaled to [0, 1] over the whole matrix."""
     from delift_ray.kernel import assemble_dense
 
-    table = store.read_all(UTILITY)
+    wanted = {sid for s in sets.values() for sid in s.samples.sample_ids}
+    table = store.read_relevant(UTILITY, wanted, wanted)
     kernels = {}
     for m in stages.STAGE_MATRICES[cfg.stage]:
         H, E = sets[m.helped].samples.sample_ids, sets[m.example].samples.sample_ids
@@ -271,7 +282,8 @@ def assemble_sparse_kernels(cfg: DeliftConfig, sets: dict[str, ScoredSet], store
     """CSR kernels of the stage from the stored pairs, scaled over stored entries (kernel.assemble_sparse)."""
     from delift_ray.kernel import assemble_sparse_from_table
 
-    table = store.read_all(UTILITY)
+    wanted = {sid for s in sets.values() for sid in s.samples.sample_ids}
+    table = store.read_relevant(UTILITY, wanted, wanted)
     kernels = {}
     for m in stages.STAGE_MATRICES[cfg.stage]:
         H, E = sets[m.helped].samples.sample_ids, sets[m.example].samples.sample_ids
@@ -359,19 +371,21 @@ def run(config: DeliftConfig | dict | str | os.PathLike, *, progress: bool = Tru
     lap("ingest_s")
 
     fp = fingerprint(cfg)
-    store = ShardStore(cfg.out, fp)
-    stored_base = set(store.read_all(BASELINE).column("sample_id").to_pylist())
+    store = ShardStore(cache_root(cfg), fp)
     ids = {name: s.samples.sample_ids for name, s in sets.items()}
+    all_ids = {sid for v in ids.values() for sid in v}
+    # Only shards whose footers name wanted samples are read (the cache may be shared).
+    stored_base = set(store.read_relevant(BASELINE, all_ids).column("sample_id").to_pylist())
     knn_counts: dict = {}
     if cfg.kernel.type == "knn":
         candidates, knn_counts = knn_candidates(cfg, sets, progress, lap)
         index = planning.IdIndex(ids)
         plan = planning.plan_knn(stages.STAGE_MATRICES[cfg.stage], candidates, ids,
-                                 planning.stored_pair_keys(store.read_all(UTILITY), index), stored_base,
+                                 planning.stored_pair_keys(store.read_relevant(UTILITY, all_ids, all_ids), index), stored_base,
                                  index=index, fingerprint=fp, block_size=cfg.scoring.block_size)
     else:
         check_dense_memory(cfg, sets)  # before hours of scoring, not after
-        stored = planning.stored_pairs(store.read_all(UTILITY))
+        stored = planning.stored_pairs(store.read_relevant(UTILITY, all_ids, all_ids))
         plan = planning.plan_blocks(stages.STAGE_MATRICES[cfg.stage], ids, stored, stored_base,
                                     fingerprint=fp, block_size=cfg.scoring.block_size)
     lap("plan_s")
@@ -429,7 +443,8 @@ def run(config: DeliftConfig | dict | str | os.PathLike, *, progress: bool = Tru
     out.write_json("run.json", {
         "config": cfg.model_dump(mode="json"),
         "versions": versions(),
-        "model": {"path": cfg.model, "fingerprint": fp},
+        "model": {"path": cfg.model, "fingerprint": fp, **{k: v for k, v in model_identity(cfg.model).items() if k != "snapshot"}},
+        "cache": store.root_uri,
         "selection": {"stage": cfg.stage, "budget": budget},
         "counts": counts,
         "timings": timings,

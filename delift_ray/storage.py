@@ -12,6 +12,14 @@ columns in the Parquet key-value metadata; a shard that does not validate is mov
 ``quarantine/`` and never read into a kernel. The content-keyed cache is exactly this
 store: a utility's key is (fingerprint, helped_id, example_id) and a baseline's key is
 (fingerprint, sample_id), so any run with the same fingerprint reuses what is here.
+
+The store root is the ``cache`` config key (default: the out dir), so many runs can
+share one store. Key index: every shard's footer also lists the distinct sample ids it
+covers (``delift.helped`` / ``delift.examples``, ``,``-joined). :meth:`ShardStore.read_relevant`
+reads only footers to find the shards that can hold a wanted pair, then reads and
+validates only those. A quarantined shard disappears from the listing and a shard
+added by a concurrent run appears in it, so the index never goes stale: it is the
+shards themselves. A shard without the lists (older writers) is simply read.
 """
 
 from __future__ import annotations
@@ -100,6 +108,7 @@ class ShardStore:
             b"delift.fingerprint": self.fingerprint.encode(),
             b"delift.kind": kind.encode(),
         }
+        meta.update(_id_lists(kind, table))
         table = table.replace_schema_metadata(meta)
         d = self.kind_dir(kind)
         self._ensure_dir(d)
@@ -156,6 +165,47 @@ class ShardStore:
                 out.append(ShardInfo(info.path, name[: -len(".parquet")]))
         return sorted(out, key=lambda s: s.key)
 
+    def read_relevant(self, kind: str, helped: Iterable[str], examples: Iterable[str] = ()) -> pa.Table:
+        """Valid shards that may hold a wanted key, chosen from their footers alone.
+
+        Utility: a shard is read when it covers some wanted helped id AND some wanted
+        example id; baseline: some wanted sample id (``helped``). The result may hold
+        keys outside the wanted sets (callers filter, as kernel assembly does).
+        """
+        want_h, want_e = set(helped), set(examples)
+        tables = []
+        for shard in self.list_shards(kind):
+            ids = self.footer_ids(shard.path)
+            if ids is not None:
+                h, e = ids
+                if want_h.isdisjoint(h) or (kind == UTILITY and want_e.isdisjoint(e)):
+                    continue
+            t = self.read_valid(shard.path)
+            if t is not None:
+                tables.append(t)
+        if not tables:
+            return SCHEMAS[kind].empty_table()
+        return pa.concat_tables(tables)
+
+    def footer_ids(self, path: str) -> Optional[tuple[frozenset, frozenset]]:
+        """(helped ids, example ids) listed in a shard's footer; None when absent or unreadable.
+
+        Memoised per path: a shard is immutable once it has its final name.
+        """
+        memo_key = (self.root_uri, path)
+        if memo_key in _FOOTER_MEMO:
+            return _FOOTER_MEMO[memo_key]
+        try:
+            with self.fs.open_input_file(path) as f:
+                meta = pq.read_schema(f).metadata or {}
+        except (OSError, pa.ArrowException, ValueError):
+            return None  # read_valid will quarantine it
+        if b"delift.helped" not in meta:
+            return None
+        ids = tuple(frozenset(filter(None, meta.get(k, b"").decode().split(","))) for k in (b"delift.helped", b"delift.examples"))
+        _FOOTER_MEMO[memo_key] = ids
+        return ids
+
     def read_all(self, kind: str, keys: Optional[Iterable[str]] = None) -> pa.Table:
         """Concatenation of every valid shard of ``kind`` (optionally only those keys)."""
         wanted = set(keys) if keys is not None else None
@@ -169,6 +219,18 @@ class ShardStore:
         if not tables:
             return SCHEMAS[kind].empty_table()
         return pa.concat_tables(tables)
+
+
+_FOOTER_MEMO: dict[tuple[str, str], tuple[frozenset, frozenset]] = {}
+
+
+def _id_lists(kind: str, table: pa.Table) -> dict[bytes, bytes]:
+    """Footer key index: the distinct sample ids a shard covers."""
+    if kind == UTILITY:
+        cols = {b"delift.helped": "helped_id", b"delift.examples": "example_id"}
+    else:
+        cols = {b"delift.helped": "sample_id"}
+    return {k: ",".join(sorted(set(table.column(c).to_pylist()))).encode() for k, c in cols.items()}
 
 
 # --------------------------------------------------------------------------- fingerprint
@@ -195,9 +257,14 @@ def _file_digest(path: str, full: bool) -> str:
 def model_digest(model: str) -> str:
     """Hash of a local checkpoint's config/tokenizer files (whole) and weights (size and ends).
 
-    A hub id that is not a local directory hashes as its name.
+    A hub id that is not a local directory hashes as its name and, when the hub cache
+    holds a snapshot of it, that snapshot's revision and files (:func:`model_identity`).
     """
     h = hashlib.blake2b(digest_size=16)
+    ident = model_identity(model)
+    if ident.get("snapshot"):
+        h.update(f"hub:{model}@{ident['revision']}".encode())
+        model = ident["snapshot"]
     if os.path.isdir(model):
         for name in sorted(os.listdir(model)):
             p = os.path.join(model, name)
@@ -207,6 +274,31 @@ def model_digest(model: str) -> str:
     else:
         h.update(f"hub:{model}".encode())
     return h.hexdigest()
+
+
+def model_identity(model: str) -> dict:
+    """Hub id and revision of a model: ``{"hub_id", "revision", "snapshot"}``, None where unknown.
+
+    A local directory has no hub identity (its files are hashed instead). A hub id is
+    resolved against the local hub cache only (never the network); the snapshot folder's
+    name is the commit the weights came from, so a new upload changes the fingerprint.
+    """
+    if os.path.isdir(model):
+        return {"hub_id": None, "revision": None, "snapshot": None}
+    none = {"hub_id": model, "revision": None, "snapshot": None}
+    try:
+        from huggingface_hub import constants
+        from huggingface_hub.file_download import repo_folder_name
+
+        repo = os.path.join(constants.HF_HUB_CACHE, repo_folder_name(repo_id=model, repo_type="model"))
+        with open(os.path.join(repo, "refs", "main")) as f:
+            revision = f.read().strip()
+    except (ImportError, OSError, ValueError):  # not cached, or not a hub id at all
+        return none
+    snap = os.path.join(repo, "snapshots", revision)
+    if not revision or not os.path.isdir(snap):
+        return none
+    return {"hub_id": model, "revision": revision, "snapshot": snap}
 
 
 def scorer_fingerprint(model_hash: str, fields: dict) -> str:

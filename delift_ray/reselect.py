@@ -1,0 +1,259 @@
+"""Reselection for a new data version, scoring only the utilities the cache lacks.
+
+``reselect(previous_run_dir, new_data, out)`` reads the previous run's ``run.json``
+(model, engine, templates, columns, budget, cache), its ``samples.parquet`` and
+``selection.parquet``, and compares the versions by sample hash:
+
+    added = new \\ old,   removed = old \\ new,   unchanged = old ∩ new
+
+It never enumerates pairs itself. It runs the ordinary job against the previous run's
+content-keyed cache, and the job's planner scores exactly the keys the cache lacks.
+Whatever the kernel type, the new work is "the missing keys": in dense mode, the pairs
+that touch an added sample (2·N·Δ + Δ² of (N+Δ)² for Δ added to N); under a sparse
+(knn) kernel, the new or changed candidate pairs.
+
+Modes:
+
+* ``full``: the previous stage (FL for ``instruction``) over the whole new version. The
+  kernels are assembled from the same cached numbers a from-scratch run would compute
+  and scaled over the whole matrix, so the selection equals a from-scratch run's.
+* ``continual``: FL conditional gain, Σ_i max(max_{j∈A} K[i][j] − ν·max_{e∈E} P[i][e], 0),
+  over the added samples (K: added × added, P[i][e] = UF(i <- e)), where E is the
+  previously selected subset (``condition_on="selected"``) or every previous sample
+  (``"all"``). The new selection is the previous selection that is still in the data,
+  followed by the picks.
+
+Outputs under ``out``: ``run.json`` (whose ``config`` is the new version's config, so a
+later reselect can chain on it, plus a ``reselect`` section), ``samples.parquet``,
+``selection.parquet``, ``subset.jsonl`` and ``selection_diff.parquet`` / ``.json``
+(``entered``, ``left``, ``kept`` relative to the previous selection).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass, field
+from typing import Optional, Sequence, Union
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from delift_ray.config import DeliftConfig, validate_config
+from delift_ray.errors import DeliftError
+from delift_ray.storage import resolve_fs
+
+MODES = ("full", "continual")
+CONDITION_ON = ("selected", "all")
+
+
+# --------------------------------------------------------------------------- pure diffs
+
+
+@dataclass
+class DataDiff:
+    """Sample ids of two versions: added and unchanged in the new order, removed in the old."""
+
+    added: list[str]
+    removed: list[str]
+    unchanged: list[str]
+
+    def counts(self) -> dict:
+        return {"added": len(self.added), "removed": len(self.removed), "unchanged": len(self.unchanged)}
+
+
+def diff_ids(previous: Sequence[str], new: Sequence[str]) -> DataDiff:
+    old, cur = set(previous), set(new)
+    return DataDiff(added=[s for s in new if s not in old], removed=[s for s in previous if s not in cur],
+                    unchanged=[s for s in new if s in old])
+
+
+def selection_diff(before: Sequence[str], after: Sequence[str]) -> pa.Table:
+    """One row per sample in either selection: change is entered, left or kept; ranks are 0-based or -1."""
+    rank_b = {s: r for r, s in enumerate(before)}
+    rank_a = {s: r for r, s in enumerate(after)}
+    ids = list(after) + [s for s in before if s not in rank_a]
+    change = ["kept" if s in rank_b and s in rank_a else "entered" if s in rank_a else "left" for s in ids]
+    return pa.table({
+        "sample_id": pa.array(ids, pa.string()),
+        "change": pa.array(change, pa.string()),
+        "rank_before": pa.array([rank_b.get(s, -1) for s in ids], pa.int64()),
+        "rank_after": pa.array([rank_a.get(s, -1) for s in ids], pa.int64()),
+    })
+
+
+def continual_budget(budget: Union[int, float], prev_selected: int, prev_samples: int, n_added: int) -> int:
+    """Picks among the added samples: the previous selected fraction of them, within [1, n_added - 1]."""
+    frac = budget if isinstance(budget, float) else prev_selected / max(prev_samples, 1)
+    return int(min(max(round(frac * n_added), 1), n_added - 1))
+
+
+# --------------------------------------------------------------------------- the previous run
+
+
+@dataclass
+class PreviousRun:
+    dir: str
+    config: dict
+    pool: pa.Table  # samples.parquet rows of set 'pool'
+    selected: list[str]
+    cache: str
+
+    @property
+    def pool_ids(self) -> list[str]:
+        return self.pool.column("sample_id").to_pylist()
+
+
+def _read_bytes(uri: str) -> bytes:
+    fs, path = resolve_fs(uri)
+    with fs.open_input_stream(path) as f:
+        return f.read()
+
+
+def read_previous(run_dir: str) -> PreviousRun:
+    """The previous run's config, pool samples and selection; a one-line error if it is not a finished run."""
+    files = {}
+    for name in ("run.json", "samples.parquet", "selection.parquet"):
+        try:
+            files[name] = _read_bytes(f"{run_dir.rstrip('/')}/{name}")
+        except (OSError, DeliftError):
+            raise DeliftError(f"--previous {run_dir} is not a finished delift-ray run: {name} is missing") from None
+    try:
+        meta = json.loads(files["run.json"])
+        config = dict(meta["config"])
+        samples = pq.read_table(pa.BufferReader(files["samples.parquet"]))
+        selected = pq.read_table(pa.BufferReader(files["selection.parquet"])).column("sample_id").to_pylist()
+    except (ValueError, KeyError, pa.ArrowException) as exc:
+        raise DeliftError(f"--previous {run_dir}: unreadable run files ({exc.__class__.__name__}: {str(exc)[:120]})") from None
+    pool = samples.filter(pa.compute.equal(samples.column("set"), "pool"))
+    # Without a shared cache the previous run's shards live in its own dir.
+    cache = config.get("cache") or meta.get("cache") or run_dir
+    return PreviousRun(run_dir, config, pool, selected, cache)
+
+
+# --------------------------------------------------------------------------- reselect
+
+
+@dataclass
+class ReselectResult:
+    out: str
+    mode: str
+    selected_ids: list[str]
+    diff: DataDiff
+    counts: dict
+    paths: dict = field(default_factory=dict)
+
+
+def version_config(prev: PreviousRun, data: str, out: str, *, cache: Optional[str] = None,
+                   budget: Union[int, float, None] = None) -> DeliftConfig:
+    """The previous config with the new data, out dir and (shared) cache."""
+    tree = dict(prev.config)
+    tree.update(data=data, out=out, cache=cache or prev.cache)
+    if budget is not None:
+        tree["budget"] = budget
+    return validate_config(tree)
+
+
+def _write_jsonl(path: str, prompts: Sequence[str], responses: Sequence[str]) -> str:
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    with open(path, "w", encoding="utf-8") as f:
+        for p, r in zip(prompts, responses):
+            f.write(json.dumps({"prompt": p, "response": r}, ensure_ascii=False) + "\n")
+    return path
+
+
+def reselect(previous: str, data: str, out: str, *, mode: str = "full", condition_on: str = "selected",
+             budget: Union[int, float, None] = None, cache: Optional[str] = None, progress: bool = True) -> ReselectResult:
+    """Select on a new data version, reusing every cached utility; see the module docstring."""
+    from delift_ray.data import load_samples
+    from delift_ray.job import OutDir, run
+
+    if mode not in MODES:
+        raise DeliftError(f"--mode must be one of {', '.join(MODES)}, got {mode!r}")
+    if condition_on not in CONDITION_ON:
+        raise DeliftError(f"--condition-on must be one of {', '.join(CONDITION_ON)}, got {condition_on!r}")
+    prev = read_previous(previous)
+    cfg = version_config(prev, data, out, cache=cache, budget=budget if mode == "full" else None)
+    new = load_samples(cfg.data, "pool", columns=cfg.columns, split=cfg.split, max_rows=cfg.max_samples, strict=cfg.strict)
+    diff = diff_ids(prev.pool_ids, new.sample_ids)
+    od = OutDir(out)
+
+    if mode == "full":
+        result = run(cfg, progress=progress)
+        selected, job_counts = result.selected_ids, result.counts
+        extra: dict = {}
+    else:
+        selected, job_counts, extra = _continual(cfg, prev, new, diff, od, condition_on, budget, progress)
+
+    sdiff = selection_diff(prev.selected, selected)
+    changes = sdiff.column("change").to_pylist()
+    counts = {
+        "samples": len(new),
+        "pairs_total": int(job_counts.get("pairs_total", 0)),
+        "pairs_scored": int(job_counts.get("pairs_scored", 0)),
+        "pairs_reused": int(job_counts.get("pairs_reused", 0)),
+        "baselines_scored": int(job_counts.get("baselines_scored", 0)),
+        "selected": len(selected),
+        **{c: changes.count(c) for c in ("entered", "left", "kept")},
+        **diff.counts(),
+    }
+    ids_by_change = {c: [s for s, x in zip(sdiff.column("sample_id").to_pylist(), changes) if x == c] for c in ("entered", "left", "kept")}
+    paths = {
+        "selection_diff": od.write_parquet("selection_diff.parquet", sdiff),
+        "selection_diff_json": od.write_json("selection_diff.json", {
+            "previous": previous, "mode": mode, "data": diff.counts(), **{k: v for k, v in counts.items() if k in ("entered", "left", "kept")},
+            **ids_by_change}),
+        "selection": od.file("selection.parquet"),
+        "run": od.file("run.json"),
+    }
+    meta = json.loads(_read_bytes(paths["run"]))
+    meta["reselect"] = {"previous": previous, "mode": mode, "condition_on": condition_on if mode == "continual" else None,
+                        "counts": counts, **extra}
+    od.write_json("run.json", meta)
+    return ReselectResult(out, mode, selected, diff, counts, paths)
+
+
+def _continual(cfg: DeliftConfig, prev: PreviousRun, new, diff: DataDiff, od, condition_on: str,
+               budget: Union[int, float, None], progress: bool) -> tuple[list[str], dict, dict]:
+    """FLCG over the added samples conditioned on the previous selection (or all previous data)."""
+    from delift_ray.job import run
+
+    present = set(new.sample_ids)
+    kept = [s for s in prev.selected if s in present]
+    pos = {s: k for k, s in enumerate(new.sample_ids)}
+    picks, gains, job_counts, note = [], [], {}, None
+    if len(diff.added) < 2:
+        note = f"{len(diff.added)} added sample(s): nothing to choose between, the previous selection carries over"
+    else:
+        cond_ids = set(prev.selected) if condition_on == "selected" else set(prev.pool_ids)
+        cond = prev.pool.filter(pa.compute.is_in(prev.pool.column("sample_id"), value_set=pa.array(sorted(cond_ids), pa.string())))
+        inputs = od.file("inputs")
+        added = _write_jsonl(f"{inputs}/added.jsonl", [new.prompts[pos[s]] for s in diff.added],
+                             [new.responses[pos[s]] for s in diff.added])
+        existing = _write_jsonl(f"{inputs}/condition.jsonl", cond.column("prompt").to_pylist(), cond.column("response").to_pylist())
+        k = budget if budget is not None else continual_budget(prev.config.get("budget", 0.3), len(prev.selected), len(prev.pool_ids), len(diff.added))
+        tree = cfg.model_dump(mode="json")
+        # The written inputs are prompt/response rows with the same content hashes.
+        tree.update(data=added, existing=existing, stage="continual", budget=k, out=od.file("continual"),
+                    cache=cfg.cache, columns={})
+        result = run(validate_config(tree), progress=progress)
+        picks, gains, job_counts = result.selected_ids, result.gains, result.counts
+    selected = kept + picks
+    origin = ["kept"] * len(kept) + ["picked"] * len(picks)
+    od.write_parquet("selection.parquet", pa.table({
+        "sample_id": pa.array(selected, pa.string()), "rank": np.arange(len(selected), dtype=np.int64),
+        "gain": np.asarray([np.nan] * len(kept) + list(gains), dtype=np.float64), "origin": origin}))
+    od.write_bytes("subset.jsonl", "".join(new.originals[pos[s]] + "\n" for s in selected).encode())
+    od.write_parquet("samples.parquet", version_samples(new))
+    od.write_json("run.json", {"config": cfg.model_dump(mode="json"), "cache": cfg.cache,
+                               "counts": {**job_counts, "samples": len(new), "selected": len(selected)}})
+    return selected, job_counts, {"picked": len(picks), "note": note}
+
+
+def version_samples(new) -> pa.Table:
+    """samples.parquet of a whole version (continual mode tokenises only the added part: token counts are -1)."""
+    n = len(new)
+    return pa.table({"sample_id": new.sample_ids, "row": new.rows, "set": ["pool"] * n, "prompt": new.prompts,
+                     "response": new.responses, "prompt_tokens": [-1] * n, "response_tokens": [-1] * n,
+                     "copies": new.copies, "status": ["ok"] * n})
