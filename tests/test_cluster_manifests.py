@@ -1,0 +1,113 @@
+"""cluster/: every manifest parses, has the fields its controller needs, and runs real CLI commands.
+
+Commands (a RayJob entrypoint, a CronJob's container command, and the `delift-ray ...`
+lines in each file's comments) are parsed with the real argument parser, so a renamed
+flag or subcommand fails here rather than on a cluster.
+"""
+
+import re
+import shlex
+from pathlib import Path
+
+import pytest
+import yaml
+
+from delift_ray.cli import build_parser
+from delift_ray.config import load_config
+
+CLUSTER = Path(__file__).resolve().parent.parent / "cluster"
+
+
+def load(name):
+    docs = [d for d in yaml.safe_load_all((CLUSTER / name).read_text()) if d is not None]
+    assert len(docs) == 1
+    return docs[0]
+
+
+def parse_cli(argv):
+    """Parse a `delift-ray ...` argv with the real parser; argparse errors become test failures."""
+    assert argv[0] == "delift-ray", argv
+    try:
+        return build_parser().parse_args(argv[1:])
+    except SystemExit as exc:
+        pytest.fail(f"not a valid delift-ray command ({exc}): {' '.join(argv)}")
+
+
+def check_job_flags(args):
+    """Job flags must be valid config values too (types, choices), whatever the job file adds."""
+    from delift_ray.cli import overrides_from
+
+    tree = {"data": "d", "model": "m", "out": "o"}
+    tree.update(overrides_from(args))
+    load_config(None, tree)
+
+
+def containers(pod_template):
+    return pod_template["spec"]["containers"]
+
+
+def test_all_manifests_are_covered():
+    assert sorted(p.name for p in CLUSTER.glob("*.yaml")) == sorted(
+        ["cronjob-watch.yaml", "ray-cluster-launcher.yaml", "raycluster.yaml", "rayjob.yaml"])
+
+
+def test_rayjob():
+    m = load("rayjob.yaml")
+    assert m["apiVersion"] == "ray.io/v1" and m["kind"] == "RayJob" and m["metadata"]["name"]
+    spec = m["spec"]
+    rc = spec["rayClusterSpec"]
+    assert rc["headGroupSpec"]["rayStartParams"] is not None and containers(rc["headGroupSpec"]["template"])
+    for g in rc["workerGroupSpecs"]:
+        assert g["groupName"] and containers(g["template"])[0]["resources"]["limits"]["nvidia.com/gpu"] == "1"
+    args = parse_cli(shlex.split(spec["entrypoint"]))
+    assert args.command == "select" and args.config
+    check_job_flags(args)
+    assert getattr(args, "cfg:cache") and getattr(args, "cfg:ray.address") == "auto"
+
+
+def test_cronjob_runs_watch_once():
+    m = load("cronjob-watch.yaml")
+    assert m["apiVersion"] == "batch/v1" and m["kind"] == "CronJob"
+    spec = m["spec"]
+    assert len(spec["schedule"].split()) == 5 and spec["concurrencyPolicy"] == "Forbid"
+    pod = spec["jobTemplate"]["spec"]["template"]
+    assert pod["spec"]["restartPolicy"] in ("Never", "OnFailure")
+    (c,) = containers(pod)
+    assert c["image"] and c["command"][:2] == ["/bin/bash", "-lc"]
+    script, _name, *argv = c["args"]  # bash -c SCRIPT $0 "$@"
+    assert 'exec "$@"' in script
+    args = parse_cli(argv)
+    assert args.command == "watch" and args.once and args.location.startswith("/data/")
+    check_job_flags(args)
+    assert getattr(args, "cfg:ray.address").startswith("ray://")
+    mounts = {v["mountPath"] for v in c["volumeMounts"]}
+    assert any(args.out.startswith(p) and args.location.startswith(p) for p in mounts)
+
+
+def test_raycluster():
+    m = load("raycluster.yaml")
+    assert m["apiVersion"] == "ray.io/v1" and m["kind"] == "RayCluster"
+    spec = m["spec"]
+    assert containers(spec["headGroupSpec"]["template"])[0]["image"].startswith("rayproject/ray:")
+    assert all(containers(g["template"]) for g in spec["workerGroupSpecs"])
+
+
+def test_cluster_launcher():
+    m = load("ray-cluster-launcher.yaml")
+    for key in ("cluster_name", "provider", "available_node_types", "head_node_type", "head_start_ray_commands"):
+        assert m[key], key
+    assert m["head_node_type"] in m["available_node_types"] and m["provider"]["type"]
+    assert any("delift-ray" in cmd for cmd in m["setup_commands"])
+
+
+@pytest.mark.parametrize("name", ["cronjob-watch.yaml", "ray-cluster-launcher.yaml", "raycluster.yaml", "rayjob.yaml"])
+def test_commands_in_comments_are_valid(name):
+    cmds = []  # command lines, not `quoted` mentions in prose
+    for line in (CLUSTER / name).read_text().splitlines():
+        m = re.match(r"#[^`]*?(delift-ray (?:select|submit|reselect|watch|status|logs)\b.*)$", line)
+        if m:
+            cmds.append(m.group(1))
+    for cmd in cmds:
+        args = parse_cli(shlex.split(cmd))
+        if hasattr(args, "config"):
+            check_job_flags(args)
