@@ -32,12 +32,12 @@ later reselect can chain on it, plus a ``reselect`` section), ``samples.parquet`
 from __future__ import annotations
 
 import json
-import os
 from dataclasses import dataclass, field
 from typing import Optional, Sequence, Union
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from delift_ray.config import DeliftConfig, validate_config
@@ -126,7 +126,7 @@ def read_previous(run_dir: str) -> PreviousRun:
         selected = pq.read_table(pa.BufferReader(files["selection.parquet"])).column("sample_id").to_pylist()
     except (ValueError, KeyError, pa.ArrowException) as exc:
         raise DeliftError(f"--previous {run_dir}: unreadable run files ({exc.__class__.__name__}: {str(exc)[:120]})") from None
-    pool = samples.filter(pa.compute.equal(samples.column("set"), "pool"))
+    pool = samples.filter(pc.equal(samples.column("set"), "pool"))
     # Without a shared cache the previous run's shards live in its own dir.
     cache = config.get("cache") or meta.get("cache") or run_dir
     return PreviousRun(run_dir, config, pool, selected, cache)
@@ -155,12 +155,10 @@ def version_config(prev: PreviousRun, data: str, out: str, *, cache: Optional[st
     return validate_config(tree)
 
 
-def _write_jsonl(path: str, prompts: Sequence[str], responses: Sequence[str]) -> str:
-    os.makedirs(os.path.dirname(path), exist_ok=True)
-    with open(path, "w", encoding="utf-8") as f:
-        for p, r in zip(prompts, responses):
-            f.write(json.dumps({"prompt": p, "response": r}, ensure_ascii=False) + "\n")
-    return path
+def _write_jsonl(od, name: str, prompts: Sequence[str], responses: Sequence[str]) -> str:
+    text = "".join(json.dumps({"prompt": p, "response": r}, ensure_ascii=False) + "\n" for p, r in zip(prompts, responses))
+    od.write_bytes(name, text.encode("utf-8"))
+    return f"{od.uri.rstrip('/')}/{name}"
 
 
 def reselect(previous: str, data: str, out: str, *, mode: str = "full", condition_on: str = "selected",
@@ -227,15 +225,15 @@ def _continual(cfg: DeliftConfig, prev: PreviousRun, new, diff: DataDiff, od, co
         note = f"{len(diff.added)} added sample(s): nothing to choose between, the previous selection carries over"
     else:
         cond_ids = set(prev.selected) if condition_on == "selected" else set(prev.pool_ids)
-        cond = prev.pool.filter(pa.compute.is_in(prev.pool.column("sample_id"), value_set=pa.array(sorted(cond_ids), pa.string())))
-        inputs = od.file("inputs")
-        added = _write_jsonl(f"{inputs}/added.jsonl", [new.prompts[pos[s]] for s in diff.added],
+        cond = prev.pool.filter(pc.is_in(prev.pool.column("sample_id"), value_set=pa.array(sorted(cond_ids), pa.string())))
+        # Inputs of the FLCG run, as prompt/response rows (same content hashes) next to its outputs.
+        added = _write_jsonl(od, "continual_added.jsonl", [new.prompts[pos[s]] for s in diff.added],
                              [new.responses[pos[s]] for s in diff.added])
-        existing = _write_jsonl(f"{inputs}/condition.jsonl", cond.column("prompt").to_pylist(), cond.column("response").to_pylist())
+        existing = _write_jsonl(od, "continual_condition.jsonl", cond.column("prompt").to_pylist(), cond.column("response").to_pylist())
         k = budget if budget is not None else continual_budget(prev.config.get("budget", 0.3), len(prev.selected), len(prev.pool_ids), len(diff.added))
         tree = cfg.model_dump(mode="json")
         # The written inputs are prompt/response rows with the same content hashes.
-        tree.update(data=added, existing=existing, stage="continual", budget=k, out=od.file("continual"),
+        tree.update(data=added, existing=existing, stage="continual", budget=k, out=f"{od.uri.rstrip('/')}/continual",
                     cache=cfg.cache, columns={})
         result = run(validate_config(tree), progress=progress)
         picks, gains, job_counts = result.selected_ids, result.gains, result.counts

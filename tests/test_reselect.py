@@ -257,7 +257,7 @@ def test_continual_picks_from_added_conditioned_on_previous(v1_run, condition_on
     prev = v1_run["result"].selected_ids
     assert r.selected_ids[:6] == prev and len(r.selected_ids) == 6 + 2  # round(0.3 * 6) = 2 picks
     assert set(r.selected_ids[6:]) <= added and c["entered"] == 2 and c["kept"] == 6 and c["left"] == 0
-    cond = [json.loads(x) for x in open(out / "inputs" / "condition.jsonl")]
+    cond = [json.loads(x) for x in open(out / "continual_condition.jsonl")]
     assert len(cond) == n_cond
     sel = pq.read_table(out / "selection.parquet").to_pydict()
     assert sel["origin"] == ["kept"] * 6 + ["picked"] * 2
