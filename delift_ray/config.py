@@ -9,6 +9,7 @@ it by :func:`config_reference_markdown`. Unknown keys and wrong types are errors
 from __future__ import annotations
 
 import os
+import posixpath
 from pathlib import Path
 from typing import Any, Iterator, Literal, Optional, Union
 
@@ -127,6 +128,7 @@ class RayConfig(_Section):
     num_gpus_per_scorer: float = Field(1.0, ge=0, description="GPUs per scorer actor when the cluster has GPUs.")
     object_store_memory: int = Field(512 * 1024**2, ge=78643200, description="Object store bytes of an embedded local Ray.")
     max_actor_restarts: int = Field(4, ge=0, description="Restarts of a scorer actor after it dies.")
+    connect_timeout_s: float = Field(10.0, gt=0, description="Seconds to wait for a Ray address to answer before failing.")
 
 
 class SelectionConfig(_Section):
@@ -196,6 +198,11 @@ class DeliftConfig(_Section):
             raise ValueError(f"a count must be >= 1, got {v}")
         return v
 
+    @field_validator("out")
+    @classmethod
+    def _out_stays_inside(cls, v: str) -> str:
+        return check_out_path(v)
+
     @model_validator(mode="after")
     def _stage_inputs(self) -> "DeliftConfig":
         if self.stage == "task" and not self.target:
@@ -203,6 +210,35 @@ class DeliftConfig(_Section):
         if self.stage == "continual" and not self.existing:
             raise ValueError("stage 'continual' needs existing data (--existing)")
         return self
+
+
+def check_out_path(path: str) -> str:
+    """The path rule for where a run writes (``out``, its shards and cache).
+
+    An absolute path (``/data/runs/x``, ``~/runs/x``) or an absolute URI
+    (``s3://bucket/runs/x``) is taken as given: the user chose that place. A relative
+    path must stay under the working directory: after normalisation (``a/../b`` is
+    ``b``) it may not start with ``..``, so a job file (often written by someone else,
+    or uploaded with ``submit``) cannot point the run at ``../../home/...``. A URI may
+    not contain a ``..`` component at all.
+    """
+    p = path.strip()
+    if not p:
+        raise ValueError("must not be empty")
+    if "://" in p:
+        parts = p.split("://", 1)[1].replace("\\", "/").split("/")
+        if ".." in parts:
+            raise ValueError(f"{path!r} contains '..'; give the full URI without it")
+        return p
+    if os.path.isabs(p) or p.startswith("~"):
+        return p
+    norm = posixpath.normpath(p.replace("\\", "/"))
+    if norm == ".." or norm.startswith("../"):
+        raise ValueError(
+            f"relative path {path!r} leaves the working directory through '..'; "
+            "give an absolute path to write outside it"
+        )
+    return p
 
 
 def parse_number(text: str) -> Union[int, float]:

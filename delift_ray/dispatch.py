@@ -27,6 +27,8 @@ from delift_ray.scoring.engine import cpu_engine_env
 
 log = logging.getLogger(__name__)
 
+DRAIN_TIMEOUT_S = 120.0  # how long a stopping job waits for its in-flight blocks
+
 
 def connect(cfg: RayConfig) -> bool:
     """Connect to ``cfg.address`` or start an embedded local Ray; True if we started it."""
@@ -36,6 +38,7 @@ def connect(cfg: RayConfig) -> bool:
         return False
     kwargs: dict[str, Any] = dict(logging_level=logging.WARNING, log_to_driver=True)
     if cfg.address:
+        check_reachable(cfg.address, cfg.connect_timeout_s)
         try:
             ray.init(address=cfg.address, **kwargs)
         except Exception as exc:  # ray raises ConnectionError, RuntimeError, ValueError here
@@ -51,6 +54,39 @@ def connect(cfg: RayConfig) -> bool:
         **kwargs,
     )
     return True
+
+
+def address_endpoint(address: str) -> tuple[str, int] | None:
+    """(host, port) that a Ray address connects to first; None for 'auto' / 'local'."""
+    if address in ("auto", "local"):
+        return None
+    rest = address.split("://", 1)[1] if "://" in address else address
+    rest = rest.split("/", 1)[0]
+    host, sep, port = rest.rpartition(":")
+    if not sep or not port.isdigit():
+        raise DeliftError(f"ray.address {address!r} is not 'auto', HOST:PORT or ray://HOST:PORT")
+    return host.strip("[]"), int(port)
+
+
+def check_reachable(address: str, timeout: float) -> None:
+    """Fail fast when nothing answers at the address.
+
+    ray.init(address=...) keeps retrying an unreachable GCS for minutes (measured: more
+    than 2 minutes for 127.0.0.1:1 with Ray 2.60); a plain TCP connect bounded by
+    ``timeout`` answers the common case (wrong host or port, cluster down) at once.
+    """
+    import socket
+
+    endpoint = address_endpoint(address)
+    if endpoint is None:
+        return
+    try:
+        socket.create_connection(endpoint, timeout=timeout).close()
+    except OSError as exc:
+        raise DeliftError(
+            f"cannot reach the Ray cluster at {address!r}: nothing answers at {endpoint[0]}:{endpoint[1]} "
+            f"within {timeout:g} s ({exc.__class__.__name__}: {exc}); is the cluster running and the address right?"
+        ) from None
 
 
 def cluster_gpus() -> int:
@@ -92,6 +128,7 @@ class DispatchReport:
     failed: list[tuple[Any, str]] = field(default_factory=list)
     retries: int = 0
     actor_deaths: int = 0
+    redone: int = 0  # units (pairs, samples) of blocks sent again after a failure
 
 
 class ActorPool:
@@ -105,6 +142,7 @@ class ActorPool:
         self.max_restarts = max_restarts
         self.actors = [factory() for _ in range(count)]
         self.restarts = [0] * count
+        self.retired: list[Any] = []  # actors recycled after a task error
 
     def handle_death(self, actor) -> Any:
         """Replace ``actor`` unless an earlier failure already did; returns the slot's actor."""
@@ -119,6 +157,25 @@ class ActorPool:
             )
         self.actors[slot] = self.factory()
         return self.actors[slot]
+
+    def recycle(self, actor) -> Any:
+        """Replace a live actor whose engine may be unhealthy; not counted as a restart.
+
+        The old handle is kept so that its id is never reused: blocks that fail because
+        of this kill are recognised by it (:meth:`was_recycled`).
+        """
+        import ray
+
+        if actor not in self.actors:
+            return None
+        slot = self.actors.index(actor)
+        self.retired.append(actor)
+        ray.kill(actor, no_restart=True)
+        self.actors[slot] = self.factory()
+        return self.actors[slot]
+
+    def was_recycled(self, actor) -> bool:
+        return any(a is actor for a in self.retired)
 
     def shutdown(self) -> None:
         import ray
@@ -195,7 +252,23 @@ def dispatch(
     inflight: int = 2,
     describe: Callable[[Any], str] = lambda b: str(getattr(b, "key", b)),
 ) -> DispatchReport:
-    """Run ``actor.<method>.remote(block)`` for every block, dynamically, with retries."""
+    """Run ``actor.<method>.remote(block)`` for every block, dynamically, with retries.
+
+    Failure handling:
+
+    * an actor that dies takes every block queued on it down; each goes back to the
+      queue and counts one attempt (which of them killed it cannot be told). The actor
+      is replaced once, and the death counted once, however many blocks it took along;
+    * a block whose task raises (an engine error, non-finite log-probabilities) counts
+      one attempt, and its actor is recycled (replaced by a fresh one, not counted as a
+      restart): a vLLM engine that produced NaN keeps NaN in its KV-cache memory and
+      poisons later requests (measured on the CPU engine), so the retry gets a clean
+      engine. Blocks lost only because of that recycling are requeued without counting
+      an attempt;
+    * after ``max_retries + 1`` attempts the block is skipped (``skip_failed``) or the
+      job stops with a :class:`ScoringError` naming the block, its samples and the ways
+      on, after letting the blocks already running finish (their shards are kept).
+    """
     import ray
     from ray.exceptions import ActorDiedError, ActorUnavailableError, RayActorError
 
@@ -222,14 +295,22 @@ def dispatch(
         try:
             result = ray.get(ref)
         except (RayActorError, ActorDiedError, ActorUnavailableError) as exc:
-            report.actor_deaths += 1
+            if pool.was_recycled(actor):
+                queue.push(block)  # lost to a recycle we caused: not this block's fault
+                report.redone += getattr(block, "size", 1)
+                continue
             error = f"scorer actor died ({exc.__class__.__name__})"
             queue.forget(id(actor))  # its engine's prefix cache is gone
-            new = pool.handle_death(actor)
-            if new is not None:
+            if actor in pool.actors:  # first news of this death
+                report.actor_deaths += 1
+                new = pool.handle_death(actor)
                 load[id(new)] = 0
         except Exception as exc:  # an error raised inside the block's task
-            error = f"{exc.__class__.__name__}: {str(exc).splitlines()[0][:300] if str(exc) else ''}"
+            error = task_error_text(exc)
+            queue.forget(id(actor))
+            new = pool.recycle(actor)
+            if new is not None:
+                load[id(new)] = 0
         else:
             report.done.append(block)
             on_done(block, result)
@@ -237,17 +318,33 @@ def dispatch(
         n = attempts[id(block)] = attempts.get(id(block), 0) + 1
         if n <= max_retries:
             report.retries += 1
+            report.redone += getattr(block, "size", 1)
             log.warning("block %s failed (%s); retry %d of %d", describe(block), error, n, max_retries)
             queue.push(block)
         elif skip_failed:
-            log.error("block %s failed %d times (%s); skipped", describe(block), n, error)
+            log.error("block %s failed %d times (%s); going on without it", describe(block), n, error)
             report.failed.append((block, error))
         else:
-            for r in list(running):
-                ray.cancel(r, force=False)
+            # Let the blocks already running finish, so their shards are kept for the resume.
+            if running:
+                ray.wait(list(running), num_returns=len(running), timeout=DRAIN_TIMEOUT_S)
             raise ScoringError(
                 f"block {describe(block)} failed {n} times, last error: {error}. "
                 "Shards already written are kept: re-run the same command to resume, "
-                "or add --scoring.skip-failed-blocks true to finish without these pairs."
+                "add --scoring.skip-failed-blocks true to finish without these pairs (reported as missing), "
+                "or remove these samples from the data."
             )
     return report
+
+
+def task_error_text(exc: BaseException) -> str:
+    """One line for an exception raised inside a remote task (Ray wraps it in RayTaskError)."""
+    cause = getattr(exc, "cause", None) or exc
+    text = str(cause).strip().splitlines()
+    # RayTaskError's own text is a remote traceback; its last line names the exception.
+    line = text[-1] if cause is exc and len(text) > 1 else (text[0] if text else "")
+    hint = ""
+    if isinstance(cause, FloatingPointError) or "non-finite" in line:
+        hint = (" (the model gave NaN/inf for these inputs: check its weights, or, if float16 overflows, "
+                "use --engine.dtype bfloat16 or float32)")
+    return f"{cause.__class__.__name__}: {line[:300]}{hint}"

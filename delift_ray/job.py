@@ -26,6 +26,7 @@ from delift_ray import planning, stages
 from delift_ray.config import DeliftConfig, load_config, validate_config
 from delift_ray.data import SampleSet, load_samples
 from delift_ray.errors import DeliftError, StorageError
+from delift_ray.lock import RunLock
 from delift_ray.prompts import TOO_LONG, TokenizedSet, fits, take, template_head_length, tokenize_set
 from delift_ray.storage import BASELINE, UTILITY, ShardStore, model_digest, model_identity, resolve_fs, scorer_fingerprint
 from delift_ray.utility import minmax_scale
@@ -149,7 +150,7 @@ def score(cfg: DeliftConfig, sets: dict[str, ScoredSet], store: ShardStore, plan
     from tqdm import tqdm
 
     from delift_ray import dispatch
-    from delift_ray.scoring.actor import BaselineBlock, BlockScorer, PairBlock
+    from delift_ray.scoring.actor import BlockScorer, PairBlock
 
     started = dispatch.connect(cfg.ray)
     actors = dispatch.plan_actors(cfg)
@@ -163,27 +164,44 @@ def score(cfg: DeliftConfig, sets: dict[str, ScoredSet], store: ShardStore, plan
     counters = Counter()
     engine = Counter()  # per-block engine counters, summed (each result holds its block's delta)
     try:
-        base_blocks = [
-            BaselineBlock(planning.block_key(store.fingerprint, [sets[n].samples.sample_ids[i] for i in chunk], ["-"] * len(chunk)),
-                          [sets[n].samples.sample_ids[i] for i in chunk], take(sets[n].tokens, chunk))
-            for n, chunks in plan.baseline.items() for chunk in chunks
-        ]
-        bar = tqdm(total=plan.baselines_to_score, unit="sample", desc="baselines", disable=not progress or not base_blocks, dynamic_ncols=True)
+        base_src = [(n, chunk) for n, chunks in plan.baseline.items() for chunk in chunks]
+        bar = tqdm(total=plan.baselines_to_score, unit="sample", desc="baselines", disable=not progress or not base_src, dynamic_ncols=True)
 
         def base_done(block, result):
             bar.update(block.size)
             engine.update(result.stats)
 
-        rep = dispatch.dispatch(pool, base_blocks, "score_baseline", max_retries=cfg.scoring.max_retries,
-                                skip_failed=False, on_done=base_done)
+        def base_dispatch(src, skip_failed):
+            rep = dispatch.dispatch(pool, [baseline_block(sets, store, n, c) for n, c in src], "score_baseline",
+                                    max_retries=cfg.scoring.max_retries, skip_failed=skip_failed, on_done=base_done,
+                                    describe=lambda b: f"{b.key} (baselines of samples {_id_list(b.sample_ids)})")
+            counters["retries"] += rep.retries
+            counters["actor_deaths"] += rep.actor_deaths
+            return rep
+
+        # A failing baseline block (up to 256 samples) is scored again one sample per block,
+        # so one bad sample costs its own row, and the error names exactly that sample.
+        rep = base_dispatch(base_src, skip_failed=True)
+        if rep.failed:
+            by_key = {baseline_block(sets, store, n, c).key: (n, c) for n, c in base_src}
+            singles = [(n, c[k : k + 1]) for b, _ in rep.failed for n, c in [by_key[b.key]] for k in range(len(c))]
+            log.warning("%d baseline block(s) failed; scoring their %d samples one by one", len(rep.failed), len(singles))
+            rep = base_dispatch(singles, skip_failed=cfg.scoring.skip_failed_blocks)
+            counters["failed_blocks"] += len(rep.failed)
         bar.close()
-        counters["retries"] += rep.retries
-        counters["actor_deaths"] += rep.actor_deaths
 
         d_base = baseline_lookup(store, {sid for s in sets.values() for sid in s.samples.sample_ids})
         pair_blocks = []
         for b in plan.blocks:
             H, E = sets[b.helped_set], sets[b.example_set]
+            # A helped sample without a baseline (its baseline block failed and was skipped)
+            # has no utility: its pairs are missing, not scored.
+            has_base = np.array([H.samples.sample_ids[i] in d_base for i in b.h_idx], dtype=bool)
+            if not has_base.all():
+                counters["pairs_missing"] += int((~has_base).sum())
+                if not has_base.any():
+                    continue
+                b = planning.PlannedBlock(b.key, b.helped_set, b.example_set, b.h_idx[has_base], b.e_idx[has_base])
             hu, h_local = np.unique(b.h_idx, return_inverse=True)
             eu, e_local = np.unique(b.e_idx, return_inverse=True)
             helped_ids = [H.samples.sample_ids[i] for i in hu]
@@ -200,7 +218,7 @@ def score(cfg: DeliftConfig, sets: dict[str, ScoredSet], store: ShardStore, plan
 
         rep = dispatch.dispatch(pool, pair_blocks, "score_pairs", max_retries=cfg.scoring.max_retries,
                                 skip_failed=cfg.scoring.skip_failed_blocks, on_done=pair_done,
-                                describe=lambda b: f"{b.key} ({b.size} pairs; samples {', '.join(b.sample_ids()[:8])}{'...' if len(b.sample_ids()) > 8 else ''})")
+                                describe=lambda b: f"{b.key} ({b.size} pairs; samples {_id_list(b.sample_ids())})")
         bar.close()
         counters["retries"] += rep.retries
         counters["actor_deaths"] += rep.actor_deaths
@@ -218,6 +236,17 @@ def score(cfg: DeliftConfig, sets: dict[str, ScoredSet], store: ShardStore, plan
 def cache_root(cfg: DeliftConfig) -> str:
     """Root of the shard store: the shared ``cache`` location, or the out dir."""
     return cfg.cache or cfg.out
+
+
+def baseline_block(sets: dict[str, ScoredSet], store: ShardStore, set_name: str, chunk: np.ndarray):
+    from delift_ray.scoring.actor import BaselineBlock
+
+    ids = [sets[set_name].samples.sample_ids[i] for i in chunk]
+    return BaselineBlock(planning.block_key(store.fingerprint, ids, ["-"] * len(ids)), ids, take(sets[set_name].tokens, chunk))
+
+
+def _id_list(ids: list[str], show: int = 8) -> str:
+    return ", ".join(ids[:show]) + (f" and {len(ids) - show} more" if len(ids) > show else "")
 
 
 def baseline_lookup(store: ShardStore, wanted: Optional[set] = None) -> dict[str, float]:
@@ -363,6 +392,11 @@ def run(config: DeliftConfig | dict | str | os.PathLike, *, progress: bool = Tru
         clock = now
 
     out = OutDir(cfg.out)
+    with RunLock(out.fs, out.path, cfg.out):  # one run per output directory
+        return _run_locked(cfg, out, timings, lap, progress)
+
+
+def _run_locked(cfg: DeliftConfig, out: OutDir, timings: dict, lap, progress: bool) -> RunResult:
     tokenizer = load_tokenizer(cfg)
     sets = ingest(cfg, tokenizer)
     out.write_parquet("samples.parquet", samples_table(sets))
@@ -432,6 +466,7 @@ def run(config: DeliftConfig | dict | str | os.PathLike, *, progress: bool = Tru
         # Requests whose prefix-cache hit reached a scored position and were scored again.
         "rescored": int(scored.get("rescored", 0)),
         "cached_prompt_tokens": int(scored.get("cached_tokens", 0)),
+        "failed_blocks": int(scored.get("failed_blocks", 0)),
         "actor_deaths": int(scored.get("actor_deaths", 0)),
         "selected": len(selected),
         "kernel": cfg.kernel.type,

@@ -1,0 +1,173 @@
+"""One run per output directory: a lock file holding the owner's pid, host and start time.
+
+``<out>/.delift-ray.lock`` is created with ``O_CREAT | O_EXCL`` (atomic on local and
+network file systems that honour it), so of two runs started together exactly one gets
+it; the other stops with a one-line error naming the owner. A lock is *stale* when its
+owner ran on this host and that process is gone (or the pid now belongs to a process
+started at another time, i.e. the pid was reused); a stale lock is taken over with a
+warning. A lock held from another host cannot be checked from here: the error says to
+delete the file if that run is known to be dead.
+
+Output locations that are URIs (``s3://``...) have no atomic create; there the lock is
+written best-effort (check, then write), which still stops the common mistake of
+starting the same job twice by hand.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import socket
+import uuid
+from datetime import datetime, timezone
+from typing import Optional
+
+import pyarrow.fs as pafs
+
+from delift_ray.errors import DeliftError
+
+log = logging.getLogger(__name__)
+
+LOCK_NAME = ".delift-ray.lock"
+
+
+class LockError(DeliftError):
+    """The output directory is in use by another run."""
+
+
+def _proc_start_ticks(pid: int) -> Optional[int]:
+    """Start time of a process in clock ticks since boot (Linux /proc), None elsewhere."""
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            stat = f.read().decode()
+    except OSError:
+        return None
+    # The command name (field 2) may contain spaces and parentheses: split after the last ')'.
+    fields = stat[stat.rindex(")") + 2 :].split()
+    return int(fields[19])  # field 22 of stat(5), counted from field 3
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # exists, owned by someone else
+        return True
+    return True
+
+
+def owner_record() -> dict:
+    pid = os.getpid()
+    return {
+        "pid": pid,
+        "host": socket.gethostname(),
+        "started": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "proc_start_ticks": _proc_start_ticks(pid),
+        "token": uuid.uuid4().hex,
+    }
+
+
+def is_stale(rec: dict) -> bool:
+    """True when the recorded owner is provably gone (same host, process dead or pid reused)."""
+    if rec.get("host") != socket.gethostname():
+        return False
+    pid = rec.get("pid")
+    if not isinstance(pid, int) or pid <= 0:
+        return True
+    if not _pid_alive(pid):
+        return True
+    ticks = rec.get("proc_start_ticks")
+    now_ticks = _proc_start_ticks(pid)
+    return ticks is not None and now_ticks is not None and ticks != now_ticks
+
+
+class RunLock:
+    """The lock of one output directory; use as a context manager or acquire()/release()."""
+
+    def __init__(self, fs: pafs.FileSystem, out_path: str, out_uri: str):
+        self.fs, self.uri = fs, out_uri
+        self.path = f"{out_path}/{LOCK_NAME}"
+        self.local = isinstance(fs, pafs.LocalFileSystem)
+        self.record: Optional[dict] = None
+
+    def _read(self) -> Optional[dict]:
+        try:
+            with self.fs.open_input_stream(self.path) as f:
+                data = f.read()
+        except (FileNotFoundError, OSError):
+            return None
+        try:
+            rec = json.loads(data.decode("utf-8"))
+            return rec if isinstance(rec, dict) else {}
+        except (UnicodeDecodeError, json.JSONDecodeError):
+            return {}  # a torn write from a killed run: no owner recorded
+
+    def _create(self, rec: dict) -> bool:
+        data = json.dumps(rec).encode()
+        if not self.local:
+            if self._read() is not None:
+                return False
+            with self.fs.open_output_stream(self.path) as f:
+                f.write(data)
+            return True
+        try:
+            fd = os.open(self.path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+        except FileExistsError:
+            return False
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+        return True
+
+    def acquire(self) -> "RunLock":
+        rec = owner_record()
+        for _ in range(3):  # create; on a stale lock move it aside and try again
+            if self._create(rec):
+                self.record = rec
+                return self
+            held = self._read()
+            if held is None:
+                continue  # released between our create and read
+            if held and not is_stale(held):
+                raise LockError(
+                    f"output directory {self.uri} is in use by another run (pid {held.get('pid')} on host "
+                    f"{held.get('host')}, started {held.get('started')}); wait for it to finish, or, if that "
+                    f"run is dead, delete {self.path}"
+                )
+            log.warning("taking over a stale lock in %s (owner pid %s on %s, started %s, is gone)",
+                        self.uri, held.get("pid"), held.get("host"), held.get("started"))
+            # Move aside rather than delete: of two runs taking over at once, only one move succeeds.
+            try:
+                self.fs.move(self.path, f"{self.path}.stale-{uuid.uuid4().hex[:8]}")
+            except OSError:
+                pass
+            self._discard_stale_copies()
+        raise LockError(f"could not lock output directory {self.uri}; another run keeps taking it")
+
+    def _discard_stale_copies(self) -> None:
+        parent = self.path.rsplit("/", 1)[0]
+        for info in self.fs.get_file_info(pafs.FileSelector(parent, allow_not_found=True)):
+            if info.base_name.startswith(LOCK_NAME + ".stale-"):
+                try:
+                    self.fs.delete_file(info.path)
+                except OSError:
+                    pass
+
+    def release(self) -> None:
+        if self.record is None:
+            return
+        held = self._read()
+        if held and held.get("token") == self.record["token"]:
+            try:
+                self.fs.delete_file(self.path)
+            except OSError:
+                pass
+        self.record = None
+
+    def __enter__(self) -> "RunLock":
+        return self.acquire()
+
+    def __exit__(self, *exc) -> None:
+        self.release()
+
