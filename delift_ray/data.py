@@ -144,12 +144,20 @@ def read_records(source: str, split: str = "train", max_rows: Optional[int] = No
             ds = datasets.load_dataset(builder, data_files=[str(f) for f in files], split="train")
         except Exception as exc:  # datasets raises several types for malformed input
             if builder != "json":
-                raise DataError(f"cannot read {source}: {str(exc).splitlines()[0][:200]}") from None
+                raise DataError(f"cannot read {source}: {_read_error_text(exc)}") from None
             rows = list(_read_json_lines_tolerant(files))
+            if not rows:
+                raise DataError(f"{source} is empty: no rows")
+            if not any(isinstance(r, dict) for r in rows):
+                reasons = Counter(r.reason for r in rows if isinstance(r, BadRow))
+                raise DataError(f"{source}: no readable rows ({len(rows)} read; "
+                                + ", ".join(f"{k}={v}" for k, v in sorted(reasons.items())) + ")")
             if max_rows is not None:
                 rows = rows[:max_rows]
             columns = sorted({k for r in rows if isinstance(r, dict) for k in r})
             return columns, iter(rows)
+        if len(ds) == 0:
+            raise DataError(f"{source} is empty: no rows")
     elif os.sep in source or source.startswith(".") or source.endswith(tuple(LOCAL_FORMATS)):
         raise DataError(f"data file not found: {source}")
     else:
@@ -160,6 +168,17 @@ def read_records(source: str, split: str = "train", max_rows: Optional[int] = No
     if max_rows is not None:
         ds = ds.select(range(min(max_rows, len(ds))))
     return list(ds.column_names), iter(ds)
+
+
+def _read_error_text(exc: BaseException) -> str:
+    """The most useful line of a datasets read error: its root cause where that says more."""
+    seen = exc
+    while seen is not None:
+        if isinstance(seen, UnicodeDecodeError):
+            return (f"not UTF-8 text (byte 0x{seen.object[seen.start]:02x} at offset {seen.start} of a chunk); "
+                    "re-encode the file as UTF-8")
+        seen = seen.__cause__ or seen.__context__
+    return str(exc).splitlines()[0][:200]
 
 
 # --------------------------------------------------------------------------- columns

@@ -222,6 +222,7 @@ def score(cfg: DeliftConfig, sets: dict[str, ScoredSet], store: ShardStore, plan
         bar.close()
         counters["retries"] += rep.retries
         counters["actor_deaths"] += rep.actor_deaths
+        counters["pairs_redone"] += rep.redone
         counters["pairs_missing"] += sum(b.size for b, _ in rep.failed)
         counters["failed_blocks"] += len(rep.failed)
         counters["rescored"] += int(engine.get("rescored", 0))
@@ -462,6 +463,7 @@ def _run_locked(cfg: DeliftConfig, out: OutDir, timings: dict, lap, progress: bo
         "baselines_total": plan.baselines_total,
         "baselines_scored": plan.baselines_to_score,
         "baselines_reused": plan.baselines_reused,
+        "pairs_redone": int(scored.get("pairs_redone", 0)),
         "block_retries": int(scored.get("retries", 0)),
         # Requests whose prefix-cache hit reached a scored position and were scored again.
         "rescored": int(scored.get("rescored", 0)),

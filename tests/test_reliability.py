@@ -99,18 +99,49 @@ def assert_complete_matrix(out):
     return t
 
 
-def scorer_pids():
-    """Pids of live BlockScorer actor processes (Ray titles them 'ray::BlockScorer')."""
-    pids = []
+def descendants(root: int) -> set[int]:
+    """Pids of every process below ``root`` (Linux /proc)."""
+    children: dict[int, list[int]] = {}
     for d in glob.glob("/proc/[0-9]*"):
         try:
-            with open(f"{d}/cmdline", "rb") as f:
+            with open(f"{d}/stat") as f:
+                stat = f.read()
+        except OSError:
+            continue
+        ppid = int(stat[stat.rindex(")") + 2:].split()[1])
+        children.setdefault(ppid, []).append(int(os.path.basename(d)))
+    out, todo = set(), [root]
+    while todo:
+        for c in children.get(todo.pop(), []):
+            if c not in out:
+                out.add(c)
+                todo.append(c)
+    return out
+
+
+def scorer_pids(root: int | None = None) -> list[int]:
+    """Pids of live BlockScorer actor processes (Ray titles them 'ray::BlockScorer') below
+    ``root`` (default: this process, whose embedded Ray starts them). Other people's Ray
+    clusters on the same machine are never touched."""
+    pids = []
+    for pid in sorted(descendants(os.getpid() if root is None else root)):
+        try:
+            with open(f"/proc/{pid}/cmdline", "rb") as f:
                 cmd = f.read()
         except OSError:
             continue
         if cmd.startswith(b"ray::BlockScorer"):
-            pids.append(int(os.path.basename(d)))
+            pids.append(pid)
     return pids
+
+
+def alive(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            stat = f.read()
+    except OSError:
+        return False
+    return stat[stat.rindex(")") + 2] != "Z"
 
 
 def wait_for(predicate, timeout, step=0.05):
@@ -174,6 +205,8 @@ def test_driver_killed_mid_run_resumes(tiny_model_dir, pool_file, reference, tmp
     try:
         assert wait_for(lambda: shard_count(out) >= 3 or first.poll() is not None, timeout=400)
         assert first.poll() is None, first.communicate()[1][-2000:]
+        its_ray = descendants(first.pid)  # its raylet, GCS and scorer actor
+        assert scorer_pids(first.pid)
         os.kill(first.pid, signal.SIGKILL)
         first.wait(timeout=30)
     finally:
@@ -183,7 +216,7 @@ def test_driver_killed_mid_run_resumes(tiny_model_dir, pool_file, reference, tmp
                       if not os.path.basename(f).startswith(TMP_PREFIX))
     assert os.path.exists(os.path.join(out, LOCK_NAME))  # the dead driver's lock is left behind
     # Ray's processes share the driver's fate: no scorer keeps writing into the out dir.
-    assert wait_for(lambda: not scorer_pids(), timeout=60), scorer_pids()
+    assert wait_for(lambda: not [p for p in its_ray if alive(p)], timeout=60), [p for p in its_ray if alive(p)]
 
     second = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
     assert second.returncode == 0, second.stderr[-3000:]
