@@ -53,7 +53,7 @@ class EngineConfig(_Section):
     block_size: Optional[int] = Field(
         32,
         description="KV-cache block size, the granularity of prefix-cache hits; a multiple of 32 on CPU "
-        "(None: engine default, 128 on CPU, which caches less of each example; see docs/scoring.md).",
+        "(None: engine default, 128 on CPU, which caches less of each example; see README: Scoring throughput).",
     )
     logprob_path: Literal["auto", "full", "suffix"] = Field(
         "auto",

