@@ -86,9 +86,9 @@ def is_stale(rec: dict) -> bool:
 class RunLock:
     """The lock of one output directory; use as a context manager or acquire()/release()."""
 
-    def __init__(self, fs: pafs.FileSystem, out_path: str, out_uri: str):
-        self.fs, self.uri = fs, out_uri
-        self.path = f"{out_path}/{LOCK_NAME}"
+    def __init__(self, fs: pafs.FileSystem, out_path: str, out_uri: str, *, name: str = LOCK_NAME, role: str = "run"):
+        self.fs, self.uri, self.role = fs, out_uri, role
+        self.path = f"{out_path}/{name}"
         self.local = isinstance(fs, pafs.LocalFileSystem)
         self.record: Optional[dict] = None
 
@@ -131,7 +131,7 @@ class RunLock:
                 continue  # released between our create and read
             if held and not is_stale(held):
                 raise LockError(
-                    f"output directory {self.uri} is in use by another run (pid {held.get('pid')} on host "
+                    f"output directory {self.uri} is in use by another {self.role} (pid {held.get('pid')} on host "
                     f"{held.get('host')}, started {held.get('started')}); wait for it to finish, or, if that "
                     f"run is dead, delete {self.path}"
                 )

@@ -23,10 +23,8 @@ The out dir must be a local or mounted path (the lock uses an exclusive file cre
 from __future__ import annotations
 
 import datetime as dt
-import json
 import logging
 import os
-import socket
 import time
 import traceback
 from dataclasses import dataclass
@@ -37,6 +35,7 @@ import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
 from delift_ray.errors import DeliftError, StorageError
+from delift_ray.lock import RunLock
 from delift_ray.storage import resolve_fs
 
 log = logging.getLogger(__name__)
@@ -54,60 +53,13 @@ OK, FAILED = "ok", "failed"
 # --------------------------------------------------------------------------- the lock
 
 
-def _pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:  # exists, owned by someone else
-        return True
-    return True
-
-
-class WatchLock:
-    """An exclusive lock file in the out dir with the holder's pid and host."""
-
-    def __init__(self, out: str):
-        if "://" in out:
-            raise StorageError(f"watch --out must be a local or mounted path (the lock needs an exclusive create), got {out!r}")
-        self.path = os.path.join(os.path.abspath(out), LOCK_NAME)
-
-    def acquire(self) -> None:
-        os.makedirs(os.path.dirname(self.path), exist_ok=True)
-        for _ in range(2):
-            try:
-                fd = os.open(self.path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
-            except FileExistsError:
-                holder = self._holder()
-                if holder and holder.get("host") == socket.gethostname() and not _pid_alive(int(holder.get("pid", -1))):
-                    log.warning("removing stale watch lock of dead pid %s", holder.get("pid"))
-                    os.remove(self.path)
-                    continue
-                who = f"pid {holder.get('pid')} on host {holder.get('host')}" if holder else "an unreadable lock"
-                raise DeliftError(f"another watcher holds {self.path} ({who}); stop it first, or delete the lock if that process is gone")
-            with os.fdopen(fd, "w") as f:
-                json.dump({"pid": os.getpid(), "host": socket.gethostname(), "time": _now()}, f)
-            return
-        raise DeliftError(f"cannot take the watch lock {self.path}")
-
-    def _holder(self) -> Optional[dict]:
-        try:
-            with open(self.path) as f:
-                return json.load(f)
-        except (OSError, ValueError):
-            return None
-
-    def release(self) -> None:
-        holder = self._holder()
-        if holder and holder.get("pid") == os.getpid() and holder.get("host") == socket.gethostname():
-            os.remove(self.path)
-
-    def __enter__(self) -> "WatchLock":
-        self.acquire()
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self.release()
+def WatchLock(out: str) -> RunLock:
+    """The watcher's lock: a :class:`~delift_ray.lock.RunLock` on its own file in the out dir."""
+    if "://" in out:
+        raise StorageError(f"watch --out must be a local or mounted path (the lock needs an exclusive create), got {out!r}")
+    path = os.path.abspath(out)
+    os.makedirs(path, exist_ok=True)
+    return RunLock(pafs.LocalFileSystem(), path, out, name=LOCK_NAME, role="watcher")
 
 
 # --------------------------------------------------------------------------- versions and history

@@ -83,10 +83,10 @@ def test_second_watcher_refuses_and_stale_lock_is_taken(tmp_path):
     out = tmp_path / "out"
     first = WatchLock(str(out))
     first.acquire()
-    with pytest.raises(DeliftError, match=f"another watcher holds .*pid {os.getpid()} on host {socket.gethostname()}"):
+    with pytest.raises(DeliftError, match=f"in use by another watcher .pid {os.getpid()} on host {socket.gethostname()}"):
         WatchLock(str(out)).acquire()
     s = WatchSettings(str(tmp_path), str(out), {})
-    with pytest.raises(DeliftError, match="another watcher"):
+    with pytest.raises(DeliftError, match="in use by another watcher"):
         watch(s, once=True, process=fake_process([]))
     first.release()
     dead = subprocess.Popen([sys.executable, "-c", "pass"])
@@ -107,7 +107,7 @@ def test_cli_second_watcher_refuses(tmp_path):
     (out / LOCK_NAME).write_text(json.dumps({"pid": os.getpid(), "host": socket.gethostname(), "time": "t"}))
     p = subprocess.run([sys.executable, "-m", "delift_ray.cli", "watch", str(tmp_path), "--out", str(out), "--once"],
                        capture_output=True, text=True, timeout=120)
-    assert p.returncode == 2 and "another watcher holds" in p.stderr and "Traceback" not in p.stderr
+    assert p.returncode == 2 and "in use by another watcher" in p.stderr and "Traceback" not in p.stderr
 
 
 # --------------------------------------------------------------------------- real engine
