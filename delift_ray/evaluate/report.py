@@ -268,10 +268,13 @@ def render_plot(report: dict, path: Path) -> None:
             errs.append(sd * sc if sd is not None else 0.0)
             cols.append(colors.get(r["selection"], "#555555"))
         x = np.arange(len(names))
-        bars = ax.bar(x, vals, yerr=errs, color=cols, capsize=4)
+        bars = ax.bar(x, vals, color=cols)
+        for xi, v, e in zip(x, vals, errs):
+            if e:
+                ax.errorbar(xi, v, yerr=e, color="black", capsize=4, linewidth=1)
         digits = 3 if METRIC_INFO[m]["scale"] == 1.0 else 1
-        for b, v in zip(bars, vals):
-            ax.annotate(f"{v:.{digits}f}", (b.get_x() + b.get_width() / 2, v), ha="center", va="bottom",
+        for b, v, e in zip(bars, vals, errs):
+            ax.annotate(f"{v:.{digits}f}", (b.get_x() + b.get_width() / 2, v + e), ha="center", va="bottom",
                         fontsize=7, xytext=(0, 2), textcoords="offset points")
         ax.set_xticks(x)
         ax.set_xticklabels(names, rotation=30, ha="right", fontsize=8)

@@ -35,8 +35,8 @@ from delift_ray.evaluate.report import SELECTIONS, build_report, write_report
 from delift_ray.evaluate.training import TrainSettings, fine_tune, load_model, load_tokenizer, resolve_dtype
 
 
-def _free(model) -> None:
-    del model
+def _release() -> None:
+    """Return the memory of models the caller has just deleted."""
     gc.collect()
     try:
         import torch
@@ -234,7 +234,8 @@ def evaluate_run(
             label = f"icl {name}" + (f" seed {seed_}" if name == "random" else "")
             keep(name, seed_, "icl", _evaluate_model(base, tok, enc, ev, examples=examples, desc=label, **ekw), slot)
             icl_slots[name].append(slot)
-    _free(base)
+    del base
+    _release()
     timings["eval_icl_s"] = time.perf_counter() - t
 
     # -- fine-tuned rows
@@ -256,7 +257,8 @@ def evaluate_run(
             t_eval += time.perf_counter() - t
             results[name].append(slot)
             train_stats[name].append({"seed": seed_, **stats.to_dict()})
-            _free(tuned)
+            del tuned
+            _release()
     timings["train_s"] = t_train
     timings["eval_finetuned_s"] = t_eval
 
