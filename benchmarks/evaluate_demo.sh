@@ -68,7 +68,10 @@ fi
 t1=$(date +%s)
 
 echo "== 3/3 delift-ray evaluate"
-"$CLI" evaluate --run "$OUT/run" --eval-data "$OUT/heldout.jsonl" --model "$MODEL" \
+# OMP_WAIT_POLICY=PASSIVE: with the default (spinning) policy, torch's 2-thread CPU kernels
+# slowed down about 6x whenever another process was busy on the 2 cores (measured: an
+# 800-token forward took 12.4 s instead of 1.4-1.7 s); passive waiting avoids that.
+OMP_WAIT_POLICY=${OMP_WAIT_POLICY:-PASSIVE} "$CLI" evaluate --run "$OUT/run" --eval-data "$OUT/heldout.jsonl" --model "$MODEL" \
   --seeds "$SEEDS" --epochs "$EPOCHS" --lr "$LR" --max-length "$MAX_LENGTH" \
   --max-new-tokens "$MAX_NEW_TOKENS" --icl-example-tokens "$ICL_EXAMPLE_TOKENS" --dtype "$DTYPE"
 t2=$(date +%s)
