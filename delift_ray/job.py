@@ -259,12 +259,10 @@ def assemble_kernels(cfg: DeliftConfig, sets: dict[str, ScoredSet], store: Shard
     """Raw UF matrices of the stage, each min-max scaled to [0, 1] over the whole matrix."""
     from delift_ray.kernel import assemble_dense
 
-    wanted = {sid for s in sets.values() for sid in s.samples.sample_ids}
-    table = store.read_relevant(UTILITY, wanted, wanted)
     kernels = {}
     for m in stages.STAGE_MATRICES[cfg.stage]:
         H, E = sets[m.helped].samples.sample_ids, sets[m.example].samples.sample_ids
-        M = assemble_dense(table, H, E, name=m.name, allow_missing=allow_missing)
+        M = assemble_dense(store.iter_relevant(UTILITY, H, E), H, E, name=m.name, allow_missing=allow_missing)
         if m.name == "K" and cfg.scoring.exclude_self:
             np.fill_diagonal(M, np.nan)
         M = minmax_scale(M, mask=~np.isnan(M) if np.isnan(M).any() else None)
@@ -310,14 +308,13 @@ def knn_candidates(cfg: DeliftConfig, sets: dict[str, ScoredSet], progress: bool
 
 def assemble_sparse_kernels(cfg: DeliftConfig, sets: dict[str, ScoredSet], store: ShardStore) -> dict:
     """CSR kernels of the stage from the stored pairs, scaled over stored entries (kernel.assemble_sparse)."""
-    from delift_ray.kernel import assemble_sparse_from_table
+    from delift_ray.kernel import assemble_sparse_from_tables
 
-    wanted = {sid for s in sets.values() for sid in s.samples.sample_ids}
-    table = store.read_relevant(UTILITY, wanted, wanted)
     kernels = {}
     for m in stages.STAGE_MATRICES[cfg.stage]:
         H, E = sets[m.helped].samples.sample_ids, sets[m.example].samples.sample_ids
-        M = assemble_sparse_from_table(table, H, E, drop_diagonal=m.name == "K" and cfg.scoring.exclude_self)
+        M = assemble_sparse_from_tables(store.iter_relevant(UTILITY, H, E), H, E,
+                                        drop_diagonal=m.name == "K" and cfg.scoring.exclude_self)
         kernels[m.name] = M.T.tocsr() if m.transpose else M
     return kernels
 
@@ -416,7 +413,7 @@ def _run_locked(cfg: DeliftConfig, out: OutDir, timings: dict, lap, progress: bo
         candidates, knn_counts = knn_candidates(cfg, sets, progress, lap)
         index = planning.IdIndex(ids)
         plan = planning.plan_knn(stages.STAGE_MATRICES[cfg.stage], candidates, ids,
-                                 planning.stored_pair_keys(store.read_relevant(UTILITY, all_ids, all_ids), index), stored_base,
+                                 planning.stored_pair_keys(store.iter_relevant(UTILITY, all_ids, all_ids), index), stored_base,
                                  index=index, fingerprint=fp, block_size=cfg.scoring.block_size)
     else:
         check_dense_memory(cfg, sets)  # before hours of scoring, not after

@@ -1,6 +1,6 @@
 """Kernel assembly: utility shards in, one dense matrix per kernel out.
 
-``assemble_dense(table, helped_ids, example_ids)`` places every stored UF(h <- e) at
+``assemble_dense(tables, helped_ids, example_ids)`` places every stored UF(h <- e) at
 ``M[row of h, column of e]``. Pairs outside the requested sets are ignored (a shared
 cache holds more than one run needs); a pair that is missing is an error, never a
 silent zero. The caller scales the raw matrix with
@@ -8,6 +8,8 @@ silent zero. The caller scales the raw matrix with
 """
 
 from __future__ import annotations
+
+from typing import Iterable, Iterator, Union
 
 import numpy as np
 import pyarrow as pa
@@ -22,31 +24,58 @@ def kernel_bytes(n_rows: int, n_cols: int) -> int:
     return n_rows * n_cols * BYTES_PER_ENTRY
 
 
-def locate(table: pa.Table, helped_ids: list[str], example_ids: list[str]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """(rows, cols, values) of the stored pairs that fall inside the requested sets."""
-    h = pc.index_in(table.column("helped_id"), value_set=pa.array(helped_ids, pa.string()))
-    e = pc.index_in(table.column("example_id"), value_set=pa.array(example_ids, pa.string()))
+Tables = Union[pa.Table, Iterable[pa.Table]]
+
+
+def _batches(tables: Tables) -> Iterable[pa.Table]:
+    return [tables] if isinstance(tables, pa.Table) else tables
+
+
+def _locate_batch(table: pa.Table, helped: pa.Array, examples: pa.Array) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    h = pc.index_in(table.column("helped_id"), value_set=helped)
+    e = pc.index_in(table.column("example_id"), value_set=examples)
     keep = pc.and_(pc.is_valid(h), pc.is_valid(e))
-    rows = pc.filter(h, keep).to_numpy(zero_copy_only=False).astype(np.int64)
-    cols = pc.filter(e, keep).to_numpy(zero_copy_only=False).astype(np.int64)
+    rows = pc.filter(h, keep).to_numpy(zero_copy_only=False).astype(np.int32)
+    cols = pc.filter(e, keep).to_numpy(zero_copy_only=False).astype(np.int32)
     vals = pc.filter(table.column("utility"), keep).to_numpy(zero_copy_only=False).astype(np.float32)
     return rows, cols, vals
 
 
-def assemble_dense(
-    table: pa.Table, helped_ids: list[str], example_ids: list[str], *, name: str = "K", allow_missing: bool = False
-) -> np.ndarray:
-    """Dense float32 matrix M[h, e] = UF(h <- e).
+def iter_located(tables: Tables, helped_ids: list[str], example_ids: list[str]) -> Iterator[tuple[np.ndarray, np.ndarray, np.ndarray]]:
+    """(rows, cols, values) per table, of the stored pairs inside the requested sets.
 
-    A missing pair raises, unless ``allow_missing`` (failed blocks were skipped on
-    request): then it is NaN, and scaling later turns it into the kernel's minimum.
+    Rows and columns are int32 positions in ``helped_ids`` / ``example_ids`` (12 bytes a
+    pair, instead of the ~50 bytes of the two id strings).
     """
-    rows, cols, vals = locate(table, helped_ids, example_ids)
+    helped, examples = pa.array(helped_ids, pa.string()), pa.array(example_ids, pa.string())
+    for table in _batches(tables):
+        yield _locate_batch(table, helped, examples)
+
+
+def locate(tables: Tables, helped_ids: list[str], example_ids: list[str]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(rows, cols, values) of all stored pairs inside the requested sets, concatenated."""
+    parts = list(iter_located(tables, helped_ids, example_ids))
+    if not parts:
+        return np.empty(0, np.int32), np.empty(0, np.int32), np.empty(0, np.float32)
+    return tuple(np.concatenate(x) for x in zip(*parts))  # type: ignore[return-value]
+
+
+def assemble_dense(
+    tables: Tables, helped_ids: list[str], example_ids: list[str], *, name: str = "K", allow_missing: bool = False
+) -> np.ndarray:
+    """Dense float32 matrix M[h, e] = UF(h <- e), filled table by table.
+
+    ``tables`` is one table or an iterable of them (``ShardStore.iter_relevant``), so only
+    one batch of id strings is in memory next to M. A missing pair raises, unless
+    ``allow_missing`` (failed blocks were skipped on request): then it is NaN, and
+    scaling later turns it into the kernel's minimum.
+    """
     M = np.zeros((len(helped_ids), len(example_ids)), dtype=np.float32)
     seen = np.zeros(M.shape, dtype=bool)
-    M[rows, cols] = vals
-    seen[rows, cols] = True
-    missing = int(seen.size - seen.sum())
+    for rows, cols, vals in iter_located(tables, helped_ids, example_ids):
+        M[rows, cols] = vals
+        seen[rows, cols] = True
+    missing = int(seen.size - np.count_nonzero(seen))
     if missing and allow_missing:
         M[~seen] = np.nan
     elif missing:
@@ -113,28 +142,42 @@ def assemble_sparse(
 
     so a pair that was not scored counts like the least useful scored pair (the stored
     minimum also becomes 0 and is then not stored). A pair stored twice (two shards)
-    keeps one value. ``drop_diagonal`` removes (i, i) before scaling (exclude_self).
+    keeps its first value. ``drop_diagonal`` removes (i, i) before scaling (exclude_self).
+
+    Built directly in CSR from one stable sort of the int64 pair keys: scipy's COO route
+    would hold two more copies of the entries, which at 36M pairs is the peak.
     """
     import scipy.sparse as sp
 
-    rows = np.asarray(rows, dtype=np.int64)
-    cols = np.asarray(cols, dtype=np.int64)
+    n_rows, n_cols = shape
+    key = np.asarray(rows, dtype=np.int64) * n_cols + np.asarray(cols, dtype=np.int64)
     vals = np.asarray(vals, dtype=np.float32)
     if drop_diagonal:
-        off = rows != cols
-        rows, cols, vals = rows[off], cols[off], vals[off]
-    _, first = np.unique(rows * shape[1] + cols, return_index=True)
-    rows, cols, vals = rows[first], cols[first], vals[first]
+        off = key // n_cols != key % n_cols
+        key, vals = key[off], vals[off]
+    order = np.argsort(key, kind="stable")
+    key = key[order]
+    first = np.ones(key.size, dtype=bool)
+    first[1:] = key[1:] != key[:-1]
+    key, vals = key[first], vals[order[first]]
+    del order, first
     if vals.size:
         lo, hi = float(vals.min()), float(vals.max())
         vals = ((vals - lo) / (hi - lo)).astype(np.float32) if hi > lo else np.zeros_like(vals)
-    M = sp.csr_matrix((vals, (rows, cols)), shape=shape, dtype=np.float32)
-    M.eliminate_zeros()
-    M.sort_indices()
-    return M
+    nz = vals != 0
+    key, vals = key[nz], vals[nz]
+    idx_dtype = np.int32 if max(key.size, n_cols) < 2**31 else np.int64
+    indptr = np.zeros(n_rows + 1, dtype=idx_dtype)
+    np.cumsum(np.bincount(key // n_cols, minlength=n_rows), out=indptr[1:])
+    indices = (key % n_cols).astype(idx_dtype)
+    return sp.csr_matrix((vals, indices, indptr), shape=shape)
 
 
-def assemble_sparse_from_table(table: pa.Table, helped_ids: list[str], example_ids: list[str], *, drop_diagonal: bool = False):
-    """CSR kernel M[h, e] of the stored pairs inside the requested sets (see :func:`assemble_sparse`)."""
-    rows, cols, vals = locate(table, helped_ids, example_ids)
+def assemble_sparse_from_tables(tables: Tables, helped_ids: list[str], example_ids: list[str], *, drop_diagonal: bool = False):
+    """CSR kernel M[h, e] of the stored pairs inside the requested sets (see :func:`assemble_sparse`).
+
+    ``tables`` may be an iterable (``ShardStore.iter_relevant``): only the int32
+    positions and float32 values of the pairs are accumulated, never their id strings.
+    """
+    rows, cols, vals = locate(tables, helped_ids, example_ids)
     return assemble_sparse(rows, cols, vals, (len(helped_ids), len(example_ids)), drop_diagonal=drop_diagonal)

@@ -151,12 +151,19 @@ class IdIndex:
         return pc.fill_null(found, -1).to_numpy(zero_copy_only=False).astype(np.int64)
 
 
-def stored_pair_keys(table: pa.Table, index: IdIndex) -> np.ndarray:
-    """Sorted unique int64 keys of the stored pairs whose two ids belong to the run."""
-    h = index.lookup(table.column("helped_id"))
-    e = index.lookup(table.column("example_id"))
-    ok = (h >= 0) & (e >= 0)
-    return np.unique(h[ok] * index.size + e[ok])
+def stored_pair_keys(tables, index: IdIndex) -> np.ndarray:
+    """Sorted unique int64 keys of the stored pairs whose two ids belong to the run.
+
+    ``tables``: one table or an iterable of them (``ShardStore.iter_relevant``), so the
+    id strings of one batch at a time are in memory, never the whole store's.
+    """
+    parts = [np.empty(0, np.int64)]
+    for table in [tables] if isinstance(tables, pa.Table) else tables:
+        h = index.lookup(table.column("helped_id"))
+        e = index.lookup(table.column("example_id"))
+        ok = (h >= 0) & (e >= 0)
+        parts.append(np.unique(h[ok] * index.size + e[ok]))
+    return np.unique(np.concatenate(parts))
 
 
 def _isin_sorted(keys: np.ndarray, sorted_keys: np.ndarray) -> np.ndarray:

@@ -29,7 +29,7 @@ import logging
 import os
 import uuid
 from dataclasses import dataclass
-from typing import Iterable, Optional
+from typing import Iterable, Iterator, Optional
 
 import numpy as np
 import pyarrow as pa
@@ -166,26 +166,40 @@ class ShardStore:
         return sorted(out, key=lambda s: s.key)
 
     def read_relevant(self, kind: str, helped: Iterable[str], examples: Iterable[str] = ()) -> pa.Table:
-        """Valid shards that may hold a wanted key, chosen from their footers alone.
+        """Valid shards that may hold a wanted key, in one table (see :meth:`iter_relevant`)."""
+        tables = list(self.iter_relevant(kind, helped, examples))
+        return pa.concat_tables(tables) if tables else SCHEMAS[kind].empty_table()
+
+    def iter_relevant(self, kind: str, helped: Optional[Iterable[str]], examples: Iterable[str] = (), *,
+                      batch_rows: int = 1 << 22) -> Iterator[pa.Table]:
+        """Valid shards that may hold a wanted key, chosen from their footers alone,
+        yielded as tables of about ``batch_rows`` rows (several shards each).
 
         Utility: a shard is read when it covers some wanted helped id AND some wanted
-        example id; baseline: some wanted sample id (``helped``). The result may hold
+        example id; baseline: some wanted sample id (``helped``). The tables may hold
         keys outside the wanted sets (callers filter, as kernel assembly does).
+        ``helped=None`` reads every valid shard without looking at footers. Streaming
+        keeps a reader's memory at one batch of strings rather than the whole store:
+        at 36M pairs the concatenated table alone is several GB.
         """
-        want_h, want_e = set(helped), set(examples)
-        tables = []
+        want_h, want_e = (set(helped) if helped is not None else None), set(examples)
+        pending, rows = [], 0
         for shard in self.list_shards(kind):
-            ids = self.footer_ids(shard.path)
+            ids = self.footer_ids(shard.path) if want_h is not None else None
             if ids is not None:
                 h, e = ids
                 if want_h.isdisjoint(h) or (kind == UTILITY and want_e.isdisjoint(e)):
                     continue
             t = self.read_valid(shard.path)
-            if t is not None:
-                tables.append(t)
-        if not tables:
-            return SCHEMAS[kind].empty_table()
-        return pa.concat_tables(tables)
+            if t is None:
+                continue
+            pending.append(t)
+            rows += t.num_rows
+            if rows >= batch_rows:
+                yield pa.concat_tables(pending)
+                pending, rows = [], 0
+        if pending:
+            yield pa.concat_tables(pending)
 
     def footer_ids(self, path: str) -> Optional[tuple[frozenset, frozenset]]:
         """(helped ids, example ids) listed in a shard's footer; None when absent or unreadable.
@@ -203,7 +217,8 @@ class ShardStore:
         if b"delift.helped" not in meta:
             return None
         ids = tuple(frozenset(filter(None, meta.get(k, b"").decode().split(","))) for k in (b"delift.helped", b"delift.examples"))
-        _FOOTER_MEMO[memo_key] = ids
+        if sum(map(len, ids)) <= _FOOTER_MEMO_MAX_IDS:  # big footers would pin GBs of strings at 1M samples
+            _FOOTER_MEMO[memo_key] = ids
         return ids
 
     def read_all(self, kind: str, keys: Optional[Iterable[str]] = None) -> pa.Table:
@@ -222,6 +237,7 @@ class ShardStore:
 
 
 _FOOTER_MEMO: dict[tuple[str, str], tuple[frozenset, frozenset]] = {}
+_FOOTER_MEMO_MAX_IDS = 4096
 
 
 def _id_lists(kind: str, table: pa.Table) -> dict[bytes, bytes]:

@@ -159,6 +159,45 @@ def test_assemble_sparse_scales_over_stored_entries_only():
     assert M2.nnz == 1 and M2.toarray()[2, 0] == 1.0 and np.diag(M2.toarray()).sum() == 0
 
 
+def test_assemble_sparse_matches_a_scipy_reference_on_random_entries():
+    rng = np.random.default_rng(3)
+    n_rows, n_cols, nnz = 70, 50, 900  # many duplicate keys
+    rows, cols = rng.integers(0, n_rows, nnz), rng.integers(0, n_cols, nnz)
+    vals = rng.normal(size=nnz).astype(np.float32)
+    M = assemble_sparse(rows.astype(np.int32), cols.astype(np.int32), vals, (n_rows, n_cols))
+    want = np.zeros((n_rows, n_cols), np.float32)
+    seen = np.zeros_like(want, dtype=bool)
+    for r, c, v in zip(rows, cols, vals):  # first stored value of a pair wins
+        if not seen[r, c]:
+            want[r, c], seen[r, c] = v, True
+    lo, hi = vals[np.unique(rows * n_cols + cols, return_index=True)[1]].min(), want[seen].max()
+    want[seen] = (want[seen] - lo) / (hi - lo)
+    assert np.allclose(M.toarray(), want, atol=1e-7)
+    assert M.has_sorted_indices and M.nnz == int(seen.sum()) - 1  # the minimum becomes 0
+    M.check_format(full_check=True)
+
+
+def test_streamed_sparse_assembly_and_stored_keys_equal_one_table(tmp_path):
+    from delift_ray.kernel import assemble_sparse_from_tables
+    from delift_ray.storage import UTILITY, ShardStore
+
+    ids = ids_of("p", 20)
+    rng = np.random.default_rng(0)
+    store = ShardStore(str(tmp_path), "fp")
+    for b in range(5):
+        h, e = rng.integers(0, 20, 30), rng.integers(0, 20, 30)
+        store.write(UTILITY, f"b{b}", pa.table({"helped_id": [ids[i] for i in h], "example_id": [ids[i] for i in e],
+                                                "utility": rng.normal(size=30).astype(np.float32),
+                                                "distance": np.zeros(30, np.float32)}))
+    whole = store.read_relevant(UTILITY, ids, ids)
+    M1 = assemble_sparse_from_tables(store.iter_relevant(UTILITY, ids, ids, batch_rows=40), ids, ids)
+    M2 = assemble_sparse_from_tables(whole, ids, ids)
+    assert (M1 != M2).nnz == 0 and M1.nnz > 0
+    index = planning.IdIndex({"pool": ids})
+    k1 = planning.stored_pair_keys(store.iter_relevant(UTILITY, ids, ids, batch_rows=40), index)
+    assert np.array_equal(k1, planning.stored_pair_keys(whole, index)) and np.all(np.diff(k1) > 0)
+
+
 def test_sparse_kernel_selects_with_the_selection_module():
     from delift_ray.selection import facility_location
 
