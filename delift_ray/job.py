@@ -288,9 +288,19 @@ def knn_candidates(cfg: DeliftConfig, sets: dict[str, ScoredSet], progress: bool
     all_ids = [sid for n in names for sid in sets[n].samples.sample_ids]
     texts = [embeddings.sample_text(p, r) for n in names for p, r in zip(sets[n].samples.prompts, sets[n].samples.responses)]
     source = embeddings.resolve_source(kc.embedding, cfg.model)
-    vec, counts = embeddings.embed_samples(all_ids, texts, source=source, out=cfg.out, max_length=kc.embedding_max_length,
-                                           batch_size=kc.embedding_batch_size, trust_remote_code=cfg.engine.trust_remote_code,
-                                           progress=progress)
+    backend = embeddings.resolve_backend(kc.embedding_backend, kc.embedding)
+    dtype = cfg.engine.dtype if backend == "vllm" else "float32"
+    store = embeddings.EmbeddingStore(cfg.out, embeddings.embedding_fingerprint(source, kc.embedding_max_length, backend, dtype))
+    if backend == "vllm":
+        def write_missing(todo):
+            embed_on_actors(cfg, source, store, all_ids, texts, todo, progress)
+    else:
+        def write_missing(todo):
+            embeddings.write_missing_locally(store, all_ids, texts, todo, source=source, max_length=kc.embedding_max_length,
+                                             batch_size=kc.embedding_batch_size, trust_remote_code=cfg.engine.trust_remote_code,
+                                             progress=progress)
+    vec, counts = embeddings.embed_samples(all_ids, store, write_missing)
+    counts["embedding_backend"] = backend
     if lap:
         lap("embed_s")
     by_set, start = {}, 0
@@ -304,6 +314,40 @@ def knn_candidates(cfg: DeliftConfig, sets: dict[str, ScoredSet], progress: bool
     if lap:
         lap("neighbours_s")
     return candidates, counts
+
+
+def embed_on_actors(cfg: DeliftConfig, source: str, store, ids: list[str], texts: list[str], todo: np.ndarray,
+                    progress: bool) -> None:
+    """Embed the samples at ``todo`` with vLLM pooling engines on Ray actors (one per scorer slot).
+
+    The actors write embedding shards themselves and are gone before the scorers start, so
+    each device holds one engine at a time.
+    """
+    import ray
+    from tqdm import tqdm
+
+    from delift_ray import dispatch
+    from delift_ray.scoring.embedder import BlockEmbedder, EmbedBlock
+
+    per_block = 32 * cfg.kernel.embedding_batch_size
+    blocks = [EmbedBlock(f"embed-{s}", [ids[i] for i in todo[s : s + per_block]], [texts[i] for i in todo[s : s + per_block]])
+              for s in range(0, todo.size, per_block)]
+    started = dispatch.connect(cfg.ray)
+    actors = dispatch.plan_actors(cfg)
+    model = os.path.abspath(source) if os.path.isdir(source) else source
+    remote_cls = ray.remote(BlockEmbedder).options(**actors.options)
+    pool = dispatch.ActorPool(lambda: remote_cls.remote(model, cfg.engine, store.root_uri, store.fingerprint,
+                                                        cfg.kernel.embedding_max_length),
+                              actors.count, cfg.ray.max_actor_restarts)
+    try:
+        with tqdm(total=int(todo.size), unit="sample", desc="embeddings", disable=not progress, dynamic_ncols=True) as bar:
+            dispatch.dispatch(pool, blocks, "embed_block", max_retries=cfg.scoring.max_retries,
+                              on_done=lambda block, n: bar.update(n),
+                              describe=lambda b: f"{b.key} (embeddings of samples {_id_list(b.sample_ids)})")
+    finally:
+        pool.shutdown()
+        if started:
+            ray.shutdown()
 
 
 def assemble_sparse_kernels(cfg: DeliftConfig, sets: dict[str, ScoredSet], store: ShardStore) -> dict:

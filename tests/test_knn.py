@@ -1,7 +1,8 @@
 """kernel.type knn: candidate planning, sparse assembly, the memory guard, and one real run.
 
 The end-to-end test goes through a real local Ray cluster, the real vLLM CPU engine and
-the tiny random Llama (embeddings from the same model, mean-pooled with transformers).
+the tiny random Llama (embeddings from the same model, mean-pooled by vLLM's pooling
+runner on a Ray actor, checked against the transformers route).
 """
 
 import json
@@ -265,6 +266,16 @@ def test_knn_job_end_to_end_and_resume(ray_cluster, tiny_model_dir, tmp_path):
     assert all(g1 >= g2 for g1, g2 in zip(r.gains, r.gains[1:]))
     meta = json.load(open(os.path.join(r.out, "run.json")))
     assert meta["config"]["kernel"]["type"] == "knn" and "embed_s" in meta["timings"]
+    # Embeddings came from vLLM's pooling runner on a Ray actor; they equal the transformers route.
+    assert c["embedding_backend"] == "vllm"
+    from delift_ray import embeddings
+
+    samples = pq.read_table(os.path.join(r.out, "samples.parquet")).to_pylist()
+    fp = embeddings.embedding_fingerprint(str(tiny_model_dir), 256, "vllm", "float32")
+    got = embeddings.stored_vectors(embeddings.EmbeddingStore(r.out, fp), [x["sample_id"] for x in samples])
+    texts = [embeddings.sample_text(x["prompt"], x["response"]) for x in samples]
+    want = embeddings.MeanPoolEncoder(str(tiny_model_dir), 256).encode(texts)
+    assert got.shape == want.shape and np.abs(got - want).max() < 1e-4
 
     again = run(cfg, progress=False)  # everything is stored: no engine, no embedding pass
     assert again.counts["pairs_scored"] == 0 and again.counts["pairs_reused"] == 80
