@@ -116,7 +116,8 @@ def candidates(queries: np.ndarray, base: np.ndarray, k: int, r: int, *, exact_m
     Slots an approximate index leaves empty (-1) are filled with extra random draws,
     so the row count stays k' + r'.
     """
-    q, b = normalise(queries), normalise(base)
+    q = normalise(queries)
+    b = q if base is queries else normalise(base)  # K's queries are its base: one copy at 1M
     nn = nearest(q, b, k, exact_max, seed)
     rng = np.random.default_rng(seed)
     missing = nn < 0
