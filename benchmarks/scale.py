@@ -184,8 +184,8 @@ def stage_assemble(args) -> dict:
             yield t
 
     t0 = time.perf_counter()
-    # The job passes the run's ids (footer filter); here every shard belongs to the run.
-    M = assemble_sparse_from_tables(counted(store.iter_relevant(UTILITY, None)), ids, ids)
+    # As the job does: the footer filter checks every shard against the run's ids.
+    M = assemble_sparse_from_tables(counted(store.iter_relevant(UTILITY, ids, ids)), ids, ids)
     dt = time.perf_counter() - t0
     sp.save_npz(os.path.join(args.work, "K.npz"), M, compressed=False)
     return {"rows_read": rows_read, "read_validate_assemble_s": round(dt, 1), "nnz": int(M.nnz),
