@@ -321,3 +321,29 @@ def test_estimate_calibration_measures_the_engine(tiny_model_dir, tmp_path):
     sets = ingest(cfg, tok)
     rate = estimate.calibrate(cfg, sets, tok.eos_token_id, pairs=16)
     assert 1 < rate < 1e7
+
+
+def test_transformers_embeddings_are_stored_and_only_missing_ones_computed(tiny_model_dir, tmp_path):
+    from delift_ray import embeddings
+
+    texts = [embeddings.sample_text(x["prompt"], x["response"]) for x in POOL16[:6]]
+    ids = ids_of("e", 6)
+    store = embeddings.EmbeddingStore(str(tmp_path), embeddings.embedding_fingerprint(str(tiny_model_dir), 64))
+    written = []
+
+    def write(todo):
+        written.append(todo.tolist())
+        embeddings.write_missing_locally(store, ids, texts, todo, source=str(tiny_model_dir), max_length=64, batch_size=4, chunk=2)
+
+    v5, c5 = embeddings.embed_samples(ids[:5], store, write)
+    v6, c6 = embeddings.embed_samples(ids, store, write)
+    assert written == [[0, 1, 2, 3, 4], [5]]
+    assert c5 == {"embedded": 5, "embeddings_reused": 0} and c6 == {"embedded": 1, "embeddings_reused": 5}
+    want = embeddings.MeanPoolEncoder(str(tiny_model_dir), 64).encode(texts)
+    assert np.allclose(v6, want, atol=1e-6) and np.array_equal(v6[:5], v5)
+    assert np.allclose(np.linalg.norm(v6, axis=1), 1, atol=1e-5)
+    # another backend or dtype is another fingerprint: its vectors are never mixed in
+    fps = {embeddings.embedding_fingerprint(str(tiny_model_dir), 64, b, d)
+           for b, d in [("transformers", "float32"), ("vllm", "float32"), ("vllm", "bfloat16")]}
+    assert len(fps) == 3
+    assert embeddings.resolve_backend("auto", "model") == "vllm" and embeddings.resolve_backend("auto", "minilm") == "transformers"
