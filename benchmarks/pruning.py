@@ -48,7 +48,7 @@ def real_case(args) -> list[dict]:
     data = assets.write_demo_dataset(os.path.join(args.out, "pool.jsonl"), n=args.n, tokenizer=AutoTokenizer.from_pretrained(model),
                                      max_tokens=args.max_tokens)
     base = {"data": str(data), "model": model, "out": os.path.join(args.out, "run"), "budget": args.budget,
-            "engine": engine, "scoring": {"block_size": 16}}
+            "engine": engine, "scoring": {"block_size": 16, "exclude_self": args.exclude_self}}
     t0 = time.perf_counter()
     dense = run(base, progress=args.progress)
     dense_s = time.perf_counter() - t0
@@ -72,7 +72,7 @@ def real_case(args) -> list[dict]:
         f_knn = fl_objective(K, knn_idx)
         rows.append({
             "case": "real", "model": label, "n": len(ids), "budget": len(dense_idx),
-            "k": args.k, "random": args.random, "embedding": emb,
+            "k": args.k, "random": args.random, "embedding": emb, "exclude_self": args.exclude_self,
             "pairs_dense": dense.counts["pairs_total"], "pairs_knn": knn.counts["pairs_total"],
             "fl_dense": round(f_dense, 4), "fl_knn": round(f_knn, 4), "ratio": round(f_knn / f_dense, 4),
             "fl_random_mean": round(f_random, 4), "ratio_random": round(f_random / f_dense, 4),
@@ -138,6 +138,8 @@ def main() -> None:
     p.add_argument("--synthetic-n", type=int, nargs="*", default=[2000, 5000, 10000])
     p.add_argument("--synthetic-budgets", type=float, nargs="*", default=[0.01, 0.05, 0.3])
     p.add_argument("--skip-real", action="store_true")
+    p.add_argument("--exclude-self", action="store_true",
+                   help="scoring.exclude_self: drop UF(i <- i), which dominates DELIFT kernels, from both kernels")
     p.add_argument("--progress", action="store_true")
     args = p.parse_args()
     for n in args.synthetic_n:

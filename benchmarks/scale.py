@@ -170,7 +170,7 @@ def stage_shards(args) -> dict:
 def stage_assemble(args) -> dict:
     import scipy.sparse as sp
 
-    from delift_ray.kernel import assemble_sparse_from_tables
+    from delift_ray.kernel import assemble_sparse_from_tables, candidate_keys
     from delift_ray.storage import UTILITY, ShardStore
 
     ids = _ids(args)
@@ -183,9 +183,13 @@ def stage_assemble(args) -> dict:
             rows_read += t.num_rows
             yield t
 
+    cand = np.load(os.path.join(args.work, "cand.npy"))
     t0 = time.perf_counter()
-    # As the job does: the footer filter checks every shard against the run's ids.
-    M = assemble_sparse_from_tables(counted(store.iter_relevant(UTILITY, ids, ids)), ids, ids)
+    # As the job does: the footer filter checks every shard against the run's ids, and
+    # only the run's candidate pairs enter the kernel.
+    allowed = candidate_keys(cand, len(ids))
+    del cand
+    M = assemble_sparse_from_tables(counted(store.iter_relevant(UTILITY, ids, ids)), ids, ids, allowed=allowed)
     dt = time.perf_counter() - t0
     sp.save_npz(os.path.join(args.work, "K.npz"), M, compressed=False)
     return {"rows_read": rows_read, "read_validate_assemble_s": round(dt, 1), "nnz": int(M.nnz),

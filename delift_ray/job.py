@@ -350,14 +350,17 @@ def embed_on_actors(cfg: DeliftConfig, source: str, store, ids: list[str], texts
             ray.shutdown()
 
 
-def assemble_sparse_kernels(cfg: DeliftConfig, sets: dict[str, ScoredSet], store: ShardStore) -> dict:
-    """CSR kernels of the stage from the stored pairs, scaled over stored entries (kernel.assemble_sparse)."""
-    from delift_ray.kernel import assemble_sparse_from_tables
+def assemble_sparse_kernels(cfg: DeliftConfig, sets: dict[str, ScoredSet], store: ShardStore,
+                            candidates: dict[str, np.ndarray]) -> dict:
+    """CSR kernels of the stage over exactly the run's candidate pairs, scaled over the
+    stored entries (kernel.assemble_sparse)."""
+    from delift_ray.kernel import assemble_sparse_from_tables, candidate_keys
 
     kernels = {}
     for m in stages.STAGE_MATRICES[cfg.stage]:
         H, E = sets[m.helped].samples.sample_ids, sets[m.example].samples.sample_ids
         M = assemble_sparse_from_tables(store.iter_relevant(UTILITY, H, E), H, E,
+                                        allowed=candidate_keys(candidates[m.name], len(E)),
                                         drop_diagonal=m.name == "K" and cfg.scoring.exclude_self)
         kernels[m.name] = M.T.tocsr() if m.transpose else M
     return kernels
@@ -472,7 +475,7 @@ def _run_locked(cfg: DeliftConfig, out: OutDir, timings: dict, lap, progress: bo
     lap("score_s")
 
     if cfg.kernel.type == "knn":
-        kernels = assemble_sparse_kernels(cfg, sets, store)
+        kernels = assemble_sparse_kernels(cfg, sets, store, candidates)
         knn_counts["kernel_nnz"] = {name: int(M.nnz) for name, M in kernels.items()}
     else:
         kernels = assemble_kernels(cfg, sets, store, allow_missing=cfg.scoring.skip_failed_blocks)

@@ -1,10 +1,16 @@
-"""Kernel assembly: utility shards in, one dense matrix per kernel out.
+"""Kernel assembly: utility shards in, one matrix per kernel out.
 
-``assemble_dense(tables, helped_ids, example_ids)`` places every stored UF(h <- e) at
-``M[row of h, column of e]``. Pairs outside the requested sets are ignored (a shared
-cache holds more than one run needs); a pair that is missing is an error, never a
-silent zero. The caller scales the raw matrix with
+Dense: ``assemble_dense(tables, helped_ids, example_ids)`` places every stored
+UF(h <- e) at ``M[row of h, column of e]``. Pairs outside the requested sets are ignored
+(a shared cache holds more than one run needs); a pair that is missing is an error,
+never a silent zero. The caller scales the raw matrix with
 :func:`delift_ray.utility.minmax_scale` over the whole kernel.
+
+Sparse (knn): ``assemble_sparse_from_tables`` keeps exactly the run's candidate pairs
+and builds a CSR matrix scaled over its stored entries (:func:`assemble_sparse`).
+
+Both take the shards as a stream of tables (``ShardStore.iter_relevant``), so only one
+batch of id strings is in memory at a time.
 """
 
 from __future__ import annotations
@@ -16,6 +22,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from delift_ray.errors import ScoringError
+from delift_ray.planning import isin_sorted
 
 BYTES_PER_ENTRY = 4  # float32
 
@@ -50,14 +57,6 @@ def iter_located(tables: Tables, helped_ids: list[str], example_ids: list[str]) 
     helped, examples = pa.array(helped_ids, pa.string()), pa.array(example_ids, pa.string())
     for table in _batches(tables):
         yield _locate_batch(table, helped, examples)
-
-
-def locate(tables: Tables, helped_ids: list[str], example_ids: list[str]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """(rows, cols, values) of all stored pairs inside the requested sets, concatenated."""
-    parts = list(iter_located(tables, helped_ids, example_ids))
-    if not parts:
-        return np.empty(0, np.int32), np.empty(0, np.int32), np.empty(0, np.float32)
-    return tuple(np.concatenate(x) for x in zip(*parts))  # type: ignore[return-value]
 
 
 def assemble_dense(
@@ -173,11 +172,34 @@ def assemble_sparse(
     return sp.csr_matrix((vals, indices, indptr), shape=shape)
 
 
-def assemble_sparse_from_tables(tables: Tables, helped_ids: list[str], example_ids: list[str], *, drop_diagonal: bool = False):
+def candidate_keys(candidates: np.ndarray, n_cols: int) -> np.ndarray:
+    """Sorted int64 keys ``h * n_cols + e`` of a (n_helped, c) candidate matrix (-1 = none)."""
+    h = np.repeat(np.arange(candidates.shape[0], dtype=np.int64), candidates.shape[1])
+    e = candidates.reshape(-1).astype(np.int64)
+    ok = e >= 0
+    return np.unique(h[ok] * n_cols + e[ok])
+
+
+def assemble_sparse_from_tables(tables: Tables, helped_ids: list[str], example_ids: list[str], *,
+                                allowed: np.ndarray | None = None, drop_diagonal: bool = False):
     """CSR kernel M[h, e] of the stored pairs inside the requested sets (see :func:`assemble_sparse`).
 
+    ``allowed`` (sorted keys from :func:`candidate_keys`) keeps only the run's own
+    candidate pairs: a shared cache may hold other pairs of the same samples (a dense run,
+    another k), and taking them in would make the selection depend on the cache's history.
     ``tables`` may be an iterable (``ShardStore.iter_relevant``): only the int32
     positions and float32 values of the pairs are accumulated, never their id strings.
     """
-    rows, cols, vals = locate(tables, helped_ids, example_ids)
-    return assemble_sparse(rows, cols, vals, (len(helped_ids), len(example_ids)), drop_diagonal=drop_diagonal)
+    n_cols = len(example_ids)
+    parts = []
+    for rows, cols, vals in iter_located(tables, helped_ids, example_ids):
+        if allowed is not None:
+            keep = isin_sorted(rows.astype(np.int64) * n_cols + cols, allowed)
+            rows, cols, vals = rows[keep], cols[keep], vals[keep]
+        parts.append((rows, cols, vals))
+    if parts:
+        rows, cols, vals = (np.concatenate(x) for x in zip(*parts))
+    else:
+        rows, cols, vals = np.empty(0, np.int32), np.empty(0, np.int32), np.empty(0, np.float32)
+    return assemble_sparse(rows, cols, vals, (len(helped_ids), n_cols), drop_diagonal=drop_diagonal)
+

@@ -166,7 +166,7 @@ def stored_pair_keys(tables, index: IdIndex) -> np.ndarray:
     return np.unique(np.concatenate(parts))
 
 
-def _isin_sorted(keys: np.ndarray, sorted_keys: np.ndarray) -> np.ndarray:
+def isin_sorted(keys: np.ndarray, sorted_keys: np.ndarray) -> np.ndarray:
     if sorted_keys.size == 0:
         return np.zeros(keys.shape, dtype=bool)
     pos = np.searchsorted(sorted_keys, keys)
@@ -222,7 +222,7 @@ def plan_knn(
         start += keys.size
         h, e, keys = h[keep], e[keep], keys[keep]
         plan.pairs_total += int(keys.size)
-        reused = _isin_sorted(keys, stored_keys)
+        reused = isin_sorted(keys, stored_keys)
         plan.pairs_reused += int(reused.sum())
         h, e = h[~reused], e[~reused]
         order = np.lexsort((h, e))

@@ -194,6 +194,15 @@ def test_streamed_sparse_assembly_and_stored_keys_equal_one_table(tmp_path):
     M1 = assemble_sparse_from_tables(store.iter_relevant(UTILITY, ids, ids, batch_rows=40), ids, ids)
     M2 = assemble_sparse_from_tables(whole, ids, ids)
     assert (M1 != M2).nnz == 0 and M1.nnz > 0
+    # Only the run's candidate pairs enter the kernel, whatever else the store holds.
+    from delift_ray.kernel import candidate_keys
+
+    cand = np.full((20, 2), -1, dtype=np.int64)
+    cand[:, 0] = (np.arange(20) + 1) % 20
+    allowed = candidate_keys(cand, 20)
+    M3 = assemble_sparse_from_tables(store.iter_relevant(UTILITY, ids, ids, batch_rows=40), ids, ids, allowed=allowed)
+    r3, c3 = M3.nonzero()
+    assert M3.nnz > 0 and np.all(c3 == (r3 + 1) % 20)
     index = planning.IdIndex({"pool": ids})
     k1 = planning.stored_pair_keys(store.iter_relevant(UTILITY, ids, ids, batch_rows=40), index)
     assert np.array_equal(k1, planning.stored_pair_keys(whole, index)) and np.all(np.diff(k1) > 0)
