@@ -73,3 +73,10 @@ def test_streamed_reads_cover_every_shard_once_in_batches(tmp_path):
     K1 = assemble_dense(store.iter_relevant(UTILITY, ids, ids, batch_rows=7), ids, ids)
     K2 = assemble_dense(whole, ids, ids)
     assert np.array_equal(K1, K2) and K1[3, 2] == 32
+
+
+def test_footer_lists_are_matched_by_whole_ids():
+    from delift_ray.storage import _names_any
+
+    assert _names_any("a1,b2,c3", {"c3"}) and _names_any("a1,b2,c3", {"a1"}) and _names_any("x", {"x"})
+    assert not _names_any("a1,b2,c3", {"a", "b", "2", "c3,"}) and not _names_any("", {"", "a"})
