@@ -174,10 +174,13 @@ def assemble_sparse(
 
 def candidate_keys(candidates: np.ndarray, n_cols: int) -> np.ndarray:
     """Sorted int64 keys ``h * n_cols + e`` of a (n_helped, c) candidate matrix (-1 = none)."""
-    h = np.repeat(np.arange(candidates.shape[0], dtype=np.int64), candidates.shape[1])
-    e = candidates.reshape(-1).astype(np.int64)
-    ok = e >= 0
-    return np.unique(h[ok] * n_cols + e[ok])
+    # Sorting within rows (c entries each) orders the row-major keys globally: no
+    # global sort of N*c keys (np.unique took about a minute at 36M here).
+    C = np.sort(np.asarray(candidates), axis=1).astype(np.int64)
+    keys = (np.arange(C.shape[0], dtype=np.int64)[:, None] * n_cols + C)[C >= 0]
+    if keys.size:
+        keys = keys[np.concatenate(([True], keys[1:] != keys[:-1]))]
+    return keys
 
 
 def assemble_sparse_from_tables(tables: Tables, helped_ids: list[str], example_ids: list[str], *,

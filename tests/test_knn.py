@@ -356,3 +356,13 @@ def test_transformers_embeddings_are_stored_and_only_missing_ones_computed(tiny_
            for b, d in [("transformers", "float32"), ("vllm", "float32"), ("vllm", "bfloat16")]}
     assert len(fps) == 3
     assert embeddings.resolve_backend("auto", "model") == "vllm" and embeddings.resolve_backend("auto", "minilm") == "transformers"
+
+
+def test_candidate_keys_are_sorted_unique_and_skip_empty_slots():
+    from delift_ray.kernel import candidate_keys
+
+    rng = np.random.default_rng(1)
+    C = rng.integers(-1, 30, size=(50, 7))
+    want = np.unique([h * 30 + e for h in range(50) for e in C[h] if e >= 0])
+    assert np.array_equal(candidate_keys(C, 30), want)
+    assert candidate_keys(np.full((3, 2), -1), 5).size == 0
