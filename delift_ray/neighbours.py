@@ -30,18 +30,29 @@ def normalise(x: np.ndarray) -> np.ndarray:
     return x
 
 
+def on_gpus(index):
+    """The index moved to every GPU faiss sees (a faiss-gpu build), else unchanged."""
+    import faiss
+
+    get = getattr(faiss, "get_num_gpus", None)
+    if get is None or get() < 1:
+        return index
+    return faiss.index_cpu_to_all_gpus(index)
+
+
 def build_index(base: np.ndarray, exact_max: int, seed: int = 0):
     """A faiss inner-product index over ``base`` (normalised float32 rows).
 
     Exact (``IndexFlatIP``) when ``len(base) <= exact_max``; else IVF-Flat with
-    ``nlist = 4 sqrt(n)`` lists trained on at most 64 lists' worth x 39 samples, searched
-    with ``nprobe = 16`` (recall of the top-k is high for clustered data, not exact).
+    ``nlist = 4 sqrt(n)`` lists trained on at most 39 samples per list, searched with
+    ``nprobe = 16`` (recall of the top-k is high for clustered data, not exact). With a
+    faiss-gpu build and visible GPUs the index is trained and searched on them.
     """
     import faiss
 
     n, d = base.shape
     if n <= exact_max:
-        index = faiss.IndexFlatIP(d)
+        index = on_gpus(faiss.IndexFlatIP(d))
         index.add(base)
         return index
     nlist = max(16, int(4 * math.sqrt(n)))
@@ -51,9 +62,10 @@ def build_index(base: np.ndarray, exact_max: int, seed: int = 0):
     n_train = min(n, nlist * 39)  # faiss warns below 39 points per centroid
     train = base[np.sort(rng.choice(n, n_train, replace=False))] if n_train < n else base
     index.cp.seed = seed
+    index.nprobe = min(16, nlist)
+    index = on_gpus(index)
     index.train(train)
     index.add(base)
-    index.nprobe = min(16, nlist)
     return index
 
 

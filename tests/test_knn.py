@@ -366,3 +366,15 @@ def test_candidate_keys_are_sorted_unique_and_skip_empty_slots():
     want = np.unique([h * 30 + e for h in range(50) for e in C[h] if e >= 0])
     assert np.array_equal(candidate_keys(C, 30), want)
     assert candidate_keys(np.full((3, 2), -1), 5).size == 0
+
+
+def test_faiss_index_moves_to_gpus_only_when_faiss_sees_some(monkeypatch):
+    import faiss
+
+    index = faiss.IndexFlatIP(4)
+    monkeypatch.setattr(faiss, "get_num_gpus", lambda: 0, raising=False)
+    assert neighbours.on_gpus(index) is index
+    moved = []
+    monkeypatch.setattr(faiss, "get_num_gpus", lambda: 2, raising=False)
+    monkeypatch.setattr(faiss, "index_cpu_to_all_gpus", lambda ix: moved.append(ix) or "gpu-index", raising=False)
+    assert neighbours.on_gpus(index) == "gpu-index" and moved == [index]
