@@ -167,11 +167,20 @@ def stored_pair_keys(tables, index: IdIndex) -> np.ndarray:
 
 
 def isin_sorted(keys: np.ndarray, sorted_keys: np.ndarray) -> np.ndarray:
-    if sorted_keys.size == 0:
+    """``np.isin(keys, sorted_keys)`` for a sorted int64 haystack.
+
+    The needles are sorted first: searching them in order walks the haystack's memory
+    in order (0.5 s instead of 7.8 s for 4M needles in 36M keys on this machine).
+    """
+    if sorted_keys.size == 0 or keys.size == 0:
         return np.zeros(keys.shape, dtype=bool)
-    pos = np.searchsorted(sorted_keys, keys)
+    order = np.argsort(keys, kind="stable")
+    ks = keys[order]
+    pos = np.searchsorted(sorted_keys, ks)
     pos[pos == sorted_keys.size] = 0
-    return sorted_keys[pos] == keys
+    out = np.empty(keys.shape, dtype=bool)
+    out[order] = sorted_keys[pos] == ks
+    return out
 
 
 def _array_block_key(fingerprint: str, kind: str, helped: np.ndarray, example: np.ndarray) -> str:

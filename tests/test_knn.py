@@ -378,3 +378,11 @@ def test_faiss_index_moves_to_gpus_only_when_faiss_sees_some(monkeypatch):
     monkeypatch.setattr(faiss, "get_num_gpus", lambda: 2, raising=False)
     monkeypatch.setattr(faiss, "index_cpu_to_all_gpus", lambda ix: moved.append(ix) or "gpu-index", raising=False)
     assert neighbours.on_gpus(index) == "gpu-index" and moved == [index]
+
+
+def test_isin_sorted_equals_numpy_isin():
+    rng = np.random.default_rng(0)
+    for _ in range(50):
+        hay = np.unique(rng.integers(0, 100, rng.integers(0, 30)))
+        needles = rng.integers(-5, 110, rng.integers(0, 40))
+        assert np.array_equal(planning.isin_sorted(needles, hay), np.isin(needles, hay))
