@@ -49,7 +49,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     ap.add_argument("--max-num-batched-tokens", type=int, default=None)
     ap.add_argument("--max-model-len", type=int, default=1024)
     ap.add_argument("--dtype", default="auto")
-    ap.add_argument("--phases", default="naive,reuse,raw", help="comma list of naive, reuse, raw")
+    ap.add_argument("--phases", default="naive,reuse,raw", help="comma list of naive, reuse, reuse_nolp, raw")
     ap.add_argument("--repeat", type=int, default=1,
                     help="run the phases this many times, interleaved; each phase reports its fastest run")
     ap.add_argument("--json", action="store_true", help="print only the JSON line")
@@ -170,6 +170,21 @@ def main(argv=None) -> dict:
             out[f"{ph}_tok_per_s"] = round(prompt_tokens / secs, 1)
             out[f"{ph}_cached_tokens"] = int(st["cached_tokens"])
             out[f"{ph}_rescored"] = int(st["rescored"])
+        elif ph == "reuse_nolp":
+            from vllm import SamplingParams
+            from vllm.inputs import TokensPrompt
+
+            # The reuse path's exact request stream and cache reads, without prompt
+            # logprobs: what the reuse path would cost if logprobs were free.
+            log("reuse_nolp: the reuse stream with cache reads and no logprobs ...")
+            llm.reset_prefix_cache()
+            sp = SamplingParams(max_tokens=1, detokenize=False, skip_reading_prefix_cache=False)
+            t0 = time.perf_counter()
+            for b in blocks:
+                _, _, reqs = bs.pair_requests(b)
+                llm.generate([TokensPrompt(prompt_token_ids=r.tokens) for r in reqs], sp, use_tqdm=False)
+            secs = min(time.perf_counter() - t0, out.get("reuse_nolp_s", float("inf")))
+            out["reuse_nolp_s"] = round(secs, 3)
         elif ph == "raw":
             from vllm import SamplingParams
             from vllm.inputs import TokensPrompt
@@ -193,6 +208,8 @@ def main(argv=None) -> dict:
                 out[f"{ph}_efficiency"] = round(needed / (out[f"{ph}_s"] * out["raw_prefill_tok_per_s"]), 3)
         if "reuse_efficiency" in out:
             out["efficiency"] = out["reuse_efficiency"]
+        if "reuse_nolp_s" in out:
+            out["reuse_nolp_efficiency"] = round(needed / (out["reuse_nolp_s"] * out["raw_prefill_tok_per_s"]), 3)
     out["machine"] = f"{platform.machine()}, {os.cpu_count()} cores"
     scorer.shutdown()
     print(json.dumps(out))
