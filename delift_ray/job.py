@@ -290,7 +290,10 @@ def knn_candidates(cfg: DeliftConfig, sets: dict[str, ScoredSet], progress: bool
     source = embeddings.resolve_source(kc.embedding, cfg.model)
     backend = embeddings.resolve_backend(kc.embedding_backend, kc.embedding)
     dtype = cfg.engine.dtype if backend == "vllm" else "float32"
-    store = embeddings.EmbeddingStore(cfg.out, embeddings.embedding_fingerprint(source, kc.embedding_max_length, backend, dtype))
+    # In the content-keyed cache, like the utilities: a later run or reselect over the same
+    # samples reuses the vectors.
+    store = embeddings.EmbeddingStore(cache_root(cfg),
+                                      embeddings.embedding_fingerprint(source, kc.embedding_max_length, backend, dtype))
     if backend == "vllm":
         def write_missing(todo):
             embed_on_actors(cfg, source, store, all_ids, texts, todo, progress)

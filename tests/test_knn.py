@@ -281,7 +281,10 @@ def test_knn_job_end_to_end_and_resume(ray_cluster, tiny_model_dir, tmp_path):
 
     samples = pq.read_table(os.path.join(r.out, "samples.parquet")).to_pylist()
     fp = embeddings.embedding_fingerprint(str(tiny_model_dir), 256, "vllm", "float32")
-    got = embeddings.stored_vectors(embeddings.EmbeddingStore(r.out, fp), [x["sample_id"] for x in samples])
+    def nothing_missing(todo):
+        raise AssertionError(f"{todo.size} embeddings were not stored by the job")
+
+    got, _ = embeddings.embed_samples([x["sample_id"] for x in samples], embeddings.EmbeddingStore(r.out, fp), nothing_missing)
     texts = [embeddings.sample_text(x["prompt"], x["response"]) for x in samples]
     want = embeddings.MeanPoolEncoder(str(tiny_model_dir), 256).encode(texts)
     assert got.shape == want.shape and np.abs(got - want).max() < 1e-4
