@@ -123,15 +123,16 @@ def main(argv=None) -> dict:
 
     # Token accounting over the requests as the job builds them.
     all_reqs, needed = [], 0
+    heads: dict[str, int] = {}  # each example head once per engine, across blocks
     for b in blocks:
         h_idx, e_idx, reqs = bs.pair_requests(b)
         all_reqs += reqs
-        heads = {}
         for h, e, r in zip(h_idx, e_idx, reqs):
             head_len = r.first_scored - 1 - len(b.helped.tail[h])
-            heads[int(e)] = max(heads.get(int(e), 0), head_len)
+            eid = b.example_ids[e]
+            heads[eid] = max(heads.get(eid, 0), head_len)
             needed += len(r.tokens) - head_len
-        needed += sum(heads.values())
+    needed += sum(heads.values())
     prompt_tokens = sum(len(r.tokens) for r in all_reqs)
 
     def run_phase(reuse: bool):
