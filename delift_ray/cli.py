@@ -120,6 +120,8 @@ def cmd_estimate(args: argparse.Namespace) -> int:
     from delift_ray.errors import ConfigError
     from delift_ray.job import ingest, load_tokenizer
 
+    if args.calibration_pairs < 1:  # before the data is read and tokenised
+        raise ConfigError(f"--calibration-pairs must be >= 1, got {args.calibration_pairs}")
     overrides = overrides_from(args)
     overrides.setdefault("out", ".")  # nothing is written; out is required by the schema only
     cfg = load_config(args.config, overrides)
@@ -204,12 +206,17 @@ def cmd_reselect(args: argparse.Namespace) -> int:
 
 
 def cmd_watch(args: argparse.Namespace) -> int:
-    from delift_ray.config import read_yaml, set_dotted
+    from delift_ray.config import read_yaml, set_dotted, validate_config
+    from delift_ray.errors import ConfigError
     from delift_ray.watch import WatchSettings, watch
 
+    if args.interval <= 0:
+        raise ConfigError(f"--interval must be > 0 seconds, got {args.interval}")
     base = read_yaml(args.config) if args.config else {}
     for dotted, value in overrides_from(args).items():
         set_dotted(base, dotted, value)
+    # Fail now on a bad flag or a missing key, not once per version for as long as it runs.
+    validate_config({**base, "data": args.location, "out": args.out})
     s = WatchSettings(args.location, args.out, base, marker=args.marker, mode=args.mode,
                       condition_on=args.condition_on, progress=not args.quiet)
     rows = watch(s, once=args.once, interval=args.interval)

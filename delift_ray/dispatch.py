@@ -301,9 +301,9 @@ def dispatch(
                 continue
             error = f"scorer actor died ({exc.__class__.__name__})"
             queue.forget(id(actor))  # its engine's prefix cache is gone
-            if actor in pool.actors:  # first news of this death
+            new = pool.handle_death(actor)  # None: an earlier failure already replaced it
+            if new is not None:
                 report.actor_deaths += 1
-                new = pool.handle_death(actor)
                 load[id(new)] = 0
         except Exception as exc:  # an error raised inside the block's task
             error = task_error_text(exc)

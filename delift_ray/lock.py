@@ -146,9 +146,9 @@ class RunLock:
         raise LockError(f"could not lock output directory {self.uri}; another run keeps taking it")
 
     def _discard_stale_copies(self) -> None:
-        parent = self.path.rsplit("/", 1)[0]
+        parent, name = self.path.rsplit("/", 1)
         for info in self.fs.get_file_info(pafs.FileSelector(parent, allow_not_found=True)):
-            if info.base_name.startswith(LOCK_NAME + ".stale-"):
+            if info.base_name.startswith(name + ".stale-"):
                 try:
                     self.fs.delete_file(info.path)
                 except OSError:

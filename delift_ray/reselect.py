@@ -205,7 +205,8 @@ def reselect(previous: str, data: str, out: str, *, mode: str = "full", conditio
         "selection": od.file("selection.parquet"),
         "run": od.file("run.json"),
     }
-    meta = json.loads(_read_bytes(paths["run"]))
+    with od.fs.open_input_stream(od.file("run.json")) as f:  # od.file is a path of od.fs, not a URI
+        meta = json.loads(f.read())
     meta["reselect"] = {"previous": previous, "mode": mode, "condition_on": condition_on if mode == "continual" else None,
                         "counts": counts, **extra}
     od.write_json("run.json", meta)

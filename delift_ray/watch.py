@@ -173,7 +173,6 @@ def watch_once(s: WatchSettings, process: Callable[[WatchSettings, str, Optional
 def watch(s: WatchSettings, *, once: bool = False, interval: float = 300.0,
           process: Callable[[WatchSettings, str, Optional[str]], dict] = process_version) -> list[dict]:
     """Hold the lock and process versions: one pass with ``once``, else every ``interval`` seconds."""
-    os.makedirs(s.out, exist_ok=True)
     rows: list[dict] = []
     with WatchLock(s.out):
         while True:

@@ -105,9 +105,21 @@ def test_cli_second_watcher_refuses(tmp_path):
     out = tmp_path / "out"
     out.mkdir()
     (out / LOCK_NAME).write_text(json.dumps({"pid": os.getpid(), "host": socket.gethostname(), "time": "t"}))
-    p = subprocess.run([sys.executable, "-m", "delift_ray.cli", "watch", str(tmp_path), "--out", str(out), "--once"],
+    p = subprocess.run([sys.executable, "-m", "delift_ray.cli", "watch", str(tmp_path), "--out", str(out), "--once",
+                        "--model", str(tmp_path)],
                        capture_output=True, text=True, timeout=120)
     assert p.returncode == 2 and "in use by another watcher" in p.stderr and "Traceback" not in p.stderr
+
+
+def test_cli_watch_rejects_a_bad_config_before_any_version(tmp_path):
+    (tmp_path / "v1").mkdir()
+    (tmp_path / "v1" / "_SUCCESS").write_text("")
+    base = [sys.executable, "-m", "delift_ray.cli", "watch", str(tmp_path), "--out", str(tmp_path / "out"), "--once"]
+    p = subprocess.run(base, capture_output=True, text=True, timeout=120)
+    assert p.returncode == 2 and "missing required key 'model'" in p.stderr and "Traceback" not in p.stderr
+    assert not (tmp_path / "out").exists()  # nothing was processed or recorded
+    p = subprocess.run(base + ["--model", str(tmp_path), "--interval", "0"], capture_output=True, text=True, timeout=120)
+    assert p.returncode == 2 and "--interval must be > 0" in p.stderr
 
 
 # --------------------------------------------------------------------------- real engine
