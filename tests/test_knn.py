@@ -242,15 +242,6 @@ POOL16 = [{"prompt": p, "response": r} for p, r in [
 ]]
 
 
-@pytest.fixture(scope="module")
-def ray_cluster():
-    import ray
-
-    ray.init(num_cpus=2, object_store_memory=150 * 1024**2, include_dashboard=False, logging_level="WARNING")
-    yield
-    ray.shutdown()
-
-
 @pytest.mark.engine
 @pytest.mark.ray
 def test_knn_job_end_to_end_and_resume(ray_cluster, tiny_model_dir, tmp_path):

@@ -52,15 +52,6 @@ EXISTING = [{"prompt": "Name a colour of the sky.", "response": "Blue."},
 
 
 @pytest.fixture(scope="module")
-def ray_cluster():
-    import ray
-
-    ray.init(num_cpus=2, object_store_memory=150 * 1024**2, include_dashboard=False, logging_level="WARNING")
-    yield
-    ray.shutdown()
-
-
-@pytest.fixture(scope="module")
 def datasets_dir(tmp_path_factory):
     d = tmp_path_factory.mktemp("data")
     return {"pool": write_rows(d / "pool.jsonl", POOL), "target": write_rows(d / "target.jsonl", TARGET),

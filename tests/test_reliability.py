@@ -56,13 +56,7 @@ def write_rows(path, rows):
     return str(path)
 
 
-@pytest.fixture(scope="module")
-def ray_cluster():
-    import ray
-
-    ray.init(num_cpus=2, object_store_memory=MIN_OBJECT_STORE, include_dashboard=False, logging_level="WARNING")
-    yield
-    ray.shutdown()
+RAY_OBJECT_STORE = MIN_OBJECT_STORE  # read by the ray_cluster fixture (conftest.py)
 
 
 @pytest.fixture(scope="module")

@@ -171,15 +171,6 @@ def write_rows(path, rows):
 
 
 @pytest.fixture(scope="module")
-def ray_cluster():
-    import ray
-
-    ray.init(num_cpus=2, object_store_memory=150 * 1024**2, include_dashboard=False, logging_level="WARNING")
-    yield
-    ray.shutdown()
-
-
-@pytest.fixture(scope="module")
 def v1_run(ray_cluster, tiny_model_dir, tmp_path_factory):
     """Version 1: 20 samples, budget 0.3 (6 picks); its out dir is its cache."""
     d = tmp_path_factory.mktemp("versions")

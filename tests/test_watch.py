@@ -125,15 +125,6 @@ def test_cli_watch_rejects_a_bad_config_before_any_version(tmp_path):
 # --------------------------------------------------------------------------- real engine
 
 
-@pytest.fixture(scope="module")
-def ray_cluster():
-    import ray
-
-    ray.init(num_cpus=2, object_store_memory=150 * 1024**2, include_dashboard=False, logging_level="WARNING")
-    yield
-    ray.shutdown()
-
-
 @pytest.mark.engine
 @pytest.mark.ray
 def test_watch_real_versions(ray_cluster, tiny_model_dir, tmp_path):

