@@ -148,6 +148,7 @@ def test_watch_real_versions(ray_cluster, tiny_model_dir, tmp_path):
     assert os.path.isdir(out / "cache" / "utility")  # one shared cache for every version
     assert pq.read_table(out / "history.parquet").num_rows == 4
     # cron: the next --once run (CLI) finds nothing new until 01-05's marker lands.
-    cmd = [sys.executable, "-m", "delift_ray.cli", "watch", str(loc), "--out", str(out), "--once", "--quiet"]
+    cmd = [sys.executable, "-m", "delift_ray.cli", "watch", str(loc), "--out", str(out), "--once", "--quiet",
+           "--model", str(tiny_model_dir)]  # a cron entry names its model; watch checks the config up front
     p = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
     assert p.returncode == 0 and "no new complete version" in p.stdout, p.stderr
