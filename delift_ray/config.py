@@ -55,11 +55,13 @@ class EngineConfig(_Section):
         description="KV-cache block size, the granularity of prefix-cache hits; a multiple of 32 on CPU "
         "(None: engine default, 128 on CPU, which caches less of each example; see README: Scoring throughput).",
     )
-    logprob_path: Literal["auto", "full", "suffix"] = Field(
+    logprob_path: Literal["auto", "hidden", "full", "suffix"] = Field(
         "auto",
-        description="How gold logprobs are requested: suffix (prompt_logprob_token_ids, LM head on the "
-        "response rows only; vLLM V2 model runner, GPU), full (prompt_logprobs=0, any engine), or auto "
-        "(probe suffix at start-up, else full).",
+        description="How gold logprobs are computed: hidden (vLLM pooling runner returns the final hidden "
+        "states, the LM head runs on the response rows only, outside vLLM; models with a plain LM head), "
+        "suffix (prompt_logprob_token_ids, LM head on the response rows only; vLLM V2 model runner, GPU), "
+        "full (prompt_logprobs=0, any engine and model), or auto (hidden on CPU engines where the model "
+        "allows it; elsewhere probe suffix at start-up, else full).",
     )
     enforce_eager: bool = Field(True, description="Skip torch.compile / CUDA graphs (faster start).")
     kv_cache_space_gib: float = Field(

