@@ -163,6 +163,7 @@ def score(cfg: DeliftConfig, sets: dict[str, ScoredSet], store: ShardStore, plan
     )
     counters = Counter()
     engine = Counter()  # per-block engine counters, summed (each result holds its block's delta)
+    paths: set[str] = set()  # logprob paths the actors resolved engine.logprob_path to
     try:
         base_src = [(n, chunk) for n, chunks in plan.baseline.items() for chunk in chunks]
         bar = tqdm(total=plan.baselines_to_score, unit="sample", desc="baselines", disable=not progress or not base_src, dynamic_ncols=True)
@@ -170,6 +171,7 @@ def score(cfg: DeliftConfig, sets: dict[str, ScoredSet], store: ShardStore, plan
         def base_done(block, result):
             bar.update(block.size)
             engine.update(result.stats)
+            paths.add(result.logprob_path)
 
         def base_dispatch(src, skip_failed):
             rep = dispatch.dispatch(pool, [baseline_block(sets, store, n, c) for n, c in src], "score_baseline",
@@ -215,6 +217,7 @@ def score(cfg: DeliftConfig, sets: dict[str, ScoredSet], store: ShardStore, plan
             bar.update(block.size)
             counters["pairs_scored"] += block.size
             engine.update(result.stats)
+            paths.add(result.logprob_path)
 
         rep = dispatch.dispatch(pool, pair_blocks, "score_pairs", max_retries=cfg.scoring.max_retries,
                                 skip_failed=cfg.scoring.skip_failed_blocks, on_done=pair_done,
@@ -231,7 +234,7 @@ def score(cfg: DeliftConfig, sets: dict[str, ScoredSet], store: ShardStore, plan
         pool.shutdown()
         if started:
             ray.shutdown()
-    return dict(counters)
+    return {**counters, "logprob_paths": sorted(p for p in paths if p)}
 
 
 def cache_root(cfg: DeliftConfig) -> str:
@@ -515,6 +518,8 @@ def _run_locked(cfg: DeliftConfig, out: OutDir, timings: dict, lap, progress: bo
         # Requests whose prefix-cache hit reached a scored position and were scored again.
         "rescored": int(scored.get("rescored", 0)),
         "cached_prompt_tokens": int(scored.get("cached_tokens", 0)),
+        # How the actors computed gold logprobs (engine.logprob_path resolved: hidden/full/suffix).
+        "logprob_paths": list(scored.get("logprob_paths", [])),
         "failed_blocks": int(scored.get("failed_blocks", 0)),
         "actor_deaths": int(scored.get("actor_deaths", 0)),
         "selected": len(selected),

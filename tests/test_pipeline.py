@@ -103,6 +103,8 @@ def test_instruction_outputs(instruction_run):
     assert subset == [POOL[by_id[s]] for s in r.selected_ids]
     meta = json.load(open(os.path.join(r.out, "run.json")))
     assert meta["versions"]["vllm"] and meta["versions"]["ray"] and meta["model"]["fingerprint"]
+    # On a CPU engine and a Llama, auto takes the hidden path (the next test checks its numbers).
+    assert meta["counts"]["logprob_paths"] == ["hidden"]
 
 
 def test_vllm_utilities_equal_transformers_teacher_forcing(instruction_run, tiny_model_dir):

@@ -270,18 +270,29 @@ def test_hidden_required_but_unsupported_is_one_line_error(monkeypatch):
 
     monkeypatch.setattr(lm_head, "load_hf_config", lambda model, trc=False: Gemma2Config(architectures=["Gemma2ForCausalLM"]))
     with pytest.raises(DeliftError, match="logprob_path='hidden' is not supported for m: architecture Gemma2ForCausalLM"):
-        Scorer.hidden_config("m", EngineConfig(logprob_path="hidden"))
+        Scorer.hidden_head("m", EngineConfig(logprob_path="hidden"))
     monkeypatch.setattr(eng, "vllm_on_cpu", lambda: True)
-    assert Scorer.hidden_config("m", EngineConfig(logprob_path="auto")) is None  # auto falls back to full
-    assert Scorer.hidden_config("m", EngineConfig(logprob_path="full")) is None
+    assert Scorer.hidden_head("m", EngineConfig(logprob_path="auto")) is None  # auto falls back to full
+    assert Scorer.hidden_head("m", EngineConfig(logprob_path="full")) is None
+
+
+def test_hidden_without_readable_weights_is_one_line_error(tmp_path, monkeypatch):
+    from transformers import LlamaConfig
+
+    LlamaConfig(architectures=["LlamaForCausalLM"]).save_pretrained(tmp_path)  # a config, no safetensors
+    with pytest.raises(DeliftError, match="not supported for .*no LM-head weight"):
+        Scorer.hidden_head(str(tmp_path), EngineConfig(logprob_path="hidden"))
+    monkeypatch.setattr(eng, "vllm_on_cpu", lambda: True)
+    assert Scorer.hidden_head(str(tmp_path), EngineConfig()) is None
 
 
 def test_auto_takes_hidden_on_cpu_only(tiny_model_dir, monkeypatch):
     monkeypatch.setattr(eng, "vllm_on_cpu", lambda: True)
-    assert Scorer.hidden_config(str(tiny_model_dir), EngineConfig()).architectures == ["LlamaForCausalLM"]
+    head = Scorer.hidden_head(str(tiny_model_dir), EngineConfig())
+    assert isinstance(head, LMHead) and head.hidden_size == 256
     monkeypatch.setattr(eng, "vllm_on_cpu", lambda: False)
-    assert Scorer.hidden_config(str(tiny_model_dir), EngineConfig()) is None
-    assert Scorer.hidden_config(str(tiny_model_dir), EngineConfig(logprob_path="hidden")) is not None
+    assert Scorer.hidden_head(str(tiny_model_dir), EngineConfig()) is None
+    assert Scorer.hidden_head(str(tiny_model_dir), EngineConfig(logprob_path="hidden")) is not None
 
 
 def test_head_weight_is_the_models_output_embedding(tiny_model_dir):

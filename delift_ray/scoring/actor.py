@@ -65,6 +65,7 @@ class BlockResult:
     key: str
     pairs: int
     stats: dict = field(default_factory=dict)  # this block's engine counters (EngineStats.delta)
+    logprob_path: str = ""  # the scorer's path (engine.logprob_path, resolved)
 
 
 class BlockScorer:
@@ -87,7 +88,7 @@ class BlockScorer:
         d = np.array([distance(lp) for lp in lps], dtype=np.float64)
         table = pa.table({"sample_id": block.sample_ids, "distance": d})
         self.store.write(BASELINE, block.key, table)
-        return BlockResult(block.key, block.size, self.scorer.stats.delta(before))
+        return BlockResult(block.key, block.size, self.scorer.stats.delta(before), self.scorer.path)
 
     def pair_requests(self, block: PairBlock) -> tuple[np.ndarray, np.ndarray, list[ScoreRequest]]:
         """(h_idx, e_idx, requests) of a block in example-major order.
@@ -122,7 +123,7 @@ class BlockScorer:
             }
         )
         self.store.write(UTILITY, block.key, table)
-        return BlockResult(block.key, block.size, self.scorer.stats.delta(before))
+        return BlockResult(block.key, block.size, self.scorer.stats.delta(before), self.scorer.path)
 
     def shutdown(self) -> None:
         self.scorer.shutdown()

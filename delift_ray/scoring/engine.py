@@ -229,13 +229,10 @@ class Scorer:
 
         self.cfg = cfg
         self.stats = EngineStats()
-        self.head = None
-        hf_config = self.hidden_config(model, cfg)
-        if hf_config is not None:
-            from delift_ray.scoring.lm_head import LMHead
-
+        self.head = self.hidden_head(model, cfg)
+        if self.head is not None:
             self.llm = LLM(**hidden_engine_kwargs(model, cfg))
-            self.head = LMHead.from_checkpoint(model, hf_config, self.llm.llm_engine.model_config.dtype)
+            self.head.to_dtype(self.llm.llm_engine.model_config.dtype)
             self.path = HIDDEN
             return
         self.llm = LLM(**engine_kwargs(model, cfg))
@@ -244,18 +241,26 @@ class Scorer:
             self.warn_logprob_memory()
 
     @staticmethod
-    def hidden_config(model: str, cfg: EngineConfig):
-        """The model's HF config when the hidden path runs (``hidden``; ``auto`` on CPU), else None."""
+    def hidden_head(model: str, cfg: EngineConfig):
+        """The model's LM head when the hidden path runs (``hidden``; ``auto`` on CPU), else None.
+
+        ``hidden`` fails with a one-line error when the model does not allow it; ``auto``
+        then logs why and keeps the generating engine.
+        """
         if cfg.logprob_path not in (HIDDEN, "auto"):
             return None
         if cfg.logprob_path == "auto" and not vllm_on_cpu():
             return None
-        from delift_ray.scoring.lm_head import load_hf_config, unsupported_reason
+        from delift_ray.scoring import lm_head
 
-        hf_config = load_hf_config(model, cfg.trust_remote_code)
-        why = unsupported_reason(hf_config)
-        if why is None:
-            return hf_config
+        try:
+            hf_config = lm_head.load_hf_config(model, cfg.trust_remote_code)
+            why = lm_head.unsupported_reason(hf_config)
+            head = None if why else lm_head.LMHead.from_checkpoint(model, hf_config)
+        except Exception as exc:  # no config or weights it can read: the generating engine may still run
+            why, head = f"{exc.__class__.__name__}: {str(exc).splitlines()[0][:200] if str(exc) else ''}", None
+        if head is not None:
+            return head
         if cfg.logprob_path == HIDDEN:
             raise DeliftError(f"engine.logprob_path='hidden' is not supported for {model}: {why}")
         log.info("logprob path: full (hidden needs a plain LM head: %s)", why)

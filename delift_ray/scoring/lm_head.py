@@ -28,8 +28,7 @@ PLAIN_HEAD_ARCHITECTURES = frozenset({
     "LlamaForCausalLM", "MistralForCausalLM", "Qwen2ForCausalLM", "Qwen3ForCausalLM",
 })
 # HF config fields that would change the logits after the matmul.
-_LOGIT_TRANSFORMS = ("logit_scale", "logits_scaling", "final_logit_softcapping", "attn_logit_softcapping",
-                     "output_multiplier_scale", "lm_head_bias", "mup_width_scale")
+_LOGIT_TRANSFORMS = ("logit_scale", "logits_scaling", "final_logit_softcapping")
 LM_HEAD_KEYS = ("lm_head.weight",)
 TIED_KEYS = ("model.embed_tokens.weight", "embed_tokens.weight")
 
@@ -102,8 +101,9 @@ def load_head_weight(model: str, tied: bool):
 class LMHead:
     """Gold-token log-probabilities from final hidden states: ``z = W h``, ``z[gold] - logsumexp(z)``.
 
-    ``weight``: [vocab, hidden], in the dtype the engine runs the model in (the matmul
-    runs in that dtype, as vLLM's own LM head does; the log-sum-exp runs in float32).
+    ``weight``: [vocab, hidden]. The matmul runs in its dtype (the scorer moves it to the
+    engine's model dtype with :meth:`to_dtype`, as vLLM's own LM head runs); the
+    log-sum-exp runs in float32, as vLLM's log-softmax does.
     """
 
     def __init__(self, weight, chunk_rows: int = 128, device: Optional[str] = None):
@@ -120,9 +120,14 @@ class LMHead:
         self.chunk_rows = chunk_rows
 
     @classmethod
-    def from_checkpoint(cls, model: str, hf_config, dtype, **kw) -> "LMHead":
+    def from_checkpoint(cls, model: str, hf_config, **kw) -> "LMHead":
         tied = bool(getattr(hf_config, "tie_word_embeddings", False))
-        return cls(load_head_weight(model, tied).to(dtype), **kw)
+        return cls(load_head_weight(model, tied), **kw)
+
+    def to_dtype(self, dtype) -> "LMHead":
+        """Run the matmul in ``dtype`` (the engine's model dtype, as vLLM's own LM head does)."""
+        self.weight_t = self.weight_t.to(dtype)
+        return self
 
     @property
     def hidden_size(self) -> int:
