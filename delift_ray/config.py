@@ -108,7 +108,7 @@ class ScoringConfig(_Section):
     block_size: int = Field(32, ge=1, description="Helped rows and example columns per block (a block is block_size x block_size pairs).")
     exclude_self: bool = Field(False, description="Zero the diagonal UF(i <- i) in the kernel (it is always scored and stored).")
     max_retries: int = Field(3, ge=0, description="Attempts per block after the first before the job stops.")
-    prefix_reuse: bool = Field(True, description="Order pairs example-major and let prompt-logprob requests read the prefix cache.")
+    prefix_reuse: bool = Field(True, description="Order pairs example-major and let scoring requests read the prefix cache.")
     skip_failed_blocks: bool = Field(False, description="Finish without blocks that keep failing; their pairs are reported as missing.")
 
 
