@@ -430,8 +430,13 @@ def coerce_config(config: DeliftConfig | dict | str | os.PathLike) -> DeliftConf
     return load_config(config)
 
 
-def run(config: DeliftConfig | dict | str | os.PathLike, *, progress: bool = True) -> RunResult:
-    """Run a DELIFT selection job; returns the selected ids, counts and output paths."""
+def run(config: DeliftConfig | dict | str | os.PathLike, *, progress: bool = True,
+        lock: Optional[RunLock] = None) -> RunResult:
+    """Run a DELIFT selection job; returns the selected ids, counts and output paths.
+
+    The job holds the output directory's lock while it runs. ``lock``: that lock, already
+    held by the caller (``reselect`` keeps it across its own writes after the job).
+    """
     cfg = coerce_config(config)
     timings: dict[str, float] = {}
     clock = time.perf_counter()
@@ -443,6 +448,10 @@ def run(config: DeliftConfig | dict | str | os.PathLike, *, progress: bool = Tru
         clock = now
 
     out = OutDir(cfg.out)
+    if lock is not None:
+        if not lock.holds(out.path):
+            raise ValueError(f"the lock passed to run() is not the held lock of {cfg.out}")
+        return _run_locked(cfg, out, timings, lap, progress)
     with RunLock(out.fs, out.path, cfg.out):  # one run per output directory
         return _run_locked(cfg, out, timings, lap, progress)
 

@@ -165,6 +165,10 @@ class RunLock:
                 pass
         self.record = None
 
+    def holds(self, out_path: str, name: str = LOCK_NAME) -> bool:
+        """Whether this object currently holds the lock ``name`` of the directory ``out_path``."""
+        return self.record is not None and self.path == f"{out_path}/{name}"
+
     def __enter__(self) -> "RunLock":
         return self.acquire()
 

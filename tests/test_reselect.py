@@ -21,6 +21,7 @@ import pytest
 from delift_ray.config import validate_config
 from delift_ray.errors import DeliftError
 from delift_ray.job import fingerprint, run
+from delift_ray.lock import LOCK_NAME
 from delift_ray.reselect import continual_budget, diff_ids, reselect, selection_diff
 from delift_ray.storage import BASELINE, UTILITY, ShardStore, model_identity
 
@@ -143,6 +144,36 @@ def test_fingerprint_follows_hub_id_and_revision(tmp_path, monkeypatch):
 def test_reselect_needs_a_finished_run(tmp_path):
     with pytest.raises(DeliftError, match="not a finished delift-ray run: run.json is missing"):
         reselect(str(tmp_path), "new.jsonl", str(tmp_path / "out"))
+
+
+def test_reselect_refuses_a_locked_out_dir_before_any_work(tmp_path):
+    """A second writer (a run, or another reselect) holds the out dir: nothing is read or written."""
+    out = tmp_path / "out"
+    out.mkdir()
+    holder = subprocess.Popen(
+        [sys.executable, "-c", "import time, pyarrow.fs as fs; from delift_ray.lock import RunLock; "
+         f"RunLock(fs.LocalFileSystem(), {str(out)!r}, {str(out)!r}).acquire(); print('locked', flush=True); time.sleep(120)"],
+        stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "locked"
+        # The previous run does not even exist: the lock is checked first.
+        with pytest.raises(DeliftError, match=f"is in use by another run \\(pid {holder.pid} on host"):
+            reselect(str(tmp_path / "no-such-run"), "new.jsonl", str(out))
+        assert sorted(os.listdir(out)) == [LOCK_NAME]
+    finally:
+        holder.kill()
+        holder.wait()
+
+
+def test_run_rejects_a_lock_of_another_directory(tmp_path):
+    import pyarrow.fs as pafs
+
+    from delift_ray.lock import RunLock
+
+    (tmp_path / "a").mkdir()
+    with RunLock(pafs.LocalFileSystem(), str(tmp_path / "a"), str(tmp_path / "a")) as lock:
+        with pytest.raises(ValueError, match="not the held lock"):
+            run({"data": "d.jsonl", "model": "m", "out": str(tmp_path / "b")}, lock=lock)
 
 
 # --------------------------------------------------------------------------- real engine
