@@ -269,8 +269,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("estimate", help="Pairs, tokens, kernel memory and engine-hours of a job, dense vs knn.")
     add_job_flags(p)
-    p.add_argument("--tokens-per-s", type=float, help="Prompt tokens per second of one engine (default: a short calibration run).")
-    p.add_argument("--calibration-pairs", type=int, default=48, help="Pairs scored by the calibration run.")
+    p.add_argument("--tokens-per-s", type=float, help="Computed (not cache-read) prompt tokens per second of one engine (default: a short calibration run).")
+    p.add_argument("--calibration-pairs", type=int, default=96, help="Pairs scored by the calibration run.")
     p.add_argument("--json", action="store_true", help="Print one JSON object instead of the table.")
     p.set_defaults(func=cmd_estimate)
     p = sub.add_parser("reselect", help="Select on a new data version, scoring only the pairs the cache lacks.")

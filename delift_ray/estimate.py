@@ -5,17 +5,24 @@ reports, for dense and for knn candidate pruning:
 
 * pairs to score: dense ``sum_m |H_m| |E_m|``; knn ``sum_m |H_m| min(k + r, |E_m|)``
   (an upper bound: pairs shared by two matrices are scored once);
-* tokens to prefill: a pair (i <- j) is ``len(head_j) + len(tail_i) + len(r_i) + 2``
+* prompt tokens: a pair (i <- j) is ``len(head_j) + len(tail_i) + len(r_i) + 2``
   tokens (capped at max_model_len - 1), so dense sums to
   ``|E| sum_i (tail_i + r_i + 2) + |H| sum_j head_j`` and knn to ``(k + r)`` times the
-  per-row mean of that; baselines add ``sum_i (no_example_i + r_i + 2)``; prefix-cache
-  savings are not subtracted;
+  per-row mean of that; baselines add ``sum_i (no_example_i + r_i + 2)``;
+* tokens to compute: with prefix reuse (``scoring.prefix_reuse`` and prefix caching on)
+  each example head is computed once, and each pair computes its own tail, response and
+  the part of the head past the head's last full KV block, on average
+  ``(engine.block_size - 1) / 2`` tokens; so a pair costs
+  ``tail_i + r_i + 2 + min((B - 1) / 2, mean head)`` plus ``sum_j head_j`` once per
+  matrix. Without prefix reuse it equals the prompt tokens;
 * kernel memory: dense float32 ``rows x cols x 4`` bytes (assembly peaks at about 10
   bytes a pair, see kernel.DENSE_ASSEMBLY_BYTES_PER_ENTRY); knn CSR ``nnz x 8 + (rows + 1) x 8``;
-* hours per engine: tokens / (tokens per second of one engine), and the wall time
-  with ``ray.num_scorers`` engines (1 if unset). The rate is ``--tokens-per-s`` or is
-  measured by a short calibration run of the configured model (one in-process vLLM
-  engine scoring a few real pairs).
+* hours per engine: tokens to compute / (computed tokens per second of one engine),
+  and the wall time with ``ray.num_scorers`` engines (1 if unset). The rate is
+  ``--tokens-per-s`` or is measured by a short calibration run of the configured model:
+  one vLLM engine scores a small grid of real pairs (a few examples x several helped
+  samples, example-major, with the job's prefix reuse setting) and the rate is the
+  tokens it computed (prompt tokens minus those read from the prefix cache) per second.
 """
 
 from __future__ import annotations
@@ -53,8 +60,11 @@ def compute_estimate(cfg: DeliftConfig, lengths: dict[str, SetLengths], tokens_p
     engines = cfg.ray.num_scorers or 1
     out["engines"] = engines
     base_tokens = int(sum(lengths[n].baseline.sum() for n in dict.fromkeys(m.helped for m in STAGE_MATRICES[cfg.stage])))
+    reuse = cfg.scoring.prefix_reuse and cfg.engine.enable_prefix_caching
+    # KV block of the engine's prefix cache (vLLM's CPU default is 128 when unset).
+    kv_block = cfg.engine.block_size or 128
     for mode in ("dense", "knn"):
-        pairs = tokens = mem = mem_peak = 0
+        pairs = tokens = computed = mem = mem_peak = 0
         for m in STAGE_MATRICES[cfg.stage]:
             H, E = lengths[m.helped], lengths[m.example]
             c = E.n if mode == "dense" else min(per_row, E.n)
@@ -62,6 +72,11 @@ def compute_estimate(cfg: DeliftConfig, lengths: dict[str, SetLengths], tokens_p
             # mean pair length per helped row, capped at the engine limit
             row_tokens = np.minimum(H.tail_resp + float(E.head.mean()), max_len)
             tokens += int(c * row_tokens.sum())
+            if reuse:
+                row_own = np.minimum(H.tail_resp + min((kv_block - 1) / 2, float(E.head.mean())), row_tokens)
+                computed += int(c * row_own.sum() + E.head.sum())
+            else:
+                computed += int(c * row_tokens.sum())
             if mode == "dense":
                 mem += kernel_bytes(H.n, E.n)
                 mem_peak += dense_assembly_bytes(H.n, E.n)
@@ -69,30 +84,47 @@ def compute_estimate(cfg: DeliftConfig, lengths: dict[str, SetLengths], tokens_p
                 mem += sparse_kernel_bytes(H.n * c, H.n)
                 mem_peak += sparse_kernel_bytes(H.n * c, H.n) * 3  # positions + values and their sort keys, the CSR, the selector's CSC copy
         tokens += base_tokens
-        hours = tokens / tokens_per_s / 3600
-        out[mode] = {"pairs": int(pairs), "prefill_tokens": int(tokens), "kernel_bytes": int(mem),
+        computed += base_tokens
+        hours = computed / tokens_per_s / 3600
+        out[mode] = {"pairs": int(pairs), "prefill_tokens": int(tokens), "computed_tokens": int(computed),
+                     "kernel_bytes": int(mem),
                      "assembly_peak_bytes": int(mem_peak), "engine_hours": float(f"{hours:.4g}"),
                      "wall_hours": float(f"{hours / engines:.4g}")}
     return out
 
 
-def _time_scoring(model: str, engine_cfg: dict, requests: list) -> float:
-    """Seconds one fresh engine takes to score ``requests`` (after a short warm-up)."""
+def _time_scoring(model: str, engine_cfg: dict, requests: list, read_cache: bool) -> tuple[float, int]:
+    """(seconds, tokens computed) of one fresh engine scoring ``requests`` (after a short warm-up)."""
     from delift_ray.config import EngineConfig
     from delift_ray.scoring.engine import Scorer
 
     scorer = Scorer(model, EngineConfig(**engine_cfg))
     try:
-        scorer.score(requests[:4])  # warm-up: first-call allocations
+        scorer.score(requests[:8])  # warm-up: first-call allocations
+        scorer.llm.reset_prefix_cache()  # the timed run computes every head itself
+        before = scorer.stats.as_dict()
         t0 = time.perf_counter()
-        scorer.score(requests)
-        return time.perf_counter() - t0
+        scorer.score(requests, read_cache=read_cache)
+        seconds = time.perf_counter() - t0
+        st = scorer.stats.delta(before)
+        return seconds, int(st["prompt_tokens"] - st["cached_tokens"])
     finally:
         scorer.shutdown()
 
 
-def calibrate(cfg: DeliftConfig, sets: dict, eos: int, pairs: int = 48) -> float:
-    """Prompt tokens per second of one engine of the configured model on random real pairs.
+def calibration_grid(n: int, pairs: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """(helped, example) indices of about ``pairs`` pairs: a few examples x several helped
+    samples, example-major, as the job's blocks send them."""
+    rng = np.random.default_rng(seed)
+    n_ex = max(1, min(n, int(round(np.sqrt(pairs / 2)))))
+    n_h = max(1, min(n, pairs // n_ex))
+    ex = rng.choice(n, size=n_ex, replace=False)
+    helped = rng.choice(n, size=n_h, replace=False)
+    return np.tile(helped, n_ex), np.repeat(ex, n_h)
+
+
+def calibrate(cfg: DeliftConfig, sets: dict, eos: int, pairs: int = 96) -> float:
+    """Computed tokens per second of one engine of the configured model on a grid of real pairs.
 
     The engine runs in a fresh spawned process: vLLM's CPU kernel registration walks
     every loaded module and can trip over unrelated ones already imported by the caller.
@@ -103,13 +135,11 @@ def calibrate(cfg: DeliftConfig, sets: dict, eos: int, pairs: int = 48) -> float
     from delift_ray.scoring.engine import ScoreRequest
 
     pool = sets["pool"].tokens
-    n = len(pool)
-    rng = np.random.default_rng(cfg.seed)
-    hs, es = rng.integers(0, n, pairs), rng.integers(0, n, pairs)
+    hs, es = calibration_grid(len(pool), pairs, cfg.seed)
     reqs = [ScoreRequest(*pair_sequence(pool, int(h), pool, int(e), eos, cfg.engine.max_model_len - 1)) for h, e in zip(hs, es)]
     with multiprocessing.get_context("spawn").Pool(1) as proc:
-        seconds = proc.apply(_time_scoring, (cfg.model, cfg.engine.model_dump(), reqs))
-    return sum(len(r.tokens) for r in reqs) / seconds
+        seconds, computed = proc.apply(_time_scoring, (cfg.model, cfg.engine.model_dump(), reqs, cfg.scoring.prefix_reuse))
+    return computed / seconds
 
 
 def fmt_bytes(b: int) -> str:
@@ -121,13 +151,14 @@ def fmt_bytes(b: int) -> str:
 
 def format_table(est: dict) -> str:
     rows = [("", "dense", f"knn (k={est['k']}, r={est['random']})")]
-    for key, label, f in (("pairs", "pairs to score", lambda v: f"{v:,}"), ("prefill_tokens", "tokens to prefill", lambda v: f"{v:,}"),
+    for key, label, f in (("pairs", "pairs to score", lambda v: f"{v:,}"), ("prefill_tokens", "prompt tokens", lambda v: f"{v:,}"),
+                          ("computed_tokens", "tokens to compute", lambda v: f"{v:,}"),
                           ("kernel_bytes", "kernel memory", fmt_bytes), ("assembly_peak_bytes", "assembly peak", fmt_bytes),
                           ("engine_hours", "engine-hours", lambda v: f"{v:,.3g}"),
                           ("wall_hours", f"wall hours ({est['engines']} engine{'s' if est['engines'] > 1 else ''})", lambda v: f"{v:,.3g}")):
         rows.append((label, f(est["dense"][key]), f(est["knn"][key])))
     w = [max(len(r[c]) for r in rows) for c in range(3)]
     lines = [f"stage {est['stage']}, samples " + ", ".join(f"{k}={v:,}" for k, v in est["samples"].items())
-             + f"; {est['tokens_per_s_per_engine']:,} prompt tokens/s per engine ({est['rate_source']})"]
+             + f"; {est['tokens_per_s_per_engine']:,} computed tokens/s per engine ({est['rate_source']})"]
     lines += ["  ".join(r[c].ljust(w[c]) if c == 0 else r[c].rjust(w[c]) for c in range(3)) for r in rows]
     return "\n".join(lines)

@@ -303,11 +303,41 @@ def test_estimate_cli_table_and_json(tiny_model_dir, tmp_path):
     assert est["dense"]["pairs"] == 256 and est["knn"]["pairs"] == 80
     assert est["dense"]["kernel_bytes"] == 256 * 4
     assert est["knn"]["prefill_tokens"] < est["dense"]["prefill_tokens"]
-    assert np.isclose(est["dense"]["engine_hours"], est["dense"]["prefill_tokens"] / 100 / 3600, rtol=1e-3)
+    # Prefix reuse (the default): heads once per matrix, so fewer tokens to compute than prompt tokens.
+    for mode in ("dense", "knn"):
+        assert est[mode]["computed_tokens"] < est[mode]["prefill_tokens"]
+    assert np.isclose(est["dense"]["engine_hours"], est["dense"]["computed_tokens"] / 100 / 3600, rtol=1e-3)
+    off = subprocess.run(base + ["--scoring.prefix-reuse", "false", "--json"], capture_output=True, text=True, timeout=300)
+    assert off.returncode == 0, off.stderr
+    est_off = json.loads(off.stdout)
+    assert est_off["dense"]["computed_tokens"] == est_off["dense"]["prefill_tokens"] == est["dense"]["prefill_tokens"]
     t = subprocess.run(base, capture_output=True, text=True, timeout=300)
     assert t.returncode == 0 and "pairs to score" in t.stdout and "knn (k=4, r=1)" in t.stdout
     bad = subprocess.run(base[:-1] + ["0"], capture_output=True, text=True, timeout=300)
     assert bad.returncode == 2 and "tokens-per-s" in bad.stderr and "Traceback" not in bad.stderr
+
+
+def test_estimate_tokens_to_compute_with_prefix_reuse():
+    from delift_ray import estimate
+    from delift_ray.config import validate_config
+
+    # 3 samples: heads 100, 200, 300; tail + response + 2 EOS = 10, 20, 30 (short enough for max_model_len).
+    L = estimate.SetLengths(3, np.array([100, 200, 300]), np.array([10, 20, 30]), np.array([5, 5, 5]))
+    cfg = validate_config({"data": "d", "model": "m", "out": "o", "engine": {"block_size": 32}})
+    est = estimate.compute_estimate(cfg, {"pool": L}, 1.0, rate_source="given")["dense"]
+    assert est["prefill_tokens"] == 3 * (60 + 3 * 200) + 15  # |E| sum(tail_resp + mean head) + baselines
+    assert est["computed_tokens"] == int(3 * (60 + 3 * 15.5) + 600) + 15  # own part + half a KV block, heads once
+
+
+def test_calibration_grid_is_example_major_and_seeded():
+    from delift_ray.estimate import calibration_grid
+
+    h, e = calibration_grid(100, 48, seed=0)
+    assert len(h) == len(e) == 45 and len(set(e)) == 5 and len(set(h)) == 9  # 5 examples x 9 helped
+    assert all(e[k] == e[k + 1] for k in range(len(e) - 1) if (k + 1) % 9)  # runs of one example
+    assert np.array_equal(calibration_grid(100, 48, seed=0)[0], h)
+    h2, e2 = calibration_grid(3, 48, seed=0)  # a tiny pool: every sample at most once per axis
+    assert len(set(e2)) <= 3 and len(set(h2)) <= 3
 
 
 @pytest.mark.engine
