@@ -109,6 +109,32 @@ def test_icl_context_with_one_example_is_the_template():
     assert no_example_context("Q").endswith("Query: Q\n")
 
 
+def test_icl_format_follows_a_custom_template():
+    from delift_ray.evaluate.formatting import IclFormat
+
+    tpl = "Solve it.\n[EX] {example_prompt} => {example_response}\n--\nQ: {query}\nA:"
+    fmt = IclFormat(tpl)
+    assert fmt([("p1", "r1")], "q") == tpl.format(example_prompt="p1", example_response="r1", query="q")
+    two = fmt([("p1", "r1"), ("p2", "r2")], "q")
+    # No "Example:"/"Query" markers: the block starts at {example_prompt}, the separator is the default.
+    assert two == "Solve it.\n[EX] p1 => r1\n\n\np2 => r2\n--\nQ: q\nA:"
+
+
+def test_evaluation_uses_the_runs_templates(tmp_path):
+    from types import SimpleNamespace
+
+    from delift_ray.evaluate.runner import run_templates
+
+    custom = {"no_example": "Q: {query}\nA:", "with_example": "E: {example_prompt} / {example_response}\nQ: {query}\nA:"}
+    run = SimpleNamespace(config={"templates": custom}, run_dir=tmp_path)
+    assert run_templates(run).no_example == custom["no_example"]
+    run.config = {}
+    assert run_templates(run).no_example.endswith("Query: {query}\n")  # the default
+    run.config = {"templates": {"no_example": "no placeholder"}}
+    with pytest.raises(DeliftError, match="invalid templates"):
+        run_templates(run)
+
+
 @pytest.fixture(scope="session")
 def tiny_model(request, tmp_path_factory):
     """The shared tiny random Llama (tests/conftest.py) or, without it, a local one."""
@@ -137,6 +163,9 @@ def test_prompt_encoder_truncation(tiny_model):
     assert tok.decode(icl).count("Example:") == 5
     gen = enc.generation_context(long_q, max_new_tokens=8)
     assert len(gen) <= 32
+    custom = PromptEncoder(tok, max_length=40, example_tokens=12, no_example="Q: {query}\nA:")
+    ctx, _ = custom.pair("hi", "hello there")
+    assert tok.decode(ctx) == "Q: hi\nA:"
 
 
 # --------------------------------------------------------------------------- end to end

@@ -1,13 +1,15 @@
 """Prompt formats of the evaluation and their token-level truncation.
 
-Fine-tuning and evaluation use the scoring's no-example template::
+Fine-tuning and evaluation use the run's no-example template (``templates.no_example``
+of the run's config; the default below when the run does not name one)::
 
-    DEFAULT_NO_EXAMPLE_TEMPLATE.format(query=prompt) + response + EOS
+    no_example.format(query=prompt) + response + EOS
 
-In-context (ICL) mode uses the with-example template extended to k examples: the
-instruction of ``DEFAULT_WITH_EXAMPLE_TEMPLATE``, then k ``"Example:\\n{p}\\n{r}"`` blocks
-joined by the template's separator (three newlines), then ``"\\n\\n\\nQuery:\\n{query}\\n"``.
-With k = 1 this is exactly ``DEFAULT_WITH_EXAMPLE_TEMPLATE``.
+In-context (ICL) mode uses the run's with-example template extended to k examples: its
+instruction (the text before ``Example:``, or before ``{example_prompt}``), then k example
+blocks (``Example:\n{p}\n{r}`` in the default) joined by the template's separator (the
+text between the example and ``Query``, three newlines in the default), then the
+template's query tail. With k = 1 this is exactly the with-example template.
 
 Truncation (sequence limit ``max_length``): the response keeps at least ``max_length // 2``
 tokens (never none), the query is cut at its end to make room, and as a last resort the
@@ -30,10 +32,25 @@ def _split_with_example(template: str) -> tuple[str, str, str]:
     return template[:start], template[start:cut], template[cut:]
 
 
-ICL_HEADER, ICL_BLOCK, ICL_TAIL = _split_with_example(DEFAULT_WITH_EXAMPLE_TEMPLATE)
-# The separator between two example blocks: what the template puts between the example
-# and the query ("\n\n\n").
-ICL_SEPARATOR = ICL_TAIL[: ICL_TAIL.index("Query")] if "Query" in ICL_TAIL else "\n\n\n"
+def _separator(tail: str) -> str:
+    """What a with-example template puts between the example and the query."""
+    return tail[: tail.index("Query")] if "Query" in tail else "\n\n\n"
+
+
+class IclFormat:
+    """The k-example context of a with-example template."""
+
+    def __init__(self, template: str = DEFAULT_WITH_EXAMPLE_TEMPLATE):
+        self.header, self.block, self.tail = _split_with_example(template)
+        self.separator = _separator(self.tail)
+
+    def __call__(self, examples: Sequence[tuple[str, str]], query: str) -> str:
+        blocks = self.separator.join(self.block.format(example_prompt=p, example_response=r) for p, r in examples)
+        return self.header + blocks + self.tail.format(query=query)
+
+
+DEFAULT_ICL = IclFormat()
+ICL_HEADER, ICL_BLOCK, ICL_TAIL, ICL_SEPARATOR = DEFAULT_ICL.header, DEFAULT_ICL.block, DEFAULT_ICL.tail, DEFAULT_ICL.separator
 
 
 def no_example_context(query: str, template: str = DEFAULT_NO_EXAMPLE_TEMPLATE) -> str:
@@ -42,17 +59,19 @@ def no_example_context(query: str, template: str = DEFAULT_NO_EXAMPLE_TEMPLATE) 
 
 
 def icl_context(examples: Sequence[tuple[str, str]], query: str) -> str:
-    """The in-context context: instruction, k example blocks, the query."""
-    blocks = ICL_SEPARATOR.join(ICL_BLOCK.format(example_prompt=p, example_response=r) for p, r in examples)
-    return ICL_HEADER + blocks + ICL_TAIL.format(query=query)
+    """The in-context context of the default template: instruction, k example blocks, the query."""
+    return DEFAULT_ICL(examples, query)
 
 
 class PromptEncoder:
     """Token ids of contexts and responses, with the module's truncation rules."""
 
-    def __init__(self, tokenizer, max_length: int, example_tokens: int = 128):
+    def __init__(self, tokenizer, max_length: int, example_tokens: int = 128, *,
+                 no_example: str = DEFAULT_NO_EXAMPLE_TEMPLATE, with_example: str = DEFAULT_WITH_EXAMPLE_TEMPLATE):
         if max_length < 8:
             raise ValueError("max_length must be at least 8")
+        self.no_example = no_example
+        self.icl = IclFormat(with_example)
         self.tok = tokenizer
         self.max_length = int(max_length)
         self.example_tokens = int(example_tokens)
@@ -108,14 +127,14 @@ class PromptEncoder:
 
     def _builder(self, examples: Optional[Sequence[tuple[str, str]]]):
         if examples is None:
-            return no_example_context
+            return lambda q: no_example_context(q, self.no_example)
         cut = self._cut_examples(examples)
-        return lambda q: icl_context(cut, q)
+        return lambda q: self.icl(cut, q)
 
     def _extra(self, examples: Optional[Sequence[tuple[str, str]]]) -> int:
         if not examples:
             return 0
-        header = len(self.ids(ICL_HEADER)) + 8
+        header = len(self.ids(self.icl.header)) + 8
         return header + len(examples) * (self.example_tokens + 8)
 
     # -- public
@@ -133,7 +152,7 @@ class PromptEncoder:
         if add_eos:
             r_ids = r_ids + [self.eos]
         L = self.max_length
-        ctx_full_len = len(self.prefix) + len(self.ids(no_example_context(prompt)))
+        ctx_full_len = len(self.prefix) + len(self.ids(no_example_context(prompt, self.no_example)))
         keep = min(len(r_ids), max(L - ctx_full_len, L // 2))
         if keep < len(r_ids):
             r_ids = r_ids[:keep] if not add_eos else r_ids[: keep - 1] + [self.eos]

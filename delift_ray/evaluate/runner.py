@@ -26,6 +26,7 @@ from typing import Optional
 
 import numpy as np
 
+from delift_ray.config import TemplateConfig
 from delift_ray.embeddings import sample_text
 from delift_ray.errors import DeliftError
 from delift_ray.evaluate.embeddings import SentenceEncoder, cosine_kernel, top_k_similar
@@ -81,6 +82,15 @@ def _log(progress: bool, msg: str) -> None:
         from tqdm.auto import tqdm
 
         tqdm.write(f"evaluate: {msg}", file=sys.stderr)
+
+
+def run_templates(run: RunData) -> TemplateConfig:
+    """The prompt templates the run scored with (its config's ``templates``; defaults if absent)."""
+    raw = run.config.get("templates") if isinstance(run.config, dict) else None
+    try:
+        return TemplateConfig(**(raw or {}))
+    except (TypeError, ValueError) as exc:
+        raise DeliftError(f"{run.run_dir / 'run.json'} has invalid templates: {str(exc).splitlines()[0]}") from None
 
 
 def _evaluate_model(model, tok, enc: PromptEncoder, ev: EvalSet, *, examples, max_new_tokens: int,
@@ -155,6 +165,7 @@ def evaluate_run(
     if not model_path:
         raise DeliftError(f"{run.run_dir / 'run.json'} names no model; pass --model")
     model_path = str(model_path)
+    templates = run_templates(run)
     ev = load_eval_data(eval_data, pool_ids=set(run.pool.sample_ids), max_eval=max_eval)
     base_seed = int(seed if seed is not None else run.config.get("seed", 0) or 0)
     out = Path(out_dir) if out_dir is not None else run.run_dir / "eval"
@@ -196,7 +207,8 @@ def evaluate_run(
         rng = np.random.default_rng(s)
         subsets["random"].append(sorted(int(i) for i in rng.choice(n_pool, size=budget, replace=False)))
 
-    enc = PromptEncoder(tok, max_length, example_tokens=icl_example_tokens)
+    enc = PromptEncoder(tok, max_length, example_tokens=icl_example_tokens,
+                        no_example=templates.no_example, with_example=templates.with_example)
     train_items = {i: enc.pair(p, r, add_eos=True) for i, (p, r) in enumerate(run.pool.pairs())}
     ekw = dict(max_new_tokens=max_new_tokens, batch_size=eval_batch_size, progress=progress)
 
@@ -292,6 +304,7 @@ def evaluate_run(
                 "dtype": str(torch_dtype).replace("torch.", ""), "device": dev,
                 "bootstrap_resamples": bootstrap_resamples, "bootstrap_confidence": 0.95,
                 "bootstrap_seed": base_seed,
+                "templates": templates.model_dump(),
             },
         },
         bootstrap_resamples=bootstrap_resamples,
