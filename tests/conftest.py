@@ -60,3 +60,29 @@ def ray_cluster(request):
     ray.init(num_cpus=2, object_store_memory=store, include_dashboard=False, logging_level="WARNING")
     yield
     ray.shutdown()
+
+
+@pytest.fixture
+def lock_holder():
+    """``hold(out)``: start a separate live process that holds the run lock of ``out``.
+
+    Returns its ``Popen`` once the lock is taken; every holder is killed after the test.
+    """
+    import subprocess
+    import sys
+
+    procs = []
+
+    def hold(out):
+        code = ("import time, pyarrow.fs as fs; from delift_ray.lock import RunLock; "
+                f"RunLock(fs.LocalFileSystem(), {str(out)!r}, {str(out)!r}).acquire(); "
+                "print('locked', flush=True); time.sleep(300)")
+        p = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True)
+        procs.append(p)
+        assert p.stdout.readline().strip() == "locked"
+        return p
+
+    yield hold
+    for p in procs:
+        p.kill()
+        p.wait()

@@ -302,22 +302,14 @@ def test_skip_failed_blocks_reports_missing_pairs(ray_cluster, poisoned, tmp_pat
 # --------------------------------------------------------------------------- one run per out dir
 
 
-def test_second_run_on_a_locked_out_dir_refuses(tiny_model_dir, pool_file, tmp_path):
+def test_second_run_on_a_locked_out_dir_refuses(tiny_model_dir, pool_file, tmp_path, lock_holder):
     out = tmp_path / "locked"
     out.mkdir()
-    holder = subprocess.Popen(
-        [sys.executable, "-c", "import sys, time, pyarrow.fs as fs; from delift_ray.lock import RunLock; "
-         f"RunLock(fs.LocalFileSystem(), {str(out)!r}, {str(out)!r}).acquire(); print('locked', flush=True); time.sleep(120)"],
-        stdout=subprocess.PIPE, text=True)
-    try:
-        assert holder.stdout.readline().strip() == "locked"
-        p = subprocess.run(cli_select(tiny_model_dir, out, pool_file), capture_output=True, text=True, timeout=120)
-        assert p.returncode == 2 and "Traceback" not in p.stderr
-        assert f"is in use by another run (pid {holder.pid} on host" in p.stderr
-        assert not os.path.exists(out / "samples.parquet")  # it stopped before touching anything
-    finally:
-        holder.kill()
-        holder.wait()
+    holder = lock_holder(out)
+    p = subprocess.run(cli_select(tiny_model_dir, out, pool_file), capture_output=True, text=True, timeout=120)
+    assert p.returncode == 2 and "Traceback" not in p.stderr
+    assert f"is in use by another run (pid {holder.pid} on host" in p.stderr
+    assert not os.path.exists(out / "samples.parquet")  # it stopped before touching anything
 
 
 # --------------------------------------------------------------------------- the lock itself (no engine)

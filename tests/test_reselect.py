@@ -146,23 +146,15 @@ def test_reselect_needs_a_finished_run(tmp_path):
         reselect(str(tmp_path), "new.jsonl", str(tmp_path / "out"))
 
 
-def test_reselect_refuses_a_locked_out_dir_before_any_work(tmp_path):
+def test_reselect_refuses_a_locked_out_dir_before_any_work(tmp_path, lock_holder):
     """A second writer (a run, or another reselect) holds the out dir: nothing is read or written."""
     out = tmp_path / "out"
     out.mkdir()
-    holder = subprocess.Popen(
-        [sys.executable, "-c", "import time, pyarrow.fs as fs; from delift_ray.lock import RunLock; "
-         f"RunLock(fs.LocalFileSystem(), {str(out)!r}, {str(out)!r}).acquire(); print('locked', flush=True); time.sleep(120)"],
-        stdout=subprocess.PIPE, text=True)
-    try:
-        assert holder.stdout.readline().strip() == "locked"
-        # The previous run does not even exist: the lock is checked first.
-        with pytest.raises(DeliftError, match=f"is in use by another run \\(pid {holder.pid} on host"):
-            reselect(str(tmp_path / "no-such-run"), "new.jsonl", str(out))
-        assert sorted(os.listdir(out)) == [LOCK_NAME]
-    finally:
-        holder.kill()
-        holder.wait()
+    holder = lock_holder(out)
+    # The previous run does not even exist: the lock is checked first.
+    with pytest.raises(DeliftError, match=f"is in use by another run \\(pid {holder.pid} on host"):
+        reselect(str(tmp_path / "no-such-run"), "new.jsonl", str(out))
+    assert sorted(os.listdir(out)) == [LOCK_NAME]
 
 
 def test_run_rejects_a_lock_of_another_directory(tmp_path):
