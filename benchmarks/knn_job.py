@@ -55,7 +55,7 @@ def main() -> None:
         "kernel_nnz": c.get("kernel_nnz"), "embedded": c.get("embedded"), "embedding_backend": c.get("embedding_backend"),
         "selected": c["selected"], "timings": t,
         "score_pairs_per_s": round(c["pairs_scored"] / t["score_s"], 1) if t.get("score_s") else None,
-        "wall_s": round(wall, 1), "driver_peak_rss_gb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20, 2),
+        "wall_s": round(wall, 1), "driver_peak_rss_gib": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20, 2),
         "machine": f"{os.cpu_count()} cores",
     }), flush=True)
 

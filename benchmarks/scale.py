@@ -33,7 +33,7 @@ import numpy as np
 STAGES = ("ingest", "neighbours", "plan", "shards", "assemble", "reduce", "tokenize", "random_candidates")
 
 
-def peak_rss_gb() -> float:
+def peak_rss_gib() -> float:
     return round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20, 3)
 
 
@@ -80,9 +80,9 @@ def stage_tokenize(args) -> dict:
     grew = (resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - rss0) * 1024
     tokens = sum(len(x) for seg in (t.no_example, t.tail, t.head, t.response) for x in seg)
     return {"samples": len(s), "tokenize_s": round(dt, 1), "tokens_stored": int(tokens),
-            "storage": type(t.head).__name__, "peak_rss_growth_gb": round(grew / 2**30, 3),
+            "storage": type(t.head).__name__, "peak_rss_growth_gib": round(grew / 2**30, 3),
             "bytes_per_token": round(grew / tokens, 1),
-            "projected_gb_at_n": round(grew / len(s) * args.n / 2**30, 2),
+            "projected_gib_at_n": round(grew / len(s) * args.n / 2**30, 2),
             "projected_tokenize_s_at_n": round(dt / len(s) * args.n)}
 
 
@@ -98,7 +98,7 @@ def stage_neighbours(args) -> dict:
     dt = time.perf_counter() - t0
     np.save(os.path.join(args.work, "cand.npy"), cand.astype(np.int32))
     # recall of the approximate k-NN on 1000 queries against exact search
-    rss_search = peak_rss_gb()  # before the recall check below, which is not part of the job
+    rss_search = peak_rss_gib()  # before the recall check below, which is not part of the job
     q = rng.choice(args.n, 1000, replace=False)
     xn = neighbours.normalise(x)
     hits = 0
@@ -109,7 +109,7 @@ def stage_neighbours(args) -> dict:
     recall = hits / (q.size * args.k)
     return {"dim": args.dim, "candidates_shape": list(cand.shape), "neighbours_s": round(dt, 1),
             "knn_recall_at_k_1000_queries": round(recall, 4), "empty_slots": int((cand < 0).sum()),
-            "peak_rss_gb_search": rss_search}
+            "peak_rss_gib_search": rss_search}
 
 
 def stage_random_candidates(args) -> dict:
@@ -227,7 +227,7 @@ def main() -> None:
         out = globals()[f"stage_{args.stage}"](args)
         ru = resource.getrusage(resource.RUSAGE_SELF)
         out = {"stage": args.stage, "n": args.n, **out, "stage_wall_s": round(time.perf_counter() - t0, 1),
-               "stage_cpu_s": round(ru.ru_utime + ru.ru_stime, 1), "peak_rss_gb": peak_rss_gb()}
+               "stage_cpu_s": round(ru.ru_utime + ru.ru_stime, 1), "peak_rss_gib": peak_rss_gib()}
         print(json.dumps(out), flush=True)
         return
     for st in args.stages:
