@@ -161,8 +161,8 @@ def hidden_expected(req):
 class FakePoolingLLM:
     """Answers encode() like vLLM's ALL-pooling runner: rows for the computed positions only."""
 
-    def __init__(self, cached: int = 0):
-        self.cached, self.calls = cached, []
+    def __init__(self, cached: int = 0, ignores_skip: bool = False):
+        self.cached, self.ignores_skip, self.calls = cached, ignores_skip, []
 
     def encode(self, prompts, pooling_params, pooling_task, use_tqdm=False):
         import torch
@@ -172,7 +172,8 @@ class FakePoolingLLM:
         outs = []
         for p in prompts:
             toks = p["prompt_token_ids"]
-            cached = 0 if pooling_params.skip_reading_prefix_cache else min(self.cached, len(toks) - 1)
+            reads = self.ignores_skip or not pooling_params.skip_reading_prefix_cache
+            cached = min(self.cached, len(toks) - 1) if reads else 0
             data = torch.tensor(np.array([fake_hidden(toks, t) for t in range(cached, len(toks))]), dtype=torch.float32)
             outs.append(SimpleNamespace(outputs=SimpleNamespace(data=data)))
         return outs
@@ -226,6 +227,17 @@ def test_hidden_path_scores_response_rows_and_rescores_overshooting_hits(cached,
     assert s.stats.rescored == rescored
     assert [skip for _, skip in llm.calls] == ([False, True] if rescored else [False])
     assert llm.calls[-1][0] == (rescored or 3)
+
+
+def test_an_engine_that_reads_the_cache_regardless_is_an_error_not_a_rescore():
+    llm = FakePoolingLLM(cached=4, ignores_skip=True)
+    s = hidden_scorer(llm)
+    with pytest.raises(RuntimeError, match="no logprobs for a request without cache reads"):
+        s.score(REQS)  # no cache reads asked for: nothing to re-score, so it fails at once
+    assert s.stats.rescored == 0 and len(llm.calls) == 1
+    with pytest.raises(RuntimeError, match="no logprobs for a request without cache reads"):
+        s.score(REQS, read_cache=True)  # re-scored once without reads, which the engine ignores
+    assert s.stats.rescored == 3
 
 
 def test_hidden_path_batches_requests_by_rows(monkeypatch):

@@ -328,10 +328,11 @@ class Scorer:
         read_cache = read_cache and self.cfg.enable_prefix_caching
         result: list[np.ndarray | None] = [None] * len(requests)
         redo = self._score_into(result, list(range(len(requests))), requests, read_cache)
-        if redo:
+        if redo and read_cache:
             self.stats.rescored += len(redo)
-            if self._score_into(result, redo, requests, read_cache=False):
-                raise RuntimeError("the engine returned no logprobs for a request without cache reads")
+            redo = self._score_into(result, redo, requests, read_cache=False)
+        if redo:
+            raise RuntimeError("the engine returned no logprobs for a request without cache reads")
         self.stats.requests += len(requests)
         self.stats.prompt_tokens += sum(len(r.tokens) for r in requests)
         self.stats.seconds += time.perf_counter() - t0
@@ -358,6 +359,7 @@ class Scorer:
         return left
 
     def _score_hidden(self, result: list, idx: list[int], requests: list[ScoreRequest], read_cache: bool) -> list[int]:
+        import torch
         from vllm.inputs import TokensPrompt
 
         max_rows = max(1, HIDDEN_BATCH_BYTES // (4 * self.head.hidden_size))
@@ -380,8 +382,6 @@ class Scorer:
                 done.append(k)
             if not done:
                 continue
-            import torch
-
             # One LM-head pass over the response rows of the whole batch.
             lps = self.head.gold_logprobs(torch.cat(rows), np.concatenate(golds))
             for k, part in zip(done, np.split(lps, np.cumsum([g.size for g in golds])[:-1])):
