@@ -213,6 +213,8 @@ def test_lm_head_rejects_bad_shapes_and_ids():
         head.gold_logprobs(torch.zeros(2, 4), [1, 10])
     with pytest.raises(ValueError, match="vocab, hidden"):
         LMHead(torch.zeros(10), device="cpu")
+    with pytest.raises(ValueError, match="float matrix"):
+        LMHead(torch.zeros(10, 4, dtype=torch.int32), device="cpu")
 
 
 @pytest.mark.parametrize("cached,rescored", [(0, 0), (2, 1), (4, 3)])
@@ -273,6 +275,8 @@ def test_plain_lm_head_check():
     assert "not one with a plain LM head" in unsupported_reason(LlamaConfig())  # no architectures
     scaled = LlamaConfig(architectures=["LlamaForCausalLM"], logit_scale=0.5)
     assert "logit_scale=0.5" in unsupported_reason(scaled)
+    quantized = LlamaConfig(architectures=["LlamaForCausalLM"], quantization_config={"quant_method": "gptq"})
+    assert "quantized" in unsupported_reason(quantized)
 
 
 def test_hidden_required_but_unsupported_is_one_line_error(monkeypatch):

@@ -45,6 +45,8 @@ def unsupported_reason(hf_config) -> Optional[str]:
     if not archs or archs[0] not in PLAIN_HEAD_ARCHITECTURES:
         return (f"architecture {archs[0] if archs else '(none)'} is not one with a plain LM head "
                 f"({', '.join(sorted(PLAIN_HEAD_ARCHITECTURES))})")
+    if getattr(hf_config, "quantization_config", None):
+        return "the checkpoint is quantized (its LM head may not be a plain float matrix)"
     for name in _LOGIT_TRANSFORMS:
         value = getattr(hf_config, name, None)
         if value not in (None, False, 1, 1.0):
@@ -111,6 +113,8 @@ class LMHead:
 
         if weight.ndim != 2:
             raise ValueError(f"LM-head weight must be [vocab, hidden], got shape {tuple(weight.shape)}")
+        if not weight.is_floating_point():
+            raise ValueError(f"LM-head weight must be a float matrix, got {weight.dtype}")
         if chunk_rows < 1:
             raise ValueError("chunk_rows must be >= 1")
         self.device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
