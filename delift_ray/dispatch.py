@@ -18,6 +18,7 @@ from __future__ import annotations
 import logging
 import os
 from collections import OrderedDict, deque
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any, Callable, Sequence
 
@@ -120,6 +121,29 @@ def plan_actors(cfg: DeliftConfig) -> ActorPlan:
         env["OMP_NUM_THREADS"] = str(max(1, (os.cpu_count() or 1) // count))
     opts["runtime_env"] = {"env_vars": env}
     return ActorPlan(count, opts, env)
+
+
+@contextmanager
+def actor_pool(cfg: DeliftConfig, cls: type, *args):
+    """An :class:`ActorPool` of ``cls(*args)`` actors placed like the scorers (:func:`plan_actors`).
+
+    Connects to Ray (or starts a local instance) first; on exit the actors are shut down,
+    and a Ray instance started here is stopped.
+    """
+    import ray
+
+    started = connect(cfg.ray)
+    try:
+        actors = plan_actors(cfg)
+        remote_cls = ray.remote(cls).options(**actors.options)
+        pool = ActorPool(lambda: remote_cls.remote(*args), actors.count, cfg.ray.max_actor_restarts)
+        try:
+            yield pool
+        finally:
+            pool.shutdown()
+    finally:
+        if started:
+            ray.shutdown()
 
 
 @dataclass

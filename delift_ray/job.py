@@ -146,25 +146,17 @@ def samples_table(sets: dict[str, ScoredSet]) -> pa.Table:
 
 def score(cfg: DeliftConfig, sets: dict[str, ScoredSet], store: ShardStore, plan: planning.Plan, eos: int, progress: bool) -> dict:
     """Score the plan's baseline and pair blocks on scorer actors; returns counters."""
-    import ray
     from tqdm import tqdm
 
     from delift_ray import dispatch
     from delift_ray.scoring.actor import BlockScorer, PairBlock
 
-    started = dispatch.connect(cfg.ray)
-    actors = dispatch.plan_actors(cfg)
     model = os.path.abspath(cfg.model) if os.path.isdir(cfg.model) else cfg.model
-    remote_cls = ray.remote(BlockScorer).options(**actors.options)
-    pool = dispatch.ActorPool(
-        lambda: remote_cls.remote(model, cfg.engine, store.root_uri, store.fingerprint, eos, cfg.scoring.prefix_reuse),
-        actors.count,
-        cfg.ray.max_actor_restarts,
-    )
     counters = Counter()
     engine = Counter()  # per-block engine counters, summed (each result holds its block's delta)
     paths: set[str] = set()  # logprob paths the actors resolved engine.logprob_path to
-    try:
+    with dispatch.actor_pool(cfg, BlockScorer, model, cfg.engine, store.root_uri, store.fingerprint, eos,
+                             cfg.scoring.prefix_reuse) as pool:
         base_src = [(n, chunk) for n, chunks in plan.baseline.items() for chunk in chunks]
         bar = tqdm(total=plan.baselines_to_score, unit="sample", desc="baselines", disable=not progress or not base_src, dynamic_ncols=True)
 
@@ -230,10 +222,6 @@ def score(cfg: DeliftConfig, sets: dict[str, ScoredSet], store: ShardStore, plan
         counters["failed_blocks"] += len(rep.failed)
         counters["rescored"] += int(engine.get("rescored", 0))
         counters["cached_tokens"] += int(engine.get("cached_tokens", 0))
-    finally:
-        pool.shutdown()
-        if started:
-            ray.shutdown()
     return {**counters, "logprob_paths": sorted(p for p in paths if p)}
 
 
@@ -329,7 +317,6 @@ def embed_on_actors(cfg: DeliftConfig, source: str, store, ids: list[str], texts
     The actors write embedding shards themselves and are gone before the scorers start, so
     each device holds one engine at a time.
     """
-    import ray
     from tqdm import tqdm
 
     from delift_ray import dispatch
@@ -338,22 +325,13 @@ def embed_on_actors(cfg: DeliftConfig, source: str, store, ids: list[str], texts
     per_block = 32 * cfg.kernel.embedding_batch_size
     blocks = [EmbedBlock(f"embed-{s}", [ids[i] for i in todo[s : s + per_block]], [texts[i] for i in todo[s : s + per_block]])
               for s in range(0, todo.size, per_block)]
-    started = dispatch.connect(cfg.ray)
-    actors = dispatch.plan_actors(cfg)
     model = os.path.abspath(source) if os.path.isdir(source) else source
-    remote_cls = ray.remote(BlockEmbedder).options(**actors.options)
-    pool = dispatch.ActorPool(lambda: remote_cls.remote(model, cfg.engine, store.root_uri, store.fingerprint,
-                                                        cfg.kernel.embedding_max_length),
-                              actors.count, cfg.ray.max_actor_restarts)
-    try:
-        with tqdm(total=int(todo.size), unit="sample", desc="embeddings", disable=not progress, dynamic_ncols=True) as bar:
-            dispatch.dispatch(pool, blocks, "embed_block", max_retries=cfg.scoring.max_retries,
-                              on_done=lambda block, n: bar.update(n),
-                              describe=lambda b: f"{b.key} (embeddings of samples {_id_list(b.sample_ids)})")
-    finally:
-        pool.shutdown()
-        if started:
-            ray.shutdown()
+    with dispatch.actor_pool(cfg, BlockEmbedder, model, cfg.engine, store.root_uri, store.fingerprint,
+                             cfg.kernel.embedding_max_length) as pool, \
+            tqdm(total=int(todo.size), unit="sample", desc="embeddings", disable=not progress, dynamic_ncols=True) as bar:
+        dispatch.dispatch(pool, blocks, "embed_block", max_retries=cfg.scoring.max_retries,
+                          on_done=lambda block, n: bar.update(n),
+                          describe=lambda b: f"{b.key} (embeddings of samples {_id_list(b.sample_ids)})")
 
 
 def assemble_sparse_kernels(cfg: DeliftConfig, sets: dict[str, ScoredSet], store: ShardStore,

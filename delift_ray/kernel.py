@@ -22,7 +22,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from delift_ray.errors import ScoringError
-from delift_ray.planning import isin_sorted
+from delift_ray.planning import isin_sorted, table_stream
 
 BYTES_PER_ENTRY = 4  # float32
 
@@ -32,10 +32,6 @@ def kernel_bytes(n_rows: int, n_cols: int) -> int:
 
 
 Tables = Union[pa.Table, Iterable[pa.Table]]
-
-
-def _batches(tables: Tables) -> Iterable[pa.Table]:
-    return [tables] if isinstance(tables, pa.Table) else tables
 
 
 def _locate_batch(table: pa.Table, helped: pa.Array, examples: pa.Array) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -55,7 +51,7 @@ def iter_located(tables: Tables, helped_ids: list[str], example_ids: list[str]) 
     pair, instead of the ~50 bytes of the two id strings).
     """
     helped, examples = pa.array(helped_ids, pa.string()), pa.array(example_ids, pa.string())
-    for table in _batches(tables):
+    for table in table_stream(tables):
         yield _locate_batch(table, helped, examples)
 
 

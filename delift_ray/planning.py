@@ -151,6 +151,11 @@ class IdIndex:
         return pc.fill_null(found, -1).to_numpy(zero_copy_only=False).astype(np.int64)
 
 
+def table_stream(tables):
+    """One Arrow table, or an iterable of them (``ShardStore.iter_relevant``), as an iterable."""
+    return [tables] if isinstance(tables, pa.Table) else tables
+
+
 def stored_pair_keys(tables, index: IdIndex) -> np.ndarray:
     """Sorted unique int64 keys of the stored pairs whose two ids belong to the run.
 
@@ -158,7 +163,7 @@ def stored_pair_keys(tables, index: IdIndex) -> np.ndarray:
     id strings of one batch at a time are in memory, never the whole store's.
     """
     parts = [np.empty(0, np.int64)]
-    for table in [tables] if isinstance(tables, pa.Table) else tables:
+    for table in table_stream(tables):
         h = index.lookup(table.column("helped_id"))
         e = index.lookup(table.column("example_id"))
         ok = (h >= 0) & (e >= 0)

@@ -165,8 +165,7 @@ def _write_jsonl(od, name: str, prompts: Sequence[str], responses: Sequence[str]
 def reselect(previous: str, data: str, out: str, *, mode: str = "full", condition_on: str = "selected",
              budget: Union[int, float, None] = None, cache: Optional[str] = None, progress: bool = True) -> ReselectResult:
     """Select on a new data version, reusing every cached utility; see the module docstring."""
-    from delift_ray.data import load_samples
-    from delift_ray.job import OutDir, run
+    from delift_ray.job import OutDir
 
     if mode not in MODES:
         raise DeliftError(f"--mode must be one of {', '.join(MODES)}, got {mode!r}")
@@ -176,45 +175,54 @@ def reselect(previous: str, data: str, out: str, *, mode: str = "full", conditio
     # One writer per output directory: the lock covers the job and every write after it
     # (selection_diff, run.json), so two reselects into one directory cannot interleave.
     with RunLock(od.fs, od.path, out) as lock:
-        prev = read_previous(previous)
-        cfg = version_config(prev, data, out, cache=cache, budget=budget if mode == "full" else None)
-        new = load_samples(cfg.data, "pool", columns=cfg.columns, split=cfg.split, max_rows=cfg.max_samples, strict=cfg.strict)
-        diff = diff_ids(prev.pool_ids, new.sample_ids)
+        return _reselect_locked(previous, data, out, od, lock, mode=mode, condition_on=condition_on, budget=budget,
+                                cache=cache, progress=progress)
 
-        if mode == "full":
-            result = run(cfg, progress=progress, lock=lock)
-            selected, job_counts = result.selected_ids, result.counts
-            extra: dict = {}
-        else:
-            selected, job_counts, extra = _continual(cfg, prev, new, diff, od, condition_on, budget, progress)
 
-        sdiff = selection_diff(prev.selected, selected)
-        changes = sdiff.column("change").to_pylist()
-        counts = {
-            "samples": len(new),
-            "pairs_total": int(job_counts.get("pairs_total", 0)),
-            "pairs_scored": int(job_counts.get("pairs_scored", 0)),
-            "pairs_reused": int(job_counts.get("pairs_reused", 0)),
-            "baselines_scored": int(job_counts.get("baselines_scored", 0)),
-            "selected": len(selected),
-            **{c: changes.count(c) for c in ("entered", "left", "kept")},
-            **diff.counts(),
-        }
-        ids_by_change = {c: [s for s, x in zip(sdiff.column("sample_id").to_pylist(), changes) if x == c] for c in ("entered", "left", "kept")}
-        paths = {
-            "selection_diff": od.write_parquet("selection_diff.parquet", sdiff),
-            "selection_diff_json": od.write_json("selection_diff.json", {
-                "previous": previous, "mode": mode, "data": diff.counts(), **{k: v for k, v in counts.items() if k in ("entered", "left", "kept")},
-                **ids_by_change}),
-            "selection": od.file("selection.parquet"),
-            "run": od.file("run.json"),
-        }
-        with od.fs.open_input_stream(od.file("run.json")) as f:  # od.file is a path of od.fs, not a URI
-            meta = json.loads(f.read())
-        meta["reselect"] = {"previous": previous, "mode": mode, "condition_on": condition_on if mode == "continual" else None,
-                            "counts": counts, **extra}
-        od.write_json("run.json", meta)
-        return ReselectResult(out, mode, selected, diff, counts, paths)
+def _reselect_locked(previous: str, data: str, out: str, od, lock: RunLock, *, mode: str, condition_on: str,
+                     budget: Union[int, float, None], cache: Optional[str], progress: bool) -> ReselectResult:
+    from delift_ray.data import load_samples
+    from delift_ray.job import run
+
+    prev = read_previous(previous)
+    cfg = version_config(prev, data, out, cache=cache, budget=budget if mode == "full" else None)
+    new = load_samples(cfg.data, "pool", columns=cfg.columns, split=cfg.split, max_rows=cfg.max_samples, strict=cfg.strict)
+    diff = diff_ids(prev.pool_ids, new.sample_ids)
+
+    if mode == "full":
+        result = run(cfg, progress=progress, lock=lock)
+        selected, job_counts = result.selected_ids, result.counts
+        extra: dict = {}
+    else:
+        selected, job_counts, extra = _continual(cfg, prev, new, diff, od, condition_on, budget, progress)
+
+    sdiff = selection_diff(prev.selected, selected)
+    changes = sdiff.column("change").to_pylist()
+    counts = {
+        "samples": len(new),
+        "pairs_total": int(job_counts.get("pairs_total", 0)),
+        "pairs_scored": int(job_counts.get("pairs_scored", 0)),
+        "pairs_reused": int(job_counts.get("pairs_reused", 0)),
+        "baselines_scored": int(job_counts.get("baselines_scored", 0)),
+        "selected": len(selected),
+        **{c: changes.count(c) for c in ("entered", "left", "kept")},
+        **diff.counts(),
+    }
+    ids_by_change = {c: [s for s, x in zip(sdiff.column("sample_id").to_pylist(), changes) if x == c] for c in ("entered", "left", "kept")}
+    paths = {
+        "selection_diff": od.write_parquet("selection_diff.parquet", sdiff),
+        "selection_diff_json": od.write_json("selection_diff.json", {
+            "previous": previous, "mode": mode, "data": diff.counts(), **{k: v for k, v in counts.items() if k in ("entered", "left", "kept")},
+            **ids_by_change}),
+        "selection": od.file("selection.parquet"),
+        "run": od.file("run.json"),
+    }
+    with od.fs.open_input_stream(od.file("run.json")) as f:  # od.file is a path of od.fs, not a URI
+        meta = json.loads(f.read())
+    meta["reselect"] = {"previous": previous, "mode": mode, "condition_on": condition_on if mode == "continual" else None,
+                        "counts": counts, **extra}
+    od.write_json("run.json", meta)
+    return ReselectResult(out, mode, selected, diff, counts, paths)
 
 
 def _continual(cfg: DeliftConfig, prev: PreviousRun, new, diff: DataDiff, od, condition_on: str,

@@ -60,9 +60,6 @@ class BlockEmbedder:
         self.llm = LLM(**pooling_engine_kwargs(model, cfg, max_length))
         self.store = EmbeddingStore(store_root, fingerprint)
 
-    def pid(self) -> int:
-        return os.getpid()
-
     def encode(self, texts: list[str]) -> np.ndarray:
         from vllm.inputs import TokensPrompt
 

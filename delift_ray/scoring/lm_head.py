@@ -23,6 +23,8 @@ from typing import Optional
 
 import numpy as np
 
+from delift_ray.errors import DeliftError
+
 # Families whose vLLM implementation computes logits as lm_head(h) with nothing else.
 PLAIN_HEAD_ARCHITECTURES = frozenset({
     "LlamaForCausalLM", "MistralForCausalLM", "Qwen2ForCausalLM", "Qwen3ForCausalLM",
@@ -87,8 +89,6 @@ def _weight_file(ckpt: str, keys: tuple[str, ...]) -> tuple[str, str] | None:
 def load_head_weight(model: str, tied: bool):
     """The [vocab, hidden] LM-head matrix of a safetensors checkpoint (tied: the input embedding)."""
     from safetensors import safe_open
-
-    from delift_ray.errors import DeliftError
 
     ckpt = checkpoint_dir(model)
     found = _weight_file(ckpt, LM_HEAD_KEYS) or (_weight_file(ckpt, TIED_KEYS) if tied else None)
