@@ -1,0 +1,70 @@
+"""Committed benchmark results: one JSON file per benchmark run under ``benchmarks/results/``.
+
+Every figure the docs quote comes from such a file, so a figure carries its machine, date
+and command and cannot drift from the measurement. A file holds::
+
+    {"benchmark": NAME, "date": ISO-8601, "command": "python benchmarks/...",
+     "machine": {...}, "results": {...}}
+
+``write_result`` is the only writer; ``read_results`` the only reader.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import json
+import os
+import platform
+import shlex
+import sys
+from pathlib import Path
+
+RESULTS_DIR = Path(__file__).resolve().parent / "results"
+
+
+def machine() -> dict:
+    """What the figure was measured on: CPU model, cores, memory, accelerator, load."""
+    info = {"platform": platform.platform(), "python": platform.python_version(), "cpus": os.cpu_count()}
+    try:
+        with open("/proc/cpuinfo") as f:
+            info["cpu"] = next((ln.split(":", 1)[1].strip() for ln in f if ln.startswith("model name")), None)
+    except OSError:
+        info["cpu"] = None
+    try:
+        import psutil
+
+        info["memory_gib"] = round(psutil.virtual_memory().total / 2**30, 1)
+    except ImportError:
+        pass
+    info["load_avg_1m"] = round(os.getloadavg()[0], 2) if hasattr(os, "getloadavg") else None
+    try:
+        import torch
+
+        info["accelerator"] = torch.cuda.get_device_name(0) if torch.cuda.is_available() else None
+    except Exception:
+        info["accelerator"] = None
+    return info
+
+
+def write_result(name: str, results: dict, *, command: str | None = None, out_dir: Path | str | None = None) -> Path:
+    """Write ``results`` as ``<out_dir>/<name>.json`` (default ``benchmarks/results``)."""
+    out = Path(out_dir) if out_dir is not None else RESULTS_DIR
+    out.mkdir(parents=True, exist_ok=True)
+    doc = {
+        "benchmark": name,
+        "date": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+        "command": command or "python " + " ".join(shlex.quote(a) for a in [os.path.relpath(sys.argv[0])] + sys.argv[1:]),
+        "machine": machine(),
+        "results": results,
+    }
+    path = out / f"{name}.json"
+    tmp = path.with_suffix(".json.tmp")
+    tmp.write_text(json.dumps(doc, indent=2, default=str) + "\n")
+    os.replace(tmp, path)
+    return path
+
+
+def read_results(out_dir: Path | str | None = None) -> dict[str, dict]:
+    """Every committed result, by benchmark name."""
+    out = Path(out_dir) if out_dir is not None else RESULTS_DIR
+    return {p.stem: json.loads(p.read_text()) for p in sorted(out.glob("*.json"))}
