@@ -265,10 +265,11 @@ class RunDir:
         """Refuse to replace a finished run of other data or settings unless ``overwrite``.
 
         The same data and settings (same digest) resume: shards are reused and the final
-        files are committed again.
+        files are committed again. A run written before digests were recorded is resumed
+        as before (nothing to compare it with).
         """
         meta = self.finished_run()
-        if meta is None or overwrite or meta.get("inputs_digest") == inputs_digest:
+        if meta is None or overwrite or meta.get("inputs_digest", inputs_digest) == inputs_digest:
             return
         raise DeliftError(
             f"{self.uri} holds a finished run of other data or settings; choose another --out, "

@@ -158,7 +158,7 @@ def test_refused_run_never_touches_a_finished_run(instruction_run, tiny_model_di
     out = tmp_path / "finished"
     shutil.copytree(instruction_run.out, out)
     before = run_files(out)
-    other = write_rows(tmp_path / "other.jsonl", POOL[:6] + TARGET)
+    other = write_rows(tmp_path / "other.jsonl", POOL[:7])
     with pytest.raises(BudgetError, match="budget 1000"):
         job(tiny_model_dir, out, {"pool": other}, budget=1000)
     assert run_files(out) == before
@@ -176,8 +176,8 @@ def test_refused_run_never_touches_a_finished_run(instruction_run, tiny_model_di
     replaced = run({"data": other, "model": str(tiny_model_dir), "out": str(out), "budget": 2, "engine": ENGINE,
                     "scoring": {"block_size": 4}}, progress=False, overwrite=True)
     samples = pq.read_table(out / "samples.parquet").column("sample_id").to_pylist()
-    assert set(replaced.selected_ids) <= set(samples) and len(samples) == 8
-    assert json.loads((out / "run.json").read_text())["counts"]["samples"] == 8
+    assert set(replaced.selected_ids) <= set(samples) and len(samples) == 7
+    assert json.loads((out / "run.json").read_text())["counts"]["samples"] == 7
     assert not [n for n in os.listdir(out) if n.startswith(".txn-")]
 
 
