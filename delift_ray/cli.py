@@ -318,6 +318,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    # vLLM's start-up log is quiet unless -v: each engine prints one line of its own
+    # (model, device, dtype, logprob path); the scorer actors inherit this variable.
+    os.environ.setdefault("VLLM_LOGGING_LEVEL", "INFO" if args.verbose else "ERROR")
     if args.command == "demo" and getattr(args, "cfg:out", None):
         args.out = getattr(args, "cfg:out")
     try:

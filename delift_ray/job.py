@@ -155,6 +155,7 @@ def score(cfg: DeliftConfig, sets: dict[str, ScoredSet], store: ShardStore, plan
     counters = Counter()
     engine = Counter()  # per-block engine counters, summed (each result holds its block's delta)
     paths: set[str] = set()  # logprob paths the actors resolved engine.logprob_path to
+    dtypes: set[str] = set()  # model dtypes the actors resolved engine.dtype to
     with dispatch.actor_pool(cfg, BlockScorer, model, cfg.engine, store.root_uri, store.fingerprint, eos,
                              cfg.scoring.prefix_reuse) as pool:
         base_src = [(n, chunk) for n, chunks in plan.baseline.items() for chunk in chunks]
@@ -164,6 +165,7 @@ def score(cfg: DeliftConfig, sets: dict[str, ScoredSet], store: ShardStore, plan
             bar.update(block.size)
             engine.update(result.stats)
             paths.add(result.logprob_path)
+            dtypes.add(result.dtype)
 
         def base_dispatch(src, skip_failed):
             rep = dispatch.dispatch(pool, [baseline_block(sets, store, n, c) for n, c in src], "score_baseline",
@@ -210,6 +212,7 @@ def score(cfg: DeliftConfig, sets: dict[str, ScoredSet], store: ShardStore, plan
             counters["pairs_scored"] += block.size
             engine.update(result.stats)
             paths.add(result.logprob_path)
+            dtypes.add(result.dtype)
 
         rep = dispatch.dispatch(pool, pair_blocks, "score_pairs", max_retries=cfg.scoring.max_retries,
                                 skip_failed=cfg.scoring.skip_failed_blocks, on_done=pair_done,
@@ -222,7 +225,7 @@ def score(cfg: DeliftConfig, sets: dict[str, ScoredSet], store: ShardStore, plan
         counters["failed_blocks"] += len(rep.failed)
         counters["rescored"] += int(engine.get("rescored", 0))
         counters["cached_tokens"] += int(engine.get("cached_tokens", 0))
-    return {**counters, "logprob_paths": sorted(p for p in paths if p)}
+    return {**counters, "logprob_paths": sorted(p for p in paths if p), "dtypes": sorted(d for d in dtypes if d)}
 
 
 def cache_root(cfg: DeliftConfig) -> str:
@@ -507,6 +510,7 @@ def _run_locked(cfg: DeliftConfig, out: OutDir, timings: dict, lap, progress: bo
         "cached_prompt_tokens": int(scored.get("cached_tokens", 0)),
         # How the actors computed gold logprobs (engine.logprob_path resolved: hidden/full/suffix).
         "logprob_paths": list(scored.get("logprob_paths", [])),
+        "dtypes": list(scored.get("dtypes", [])),  # engine.dtype resolved by the actors
         "failed_blocks": int(scored.get("failed_blocks", 0)),
         "actor_deaths": int(scored.get("actor_deaths", 0)),
         "selected": len(selected),
