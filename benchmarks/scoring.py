@@ -1,6 +1,7 @@
 """Scorer throughput: vLLM's default scoring vs the job's prefix reuse, side by side in one process.
 
     python benchmarks/scoring.py [--model DIR] [--data FILE] [--n 16] [--json]
+        [--checkpoint-dtype float32|float16|bfloat16] [--write-result NAME]
 
 Scores the n x n pairs of the first n samples (the instruction stage's K) with the job's
 own code (``BlockScorer.pair_distances`` on the planner's blocks). Phases (``--phases``):
@@ -32,7 +33,12 @@ phases. The prefix cache is reset before each phase. One JSON line (``--json``) 
   prefill of only the necessary tokens (``<phase>_efficiency`` for the other phases).
 
 Defaults: the demo model (``delift_ray.assets.demo_model_dir``) and demo data
-(``write_demo_dataset`` into a temp dir).
+(``write_demo_dataset`` into a temp dir). ``--checkpoint-dtype`` first saves the model in
+that dtype (once, in the cache dir), as a user's float32 or float16 checkpoint would come;
+``--dtype`` is ``engine.dtype`` (default ``auto``, resolved as the job resolves it; the JSON
+names the resolved ``dtype``). ``--data code`` is ``benchmarks/data/code_functions.jsonl``,
+16 short Python functions with docstrings. ``--write-result NAME`` writes the figures with
+``benchmarks.results.write_result``.
 """
 
 from __future__ import annotations
@@ -69,6 +75,26 @@ def prefill_seconds(llm, request_batches, read_cache: bool) -> float:
     return time.perf_counter() - t0
 
 
+CODE_DATA = Path(__file__).resolve().parent / "data" / "code_functions.jsonl"
+
+
+def checkpoint_in_dtype(model: str, dtype: str) -> str:
+    """``model`` saved in ``dtype`` under the cache dir (once); its path."""
+    from delift_ray import assets
+
+    out = assets.cache_root() / "models" / f"{Path(model.rstrip('/')).name}-{dtype}"
+    if (out / "config.json").exists():
+        return str(out)
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    tmp = out.with_name(out.name + f".tmp-{os.getpid()}")
+    AutoModelForCausalLM.from_pretrained(model, dtype=getattr(torch, dtype)).save_pretrained(tmp)
+    AutoTokenizer.from_pretrained(model).save_pretrained(tmp)
+    os.replace(tmp, out)
+    return str(out)
+
+
 def parse_args(argv=None) -> argparse.Namespace:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--model", help="HF checkpoint dir (default: the demo model)")
@@ -78,7 +104,10 @@ def parse_args(argv=None) -> argparse.Namespace:
     ap.add_argument("--kv-block-size", type=int, default=None, help="engine.block_size (default: config default)")
     ap.add_argument("--max-num-batched-tokens", type=int, default=None)
     ap.add_argument("--max-model-len", type=int, default=1024)
-    ap.add_argument("--dtype", default="auto")
+    ap.add_argument("--dtype", default="auto", help="engine.dtype (default auto)")
+    ap.add_argument("--checkpoint-dtype", choices=["float32", "float16", "bfloat16"],
+                    help="save the model in this dtype first and score that checkpoint")
+    ap.add_argument("--write-result", metavar="NAME", help="write the JSON to benchmarks/results/NAME.json")
     ap.add_argument("--logprob-path", default=None, choices=["auto", "hidden", "full", "suffix"],
                     help="engine.logprob_path (default: config default)")
     ap.add_argument("--phases", default="naive,reuse,raw",
@@ -108,7 +137,10 @@ def main(argv=None) -> dict:
 
     tmp = Path(tempfile.mkdtemp(prefix="delift-bench-"))
     model = args.model or str(assets.demo_model_dir())
-    data = args.data or str(assets.write_demo_dataset(tmp / "demo.jsonl", n=args.n, tokenizer=model))
+    if args.checkpoint_dtype:
+        model = checkpoint_in_dtype(model, args.checkpoint_dtype)
+    data = str(CODE_DATA) if args.data == "code" else args.data
+    data = data or str(assets.write_demo_dataset(tmp / "demo.jsonl", n=args.n, tokenizer=model))
     tree = {"data": data, "model": model, "out": str(tmp / "out"), "max_samples": args.n,
             "engine": {"dtype": args.dtype, "max_model_len": args.max_model_len}}
     if args.kv_block_size:
@@ -201,8 +233,10 @@ def main(argv=None) -> dict:
     out: dict = {
         "model": Path(model).name, "n": n, "pairs": pairs, "blocks": len(blocks),
         "block_size": cfg.scoring.block_size, "kv_block_size": cfg.engine.block_size,
-        "max_num_batched_tokens": cfg.engine.max_num_batched_tokens, "dtype": cfg.engine.dtype,
-        "logprob_path": scorer.path,
+        "max_num_batched_tokens": cfg.engine.max_num_batched_tokens,
+        "checkpoint_dtype": args.checkpoint_dtype or "as saved", "dtype_requested": cfg.engine.dtype,
+        "dtype": scorer.dtype, "naive_dtype": generating.dtype, "logprob_path": scorer.path,
+        "data": "code" if args.data == "code" else (Path(args.data).name if args.data else "demo"),
         "prompt_tokens": prompt_tokens, "needed_tokens": needed,
         "mean_pair_tokens": round(prompt_tokens / max(pairs, 1), 1),
     }
@@ -251,6 +285,11 @@ def main(argv=None) -> dict:
     out["machine"] = f"{platform.machine()}, {os.cpu_count()} cores"
     for engine in {id(e): e for e in (scorer, generating)}.values():
         engine.shutdown()
+    if args.write_result:
+        sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+        from benchmarks.results import write_result
+
+        write_result(args.write_result, out)
     print(json.dumps(out))
     return out
 

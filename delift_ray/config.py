@@ -36,7 +36,10 @@ class EngineConfig(_Section):
     """vLLM engine arguments of each scorer actor."""
 
     dtype: Literal["auto", "float32", "bfloat16", "float16"] = Field(
-        "auto", description="Model dtype in the engine (float32 for exactness checks)."
+        "auto",
+        description="Model dtype in the engine. auto: bfloat16 on a CPU with bfloat16 instructions, else float32; "
+        "on a GPU the checkpoint's dtype, float32 going to bfloat16 (not vLLM's auto, which loads a float32 "
+        "checkpoint as float16). run.json records the resolved dtype (counts.dtypes).",
     )
     max_model_len: int = Field(
         2048, ge=64, description="Longest scored sequence; longer samples are rejected at ingest."

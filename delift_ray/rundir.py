@@ -107,6 +107,7 @@ class RunCounts:
     rescored: int = 0
     cached_prompt_tokens: int = 0
     logprob_paths: list[str] = field(default_factory=list)
+    dtypes: list[str] = field(default_factory=list)  # engine.dtype as the scorers resolved it
     failed_blocks: int = 0
     actor_deaths: int = 0
     selected: int = 0
@@ -125,7 +126,7 @@ class RunCounts:
                 baselines_scored=plan.baselines_to_score, baselines_reused=plan.baselines_reused,
                 selected=select.selected)
         for name in ("pairs_scored", "pairs_missing", "pairs_redone", "block_retries", "rescored",
-                     "cached_prompt_tokens", "logprob_paths", "failed_blocks", "actor_deaths"):
+                     "cached_prompt_tokens", "logprob_paths", "dtypes", "failed_blocks", "actor_deaths"):
             setattr(c, name, getattr(score, name))
         if embed is not None:
             c.kernel, c.embedded, c.embeddings_reused = "knn", embed.embedded, embed.embeddings_reused

@@ -64,6 +64,7 @@ class BlockResult:
     pairs: int
     stats: dict = field(default_factory=dict)  # this block's engine counters (EngineStats.delta)
     logprob_path: str = ""  # the scorer's path (engine.logprob_path, resolved)
+    dtype: str = ""  # the engine's model dtype (engine.dtype, resolved)
 
 
 class BlockScorer:
@@ -83,7 +84,8 @@ class BlockScorer:
         d = np.array([distance(lp) for lp in lps], dtype=np.float64)
         table = pa.table({"sample_id": block.sample_ids, "distance": d})
         self.store.write(BASELINE, block.key, table)
-        return BlockResult(block.key, block.size, self.scorer.stats.delta(before), self.scorer.path)
+        return BlockResult(block.key, block.size, self.scorer.stats.delta(before), self.scorer.path,
+                           self.scorer.dtype)
 
     def pair_requests(self, block: PairBlock) -> tuple[np.ndarray, np.ndarray, list[ScoreRequest]]:
         """(h_idx, e_idx, requests) of a block in example-major order.
@@ -118,7 +120,8 @@ class BlockScorer:
             }
         )
         self.store.write(UTILITY, block.key, table)
-        return BlockResult(block.key, block.size, self.scorer.stats.delta(before), self.scorer.path)
+        return BlockResult(block.key, block.size, self.scorer.stats.delta(before), self.scorer.path,
+                           self.scorer.dtype)
 
     def shutdown(self) -> None:
         self.scorer.shutdown()

@@ -33,11 +33,14 @@ class ScoreStats(StepStats):
     cached_prompt_tokens: int = 0
     # How the actors computed gold logprobs (engine.logprob_path resolved: hidden/full/suffix).
     logprob_paths: list[str] = field(default_factory=list)
+    # The model dtypes the actors resolved engine.dtype to.
+    dtypes: list[str] = field(default_factory=list)
 
     def summary(self) -> str:
         extra = "".join(f", {v} {k.replace('_', ' ')}" for k, v in (("pairs_missing", self.pairs_missing),
                         ("block_retries", self.block_retries), ("actor_deaths", self.actor_deaths)) if v)
-        return f"{self.pairs_scored} pairs scored ({'/'.join(self.logprob_paths) or 'no engine'}){extra}"
+        how = "/".join(self.logprob_paths + self.dtypes) or "no engine"
+        return f"{self.pairs_scored} pairs scored ({how}){extra}"
 
 
 def score(cfg: DeliftConfig, sets: dict[str, IngestedSet], store: ShardStore, plan: planning.Plan, eos: int,
@@ -54,6 +57,7 @@ def score(cfg: DeliftConfig, sets: dict[str, IngestedSet], store: ShardStore, pl
     counters: Counter = Counter()
     engine: Counter = Counter()  # per-block engine counters, summed (each result holds its block's delta)
     paths: set[str] = set()  # logprob paths the actors resolved engine.logprob_path to
+    dtypes: set[str] = set()  # model dtypes the actors resolved engine.dtype to
     with dispatch.actor_pool(cfg, BlockScorer, model, cfg.engine, store.root_uri, store.fingerprint, eos,
                              cfg.scoring.prefix_reuse) as pool:
         base_src = [(n, chunk) for n, chunks in plan.baseline.items() for chunk in chunks]
@@ -63,6 +67,7 @@ def score(cfg: DeliftConfig, sets: dict[str, IngestedSet], store: ShardStore, pl
             bar.update(block.size)
             engine.update(result.stats)
             paths.add(result.logprob_path)
+            dtypes.add(result.dtype)
 
         def base_dispatch(src, skip_failed):
             rep = dispatch.dispatch(pool, [baseline_block(sets, store, n, c) for n, c in src], "score_baseline",
@@ -109,6 +114,7 @@ def score(cfg: DeliftConfig, sets: dict[str, IngestedSet], store: ShardStore, pl
             counters["pairs_scored"] += block.size
             engine.update(result.stats)
             paths.add(result.logprob_path)
+            dtypes.add(result.dtype)
 
         rep = dispatch.dispatch(pool, pair_blocks, "score_pairs", max_retries=cfg.scoring.max_retries,
                                 skip_failed=cfg.scoring.skip_failed_blocks, on_done=pair_done,
@@ -123,7 +129,7 @@ def score(cfg: DeliftConfig, sets: dict[str, IngestedSet], store: ShardStore, pl
         **{k: int(counters.get(k, 0)) for k in ("pairs_scored", "pairs_missing", "pairs_redone", "block_retries",
                                                  "failed_blocks", "actor_deaths")},
         rescored=int(engine.get("rescored", 0)), cached_prompt_tokens=int(engine.get("cached_tokens", 0)),
-        logprob_paths=sorted(p for p in paths if p))
+        logprob_paths=sorted(p for p in paths if p), dtypes=sorted(d for d in dtypes if d))
 
 
 def baseline_block(sets: dict[str, IngestedSet], store: ShardStore, set_name: str, chunk: np.ndarray):

