@@ -341,14 +341,11 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
-<<<<<<< HEAD
     if not args.verbose:  # one line per step of the job; other libraries stay at warnings
         logging.getLogger("delift_ray").setLevel(logging.INFO)
-=======
     # vLLM's start-up log is quiet unless -v: each engine prints one line of its own
     # (model, device, dtype, logprob path); the scorer actors inherit this variable.
     os.environ.setdefault("VLLM_LOGGING_LEVEL", "INFO" if args.verbose else "ERROR")
->>>>>>> i12
     if args.command == "demo" and getattr(args, "cfg:out", None):
         args.out = getattr(args, "cfg:out")
     try:
