@@ -31,7 +31,10 @@ EMPTY_PROMPT = "empty_prompt"
 EMPTY_RESPONSE = "empty_response"
 NON_STRING = "non_string_field"
 BAD_MESSAGES = "bad_messages"
+UNENCODABLE = "unencodable_text"
 DUPLICATE = "duplicate"
+# Too long for the engine (also prompts.TOO_LONG, which counts the same skips).
+TOO_LONG = "too_long"
 
 
 @dataclass
@@ -235,7 +238,24 @@ def _text_field(row: dict, name: str, missing: str, empty: str) -> str:
     value = normalise_text(value)
     if not value:
         raise BadRow(empty)
+    if not _encodable(value):
+        raise BadRow(UNENCODABLE, f"column '{name}' holds a lone surrogate, which UTF-8 cannot encode")
     return value
+
+
+def _encodable(text: str) -> bool:
+    """Whether ``text`` is valid Unicode for UTF-8 (JSON's ``\\ud800`` escapes give lone surrogates)."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
+def original_json(rec: dict) -> str:
+    """The row as one JSON line for subset.jsonl; lone surrogates in other columns are escaped."""
+    text = json.dumps(rec, ensure_ascii=False, default=str)
+    return text if _encodable(text) else json.dumps(rec, ensure_ascii=True, default=str)
 
 
 def _first_chat_turn(messages: Any) -> tuple[str, str]:
@@ -262,6 +282,8 @@ def extract_pair(row: dict, cols: ColumnMap) -> tuple[str, str]:
         if extra is not None and not isinstance(extra, str):
             raise BadRow(NON_STRING, f"column '{cols.input}' holds {type(extra).__name__}")
         extra = normalise_text(extra or "")
+        if extra and not _encodable(extra):
+            raise BadRow(UNENCODABLE, f"column '{cols.input}' holds a lone surrogate, which UTF-8 cannot encode")
         if extra:
             prompt = f"{prompt}\n\n{extra}"
     response = _text_field(row, cols.response, MISSING_RESPONSE, EMPTY_RESPONSE)
@@ -310,9 +332,61 @@ def load_samples(
         out.rows.append(row_no)
         out.prompts.append(prompt)
         out.responses.append(response)
-        out.originals.append(json.dumps(rec, ensure_ascii=False, default=str))
+        out.originals.append(original_json(rec))
         out.copies.append(1)
     if not out.sample_ids:
         reasons = ", ".join(f"{k}={v}" for k, v in sorted(out.skipped.items())) or "the dataset is empty"
         raise DataError(f"{name} data {source}: no valid rows ({out.rows_read} read; {reasons})")
     return out
+
+
+# --------------------------------------------------------------------------- length screen
+
+# The screen reads a row in pieces of (limit + 1) * CHARS_PER_TOKEN characters. Natural text
+# averages 3-5 characters a token; 8 keeps rows that could fit out of the screen entirely.
+CHARS_PER_TOKEN = 8
+# Tokens that a cut between two pieces (or a template around the text) can add: a word cut
+# in two, a SentencePiece dummy prefix. A row is screened out only past this margin.
+CUT_SLACK = 16
+
+
+def exceeds_tokens(tokenizer, texts: Iterable[str], max_tokens: int, piece_chars: int) -> bool:
+    """Whether ``texts`` together surely hold more than ``max_tokens`` tokens.
+
+    The texts are tokenised piece by piece, at most ``piece_chars`` characters at a time,
+    and the count stops as soon as it passes ``max_tokens`` by more than the cut margin
+    (CUT_SLACK tokens per piece read): time and memory are bounded by the pieces read, not
+    by the length of the texts. Pieces are cut before white space where there is some, so
+    that words stay whole.
+    """
+    n = pieces = 0
+    for text in texts:
+        start, size = 0, len(text)
+        while start < size:
+            if n > max_tokens + CUT_SLACK * (pieces + 1):
+                return True
+            end = min(start + piece_chars, size)
+            if end < size:
+                space = max(text.rfind(" ", start + piece_chars // 2, end), text.rfind("\n", start + piece_chars // 2, end))
+                end = space if space > start else end
+            n += len(tokenizer(text[start:end], add_special_tokens=False)["input_ids"])
+            pieces += 1
+            start = end
+    return n > max_tokens + CUT_SLACK * (pieces + 1)
+
+
+def too_long_rows(tokenizer, prompts: list[str], responses: list[str], max_tokens: int) -> list[int]:
+    """Indices of samples far over ``max_tokens``, found without tokenising them in full.
+
+    Characters first: a sample of at most (max_tokens + 1) * CHARS_PER_TOKEN characters is
+    left to the exact check after full tokenisation. A longer one is counted piece by piece
+    (:func:`exceeds_tokens`): prompt tokens + response tokens is a lower bound of every
+    sequence the scorer builds from it (the templates only add tokens), so once the count
+    passes ``max_tokens`` by more than the cut margin the sample cannot fit, and the count
+    stops there: a 50 MB row costs one or two pieces of tokenisation. A long sample that the
+    count does not rule out (more than CHARS_PER_TOKEN characters a token, e.g. long runs
+    of white space) goes on to the exact check.
+    """
+    piece = (max_tokens + 1) * CHARS_PER_TOKEN
+    return [k for k, (p, r) in enumerate(zip(prompts, responses))
+            if len(p) + len(r) > piece and exceeds_tokens(tokenizer, (p, r), max_tokens, piece)]

@@ -24,7 +24,7 @@ import pyarrow.parquet as pq
 
 from delift_ray import planning, stages
 from delift_ray.config import DeliftConfig, load_config, validate_config
-from delift_ray.data import SampleSet, load_samples
+from delift_ray.data import SampleSet, load_samples, too_long_rows
 from delift_ray.errors import DeliftError, StorageError
 from delift_ray.lock import RunLock
 from delift_ray.prompts import TOO_LONG, TokenizedSet, fits, take, template_head_length, tokenize_set
@@ -89,12 +89,17 @@ def ingest(cfg: DeliftConfig, tokenizer) -> dict[str, ScoredSet]:
     out = {}
     for name, src in sources.items():
         s = load_samples(src, name, columns=cfg.columns, split=cfg.split, max_rows=cfg.max_samples, strict=cfg.strict)
-        tok = tokenize_set(tokenizer, s.prompts, s.responses, cfg.templates)
-        keep = [k for k in range(len(s)) if fits(tok, k, max_len, min_head)]
-        dropped = [k for k in range(len(s)) if k not in set(keep)]
+        # Rows far too long are screened out before full tokenisation (bounded memory).
+        screened = set(too_long_rows(tokenizer, s.prompts, s.responses, max_len))
+        cand = [k for k in range(len(s)) if k not in screened]
+        tok = tokenize_set(tokenizer, [s.prompts[k] for k in cand], [s.responses[k] for k in cand], cfg.templates)
+        fit = [c for c in range(len(cand)) if fits(tok, c, max_len, min_head)]
+        keep, tok = [cand[c] for c in fit], take(tok, fit)
+        kept = set(keep)
+        dropped = [k for k in range(len(s)) if k not in kept]
         if dropped and cfg.strict:
             raise DeliftError(f"{name} data {src}: row {s.rows[dropped[0]]} does not fit max_model_len={cfg.engine.max_model_len}")
-        scored = ScoredSet(s.subset(keep), take(tok, keep))
+        scored = ScoredSet(s.subset(keep), tok)
         if dropped:
             scored.samples.skipped[TOO_LONG] += len(dropped)
         scored.rejected = [(s.rows[k], TOO_LONG) for k in dropped]

@@ -36,7 +36,7 @@ from typing import Sequence
 import numpy as np
 
 from delift_ray.config import EngineConfig
-from delift_ray.errors import DeliftError
+from delift_ray.errors import DeliftError, EngineStartError, engine_start_message, exception_text
 
 FULL, SUFFIX, HIDDEN = "full", "suffix", "hidden"
 # Hidden states of one engine call stay under this many bytes (the hidden path batches its
@@ -219,6 +219,18 @@ def vllm_on_cpu() -> bool:
     return bool(current_platform.is_cpu())
 
 
+def start_llm(llm_class, kwargs: dict):
+    """``llm_class(**kwargs)``; a start failure of a known class (missing weights, remote code,
+    unsupported architecture, memory) becomes a one-line :class:`EngineStartError`."""
+    try:
+        return llm_class(**kwargs)
+    except Exception as exc:
+        msg = engine_start_message(exception_text(exc), kwargs.get("model", ""))
+        if msg is None:
+            raise
+        raise EngineStartError(msg) from exc
+
+
 class Scorer:
     """One vLLM engine. ``score(requests)`` returns the gold log-probabilities of each."""
 
@@ -231,11 +243,11 @@ class Scorer:
         self.stats = EngineStats()
         self.head = self.hidden_head(model, cfg)
         if self.head is not None:
-            self.llm = LLM(**hidden_engine_kwargs(model, cfg))
+            self.llm = start_llm(LLM, hidden_engine_kwargs(model, cfg))
             self.head.to_dtype(self.llm.llm_engine.model_config.dtype)
             self.path = HIDDEN
             return
-        self.llm = LLM(**engine_kwargs(model, cfg))
+        self.llm = start_llm(LLM, engine_kwargs(model, cfg))
         self.path = self.choose_path(cfg.logprob_path)
         if self.path == FULL:
             self.warn_logprob_memory()
