@@ -380,28 +380,34 @@ def set_dotted(tree: dict, dotted: str, value: Any) -> None:
 
 def read_yaml(path: str | os.PathLike) -> dict:
     p = Path(path)
-    if p.is_dir():
-        raise ConfigError(f"config file {p} is a directory; pass the YAML job file inside it")
+    shown = _shown_path(str(p))
     try:
         raw = p.read_bytes()
     except FileNotFoundError:
-        raise ConfigError(f"config file not found: {p}") from None
+        raise ConfigError(f"config file not found: {shown}") from None
+    except IsADirectoryError:
+        raise ConfigError(f"config file {shown} is a directory; pass the YAML job file inside it") from None
     except OSError as exc:  # permissions, a broken link, a device
-        raise ConfigError(f"cannot read config file {p}: {exc.strerror or exc}; check that it is a readable file") from None
+        raise ConfigError(f"cannot read config file {shown}: {exc.strerror or exc}; check that it is a readable file") from None
     try:
         text = raw.decode("utf-8-sig")
     except UnicodeDecodeError as exc:
-        raise ConfigError(f"config file {p} is not UTF-8 text (byte 0x{raw[exc.start]:02x} at offset {exc.start}); "
+        raise ConfigError(f"config file {shown} is not UTF-8 text (byte 0x{raw[exc.start]:02x} at offset {exc.start}); "
                           "save it as UTF-8") from None
     try:
         tree = yaml.safe_load(text) or {}
-    except yaml.YAMLError as exc:
-        raise ConfigError(f"config file {p} is not valid YAML: {' '.join(str(exc).split())[:200]}") from None
+    except (yaml.YAMLError, ValueError) as exc:  # ValueError: an int of more than 4300 digits
+        raise ConfigError(f"config file {shown} is not valid YAML: {' '.join(str(exc).split())[:200]}") from None
     except RecursionError:
-        raise ConfigError(f"config file {p} nests too deeply to be a job file") from None
+        raise ConfigError(f"config file {shown} nests too deeply to be a job file") from None
     if not isinstance(tree, dict):
         raise ConfigError(f"config file {p} must hold a mapping, found {type(tree).__name__}")
     return tree
+
+
+def _shown_path(path: str, limit: int = 200) -> str:
+    """A path short enough for a one-line message (its start and its end)."""
+    return path if len(path) <= limit else f"{path[: limit // 2]}...{path[-limit // 2:]}"
 
 
 def load_config(path: str | os.PathLike | None = None, overrides: dict[str, Any] | None = None) -> DeliftConfig:

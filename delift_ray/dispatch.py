@@ -367,7 +367,7 @@ def dispatch(
 
 def died_starting(exc: BaseException) -> bool:
     """Whether a Ray actor error is the failure of the actor's constructor (engine start)."""
-    return "creation task" in str(exc)
+    return bool(getattr(exc, "actor_init_failed", False)) or "raised in its creation task" in str(exc)
 
 
 def task_error_text(exc: BaseException) -> str:

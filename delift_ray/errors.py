@@ -40,16 +40,15 @@ class EngineStartError(ScoringError):
 ENGINE_START_CLASSES: tuple[tuple[str, tuple[str, ...], str], ...] = (
     ("missing weights",
      ("cannot find any model weights", "no model weights", "does not appear to have a file named",
-      "no such file or directory: '", "model.safetensors", "pytorch_model.bin", "safetensors_rust.safetensorerror",
-      "error while deserializing header"),
+      "error while deserializing header", "safetensorerror"),
      "the checkpoint has no (readable) weight files: point `model` at a directory that holds "
      "config.json and *.safetensors (or pytorch_model*.bin)"),
     ("remote code required",
      ("trust_remote_code", "trust-remote-code", "contains custom code", "requires you to execute"),
      "the checkpoint needs its own Python code: set engine.trust_remote_code true only if you trust it"),
     ("unsupported architecture",
-     ("are not supported for now", "is not supported", "not supported by vllm", "unsupported cpu attention",
-      "unrecognized configuration class", "model type", "unknown architecture", "does not recognize this architecture"),
+     ("are not supported for now", "is not supported anymore", "is not supported in-tree",
+      "does not recognize this architecture", "unrecognized configuration class", "unsupported cpu attention"),
      "this vLLM build cannot run the model's architecture: use a model that vLLM supports "
      "(on CPU: head_dim >= 64)"),
     ("out of memory",
