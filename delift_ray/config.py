@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 import posixpath
+import string
 from pathlib import Path
 from typing import Any, Iterator, Literal, Optional, Union
 
@@ -26,6 +27,11 @@ DEFAULT_WITH_EXAMPLE_TEMPLATE = (
     "format and style, providing a clear and concise response.\n\n\n"
     "Example:\n{example_prompt}\n{example_response}\n\n\nQuery:\n{query}\n"
 )
+
+# Every config key that names a place the job writes to, and every one it reads from: the
+# path rules below are applied to exactly these keys, here and by ``submit``.
+WRITE_KEYS = ("out", "cache")
+READ_KEYS = ("data", "target", "existing", "model")
 
 
 class _Section(BaseModel):
@@ -92,6 +98,8 @@ class TemplateConfig(_Section):
 
     @model_validator(mode="after")
     def _placeholders(self) -> "TemplateConfig":
+        _check_template_fields("no_example", self.no_example, ["query"])
+        _check_template_fields("with_example", self.with_example, ["example_prompt", "example_response", "query"])
         if self.no_example.count("{query}") != 1:
             raise ValueError("templates.no_example must contain {query} exactly once")
         w = self.with_example
@@ -103,6 +111,28 @@ class TemplateConfig(_Section):
                 "templates.with_example must place {example_prompt}, {example_response}, {query} in this order"
             )
         return self
+
+
+def _check_template_fields(key: str, template: str, expected: list[str]) -> None:
+    """The template's replacement fields are exactly ``expected``, in order, each plain.
+
+    Templates are filled with ``str.format``: any other brace is a field too, so literal
+    braces (a JSON example in the instruction) must be written ``{{`` and ``}}``.
+    """
+    fix = "write literal braces as {{ and }}"
+    try:
+        fields = [(name, spec, conv) for _, name, spec, conv in string.Formatter().parse(template) if name is not None]
+    except ValueError as exc:  # a lone '{' or '}'
+        raise ValueError(f"templates.{key} has an unmatched brace ({exc}); {fix}") from None
+    for name, spec, conv in fields:
+        if name not in expected:
+            raise ValueError(f"templates.{key} has a field {{{name}}} of its own; the fields are "
+                             f"{', '.join('{' + e + '}' for e in expected)}; {fix}")
+        if spec or conv:
+            raise ValueError(f"templates.{key}: write {{{name}}} plainly, without a format spec or conversion")
+    if [name for name, _, _ in fields] != expected:
+        raise ValueError(f"templates.{key} must contain {', '.join('{' + e + '}' for e in expected)} "
+                         "exactly once each, in this order")
 
 
 class ScoringConfig(_Section):
@@ -207,10 +237,15 @@ class DeliftConfig(_Section):
             raise ValueError(f"a count must be >= 1, got {v}")
         return v
 
-    @field_validator("out")
+    @field_validator(*WRITE_KEYS)
     @classmethod
-    def _out_stays_inside(cls, v: str) -> str:
-        return check_out_path(v)
+    def _writes_stay_inside(cls, v: Optional[str]) -> Optional[str]:
+        return None if v is None else check_write_path(v)
+
+    @field_validator(*READ_KEYS)
+    @classmethod
+    def _reads_are_paths(cls, v: Optional[str]) -> Optional[str]:
+        return None if v is None else check_read_path(v)
 
     @model_validator(mode="after")
     def _stage_inputs(self) -> "DeliftConfig":
@@ -221,8 +256,8 @@ class DeliftConfig(_Section):
         return self
 
 
-def check_out_path(path: str) -> str:
-    """The path rule for where a run writes (``out``, its shards and cache).
+def check_write_path(path: str) -> str:
+    """The path rule for every place a run writes (``out``, ``cache``: shards, outputs).
 
     An absolute path (``/data/runs/x``, ``~/runs/x``) or an absolute URI
     (``s3://bucket/runs/x``) is taken as given: the user chose that place. A relative
@@ -231,15 +266,8 @@ def check_out_path(path: str) -> str:
     or uploaded with ``submit``) cannot point the run at ``../../home/...``. A URI may
     not contain a ``..`` component at all.
     """
-    p = path.strip()
-    if not p:
-        raise ValueError("must not be empty")
-    if "://" in p:
-        parts = p.split("://", 1)[1].replace("\\", "/").split("/")
-        if ".." in parts:
-            raise ValueError(f"{path!r} contains '..'; give the full URI without it")
-        return p
-    if os.path.isabs(p) or p.startswith("~"):
+    p = _check_common(path)
+    if "://" in p or os.path.isabs(p) or p.startswith("~"):
         return p
     norm = posixpath.normpath(p.replace("\\", "/"))
     if norm == ".." or norm.startswith("../"):
@@ -248,6 +276,58 @@ def check_out_path(path: str) -> str:
             "give an absolute path to write outside it"
         )
     return p
+
+
+def check_read_path(path: str) -> str:
+    """The path rule for every place a run reads (``data``, ``target``, ``existing``, ``model``).
+
+    Reading is the user's own business, so any local path or hub id is allowed; a URI may
+    not contain a ``..`` component (as for writes), and the text must be a usable path (not
+    empty, no NUL). ``submit`` adds the rule that a relative path must lie inside the
+    working dir it ships (:func:`check_paths_for_submit`).
+    """
+    return _check_common(path)
+
+
+def _check_common(path: str) -> str:
+    p = path.strip()
+    if not p:
+        raise ValueError("must not be empty")
+    if "\x00" in p:
+        raise ValueError(f"{path!r} contains a NUL character, which no path can hold")
+    if "://" in p:
+        parts = p.split("://", 1)[1].replace("\\", "/").split("/")
+        if ".." in parts:
+            raise ValueError(f"{path!r} contains '..'; give the full URI without it")
+    return p
+
+
+def check_paths_for_submit(cfg: "DeliftConfig", working_dir: str) -> None:
+    """The rules ``submit`` applies before anything is shipped, on top of the config's own.
+
+    The job runs on the cluster inside a copy of ``working_dir``, so a relative path means a
+    place inside that copy: a relative read path must exist inside ``working_dir`` here (else
+    the cluster would not find it), and no relative path may leave it (checked for writes by
+    :func:`check_write_path` already). Absolute paths, URIs and hub ids name places on the
+    cluster and are shipped as given.
+    """
+    root = os.path.realpath(working_dir)
+    for key in READ_KEYS:
+        value = getattr(cfg, key)
+        if value is None or "://" in value or os.path.isabs(value) or value.startswith("~"):
+            continue
+        local = os.path.realpath(os.path.join(root, value))
+        if os.path.commonpath([root, local]) != root:
+            raise ConfigError(
+                f"'{key}': relative path {value!r} lies outside the working dir {working_dir} that submit ships; "
+                "move it inside, or give an absolute path or URI that the cluster can read"
+            )
+        looks_local = value.startswith(".") or value.endswith((".json", ".jsonl", ".parquet", ".csv"))
+        if looks_local and not os.path.exists(local):
+            raise ConfigError(
+                f"'{key}': {value!r} does not exist inside the working dir {working_dir} that submit ships; "
+                "put it there, or give an absolute path or URI that the cluster can read"
+            )
 
 
 def parse_number(text: str) -> Union[int, float]:
@@ -303,15 +383,34 @@ def set_dotted(tree: dict, dotted: str, value: Any) -> None:
 
 def read_yaml(path: str | os.PathLike) -> dict:
     p = Path(path)
-    if not p.is_file():
-        raise ConfigError(f"config file not found: {p}")
+    shown = _shown_path(str(p))
     try:
-        tree = yaml.safe_load(p.read_text()) or {}
-    except yaml.YAMLError as exc:
-        raise ConfigError(f"config file {p} is not valid YAML: {str(exc).splitlines()[0]}") from None
+        raw = p.read_bytes()
+    except FileNotFoundError:
+        raise ConfigError(f"config file not found: {shown}") from None
+    except IsADirectoryError:
+        raise ConfigError(f"config file {shown} is a directory; pass the YAML job file inside it") from None
+    except OSError as exc:  # permissions, a broken link, a device
+        raise ConfigError(f"cannot read config file {shown}: {exc.strerror or exc}; check that it is a readable file") from None
+    try:
+        text = raw.decode("utf-8-sig")
+    except UnicodeDecodeError as exc:
+        raise ConfigError(f"config file {shown} is not UTF-8 text (byte 0x{raw[exc.start]:02x} at offset {exc.start}); "
+                          "save it as UTF-8") from None
+    try:
+        tree = yaml.safe_load(text) or {}
+    except (yaml.YAMLError, ValueError) as exc:  # ValueError: an int of more than 4300 digits
+        raise ConfigError(f"config file {shown} is not valid YAML: {' '.join(str(exc).split())[:200]}") from None
+    except RecursionError:
+        raise ConfigError(f"config file {shown} nests too deeply to be a job file") from None
     if not isinstance(tree, dict):
         raise ConfigError(f"config file {p} must hold a mapping, found {type(tree).__name__}")
     return tree
+
+
+def _shown_path(path: str, limit: int = 200) -> str:
+    """A path short enough for a one-line message (its start and its end)."""
+    return path if len(path) <= limit else f"{path[: limit // 2]}...{path[-limit // 2:]}"
 
 
 def load_config(path: str | os.PathLike | None = None, overrides: dict[str, Any] | None = None) -> DeliftConfig:

@@ -31,7 +31,10 @@ EMPTY_PROMPT = "empty_prompt"
 EMPTY_RESPONSE = "empty_response"
 NON_STRING = "non_string_field"
 BAD_MESSAGES = "bad_messages"
+UNENCODABLE = "unencodable_text"
 DUPLICATE = "duplicate"
+# Too long for the engine (also prompts.TOO_LONG, which counts the same skips).
+TOO_LONG = "too_long"
 
 
 @dataclass
@@ -92,7 +95,10 @@ def sample_id(prompt: str, response: str) -> str:
 def _local_files(path: Path) -> list[Path]:
     if path.is_file():
         return [path]
-    files = sorted(p for p in path.rglob("*") if p.is_file() and p.suffix.lower() in LOCAL_FORMATS)
+    try:
+        files = sorted(p for p in path.rglob("*") if p.is_file() and p.suffix.lower() in LOCAL_FORMATS)
+    except OSError as exc:  # a sub-folder we may not list
+        raise DataError(f"cannot list data folder {path}: {exc.strerror or exc} ({exc.filename})") from None
     if not files:
         raise DataError(f"no .json/.jsonl/.parquet/.csv files found in folder {path}")
     kinds = {LOCAL_FORMATS[p.suffix.lower()] for p in files}
@@ -101,25 +107,61 @@ def _local_files(path: Path) -> list[Path]:
     return files
 
 
+def _exists(path: Path, source: str) -> bool:
+    try:
+        return path.exists()
+    except (OSError, ValueError) as exc:  # a name too long, a NUL, a folder we may not enter
+        raise DataError(f"cannot use data path {source[:200]!r}: {getattr(exc, 'strerror', None) or exc}") from None
+
+
+def _check_readable(files: list[Path]) -> None:
+    """Open each file once, so that a file we may not read is one line, not a reader's traceback."""
+    for f in files:
+        try:
+            with open(f, "rb") as fh:
+                fh.read(1)
+        except OSError as exc:
+            raise DataError(f"cannot read data file {f}: {exc.strerror or exc}; check that it is a readable file") from None
+
+
+def _only_object_lines(files: list[Path]) -> bool:
+    """Whether every non-blank line of the JSON files starts an object (``{``).
+
+    Anything else goes to the line reader, not to pyarrow: pyarrow 26's JSON reader
+    crashes the process (SIGSEGV, no exception) on a top-level ``null`` line that starts
+    one of its blocks, e.g. a file whose first line is ``null``; datasets also turns a JSON
+    array holding ``null`` into such a line. The scan reads each file once.
+    """
+    for f in files:
+        with open(f, "rb") as fh:
+            for n, raw in enumerate(fh):
+                line = raw.lstrip(b" \t\r\n")
+                if n == 0 and line.startswith(b"\xef\xbb\xbf"):  # a UTF-8 BOM, which datasets strips
+                    line = line[3:].lstrip(b" \t\r\n")
+                if line and not line.startswith(b"{"):
+                    return False
+    return True
+
+
 def _read_json_lines_tolerant(files: list[Path]) -> Iterator[dict | BadRow]:
     """Line-by-line JSONL reader used when datasets cannot parse the file as a whole."""
     for f in files:
         with open(f, "rb") as fh:
-            first = fh.read(1)
+            first = fh.read(64).lstrip(b"\xef\xbb\xbf \t\r\n")[:1]
             fh.seek(0)
-            if first == b"[":  # a JSON array that datasets could not read
+            if first == b"[":  # a JSON array (datasets' reader is not given arrays, see _only_object_lines)
                 try:
-                    data = json.loads(fh.read().decode("utf-8"))
+                    data = json.loads(fh.read().decode("utf-8-sig"))
                 except (UnicodeDecodeError, json.JSONDecodeError) as exc:
                     raise DataError(f"{f}: not valid JSON ({exc.__class__.__name__}: {str(exc)[:120]})") from None
                 for obj in data:
                     yield obj if isinstance(obj, dict) else BadRow(NOT_AN_OBJECT)
                 continue
-            for raw in fh:
+            for n, raw in enumerate(fh):
                 if not raw.strip():
                     continue
                 try:
-                    obj = json.loads(raw.decode("utf-8"))
+                    obj = json.loads(raw.decode("utf-8-sig" if n == 0 else "utf-8"))
                 except (UnicodeDecodeError, json.JSONDecodeError):
                     yield BadRow(UNDECODABLE)
                     continue
@@ -130,32 +172,27 @@ def read_records(source: str, split: str = "train", max_rows: Optional[int] = No
     """Open a dataset; return (column names, iterator over rows or BadRow markers).
 
     Local files and folders go through HF ``datasets`` (json/parquet/csv builders). JSON
-    that the builder rejects (a malformed line, mixed types) is re-read line by line so
-    that only the bad lines are lost. Anything else is tried as a hub dataset name.
+    that the builder rejects (a malformed line, mixed types), and JSON that is not lines of
+    objects only (see :func:`_only_object_lines`), is read line by line so that only the
+    bad lines are lost. Anything else is tried as a hub dataset name.
     """
     import datasets
 
     datasets.disable_progress_bars()
     path = Path(source).expanduser()
-    if path.exists():
+    if _exists(path, source):
         files = _local_files(path)
+        _check_readable(files)
         builder = LOCAL_FORMATS[files[0].suffix.lower()]
-        try:
-            ds = datasets.load_dataset(builder, data_files=[str(f) for f in files], split="train")
-        except Exception as exc:  # datasets raises several types for malformed input
-            if builder != "json":
-                raise DataError(f"cannot read {source}: {_read_error_text(exc)}") from None
-            rows = list(_read_json_lines_tolerant(files))
-            if not rows:
-                raise DataError(f"{source} is empty: no rows")
-            if not any(isinstance(r, dict) for r in rows):
-                reasons = Counter(r.reason for r in rows if isinstance(r, BadRow))
-                raise DataError(f"{source}: no readable rows ({len(rows)} read; "
-                                + ", ".join(f"{k}={v}" for k, v in sorted(reasons.items())) + ")")
-            if max_rows is not None:
-                rows = rows[:max_rows]
-            columns = sorted({k for r in rows if isinstance(r, dict) for k in r})
-            return columns, iter(rows)
+        ds = None
+        if builder != "json" or _only_object_lines(files):
+            try:
+                ds = datasets.load_dataset(builder, data_files=[str(f) for f in files], split="train")
+            except Exception as exc:  # datasets raises several types for malformed input
+                if builder != "json":
+                    raise DataError(f"cannot read {source}: {_read_error_text(exc)}") from None
+        if ds is None:  # JSON that is not plain lines of objects, or that the builder rejected
+            return _tolerant_records(source, files, max_rows)
         if len(ds) == 0:
             raise DataError(f"{source} is empty: no rows")
     elif os.sep in source or source.startswith(".") or source.endswith(tuple(LOCAL_FORMATS)):
@@ -168,6 +205,20 @@ def read_records(source: str, split: str = "train", max_rows: Optional[int] = No
     if max_rows is not None:
         ds = ds.select(range(min(max_rows, len(ds))))
     return list(ds.column_names), iter(ds)
+
+
+def _tolerant_records(source: str, files: list[Path], max_rows: Optional[int]) -> tuple[list[str], Iterator[dict | BadRow]]:
+    rows = list(_read_json_lines_tolerant(files))
+    if not rows:
+        raise DataError(f"{source} is empty: no rows")
+    if not any(isinstance(r, dict) for r in rows):
+        reasons = Counter(r.reason for r in rows if isinstance(r, BadRow))
+        raise DataError(f"{source}: no readable rows ({len(rows)} read; "
+                        + ", ".join(f"{k}={v}" for k, v in sorted(reasons.items())) + ")")
+    if max_rows is not None:
+        rows = rows[:max_rows]
+    columns = sorted({k for r in rows if isinstance(r, dict) for k in r})
+    return columns, iter(rows)
 
 
 def _read_error_text(exc: BaseException) -> str:
@@ -235,7 +286,24 @@ def _text_field(row: dict, name: str, missing: str, empty: str) -> str:
     value = normalise_text(value)
     if not value:
         raise BadRow(empty)
+    if not _encodable(value):
+        raise BadRow(UNENCODABLE, f"column '{name}' holds a lone surrogate, which UTF-8 cannot encode")
     return value
+
+
+def _encodable(text: str) -> bool:
+    """Whether ``text`` is valid Unicode for UTF-8 (JSON's ``\\ud800`` escapes give lone surrogates)."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
+def original_json(rec: dict) -> str:
+    """The row as one JSON line for subset.jsonl; lone surrogates in other columns are escaped."""
+    text = json.dumps(rec, ensure_ascii=False, default=str)
+    return text if _encodable(text) else json.dumps(rec, ensure_ascii=True, default=str)
 
 
 def _first_chat_turn(messages: Any) -> tuple[str, str]:
@@ -262,6 +330,8 @@ def extract_pair(row: dict, cols: ColumnMap) -> tuple[str, str]:
         if extra is not None and not isinstance(extra, str):
             raise BadRow(NON_STRING, f"column '{cols.input}' holds {type(extra).__name__}")
         extra = normalise_text(extra or "")
+        if extra and not _encodable(extra):
+            raise BadRow(UNENCODABLE, f"column '{cols.input}' holds a lone surrogate, which UTF-8 cannot encode")
         if extra:
             prompt = f"{prompt}\n\n{extra}"
     response = _text_field(row, cols.response, MISSING_RESPONSE, EMPTY_RESPONSE)
@@ -310,9 +380,61 @@ def load_samples(
         out.rows.append(row_no)
         out.prompts.append(prompt)
         out.responses.append(response)
-        out.originals.append(json.dumps(rec, ensure_ascii=False, default=str))
+        out.originals.append(original_json(rec))
         out.copies.append(1)
     if not out.sample_ids:
         reasons = ", ".join(f"{k}={v}" for k, v in sorted(out.skipped.items())) or "the dataset is empty"
         raise DataError(f"{name} data {source}: no valid rows ({out.rows_read} read; {reasons})")
     return out
+
+
+# --------------------------------------------------------------------------- length screen
+
+# The screen reads a row in pieces of (limit + 1) * CHARS_PER_TOKEN characters. Natural text
+# averages 3-5 characters a token; 8 keeps rows that could fit out of the screen entirely.
+CHARS_PER_TOKEN = 8
+# Tokens that a cut between two pieces (or a template around the text) can add: a word cut
+# in two, a SentencePiece dummy prefix. A row is screened out only past this margin.
+CUT_SLACK = 16
+
+
+def exceeds_tokens(tokenizer, texts: Iterable[str], max_tokens: int, piece_chars: int) -> bool:
+    """Whether ``texts`` together surely hold more than ``max_tokens`` tokens.
+
+    The texts are tokenised piece by piece, at most ``piece_chars`` characters at a time,
+    and the count stops as soon as it passes ``max_tokens`` by more than the cut margin
+    (CUT_SLACK tokens per piece read): time and memory are bounded by the pieces read, not
+    by the length of the texts. Pieces are cut before white space where there is some, so
+    that words stay whole.
+    """
+    n = pieces = 0
+    for text in texts:
+        start, size = 0, len(text)
+        while start < size:
+            if n > max_tokens + CUT_SLACK * (pieces + 1):
+                return True
+            end = min(start + piece_chars, size)
+            if end < size:
+                space = max(text.rfind(" ", start + piece_chars // 2, end), text.rfind("\n", start + piece_chars // 2, end))
+                end = space if space > start else end
+            n += len(tokenizer(text[start:end], add_special_tokens=False)["input_ids"])
+            pieces += 1
+            start = end
+    return n > max_tokens + CUT_SLACK * (pieces + 1)
+
+
+def too_long_rows(tokenizer, prompts: list[str], responses: list[str], max_tokens: int) -> list[int]:
+    """Indices of samples far over ``max_tokens``, found without tokenising them in full.
+
+    Characters first: a sample of at most (max_tokens + 1) * CHARS_PER_TOKEN characters is
+    left to the exact check after full tokenisation. A longer one is counted piece by piece
+    (:func:`exceeds_tokens`): prompt tokens + response tokens is a lower bound of every
+    sequence the scorer builds from it (the templates only add tokens), so once the count
+    passes ``max_tokens`` by more than the cut margin the sample cannot fit, and the count
+    stops there: a 50 MB row costs one or two pieces of tokenisation. A long sample that the
+    count does not rule out (more than CHARS_PER_TOKEN characters a token, e.g. long runs
+    of white space) goes on to the exact check.
+    """
+    piece = (max_tokens + 1) * CHARS_PER_TOKEN
+    return [k for k, (p, r) in enumerate(zip(prompts, responses))
+            if len(p) + len(r) > piece and exceeds_tokens(tokenizer, (p, r), max_tokens, piece)]

@@ -23,7 +23,7 @@ from dataclasses import dataclass, field
 from typing import Any, Callable, Sequence
 
 from delift_ray.config import DeliftConfig, RayConfig
-from delift_ray.errors import DeliftError, ScoringError
+from delift_ray.errors import DeliftError, EngineStartError, ScoringError, engine_start_message
 from delift_ray.scoring.engine import cpu_engine_env
 
 log = logging.getLogger(__name__)
@@ -323,6 +323,10 @@ def dispatch(
                 queue.push(block)  # lost to a recycle we caused: not this block's fault
                 report.redone += getattr(block, "size", 1)
                 continue
+            if died_starting(exc):  # its engine did not start: fail now if no retry can help
+                start = engine_start_message(str(exc))
+                if start:
+                    raise EngineStartError(start) from None
             error = f"scorer actor died ({exc.__class__.__name__})"
             queue.forget(id(actor))  # its engine's prefix cache is gone
             new = pool.handle_death(actor)  # None: an earlier failure already replaced it
@@ -359,6 +363,11 @@ def dispatch(
                 "or remove these samples from the data."
             )
     return report
+
+
+def died_starting(exc: BaseException) -> bool:
+    """Whether a Ray actor error is the failure of the actor's constructor (engine start)."""
+    return bool(getattr(exc, "actor_init_failed", False)) or "raised in its creation task" in str(exc)
 
 
 def task_error_text(exc: BaseException) -> str:

@@ -29,3 +29,92 @@ class ScoringError(DeliftError):
 
 class StorageError(DeliftError):
     """The output or cache location cannot be used."""
+
+
+class EngineStartError(ScoringError):
+    """A scoring engine could not start, for a reason that another attempt cannot fix."""
+
+
+# Engine start failures, by class: (class, patterns found in the error text, the fix).
+# Patterns are lower-case substrings of the messages vLLM / transformers / torch raise.
+ENGINE_START_CLASSES: tuple[tuple[str, tuple[str, ...], str], ...] = (
+    ("missing weights",
+     ("cannot find any model weights", "no model weights", "does not appear to have a file named",
+      "error while deserializing header", "safetensorerror"),
+     "the checkpoint has no (readable) weight files: point `model` at a directory that holds "
+     "config.json and *.safetensors (or pytorch_model*.bin)"),
+    ("remote code required",
+     ("trust_remote_code", "trust-remote-code", "contains custom code", "requires you to execute"),
+     "the checkpoint needs its own Python code: set engine.trust_remote_code true only if you trust it"),
+    ("unsupported architecture",
+     ("are not supported for now", "is not supported anymore", "is not supported in-tree",
+      "does not recognize this architecture", "unrecognized configuration class", "unsupported cpu attention"),
+     "this vLLM build cannot run the model's architecture: use a model that vLLM supports "
+     "(on CPU: head_dim >= 64)"),
+    ("out of memory",
+     ("out of memory", "outofmemoryerror", "cannot allocate memory", "insufficient memory",
+      "no available memory for the cache blocks", "not enough memory", "larger than the available kv cache",
+      "kv cache is needed"),
+     "the engine does not fit in memory: lower engine.max_model_len, engine.max_num_batched_tokens or "
+     "engine.kv_cache_space_gib (CPU) / engine.gpu_memory_utilization (GPU), or use a smaller model"),
+)
+
+
+def classify_engine_start_error(text: str) -> tuple[str, str] | None:
+    """(class, fix) of an engine start failure from its error text; None if unknown.
+
+    Pure: looks only at the text (an exception's message, or a remote traceback, of which
+    only the exception lines count: source lines quoted in frames are ignored). The
+    classes are checked in the order of :data:`ENGINE_START_CLASSES`, so missing weights
+    are never reported as memory, however the failure cascades afterwards.
+    """
+    low = "\n".join(message_lines(text)).lower()
+    for name, patterns, fix in ENGINE_START_CLASSES:
+        if any(p in low for p in patterns):
+            return name, fix
+    return None
+
+
+def engine_start_message(text: str, model: str = "") -> str | None:
+    """One line for a classified engine start failure, or None when the class is unknown.
+
+    A text that already holds an :class:`EngineStartError` line (raised by the engine
+    inside an actor) gives that line's message as it is.
+    """
+    for line in message_lines(text):
+        if line.startswith(EngineStartError.__name__ + ": ") or ("." + EngineStartError.__name__ + ": ") in line:
+            return line.split(EngineStartError.__name__ + ": ", 1)[1]
+    found = classify_engine_start_error(text)
+    if found is None:
+        return None
+    name, fix = found
+    where = f" for model {model!r}" if model else ""
+    return f"the scoring engine could not start{where}: {name} ({cause_line(text)}); {fix}"
+
+
+def message_lines(text: str) -> list[str]:
+    """The lines of an error text that are messages, not traceback frames or quoted source."""
+    return [line.strip() for line in text.splitlines()
+            if line.strip() and not line[:1].isspace() and not line.startswith("Traceback (most recent call last)")]
+
+
+def cause_line(text: str, limit: int = 200) -> str:
+    """The line of an error text that names the error: the last 'SomethingError: ...' line."""
+    lines = message_lines(text)
+    named = [line for line in lines if _names_error(line)]
+    return " ".join((named or lines or [""])[-1].split())[:limit]
+
+
+def _names_error(line: str) -> bool:
+    head = line.split(":", 1)[0]
+    return ":" in line and " " not in head and head.endswith(("Error", "Exception", "Exit"))
+
+
+def exception_text(exc: BaseException) -> str:
+    """An exception and its causes (``raise ... from``, or raised while handling), one per line."""
+    parts, seen = [], set()
+    while exc is not None and id(exc) not in seen:
+        seen.add(id(exc))
+        parts.append(f"{exc.__class__.__name__}: {exc}")
+        exc = exc.__cause__ or exc.__context__
+    return "\n".join(parts)

@@ -44,7 +44,7 @@ from typing import Sequence
 import numpy as np
 
 from delift_ray.config import EngineConfig
-from delift_ray.errors import DeliftError
+from delift_ray.errors import DeliftError, EngineStartError, engine_start_message, exception_text
 
 FULL, SUFFIX, HIDDEN = "full", "suffix", "hidden"
 # Hidden states of one engine call stay under this many bytes (the hidden path batches its
@@ -295,6 +295,16 @@ def head_dtype(model_dtype, on_cpu: bool):
     import torch
 
     return torch.float32 if on_cpu and model_dtype == torch.float16 else model_dtype
+def start_llm(llm_class, kwargs: dict):
+    """``llm_class(**kwargs)``; a start failure of a known class (missing weights, remote code,
+    unsupported architecture, memory) becomes a one-line :class:`EngineStartError`."""
+    try:
+        return llm_class(**kwargs)
+    except Exception as exc:
+        msg = engine_start_message(exception_text(exc), kwargs.get("model", ""))
+        if msg is None:
+            raise
+        raise EngineStartError(msg) from exc
 
 
 class Scorer:
@@ -312,11 +322,11 @@ class Scorer:
         self.stats = EngineStats()
         self.head = self.hidden_head(model, cfg)
         if self.head is not None:
-            self.llm = LLM(**hidden_engine_kwargs(model, cfg))
+            self.llm = start_llm(LLM, hidden_engine_kwargs(model, cfg))
             self.head.to_dtype(head_dtype(self.llm.llm_engine.model_config.dtype, vllm_on_cpu()))
             self.path = HIDDEN
         else:
-            self.llm = LLM(**engine_kwargs(model, cfg))
+            self.llm = start_llm(LLM, engine_kwargs(model, cfg))
             self.path = self.choose_path(cfg.logprob_path)
             if self.path == FULL:
                 self.warn_logprob_memory()

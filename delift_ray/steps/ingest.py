@@ -9,7 +9,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from delift_ray.config import DeliftConfig
-from delift_ray.data import SampleSet, load_samples
+from delift_ray.data import SampleSet, load_samples, too_long_rows
 from delift_ray.errors import DeliftError
 from delift_ray.prompts import TOO_LONG, TokenizedSet, take, template_head_length, tokenize_set
 from delift_ray.steps.base import StepStats
@@ -76,9 +76,17 @@ def ingest(cfg: DeliftConfig, tokenizer) -> tuple[dict[str, IngestedSet], Ingest
     skipped: Counter = Counter()
     for name, src in stage_sources(cfg).items():
         s = load_samples(src, name, columns=cfg.columns, split=cfg.split, max_rows=cfg.max_samples, strict=cfg.strict)
-        tok = tokenize_set(tokenizer, s.prompts, s.responses, cfg.templates)
+        # Rows far too long are screened out before full tokenisation (bounded memory and time).
+        screened = too_long_rows(tokenizer, s.prompts, s.responses, max_len)
+        cand = np.setdiff1d(np.arange(len(s)), np.asarray(screened, dtype=np.int64))
+        if screened:
+            tok = tokenize_set(tokenizer, [s.prompts[k] for k in cand], [s.responses[k] for k in cand], cfg.templates)
+        else:
+            tok = tokenize_set(tokenizer, s.prompts, s.responses, cfg.templates)
         ok = fits_mask(tok, max_len, min_head)
-        keep, dropped = np.flatnonzero(ok), np.flatnonzero(~ok)
+        tok = take(tok, np.flatnonzero(ok)) if not ok.all() else tok
+        keep = cand[ok]
+        dropped = np.setdiff1d(np.arange(len(s)), keep)
         if dropped.size and cfg.strict:
             raise DeliftError(f"{name} data {src}: row {s.rows[dropped[0]]} does not fit max_model_len={cfg.engine.max_model_len}")
         if not keep.size:
@@ -86,7 +94,7 @@ def ingest(cfg: DeliftConfig, tokenizer) -> tuple[dict[str, IngestedSet], Ingest
         kept = s.subset(keep)
         if dropped.size:
             kept.skipped[TOO_LONG] += int(dropped.size)
-        sets[name] = IngestedSet(kept, take(tok, keep), s.subset(dropped))
+        sets[name] = IngestedSet(kept, tok, s.subset(dropped))
         stats.samples_by_set[name] = len(kept)
         stats.rows_read[name] = kept.rows_read
         skipped.update(kept.skipped)
