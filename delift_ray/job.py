@@ -29,7 +29,6 @@ from delift_ray.errors import DeliftError, StorageError
 from delift_ray.lock import RunLock
 from delift_ray.prompts import TOO_LONG, TokenizedSet, fits, take, template_head_length, tokenize_set
 from delift_ray.storage import BASELINE, UTILITY, ShardStore, model_digest, model_identity, resolve_fs, scorer_fingerprint
-from delift_ray.utility import minmax_scale
 
 log = logging.getLogger("delift_ray")
 
@@ -247,17 +246,14 @@ def baseline_lookup(store: ShardStore, wanted: Optional[set] = None) -> dict[str
 
 
 def assemble_kernels(cfg: DeliftConfig, sets: dict[str, ScoredSet], store: ShardStore, allow_missing: bool) -> dict[str, np.ndarray]:
-    """Raw UF matrices of the stage, each min-max scaled to [0, 1] over the whole matrix."""
-    from delift_ray.kernel import assemble_dense
+    """UF matrices of the stage with the kernel options applied over each whole matrix."""
+    from delift_ray.kernel import assemble_dense, finish_dense
 
     kernels = {}
     for m in stages.STAGE_MATRICES[cfg.stage]:
         H, E = sets[m.helped].samples.sample_ids, sets[m.example].samples.sample_ids
         M = assemble_dense(store.iter_relevant(UTILITY, H, E), H, E, name=m.name, allow_missing=allow_missing)
-        if m.name == "K" and cfg.scoring.exclude_self:
-            np.fill_diagonal(M, np.nan)
-        M = minmax_scale(M, mask=~np.isnan(M) if np.isnan(M).any() else None)
-        np.nan_to_num(M, copy=False, nan=0.0)
+        M = finish_dense(M, H, E, diagonal=cfg.kernel.diagonal, scaling=cfg.kernel.scaling)
         kernels[m.name] = M.T.copy() if m.transpose else M
     return kernels
 
@@ -345,7 +341,7 @@ def assemble_sparse_kernels(cfg: DeliftConfig, sets: dict[str, ScoredSet], store
         H, E = sets[m.helped].samples.sample_ids, sets[m.example].samples.sample_ids
         M = assemble_sparse_from_tables(store.iter_relevant(UTILITY, H, E), H, E,
                                         allowed=candidate_keys(candidates[m.name], len(E)),
-                                        drop_diagonal=m.name == "K" and cfg.scoring.exclude_self)
+                                        diagonal=cfg.kernel.diagonal, scaling=cfg.kernel.scaling)
         kernels[m.name] = M.T.tocsr() if m.transpose else M
     return kernels
 
