@@ -17,7 +17,7 @@ from typing import Optional
 
 import numpy as np
 
-from delift_ray.evaluate.statistics import compare, decide
+from delift_ray.evaluate.statistics import compare, decide, hierarchical_bootstrap
 
 RESAMPLES = 2000
 EQ_BOUND_SD = 0.5
@@ -111,6 +111,18 @@ def summarise(units: dict[str, dict], *, args: dict, meta: dict, total: int) -> 
             rows.append(row)
     for comps in families.values():
         decide(comps, alpha=ALPHA, eq_bound_sd=EQ_BOUND_SD)
+    variants_vs_default = []
+    for (pool, budget), arms in train.items():
+        ref = arms.get("delift:keep-minmax")
+        if not ref or len(ref) < 1:
+            continue
+        Xr = np.array([ref[s]["nll"] for s in sorted(ref)])
+        for arm in sorted(a for a in arms if a.startswith("delift:") and a != "delift:keep-minmax"):
+            X = np.array([arms[arm][s]["nll"] for s in sorted(arms[arm])])
+            boot = hierarchical_bootstrap(X, Xr, resamples=RESAMPLES, seed=0)
+            lo, hi = np.quantile(boot, [0.025, 0.975])
+            variants_vs_default.append({"pool": pool, "budget": budget, "arm": arm, "seeds": [len(X), len(Xr)],
+                                        "delta": float(Xr.mean() - X.mean()), "ci_low": float(lo), "ci_high": float(hi)})
     for row in rows:
         if row.get("comparison") is not None:
             row["comparison"] = row["comparison"].to_dict()
@@ -140,6 +152,7 @@ def summarise(units: dict[str, dict], *, args: dict, meta: dict, total: int) -> 
         "initial_nll": other.get("eval-initial", {}).get("results", {}).get("nll_mean"),
         "machine": machine,
         "rows": rows,
+        "variants_vs_keep_minmax": variants_vs_default,
     }
     npz = Path(__file__).resolve().parent / "results" / "quality" / "score-noisy_utilities.npz"
     if npz.exists() and meta.get("swapped_ids"):
@@ -152,6 +165,45 @@ def summarise(units: dict[str, dict], *, args: dict, meta: dict, total: int) -> 
 
 
 # --------------------------------------------------------------------------- docs
+
+STATIC_SECTIONS = """## The kernel options
+
+Both act on the stored utilities, so switching them never re-scores anything
+(`delift-ray reselect` or a re-run of the same job with the new option reuses every shard).
+
+* `kernel.diagonal: keep | drop`. UF(i <- i) is a sample shown as its own example. It is always
+  scored and stored; `drop` leaves it out of the kernel (0, and out of the scaling). On the demo it
+  averages 0.43 against 0.0006 off the diagonal, is the largest entry of every row, and the default
+  selection shares 9 of 10 samples with the 10 largest self-utilities: with `keep`, facility
+  location mostly ranks samples by self-utility, which tracks response length. `drop` removes
+  every self pair, also in Q and P when a sample is both in the pool and in the target or existing
+  set. `scoring.exclude_self` is the deprecated alias (`true` = `drop`).
+* `kernel.scaling: minmax | clip`. `minmax` maps [min UF, max UF] to [0, 1] over the whole kernel,
+  so UF = 0 lands above 0 (about 0.115 on the demo) and an example that makes a prediction worse
+  still counts as coverage. `clip` is max(UF, 0) / max UF: a harmful or useless example covers
+  nothing. Sparse (knn) kernels scale over their stored entries the same way; unscored pairs are 0.
+
+`delift-ray evaluate --variants keep-minmax,drop-minmax,drop-clip` adds one DELIFT row per variant,
+selected again from the run's stored shards, next to the `self_utility` and `hardness` baselines.
+
+## The task stage's direction (Q[i][q] = UF(q <- i))
+
+The task stage (FLMI) uses Q[i][q] = UF(q <- i): pool sample i is the in-context example and
+target q is the sample whose reference response gets more predictable. The authors' code computes
+the reverse, UF(i <- q): the target as the example for the pool sample. We keep our direction
+because:
+
+* it measures what the stage is for: whether pool sample i carries what the target task needs.
+  UF(i <- q) measures whether the target makes pool sample i predictable, which rewards pool
+  samples that merely resemble the target's format and can be high for a pool sample that
+  teaches the target nothing;
+* it matches every other kernel of the project: K[i][j] = UF(i <- j) and P[i][e] = UF(i <- e)
+  keep the candidate being valued in the example role, so in FLMI's
+  min(max_{j in A} K[i][j], eta * max_q Q[i][q]) both terms value pool samples as examples;
+* it costs the same: |pool| x |target| pairs either way.
+
+Selections from the authors' code and from delift-ray therefore differ on the task stage even on
+identical utilities; that difference is deliberate."""
 
 
 def _f(x: Optional[float], nd: int = 4) -> str:
@@ -262,6 +314,21 @@ def write_docs(summary: dict, docs: Path) -> Path:
             L.append(f"| {r['pool']} | {b} | {r['arm']} | {r['seeds']} | {nll} | | | | | | {share} | |")
     L += ["", "NLL: mean over held-out items and seeds (± sd over seeds; for random, sd over the random subsets). "
           "rank: 1 + the number of random subsets at least as good as the arm.", ""]
+    vv = summary.get("variants_vs_keep_minmax") or []
+    L += ["## Which kernel? (section 5: defaults follow the evidence)", ""]
+    if vv:
+        L += ["Each variant against the current default `keep-minmax` (delta = NLL(keep-minmax) - NLL(variant), "
+              "> 0: the variant is better; hierarchical bootstrap over items and both arms' seeds, 95%):", "",
+              "| pool | budget | variant | delta [95% CI] |", "|---|---|---|---|"]
+        for v in vv:
+            L.append(f"| {v['pool']} | {int(round(v['budget'] * 100))}% | {v['arm']} | {_f(v['delta'])} "
+                     f"[{_f(v['ci_low'])}, {_f(v['ci_high'])}] |")
+        L.append("")
+    else:
+        L += ["No variant has been trained yet.", ""]
+    L += ["The default stays `kernel.diagonal: keep`, `kernel.scaling: minmax` (the paper's kernel) unless a variant's "
+          "interval above lies entirely above 0 on the clean pool; the README and this page say which way the "
+          "evidence points once the study has run.", ""]
     ns = summary.get("noise_signals")
     L += ["## Noise: can the stored utilities flag swapped responses?", ""]
     if ns:
@@ -272,7 +339,7 @@ def write_docs(summary: dict, docs: Path) -> Path:
             L.append(f"| {k} | {_f(v, 3)} |")
     else:
         L.append("Not yet measured: the noisy pool's utilities are scored after the clean pool's training units.")
-    L += ["", "## Reproduce or resume", "", "```",
+    L += ["", STATIC_SECTIONS, "", "## Reproduce or resume", "", "```",
           "PYTHONPATH=$PWD OMP_WAIT_POLICY=PASSIVE nice -n 19 .venv/bin/python benchmarks/quality_study.py",
           "PYTHONPATH=$PWD .venv/bin/python benchmarks/quality_study.py --report   # only this page", "```", "",
           "Each finished unit (a scoring run, one arm x seed trained and evaluated) is stored as JSON under "

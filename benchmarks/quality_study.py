@@ -139,13 +139,21 @@ def score_unit(units: Units, name: str, args, work: Path, data: Path, meta: dict
     if units.done(name):
         return
     out = work / name
-    cmd = [sys.executable, "-m", "delift_ray.cli", "select", "--data", str(data), "--model", meta["model"],
+    cmd = [sys.executable, "-c", PATIENT_RAY_CLI, "select", "--data", str(data), "--model", meta["model"],
            "--out", str(out), "--cache", str(work / "cache"), "--stage", "instruction", "--budget", "0.15",
            "--engine.dtype", "bfloat16", "--engine.max-model-len", "512", "--engine.max-num-batched-tokens", "4096",
            "--engine.kv-cache-space-gib", "1", "--scoring.block-size", str(args.block_size)]
-    log(f"{name}: {' '.join(cmd[2:])}")
+    log(f"{name}: delift-ray {' '.join(cmd[3:])}")
     t0 = time.time()
-    subprocess.run(cmd, check=True)
+    # A re-run resumes from the stored shards. On a loaded machine at nice 19 the embedded
+    # Ray node can miss its fixed 30 s start-up window, so a failed attempt is retried.
+    for attempt in range(1, args.score_attempts + 1):
+        if subprocess.run(cmd).returncode == 0:
+            break
+        if attempt == args.score_attempts:
+            raise SystemExit(f"{name}: delift-ray select failed {attempt} times; re-run to resume")
+        log(f"{name}: attempt {attempt} failed; retrying in 60 s (stored shards are kept)")
+        time.sleep(60)
     wall = time.time() - t0
     run_json = json.loads((out / "run.json").read_text())
     from delift_ray.evaluate.arms import baseline_distances, raw_matrix, run_store
@@ -159,6 +167,29 @@ def score_unit(units: Units, name: str, args, work: Path, data: Path, meta: dict
     units.save(name, {"counts": run_json["counts"], "timings": run_json["timings"], "wall_s": round(wall, 1),
                       "n_pool": len(run.pool), "run_dir": str(out)})
     log(f"{name}: done in {wall:.0f} s ({run_json['timings'].get('pairs_per_s')} pairs/s)")
+
+
+# ``delift-ray select`` with a longer Ray start-up window. Ray 2.60 gives a new local node 30 s
+# (hard-coded) to register with its GCS; on a 2-core machine at load 20+ and nice 19 it often
+# misses that. The node's loop polls ``services.get_node`` and gives up only after an error, so
+# retrying inside it for up to 10 minutes widens the window; nothing else changes.
+PATIENT_RAY_CLI = """
+import sys, time
+import ray._private.services as services
+_get_node = services.get_node
+def patient_get_node(*a, **k):
+    deadline = time.monotonic() + 600
+    while True:
+        try:
+            return _get_node(*a, **k)
+        except RuntimeError:
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(1)
+services.get_node = patient_get_node
+from delift_ray.cli import main
+sys.exit(main(sys.argv[1:]))
+"""
 
 
 class Trainer:
@@ -299,6 +330,7 @@ def main(argv=None) -> int:
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--block-size", type=int, default=16)
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--score-attempts", type=int, default=30, help="Attempts of each scoring run before giving up.")
     p.add_argument("--no-noisy", action="store_true", help="Skip the noisy-pool half.")
     p.add_argument("--stop-after-scoring", action="store_true")
     p.add_argument("--report", action="store_true", help="Only rewrite the summary JSON and docs/quality.md.")

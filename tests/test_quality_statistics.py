@@ -81,12 +81,15 @@ def test_verdicts():
     rand = item + subset_effect[:, None] + rng.normal(0, 0.05, size=(R, n))
     good = item - 0.1 + rng.normal(0, 0.05, size=(3, n))
     same = item + rng.normal(0, 0.05, size=(3, n))
-    comps = st.decide([st.compare(good, rand, resamples=1000), st.compare(same, rand, resamples=1000)])
+    comps = st.decide([st.compare(good, rand, resamples=1000), st.compare(same, rand, resamples=1000)],
+                      eq_bound_sd=1.0)
     c_good, c_same = comps
     assert c_good.verdict == st.BETTER and c_good.rank == 1 and c_good.p_rank == pytest.approx(1 / 21)
     assert c_good.ci_low > 0 and c_good.z > 3
-    assert c_same.verdict == st.NO_BETTER and c_same.ci_high < c_same.eq_bound
+    assert c_same.verdict == st.NO_BETTER and c_same.ci_high < c_same.eq_bound == pytest.approx(c_same.random_nll_sd)
     assert c_good.p_boot_holm == pytest.approx(min(1.0, 2 * min(c_good.p_boot, c_same.p_boot)))
+    # A tighter equivalence bound than the interval can support leaves the question open.
+    assert st.decide([c_same], eq_bound_sd=0.1)[0].verdict == st.INCONCLUSIVE
     # Two held-out items cannot tell anything apart.
     few = st.decide([st.compare(same[:, :2], rand[:, :2] + rng.normal(0, 0.3, size=(R, 2)), resamples=500)])[0]
     assert few.verdict == st.INCONCLUSIVE
