@@ -48,7 +48,7 @@ def add_job_flags(p: argparse.ArgumentParser, skip: tuple[str, ...] = ()) -> Non
             continue
         kw: dict[str, Any] = {"dest": "cfg:" + dotted, "default": None, "help": info.description, "metavar": "V"}
         ann = info.annotation
-        if ann is bool:
+        if ann is bool or ann == Optional[bool]:
             kw.update(nargs="?", const="true", metavar="BOOL")
         elif typing.get_origin(ann) is typing.Literal:
             kw.update(choices=list(typing.get_args(ann)), metavar=None)

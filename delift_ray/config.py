@@ -11,6 +11,7 @@ from __future__ import annotations
 import os
 import posixpath
 import string
+import warnings
 from pathlib import Path
 from typing import Any, Iterator, Literal, Optional, Union
 
@@ -139,7 +140,9 @@ class ScoringConfig(_Section):
     """How the utility matrix is cut into blocks and scored."""
 
     block_size: int = Field(32, ge=1, description="Helped rows and example columns per block (a block is block_size x block_size pairs).")
-    exclude_self: bool = Field(False, description="Zero the diagonal UF(i <- i) in the kernel (it is always scored and stored).")
+    exclude_self: Optional[bool] = Field(
+        None, description="Deprecated alias of kernel.diagonal (true: drop, false: keep)."
+    )
     max_retries: int = Field(3, ge=0, description="Attempts per block after the first before the job stops.")
     prefix_reuse: bool = Field(True, description="Order pairs example-major and let scoring requests read the prefix cache.")
     skip_failed_blocks: bool = Field(False, description="Finish without blocks that keep failing; their pairs are reported as missing.")
@@ -194,6 +197,16 @@ class KernelConfig(_Section):
     embedding_max_length: int = Field(256, ge=8, description="knn: tokens of prompt+response read by the embedding model.")
     exact_max: int = Field(50000, ge=1, description="knn: exact faiss search up to this many example vectors; an IVF index (nprobe 16) beyond.")
     seed: Optional[int] = Field(None, description="knn: seed of the random candidates (None: the job's seed).")
+    diagonal: Literal["keep", "drop"] = Field(
+        "keep",
+        description="Self pairs UF(i <- i), a sample as its own example: keep them in the kernel, or drop them "
+        "(0, left out of scaling). They are always scored and stored. See docs/quality.md.",
+    )
+    scaling: Literal["minmax", "clip"] = Field(
+        "minmax",
+        description="minmax: (UF - min) / (max - min) over the whole kernel (UF = 0 lands above 0); "
+        "clip: max(UF, 0) / max UF, so a harmful example covers nothing. See docs/quality.md.",
+    )
 
 
 class DeliftConfig(_Section):
@@ -246,6 +259,22 @@ class DeliftConfig(_Section):
     @classmethod
     def _reads_are_paths(cls, v: Optional[str]) -> Optional[str]:
         return None if v is None else check_read_path(v)
+
+    @model_validator(mode="after")
+    def _exclude_self_alias(self) -> "DeliftConfig":
+        old = self.scoring.exclude_self
+        if old is None:
+            return self
+        want = "drop" if old else "keep"
+        if "diagonal" in self.kernel.model_fields_set and self.kernel.diagonal != want:
+            raise ValueError(
+                f"scoring.exclude_self={str(old).lower()} contradicts kernel.diagonal={self.kernel.diagonal}; "
+                "scoring.exclude_self is deprecated: set kernel.diagonal only"
+            )
+        warnings.warn("scoring.exclude_self is deprecated; use kernel.diagonal (keep | drop)",
+                      DeprecationWarning, stacklevel=2)
+        self.kernel.diagonal = want
+        return self
 
     @model_validator(mode="after")
     def _stage_inputs(self) -> "DeliftConfig":

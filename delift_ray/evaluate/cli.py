@@ -76,6 +76,17 @@ def configure_parser(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
     p.add_argument("--device", default=None, help="torch device (default: cuda if available, else cpu).")
     p.add_argument("--bootstrap-resamples", type=_positive_int, default=d["bootstrap_resamples"],
                    help="Paired bootstrap resamples (default %(default)s).")
+    p.add_argument("--train-seeds", type=_positive_int, default=1,
+                   help="Training seeds of every deterministic selection (DELIFT, variants, baselines, DELIFT-SE, full); "
+                   "default %(default)s.")
+    p.add_argument("--steps", type=_positive_int, default=None,
+                   help="Fixed optimiser steps of every training run instead of --epochs passes (equal steps for every arm).")
+    p.add_argument("--variants", default=None, metavar="LIST",
+                   help="Extra DELIFT rows, one per kernel variant <diagonal>-<scaling>, e.g. keep-minmax,drop-minmax,drop-clip; "
+                   "selected again from the run's stored utilities (no re-scoring).")
+    p.add_argument("--baselines", default="auto", metavar="LIST",
+                   help="Baseline rows: self_utility (top k by UF(i<-i)), hardness (top k by d(i, no example)), a comma list, "
+                   "none, or auto (both when the run's stored utilities are readable; default).")
     p.add_argument("--out", default=None, help="Output directory (default RUN_DIR/eval).")
     p.add_argument("--no-progress", action="store_true", help="No progress bars.")
     return p
@@ -130,6 +141,10 @@ def run_evaluate_command(args: argparse.Namespace) -> int:
         bootstrap_resamples=args.bootstrap_resamples,
         out_dir=args.out,
         progress=not args.no_progress,
+        train_seeds=args.train_seeds,
+        steps=args.steps,
+        variants=args.variants,
+        baselines=args.baselines,
     )
     out = Path(args.out) if args.out else Path(args.run) / "eval"
     sys.stdout.write(render_markdown(_clean(report)))

@@ -34,6 +34,7 @@ class RunData:
     pool: Pool
     selected: list[int]  # indices into pool, in selection order
     others: dict[str, Pool]  # "target" / "existing" sets, where present
+    meta: dict = field(default_factory=dict)  # the whole run.json (cache, model fingerprint, ...)
 
 
 def load_run(run_dir: str | Path) -> RunData:
@@ -84,6 +85,7 @@ def load_run(run_dir: str | Path) -> RunData:
         pool=pool,
         selected=selected,
         others=sets,
+        meta=run.meta,
     )
 
 

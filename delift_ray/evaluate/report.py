@@ -20,7 +20,8 @@ METRIC_INFO = {
     "icl_rouge_l": {"label": "ICL ROUGE-L F1", "better": "higher", "mode": "in-context", "scale": 100.0},
 }
 DISPLAY = {"initial": "initial (untuned)", "delift": "DELIFT", "delift_se": "DELIFT-SE",
-           "random": "random", "full": "full pool"}
+           "random": "random", "full": "full pool", "self_utility": "self-utility top k",
+           "hardness": "hardness top k"}
 COMPARISONS = (("delift", "random"), ("delift", "full"), ("delift", "delift_se"))
 
 
@@ -48,7 +49,8 @@ def build_report(
     """
     rows = []
     per_sample_mean: dict[str, dict[str, np.ndarray]] = {}
-    for name in SELECTIONS:
+    extras = [k for k in results if k not in SELECTIONS]  # kernel variants and baselines
+    for name in ("initial", "delift", *extras, "delift_se", "random", "full"):
         slots = results.get(name) or []
         if not slots:
             continue
@@ -117,7 +119,30 @@ def build_report(
         "metrics": {m: {k: v for k, v in METRIC_INFO[m].items() if k != "scale"} for m in METRICS},
         "rows": rows,
         "bootstrap": boot,
+        "vs_random": vs_random(results, resamples=bootstrap_resamples, seed=bootstrap_seed),
     }
+
+
+def vs_random(results: dict[str, list[dict]], *, resamples: int, seed: int, alpha: float = 0.05,
+              eq_bound_sd: float = 0.5) -> list[dict]:
+    """Each fine-tuned arm against the random subsets on the primary metric (held-out NLL):
+    rank p, effect size, hierarchical bootstrap interval, Holm across the arms, verdict
+    (:mod:`delift_ray.evaluate.statistics`). Empty with fewer than two random subsets."""
+    from delift_ray.evaluate.statistics import compare, decide
+
+    rand = [np.asarray(s["nll"], dtype=np.float64) for s in results.get("random") or [] if s.get("nll") is not None]
+    if len(rand) < 2:
+        return []
+    names, comps = [], []
+    for name, slots in results.items():
+        if name in ("initial", "random", "full"):
+            continue
+        arm = [np.asarray(s["nll"], dtype=np.float64) for s in slots if s.get("nll") is not None]
+        if arm:
+            names.append(name)
+            comps.append(compare(np.stack(arm), np.stack(rand), resamples=resamples, seed=seed))
+    decide(comps, alpha=alpha, eq_bound_sd=eq_bound_sd)
+    return [{"selection": n, **c.to_dict()} for n, c in zip(names, comps)]
 
 
 # --------------------------------------------------------------------------- writing
@@ -229,6 +254,32 @@ def render_markdown(report: dict) -> str:
             "The bootstrap covers the choice of held-out samples only: DELIFT, DELIFT-SE and the full pool are "
             "trained once (one seed), so training randomness is not in the interval; the spread of the random "
             "rows over seeds shows its size.",
+        ]
+    vr = report.get("vs_random") or []
+    if vr:
+        lines += [
+            "",
+            f"## Against random (primary metric: held-out NLL; {vr[0]['n_random']} random subsets)",
+            "",
+            "| selection | seeds | NLL | Δ = random − selection [95% interval] | z | rank | p rank (Holm) | p bootstrap (Holm) | verdict |",
+            "|---|---:|---:|---:|---:|---:|---:|---:|---|",
+        ]
+        for c in vr:
+            lines.append(
+                f"| {DISPLAY.get(c['selection'], c['selection'])} | {c['n_seeds']} | {c['arm_nll']:.3f} | "
+                f"{c['delta']:+.4f} [{c['ci_low']:+.4f}, {c['ci_high']:+.4f}] | "
+                + (f"{c['z']:+.2f}" if c.get("z") is not None else "—")
+                + f" | {c['rank']} of {c['n_random'] + 1} | {c['p_rank']:.3f} ({c['p_rank_holm']:.3f}) | "
+                f"{c['p_boot']:.4f} ({c['p_boot_holm']:.4f}) | **{c['verdict']}** |"
+            )
+        lines += [
+            "",
+            "Δ > 0: the selection's fine-tuned model predicts the held-out responses better than the random subsets' "
+            "on average; z: Δ in units of the random subsets' spread. The interval is a hierarchical bootstrap over "
+            "held-out samples, training seeds and random subsets together. Verdicts: \"better than random\" when the "
+            "Holm-adjusted bootstrap p ≤ 0.05; \"no better than random\" when the interval's upper end lies below "
+            "half a standard deviation of the random subsets (the equivalence bound); otherwise \"inconclusive\". "
+            "With R random subsets the exact rank p cannot go below 1/(R+1).",
         ]
     notes = []
     if report.get("se_selection_function"):

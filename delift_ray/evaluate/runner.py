@@ -76,6 +76,30 @@ def select_se(run: RunData, encoder: SentenceEncoder, pool_emb: np.ndarray) -> t
     return [int(i) for i in idx], fn
 
 
+def extra_arms(run: RunData, variants: Optional[str], baselines: Optional[str]) -> dict[str, list[int]]:
+    """Subsets of the kernel-variant and baseline rows (name -> pool indices), from the run's shards."""
+    from delift_ray.evaluate.arms import BASELINE_ARMS, arm_subsets, parse_variants, run_store
+
+    wanted = parse_variants(variants)
+    b = (baselines or "none").strip()
+    if b == "auto":
+        try:
+            run_store(run)
+            chosen = BASELINE_ARMS
+        except DeliftError:  # a run without readable shards (hand-made) has no baselines
+            chosen = ()
+    elif b == "none":
+        chosen = ()
+    else:
+        chosen = tuple(x.strip() for x in b.split(",") if x.strip())
+        bad = [x for x in chosen if x not in BASELINE_ARMS]
+        if bad:
+            raise DeliftError(f"unknown baseline {bad[0]!r}; choose from {', '.join(BASELINE_ARMS)}, none or auto")
+    if not wanted and not chosen:
+        return {}
+    return arm_subsets(run, run.budget, wanted, chosen)
+
+
 def _log(progress: bool, msg: str) -> None:
     """One line to stderr between progress bars (only when progress output is on)."""
     if progress:
@@ -138,13 +162,25 @@ def evaluate_run(
     bootstrap_resamples: int = 1000,
     out_dir: Optional[str | Path] = None,
     progress: bool = True,
+    train_seeds: int = 1,
+    variants: Optional[str] = None,
+    baselines: Optional[str] = "auto",
+    steps: Optional[int] = None,
 ) -> dict:
     """Evaluate a selection run; writes ``report.json``, ``report.md``, ``report.png`` and
     ``generations.jsonl`` to ``out_dir`` (default ``<run_dir>/eval``) and returns the report.
 
     ``model`` defaults to the run's scoring model; ``seed`` to the run's seed. Random subset
-    s (s = 0 .. seeds-1) is drawn, and its model trained, with seed ``seed + s``; the DELIFT,
-    DELIFT-SE and full-pool models are trained with ``seed``.
+    s (s = 0 .. seeds-1) is drawn, and its model trained, with seed ``seed + s``; every
+    deterministic selection (DELIFT, its kernel variants, the baselines, DELIFT-SE, the full
+    pool) is trained with seeds ``seed .. seed + train_seeds - 1``.
+
+    ``variants`` ('keep-minmax,drop-clip'): one extra DELIFT row per kernel variant, selected
+    again from the run's stored utilities (:mod:`delift_ray.evaluate.arms`). ``baselines``:
+    'self_utility,hardness', 'none', or 'auto' (both when the run's shards are readable).
+    ``steps``: fixed optimiser steps per training run (default: ``epochs`` passes).
+    With two or more random subsets, every fine-tuned arm is tested against random on the
+    primary metric, held-out NLL (:mod:`delift_ray.evaluate.statistics`).
     """
     import torch
 
@@ -160,7 +196,10 @@ def evaluate_run(
         raise DeliftError(f"--max-new-tokens must be at least 1, got {max_new_tokens}")
     if icl_examples < 1:
         raise DeliftError(f"--icl-examples must be at least 1, got {icl_examples}")
+    if train_seeds < 1:
+        raise DeliftError(f"--train-seeds must be at least 1, got {train_seeds}")
     run = load_run(run_dir)
+    extra_subsets = extra_arms(run, variants, baselines)
     model_path = model or run.config.get("model")
     if not model_path:
         raise DeliftError(f"{run.run_dir}/run.json names no model; pass --model")
@@ -177,7 +216,7 @@ def evaluate_run(
         raise DeliftError(f"cannot create the output directory {out}: {exc}") from None
     dev = device or ("cuda" if torch.cuda.is_available() else "cpu")
     torch_dtype = resolve_dtype(dtype, dev)
-    settings = TrainSettings(epochs=epochs, lr=lr, batch_size=batch_size, max_length=max_length,
+    settings = TrainSettings(epochs=epochs, steps=steps, lr=lr, batch_size=batch_size, max_length=max_length,
                              full_finetune=full_finetune)
     n_pool, budget = len(run.pool), run.budget
     tok = load_tokenizer(model_path)  # a bad --model fails here, before any embedding work
@@ -204,7 +243,9 @@ def evaluate_run(
         "random": [],
         "full": [list(range(n_pool))],
     }
+    subsets.update({name: [idx] for name, idx in extra_subsets.items()})
     seed_list = [base_seed + s for s in range(seeds)]
+    det_seeds = [base_seed + t for t in range(train_seeds)]
     for s in seed_list:
         rng = np.random.default_rng(s)
         subsets["random"].append(sorted(int(i) for i in rng.choice(n_pool, size=budget, replace=False)))
@@ -215,8 +256,8 @@ def evaluate_run(
     ekw = dict(max_new_tokens=max_new_tokens, batch_size=eval_batch_size, progress=progress)
 
     # results[name] = list over seeds of {"nll": arr, ...}
-    results: dict[str, list[dict]] = {k: [] for k in SELECTIONS}
-    train_stats: dict[str, list[dict]] = {k: [] for k in SELECTIONS}
+    results: dict[str, list[dict]] = {k: [] for k in (*SELECTIONS, *extra_subsets)}
+    train_stats: dict[str, list[dict]] = {k: [] for k in (*SELECTIONS, *extra_subsets)}
     generations: list[dict] = []
 
     def keep(name: str, seed_: Optional[int], mode: str, r: dict, slot: dict) -> None:
@@ -255,25 +296,28 @@ def evaluate_run(
 
     # -- fine-tuned rows
     t_train = t_eval = 0.0
-    for name in ("delift", "delift_se", "random", "full"):
-        for j, idx in enumerate(subsets[name]):
-            seed_ = seed_list[j] if name == "random" else base_seed
-            label = name + (f" seed {seed_}" if name == "random" else "")
-            t = time.perf_counter()
-            tuned, stats = fine_tune(model_path, [train_items[i] for i in idx], settings, seed=seed_,
-                                     pad_id=tok.pad_token_id, dtype=torch_dtype, device=dev,
-                                     desc=f"train {label}", progress=progress)
-            t_train += time.perf_counter() - t
-            _log(progress, f"train {label}: {stats.samples} samples, {stats.steps} steps, loss "
-                           f"{stats.first_loss:.3f} -> {stats.last_loss:.3f} ({stats.seconds:.0f} s)")
-            t = time.perf_counter()
-            slot = icl_slots[name][j]
-            keep(name, seed_, "finetuned", _evaluate_model(tuned, tok, enc, ev, examples=None, desc=f"eval {label}", **ekw), slot)
-            t_eval += time.perf_counter() - t
-            results[name].append(slot)
-            train_stats[name].append({"seed": seed_, **stats.to_dict()})
-            del tuned
-            _release()
+    runs = [(name, j, idx, seed_) for name in ("delift", *extra_subsets, "delift_se", "random", "full")
+            for j, idx in enumerate(subsets[name])
+            for seed_ in ([seed_list[j]] if name == "random" else det_seeds)]
+    for name, j, idx, seed_ in runs:
+        label = name + (f" seed {seed_}" if name == "random" or train_seeds > 1 else "")
+        t = time.perf_counter()
+        tuned, stats = fine_tune(model_path, [train_items[i] for i in idx], settings, seed=seed_,
+                                 pad_id=tok.pad_token_id, dtype=torch_dtype, device=dev,
+                                 desc=f"train {label}", progress=progress)
+        t_train += time.perf_counter() - t
+        _log(progress, f"train {label}: {stats.samples} samples, {stats.steps} steps, loss "
+                       f"{stats.first_loss:.3f} -> {stats.last_loss:.3f} ({stats.seconds:.0f} s)")
+        t = time.perf_counter()
+        # The in-context rows belong to the first training seed of each subset.
+        first = seed_ == (seed_list[j] if name == "random" else det_seeds[0])
+        slot = icl_slots[name][j] if name in icl_slots and first else {}
+        keep(name, seed_, "finetuned", _evaluate_model(tuned, tok, enc, ev, examples=None, desc=f"eval {label}", **ekw), slot)
+        t_eval += time.perf_counter() - t
+        results[name].append(slot)
+        train_stats[name].append({"seed": seed_, **stats.to_dict()})
+        del tuned
+        _release()
     timings["train_s"] = t_train
     timings["eval_finetuned_s"] = t_eval
 
@@ -294,13 +338,15 @@ def evaluate_run(
             "eval_rows_skipped": ev.skipped,
             "eval_dropped_pool_overlap": ev.dropped_overlap,
             "seeds": seed_list,
+            "train_seeds": det_seeds,
+            "arms": {name: idx for name, idx in extra_subsets.items()},
             "se_selection_function": se_fn,
             "delift_se_overlap": overlap,
             "settings": {
                 "finetune": "full" if full_finetune else "lora",
                 "lora": None if full_finetune else {"r": settings.lora_r, "alpha": settings.lora_alpha,
                                                     "dropout": settings.lora_dropout, "target_modules": "all-linear"},
-                "epochs": epochs, "lr": settings.learning_rate, "batch_size": batch_size,
+                "epochs": epochs, "steps": steps, "lr": settings.learning_rate, "batch_size": batch_size,
                 "max_length": max_length, "max_new_tokens": max_new_tokens,
                 "icl_examples": icl_examples, "icl_example_tokens": icl_example_tokens,
                 "dtype": str(torch_dtype).replace("torch.", ""), "device": dev,

@@ -30,6 +30,9 @@ class TrainSettings:
     """Hyper-parameters shared by every fine-tuned row of the evaluation."""
 
     epochs: int = 2
+    # Fixed optimiser steps, cycling over the subset in fresh shuffles (None: epochs x
+    # ceil(n / batch_size)). Equal steps make arms of different sizes comparable.
+    steps: Optional[int] = None
     lr: Optional[float] = None  # None: 3e-4 with LoRA, 2e-5 for full fine-tuning
     batch_size: int = 4
     max_length: int = 256
@@ -154,7 +157,7 @@ def fine_tune(
     rng = np.random.default_rng(seed)
     bs = max(1, int(settings.batch_size))
     steps_per_epoch = math.ceil(len(items) / bs)
-    total = steps_per_epoch * max(1, int(settings.epochs))
+    total = int(settings.steps) if settings.steps else steps_per_epoch * max(1, int(settings.epochs))
     warm = int(round(settings.warmup_ratio * total))
 
     def lr_factor(step: int) -> float:  # step counts from 0
@@ -166,9 +169,11 @@ def fine_tune(
     stats = TrainStats(samples=len(items), steps=0, seconds=0.0, tokens=0)
     t0 = time.perf_counter()
     bar = tqdm(total=total, desc=desc, unit="step", disable=not progress, leave=False, dynamic_ncols=True)
-    for _epoch in range(max(1, int(settings.epochs))):
+    while stats.steps < total:
         order = rng.permutation(len(items))
         for s in range(0, len(order), bs):
+            if stats.steps >= total:
+                break
             batch = [items[k] for k in order[s : s + bs]]
             T = max(len(c) + len(r) for c, r in batch)
             ids = torch.full((len(batch), T), pad_id, dtype=torch.long)

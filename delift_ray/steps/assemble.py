@@ -12,7 +12,6 @@ from delift_ray.stages import STAGE_MATRICES
 from delift_ray.steps.base import StepStats
 from delift_ray.steps.ingest import IngestedSet
 from delift_ray.storage import UTILITY, ShardStore
-from delift_ray.utility import minmax_scale
 
 
 @dataclass
@@ -29,17 +28,16 @@ class AssembleStats(StepStats):
 
 def assemble_dense(cfg: DeliftConfig, sets: dict[str, IngestedSet], store: ShardStore,
                    candidates: Optional[dict[str, np.ndarray]] = None) -> tuple[dict[str, np.ndarray], AssembleStats]:
-    """Dense UF matrices of the stage, each min-max scaled to [0, 1] over the whole matrix."""
+    """Dense UF matrices of the stage with the kernel options (``kernel.diagonal``,
+    ``kernel.scaling``) applied over each whole matrix (:func:`delift_ray.kernel.finish_dense`)."""
     from delift_ray.kernel import assemble_dense as assemble
+    from delift_ray.kernel import finish_dense
 
     kernels, stats = {}, AssembleStats("dense")
     for m in STAGE_MATRICES[cfg.stage]:
         H, E = sets[m.helped].samples.sample_ids, sets[m.example].samples.sample_ids
         M = assemble(store.iter_relevant(UTILITY, H, E), H, E, name=m.name, allow_missing=cfg.scoring.skip_failed_blocks)
-        if m.name == "K" and cfg.scoring.exclude_self:
-            np.fill_diagonal(M, np.nan)
-        M = minmax_scale(M, mask=~np.isnan(M) if np.isnan(M).any() else None)
-        np.nan_to_num(M, copy=False, nan=0.0)
+        M = finish_dense(M, H, E, diagonal=cfg.kernel.diagonal, scaling=cfg.kernel.scaling)
         kernels[m.name] = M.T.copy() if m.transpose else M
         stats.shapes[m.name] = list(kernels[m.name].shape)
     return kernels, stats
@@ -56,7 +54,7 @@ def assemble_knn(cfg: DeliftConfig, sets: dict[str, IngestedSet], store: ShardSt
         H, E = sets[m.helped].samples.sample_ids, sets[m.example].samples.sample_ids
         M = assemble_sparse_from_tables(store.iter_relevant(UTILITY, H, E), H, E,
                                         allowed=candidate_keys(candidates[m.name], len(E)),
-                                        drop_diagonal=m.name == "K" and cfg.scoring.exclude_self)
+                                        diagonal=cfg.kernel.diagonal, scaling=cfg.kernel.scaling)
         kernels[m.name] = M.T.tocsr() if m.transpose else M
         stats.shapes[m.name] = list(kernels[m.name].shape)
         stats.kernel_nnz[m.name] = int(M.nnz)

@@ -1,0 +1,351 @@
+"""The quality study's summary and report page, generated from its unit JSON files.
+
+``summarise`` turns the stored units (benchmarks/results/quality/units/*.json) into the
+summary that benchmarks/quality_study.py writes to benchmarks/results/quality_study.json;
+``write_docs`` renders docs/quality.md and docs/quality.png from that summary. Every number
+on the page comes from these files.
+
+    PYTHONPATH=$PWD .venv/bin/python benchmarks/quality_study.py --report
+"""
+
+from __future__ import annotations
+
+import math
+from collections import defaultdict
+from pathlib import Path
+from typing import Optional
+
+import numpy as np
+
+from delift_ray.evaluate.statistics import compare, decide, hierarchical_bootstrap
+
+RESAMPLES = 2000
+EQ_BOUND_SD = 0.5
+ALPHA = 0.05
+
+
+# --------------------------------------------------------------------------- noise signals
+
+
+def auroc(score: np.ndarray, positive: np.ndarray) -> float:
+    """P(score of a random positive > score of a random negative), ties count half."""
+    from scipy.stats import rankdata
+
+    s = np.asarray(score, dtype=np.float64)
+    pos = np.asarray(positive, dtype=bool)
+    ok = np.isfinite(s)
+    s, pos = s[ok], pos[ok]
+    n1, n0 = int(pos.sum()), int((~pos).sum())
+    if not n1 or not n0:
+        return float("nan")
+    r = rankdata(s)
+    return float((r[pos].sum() - n1 * (n1 + 1) / 2) / (n1 * n0))
+
+
+def noise_signals(uf: np.ndarray, d_base: np.ndarray, swapped: np.ndarray) -> dict:
+    """Per-sample scores computed from stored utilities only, and how well each flags a
+    swapped sample (AUROC, 0.5 = no signal; a score where swapped samples rank HIGH)."""
+    n = uf.shape[0]
+    off = ~np.eye(n, dtype=bool)
+    U = np.where(off, uf, np.nan)
+    diag = np.diag(uf).astype(np.float64)
+    helped_mean = np.nanmean(U, axis=1)  # how much other examples help sample i
+    helped_max = np.nanmax(U, axis=1)
+    as_example = np.nanmean(U, axis=0)  # how much sample j helps the others
+    top5 = np.sort(np.nan_to_num(U, nan=-np.inf), axis=1)[:, -5:].mean(axis=1)
+    # i's no-example distance against its 5 most helpful examples' own distances.
+    nb = np.argsort(np.nan_to_num(U, nan=-np.inf), axis=1)[:, -5:]
+    rel_likelihood = d_base - d_base[nb].mean(axis=1)
+    signals = {
+        "low self-utility UF(i<-i)": -diag,
+        "high d(i, no example) (hardness)": d_base,
+        "low mean UF(i<-j) over j != i (no example helps i)": -helped_mean,
+        "low max UF(i<-j) over j != i": -helped_max,
+        "low mean of the 5 best UF(i<-j)": -top5,
+        "high mean UF(j<-i) as an example": as_example,
+        "low mean UF(j<-i) as an example": -as_example,
+        "d(i, no example) minus its 5 best helpers' d": rel_likelihood,
+        "self-utility relative to d: -UF(i<-i)/d(i)": -diag / np.maximum(d_base, 1e-9),
+    }
+    return {name: round(auroc(s, swapped), 4) for name, s in signals.items()}
+
+
+# --------------------------------------------------------------------------- summary
+
+
+def _group(units: dict[str, dict]):
+    train = defaultdict(lambda: defaultdict(dict))  # (pool, budget) -> arm -> seed -> results
+    other = {}
+    for name, doc in units.items():
+        res = doc["results"]
+        if name.startswith("train-"):
+            train[(res["pool"], float(res["budget"]))][res["arm"]][int(res["seed"])] = {**res, "_doc": doc}
+        else:
+            other[name] = doc
+    return train, other
+
+
+def summarise(units: dict[str, dict], *, args: dict, meta: dict, total: int) -> dict:
+    train, other = _group(units)
+    rows: list[dict] = []
+    families: dict[str, list] = defaultdict(list)
+    for (pool, budget), arms in sorted(train.items(), key=lambda kv: (kv[0][0] != "clean", -kv[0][1])):
+        rand = arms.get("random", {})
+        Y = np.array([rand[s]["nll"] for s in sorted(rand)]) if rand else None
+        rshare = [rand[s]["swapped_share"] for s in sorted(rand) if rand[s].get("swapped_share") is not None]
+        rows.append({"pool": pool, "budget": budget, "arm": "random", "seeds": len(rand),
+                     "nll": float(Y.mean()) if Y is not None else None,
+                     "nll_sd": float(Y.mean(axis=1).std(ddof=1)) if Y is not None and len(Y) > 1 else None,
+                     "swapped_share": float(np.mean(rshare)) if rshare else None})
+        for arm in sorted(a for a in arms if a != "random"):
+            runs = arms[arm]
+            X = np.array([runs[s]["nll"] for s in sorted(runs)])
+            share = [runs[s]["swapped_share"] for s in sorted(runs) if runs[s].get("swapped_share") is not None]
+            row = {"pool": pool, "budget": budget, "arm": arm, "seeds": len(runs), "nll": float(X.mean()),
+                   "nll_sd": float(X.mean(axis=1).std(ddof=1)) if len(X) > 1 else None,
+                   "swapped_share": float(np.mean(share)) if share else None, "comparison": None}
+            if Y is not None and len(Y) >= 2:
+                c = compare(X, Y, resamples=RESAMPLES, seed=0)
+                row["comparison"] = c
+                families[pool].append(c)
+            rows.append(row)
+    for comps in families.values():
+        decide(comps, alpha=ALPHA, eq_bound_sd=EQ_BOUND_SD)
+    variants_vs_default = []
+    for (pool, budget), arms in train.items():
+        ref = arms.get("delift:keep-minmax")
+        if not ref or len(ref) < 1:
+            continue
+        Xr = np.array([ref[s]["nll"] for s in sorted(ref)])
+        for arm in sorted(a for a in arms if a.startswith("delift:") and a != "delift:keep-minmax"):
+            X = np.array([arms[arm][s]["nll"] for s in sorted(arms[arm])])
+            boot = hierarchical_bootstrap(X, Xr, resamples=RESAMPLES, seed=0)
+            lo, hi = np.quantile(boot, [0.025, 0.975])
+            variants_vs_default.append({"pool": pool, "budget": budget, "arm": arm, "seeds": [len(X), len(Xr)],
+                                        "delta": float(Xr.mean() - X.mean()), "ci_low": float(lo), "ci_high": float(hi)})
+    for row in rows:
+        if row.get("comparison") is not None:
+            row["comparison"] = row["comparison"].to_dict()
+
+    done_train = sum(len(runs) for arms in train.values() for runs in arms.values())
+    walls = [r["wall_s"] for arms in train.values() for runs in arms.values() for r in runs.values()]
+    n_done = done_train + sum(1 for k in other if k in ("score-clean", "score-noisy", "eval-initial"))
+    remaining_train = total - 3 - done_train
+    scoring = {k: other[k]["results"] for k in ("score-clean", "score-noisy") if k in other}
+    eta_s = (float(np.mean(walls)) * remaining_train if walls else None)
+    if eta_s is not None and "score-noisy" not in scoring and "score-clean" in scoring:
+        eta_s += 0.75 * scoring["score-clean"]["wall_s"]  # 3/4 of the noisy pairs are new
+    machine = next((d.get("machine") for d in units.values() if d.get("machine")), {})
+    summary = {
+        "design": {k: args.get(k) for k in ("n_pool", "n_eval", "max_tokens", "budgets", "randoms", "train_seeds",
+                                           "variants", "steps", "batch_size", "lr", "max_length", "dtype", "noise_share")},
+        "statistics": {"primary_metric": "held-out response NLL (nats/token, mean over items)", "alpha": ALPHA,
+                       "equivalence_bound_sd": EQ_BOUND_SD, "bootstrap_resamples": RESAMPLES,
+                       "holm_family": "every arm x budget of one pool"},
+        "progress": {"units_done": n_done, "units_total": total, "train_wall_s_mean": round(float(np.mean(walls)), 1) if walls else None,
+                     "wall_s_total": round(sum(walls) + sum(s.get("wall_s", 0) for s in scoring.values())
+                                           + other.get("eval-initial", {}).get("results", {}).get("wall_s", 0), 1),
+                     "eta_s": round(eta_s) if eta_s is not None else None},
+        "scoring": {k: {"wall_s": v["wall_s"], "pairs_per_s": v["timings"].get("pairs_per_s"),
+                        "pairs_scored": v["counts"].get("pairs_scored"), "pairs_reused": v["counts"].get("pairs_reused")}
+                    for k, v in scoring.items()},
+        "initial_nll": other.get("eval-initial", {}).get("results", {}).get("nll_mean"),
+        "machine": machine,
+        "rows": rows,
+        "variants_vs_keep_minmax": variants_vs_default,
+    }
+    npz = Path(__file__).resolve().parent / "results" / "quality" / "score-noisy_utilities.npz"
+    if npz.exists() and meta.get("swapped_ids"):
+        z = np.load(npz)
+        ids = [str(x) for x in z["ids"]]
+        swapped = np.array([i in set(meta["swapped_ids"]) for i in ids])
+        summary["noise_signals"] = {"n": len(ids), "swapped": int(swapped.sum()),
+                                    "auroc": noise_signals(z["uf"], z["d_base"], swapped)}
+    return summary
+
+
+# --------------------------------------------------------------------------- docs
+
+STATIC_SECTIONS = """## The kernel options
+
+Both act on the stored utilities, so switching them never re-scores anything
+(`delift-ray reselect` or a re-run of the same job with the new option reuses every shard).
+
+* `kernel.diagonal: keep | drop`. UF(i <- i) is a sample shown as its own example. It is always
+  scored and stored; `drop` leaves it out of the kernel (0, and out of the scaling). On the demo it
+  averages 0.43 against 0.0006 off the diagonal, is the largest entry of every row, and the default
+  selection shares 9 of 10 samples with the 10 largest self-utilities: with `keep`, facility
+  location mostly ranks samples by self-utility, which tracks response length. `drop` removes
+  every self pair, also in Q and P when a sample is both in the pool and in the target or existing
+  set. `scoring.exclude_self` is the deprecated alias (`true` = `drop`).
+* `kernel.scaling: minmax | clip`. `minmax` maps [min UF, max UF] to [0, 1] over the whole kernel,
+  so UF = 0 lands above 0 (about 0.115 on the demo) and an example that makes a prediction worse
+  still counts as coverage. `clip` is max(UF, 0) / max UF: a harmful or useless example covers
+  nothing. Sparse (knn) kernels scale over their stored entries the same way; unscored pairs are 0.
+
+`delift-ray evaluate --variants keep-minmax,drop-minmax,drop-clip` adds one DELIFT row per variant,
+selected again from the run's stored shards, next to the `self_utility` and `hardness` baselines.
+
+## The task stage's direction (Q[i][q] = UF(q <- i))
+
+The task stage (FLMI) uses Q[i][q] = UF(q <- i): pool sample i is the in-context example and
+target q is the sample whose reference response gets more predictable. The authors' code computes
+the reverse, UF(i <- q): the target as the example for the pool sample. We keep our direction
+because:
+
+* it measures what the stage is for: whether pool sample i carries what the target task needs.
+  UF(i <- q) measures whether the target makes pool sample i predictable, which rewards pool
+  samples that merely resemble the target's format and can be high for a pool sample that
+  teaches the target nothing;
+* it matches every other kernel of the project: K[i][j] = UF(i <- j) and P[i][e] = UF(i <- e)
+  keep the candidate being valued in the example role, so in FLMI's
+  min(max_{j in A} K[i][j], eta * max_q Q[i][q]) both terms value pool samples as examples;
+* it costs the same: |pool| x |target| pairs either way.
+
+Selections from the authors' code and from delift-ray therefore differ on the task stage even on
+identical utilities; that difference is deliberate."""
+
+
+def _f(x: Optional[float], nd: int = 4) -> str:
+    if x is None or (isinstance(x, float) and not math.isfinite(x)):
+        return "--"
+    return f"{x:.{nd}f}"
+
+
+def _pct(x: Optional[float]) -> str:
+    return "--" if x is None else f"{100 * x:.0f}%"
+
+
+def render_plot(summary: dict, path: Path) -> bool:
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        return False
+    groups = defaultdict(list)
+    for r in summary["rows"]:
+        groups[(r["pool"], r["budget"])].append(r)
+    if not groups:
+        return False
+    fig, axes = plt.subplots(1, len(groups), figsize=(5 * len(groups), 4), squeeze=False)
+    for ax, ((pool, budget), rows) in zip(axes[0], sorted(groups.items(), key=lambda kv: (kv[0][0] != "clean", -kv[0][1]))):
+        arms = [r for r in rows if r["arm"] != "random" and r.get("comparison")]
+        rnd = next((r for r in rows if r["arm"] == "random"), None)
+        for y, r in enumerate(arms):
+            c = r["comparison"]
+            ax.errorbar([c["delta"]], [y], xerr=[[c["delta"] - c["ci_low"]], [c["ci_high"] - c["delta"]]], fmt="o", capsize=3)
+        ax.axvline(0, color="k", lw=0.8)
+        if rnd and rnd.get("nll_sd"):
+            ax.axvspan(-rnd["nll_sd"], rnd["nll_sd"], color="0.9", zorder=0)
+        ax.set_yticks(range(len(arms)), [r["arm"] for r in arms])
+        ax.set_xlabel("NLL(random) - NLL(arm), nats (> 0: arm better)")
+        ax.set_title(f"{pool} pool, budget {int(round(budget * 100))}%")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return True
+
+
+def write_docs(summary: dict, docs: Path) -> Path:
+    docs.mkdir(parents=True, exist_ok=True)
+    plotted = render_plot(summary, docs / "quality.png")
+    d, pr, st = summary["design"], summary["progress"], summary["statistics"]
+    m = summary.get("machine") or {}
+    L = ["# Does the subset beat random? (the quality study)", "",
+         "<!-- generated by benchmarks/quality_report.py from benchmarks/results/quality_study.json; do not edit -->", "",
+         "DELIFT is worth its cost only if its subset trains a better model than a random subset of the same size. "
+         "`benchmarks/quality_study.py` measures that on the demo model (SmolLM2-135M-Instruct) and real ShareGPT "
+         "first turns, resumably; this page is generated from its stored results.", "",
+         "## Status", ""]
+    complete = pr["units_done"] >= pr["units_total"]
+    L.append(f"**{'Complete' if complete else 'In progress'}: {pr['units_done']} of {pr['units_total']} units stored.** "
+             + ("" if complete else (f"Estimated time to finish at the measured pace: {pr['eta_s'] / 3600:.1f} h. " if pr.get("eta_s") else ""))
+             + f"Compute so far: {pr['wall_s_total'] / 3600:.2f} h"
+             + (f" (a training unit, fine-tuning plus held-out NLL, takes {pr['train_wall_s_mean']:.0f} s on average)" if pr.get("train_wall_s_mean") else "")
+             + ".")
+    L += ["", f"Machine: {m.get('cpu') or '?'}, {m.get('cpus') or '?'} CPUs, {m.get('memory_gib') or '?'} GiB, "
+               f"accelerator: {m.get('accelerator') or 'none'}; the study ran at `nice 19` on a machine shared with "
+               "other work, so its wall times are upper bounds.", ""]
+    for k, v in summary.get("scoring", {}).items():
+        L.append(f"* `{k}`: {v['pairs_scored']} pairs scored, {v['pairs_reused']} reused, {v['wall_s'] / 60:.0f} min "
+                 f"({v['pairs_per_s']} pairs/s).")
+    if summary.get("initial_nll") is not None:
+        L.append(f"* Untuned model: held-out NLL {summary['initial_nll']:.4f}.")
+    L += ["", "## Design", "",
+          f"* Pool: {d['n_pool']} ShareGPT samples (prompt + response at most {d['max_tokens']} tokens), scored densely "
+          f"({d['n_pool']}^2 pairs). Held-out: {d['n_eval']} samples, disjoint from the pool.",
+          f"* Budgets: {d['budgets']}. Random subsets: {d['randoms']} per budget (subset r drawn and trained with seed r). "
+          f"Deterministic arms: {d['train_seeds']} training seeds each.",
+          f"* Arms: DELIFT (facility location) with kernel variants `{d['variants']}` (`kernel.diagonal`-`kernel.scaling`), "
+          "`self_utility` (top k by UF(i <- i)), `hardness` (top k by d(i, no example)), random.",
+          f"* Training: LoRA (r 8, alpha 32, all linear layers), {d['steps']} optimiser steps of batch {d['batch_size']} for "
+          f"every arm and budget, lr {d['lr']}, sequences cut to {d['max_length']} tokens, {d['dtype']}.",
+          f"* Primary metric, fixed before the runs: {st['primary_metric']}.",
+          f"* Noisy pool: the same pool with {_pct(d['noise_share'])} of its samples' responses swapped among themselves.",
+          "", "## Statistics", "",
+          "For each arm and budget (see `delift_ray/evaluate/statistics.py`): the exact one-sided rank p of the arm's "
+          "NLL among the random subsets' NLLs; the effect size delta = mean NLL(random) - NLL(arm) and z = delta / sd(random); "
+          f"a hierarchical bootstrap ({st['bootstrap_resamples']} resamples of held-out items, training seeds and random subsets "
+          "together) giving the 95% interval of delta and a one-sided p; Holm across "
+          f"{st['holm_family']}. Verdict: **better than random** when the Holm-adjusted bootstrap p <= {st['alpha']}; "
+          f"**no better than random** when the interval's upper end is below the equivalence bound of "
+          f"{st['equivalence_bound_sd']} sd of the random subsets' NLL (any advantage is smaller than that); else **inconclusive**. "
+          "With R random subsets the rank p cannot go below 1/(R+1) (0.048 for R = 20), so it cannot pass Holm for "
+          "several tests; it is shown as the assumption-free check next to the bootstrap.", "",
+          "## Results", ""]
+    if plotted:
+        L += ["![delta with 95% intervals per arm](quality.png)", ""]
+    hdr = ("| pool | budget | arm | seeds | NLL | delta vs random [95% CI] | z | rank | p rank (Holm) | p boot (Holm) | "
+           "swapped share | verdict |")
+    L += [hdr, "|" + "---|" * 12]
+    for r in summary["rows"]:
+        c = r.get("comparison")
+        b = f"{int(round(r['budget'] * 100))}%"
+        nll = _f(r["nll"]) + (f" ± {_f(r['nll_sd'])}" if r.get("nll_sd") is not None else "")
+        share = _pct(r.get("swapped_share")) if r["pool"] == "noisy" else ""
+        if c:
+            L.append(f"| {r['pool']} | {b} | {r['arm']} | {r['seeds']} | {nll} | {_f(c['delta'])} [{_f(c['ci_low'])}, "
+                     f"{_f(c['ci_high'])}] | {_f(c['z'], 2)} | {c['rank']} of {c['n_random'] + 1} | {_f(c['p_rank'], 3)} "
+                     f"({_f(c['p_rank_holm'], 3)}) | {_f(c['p_boot'], 4)} ({_f(c['p_boot_holm'], 4)}) | {share} | "
+                     f"**{c['verdict']}** |")
+        else:
+            L.append(f"| {r['pool']} | {b} | {r['arm']} | {r['seeds']} | {nll} | | | | | | {share} | |")
+    L += ["", "NLL: mean over held-out items and seeds (± sd over seeds; for random, sd over the random subsets). "
+          "rank: 1 + the number of random subsets at least as good as the arm.", ""]
+    vv = summary.get("variants_vs_keep_minmax") or []
+    L += ["## Which kernel? (section 5: defaults follow the evidence)", ""]
+    if vv:
+        L += ["Each variant against the current default `keep-minmax` (delta = NLL(keep-minmax) - NLL(variant), "
+              "> 0: the variant is better; hierarchical bootstrap over items and both arms' seeds, 95%):", "",
+              "| pool | budget | variant | delta [95% CI] |", "|---|---|---|---|"]
+        for v in vv:
+            L.append(f"| {v['pool']} | {int(round(v['budget'] * 100))}% | {v['arm']} | {_f(v['delta'])} "
+                     f"[{_f(v['ci_low'])}, {_f(v['ci_high'])}] |")
+        L.append("")
+    else:
+        L += ["No variant has been trained yet.", ""]
+    L += ["The default stays `kernel.diagonal: keep`, `kernel.scaling: minmax` (the paper's kernel) unless a variant's "
+          "interval above lies entirely above 0 on the clean pool; the README and this page say which way the "
+          "evidence points once the study has run.", ""]
+    ns = summary.get("noise_signals")
+    L += ["## Noise: can the stored utilities flag swapped responses?", ""]
+    if ns:
+        L += [f"On the noisy pool ({ns['swapped']} of {ns['n']} samples swapped), each score below is computed from the "
+              "stored utilities only; AUROC is the chance that a swapped sample scores higher than an intact one "
+              "(0.5: no signal, 1: perfect).", "", "| score | AUROC |", "|---|---|"]
+        for k, v in sorted(ns["auroc"].items(), key=lambda kv: -kv[1]):
+            L.append(f"| {k} | {_f(v, 3)} |")
+    else:
+        L.append("Not yet measured: the noisy pool's utilities are scored after the clean pool's training units.")
+    L += ["", STATIC_SECTIONS, "", "## Reproduce or resume", "", "```",
+          "PYTHONPATH=$PWD OMP_WAIT_POLICY=PASSIVE nice -n 19 .venv/bin/python benchmarks/quality_study.py",
+          "PYTHONPATH=$PWD .venv/bin/python benchmarks/quality_study.py --report   # only this page", "```", "",
+          "Each finished unit (a scoring run, one arm x seed trained and evaluated) is stored as JSON under "
+          "`benchmarks/results/quality/units/` as soon as it ends; a re-run skips it, so the study survives interruptions.", ""]
+    path = docs / "quality.md"
+    tmp = path.with_suffix(".md.tmp")
+    tmp.write_text("\n".join(L))
+    tmp.replace(path)
+    return path

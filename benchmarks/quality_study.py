@@ -1,0 +1,364 @@
+"""Does the DELIFT subset beat random?  The quality study of issue 15, resumable.
+
+Data: the demo model (SmolLM2-135M-Instruct, delift_ray.assets) on real ShareGPT first turns:
+a pool of N_POOL samples scored densely and N_EVAL held-out samples, disjoint; plus a noisy
+copy of the pool where half of the samples (chosen with a seed) have their responses swapped
+among themselves (a derangement), scored into the same content-keyed cache (pairs of two
+unchanged samples are reused).
+
+Units, in the order they run (most informative first); each is stored as JSON under
+``--results``/units as soon as it ends, and a re-run skips every unit already stored:
+
+1. ``score-clean``: ``delift-ray select`` on the clean pool (dense kernel, the CLI users run);
+2. ``eval-initial``: held-out NLL of the untuned model;
+3. clean pool, budget 15%: the DELIFT kernel variants and the random subsets interleaved
+   (variants seed 0, random 0-6, variants seed 1, ...), then the baselines
+   (self_utility, hardness); then the same at 5%;
+4. ``score-noisy``, then the noisy pool at 15% and 5%.
+
+A training unit fine-tunes the demo model with LoRA (delift_ray.evaluate.training.fine_tune,
+the same function ``delift-ray evaluate`` uses) for the same number of optimiser steps at
+every arm and budget, and stores the per-item held-out response NLL (the primary metric,
+delift_ray.evaluate.metrics.response_nll). Deterministic arms train with ``--train-seeds``
+seeds; random subset r is drawn and trained with seed r.
+
+After every unit the summary (delift_ray.evaluate.statistics: rank p, effect size,
+hierarchical bootstrap interval, Holm, verdicts) is rewritten to
+benchmarks/results/quality_study.json and docs/quality.md (``--report`` does only that).
+
+    PYTHONPATH=$PWD OMP_WAIT_POLICY=PASSIVE setsid nice -n 19 .venv/bin/python benchmarks/quality_study.py \\
+        > /work/notes/study.log 2>&1 &
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import random
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT / "benchmarks"))
+from results import write_result  # noqa: E402
+
+VARIANTS = "keep-minmax,drop-minmax,drop-clip"
+BASELINES = ("self_utility", "hardness")
+
+
+def log(msg: str) -> None:
+    print(time.strftime("%H:%M:%S"), msg, flush=True)
+
+
+# --------------------------------------------------------------------------- data
+
+
+def prepare_data(work: Path, n_pool: int, n_eval: int, max_tokens: int, noise_share: float, seed: int) -> dict:
+    """pool.jsonl, heldout.jsonl and noisy_pool.jsonl under ``work`` (deterministic)."""
+    meta_path = work / "data.json"
+    if meta_path.exists():
+        return json.loads(meta_path.read_text())
+    from transformers import AutoTokenizer
+
+    from delift_ray import assets
+    from delift_ray.data import sample_id
+
+    model = assets.demo_model_dir()
+    tok = AutoTokenizer.from_pretrained(model)
+    work.mkdir(parents=True, exist_ok=True)
+    both = assets.write_demo_dataset(work / "all.jsonl", n=n_pool + n_eval, tokenizer=tok, max_tokens=max_tokens,
+                                     seed=seed, pool_factor=3)
+    rows = [json.loads(x) for x in both.read_text().splitlines()]
+    order = list(range(len(rows)))
+    random.Random(seed).shuffle(order)
+    pool = [rows[i] for i in sorted(order[:n_pool])]
+    held = [rows[i] for i in sorted(order[n_pool:n_pool + n_eval])]
+    # Noisy pool: the responses of a seeded half are rotated among themselves (a derangement).
+    swapped = sorted(random.Random(seed + 1).sample(range(n_pool), int(round(noise_share * n_pool))))
+    noisy = [dict(r) for r in pool]
+    for a, b in zip(swapped, swapped[1:] + swapped[:1]):
+        noisy[a]["response"] = pool[b]["response"]
+
+    def write(name, items):
+        (work / name).write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in items))
+
+    write("pool.jsonl", pool)
+    write("heldout.jsonl", held)
+    write("noisy_pool.jsonl", noisy)
+    meta = {"model": str(model), "n_pool": len(pool), "n_eval": len(held), "max_tokens": max_tokens,
+            "swapped_rows": swapped,
+            "swapped_ids": [sample_id(noisy[i]["prompt"], noisy[i]["response"]) for i in swapped],
+            "seed": seed}
+    meta_path.write_text(json.dumps(meta))
+    return meta
+
+
+# --------------------------------------------------------------------------- units
+
+
+class Units:
+    """Finished units as JSON files (benchmarks/results.py format); a stored unit is skipped."""
+
+    def __init__(self, root: Path):
+        self.dir = root / "units"
+        self.dir.mkdir(parents=True, exist_ok=True)
+
+    def path(self, name: str) -> Path:
+        return self.dir / f"{name}.json"
+
+    def done(self, name: str) -> bool:
+        return self.path(name).exists()
+
+    def load(self, name: str) -> dict:
+        return json.loads(self.path(name).read_text())["results"]
+
+    def save(self, name: str, results: dict) -> None:
+        write_result(name, results, out_dir=self.dir)
+
+    def all(self) -> dict[str, dict]:
+        out = {}
+        for p in sorted(self.dir.glob("*.json")):
+            try:
+                out[p.stem] = json.loads(p.read_text())
+            except json.JSONDecodeError:
+                continue
+        return out
+
+
+def score_unit(units: Units, name: str, args, work: Path, data: Path, meta: dict) -> None:
+    """``delift-ray select`` over a pool (dense); its utilities are also stored as .npz."""
+    if units.done(name):
+        return
+    out = work / name
+    cmd = [sys.executable, "-c", PATIENT_RAY_CLI, "select", "--data", str(data), "--model", meta["model"],
+           "--out", str(out), "--cache", str(work / "cache"), "--stage", "instruction", "--budget", "0.15",
+           "--engine.dtype", "bfloat16", "--engine.max-model-len", "512", "--engine.max-num-batched-tokens", "4096",
+           "--engine.kv-cache-space-gib", "1", "--scoring.block-size", str(args.block_size)]
+    log(f"{name}: delift-ray {' '.join(cmd[3:])}")
+    t0 = time.time()
+    # A re-run resumes from the stored shards. On a loaded machine at nice 19 the embedded
+    # Ray node can miss its fixed 30 s start-up window, so a failed attempt is retried.
+    for attempt in range(1, args.score_attempts + 1):
+        if subprocess.run(cmd).returncode == 0:
+            break
+        if attempt == args.score_attempts:
+            raise SystemExit(f"{name}: delift-ray select failed {attempt} times; re-run to resume")
+        log(f"{name}: attempt {attempt} failed; retrying in 60 s (stored shards are kept)")
+        time.sleep(60)
+    wall = time.time() - t0
+    run_json = json.loads((out / "run.json").read_text())
+    from delift_ray.evaluate.arms import baseline_distances, raw_matrix, run_store
+    from delift_ray.evaluate.inputs import load_run
+
+    run = load_run(out)
+    store = run_store(run)
+    K = raw_matrix(run, "pool", "pool", store)
+    d = baseline_distances(run, store)
+    np.savez_compressed(units.dir.parent / f"{name}_utilities.npz", ids=np.array(run.pool.sample_ids), uf=K, d_base=d)
+    units.save(name, {"counts": run_json["counts"], "timings": run_json["timings"], "wall_s": round(wall, 1),
+                      "n_pool": len(run.pool), "run_dir": str(out)})
+    log(f"{name}: done in {wall:.0f} s ({run_json['timings'].get('pairs_per_s')} pairs/s)")
+
+
+# ``delift-ray select`` with a longer Ray start-up window. Ray 2.60 gives a new local node 30 s
+# (hard-coded) to register with its GCS; on a 2-core machine at load 20+ and nice 19 it often
+# misses that. The node's loop polls ``services.get_node`` and gives up only after an error, so
+# retrying inside it for up to 10 minutes widens the window; nothing else changes.
+PATIENT_RAY_CLI = """
+import sys, time
+import ray._private.services as services
+_get_node = services.get_node
+def patient_get_node(*a, **k):
+    deadline = time.monotonic() + 600
+    while True:
+        try:
+            return _get_node(*a, **k)
+        except RuntimeError:
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(1)
+services.get_node = patient_get_node
+from delift_ray.cli import main
+sys.exit(main(sys.argv[1:]))
+"""
+
+
+class Trainer:
+    """Fine-tune + held-out NLL, with the evaluate module's own functions."""
+
+    def __init__(self, args, meta: dict, work: Path):
+        import torch
+
+        from delift_ray.evaluate.formatting import PromptEncoder
+        from delift_ray.evaluate.inputs import load_eval_data
+        from delift_ray.evaluate.training import TrainSettings, load_tokenizer, resolve_dtype
+
+        torch.set_num_threads(args.threads)
+        self.args = args
+        self.model = meta["model"]
+        self.tok = load_tokenizer(self.model)
+        self.enc = PromptEncoder(self.tok, args.max_length)
+        self.dtype = resolve_dtype(args.dtype, "cpu")
+        ev = load_eval_data(work / "heldout.jsonl")
+        self.eval_items = [self.enc.pair(p, r) for p, r in zip(ev.prompts, ev.responses)]
+        self.settings = TrainSettings(epochs=1, steps=args.steps, lr=args.lr, batch_size=args.batch_size,
+                                      max_length=args.max_length)
+
+    def nll(self, model) -> np.ndarray:
+        from delift_ray.evaluate.metrics import response_nll
+
+        return response_nll(model, self.eval_items, pad_id=self.tok.pad_token_id, batch_size=self.args.eval_batch_size)
+
+    def initial(self) -> dict:
+        from delift_ray.evaluate.training import load_model
+
+        t0 = time.time()
+        m = load_model(self.model, dtype=self.dtype, device="cpu")
+        nll = self.nll(m)
+        return {"nll": nll.tolist(), "nll_mean": float(nll.mean()), "wall_s": round(time.time() - t0, 1)}
+
+    def train_eval(self, pairs: list[tuple[str, str]], seed: int) -> dict:
+        from delift_ray.evaluate.training import fine_tune
+
+        t0 = time.time()
+        items = [self.enc.pair(p, r, add_eos=True) for p, r in pairs]
+        model, stats = fine_tune(self.model, items, self.settings, seed=seed, pad_id=self.tok.pad_token_id,
+                                 dtype=self.dtype, device="cpu", progress=False)
+        t1 = time.time()
+        nll = self.nll(model)
+        del model
+        return {"nll": nll.tolist(), "nll_mean": float(nll.mean()), "train": stats.to_dict(),
+                "train_s": round(t1 - t0, 1), "eval_s": round(time.time() - t1, 1), "wall_s": round(time.time() - t0, 1)}
+
+
+def random_subset(n: int, k: int, r: int) -> list[int]:
+    return sorted(int(i) for i in np.random.default_rng(r).choice(n, size=k, replace=False))
+
+
+def plan_arms(pool: str, budget: float, args) -> list[tuple[str, int]]:
+    """(arm, seed) in run order: variants and random interleaved, then the baselines."""
+    variants = [f"delift:{v}" for v in args.variants.split(",") if v]
+    seeds = list(range(args.train_seeds))
+    R = args.randoms
+    chunks = np.array_split(np.arange(R), len(seeds))
+    order: list[tuple[str, int]] = []
+    for s, chunk in zip(seeds, chunks):
+        order += [(v, s) for v in variants] + [("random", int(r)) for r in chunk]
+    order += [(b, s) for s in seeds for b in BASELINES]
+    return order
+
+
+def unit_name(pool: str, budget: float, arm: str, seed: int) -> str:
+    return f"train-{pool}-b{int(round(budget * 100)):02d}-{arm.replace(':', '_')}-s{seed}"
+
+
+def run_pool(units: Units, trainer, pool: str, args, work: Path, meta: dict, budgets: list[float]) -> None:
+    from delift_ray.evaluate.arms import arm_subsets, parse_variants
+    from delift_ray.evaluate.inputs import load_run
+
+    run = load_run(work / f"score-{pool}")
+    n = len(run.pool)
+    swapped = set(meta["swapped_ids"]) if pool == "noisy" else set()
+    for budget in budgets:
+        k = max(1, int(round(budget * n)))
+        todo = [(a, s) for a, s in plan_arms(pool, budget, args) if not units.done(unit_name(pool, budget, a, s))]
+        if not todo:
+            continue
+        subsets = arm_subsets(run, k, parse_variants(args.variants), BASELINES)
+        for arm, seed in todo:
+            name = unit_name(pool, budget, arm, seed)
+            idx = random_subset(n, k, seed) if arm == "random" else subsets[arm]
+            res = trainer.train_eval(run.pool.pairs(idx), seed)
+            ids = [run.pool.sample_ids[i] for i in idx]
+            res.update({"pool": pool, "budget": budget, "k": k, "arm": arm, "seed": seed, "subset": idx,
+                        "swapped_share": (sum(s in swapped for s in ids) / k) if pool == "noisy" else None,
+                        "load_avg_1m": round(os.getloadavg()[0], 2)})
+            units.save(name, res)
+            log(f"{name}: NLL {res['nll_mean']:.4f} (train {res['train_s']} s, eval {res['eval_s']} s)")
+            write_summary(units, args, meta)
+
+
+# --------------------------------------------------------------------------- summary
+
+
+def total_units(args) -> int:
+    per_budget = len(plan_arms("clean", 0.15, args))
+    return 2 + 1 + 2 * len(args.budgets.split(",")) * per_budget
+
+
+def write_summary(units: Units, args, meta: dict) -> dict:
+    """benchmarks/results/quality_study.json and docs/quality.md from the stored units."""
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    from quality_report import summarise, write_docs
+
+    summary = summarise(units.all(), args=vars(args), meta=meta, total=total_units(args))
+    write_result("quality_study", summary, command="python benchmarks/quality_study.py " + " ".join(sys.argv[1:]))
+    write_docs(summary, ROOT / "docs")
+    return summary
+
+
+# --------------------------------------------------------------------------- main
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--work", default=str(ROOT / "runs" / "quality_study"), help="Run dirs and the shard cache (not committed).")
+    p.add_argument("--results", default=str(ROOT / "benchmarks" / "results" / "quality"), help="Unit JSON (committed).")
+    p.add_argument("--n-pool", type=int, default=240)
+    p.add_argument("--n-eval", type=int, default=400)
+    p.add_argument("--max-tokens", type=int, default=128, help="Longest prompt+response of a sample (tokens).")
+    p.add_argument("--noise-share", type=float, default=0.5)
+    p.add_argument("--budgets", default="0.15,0.05")
+    p.add_argument("--randoms", type=int, default=20)
+    p.add_argument("--train-seeds", type=int, default=3)
+    p.add_argument("--variants", default=VARIANTS)
+    p.add_argument("--steps", type=int, default=18, help="Optimiser steps of every training run (all arms, all budgets).")
+    p.add_argument("--batch-size", type=int, default=4)
+    p.add_argument("--lr", type=float, default=3e-4)
+    p.add_argument("--max-length", type=int, default=128)
+    p.add_argument("--eval-batch-size", type=int, default=16)
+    p.add_argument("--dtype", default="bfloat16")
+    p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--block-size", type=int, default=16)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--score-attempts", type=int, default=30, help="Attempts of each scoring run before giving up.")
+    p.add_argument("--no-noisy", action="store_true", help="Skip the noisy-pool half.")
+    p.add_argument("--stop-after-scoring", action="store_true")
+    p.add_argument("--report", action="store_true", help="Only rewrite the summary JSON and docs/quality.md.")
+    args = p.parse_args(argv)
+    work, results = Path(args.work), Path(args.results)
+    units = Units(results)
+    budgets = [float(b) for b in args.budgets.split(",")]
+    meta = prepare_data(work, args.n_pool, args.n_eval, args.max_tokens, args.noise_share, args.seed)
+    if args.report:
+        write_summary(units, args, meta)
+        return 0
+    log(f"pool {meta['n_pool']}, held-out {meta['n_eval']}; {len(units.all())} of {total_units(args)} units stored")
+    score_unit(units, "score-clean", args, work, work / "pool.jsonl", meta)
+    if args.stop_after_scoring:
+        return 0
+    trainer = Trainer(args, meta, work)
+    if not units.done("eval-initial"):
+        res = trainer.initial()
+        units.save("eval-initial", res)
+        log(f"eval-initial: NLL {res['nll_mean']:.4f} ({res['wall_s']} s)")
+    run_pool(units, trainer, "clean", args, work, meta, budgets)
+    if not args.no_noisy:
+        score_unit(units, "score-noisy", args, work, work / "noisy_pool.jsonl", meta)
+        run_pool(units, trainer, "noisy", args, work, meta, budgets)
+    write_summary(units, args, meta)
+    log("study complete")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,170 @@
+"""Selections to compare against random, computed from a run's stored shards (no re-scoring).
+
+* ``delift:<diagonal>-<scaling>`` -- the run's stage function (FL / FLMI / FLCG) on kernels
+  built with the given kernel options (:mod:`delift_ray.kernel`), e.g. ``delift:drop-clip``;
+* ``self_utility`` -- the k samples with the largest UF(i <- i), a sample as its own example:
+  what a kernel dominated by its diagonal degenerates to;
+* ``hardness`` -- the k samples with the largest d(i, no example): the ones the model
+  predicts worst without help (the simplest "hard examples" ranking).
+
+Ties are broken by the lower pool index, so every arm is deterministic.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from types import SimpleNamespace
+from typing import Optional
+
+import numpy as np
+
+from delift_ray.errors import DeliftError
+from delift_ray.evaluate.inputs import RunData
+from delift_ray.kernel import DIAGONALS, SCALINGS
+
+BASELINE_ARMS = ("self_utility", "hardness")
+
+
+@dataclass(frozen=True)
+class Variant:
+    diagonal: str
+    scaling: str
+
+    @property
+    def name(self) -> str:
+        return f"{self.diagonal}-{self.scaling}"
+
+
+def parse_variants(text: Optional[str]) -> list[Variant]:
+    """'keep-minmax,drop-clip' -> variants; DeliftError on a bad name."""
+    out: list[Variant] = []
+    for part in (text or "").split(","):
+        part = part.strip()
+        if not part:
+            continue
+        d, _, s = part.partition("-")
+        if d not in DIAGONALS or s not in SCALINGS:
+            raise DeliftError(f"unknown kernel variant {part!r}: use <diagonal>-<scaling> with diagonal in "
+                              f"{'|'.join(DIAGONALS)} and scaling in {'|'.join(SCALINGS)}, e.g. drop-clip")
+        if Variant(d, s) not in out:
+            out.append(Variant(d, s))
+    return out
+
+
+def run_store(run: RunData):
+    """The run's shard store (its ``cache`` and scorer fingerprint from run.json)."""
+    from delift_ray.storage import ShardStore
+
+    meta = run.meta or {}
+    root = meta.get("cache") or (run.config or {}).get("cache") or (run.config or {}).get("out")
+    fp = (meta.get("model") or {}).get("fingerprint")
+    if not root or not fp:
+        raise DeliftError(f"{run.run_dir}/run.json names no cache or fingerprint; cannot read its utilities")
+    return ShardStore(str(root), str(fp))
+
+
+def _ids(run: RunData, name: str) -> list[str]:
+    if name == "pool":
+        return run.pool.sample_ids
+    if name not in run.others:
+        raise DeliftError(f"the run has no {name} set")
+    return run.others[name].sample_ids
+
+
+def raw_matrix(run: RunData, helped: str, example: str, store=None) -> np.ndarray:
+    """Dense raw UF(helped <- example) from the stored shards; NaN where a pair is missing."""
+    from delift_ray.kernel import assemble_dense
+    from delift_ray.storage import UTILITY
+
+    store = store or run_store(run)
+    H, E = _ids(run, helped), _ids(run, example)
+    return assemble_dense(store.iter_relevant(UTILITY, H, E), H, E, name=f"{helped}x{example}", allow_missing=True)
+
+
+def self_utilities(run: RunData, store=None) -> np.ndarray:
+    """UF(i <- i) per pool sample (NaN where it was not stored)."""
+    from delift_ray.storage import UTILITY
+
+    store = store or run_store(run)
+    ids = run.pool.sample_ids
+    t = store.read_relevant(UTILITY, ids, ids)
+    where = {sid: i for i, sid in enumerate(ids)}
+    out = np.full(len(ids), np.nan)
+    for h, e, u in zip(t.column("helped_id").to_pylist(), t.column("example_id").to_pylist(), t.column("utility").to_pylist()):
+        if h == e and h in where and np.isnan(out[where[h]]):
+            out[where[h]] = u
+    return out
+
+
+def baseline_distances(run: RunData, store=None) -> np.ndarray:
+    """d(i, no example) per pool sample (NaN where it was not stored)."""
+    from delift_ray.storage import BASELINE
+
+    store = store or run_store(run)
+    ids = run.pool.sample_ids
+    t = store.read_relevant(BASELINE, ids)
+    d = dict(zip(t.column("sample_id").to_pylist(), t.column("distance").to_pylist()))
+    return np.array([d.get(s, np.nan) for s in ids], dtype=np.float64)
+
+
+def top_k(scores: np.ndarray, k: int) -> list[int]:
+    """Indices of the k largest scores (NaN last), ties to the lower index."""
+    s = np.asarray(scores, dtype=np.float64)
+    if not 0 < k <= s.size:
+        raise DeliftError(f"cannot take the top {k} of {s.size} samples")
+    key = np.where(np.isnan(s), -np.inf, s)
+    order = np.lexsort((np.arange(s.size), -key))
+    return [int(i) for i in order[:k]]
+
+
+def delift_variant(run: RunData, variant: Variant, budget: int, store=None,
+                   raw: Optional[dict[str, np.ndarray]] = None) -> list[int]:
+    """The run's stage selection on kernels built with ``variant``'s options.
+
+    Dense kernels over the run's sets from the stored shards. For a knn run, pairs that were
+    not scored are missing here and count as 0 after scaling, like unscored pairs of its
+    sparse kernel (pairs of the same samples from other runs in a shared cache take part).
+    ``raw`` (name -> raw UF matrix) skips re-reading the shards when called repeatedly.
+    """
+    from delift_ray import stages
+    from delift_ray.config import SelectionConfig
+    from delift_ray.kernel import finish_dense
+
+    store = store or run_store(run)
+    kernels = {}
+    for m in stages.STAGE_MATRICES[run.stage]:
+        M = (raw or {}).get(m.name)
+        M = raw_matrix(run, m.helped, m.example, store) if M is None else M
+        M = finish_dense(M.copy(), _ids(run, m.helped), _ids(run, m.example),
+                         diagonal=variant.diagonal, scaling=variant.scaling)
+        kernels[m.name] = np.ascontiguousarray(M.T) if m.transpose else M
+    # stages.select reads only cfg.selection (eta, nu, stop_if_zero_gain).
+    cfg = SimpleNamespace(selection=SelectionConfig(**((run.config or {}).get("selection") or {})))
+    idx, _ = stages.select(run.stage, kernels, budget, cfg)
+    return [int(i) for i in idx]
+
+
+def raw_matrices(run: RunData, store=None) -> dict[str, np.ndarray]:
+    """Every raw UF matrix of the run's stage, by kernel name (read once, reused per variant)."""
+    from delift_ray import stages
+
+    store = store or run_store(run)
+    return {m.name: raw_matrix(run, m.helped, m.example, store) for m in stages.STAGE_MATRICES[run.stage]}
+
+
+def arm_subsets(run: RunData, budget: int, variants: list[Variant], baselines: tuple[str, ...] = BASELINE_ARMS) -> dict[str, list[int]]:
+    """name -> pool indices of every requested arm at ``budget``."""
+    store = run_store(run)
+    out: dict[str, list[int]] = {}
+    if variants:
+        raw = raw_matrices(run, store)
+        for v in variants:
+            out[f"delift:{v.name}"] = delift_variant(run, v, budget, store, raw)
+    for b in baselines:
+        if b == "self_utility":
+            out[b] = top_k(self_utilities(run, store), budget)
+        elif b == "hardness":
+            out[b] = top_k(baseline_distances(run, store), budget)
+        else:
+            raise DeliftError(f"unknown baseline {b!r}; choose from {', '.join(BASELINE_ARMS)}")
+    return out

@@ -1,0 +1,93 @@
+"""Kernel variants, baselines and the vs-random statistics on a real run (tiny model, real engine).
+
+One real ``select`` run scores a 12-sample pool; the kernel variants and baselines are then
+re-selected from its stored shards (no re-scoring) and checked against the job itself, and
+one real ``delift-ray evaluate`` run fine-tunes every arm and writes the verdicts.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+
+import numpy as np
+import pytest
+
+from delift_ray.job import run
+
+pytestmark = [pytest.mark.engine, pytest.mark.ray]
+
+ENGINE = {"dtype": "float32", "max_model_len": 256, "block_size": 32, "kv_cache_space_gib": 1}
+TOPICS = ["tea", "coffee", "the sea", "Paris", "lists", "sleep", "running", "the sky", "a poem", "grammar", "bread", "rain"]
+POOL = [{"prompt": f"Tell me one fact about {t}.", "response": f"A short fact about {t}: it is item {i}."}
+        for i, t in enumerate(TOPICS)]
+HELD = [{"prompt": f"Say something about {t}.", "response": f"Something about {t}, number {i}."}
+        for i, t in enumerate(["snow", "cats", "maps", "songs"])]
+
+
+@pytest.fixture(scope="module")
+def scored_run(ray_cluster, tiny_model_dir, tmp_path_factory):
+    d = tmp_path_factory.mktemp("quality")
+    (d / "pool.jsonl").write_text("".join(json.dumps(r) + "\n" for r in POOL))
+    (d / "held.jsonl").write_text("".join(json.dumps(r) + "\n" for r in HELD))
+    cfg = {"data": str(d / "pool.jsonl"), "model": str(tiny_model_dir), "out": str(d / "run"), "budget": 4,
+           "engine": ENGINE, "scoring": {"block_size": 6}}
+    res = run(cfg, progress=False)
+    return d, cfg, res
+
+
+def test_variants_and_baselines_from_stored_shards(scored_run):
+    from delift_ray.evaluate.arms import (Variant, arm_subsets, baseline_distances, delift_variant, raw_matrix,
+                                          run_store, self_utilities)
+    from delift_ray.evaluate.inputs import load_run
+
+    d, cfg, res = scored_run
+    r = load_run(d / "run")
+    store = run_store(r)
+    uf = raw_matrix(r, "pool", "pool", store)
+    assert uf.shape == (12, 12) and not np.isnan(uf).any()
+    assert np.allclose(self_utilities(r, store), np.diag(uf))
+    # The default kernel (keep-minmax) re-selected from the shards is the run's own selection.
+    assert delift_variant(r, Variant("keep", "minmax"), 4, store) == r.selected
+    # A run with kernel.diagonal drop over the same cache (nothing re-scored) equals the drop variant.
+    drop = run({**cfg, "out": str(d / "run-drop"), "cache": str(d / "run"), "kernel": {"diagonal": "drop", "scaling": "clip"}},
+               progress=False)
+    assert drop.counts["pairs_scored"] == 0
+    where = {sid: i for i, sid in enumerate(r.pool.sample_ids)}
+    assert [where[s] for s in drop.selected_ids] == delift_variant(r, Variant("drop", "clip"), 4, store)
+    arms = arm_subsets(r, 4, [Variant("drop", "minmax")], ("self_utility", "hardness"))
+    assert arms["self_utility"] == list(np.argsort(-np.diag(uf), kind="stable")[:4])
+    assert arms["hardness"] == list(np.argsort(-baseline_distances(r, store), kind="stable")[:4])
+    assert len(set(arms["delift:drop-minmax"])) == 4
+
+
+def test_evaluate_with_variants_baselines_and_statistics(scored_run, capsys):
+    from delift_ray.evaluate.cli import add_evaluate_parser, run_evaluate_command
+
+    d, _, _ = scored_run
+    parser = argparse.ArgumentParser(prog="delift-ray")
+    add_evaluate_parser(parser.add_subparsers(dest="command"))
+    args = parser.parse_args(["evaluate", "--run", str(d / "run"), "--eval-data", str(d / "held.jsonl"),
+                              "--variants", "keep-minmax,drop-clip", "--train-seeds", "2", "--seeds", "3",
+                              "--steps", "2", "--max-length", "48", "--max-new-tokens", "4", "--icl-examples", "2",
+                              "--icl-example-tokens", "16", "--bootstrap-resamples", "200", "--no-progress"])
+    assert run_evaluate_command(args) == 0
+    rep = json.loads((d / "run" / "eval" / "report.json").read_text())
+    rows = {r["selection"]: r for r in rep["rows"]}
+    assert list(rows) == ["initial", "delift", "delift:keep-minmax", "delift:drop-clip", "self_utility", "hardness",
+                          "delift_se", "random", "full"]
+    assert rows["delift"]["n_seeds"] == 2 and rows["random"]["n_seeds"] == 3 and rows["hardness"]["n_seeds"] == 2
+    assert all(t["steps"] == 2 for r in rows.values() for t in r["train"])
+    # keep-minmax is the run's own kernel: the same subset, the same seeds, the same numbers.
+    assert len(rep["arms"]["delift:drop-clip"]) == 4 == len(rep["arms"]["self_utility"])
+    assert rows["delift:keep-minmax"]["mean"]["nll"] == pytest.approx(rows["delift"]["mean"]["nll"], rel=1e-5)
+    vr = {c["selection"]: c for c in rep["vs_random"]}
+    assert set(vr) == {"delift", "delift:keep-minmax", "delift:drop-clip", "self_utility", "hardness", "delift_se"}
+    for c in vr.values():
+        assert c["verdict"] in ("better than random", "no better than random", "inconclusive")
+        assert c["ci_low"] <= c["ci_high"] and c["n_random"] == 3 and c["n_items"] == 4
+        assert 0 < c["p_rank"] <= 1 and c["p_rank"] >= 1 / 4 and c["p_boot_holm"] >= c["p_boot"]
+        assert math.isclose(c["delta"], rows["random"]["mean"]["nll"] - rows[c["selection"]]["mean"]["nll"], abs_tol=1e-9)
+    md = (d / "run" / "eval" / "report.md").read_text()
+    assert "Against random" in md and "drop-clip" in md

@@ -1,0 +1,148 @@
+"""kernel.diagonal and kernel.scaling: known answers, dense and sparse, config and alias."""
+
+from __future__ import annotations
+
+import warnings
+
+import numpy as np
+import pytest
+
+from delift_ray.config import load_config
+from delift_ray.errors import ConfigError
+from delift_ray.kernel import assemble_sparse, assemble_sparse_from_tables, finish_dense, scale_values, self_positions
+from delift_ray.selection import facility_location
+
+BASE = {"data": "d.jsonl", "model": "m", "out": "o"}
+
+
+def test_scale_values_known_answers():
+    v = np.array([-1.0, 0.0, 1.0, 3.0], dtype=np.float32)
+    assert np.allclose(scale_values(v, "minmax"), [0.0, 0.25, 0.5, 1.0])
+    assert np.allclose(scale_values(v, "clip"), [0.0, 0.0, 1 / 3, 1.0])
+    # Nothing helps: clip gives an all-zero kernel, minmax still spreads the harm over [0, 1].
+    assert np.allclose(scale_values(np.array([-2.0, -1.0]), "clip"), [0.0, 0.0])
+    assert np.allclose(scale_values(np.array([-2.0, -1.0]), "minmax"), [0.0, 1.0])
+    assert np.allclose(scale_values(np.array([0.5, 0.5]), "minmax"), [0.0, 0.0])
+    with pytest.raises(ValueError, match="scaling"):
+        scale_values(v, "zscore")
+
+
+def test_finish_dense_drop_takes_the_diagonal_out_of_scaling():
+    ids = ["a", "b"]
+    M = np.array([[4.0, 1.0], [-1.0, 2.0]], dtype=np.float32)
+    keep = finish_dense(M.copy(), ids, ids, diagonal="keep", scaling="minmax")
+    assert np.allclose(keep, [[1.0, 0.4], [0.0, 0.6]])
+    drop = finish_dense(M.copy(), ids, ids, diagonal="drop", scaling="minmax")
+    assert np.allclose(drop, [[0.0, 1.0], [0.0, 0.0]])  # off-diagonal 1 and -1 -> 1 and 0
+    clip = finish_dense(M.copy(), ids, ids, diagonal="drop", scaling="clip")
+    assert np.allclose(clip, [[0.0, 1.0], [0.0, 0.0]])
+    clip_keep = finish_dense(M.copy(), ids, ids, diagonal="keep", scaling="clip")
+    assert np.allclose(clip_keep, [[1.0, 0.25], [0.0, 0.5]])
+    with pytest.raises(ValueError, match="diagonal"):
+        finish_dense(M.copy(), ids, ids, diagonal="zero")
+
+
+def test_finish_dense_missing_pairs_and_cross_set_self_pairs():
+    # Q-like matrix: helped = targets (t, x), examples = pool (x, y); x is in both sets.
+    M = np.array([[0.2, np.nan], [0.9, 0.4]], dtype=np.float32)
+    assert [tuple(a) for a in self_positions(["t", "x"], ["x", "y"])] == [(1,), (0,)]
+    out = finish_dense(M.copy(), ["t", "x"], ["x", "y"], diagonal="drop", scaling="minmax")
+    # (1, 0) is x helping itself: dropped; the NaN (missing) pair is 0; 0.2 and 0.4 -> 0 and 1.
+    assert np.allclose(out, [[0.0, 0.0], [0.0, 1.0]])
+
+
+def _diagonal_kernel():
+    # Samples 0 and 1 are their own best examples (3.0, 2.9); sample 2 helps every other
+    # sample (0.5) but barely itself; nothing else helps anyone.
+    uf = np.zeros((4, 4), dtype=np.float32)
+    np.fill_diagonal(uf, [3.0, 2.9, 0.1, 0.1])
+    uf[[0, 1, 3], 2] = 0.5
+    return uf
+
+
+def test_the_diagonal_changes_the_picks():
+    ids = list("abcd")
+    keep = finish_dense(_diagonal_kernel(), ids, ids, diagonal="keep", scaling="minmax")
+    idx, gains = facility_location(keep, 2)
+    # keep: K = UF / 3. Gains of the first pick: 1.0 (a), 0.967 (b), 1.6/3 = 0.533 (c);
+    # then b still adds 2.9/3, c only (0.5 + 0.1 + 0.5)/3 = 0.367.
+    assert list(idx) == [0, 1]
+    assert np.allclose(gains, [1.0, 2.9 / 3], atol=1e-6)
+    drop = finish_dense(_diagonal_kernel(), ids, ids, diagonal="drop", scaling="minmax")
+    idx, gains = facility_location(drop, 1)
+    # drop: off-diagonal max 0.5 -> 1, so c covers the three other samples fully.
+    assert list(idx) == [2] and np.isclose(gains[0], 3.0)
+
+
+def test_clipping_changes_the_picks():
+    ids = list("abcd")
+    uf = np.zeros((4, 4), dtype=np.float32)
+    uf[1, 0], uf[2, 0], uf[3, 0] = 1.0, -1.0, -1.0  # a helps b a lot and hurts c and d
+    uf[[0, 2, 3], 1] = 0.3  # b helps every other sample a little
+    # minmax over the off-diagonal entries [-1, 1]: UF -> (UF + 1) / 2, so UF = 0 is 0.5.
+    mm = finish_dense(uf.copy(), ids, ids, diagonal="drop", scaling="minmax")
+    idx, gains = facility_location(mm, 1)
+    assert list(idx) == [1] and np.isclose(gains[0], 3 * 0.65)  # columns c, d: 3 x 0.5 = 1.5
+    cl = finish_dense(uf.copy(), ids, ids, diagonal="drop", scaling="clip")
+    idx, gains = facility_location(cl, 1)
+    assert list(idx) == [0] and np.isclose(gains[0], 1.0)  # b's column is 3 x 0.3 = 0.9
+
+
+def test_sparse_options_match_dense():
+    rng = np.random.default_rng(0)
+    n = 12
+    uf = rng.normal(size=(n, n)).astype(np.float32)
+    rows, cols = np.nonzero(np.ones((n, n), dtype=bool))
+    ids = [f"s{i}" for i in range(n)]
+    for diagonal in ("keep", "drop"):
+        for scaling in ("minmax", "clip"):
+            dense = finish_dense(uf.copy(), ids, ids, diagonal=diagonal, scaling=scaling)
+            drop = (np.arange(n) * n + np.arange(n)) if diagonal == "drop" else None
+            S = assemble_sparse(rows, cols, uf[rows, cols], (n, n), scaling=scaling, drop_keys=drop)
+            assert np.allclose(S.toarray(), dense, atol=1e-6), (diagonal, scaling)
+
+
+def test_sparse_from_tables_drops_self_pairs_by_id():
+    import pyarrow as pa
+
+    t = pa.table({"helped_id": ["a", "a", "b", "b"], "example_id": ["a", "b", "a", "b"],
+                  "utility": pa.array([5.0, 1.0, -1.0, 2.0], pa.float32()),
+                  "distance": pa.array([0.0] * 4, pa.float32())})
+    M = assemble_sparse_from_tables(t, ["a", "b"], ["a", "b"], diagonal="drop", scaling="clip")
+    assert np.allclose(M.toarray(), [[0.0, 1.0], [0.0, 0.0]])
+    M = assemble_sparse_from_tables(t, ["a", "b"], ["a", "b"], diagonal="keep", scaling="clip")
+    assert np.allclose(M.toarray(), [[1.0, 0.2], [0.0, 0.4]])
+
+
+def test_config_keys_defaults_and_the_deprecated_alias():
+    cfg = load_config(None, dict(BASE))
+    assert (cfg.kernel.diagonal, cfg.kernel.scaling) == ("keep", "minmax")
+    cfg = load_config(None, {**BASE, "kernel.diagonal": "drop", "kernel.scaling": "clip"})
+    assert (cfg.kernel.diagonal, cfg.kernel.scaling) == ("drop", "clip")
+    with pytest.warns(DeprecationWarning, match="kernel.diagonal"):
+        cfg = load_config(None, {**BASE, "scoring.exclude_self": True})
+    assert cfg.kernel.diagonal == "drop"
+    with pytest.warns(DeprecationWarning):
+        assert load_config(None, {**BASE, "scoring.exclude_self": "false"}).kernel.diagonal == "keep"
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)
+        with pytest.raises(ConfigError, match="contradicts kernel.diagonal"):
+            load_config(None, {**BASE, "scoring.exclude_self": True, "kernel.diagonal": "keep"})
+        # Consistent: both say drop.
+        assert load_config(None, {**BASE, "scoring.exclude_self": True, "kernel.diagonal": "drop"}).kernel.diagonal == "drop"
+    with pytest.raises(ConfigError, match="kernel.scaling"):
+        load_config(None, {**BASE, "kernel.scaling": "zscore"})
+    # A dumped config (run.json) validates again to the same options.
+    cfg = load_config(None, {**BASE, "kernel.diagonal": "drop"})
+    assert load_config(None, cfg.model_dump(mode="json")).kernel.diagonal == "drop"
+
+
+def test_cli_flags():
+    from delift_ray.cli import build_parser, config_from_args
+
+    args = build_parser().parse_args(["select", "--data", "d", "--model", "m", "--out", "o",
+                                      "--kernel.diagonal", "drop", "--kernel.scaling", "clip"])
+    cfg = config_from_args(args)
+    assert (cfg.kernel.diagonal, cfg.kernel.scaling) == ("drop", "clip")
+    with pytest.raises(SystemExit):
+        build_parser().parse_args(["select", "--kernel.diagonal", "zero"])
