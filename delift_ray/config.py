@@ -131,6 +131,22 @@ class RayConfig(_Section):
     object_store_memory: int = Field(512 * 1024**2, ge=78643200, description="Object store bytes of an embedded local Ray.")
     max_actor_restarts: int = Field(4, ge=0, description="Restarts of a scorer actor after it dies.")
     connect_timeout_s: float = Field(10.0, gt=0, description="Seconds to wait for a Ray address to answer before failing.")
+    accelerator: str = Field(
+        "GPU",
+        description="Resource that counts one accelerator: GPU, or a custom resource the nodes declare "
+        "(ray start --resources '{\"scorer\": 1}'). One scorer per unit, spread across nodes.",
+    )
+
+
+class StorageConfig(_Section):
+    """Object storage (s3:// locations); credentials come from each node's AWS environment, never from here."""
+
+    endpoint: Optional[str] = Field(
+        None,
+        description="S3-compatible endpoint URL (http://minio:9000); None: AWS_ENDPOINT_URL_S3 or AWS_ENDPOINT_URL "
+        "of the driver, else AWS. Shipped to every scorer.",
+    )
+    probe: bool = Field(True, description="Before scoring, check that every scorer node can write and read the store (and the driver too).")
 
 
 class SelectionConfig(_Section):
@@ -185,6 +201,7 @@ class DeliftConfig(_Section):
     ray: RayConfig = Field(default_factory=RayConfig)
     selection: SelectionConfig = Field(default_factory=SelectionConfig)
     kernel: KernelConfig = Field(default_factory=KernelConfig)
+    storage: StorageConfig = Field(default_factory=StorageConfig)
 
     @field_validator("budget", mode="before")
     @classmethod
@@ -207,7 +224,12 @@ class DeliftConfig(_Section):
     @field_validator("out")
     @classmethod
     def _out_stays_inside(cls, v: str) -> str:
-        return check_out_path(v)
+        return _no_credentials(check_out_path(v))
+
+    @field_validator("cache", "data", "target", "existing")
+    @classmethod
+    def _locations_without_credentials(cls, v: Optional[str]) -> Optional[str]:
+        return v if v is None else _no_credentials(v)
 
     @model_validator(mode="after")
     def _stage_inputs(self) -> "DeliftConfig":
@@ -216,6 +238,16 @@ class DeliftConfig(_Section):
         if self.stage == "continual" and not self.existing:
             raise ValueError("stage 'continual' needs existing data (--existing)")
         return self
+
+
+def _no_credentials(uri: str) -> str:
+    from delift_ray.errors import StorageError
+    from delift_ray.storage import check_no_credentials
+
+    try:
+        return check_no_credentials(uri)
+    except StorageError as exc:
+        raise ValueError(str(exc)) from None
 
 
 def check_out_path(path: str) -> str:

@@ -28,7 +28,8 @@ from delift_ray.data import SampleSet, load_samples
 from delift_ray.errors import DeliftError, StorageError
 from delift_ray.lock import RunLock
 from delift_ray.prompts import TOO_LONG, TokenizedSet, fits, take, template_head_length, tokenize_set
-from delift_ray.storage import BASELINE, UTILITY, ShardStore, model_digest, model_identity, resolve_fs, scorer_fingerprint
+from delift_ray.storage import (BASELINE, UTILITY, ShardStore, model_digest, model_identity, resolve_fs, scorer_fingerprint,
+                                set_endpoint)
 from delift_ray.utility import minmax_scale
 
 log = logging.getLogger("delift_ray")
@@ -156,7 +157,7 @@ def score(cfg: DeliftConfig, sets: dict[str, ScoredSet], store: ShardStore, plan
     engine = Counter()  # per-block engine counters, summed (each result holds its block's delta)
     paths: set[str] = set()  # logprob paths the actors resolved engine.logprob_path to
     with dispatch.actor_pool(cfg, BlockScorer, model, cfg.engine, store.root_uri, store.fingerprint, eos,
-                             cfg.scoring.prefix_reuse) as pool:
+                             cfg.scoring.prefix_reuse, probe_root=store.root_uri) as pool:
         base_src = [(n, chunk) for n, chunks in plan.baseline.items() for chunk in chunks]
         bar = tqdm(total=plan.baselines_to_score, unit="sample", desc="baselines", disable=not progress or not base_src, dynamic_ncols=True)
 
@@ -218,11 +219,14 @@ def score(cfg: DeliftConfig, sets: dict[str, ScoredSet], store: ShardStore, plan
         counters["retries"] += rep.retries
         counters["actor_deaths"] += rep.actor_deaths
         counters["pairs_redone"] += rep.redone
+        counters["node_losses"] += len(pool.lost_nodes)
+        counters["blocks_requeued"] += rep.requeued
+        scorers = pool.placements()
         counters["pairs_missing"] += sum(b.size for b, _ in rep.failed)
         counters["failed_blocks"] += len(rep.failed)
         counters["rescored"] += int(engine.get("rescored", 0))
         counters["cached_tokens"] += int(engine.get("cached_tokens", 0))
-    return {**counters, "logprob_paths": sorted(p for p in paths if p)}
+    return {**counters, "logprob_paths": sorted(p for p in paths if p), "scorers": scorers}
 
 
 def cache_root(cfg: DeliftConfig) -> str:
@@ -416,6 +420,7 @@ def run(config: DeliftConfig | dict | str | os.PathLike, *, progress: bool = Tru
     held by the caller (``reselect`` keeps it across its own writes after the job).
     """
     cfg = coerce_config(config)
+    set_endpoint(cfg.storage.endpoint)
     timings: dict[str, float] = {}
     clock = time.perf_counter()
 
@@ -509,6 +514,8 @@ def _run_locked(cfg: DeliftConfig, out: OutDir, timings: dict, lap, progress: bo
         "logprob_paths": list(scored.get("logprob_paths", [])),
         "failed_blocks": int(scored.get("failed_blocks", 0)),
         "actor_deaths": int(scored.get("actor_deaths", 0)),
+        "node_losses": int(scored.get("node_losses", 0)),  # nodes lost while holding scorers
+        "blocks_requeued": int(scored.get("blocks_requeued", 0)),  # in-flight blocks of lost nodes, sent again
         "selected": len(selected),
         "kernel": cfg.kernel.type,
         **knn_counts,
@@ -521,6 +528,7 @@ def _run_locked(cfg: DeliftConfig, out: OutDir, timings: dict, lap, progress: bo
         "versions": versions(),
         "model": {"path": cfg.model, "fingerprint": fp, **{k: v for k, v in model_identity(cfg.model).items() if k != "snapshot"}},
         "cache": store.root_uri,
+        "scorers": scored.get("scorers", []),  # where each scorer ran: node id, accelerator ids
         "selection": {"stage": cfg.stage, "budget": budget},
         "counts": counts,
         "timings": timings,
