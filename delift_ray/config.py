@@ -167,6 +167,22 @@ class RayConfig(_Section):
     object_store_memory: int = Field(512 * 1024**2, ge=78643200, description="Object store bytes of an embedded local Ray.")
     max_actor_restarts: int = Field(4, ge=0, description="Restarts of a scorer actor after it dies.")
     connect_timeout_s: float = Field(10.0, gt=0, description="Seconds to wait for a Ray address to answer before failing.")
+    accelerator: str = Field(
+        "GPU",
+        description="Resource that counts one accelerator: GPU, or a custom resource the nodes declare "
+        "(ray start --resources '{\"scorer\": 1}'). One scorer per unit, spread across nodes.",
+    )
+
+
+class StorageConfig(_Section):
+    """Object storage (s3:// locations); credentials come from each node's AWS environment, never from here."""
+
+    endpoint: Optional[str] = Field(
+        None,
+        description="S3-compatible endpoint URL (http://minio:9000); None: AWS_ENDPOINT_URL_S3 or AWS_ENDPOINT_URL "
+        "of the driver, else AWS. Shipped to every scorer.",
+    )
+    probe: bool = Field(True, description="Before scoring, check that every scorer node can write and read the store (and the driver too).")
 
 
 class SelectionConfig(_Section):
@@ -231,6 +247,7 @@ class DeliftConfig(_Section):
     ray: RayConfig = Field(default_factory=RayConfig)
     selection: SelectionConfig = Field(default_factory=SelectionConfig)
     kernel: KernelConfig = Field(default_factory=KernelConfig)
+    storage: StorageConfig = Field(default_factory=StorageConfig)
 
     @field_validator("budget", mode="before")
     @classmethod
@@ -253,12 +270,12 @@ class DeliftConfig(_Section):
     @field_validator(*WRITE_KEYS)
     @classmethod
     def _writes_stay_inside(cls, v: Optional[str]) -> Optional[str]:
-        return None if v is None else check_write_path(v)
+        return None if v is None else _no_credentials(check_write_path(v))
 
     @field_validator(*READ_KEYS)
     @classmethod
     def _reads_are_paths(cls, v: Optional[str]) -> Optional[str]:
-        return None if v is None else check_read_path(v)
+        return None if v is None else _no_credentials(check_read_path(v))
 
     @model_validator(mode="after")
     def _exclude_self_alias(self) -> "DeliftConfig":
@@ -283,6 +300,16 @@ class DeliftConfig(_Section):
         if self.stage == "continual" and not self.existing:
             raise ValueError("stage 'continual' needs existing data (--existing)")
         return self
+
+
+def _no_credentials(uri: str) -> str:
+    from delift_ray.errors import StorageError
+    from delift_ray.storage import check_no_credentials
+
+    try:
+        return check_no_credentials(uri)
+    except StorageError as exc:
+        raise ValueError(str(exc)) from None
 
 
 def check_write_path(path: str) -> str:

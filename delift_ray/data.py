@@ -19,6 +19,7 @@ from typing import Any, Iterable, Iterator, Optional
 
 from delift_ray.config import ColumnConfig
 from delift_ray.errors import DataError
+from delift_ray.storage import local_copy
 
 LOCAL_FORMATS = {".json": "json", ".jsonl": "json", ".parquet": "parquet", ".csv": "csv"}
 
@@ -179,7 +180,7 @@ def read_records(source: str, split: str = "train", max_rows: Optional[int] = No
     import datasets
 
     datasets.disable_progress_bars()
-    path = Path(source).expanduser()
+    path = Path(local_copy(source)).expanduser()  # a dataset on object storage is read from a local copy
     if _exists(path, source):
         files = _local_files(path)
         _check_readable(files)

@@ -20,10 +20,10 @@ import os
 from collections import OrderedDict, deque
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from typing import Any, Callable, Sequence
+from typing import Any, Callable, Optional, Sequence
 
 from delift_ray.config import DeliftConfig, RayConfig
-from delift_ray.errors import DeliftError, EngineStartError, ScoringError, engine_start_message
+from delift_ray.errors import DeliftError, EngineStartError, ScoringError, StorageError, engine_start_message
 from delift_ray.scoring.engine import cpu_engine_env
 
 log = logging.getLogger(__name__)
@@ -90,12 +90,6 @@ def check_reachable(address: str, timeout: float) -> None:
         ) from None
 
 
-def cluster_gpus() -> int:
-    import ray
-
-    return int(ray.cluster_resources().get("GPU", 0))
-
-
 @dataclass
 class ActorPlan:
     count: int
@@ -104,19 +98,37 @@ class ActorPlan:
 
 
 def plan_actors(cfg: DeliftConfig) -> ActorPlan:
-    """One actor per GPU (or ``ray.num_scorers``); one CPU engine without GPUs."""
-    gpus = cluster_gpus()
+    """One scorer per declared accelerator (``ray.accelerator``: GPU or a custom resource),
+    spread across nodes; ``ray.num_scorers`` overrides the count; one CPU engine without any.
+
+    Each scorer reserves ``ray.num_gpus_per_scorer`` units of the accelerator, so Ray gives
+    it its own device(s) (for GPUs, ``CUDA_VISIBLE_DEVICES``); ``SPREAD`` places the scorers
+    on as many nodes as hold one. The environment shipped to the actors carries the S3
+    endpoint (not a secret) and never a credential: each node reads its own.
+    """
+    import ray
+
+    from delift_ray.storage import ENDPOINT_ENV, s3_endpoint
+
     r = cfg.ray
+    units = float(ray.cluster_resources().get(r.accelerator, 0))
     # The pool replaces dead actors itself (ActorPool.handle_death), so Ray does not restart them too.
     opts: dict[str, Any] = {"num_cpus": r.num_cpus_per_scorer, "max_restarts": 0, "max_task_retries": 0}
     env = {"TOKENIZERS_PARALLELISM": "false", "VLLM_LOGGING_LEVEL": os.environ.get("VLLM_LOGGING_LEVEL", "WARNING")}
-    if gpus > 0:
-        opts["num_gpus"] = r.num_gpus_per_scorer
-        count = r.num_scorers or max(1, int(gpus / max(r.num_gpus_per_scorer, 1e-9)))
-        env["VLLM_ENABLE_V1_MULTIPROCESSING"] = os.environ.get("VLLM_ENABLE_V1_MULTIPROCESSING", "0")
+    env.update(cpu_engine_env(cfg.engine))  # VLLM_CPU_* only matter to a CPU build of vLLM
+    endpoint = s3_endpoint()
+    if endpoint:
+        env[ENDPOINT_ENV[0]] = endpoint
+    if units > 0:
+        per = r.num_gpus_per_scorer
+        if r.accelerator == "GPU":
+            opts["num_gpus"] = per
+        else:
+            opts["resources"] = {r.accelerator: per}
+        opts["scheduling_strategy"] = "SPREAD"
+        count = r.num_scorers or max(1, int(units / max(per, 1e-9)))
     else:
         count = r.num_scorers or 1
-        env.update(cpu_engine_env(cfg.engine))
         # Ray pins OMP_NUM_THREADS to the reserved CPUs; a CPU engine should use its share of cores.
         env["OMP_NUM_THREADS"] = str(max(1, (os.cpu_count() or 1) // count))
     opts["runtime_env"] = {"env_vars": env}
@@ -124,11 +136,13 @@ def plan_actors(cfg: DeliftConfig) -> ActorPlan:
 
 
 @contextmanager
-def actor_pool(cfg: DeliftConfig, cls: type, *args):
+def actor_pool(cfg: DeliftConfig, cls: type, *args, probe_root: Optional[str] = None):
     """An :class:`ActorPool` of ``cls(*args)`` actors placed like the scorers (:func:`plan_actors`).
 
     Connects to Ray (or starts a local instance) first; on exit the actors are shut down,
-    and a Ray instance started here is stopped.
+    and a Ray instance started here is stopped. With ``probe_root`` (and
+    ``storage.probe``), every actor must see that store and the driver must see what each
+    actor wrote there before anything is scored (:meth:`ActorPool.check_store`).
     """
     import ray
 
@@ -136,14 +150,83 @@ def actor_pool(cfg: DeliftConfig, cls: type, *args):
     try:
         actors = plan_actors(cfg)
         remote_cls = ray.remote(cls).options(**actors.options)
-        pool = ActorPool(lambda: remote_cls.remote(*args), actors.count, cfg.ray.max_actor_restarts)
+        probe = StoreProbe.start(probe_root, cfg.ray.accelerator) if probe_root and cfg.storage.probe else None
+        pool = None
         try:
+            pool = ActorPool(lambda: remote_cls.remote(*args), actors.count, cfg.ray.max_actor_restarts, probe=probe)
+            if probe:
+                pool.check_store()
             yield pool
         finally:
-            pool.shutdown()
+            if pool is not None:
+                pool.shutdown()
+            if probe:
+                probe.remove()
     finally:
         if started:
             ray.shutdown()
+
+
+# --------------------------------------------------------------------------- where actors run
+
+
+@dataclass
+class StoreProbe:
+    """The driver's half of the reachability check: ``<root>/_probe/<name>`` holding ``token``."""
+
+    root: str
+    name: str
+    token: str
+    accelerator: str
+
+    @classmethod
+    def start(cls, root: str, accelerator: str) -> "StoreProbe":
+        import socket
+        import uuid
+
+        from delift_ray.storage import absolute_location, write_probe
+
+        root = absolute_location(root)
+        token = uuid.uuid4().hex
+        probe = cls(root, f"driver-{token[:12]}", token, accelerator)
+        err = write_probe(root, probe.name, token)
+        if err:
+            raise StorageError(f"the store {root} is not writable from the driver on {socket.gethostname()}: {err}")
+        return probe
+
+    def remove(self) -> None:
+        from delift_ray.storage import remove_probe
+
+        remove_probe(self.root, self.name)
+
+
+def probe_here(root: str, driver_probe: str, token: str, accelerator: str) -> dict:
+    """Run inside an actor: where it runs (node, accelerators), and whether it sees the store.
+
+    It reads the driver's probe, then writes its own ``node-<id>-<pid>`` holding
+    ``token:node``; ``error`` is None when both worked.
+    """
+    import ray
+
+    from delift_ray.storage import read_probe, write_probe
+
+    ctx = ray.get_runtime_context()
+    node = ctx.get_node_id()
+    name = f"node-{node[:16]}-{os.getpid()}"
+    ids = ctx.get_accelerator_ids().get(accelerator, [])
+    return {
+        "node_id": node, "node_ip": ray.util.get_node_ip_address(), "pid": os.getpid(),
+        "accelerator": accelerator, "accelerator_ids": [str(i) for i in ids],
+        "resources": {k: v for k, v in ctx.get_assigned_resources().items()},
+        "probe": name,
+        "error": read_probe(root, driver_probe, token) or write_probe(root, name, f"{token}:{node}"),
+    }
+
+
+def node_alive(node_id: str) -> bool:
+    import ray
+
+    return any(n.get("NodeID") == node_id and n.get("Alive") for n in ray.nodes())
 
 
 @dataclass
@@ -153,20 +236,117 @@ class DispatchReport:
     retries: int = 0
     actor_deaths: int = 0
     redone: int = 0  # units (pairs, samples) of blocks sent again after a failure
+    node_losses: int = 0  # nodes lost while they held scorers
+    requeued: int = 0  # in-flight blocks sent again because their node was lost (not counted as attempts)
 
 
 class ActorPool:
     """Scorer actors created from one factory; a dead actor is replaced by a fresh one.
 
-    Each slot may be replaced ``max_restarts`` times; one more death stops the job.
+    Each slot may be replaced ``max_restarts`` times; one more death stops the job. An
+    actor lost with its node is not replaced: its slot goes with the node's accelerator,
+    and the job goes on with the actors left (a pool never waits for a new node).
     """
 
-    def __init__(self, factory: Callable[[], Any], count: int, max_restarts: int):
+    def __init__(self, factory: Callable[[], Any], count: int, max_restarts: int, *, probe: Optional[StoreProbe] = None):
         self.factory = factory
         self.max_restarts = max_restarts
-        self.actors = [factory() for _ in range(count)]
+        self.probe = probe
+        self.records: list[dict] = []  # one per actor ever started: where it ran (see placements())
+        self._record_of: dict[int, dict] = {}
+        self._probe_refs: dict[int, Any] = {}
+        self.lost_nodes: list[str] = []
+        self.actors = [self._start(slot) for slot in range(count)]
         self.restarts = [0] * count
         self.retired: list[Any] = []  # actors recycled after a task error
+        self.gone: list[Any] = []  # actors lost with their node
+
+    def _start(self, slot: int) -> Any:
+        actor = self.factory()
+        rec = {"slot": slot, "node_id": None, "lost": False}
+        self.records.append(rec)
+        self._record_of[id(actor)] = rec
+        if self.probe is not None:
+            p = self.probe
+            self._probe_refs[id(actor)] = actor.probe.remote(p.root, p.name, p.token, p.accelerator)
+        return actor
+
+    def _resolve(self, actor, timeout: Optional[float]) -> dict:
+        """The actor's record, with its probe's answer once that has arrived."""
+        import ray
+
+        rec = self._record_of.get(id(actor), {})
+        ref = self._probe_refs.get(id(actor))
+        if ref is None:
+            return rec
+        try:
+            ready, _ = ray.wait([ref], timeout=timeout) if timeout is not None else ([ref], None)
+            if ready:
+                rec.update(ray.get(ref))
+                self._probe_refs.pop(id(actor))
+        except Exception:  # the actor died before answering: dispatch sees that death itself
+            self._probe_refs.pop(id(actor), None)
+        return rec
+
+    def check_store(self) -> None:
+        """Fail at once, in one line naming the node and the path, when some scorer cannot
+        read the driver's probe or write its own, or the driver cannot read an actor's."""
+        from delift_ray.storage import read_probe, remove_probe
+
+        p = self.probe
+        for actor in self.actors:
+            rec = self._resolve(actor, None)
+            if "error" not in rec:
+                continue  # died while starting; dispatch replaces it
+            where = f"node {rec['node_id']} ({rec['node_ip']})"
+            if rec["error"]:
+                raise StorageError(f"the store {p.root} is not reachable from {where}: {rec['error']}")
+            err = read_probe(p.root, rec["probe"], f"{p.token}:{rec['node_id']}")
+            if err:
+                raise StorageError(f"the driver cannot see what {where} wrote to the store {p.root}: {err}")
+            remove_probe(p.root, rec["probe"])
+
+    def placements(self) -> list[dict]:
+        """Where every actor of this pool ran: slot, node id and IP, accelerator ids, and
+        whether it was lost with its node. Actors whose probe has not answered are left out."""
+        by_id = {id(a): a for a in self.actors + self.retired + self.gone}
+        for key in [k for k in self._probe_refs if k in by_id]:
+            self._resolve(by_id[key], 0)
+        keep = ("slot", "node_id", "node_ip", "accelerator", "accelerator_ids", "resources", "pid", "lost")
+        return [{k: r.get(k) for k in keep} for r in self.records if r.get("node_id")]
+
+    def lost_node(self, actor, exc: BaseException) -> Optional[str]:
+        """The node whose loss killed ``actor``, or None when it died some other way.
+
+        Ray says so in the error ("The actor died because its node has died"); the node's
+        state in the GCS confirms it when the message does not.
+        """
+        rec = self._resolve(actor, 0)
+        node = rec.get("node_id")
+        text = str(exc)
+        if "its node has died" in text:
+            if node is None and "Node Id: " in text:
+                node = text.split("Node Id: ", 1)[1].split()[0]
+            return node or "unknown"
+        if node is not None and not node_alive(node):
+            return node
+        return None
+
+    def retire_lost(self, actor, node: str) -> bool:
+        """Drop an actor lost with ``node``; True the first time that node is reported."""
+        if actor in self.actors:
+            slot = self.actors.index(actor)
+            self.actors.pop(slot)
+            self.restarts.pop(slot)
+            self.gone.append(actor)
+        for rec in self.records:
+            if rec.get("node_id") == node:
+                rec["lost"] = True
+        self._record_of.get(id(actor), {})["lost"] = True
+        if node in self.lost_nodes:
+            return False
+        self.lost_nodes.append(node)
+        return True
 
     def handle_death(self, actor) -> Any:
         """Replace ``actor`` unless an earlier failure already did; returns the slot's actor."""
@@ -179,7 +359,7 @@ class ActorPool:
                 f"scorer actor {slot} died {self.restarts[slot]} times (ray.max_actor_restarts={self.max_restarts}); "
                 "see the Ray logs for the cause (often memory). Shards already written are kept: re-run to resume."
             )
-        self.actors[slot] = self.factory()
+        self.actors[slot] = self._start(slot)
         return self.actors[slot]
 
     def recycle(self, actor) -> Any:
@@ -195,9 +375,8 @@ class ActorPool:
         slot = self.actors.index(actor)
         self.retired.append(actor)
         ray.kill(actor, no_restart=True)
-        self.actors[slot] = self.factory()
+        self.actors[slot] = self._start(slot)
         return self.actors[slot]
-
     def was_recycled(self, actor) -> bool:
         return any(a is actor for a in self.retired)
 
@@ -289,6 +468,9 @@ def dispatch(
       poisons later requests (measured on the CPU engine), so the retry gets a clean
       engine. Blocks lost only because of that recycling are requeued without counting
       an attempt;
+    * an actor lost with its node (the raylet gone: pre-emption, a dead host) is not
+      replaced; the blocks it held are requeued without counting an attempt, and the
+      job goes on with the actors on the remaining nodes (``node_losses``, ``requeued``);
     * after ``max_retries + 1`` attempts the block is skipped (``skip_failed``) or the
       job stops with a :class:`ScoringError` naming the block, its samples and the ways
       on, after letting the blocks already running finish (their shards are kept).
@@ -322,6 +504,23 @@ def dispatch(
             if pool.was_recycled(actor):
                 queue.push(block)  # lost to a recycle we caused: not this block's fault
                 report.redone += getattr(block, "size", 1)
+                continue
+            node = pool.lost_node(actor, exc)
+            if node is not None:
+                # Lost with its node (pre-emption, a dead host): not the block's fault either.
+                queue.forget(id(actor))
+                queue.push(block)
+                report.requeued += 1
+                report.redone += getattr(block, "size", 1)
+                if pool.retire_lost(actor, node):
+                    report.node_losses += 1
+                    log.warning("node %s was lost with a scorer; its blocks go to the %d scorer(s) left",
+                                node, len(pool.actors))
+                if not pool.actors:
+                    raise ScoringError(
+                        f"every scorer's node was lost (nodes {', '.join(pool.lost_nodes)}); shards already "
+                        "written are kept: re-run the same command when the cluster is back to resume."
+                    )
                 continue
             if died_starting(exc):  # its engine did not start: fail now if no retry can help
                 start = engine_start_message(str(exc))

@@ -30,7 +30,7 @@ from delift_ray.steps.score import score
 from delift_ray.steps.select import select
 from delift_ray.steps.strategy import kernel_strategy
 from delift_ray.steps.write import write
-from delift_ray.storage import UTILITY, model_identity
+from delift_ray.storage import UTILITY, model_identity, set_endpoint
 
 log = logging.getLogger("delift_ray")
 
@@ -81,6 +81,7 @@ def run(config: DeliftConfig | dict | str | os.PathLike, *, progress: bool = Tru
     :class:`DryRunResult`; nothing is written. ``finalize``: adds files to the commit.
     """
     cfg = coerce_config(config)
+    set_endpoint(cfg.storage.endpoint)
     out = RunDir(cfg.out)
     check_out_outside_data(cfg)
     if dry_run:
@@ -118,7 +119,7 @@ def _execute(cfg: DeliftConfig, out: RunDir, progress: bool, overwrite: bool, fi
     timings = run_timings(steps, counts)
     meta = run_document(config=cfg.model_dump(mode="json"), model=model_record(cfg, store.fingerprint), cache=store.root_uri,
                         stage=cfg.stage, budget=budget, counts=counts, steps=steps.as_list(), timings=timings,
-                        inputs_digest=digest)
+                        inputs_digest=digest, scorers=steps.stats("score").scorers)
     files = {SAMPLES: parquet_bytes(samples_table(sets)),
              SELECTION: parquet_bytes(selection_table(selected, selection.gains)),
              SUBSET: subset_bytes([pool.originals[i] for i in selection.indices]),

@@ -8,9 +8,16 @@ started at another time, i.e. the pid was reused); a stale lock is taken over wi
 warning. A lock held from another host cannot be checked from here: the error says to
 delete the file if that run is known to be dead.
 
-Output locations that are URIs (``s3://``...) have no atomic create; there the lock is
-written best-effort (check, then write), which still stops the common mistake of
-starting the same job twice by hand.
+Object storage (``s3://``...) has no exclusive create that pyarrow can ask for. There the
+lock is: check that no lock object exists, write ours, wait ``SETTLE_S``, and read it back;
+a run that finds another run's token has lost and stops with the same one-line error. S3
+is strongly consistent (read-after-write, last writer wins), so of runs that start
+together the one whose write landed last keeps the lock and every other sees its token.
+What it does not cover: a run that stalls for more than ``SETTLE_S`` between its check and
+its write can still overwrite a lock taken in between; both runs would then write the
+same content-keyed shards (same bytes, so nothing is corrupted) and the later run's
+outputs win. Staleness works as on a local disk: a lock whose owner ran on this host and
+is gone is taken over; one from another host is never taken over.
 """
 
 from __future__ import annotations
@@ -19,6 +26,7 @@ import json
 import logging
 import os
 import socket
+import time
 import uuid
 from datetime import datetime, timezone
 from typing import Optional
@@ -30,6 +38,7 @@ from delift_ray.errors import DeliftError
 log = logging.getLogger(__name__)
 
 LOCK_NAME = ".delift-ray.lock"
+SETTLE_S = 1.0  # object storage: wait before reading our lock back (see the module docstring)
 
 
 class LockError(DeliftError):
@@ -111,7 +120,9 @@ class RunLock:
                 return False
             with self.fs.open_output_stream(self.path) as f:
                 f.write(data)
-            return True
+            time.sleep(SETTLE_S)  # a run that checked before our write has written by now
+            held = self._read()
+            return bool(held) and held.get("token") == rec["token"]
         try:
             fd = os.open(self.path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
         except FileExistsError:

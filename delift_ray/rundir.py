@@ -110,6 +110,8 @@ class RunCounts:
     dtypes: list[str] = field(default_factory=list)  # engine.dtype as the scorers resolved it
     failed_blocks: int = 0
     actor_deaths: int = 0
+    node_losses: int = 0  # nodes lost while holding scorers
+    blocks_requeued: int = 0  # in-flight blocks of lost nodes, sent again
     selected: int = 0
     kernel: str = "dense"
     embedded: Optional[int] = None
@@ -126,7 +128,8 @@ class RunCounts:
                 baselines_scored=plan.baselines_to_score, baselines_reused=plan.baselines_reused,
                 selected=select.selected)
         for name in ("pairs_scored", "pairs_missing", "pairs_redone", "block_retries", "rescored",
-                     "cached_prompt_tokens", "logprob_paths", "dtypes", "failed_blocks", "actor_deaths"):
+                     "cached_prompt_tokens", "logprob_paths", "dtypes", "failed_blocks", "actor_deaths",
+                     "node_losses", "blocks_requeued"):
             setattr(c, name, getattr(score, name))
         if embed is not None:
             c.kernel, c.embedded, c.embeddings_reused = "knn", embed.embedded, embed.embeddings_reused
@@ -203,9 +206,10 @@ def versions() -> dict:
 
 
 def run_document(*, config: dict, model: dict, cache: str, stage: str, budget: int, counts: RunCounts,
-                 steps: list[dict], timings: dict, inputs_digest: str) -> dict:
-    """run.json (the manifest of the other files is added at commit)."""
-    return {"config": config, "versions": versions(), "model": model, "cache": cache,
+                 steps: list[dict], timings: dict, inputs_digest: str, scorers: list[dict]) -> dict:
+    """run.json (the manifest of the other files is added at commit). ``scorers``: where each
+    scorer ran (node id, accelerator ids)."""
+    return {"config": config, "versions": versions(), "model": model, "cache": cache, "scorers": scorers,
             "selection": {"stage": stage, "budget": budget}, "counts": counts.as_dict(), "steps": steps,
             "timings": timings, "inputs_digest": inputs_digest, "argv": sys.argv}
 

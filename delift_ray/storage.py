@@ -66,12 +66,71 @@ def conform(kind: str, table: pa.Table) -> pa.Table:
     return table.select(schema.names).cast(schema)
 
 
+# --------------------------------------------------------------------------- locations
+
+ENDPOINT_ENV = ("AWS_ENDPOINT_URL_S3", "AWS_ENDPOINT_URL")  # the AWS SDKs' standard names, most specific first
+_CREDENTIAL_PARAMS = ("access_key", "secret_key", "session_token")
+_endpoint: Optional[str] = None  # the ``storage.endpoint`` config key, set by the driver
+
+
+def set_endpoint(url: Optional[str]) -> None:
+    """Use ``url`` as the S3 endpoint of every ``s3://`` location in this process
+    (the ``storage.endpoint`` key; None: the environment's ``AWS_ENDPOINT_URL[_S3]``)."""
+    global _endpoint
+    _endpoint = url or None
+
+
+def s3_endpoint() -> Optional[str]:
+    """The S3 endpoint in force: ``storage.endpoint``, else ``AWS_ENDPOINT_URL_S3``, else
+    ``AWS_ENDPOINT_URL``; None means AWS itself."""
+    return _endpoint or next((os.environ[k] for k in ENDPOINT_ENV if os.environ.get(k)), None)
+
+
+def check_no_credentials(uri: str) -> str:
+    """Refuse a location that carries credentials (``?secret_key=`` or ``user:pass@``).
+
+    pyarrow accepts keys in an S3 URI, but a location is logged, shipped to every actor and
+    recorded in run.json: credentials belong in the environment (``AWS_ACCESS_KEY_ID`` /
+    ``AWS_SECRET_ACCESS_KEY``, ``~/.aws``, an instance role) of every node.
+    """
+    if "://" not in uri:
+        return uri
+    rest = uri.split("://", 1)[1]
+    netloc, _, query = rest.partition("?")
+    params = {kv.split("=", 1)[0].lower() for kv in query.split("&") if kv}
+    if "@" in netloc.split("/", 1)[0] or params & set(_CREDENTIAL_PARAMS):
+        scheme = uri.split("://", 1)[0]
+        raise StorageError(
+            f"a {scheme}:// location must not carry credentials; set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY "
+            "(or ~/.aws, or an instance role) on every node instead"
+        )
+    return uri
+
+
+def absolute_location(uri: str) -> str:
+    """A location as the driver means it: a local path made absolute here, before it is
+    shipped to actors whose working directory differs; URIs unchanged."""
+    return uri if "://" in uri else os.path.abspath(os.path.expanduser(uri))
+
+
 def resolve_fs(uri: str) -> tuple[pafs.FileSystem, str]:
-    """(filesystem, path) for a local path or any URI pyarrow understands."""
+    """(filesystem, path) for a local path or any URI pyarrow understands.
+
+    ``s3://`` locations use :func:`s3_endpoint` (an S3-compatible server such as MinIO,
+    Ceph or moto) when one is set; credentials come from the standard AWS chain only.
+    """
     if "://" not in uri:
         return pafs.LocalFileSystem(), os.path.abspath(os.path.expanduser(uri))
+    check_no_credentials(uri)
+    scheme, rest = uri.split("://", 1)
+    endpoint = s3_endpoint() if scheme.lower() == "s3" else None
     try:
-        return pafs.FileSystem.from_uri(uri)
+        if endpoint and "endpoint_override=" not in rest:
+            from urllib.parse import quote
+
+            # An explicit endpoint: plain S3FileSystem() ignores AWS_ENDPOINT_URL (pyarrow 2x).
+            rest += ("&" if "?" in rest else "?") + "endpoint_override=" + quote(endpoint, safe="")
+        return pafs.FileSystem.from_uri(f"{scheme}://{rest}")
     except (pa.ArrowInvalid, pa.ArrowNotImplementedError, OSError) as exc:
         raise StorageError(f"cannot open storage location {uri!r}: {exc}") from None
 
@@ -100,6 +159,84 @@ def atomic_write(fs: pafs.FileSystem, path: str, data: Union[bytes, Callable[[An
             pass
         raise
     return path
+def local_copy(uri: str) -> str:
+    """A local copy of a file or folder at a URI (a dataset on object storage), made once
+    per process in a temporary folder removed at exit; local paths are returned as given."""
+    if "://" not in uri:
+        return uri
+    import atexit
+    import shutil
+    import tempfile
+
+    if uri in _LOCAL_COPIES:
+        return _LOCAL_COPIES[uri]
+    fs, path = resolve_fs(uri)
+    info = fs.get_file_info(path)
+    if info.type == pafs.FileType.NotFound:
+        raise StorageError(f"data not found: {uri}")
+    tmp = tempfile.mkdtemp(prefix="delift-ray-data-")
+    atexit.register(shutil.rmtree, tmp, True)
+    dest = os.path.join(tmp, info.base_name or "data")
+    try:
+        if info.type == pafs.FileType.File:
+            pafs.copy_files(path, dest, source_filesystem=fs, destination_filesystem=pafs.LocalFileSystem())
+        else:
+            os.makedirs(dest)
+            pafs.copy_files(path, dest, source_filesystem=fs, destination_filesystem=pafs.LocalFileSystem())
+    except (OSError, pa.ArrowException) as exc:
+        raise StorageError(f"cannot read {uri}: {_one_line(exc)}") from None
+    _LOCAL_COPIES[uri] = dest
+    return dest
+
+
+_LOCAL_COPIES: dict[str, str] = {}
+
+
+# --------------------------------------------------------------------------- reachability probe
+
+PROBE_DIR = "_probe"
+
+
+def write_probe(root: str, name: str, text: str) -> Optional[str]:
+    """Write ``<root>/_probe/<name>``; None on success, else the error in one line."""
+    try:
+        fs, base = resolve_fs(root)
+        fs.create_dir(f"{base}/{PROBE_DIR}", recursive=True)
+        with fs.open_output_stream(f"{base}/{PROBE_DIR}/{name}") as f:
+            f.write(text.encode())
+    except (OSError, pa.ArrowException, StorageError) as exc:
+        return f"cannot write {probe_location(root, name)}: {_one_line(exc)}"
+    return None
+
+
+def read_probe(root: str, name: str, expect: str) -> Optional[str]:
+    """Check that ``<root>/_probe/<name>`` holds ``expect``; None if so, else why not."""
+    try:
+        fs, base = resolve_fs(root)
+        with fs.open_input_stream(f"{base}/{PROBE_DIR}/{name}") as f:
+            got = f.read().decode("utf-8", "replace")
+    except (OSError, pa.ArrowException, StorageError) as exc:
+        return f"cannot read {probe_location(root, name)}: {_one_line(exc)}"
+    if got != expect:
+        return f"{probe_location(root, name)} holds another run's probe (a different store under the same path?)"
+    return None
+
+
+def remove_probe(root: str, name: str) -> None:
+    try:
+        fs, base = resolve_fs(root)
+        fs.delete_file(f"{base}/{PROBE_DIR}/{name}")
+    except (OSError, pa.ArrowException, StorageError):
+        pass
+
+
+def probe_location(root: str, name: str) -> str:
+    return f"{absolute_location(root).rstrip('/')}/{PROBE_DIR}/{name}"
+
+
+def _one_line(exc: BaseException) -> str:
+    text = str(exc).strip().splitlines()
+    return f"{exc.__class__.__name__}: {text[0][:200] if text else ''}"
 
 
 def table_checksum(table: pa.Table) -> str:
@@ -127,7 +264,7 @@ class ShardStore:
     """Parquet shards of one scorer fingerprint under ``root``."""
 
     def __init__(self, root: str, fingerprint: str):
-        self.root_uri = root
+        self.root_uri = absolute_location(root)  # shipped to actors: never relative
         self.fs, self.root = resolve_fs(root)
         self.fingerprint = fingerprint
 

@@ -77,6 +77,12 @@ class BlockScorer:
         self.eos = eos
         self.prefix_reuse = prefix_reuse
 
+    def probe(self, root: str, driver_probe: str, token: str, accelerator: str) -> dict:
+        """Where this actor runs and whether it sees the store (dispatch.probe_here)."""
+        from delift_ray.dispatch import probe_here
+
+        return probe_here(root, driver_probe, token, accelerator)
+
     def score_baseline(self, block: BaselineBlock) -> BlockResult:
         before = self.scorer.stats.as_dict()
         reqs = [ScoreRequest(*baseline_sequence(block.tokens, k, self.eos)) for k in range(block.size)]

@@ -35,10 +35,15 @@ class ScoreStats(StepStats):
     logprob_paths: list[str] = field(default_factory=list)
     # The model dtypes the actors resolved engine.dtype to.
     dtypes: list[str] = field(default_factory=list)
+    node_losses: int = 0  # nodes lost while holding scorers
+    blocks_requeued: int = 0  # in-flight blocks of lost nodes, sent again
+    # Where each scorer ran: node id, accelerator ids (and whether its node was lost).
+    scorers: list[dict] = field(default_factory=list)
 
     def summary(self) -> str:
         extra = "".join(f", {v} {k.replace('_', ' ')}" for k, v in (("pairs_missing", self.pairs_missing),
-                        ("block_retries", self.block_retries), ("actor_deaths", self.actor_deaths)) if v)
+                        ("block_retries", self.block_retries), ("actor_deaths", self.actor_deaths),
+                        ("node_losses", self.node_losses)) if v)
         how = "/".join(self.logprob_paths + self.dtypes) or "no engine"
         return f"{self.pairs_scored} pairs scored ({how}){extra}"
 
@@ -59,7 +64,7 @@ def score(cfg: DeliftConfig, sets: dict[str, IngestedSet], store: ShardStore, pl
     paths: set[str] = set()  # logprob paths the actors resolved engine.logprob_path to
     dtypes: set[str] = set()  # model dtypes the actors resolved engine.dtype to
     with dispatch.actor_pool(cfg, BlockScorer, model, cfg.engine, store.root_uri, store.fingerprint, eos,
-                             cfg.scoring.prefix_reuse) as pool:
+                             cfg.scoring.prefix_reuse, probe_root=store.root_uri) as pool:
         base_src = [(n, chunk) for n, chunks in plan.baseline.items() for chunk in chunks]
         bar = tqdm(total=plan.baselines_to_score, unit="sample", desc="baselines", disable=not progress or not base_src, dynamic_ncols=True)
 
@@ -123,13 +128,16 @@ def score(cfg: DeliftConfig, sets: dict[str, IngestedSet], store: ShardStore, pl
         counters["block_retries"] += rep.retries
         counters["actor_deaths"] += rep.actor_deaths
         counters["pairs_redone"] += rep.redone
+        counters["node_losses"] += len(pool.lost_nodes)
+        counters["blocks_requeued"] += rep.requeued
+        scorers = pool.placements()
         counters["pairs_missing"] += sum(b.size for b, _ in rep.failed)
         counters["failed_blocks"] += len(rep.failed)
     return ScoreStats(
         **{k: int(counters.get(k, 0)) for k in ("pairs_scored", "pairs_missing", "pairs_redone", "block_retries",
-                                                 "failed_blocks", "actor_deaths")},
+                                                 "failed_blocks", "actor_deaths", "node_losses", "blocks_requeued")},
         rescored=int(engine.get("rescored", 0)), cached_prompt_tokens=int(engine.get("cached_tokens", 0)),
-        logprob_paths=sorted(p for p in paths if p), dtypes=sorted(d for d in dtypes if d))
+        logprob_paths=sorted(p for p in paths if p), dtypes=sorted(d for d in dtypes if d), scorers=scorers)
 
 
 def baseline_block(sets: dict[str, IngestedSet], store: ShardStore, set_name: str, chunk: np.ndarray):
