@@ -112,7 +112,7 @@ def plan_actors(cfg: DeliftConfig) -> ActorPlan:
 
     r = cfg.ray
     units = float(ray.cluster_resources().get(r.accelerator, 0))
-    # The pool replaces dead actors itself (ActorPool.handle_death), so Ray does not restart them too.
+    # The pool replaces dead actors itself (ActorGroup.handle_death), so Ray does not restart them too.
     opts: dict[str, Any] = {"num_cpus": r.num_cpus_per_scorer, "max_restarts": 0, "max_task_retries": 0}
     env = {"TOKENIZERS_PARALLELISM": "false", "VLLM_LOGGING_LEVEL": os.environ.get("VLLM_LOGGING_LEVEL", "WARNING")}
     env.update(cpu_engine_env(cfg.engine))  # VLLM_CPU_* only matter to a CPU build of vLLM
@@ -137,12 +137,12 @@ def plan_actors(cfg: DeliftConfig) -> ActorPlan:
 
 @contextmanager
 def actor_pool(cfg: DeliftConfig, cls: type, *args, probe_root: Optional[str] = None):
-    """An :class:`ActorPool` of ``cls(*args)`` actors placed like the scorers (:func:`plan_actors`).
+    """An :class:`ActorGroup` of ``cls(*args)`` actors placed like the scorers (:func:`plan_actors`).
 
     Connects to Ray (or starts a local instance) first; on exit the actors are shut down,
     and a Ray instance started here is stopped. With ``probe_root`` (and
     ``storage.probe``), every actor must see that store and the driver must see what each
-    actor wrote there before anything is scored (:meth:`ActorPool.check_store`).
+    actor wrote there before anything is scored (:meth:`ActorGroup.check_store`).
     """
     import ray
 
@@ -153,7 +153,7 @@ def actor_pool(cfg: DeliftConfig, cls: type, *args, probe_root: Optional[str] = 
         probe = StoreProbe.start(probe_root, cfg.ray.accelerator) if probe_root and cfg.storage.probe else None
         pool = None
         try:
-            pool = ActorPool(lambda: remote_cls.remote(*args), actors.count, cfg.ray.max_actor_restarts, probe=probe)
+            pool = ActorGroup(lambda: remote_cls.remote(*args), actors.count, cfg.ray.max_actor_restarts, probe=probe)
             if probe:
                 pool.check_store()
             yield pool
@@ -240,8 +240,9 @@ class DispatchReport:
     requeued: int = 0  # in-flight blocks sent again because their node was lost (not counted as attempts)
 
 
-class ActorPool:
-    """Scorer actors created from one factory; a dead actor is replaced by a fresh one.
+class ActorGroup:
+    """A fixed group of actors from one factory (scorers or embedders); a dead actor is replaced by a
+    fresh one. (Not Ray's ``ActorPool``: this one owns, replaces and places its actors.)
 
     Each slot may be replaced ``max_restarts`` times; one more death stops the job. An
     actor lost with its node is not replaced: its slot goes with the node's accelerator,
@@ -445,7 +446,7 @@ class AffinityQueue:
 
 
 def dispatch(
-    pool: ActorPool,
+    pool: ActorGroup,
     blocks: Sequence[Any],
     method: str,
     *,

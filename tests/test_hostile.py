@@ -670,7 +670,7 @@ def test_actor_start_failure_is_not_retried(ray_cluster, tmp_path):
     import ray
 
     remote = ray.remote(NoWeights).options(max_restarts=0, num_cpus=0)
-    pool = dispatch.ActorPool(lambda: remote.remote(str(marker)), 1, max_restarts=4)
+    pool = dispatch.ActorGroup(lambda: remote.remote(str(marker)), 1, max_restarts=4)
     try:
         with pytest.raises(EngineStartError, match="missing weights") as err:
             dispatch.dispatch(pool, [1, 2, 3], "work", max_retries=3)
