@@ -1,4 +1,4 @@
-"""kernel.type knn: candidate planning, sparse assembly, the memory guard, and one real run.
+"""kernel.type knn: candidates, planning, embeddings, estimate, and one real run (assembly: test_kernel.py).
 
 The end-to-end test goes through a real local Ray cluster, the real vLLM CPU engine and
 the tiny random Llama (embeddings from the same model, mean-pooled by vLLM's pooling
@@ -12,11 +12,9 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
-import scipy.sparse as sp
 
 from delift_ray import neighbours, planning
-from delift_ray.errors import DeliftError
-from delift_ray.kernel import KernelMemoryError, assemble_sparse, check_dense_fits, dense_assembly_bytes
+from delift_ray.kernel import assemble_sparse
 from delift_ray.stages import STAGE_MATRICES
 
 
@@ -143,71 +141,6 @@ def test_plan_knn_drops_empty_slots():
 # --------------------------------------------------------------------------- sparse assembly and the guard
 
 
-def test_assemble_sparse_scales_over_stored_entries_only():
-    rows = np.array([0, 0, 1, 2, 2, 0])
-    cols = np.array([0, 2, 1, 0, 2, 0])  # (0, 0) stored twice: one value kept
-    vals = np.array([1.0, -1.0, 3.0, 0.0, 2.0, 1.0], dtype=np.float32)
-    M = assemble_sparse(rows, cols, vals, (3, 4))
-    assert sp.isspmatrix_csr(M) and M.shape == (3, 4) and M.dtype == np.float32
-    D = M.toarray()
-    want = np.zeros((3, 4), np.float32)
-    for r, c, v in zip(rows, cols, vals):
-        want[r, c] = (v + 1) / 4
-    assert np.allclose(D, want)
-    assert M.nnz == 4  # the minimum scales to 0 and is not stored
-    M2 = assemble_sparse(rows, cols, vals, (3, 4), drop_diagonal=True)
-    # without the diagonal only (0, 2) = -1 and (2, 0) = 0 remain: they scale to 0 and 1
-    assert M2.nnz == 1 and M2.toarray()[2, 0] == 1.0 and np.diag(M2.toarray()).sum() == 0
-
-
-def test_assemble_sparse_matches_a_scipy_reference_on_random_entries():
-    rng = np.random.default_rng(3)
-    n_rows, n_cols, nnz = 70, 50, 900  # many duplicate keys
-    rows, cols = rng.integers(0, n_rows, nnz), rng.integers(0, n_cols, nnz)
-    vals = rng.normal(size=nnz).astype(np.float32)
-    M = assemble_sparse(rows.astype(np.int32), cols.astype(np.int32), vals, (n_rows, n_cols))
-    want = np.zeros((n_rows, n_cols), np.float32)
-    seen = np.zeros_like(want, dtype=bool)
-    for r, c, v in zip(rows, cols, vals):  # first stored value of a pair wins
-        if not seen[r, c]:
-            want[r, c], seen[r, c] = v, True
-    lo, hi = vals[np.unique(rows * n_cols + cols, return_index=True)[1]].min(), want[seen].max()
-    want[seen] = (want[seen] - lo) / (hi - lo)
-    assert np.allclose(M.toarray(), want, atol=1e-7)
-    assert M.has_sorted_indices and M.nnz == int(seen.sum()) - 1  # the minimum becomes 0
-    M.check_format(full_check=True)
-
-
-def test_streamed_sparse_assembly_and_stored_keys_equal_one_table(tmp_path):
-    from delift_ray.kernel import assemble_sparse_from_tables
-    from delift_ray.storage import UTILITY, ShardStore
-
-    ids = ids_of("p", 20)
-    rng = np.random.default_rng(0)
-    store = ShardStore(str(tmp_path), "fp")
-    for b in range(5):
-        h, e = rng.integers(0, 20, 30), rng.integers(0, 20, 30)
-        store.write(UTILITY, f"b{b}", pa.table({"helped_id": [ids[i] for i in h], "example_id": [ids[i] for i in e],
-                                                "utility": rng.normal(size=30).astype(np.float32),
-                                                "distance": np.zeros(30, np.float32)}))
-    whole = store.read_relevant(UTILITY, ids, ids)
-    M1 = assemble_sparse_from_tables(store.iter_relevant(UTILITY, ids, ids, batch_rows=40), ids, ids)
-    M2 = assemble_sparse_from_tables(whole, ids, ids)
-    assert (M1 != M2).nnz == 0 and M1.nnz > 0
-    # Only the run's candidate pairs enter the kernel, whatever else the store holds.
-    from delift_ray.kernel import candidate_keys
-
-    cand = np.full((20, 2), -1, dtype=np.int64)
-    cand[:, 0] = (np.arange(20) + 1) % 20
-    allowed = candidate_keys(cand, 20)
-    M3 = assemble_sparse_from_tables(store.iter_relevant(UTILITY, ids, ids, batch_rows=40), ids, ids, allowed=allowed)
-    r3, c3 = M3.nonzero()
-    assert M3.nnz > 0 and np.all(c3 == (r3 + 1) % 20)
-    index = planning.IdIndex({"pool": ids})
-    k1 = planning.stored_pair_keys(store.iter_relevant(UTILITY, ids, ids, batch_rows=40), index)
-    assert np.array_equal(k1, planning.stored_pair_keys(whole, index)) and np.all(np.diff(k1) > 0)
-
-
 def test_sparse_kernel_selects_with_the_selection_module():
     from delift_ray.selection import facility_location
 
@@ -218,13 +151,6 @@ def test_sparse_kernel_selects_with_the_selection_module():
     M = assemble_sparse(rows, cand.ravel(), rng.normal(size=rows.size).astype(np.float32), (60, 60))
     idx, gains = facility_location(M, 10)
     assert len(set(idx.tolist())) == 10 and np.all(np.diff(gains) <= 1e-6)
-
-
-def test_memory_guard_suggests_knn():
-    assert check_dense_fits({"K": (100, 100)}, available=10**9) == dense_assembly_bytes(100, 100)
-    with pytest.raises(KernelMemoryError, match="kernel.type: knn") as e:
-        check_dense_fits({"K": (1_000_000, 1_000_000)}, available=24 * 2**30)
-    assert isinstance(e.value, DeliftError) and "\n" not in str(e.value)
 
 
 # --------------------------------------------------------------------------- real end to end
@@ -380,16 +306,6 @@ def test_transformers_embeddings_are_stored_and_only_missing_ones_computed(tiny_
            for b, d in [("transformers", "float32"), ("vllm", "float32"), ("vllm", "bfloat16")]}
     assert len(fps) == 3
     assert embeddings.resolve_backend("auto", "model") == "vllm" and embeddings.resolve_backend("auto", "minilm") == "transformers"
-
-
-def test_candidate_keys_are_sorted_unique_and_skip_empty_slots():
-    from delift_ray.kernel import candidate_keys
-
-    rng = np.random.default_rng(1)
-    C = rng.integers(-1, 30, size=(50, 7))
-    want = np.unique([h * 30 + e for h in range(50) for e in C[h] if e >= 0])
-    assert np.array_equal(candidate_keys(C, 30), want)
-    assert candidate_keys(np.full((3, 2), -1), 5).size == 0
 
 
 def test_faiss_index_moves_to_gpus_only_when_faiss_sees_some(monkeypatch):

@@ -1,4 +1,4 @@
-"""Shard storage: atomic writes, validation, quarantine; kernel assembly from shards."""
+"""Shard storage: atomic writes, validation, quarantine (kernel assembly: test_kernel.py)."""
 
 import os
 
@@ -7,7 +7,6 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from delift_ray.errors import ScoringError
 from delift_ray.kernel import assemble_dense
 from delift_ray.storage import BASELINE, UTILITY, ShardStore
 
@@ -44,16 +43,6 @@ def test_corrupt_shards_are_quarantined_not_read(tmp_path, damage):
     assert store.read_all(UTILITY).num_rows == 0
     assert os.listdir(tmp_path / "quarantine")
     assert not os.listdir(store.kind_dir(UTILITY))
-
-
-def test_assembly_places_pairs_and_refuses_holes():
-    t = pairs_table(["a", "a", "b", "b", "z"], ["a", "b", "a", "b", "a"], [1, 2, 3, 4, 9])
-    K = assemble_dense(t, ["a", "b"], ["a", "b"])
-    assert K.tolist() == [[1, 2], [3, 4]]
-    with pytest.raises(ScoringError, match="missing 1 of 4"):
-        assemble_dense(t.slice(0, 3), ["a", "b"], ["a", "b"])
-    K = assemble_dense(t.slice(0, 3), ["a", "b"], ["a", "b"], allow_missing=True)
-    assert np.isnan(K[1, 1])
 
 
 def test_streamed_reads_cover_every_shard_once_in_batches(tmp_path):
