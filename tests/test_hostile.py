@@ -99,7 +99,7 @@ BIG_ROW_CHILD = textwrap.dedent(r"""
     from transformers import AutoTokenizer
     from delift_ray.config import load_config
     from delift_ray.data import load_samples
-    from delift_ray.job import ingest
+    from delift_ray.steps.ingest import ingest
 
     data, model = sys.argv[1], sys.argv[2]
     peak = lambda: resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
@@ -111,7 +111,7 @@ BIG_ROW_CHILD = textwrap.dedent(r"""
     res.update(read_s=time.perf_counter() - t, peak_after_read=peak(), read_rows=len(s))
     del s
     t = time.perf_counter()
-    sets = ingest(cfg, tok)
+    sets, _ = ingest(cfg, tok)
     res.update(ingest_s=time.perf_counter() - t, peak_after_ingest=peak(), samples=len(sets["pool"].samples),
                skipped=dict(sets["pool"].samples.skipped))
     print(json.dumps(res), flush=True)
