@@ -133,13 +133,16 @@ class EmbeddingStore:
             return None
         return ids, vec
 
-    def read_all(self) -> tuple[list[str], np.ndarray | None]:
+    def read_all(self, progress: bool = False) -> tuple[list[str], np.ndarray | None]:
         """Every valid stored (ids, vectors); vectors is None when nothing is stored."""
+        from tqdm import tqdm
+
         ids: list[str] = []
         vecs = []
-        for info in self.fs.get_file_info(pafs.FileSelector(self.dir, allow_not_found=True)):
-            if info.type != pafs.FileType.File or not info.base_name.endswith(".parquet") or info.base_name.startswith("_tmp-"):
-                continue
+        files = [info for info in self.fs.get_file_info(pafs.FileSelector(self.dir, allow_not_found=True))
+                 if info.type == pafs.FileType.File and info.base_name.endswith(".parquet")
+                 and not info.base_name.startswith("_tmp-")]
+        for info in tqdm(files, unit="shard", desc="stored embeddings", disable=not progress or not files, dynamic_ncols=True):
             got = self._read(info.path)
             if got is not None:
                 ids += got[0]
@@ -195,19 +198,19 @@ def write_missing_locally(store: EmbeddingStore, ids: list[str], texts: list[str
             bar.update(part.size)
 
 
-def embed_samples(ids: list[str], store: EmbeddingStore, write_missing) -> tuple[np.ndarray, dict]:
+def embed_samples(ids: list[str], store: EmbeddingStore, write_missing, progress: bool = False) -> tuple[np.ndarray, dict]:
     """(len(ids), dim) L2-normalised vectors in ``ids`` order, reusing stored shards.
 
     ``write_missing(todo)`` must store vectors for the positions ``todo`` (in this process,
     :func:`write_missing_locally`, or on Ray actors). Returns the vectors and counters
     ``{"embedded": new, "embeddings_reused": stored}``.
     """
-    stored_ids, stored_vec = store.read_all()
+    stored_ids, stored_vec = store.read_all(progress)
     found = _positions(ids, stored_ids)
     todo = np.flatnonzero(~pc.is_valid(found).to_numpy(zero_copy_only=False))
     if todo.size:
         write_missing(todo)
-        stored_ids, stored_vec = store.read_all()
+        stored_ids, stored_vec = store.read_all(progress)
         found = _positions(ids, stored_ids)
         if found.null_count:
             raise RuntimeError(f"{found.null_count} embeddings are missing from {store.dir} after embedding")

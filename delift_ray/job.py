@@ -27,7 +27,7 @@ from delift_ray.config import DeliftConfig, load_config, validate_config
 from delift_ray.data import SampleSet, load_samples
 from delift_ray.errors import DeliftError, StorageError
 from delift_ray.lock import RunLock
-from delift_ray.prompts import TOO_LONG, TokenizedSet, fits, take, template_head_length, tokenize_set
+from delift_ray.prompts import TOO_LONG, TokenizedSet, take, template_head_length, tokenize_set
 from delift_ray.storage import BASELINE, UTILITY, ShardStore, model_digest, model_identity, resolve_fs, scorer_fingerprint
 from delift_ray.utility import minmax_scale
 
@@ -77,7 +77,7 @@ def load_tokenizer(cfg: DeliftConfig):
     return tok
 
 
-def ingest(cfg: DeliftConfig, tokenizer) -> dict[str, ScoredSet]:
+def ingest(cfg: DeliftConfig, tokenizer, progress: bool = False) -> dict[str, ScoredSet]:
     """Load every dataset the stage needs, tokenise, and reject what cannot fit."""
     sources = {"pool": cfg.data}
     if cfg.stage == "task":
@@ -88,15 +88,21 @@ def ingest(cfg: DeliftConfig, tokenizer) -> dict[str, ScoredSet]:
     min_head = template_head_length(tokenizer, cfg.templates)
     out = {}
     for name, src in sources.items():
-        s = load_samples(src, name, columns=cfg.columns, split=cfg.split, max_rows=cfg.max_samples, strict=cfg.strict)
+        s = load_samples(src, name, columns=cfg.columns, split=cfg.split, max_rows=cfg.max_samples, strict=cfg.strict,
+                         progress=progress)
         tok = tokenize_set(tokenizer, s.prompts, s.responses, cfg.templates)
-        keep = [k for k in range(len(s)) if fits(tok, k, max_len, min_head)]
-        dropped = [k for k in range(len(s)) if k not in set(keep)]
+        # prompts.fits over whole arrays: a per-row call costs seconds at 1M samples.
+        resp = tok.response.lengths() + 2
+        fit = (tok.no_example.lengths() + resp <= max_len) & (min_head + tok.tail.lengths() + resp <= max_len)
+        dropped = np.flatnonzero(~fit).tolist()
         if dropped and cfg.strict:
             raise DeliftError(f"{name} data {src}: row {s.rows[dropped[0]]} does not fit max_model_len={cfg.engine.max_model_len}")
-        scored = ScoredSet(s.subset(keep), take(tok, keep))
         if dropped:
+            keep = np.flatnonzero(fit)
+            scored = ScoredSet(s.subset(keep.tolist()), take(tok, keep))
             scored.samples.skipped[TOO_LONG] += len(dropped)
+        else:
+            scored = ScoredSet(s, tok)
         scored.rejected = [(s.rows[k], TOO_LONG) for k in dropped]
         scored.rejected_ids = [s.sample_ids[k] for k in dropped]
         scored.rejected_texts = [(s.prompts[k], s.responses[k]) for k in dropped]
@@ -124,24 +130,23 @@ def fingerprint(cfg: DeliftConfig) -> str:
 
 
 def samples_table(sets: dict[str, ScoredSet]) -> pa.Table:
-    cols: dict[str, list] = {k: [] for k in ("sample_id", "row", "set", "prompt", "response", "prompt_tokens", "response_tokens", "copies", "status")}
+    """One row per sample of every set: the scored ones (status ok), then the rejected ones."""
+    parts = []
     for name, s in sets.items():
         smp, tok = s.samples, s.tokens
-        for k in range(len(smp)):
-            cols["sample_id"].append(smp.sample_ids[k])
-            cols["row"].append(smp.rows[k])
-            cols["set"].append(name)
-            cols["prompt"].append(smp.prompts[k])
-            cols["response"].append(smp.responses[k])
-            cols["prompt_tokens"].append(len(tok.no_example[k]))
-            cols["response_tokens"].append(len(tok.response[k]))
-            cols["copies"].append(smp.copies[k])
-            cols["status"].append("ok")
-        for (row, reason), sid, (p, r) in zip(s.rejected, s.rejected_ids, s.rejected_texts):
-            for key, val in (("sample_id", sid), ("row", row), ("set", name), ("prompt", p), ("response", r),
-                             ("prompt_tokens", -1), ("response_tokens", -1), ("copies", 1), ("status", reason)):
-                cols[key].append(val)
-    return pa.table(cols)
+        n, m = len(smp), len(s.rejected)
+        parts.append(pa.table({
+            "sample_id": pa.array(smp.sample_ids + s.rejected_ids, pa.string()),
+            "row": pa.array(smp.rows + [row for row, _ in s.rejected], pa.int64()),
+            "set": pa.array([name] * (n + m), pa.string()),
+            "prompt": pa.array(smp.prompts + [p for p, _ in s.rejected_texts], pa.string()),
+            "response": pa.array(smp.responses + [r for _, r in s.rejected_texts], pa.string()),
+            "prompt_tokens": np.concatenate([tok.no_example.lengths(), np.full(m, -1)]).astype(np.int64),
+            "response_tokens": np.concatenate([tok.response.lengths(), np.full(m, -1)]).astype(np.int64),
+            "copies": pa.array(smp.copies + [1] * m, pa.int64()),
+            "status": pa.array(["ok"] * n + [reason for _, reason in s.rejected], pa.string()),
+        }))
+    return pa.concat_tables(parts)
 
 
 def score(cfg: DeliftConfig, sets: dict[str, ScoredSet], store: ShardStore, plan: planning.Plan, eos: int, progress: bool) -> dict:
@@ -246,14 +251,15 @@ def baseline_lookup(store: ShardStore, wanted: Optional[set] = None) -> dict[str
     return dict(zip(t.column("sample_id").to_pylist(), t.column("distance").to_pylist()))
 
 
-def assemble_kernels(cfg: DeliftConfig, sets: dict[str, ScoredSet], store: ShardStore, allow_missing: bool) -> dict[str, np.ndarray]:
+def assemble_kernels(cfg: DeliftConfig, sets: dict[str, ScoredSet], store: ShardStore, allow_missing: bool,
+                     progress: bool = False) -> dict[str, np.ndarray]:
     """Raw UF matrices of the stage, each min-max scaled to [0, 1] over the whole matrix."""
     from delift_ray.kernel import assemble_dense
 
     kernels = {}
     for m in stages.STAGE_MATRICES[cfg.stage]:
         H, E = sets[m.helped].samples.sample_ids, sets[m.example].samples.sample_ids
-        M = assemble_dense(store.iter_relevant(UTILITY, H, E), H, E, name=m.name, allow_missing=allow_missing)
+        M = assemble_dense(store.iter_relevant(UTILITY, H, E), H, E, name=m.name, allow_missing=allow_missing, progress=progress)
         if m.name == "K" and cfg.scoring.exclude_self:
             np.fill_diagonal(M, np.nan)
         M = minmax_scale(M, mask=~np.isnan(M) if np.isnan(M).any() else None)
@@ -293,7 +299,7 @@ def knn_candidates(cfg: DeliftConfig, sets: dict[str, ScoredSet], progress: bool
             embeddings.write_missing_locally(store, all_ids, texts, todo, source=source, max_length=kc.embedding_max_length,
                                              batch_size=kc.embedding_batch_size, trust_remote_code=cfg.engine.trust_remote_code,
                                              progress=progress)
-    vec, counts = embeddings.embed_samples(all_ids, store, write_missing)
+    vec, counts = embeddings.embed_samples(all_ids, store, write_missing, progress=progress)
     counts["embedding_backend"] = backend
     if lap:
         lap("embed_s")
@@ -303,7 +309,7 @@ def knn_candidates(cfg: DeliftConfig, sets: dict[str, ScoredSet], progress: bool
         start += len(sets[n].samples)
     seed = cfg.seed if kc.seed is None else kc.seed
     candidates = {m.name: neighbours.candidates(by_set[m.helped], by_set[m.example], kc.k, kc.random,
-                                                exact_max=kc.exact_max, seed=seed)
+                                                exact_max=kc.exact_max, seed=seed, progress=progress)
                   for m in stages.STAGE_MATRICES[cfg.stage]}
     if lap:
         lap("neighbours_s")
@@ -335,7 +341,7 @@ def embed_on_actors(cfg: DeliftConfig, source: str, store, ids: list[str], texts
 
 
 def assemble_sparse_kernels(cfg: DeliftConfig, sets: dict[str, ScoredSet], store: ShardStore,
-                            candidates: dict[str, np.ndarray]) -> dict:
+                            candidates: dict[str, np.ndarray], progress: bool = False) -> dict:
     """CSR kernels of the stage over exactly the run's candidate pairs, scaled over the
     stored entries (kernel.assemble_sparse)."""
     from delift_ray.kernel import assemble_sparse_from_tables, candidate_keys
@@ -345,7 +351,8 @@ def assemble_sparse_kernels(cfg: DeliftConfig, sets: dict[str, ScoredSet], store
         H, E = sets[m.helped].samples.sample_ids, sets[m.example].samples.sample_ids
         M = assemble_sparse_from_tables(store.iter_relevant(UTILITY, H, E), H, E,
                                         allowed=candidate_keys(candidates[m.name], len(E)),
-                                        drop_diagonal=m.name == "K" and cfg.scoring.exclude_self)
+                                        drop_diagonal=m.name == "K" and cfg.scoring.exclude_self,
+                                        progress=progress, name=m.name)
         kernels[m.name] = M.T.tocsr() if m.transpose else M
     return kernels
 
@@ -436,7 +443,7 @@ def run(config: DeliftConfig | dict | str | os.PathLike, *, progress: bool = Tru
 
 def _run_locked(cfg: DeliftConfig, out: OutDir, timings: dict, lap, progress: bool) -> RunResult:
     tokenizer = load_tokenizer(cfg)
-    sets = ingest(cfg, tokenizer)
+    sets = ingest(cfg, tokenizer, progress)
     out.write_parquet("samples.parquet", samples_table(sets))
     n_pool = len(sets["pool"].samples)
     budget = stages.budget_count(cfg.budget, n_pool)
@@ -457,8 +464,9 @@ def _run_locked(cfg: DeliftConfig, out: OutDir, timings: dict, lap, progress: bo
                                  index=index, fingerprint=fp, block_size=cfg.scoring.block_size)
     else:
         check_dense_memory(cfg, sets)  # before hours of scoring, not after
-        stored = planning.stored_pairs(store.read_relevant(UTILITY, all_ids, all_ids))
-        plan = planning.plan_blocks(stages.STAGE_MATRICES[cfg.stage], ids, stored, stored_base,
+        index = planning.IdIndex(ids)
+        stored = planning.stored_pair_keys(store.iter_relevant(UTILITY, all_ids, all_ids), index)
+        plan = planning.plan_blocks(stages.STAGE_MATRICES[cfg.stage], ids, stored, stored_base, index=index,
                                     fingerprint=fp, block_size=cfg.scoring.block_size)
     lap("plan_s")
 
@@ -468,12 +476,12 @@ def _run_locked(cfg: DeliftConfig, out: OutDir, timings: dict, lap, progress: bo
     lap("score_s")
 
     if cfg.kernel.type == "knn":
-        kernels = assemble_sparse_kernels(cfg, sets, store, candidates)
+        kernels = assemble_sparse_kernels(cfg, sets, store, candidates, progress)
         knn_counts["kernel_nnz"] = {name: int(M.nnz) for name, M in kernels.items()}
     else:
-        kernels = assemble_kernels(cfg, sets, store, allow_missing=cfg.scoring.skip_failed_blocks)
+        kernels = assemble_kernels(cfg, sets, store, allow_missing=cfg.scoring.skip_failed_blocks, progress=progress)
     lap("assemble_s")
-    indices, gains = stages.select(cfg.stage, kernels, budget, cfg)
+    indices, gains = stages.select(cfg.stage, kernels, budget, cfg, progress)
     lap("select_s")
 
     pool = sets["pool"].samples
