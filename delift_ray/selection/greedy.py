@@ -175,6 +175,7 @@ def _with_progress(progress: bool, budget: int, counters: np.ndarray, slot: int,
         while worker.is_alive():
             worker.join(0.25)
             bar.update(int(counters[slot]) - bar.n)
+        bar.update(int(counters[slot]) - bar.n)
     if "error" in done:
         raise done["error"]
     return done["result"]
