@@ -36,8 +36,10 @@ def real_case(args) -> list[dict]:
     from transformers import AutoTokenizer
 
     from delift_ray import assets
-    from delift_ray.job import assemble_kernels, coerce_config, ingest, load_tokenizer, run
-    from delift_ray.storage import ShardStore
+    from delift_ray.job import coerce_config, run
+    from delift_ray.steps.assemble import assemble_dense
+    from delift_ray.steps.ingest import ingest, load_tokenizer
+    from delift_ray.steps.plan import open_store
 
     os.makedirs(args.out, exist_ok=True)
     if args.model == "demo":
@@ -53,10 +55,8 @@ def real_case(args) -> list[dict]:
     dense = run(base, progress=args.progress)
     dense_s = time.perf_counter() - t0
     cfg = coerce_config(base)
-    from delift_ray.job import fingerprint
-
-    sets = ingest(cfg, load_tokenizer(cfg))
-    K = assemble_kernels(cfg, sets, ShardStore(cfg.out, fingerprint(cfg)), allow_missing=False)["K"]
+    sets, _ = ingest(cfg, load_tokenizer(cfg))
+    K = assemble_dense(cfg, sets, open_store(cfg))[0]["K"]
     ids = sets["pool"].samples.sample_ids
     pos = {s: i for i, s in enumerate(ids)}
     dense_idx = [pos[s] for s in dense.selected_ids]

@@ -137,14 +137,16 @@ def main(argv=None) -> dict:
     if bs.scorer.path == HIDDEN and {"naive", "reuse_full", "raw", "reuse_nolp"} & set(phases):
         generating = Scorer(model, cfg.engine.model_copy(update={"logprob_path": FULL}))
 
-    from delift_ray import job, planning, stages
+    from delift_ray import planning, stages
     from delift_ray.prompts import baseline_sequence, take
     from delift_ray.scoring.actor import BaselineBlock, PairBlock
     from delift_ray.scoring.engine import ScoreRequest
     from delift_ray.utility import distance
 
-    tokenizer = job.load_tokenizer(cfg)
-    pool = job.ingest(cfg, tokenizer)["pool"]
+    from delift_ray.steps.ingest import ingest, load_tokenizer
+
+    tokenizer = load_tokenizer(cfg)
+    pool = ingest(cfg, tokenizer)[0]["pool"]
     n = len(pool.samples)
     ids = {"pool": pool.samples.sample_ids}
     plan = planning.plan_blocks(stages.STAGE_MATRICES["instruction"], ids, set(), set(),

@@ -10,11 +10,11 @@ One obvious entry point::
 __version__ = "0.1.0"
 
 
-def run(config, *, progress: bool = True):
+def run(config, **options):
     """Run a selection job from a DeliftConfig, a dict or a YAML path; see delift_ray.job.run."""
     from delift_ray.job import run as _run
 
-    return _run(config, progress=progress)
+    return _run(config, **options)
 
 
 __all__ = ["run", "__version__"]

@@ -410,12 +410,13 @@ def write_demo_dataset(
     chosen = sorted(random.Random(seed).sample(range(len(pool)), n))
     out = Path(path)
     out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(f".{out.name}.tmp-{os.getpid()}")
-    with open(tmp, "w", encoding="utf-8") as fh:
-        for i in chosen:
-            fh.write(json.dumps({"prompt": pool[i]["prompt"], "response": pool[i]["response"]}, ensure_ascii=False))
-            fh.write("\n")
-    os.replace(tmp, out)
+    import pyarrow.fs as pafs
+
+    from delift_ray.storage import atomic_write
+
+    text = "".join(json.dumps({"prompt": pool[i]["prompt"], "response": pool[i]["response"]}, ensure_ascii=False) + "\n"
+                   for i in chosen)
+    atomic_write(pafs.LocalFileSystem(), str(out.absolute()), text.encode("utf-8"))
     return out
 
 

@@ -3,7 +3,7 @@
 Job flags are generated from the config schema (:mod:`delift_ray.config`): every leaf key
 ``a.b_c`` is a flag ``--a.b-c``; flags override ``--config FILE``.
 
-    delift-ray select --data pool.jsonl --model M --out runs/x [--config jobs/x.yaml] [...]
+    delift-ray select --data pool.jsonl --model M --out runs/x [--config jobs/x.yaml] [--dry-run] [--overwrite] [...]
     delift-ray demo [--out runs/demo]
     delift-ray submit --address http://head:8265 --config jobs/x.yaml   # Ray Jobs API
     delift-ray status JOB_ID --address ...  |  delift-ray logs JOB_ID --address ...
@@ -73,7 +73,11 @@ def print_summary(result, cfg: DeliftConfig, stream=sys.stdout, show: int = 10) 
         print("  skipped rows: " + ", ".join(f"{k}={v}" for k, v in sorted(c["skipped"].items())), file=stream)
     print(f"  time: {t['total_s']:.1f} s (scoring {t['score_s']:.1f} s"
           + (f", {t['pairs_per_s']:.2f} pairs/s" if "pairs_per_s" in t else "") + ")", file=stream)
-    samples = pq.read_table(result.paths["samples"], columns=["sample_id", "prompt"]).to_pydict()
+    from delift_ray.rundir import SAMPLES, RunDir
+
+    out = RunDir(result.out)
+    with out.fs.open_input_file(out.file(SAMPLES)) as f:
+        samples = pq.read_table(f, columns=["sample_id", "prompt"]).to_pydict()
     prompt_of = dict(zip(samples["sample_id"], samples["prompt"]))
     print(f"  first {min(show, len(result.selected_ids))} selected (rank, gain, prompt):", file=stream)
     for rank, (sid, gain) in enumerate(zip(result.selected_ids[:show], result.gains[:show])):
@@ -87,10 +91,26 @@ def print_summary(result, cfg: DeliftConfig, stream=sys.stdout, show: int = 10) 
 def cmd_select(args: argparse.Namespace) -> int:
     from delift_ray.job import run
 
+    from delift_ray.errors import ConfigError
+
+    if args.tokens_per_s is not None and (not args.dry_run or args.tokens_per_s <= 0):
+        raise ConfigError(f"--tokens-per-s needs --dry-run and a value > 0, got {args.tokens_per_s}")
     cfg = config_from_args(args)
-    result = run(cfg, progress=not args.quiet)
-    print_summary(result, cfg)
+    result = run(cfg, progress=not args.quiet, overwrite=args.overwrite, dry_run=args.dry_run, tokens_per_s=args.tokens_per_s)
+    if args.dry_run:
+        print_plan(result, cfg)
+    else:
+        print_summary(result, cfg)
     return 0
+
+
+def print_plan(result, cfg: DeliftConfig, stream=sys.stdout) -> None:
+    """The dry run's report: what scoring would do, and what each step took."""
+    print(f"\ndelift-ray: dry run of {cfg.out} (stage {cfg.stage}, kernel {cfg.kernel.type}); nothing was scored or written",
+          file=stream)
+    print(result.report.format(), file=stream)
+    for step in result.steps:
+        print(f"  {step['name']}: {step['seconds']:.1f} s, peak RSS {step['peak_rss_gib']:.2f} GiB", file=stream)
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
@@ -118,7 +138,7 @@ def cmd_estimate(args: argparse.Namespace) -> int:
 
     from delift_ray import estimate
     from delift_ray.errors import ConfigError
-    from delift_ray.job import ingest, load_tokenizer
+    from delift_ray.steps.ingest import ingest, load_tokenizer
 
     if args.calibration_pairs < 1:  # before the data is read and tokenised
         raise ConfigError(f"--calibration-pairs must be >= 1, got {args.calibration_pairs}")
@@ -126,7 +146,7 @@ def cmd_estimate(args: argparse.Namespace) -> int:
     overrides.setdefault("out", ".")  # nothing is written; out is required by the schema only
     cfg = load_config(args.config, overrides)
     tok = load_tokenizer(cfg)
-    sets = ingest(cfg, tok)
+    sets, _ = ingest(cfg, tok)
     if args.tokens_per_s is not None:
         if args.tokens_per_s <= 0:
             raise ConfigError(f"--tokens-per-s must be > 0, got {args.tokens_per_s}")
@@ -196,12 +216,12 @@ def cmd_reselect(args: argparse.Namespace) -> int:
         except ValueError as exc:
             raise DeliftError(f"--budget {exc}") from None
     r = reselect(args.previous, args.data, args.out, mode=args.mode, condition_on=args.condition_on,
-                 budget=budget, cache=args.cache, progress=not args.quiet)
-    c = r.counts
-    print(f"\ndelift-ray reselect ({r.mode}): {c['samples']} samples (+{c['added']} added, -{c['removed']} removed, "
-          f"{c['unchanged']} unchanged) -> {r.out}")
-    print(f"  pairs: {c['pairs_total']} total, {c['pairs_scored']} scored, {c['pairs_reused']} reused")
-    print(f"  selection: {c['selected']} selected; {c['entered']} entered, {c['left']} left, {c['kept']} kept")
+                 budget=budget, cache=args.cache, progress=not args.quiet, overwrite=args.overwrite)
+    c, d, ch = r.counts, r.diff.counts(), r.changes
+    print(f"\ndelift-ray reselect ({r.mode}): {c.samples} samples (+{d['added']} added, -{d['removed']} removed, "
+          f"{d['unchanged']} unchanged) -> {r.out}")
+    print(f"  pairs: {c.pairs_total} total, {c.pairs_scored} scored, {c.pairs_reused} reused")
+    print(f"  selection: {c.selected} selected; {ch['entered']} entered, {ch['left']} left, {ch['kept']} kept")
     return 0
 
 
@@ -244,6 +264,11 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("select", help="Score the utility matrix and select a subset.")
     add_job_flags(p)
     p.add_argument("--quiet", action="store_true", help="No progress bars.")
+    p.add_argument("--dry-run", action="store_true",
+                   help="Ingest, embed (knn), plan and check memory, print what scoring would do, and stop; writes nothing.")
+    p.add_argument("--overwrite", action="store_true", help="Replace a finished run of other data or settings in --out.")
+    p.add_argument("--tokens-per-s", type=float,
+                   help="With --dry-run: computed prompt tokens per second of one engine, for the estimate's hours.")
     p.set_defaults(func=cmd_select)
 
     p = sub.add_parser("demo", help="The offline demo: SmolLM2-135M on ShareGPT first turns, on CPU.")
@@ -284,6 +309,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--budget", help="Override the previous budget (continual: of the added samples).")
     p.add_argument("--cache", help="Shared utility cache (default: the previous run's).")
     p.add_argument("--quiet", action="store_true", help="No progress bars.")
+    p.add_argument("--overwrite", action="store_true", help="Replace a finished run of other data or settings in --out.")
     p.set_defaults(func=cmd_reselect)
 
     p = sub.add_parser("watch", help="Reselect on each new complete data version under LOCATION.")
@@ -318,6 +344,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    if not args.verbose:  # one line per step of the job; other libraries stay at warnings
+        logging.getLogger("delift_ray").setLevel(logging.INFO)
     if args.command == "demo" and getattr(args, "cfg:out", None):
         args.out = getattr(args, "cfg:out")
     try:

@@ -326,12 +326,6 @@ def validate_config(tree: dict) -> DeliftConfig:
         raise ConfigError(_format_validation_error(exc)) from None
 
 
-def _type_name(info: Any) -> str:
-    ann = info.annotation
-    text = getattr(ann, "__name__", None) or str(ann)
-    return text.replace("typing.", "").replace("Optional[", "").rstrip("]") if "Optional" in str(ann) else text
-
-
 def config_reference_markdown() -> str:
     """The README's config table, rendered from the schema."""
     rows = ["| key | default | description |", "|---|---|---|"]

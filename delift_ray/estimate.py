@@ -34,6 +34,7 @@ import numpy as np
 
 from delift_ray.config import DeliftConfig
 from delift_ray.kernel import dense_assembly_bytes, kernel_bytes, sparse_kernel_bytes
+from delift_ray.steps.base import StepStats
 
 
 @dataclass
@@ -168,7 +169,7 @@ def format_table(est: dict) -> str:
 
 
 @dataclass
-class DryRunReport:
+class DryRunReport(StepStats):
     """What a planned job would score, and what that costs: ``delift-ray select --dry-run``.
 
     Computed from the job's own plan (exact pairs, not the means :func:`compute_estimate`
@@ -209,31 +210,31 @@ class DryRunReport:
         return None if h is None else h / self.engines
 
     def as_dict(self) -> dict:
-        from dataclasses import asdict
+        return {**super().as_dict(), "engine_hours": self.engine_hours, "wall_hours": self.wall_hours}
 
-        return {**asdict(self), "engine_hours": self.engine_hours, "wall_hours": self.wall_hours}
+    def summary(self) -> str:
+        return (f"{self.prompt_tokens} prompt tokens, {self.computed_tokens} to compute"
+                + (f", {self.engine_hours:.4g} engine-hours at {self.tokens_per_s:g} tokens/s" if self.tokens_per_s else ""))
 
     def format(self) -> str:
-        """The report on one screen."""
-        kernel = f"knn (k={self.k}, r={self.random})" if self.kernel == "knn" else self.kernel
-        lines = [f"dry run: stage {self.stage}, kernel {kernel}; samples "
-                 + ", ".join(f"{n}={v:,}" for n, v in self.samples.items())]
-        w = max(len(f"{v:,}") for v in (self.pairs_total, self.baselines_total, self.prompt_tokens, self.computed_tokens))
-        lines.append(f"  pairs           {self.pairs_total:>{w},} planned: {self.pairs_to_score:,} to score "
-                     f"in {self.blocks:,} blocks, {self.pairs_reused:,} reused from the cache")
-        lines.append(f"  baselines       {self.baselines_total:>{w},} planned: {self.baselines_to_score:,} to score, "
+        """The report's lines (below the dry run's header line)."""
+        lines = ["  samples: " + ", ".join(f"{n} {v:,}" for n, v in self.samples.items())
+                 + (f"; knn k {self.k} + random {self.random}" if self.kernel == "knn" else "; dense")]
+        lines.append(f"  pairs: {self.pairs_total:,} total, {self.pairs_to_score:,} to score, {self.pairs_reused:,} reused "
+                     f"({self.blocks:,} blocks)")
+        lines.append(f"  baselines: {self.baselines_total:,} total, {self.baselines_to_score:,} to score, "
                      f"{self.baselines_reused:,} reused")
-        lines.append(f"  prompt tokens   {self.prompt_tokens:>{w},} (pairs and baselines to score)")
-        reuse = "with prefix reuse" if self.prefix_reuse else "no prefix reuse"
-        lines.append(f"  tokens to compute {self.computed_tokens:>{w - 2},} ({reuse})")
+        lines.append(f"  prompt tokens: {self.prompt_tokens:,} (pairs and baselines to score)")
+        lines.append(f"  tokens to compute: {self.computed_tokens:,} ("
+                     + ("prefix reuse: each example head once, per pair its own part and half a KV block"
+                        if self.prefix_reuse else "no prefix reuse") + ")")
         if self.tokens_per_s:
             s = "s" if self.engines > 1 else ""
-            lines.append(f"  estimate        {self.engine_hours:,.3g} engine-hours at {self.tokens_per_s:,.0f} computed "
-                         f"tokens/s per engine ({self.rate_source}); {self.wall_hours:,.3g} wall hours on {self.engines} engine{s}")
+            lines.append(f"  estimate: {self.engine_hours:,.3g} engine-hours at {self.tokens_per_s:,.0f} computed tokens/s "
+                         f"per engine ({self.rate_source}); {self.wall_hours:,.3g} wall hours on {self.engines} engine{s}")
         else:
-            lines.append("  estimate        give --tokens-per-s (computed tokens/s of one engine) for hours; "
-                         "`delift-ray estimate` measures it")
-        lines.append("Nothing was scored. Run the same command without --dry-run to score.")
+            lines.append("  estimate: give --tokens-per-s (computed tokens/s of one engine) for hours; "
+                         "`delift-ray estimate` can measure it")
         return "\n".join(lines)
 
 

@@ -178,10 +178,6 @@ def pair_sequence(helped: TokenizedSet, i: int, examples: TokenizedSet, j: int, 
     return head + tail + [eos] + resp + [eos], ctx_len + 1
 
 
-def scored_token_count(tok: TokenizedSet) -> np.ndarray:
-    return tok.response.lengths() + 1
-
-
 def take(tok: TokenizedSet, idx) -> TokenizedSet:
     """The segments of samples ``idx`` only (what one block needs)."""
     return TokenizedSet(no_example=tok.no_example.take(idx), tail=tok.tail.take(idx),

@@ -23,14 +23,16 @@ Modes:
   (``"all"``). The new selection is the previous selection that is still in the data,
   followed by the picks.
 
-Outputs under ``out``: ``run.json`` (whose ``config`` is the new version's config, so a
-later reselect can chain on it, plus a ``reselect`` section), ``samples.parquet``,
-``selection.parquet``, ``subset.jsonl`` and ``selection_diff.parquet`` / ``.json``
-(``entered``, ``left``, ``kept`` relative to the previous selection).
+Outputs under ``out``, committed together (:mod:`delift_ray.rundir`): ``run.json`` (whose
+``config`` is the new version's config, so a later reselect can chain on it, plus a
+``reselect`` section), ``samples.parquet``, ``selection.parquet``, ``subset.jsonl`` and
+``selection_diff.parquet`` / ``.json`` (``entered``, ``left``, ``kept`` relative to the
+previous selection). Continual mode runs its FLCG job in ``out/continual/``.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from dataclasses import dataclass, field
 from typing import Optional, Sequence, Union
@@ -43,7 +45,9 @@ import pyarrow.parquet as pq
 from delift_ray.config import DeliftConfig, validate_config
 from delift_ray.errors import DeliftError
 from delift_ray.lock import RunLock
-from delift_ray.storage import resolve_fs
+from delift_ray.rundir import (RUN_JSON, SAMPLES, SELECTION, SUBSET, RunCounts, RunDir, json_bytes, parquet_bytes,
+                               read_run, selection_table, subset_bytes)
+from delift_ray.storage import atomic_write, resolve_fs
 
 MODES = ("full", "continual")
 CONDITION_ON = ("selected", "all")
@@ -106,31 +110,13 @@ class PreviousRun:
         return self.pool.column("sample_id").to_pylist()
 
 
-def _read_bytes(uri: str) -> bytes:
-    fs, path = resolve_fs(uri)
-    with fs.open_input_stream(path) as f:
-        return f.read()
-
-
 def read_previous(run_dir: str) -> PreviousRun:
     """The previous run's config, pool samples and selection; a one-line error if it is not a finished run."""
-    files = {}
-    for name in ("run.json", "samples.parquet", "selection.parquet"):
-        try:
-            files[name] = _read_bytes(f"{run_dir.rstrip('/')}/{name}")
-        except (OSError, DeliftError):
-            raise DeliftError(f"--previous {run_dir} is not a finished delift-ray run: {name} is missing") from None
-    try:
-        meta = json.loads(files["run.json"])
-        config = dict(meta["config"])
-        samples = pq.read_table(pa.BufferReader(files["samples.parquet"]))
-        selected = pq.read_table(pa.BufferReader(files["selection.parquet"])).column("sample_id").to_pylist()
-    except (ValueError, KeyError, pa.ArrowException) as exc:
-        raise DeliftError(f"--previous {run_dir}: unreadable run files ({exc.__class__.__name__}: {str(exc)[:120]})") from None
-    pool = samples.filter(pc.equal(samples.column("set"), "pool"))
+    run = read_run(run_dir, what="--previous")
+    config = run.config
     # Without a shared cache the previous run's shards live in its own dir.
-    cache = config.get("cache") or meta.get("cache") or run_dir
-    return PreviousRun(run_dir, config, pool, selected, cache)
+    cache = config.get("cache") or run.meta.get("cache") or run_dir
+    return PreviousRun(run_dir, config, run.pool, run.selected, cache)
 
 
 # --------------------------------------------------------------------------- reselect
@@ -142,7 +128,8 @@ class ReselectResult:
     mode: str
     selected_ids: list[str]
     diff: DataDiff
-    counts: dict
+    counts: RunCounts  # of the job that scored and selected (continual: over the added samples)
+    changes: dict[str, int]  # entered / left / kept relative to the previous selection
     paths: dict = field(default_factory=dict)
 
 
@@ -156,31 +143,24 @@ def version_config(prev: PreviousRun, data: str, out: str, *, cache: Optional[st
     return validate_config(tree)
 
 
-def _write_jsonl(od, name: str, prompts: Sequence[str], responses: Sequence[str]) -> str:
-    text = "".join(json.dumps({"prompt": p, "response": r}, ensure_ascii=False) + "\n" for p, r in zip(prompts, responses))
-    od.write_bytes(name, text.encode("utf-8"))
-    return f"{od.uri.rstrip('/')}/{name}"
-
-
 def reselect(previous: str, data: str, out: str, *, mode: str = "full", condition_on: str = "selected",
-             budget: Union[int, float, None] = None, cache: Optional[str] = None, progress: bool = True) -> ReselectResult:
+             budget: Union[int, float, None] = None, cache: Optional[str] = None, progress: bool = True,
+             overwrite: bool = False) -> ReselectResult:
     """Select on a new data version, reusing every cached utility; see the module docstring."""
-    from delift_ray.job import OutDir
-
     if mode not in MODES:
         raise DeliftError(f"--mode must be one of {', '.join(MODES)}, got {mode!r}")
     if condition_on not in CONDITION_ON:
         raise DeliftError(f"--condition-on must be one of {', '.join(CONDITION_ON)}, got {condition_on!r}")
-    od = OutDir(out)
-    # One writer per output directory: the lock covers the job and every write after it
-    # (selection_diff, run.json), so two reselects into one directory cannot interleave.
+    od = RunDir(out)
+    od.create()
+    # One writer per output directory: the lock covers the job and the commit of its files.
     with RunLock(od.fs, od.path, out) as lock:
         return _reselect_locked(previous, data, out, od, lock, mode=mode, condition_on=condition_on, budget=budget,
-                                cache=cache, progress=progress)
+                                cache=cache, progress=progress, overwrite=overwrite)
 
 
-def _reselect_locked(previous: str, data: str, out: str, od, lock: RunLock, *, mode: str, condition_on: str,
-                     budget: Union[int, float, None], cache: Optional[str], progress: bool) -> ReselectResult:
+def _reselect_locked(previous: str, data: str, out: str, od: RunDir, lock: RunLock, *, mode: str, condition_on: str,
+                     budget: Union[int, float, None], cache: Optional[str], progress: bool, overwrite: bool) -> ReselectResult:
     from delift_ray.data import load_samples
     from delift_ray.job import run
 
@@ -188,78 +168,77 @@ def _reselect_locked(previous: str, data: str, out: str, od, lock: RunLock, *, m
     cfg = version_config(prev, data, out, cache=cache, budget=budget if mode == "full" else None)
     new = load_samples(cfg.data, "pool", columns=cfg.columns, split=cfg.split, max_rows=cfg.max_samples, strict=cfg.strict)
     diff = diff_ids(prev.pool_ids, new.sample_ids)
+    report: dict = {}
+
+    def add_diff(files: dict[str, bytes], selected: list[str], extra: dict) -> dict[str, bytes]:
+        """selection_diff.* and run.json's reselect section, in the same commit as the selection."""
+        sdiff = selection_diff(prev.selected, selected)
+        changes = sdiff.column("change").to_pylist()
+        report["changes"] = {c: changes.count(c) for c in ("entered", "left", "kept")}
+        ids = sdiff.column("sample_id").to_pylist()
+        by_change = {c: [s for s, x in zip(ids, changes) if x == c] for c in ("entered", "left", "kept")}
+        meta = json.loads(files[RUN_JSON])
+        meta["reselect"] = {"previous": previous, "mode": mode, "condition_on": condition_on if mode == "continual" else None,
+                            "data": diff.counts(), **report["changes"], **extra}
+        return {**files, "selection_diff.parquet": parquet_bytes(sdiff),
+                "selection_diff.json": json_bytes({"previous": previous, "mode": mode, "data": diff.counts(),
+                                                   **report["changes"], **by_change}),
+                RUN_JSON: json_bytes(meta)}
 
     if mode == "full":
-        result = run(cfg, progress=progress, lock=lock)
-        selected, job_counts = result.selected_ids, result.counts
-        extra: dict = {}
+        result = run(cfg, progress=progress, lock=lock, overwrite=overwrite,
+                     finalize=lambda files: add_diff(files, read_selection(files), {}))
+        selected, counts, paths = result.selected_ids, result.counts, result.paths
     else:
-        selected, job_counts, extra = _continual(cfg, prev, new, diff, od, condition_on, budget, progress)
-
-    sdiff = selection_diff(prev.selected, selected)
-    changes = sdiff.column("change").to_pylist()
-    counts = {
-        "samples": len(new),
-        "pairs_total": int(job_counts.get("pairs_total", 0)),
-        "pairs_scored": int(job_counts.get("pairs_scored", 0)),
-        "pairs_reused": int(job_counts.get("pairs_reused", 0)),
-        "baselines_scored": int(job_counts.get("baselines_scored", 0)),
-        "selected": len(selected),
-        **{c: changes.count(c) for c in ("entered", "left", "kept")},
-        **diff.counts(),
-    }
-    ids_by_change = {c: [s for s, x in zip(sdiff.column("sample_id").to_pylist(), changes) if x == c] for c in ("entered", "left", "kept")}
-    paths = {
-        "selection_diff": od.write_parquet("selection_diff.parquet", sdiff),
-        "selection_diff_json": od.write_json("selection_diff.json", {
-            "previous": previous, "mode": mode, "data": diff.counts(), **{k: v for k, v in counts.items() if k in ("entered", "left", "kept")},
-            **ids_by_change}),
-        "selection": od.file("selection.parquet"),
-        "run": od.file("run.json"),
-    }
-    with od.fs.open_input_stream(od.file("run.json")) as f:  # od.file is a path of od.fs, not a URI
-        meta = json.loads(f.read())
-    meta["reselect"] = {"previous": previous, "mode": mode, "condition_on": condition_on if mode == "continual" else None,
-                        "counts": counts, **extra}
-    od.write_json("run.json", meta)
-    return ReselectResult(out, mode, selected, diff, counts, paths)
+        selected, counts, paths = _continual(cfg, prev, new, diff, od, condition_on, budget, progress, add_diff)
+    return ReselectResult(out, mode, selected, diff, counts, report["changes"], paths)
 
 
-def _continual(cfg: DeliftConfig, prev: PreviousRun, new, diff: DataDiff, od, condition_on: str,
-               budget: Union[int, float, None], progress: bool) -> tuple[list[str], dict, dict]:
+def read_selection(files: dict[str, bytes]) -> list[str]:
+    return pq.read_table(pa.BufferReader(files[SELECTION])).column("sample_id").to_pylist()
+
+
+def _continual(cfg: DeliftConfig, prev: PreviousRun, new, diff: DataDiff, od: RunDir, condition_on: str,
+               budget: Union[int, float, None], progress: bool, add_diff) -> tuple[list[str], RunCounts, dict]:
     """FLCG over the added samples conditioned on the previous selection (or all previous data)."""
     from delift_ray.job import run
 
     present = set(new.sample_ids)
     kept = [s for s in prev.selected if s in present]
     pos = {s: k for k, s in enumerate(new.sample_ids)}
-    picks, gains, job_counts, note = [], [], {}, None
+    picks, gains, counts, note = [], [], RunCounts(), None
     if len(diff.added) < 2:
         note = f"{len(diff.added)} added sample(s): nothing to choose between, the previous selection carries over"
     else:
         cond_ids = set(prev.selected) if condition_on == "selected" else set(prev.pool_ids)
         cond = prev.pool.filter(pc.is_in(prev.pool.column("sample_id"), value_set=pa.array(sorted(cond_ids), pa.string())))
-        # Inputs of the FLCG run, as prompt/response rows (same content hashes) next to its outputs.
-        added = _write_jsonl(od, "continual_added.jsonl", [new.prompts[pos[s]] for s in diff.added],
+        # Inputs of the FLCG run, as prompt/response rows (same content hashes), in its own folder.
+        sub = f"{od.uri.rstrip('/')}/continual"
+        added = _write_jsonl(sub, "added.jsonl", [new.prompts[pos[s]] for s in diff.added],
                              [new.responses[pos[s]] for s in diff.added])
-        existing = _write_jsonl(od, "continual_condition.jsonl", cond.column("prompt").to_pylist(), cond.column("response").to_pylist())
+        existing = _write_jsonl(sub, "condition.jsonl", cond.column("prompt").to_pylist(), cond.column("response").to_pylist())
         k = budget if budget is not None else continual_budget(prev.config.get("budget", 0.3), len(prev.selected), len(prev.pool_ids), len(diff.added))
         tree = cfg.model_dump(mode="json")
-        # The written inputs are prompt/response rows with the same content hashes.
-        tree.update(data=added, existing=existing, stage="continual", budget=k, out=f"{od.uri.rstrip('/')}/continual",
-                    cache=cfg.cache, columns={})
-        result = run(validate_config(tree), progress=progress)
-        picks, gains, job_counts = result.selected_ids, result.gains, result.counts
+        tree.update(data=added, existing=existing, stage="continual", budget=k, out=f"{sub}/run", cache=cfg.cache, columns={})
+        result = run(validate_config(tree), progress=progress, overwrite=True)
+        picks, gains, counts = result.selected_ids, result.gains, result.counts
     selected = kept + picks
-    origin = ["kept"] * len(kept) + ["picked"] * len(picks)
-    od.write_parquet("selection.parquet", pa.table({
-        "sample_id": pa.array(selected, pa.string()), "rank": np.arange(len(selected), dtype=np.int64),
-        "gain": np.asarray([np.nan] * len(kept) + list(gains), dtype=np.float64), "origin": origin}))
-    od.write_bytes("subset.jsonl", "".join(new.originals[pos[s]] + "\n" for s in selected).encode())
-    od.write_parquet("samples.parquet", version_samples(new))
-    od.write_json("run.json", {"config": cfg.model_dump(mode="json"), "cache": cfg.cache,
-                               "counts": {**job_counts, "samples": len(new), "selected": len(selected)}})
-    return selected, job_counts, {"picked": len(picks), "note": note}
+    counts = dataclasses.replace(counts, samples=len(new), selected=len(selected))
+    meta = {"config": cfg.model_dump(mode="json"), "cache": cfg.cache, "counts": counts.as_dict()}
+    files = {SAMPLES: parquet_bytes(version_samples(new)),
+             SELECTION: parquet_bytes(selection_table(selected, [np.nan] * len(kept) + list(gains),
+                                                      ["kept"] * len(kept) + ["picked"] * len(picks))),
+             SUBSET: subset_bytes([new.originals[pos[s]] for s in selected]),
+             RUN_JSON: json_bytes(meta)}
+    paths = od.commit(add_diff(files, selected, {"picked": len(picks), "note": note}))
+    return selected, counts, paths
+
+
+def _write_jsonl(folder: str, name: str, prompts: Sequence[str], responses: Sequence[str]) -> str:
+    text = "".join(json.dumps({"prompt": p, "response": r}, ensure_ascii=False) + "\n" for p, r in zip(prompts, responses))
+    fs, path = resolve_fs(folder)
+    atomic_write(fs, f"{path}/{name}", text.encode("utf-8"))
+    return f"{folder}/{name}"
 
 
 def version_samples(new) -> pa.Table:

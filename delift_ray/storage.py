@@ -4,19 +4,22 @@ Layout under the store root (the run's out dir, or a shared cache)::
 
     utility/fp=<fingerprint>/<block key>.parquet    helped_id, example_id, utility, distance
     baseline/fp=<fingerprint>/<block key>.parquet   sample_id, distance
+    embedding/fp=<fingerprint>/<chunk key>.parquet  sample_id, vector (fixed-size list of float32)
     quarantine/                                       shards that failed validation
 
-Shards are written to a temporary name and renamed, so a reader never sees a partial
-file under its final name. Each shard records its row count and a checksum of its
-columns in the Parquet key-value metadata; a shard that does not validate is moved to
-``quarantine/`` and never read into a kernel. The content-keyed cache is exactly this
-store: a utility's key is (fingerprint, helped_id, example_id) and a baseline's key is
-(fingerprint, sample_id), so any run with the same fingerprint reuses what is here.
+One store, parameterised by each kind's schema (:data:`SCHEMAS`), holds all three kinds
+under one policy. Shards are written with :func:`atomic_write`, so a reader never sees
+a partial file under its final name. Each shard records its row count and a checksum of
+its columns in the Parquet key-value metadata; a shard that does not validate is moved
+to ``quarantine/`` and never read (its keys are computed again). The content-keyed cache
+is exactly this store: a utility's key is (fingerprint, helped_id, example_id), a
+baseline's or an embedding's (fingerprint, sample_id), so any run with the same
+fingerprint reuses what is here.
 
 The store root is the ``cache`` config key (default: the out dir), so many runs can
 share one store. Key index: every shard's footer also lists the distinct sample ids it
-covers (``delift.helped`` / ``delift.examples``, ``,``-joined). :meth:`ShardStore.read_relevant`
-reads only footers to find the shards that can hold a wanted pair, then reads and
+covers (``delift.helped`` / ``delift.examples``, ``,``-joined). :meth:`ShardStore.iter_relevant`
+reads only footers to find the shards that can hold a wanted key, then reads and
 validates only those. A quarantined shard disappears from the listing and a shard
 added by a concurrent run appears in it, so the index never goes stale: it is the
 shards themselves. A shard without the lists (older writers) is simply read.
@@ -29,7 +32,7 @@ import logging
 import os
 import uuid
 from dataclasses import dataclass
-from typing import Iterable, Iterator, Optional
+from typing import Any, Callable, Iterable, Iterator, Optional, Union
 
 import numpy as np
 import pyarrow as pa
@@ -42,13 +45,25 @@ log = logging.getLogger(__name__)
 
 UTILITY = "utility"
 BASELINE = "baseline"
+EMBEDDING = "embedding"
 TMP_PREFIX = "_tmp-"
 
 UTILITY_SCHEMA = pa.schema(
     [("helped_id", pa.string()), ("example_id", pa.string()), ("utility", pa.float32()), ("distance", pa.float32())]
 )
 BASELINE_SCHEMA = pa.schema([("sample_id", pa.string()), ("distance", pa.float64())])
-SCHEMAS = {UTILITY: UTILITY_SCHEMA, BASELINE: BASELINE_SCHEMA}
+# The vector width depends on the encoder: any fixed-size float32 list validates.
+EMBEDDING_SCHEMA = pa.schema([("sample_id", pa.string()), ("vector", pa.list_(pa.float32(), 1))])
+SCHEMAS = {UTILITY: UTILITY_SCHEMA, BASELINE: BASELINE_SCHEMA, EMBEDDING: EMBEDDING_SCHEMA}
+
+
+def conform(kind: str, table: pa.Table) -> pa.Table:
+    """``table`` cast to the kind's schema (an embedding keeps its own vector width)."""
+    schema = SCHEMAS[kind]
+    if kind == EMBEDDING:
+        width = table.schema.field("vector").type.list_size
+        schema = pa.schema([("sample_id", pa.string()), ("vector", pa.list_(pa.float32(), width))])
+    return table.select(schema.names).cast(schema)
 
 
 def resolve_fs(uri: str) -> tuple[pafs.FileSystem, str]:
@@ -61,6 +76,32 @@ def resolve_fs(uri: str) -> tuple[pafs.FileSystem, str]:
         raise StorageError(f"cannot open storage location {uri!r}: {exc}") from None
 
 
+def atomic_write(fs: pafs.FileSystem, path: str, data: Union[bytes, Callable[[Any], None]]) -> str:
+    """Write ``path`` so that no reader ever sees it partial: a temporary sibling, then a rename.
+
+    ``data`` is the bytes, or a function that writes to the open output stream (Parquet
+    writers). The temporary name starts with :data:`TMP_PREFIX`, which listings skip. On
+    object stores the rename is a copy, still never a partial object.
+    """
+    parent, base = path.rsplit("/", 1)
+    tmp = f"{parent}/{TMP_PREFIX}{base}-{uuid.uuid4().hex[:8]}"
+    fs.create_dir(parent, recursive=True)
+    try:
+        with fs.open_output_stream(tmp) as sink:
+            if callable(data):
+                data(sink)
+            else:
+                sink.write(data)
+        fs.move(tmp, path)
+    except BaseException:
+        try:
+            fs.delete_file(tmp)
+        except OSError:
+            pass
+        raise
+    return path
+
+
 def table_checksum(table: pa.Table) -> str:
     """blake2b over every column's values, in order: detects truncation and bit rot."""
     h = hashlib.blake2b(digest_size=16)
@@ -68,6 +109,8 @@ def table_checksum(table: pa.Table) -> str:
         col = table.column(name)
         if pa.types.is_string(col.type):
             h.update("\x1f".join(col.to_pylist()).encode("utf-8"))
+        elif pa.types.is_fixed_size_list(col.type):
+            h.update(np.ascontiguousarray(col.combine_chunks().flatten().to_numpy()).tobytes())
         else:
             h.update(np.ascontiguousarray(col.to_numpy()).tobytes())
         h.update(b"\x1e")
@@ -101,7 +144,7 @@ class ShardStore:
     # ------------------------------------------------------------------ write
     def write(self, kind: str, key: str, table: pa.Table) -> str:
         """Write a shard atomically (temporary name, then rename); returns its path."""
-        table = table.cast(SCHEMAS[kind])
+        table = conform(kind, table)
         meta = {
             b"delift.rows": str(table.num_rows).encode(),
             b"delift.checksum": table_checksum(table).encode(),
@@ -110,14 +153,7 @@ class ShardStore:
         }
         meta.update(_id_lists(kind, table))
         table = table.replace_schema_metadata(meta)
-        d = self.kind_dir(kind)
-        self._ensure_dir(d)
-        tmp = f"{d}/{TMP_PREFIX}{key}-{uuid.uuid4().hex[:8]}.parquet"
-        final = self.shard_path(kind, key)
-        with self.fs.open_output_stream(tmp) as sink:
-            pq.write_table(table, sink, compression="zstd")
-        self.fs.move(tmp, final)
-        return final
+        return atomic_write(self.fs, self.shard_path(kind, key), lambda sink: pq.write_table(table, sink, compression="zstd"))
 
     # ------------------------------------------------------------------ read
     def read_valid(self, path: str) -> Optional[pa.Table]:
@@ -225,13 +261,10 @@ class ShardStore:
             _FOOTER_MEMO[memo_key] = ids
         return ids
 
-    def read_all(self, kind: str, keys: Optional[Iterable[str]] = None) -> pa.Table:
-        """Concatenation of every valid shard of ``kind`` (optionally only those keys)."""
-        wanted = set(keys) if keys is not None else None
+    def read_all(self, kind: str) -> pa.Table:
+        """Concatenation of every valid shard of ``kind``."""
         tables = []
         for shard in self.list_shards(kind):
-            if wanted is not None and shard.key not in wanted:
-                continue
             t = self.read_valid(shard.path)
             if t is not None:
                 tables.append(t)
@@ -261,7 +294,7 @@ def _id_lists(kind: str, table: pa.Table) -> dict[bytes, bytes]:
     """Footer key index: the distinct sample ids a shard covers."""
     if kind == UTILITY:
         cols = {b"delift.helped": "helped_id", b"delift.examples": "example_id"}
-    else:
+    else:  # baselines and embeddings are keyed by one sample
         cols = {b"delift.helped": "sample_id"}
     return {k: ",".join(sorted(set(table.column(c).to_pylist()))).encode() for k, c in cols.items()}
 

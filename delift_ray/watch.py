@@ -36,7 +36,7 @@ import pyarrow.parquet as pq
 
 from delift_ray.errors import DeliftError, StorageError
 from delift_ray.lock import RunLock
-from delift_ray.storage import resolve_fs
+from delift_ray.storage import atomic_write, resolve_fs
 
 log = logging.getLogger(__name__)
 
@@ -90,9 +90,8 @@ def read_history(out: str) -> pa.Table:
 def append_history(out: str, row: dict) -> None:
     """Add one attempt to history.parquet (rewritten atomically; only the lock holder writes)."""
     table = pa.concat_tables([read_history(out), pa.Table.from_pylist([row], schema=HISTORY_SCHEMA)])
-    tmp = os.path.join(out, f".{HISTORY}.tmp")
-    pq.write_table(table, tmp)
-    os.replace(tmp, os.path.join(out, HISTORY))
+    fs, path = resolve_fs(out)
+    atomic_write(fs, f"{path}/{HISTORY}", lambda sink: pq.write_table(table, sink))
 
 
 def pending_versions(available: list[str], history: pa.Table) -> tuple[Optional[str], list[str]]:
@@ -140,12 +139,16 @@ def process_version(s: WatchSettings, version: str, last: Optional[str]) -> dict
         tree.setdefault("cache", None)
         tree["cache"] = tree["cache"] or os.path.join(os.path.abspath(s.out), "cache")
         r = run(validate_config(tree), progress=s.progress)
-        c = r.counts
-        return {"mode": "select", "samples": c["samples"], "pairs_scored": c["pairs_scored"], "pairs_reused": c["pairs_reused"],
-                "selected": c["selected"], "entered": c["selected"], "left": 0}
+        return history_counts(r.counts, {"entered": r.counts.selected, "left": 0})
     r = reselect(version_dir(s.out, last), data, out_v, mode=s.mode, condition_on=s.condition_on, progress=s.progress)
-    c = r.counts
-    return {"mode": s.mode, **{k: c[k] for k in ("samples", "pairs_scored", "pairs_reused", "selected", "entered", "left")}}
+    return {"mode": s.mode, **history_counts(r.counts, r.changes)}
+
+
+def history_counts(counts, changes: dict) -> dict:
+    """The figures of one version in history.parquet, from its run's counts and selection changes."""
+    return {"mode": "select", "samples": counts.samples, "pairs_scored": counts.pairs_scored,
+            "pairs_reused": counts.pairs_reused, "selected": counts.selected,
+            "entered": changes["entered"], "left": changes["left"]}
 
 
 def watch_once(s: WatchSettings, process: Callable[[WatchSettings, str, Optional[str]], dict] = process_version) -> list[dict]:

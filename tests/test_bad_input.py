@@ -110,14 +110,15 @@ def test_ray_address_that_is_not_an_address(tiny_model_dir, pool, tmp_path):
 def test_sample_longer_than_the_context_is_a_counted_skip(tiny_model_dir, tmp_path):
     from transformers import AutoTokenizer
 
-    from delift_ray.job import ingest
+    from delift_ray.steps.ingest import ingest
 
     rows = ROWS + [{"prompt": "Tell a long story.", "response": " ".join(["once upon a time"] * 200)}]
     cfg = load_config(None, {"data": write_rows(tmp_path / "p.jsonl", rows), "model": str(tiny_model_dir),
                              "out": str(tmp_path / "o"), "engine.max_model_len": 256})
-    sets = ingest(cfg, AutoTokenizer.from_pretrained(tiny_model_dir))
+    sets, stats = ingest(cfg, AutoTokenizer.from_pretrained(tiny_model_dir))
     assert len(sets["pool"].samples) == len(ROWS)
-    assert sets["pool"].samples.skipped["too_long"] == 1 and sets["pool"].rejected == [(len(ROWS), "too_long")]
+    assert sets["pool"].samples.skipped["too_long"] == 1 and sets["pool"].rejected.rows == [len(ROWS)]
+    assert stats.skipped == {"too_long": 1} and stats.samples_by_set == {"pool": len(ROWS)}
     cfg = load_config(None, {**cfg.model_dump(), "strict": True})
     with pytest.raises(DeliftError, match=f"row {len(ROWS)} does not fit max_model_len=256"):
         ingest(cfg, AutoTokenizer.from_pretrained(tiny_model_dir))
@@ -154,7 +155,7 @@ def test_config_file_cannot_point_out_outside(tiny_model_dir, pool, tmp_path):
 
 def test_trust_remote_code_is_off_for_engine_and_tokenizer(tiny_model_dir, tmp_path):
     """A checkpoint whose tokenizer needs its own Python code: nothing of it runs by default."""
-    from delift_ray.job import load_tokenizer
+    from delift_ray.steps.ingest import load_tokenizer
     from delift_ray.scoring.engine import engine_kwargs
 
     assert engine_kwargs("m", EngineConfig())["trust_remote_code"] is False

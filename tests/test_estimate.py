@@ -16,7 +16,7 @@ from delift_ray.stages import STAGE_MATRICES
 def ingested(tiny_model_dir, tmp_path_factory):
     from transformers import AutoTokenizer
 
-    from delift_ray.job import ingest
+    from delift_ray.steps.ingest import ingest
 
     tmp = tmp_path_factory.mktemp("est")
     rng = np.random.default_rng(1)
@@ -29,7 +29,7 @@ def ingested(tiny_model_dir, tmp_path_factory):
                              "engine.max_model_len": 512, "kernel.type": "knn", "kernel.k": 4, "kernel.random": 2,
                              "ray.num_scorers": 2})
     tok = AutoTokenizer.from_pretrained(tiny_model_dir)
-    return cfg, ingest(cfg, tok), tok.eos_token_id
+    return cfg, ingest(cfg, tok)[0], tok.eos_token_id
 
 
 @pytest.mark.parametrize("reuse", [False, True])
@@ -68,8 +68,9 @@ def test_dry_run_tokens_are_the_plans_sequences(ingested, reuse):
     assert rep.engine_hours == pytest.approx(rep.computed_tokens / 1000.0 / 3600)
     assert rep.wall_hours == pytest.approx(rep.engine_hours / 2)
     text = rep.format()
-    assert f"{rep.pairs_to_score:,} to score" in text and f"{rep.computed_tokens:,}" in text and "Nothing was scored" in text
-    assert len(text.splitlines()) <= 10
+    assert f"pairs: {rep.pairs_total:,} total, {rep.pairs_to_score:,} to score, 3 reused" in text
+    assert f"tokens to compute: {rep.computed_tokens:,}" in text and "wall hours on 2 engines" in text
+    assert len(text.splitlines()) <= 8
     assert json.loads(json.dumps(rep.as_dict()))["computed_tokens"] == rep.computed_tokens
 
 

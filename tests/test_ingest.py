@@ -20,18 +20,19 @@ def write_rows(path, rows):
 
 
 def reference_samples_table(sets) -> pa.Table:
-    """The per-row loop samples_table used to be."""
+    """samples.parquet built row by row, as the per-row loop it replaced did."""
     cols = {k: [] for k in ("sample_id", "row", "set", "prompt", "response", "prompt_tokens", "response_tokens", "copies", "status")}
     for name, s in sets.items():
-        smp, tok = s.samples, s.tokens
+        smp, tok, bad = s.samples, s.tokens, s.rejected
         for k in range(len(smp)):
             for key, val in (("sample_id", smp.sample_ids[k]), ("row", smp.rows[k]), ("set", name), ("prompt", smp.prompts[k]),
                              ("response", smp.responses[k]), ("prompt_tokens", len(tok.no_example[k])),
                              ("response_tokens", len(tok.response[k])), ("copies", smp.copies[k]), ("status", "ok")):
                 cols[key].append(val)
-        for (row, reason), sid, (p, r) in zip(s.rejected, s.rejected_ids, s.rejected_texts):
-            for key, val in (("sample_id", sid), ("row", row), ("set", name), ("prompt", p), ("response", r),
-                             ("prompt_tokens", -1), ("response_tokens", -1), ("copies", 1), ("status", reason)):
+        for k in range(len(bad)):
+            for key, val in (("sample_id", bad.sample_ids[k]), ("row", bad.rows[k]), ("set", name), ("prompt", bad.prompts[k]),
+                             ("response", bad.responses[k]), ("prompt_tokens", -1), ("response_tokens", -1), ("copies", 1),
+                             ("status", "too_long")):
                 cols[key].append(val)
     return pa.table(cols)
 
@@ -39,8 +40,9 @@ def reference_samples_table(sets) -> pa.Table:
 def test_ingest_keeps_what_fits_and_the_table_matches_the_row_loop(tiny_model_dir, tmp_path):
     from transformers import AutoTokenizer
 
-    from delift_ray.job import ingest, samples_table
     from delift_ray.prompts import tokenize_set
+    from delift_ray.rundir import samples_table
+    from delift_ray.steps.ingest import ingest
 
     rng = np.random.default_rng(0)
     words = ["alpha", "beta", "gamma", "delta", "epsilon"]
@@ -52,7 +54,7 @@ def test_ingest_keeps_what_fits_and_the_table_matches_the_row_loop(tiny_model_di
                              "stage": "task", "model": str(tiny_model_dir), "out": str(tmp_path / "o"),
                              "engine.max_model_len": 160})
     tok = AutoTokenizer.from_pretrained(tiny_model_dir)
-    sets = ingest(cfg, tok)
+    sets, _ = ingest(cfg, tok)
     min_head = template_head_length(tok, cfg.templates)
     for name, src in (("pool", cfg.data), ("target", cfg.target)):
         s = load_samples(src, name)
@@ -64,7 +66,7 @@ def test_ingest_keeps_what_fits_and_the_table_matches_the_row_loop(tiny_model_di
         assert got.samples.sample_ids == [s.sample_ids[k] for k in keep]
         assert got.samples.copies == [s.copies[k] for k in keep]
         assert list(got.tokens.head) == [t.head[k] for k in keep]
-        assert got.rejected == [(s.rows[k], "too_long") for k in dropped]
+        assert got.rejected.rows == [s.rows[k] for k in dropped]
         assert got.samples.skipped["too_long"] == len(dropped)
     assert samples_table(sets).equals(reference_samples_table(sets))
 

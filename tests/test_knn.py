@@ -344,14 +344,14 @@ def test_calibration_grid_is_example_major_and_seeded():
 def test_estimate_calibration_measures_the_engine(tiny_model_dir, tmp_path):
     from delift_ray import estimate
     from delift_ray.config import validate_config
-    from delift_ray.job import ingest, load_tokenizer
+    from delift_ray.steps.ingest import ingest, load_tokenizer
 
     data = tmp_path / "pool.jsonl"
     data.write_text("".join(json.dumps(r) + "\n" for r in POOL16))
     cfg = validate_config({"data": str(data), "model": str(tiny_model_dir), "out": str(tmp_path),
                            "engine": {"dtype": "float32", "max_model_len": 256, "block_size": 32, "kv_cache_space_gib": 1}})
     tok = load_tokenizer(cfg)
-    sets = ingest(cfg, tok)
+    sets, _ = ingest(cfg, tok)
     rate = estimate.calibrate(cfg, sets, tok.eos_token_id, pairs=16)
     assert 1 < rate < 1e7
 

@@ -145,6 +145,42 @@ def test_resume_recomputes_only_deleted_shards(instruction_run, tiny_model_dir, 
     assert again.selected_ids == instruction_run.selected_ids
 
 
+def run_files(out) -> dict:
+    return {n: (out / n).read_bytes() for n in ("samples.parquet", "selection.parquet", "subset.jsonl", "run.json")}
+
+
+def test_refused_run_never_touches_a_finished_run(instruction_run, tiny_model_dir, datasets_dir, tmp_path):
+    """Issue 16 §1: other data with an impossible budget, then other data with a possible one,
+    then a checkpoint whose engine cannot start: each is refused and the finished run is
+    byte for byte what it was. ``--overwrite`` replaces it, in one commit."""
+    from delift_ray.errors import BudgetError, DeliftError
+
+    out = tmp_path / "finished"
+    shutil.copytree(instruction_run.out, out)
+    before = run_files(out)
+    other = write_rows(tmp_path / "other.jsonl", POOL[:7])
+    with pytest.raises(BudgetError, match="budget 1000"):
+        job(tiny_model_dir, out, {"pool": other}, budget=1000)
+    assert run_files(out) == before
+    with pytest.raises(DeliftError, match="holds a finished run of other data or settings"):
+        job(tiny_model_dir, out, {"pool": other})
+    assert run_files(out) == before
+    # An engine that cannot start (no weights) fails the run before anything is written.
+    broken = tmp_path / "no-weights"
+    shutil.copytree(tiny_model_dir, broken, ignore=shutil.ignore_patterns("*.safetensors", "*.bin"))
+    fresh = tmp_path / "fresh"
+    with pytest.raises(Exception):
+        run({"data": datasets_dir["pool"], "model": str(broken), "out": str(fresh), "budget": 3, "engine": ENGINE,
+             "scoring": {"block_size": 4, "max_retries": 0}, "ray": {"max_actor_restarts": 0}}, progress=False)
+    assert [n for n in os.listdir(fresh) if not n.startswith("utility") and not n.startswith("baseline")] == []
+    replaced = run({"data": other, "model": str(tiny_model_dir), "out": str(out), "budget": 2, "engine": ENGINE,
+                    "scoring": {"block_size": 4}}, progress=False, overwrite=True)
+    samples = pq.read_table(out / "samples.parquet").column("sample_id").to_pylist()
+    assert set(replaced.selected_ids) <= set(samples) and len(samples) == 7
+    assert json.loads((out / "run.json").read_text())["counts"]["samples"] == 7
+    assert not [n for n in os.listdir(out) if n.startswith(".txn-")]
+
+
 def test_task_stage(ray_cluster, tiny_model_dir, datasets_dir, tmp_path):
     r = job(tiny_model_dir, tmp_path / "task", datasets_dir, stage="task", target=datasets_dir["target"])
     # K: 10 x 10 pool pairs; Q: 2 targets helped by 10 pool examples.

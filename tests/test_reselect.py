@@ -20,7 +20,8 @@ import pytest
 
 from delift_ray.config import validate_config
 from delift_ray.errors import DeliftError
-from delift_ray.job import fingerprint, run
+from delift_ray.job import run
+from delift_ray.steps.plan import fingerprint
 from delift_ray.lock import LOCK_NAME
 from delift_ray.reselect import continual_budget, diff_ids, reselect, selection_diff
 from delift_ray.storage import BASELINE, UTILITY, ShardStore, model_identity
@@ -212,7 +213,7 @@ def test_ten_percent_more_scores_only_new_pairs_and_matches_scratch(v1_run, tiny
     d = v1_run["tmp"]
     r = reselect(v1_run["dir"], v1_run["data"]["v2"], str(d / "re-v2"), progress=False)
     c = r.counts
-    assert (c["added"], c["removed"], c["unchanged"]) == (2, 0, 20)
+    assert r.diff.counts() == {"added": 2, "removed": 0, "unchanged": 20}
     assert c["pairs_total"] == 22 * 22 and c["pairs_scored"] == 22 * 22 - 20 * 20 and c["pairs_reused"] == 400
     assert c["pairs_scored"] <= 0.25 * 22 * 22
     scratch = run({"data": v1_run["data"]["v2"], "model": str(tiny_model_dir), "out": str(d / "scratch-v2"), "budget": 0.3,
@@ -220,7 +221,8 @@ def test_ten_percent_more_scores_only_new_pairs_and_matches_scratch(v1_run, tiny
     assert scratch.counts["pairs_scored"] == 22 * 22  # its own cache: nothing reused
     assert r.selected_ids == scratch.selected_ids and len(r.selected_ids) == 7
     meta = json.load(open(d / "re-v2" / "run.json"))
-    assert meta["config"]["data"] == v1_run["data"]["v2"] and meta["reselect"]["counts"]["pairs_scored"] == 84
+    assert meta["config"]["data"] == v1_run["data"]["v2"] and meta["counts"]["pairs_scored"] == 84
+    assert meta["reselect"]["data"] == {"added": 2, "removed": 0, "unchanged": 20}
     assert meta["config"]["cache"] == v1_run["dir"]  # chained runs keep the shared cache
     sd = json.load(open(d / "re-v2" / "selection_diff.json"))
     assert set(sd["entered"] + sd["kept"]) == set(r.selected_ids)
@@ -234,7 +236,7 @@ def test_unchanged_version_scores_nothing(v1_run):
     r = reselect(v1_run["dir"], v1_run["data"]["same"], str(out), progress=False)
     assert r.counts["pairs_scored"] == 0 and r.counts["baselines_scored"] == 0 and r.counts["pairs_reused"] == 400
     assert r.selected_ids == v1_run["result"].selected_ids
-    assert (r.counts["entered"], r.counts["left"], r.counts["kept"]) == (0, 0, 6)
+    assert r.changes == {"entered": 0, "left": 0, "kept": 6}
 
 
 @pytest.mark.engine
@@ -248,9 +250,9 @@ def test_removal_only_scores_nothing_and_selects_anew(v1_run):
     data = write_rows(v1_run["tmp"] / "v1-minus.jsonl", [r for k, r in enumerate(rows) if k not in drop])
     r = reselect(v1_run["dir"], data, str(v1_run["tmp"] / "re-minus"), progress=False)
     c = r.counts
-    assert c["pairs_scored"] == 0 and c["pairs_total"] == 18 * 18 and (c["added"], c["removed"]) == (0, 2)
+    assert c["pairs_scored"] == 0 and c["pairs_total"] == 18 * 18 and (len(r.diff.added), len(r.diff.removed)) == (0, 2)
     assert len(r.selected_ids) == 5 and not set(first) & set(r.selected_ids)
-    assert c["left"] >= 2 and c["entered"] + c["kept"] == 5
+    assert r.changes["left"] >= 2 and r.changes["entered"] + r.changes["kept"] == 5
     diff = pq.read_table(v1_run["tmp"] / "re-minus" / "selection_diff.parquet").to_pydict()
     assert {s for s, ch in zip(diff["sample_id"], diff["change"]) if ch == "left"} >= set(first)
 
@@ -270,8 +272,8 @@ def test_continual_picks_from_added_conditioned_on_previous(v1_run, condition_on
     added = set(r.diff.added)
     prev = v1_run["result"].selected_ids
     assert r.selected_ids[:6] == prev and len(r.selected_ids) == 6 + 2  # round(0.3 * 6) = 2 picks
-    assert set(r.selected_ids[6:]) <= added and c["entered"] == 2 and c["kept"] == 6 and c["left"] == 0
-    cond = [json.loads(x) for x in open(out / "continual_condition.jsonl")]
+    assert set(r.selected_ids[6:]) <= added and r.changes == {"entered": 2, "left": 0, "kept": 6}
+    cond = [json.loads(x) for x in open(out / "continual" / "condition.jsonl")]
     assert len(cond) == n_cond
     sel = pq.read_table(out / "selection.parquet").to_pydict()
     assert sel["origin"] == ["kept"] * 6 + ["picked"] * 2

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Optional
@@ -28,7 +27,7 @@ class Pool:
 
 @dataclass
 class RunData:
-    run_dir: Path
+    run_dir: str  # a local path or a URI
     config: dict
     stage: str
     budget: int
@@ -38,29 +37,20 @@ class RunData:
 
 
 def load_run(run_dir: str | Path) -> RunData:
-    """Read run.json, samples.parquet and selection.parquet of a ``delift-ray select`` run."""
-    import pyarrow.parquet as pq
+    """A finished ``delift-ray select`` run, local or remote (:func:`delift_ray.rundir.read_run`)."""
+    from delift_ray.rundir import read_run
 
-    d = Path(run_dir).expanduser()
-    if not d.is_dir():
-        raise DeliftError(f"run directory not found: {d}")
-    for name in ("run.json", "samples.parquet", "selection.parquet"):
-        if not (d / name).is_file():
-            raise DeliftError(f"{d} is not a finished selection run: {name} is missing")
-    try:
-        meta = json.loads((d / "run.json").read_text())
-    except (OSError, json.JSONDecodeError) as exc:
-        raise DeliftError(f"{d / 'run.json'} is not valid JSON: {exc}") from None
-    try:
-        samples = pq.read_table(d / "samples.parquet").to_pylist()
-        selection = pq.read_table(d / "selection.parquet").to_pylist()
-    except Exception as exc:  # pyarrow raises several types for broken files
-        raise DeliftError(f"cannot read the parquet files of {d}: {str(exc).splitlines()[0][:200]}") from None
+    d = str(run_dir)
+    if "://" not in d:
+        d = str(Path(d).expanduser())
+        if not Path(d).is_dir():
+            raise DeliftError(f"run directory not found: {d}")
+    run = read_run(d, what="run")
     need = {"sample_id", "set", "prompt", "response", "status"}
-    if samples and not need <= set(samples[0]):
-        raise DeliftError(f"{d / 'samples.parquet'} lacks columns {sorted(need - set(samples[0]))}")
+    if not need <= set(run.samples.column_names):
+        raise DeliftError(f"{d}/samples.parquet lacks columns {sorted(need - set(run.samples.column_names))}")
     sets: dict[str, Pool] = {}
-    for row in samples:
+    for row in run.samples.select(sorted(need)).to_pylist():
         if row["status"] != "ok":
             continue
         p = sets.setdefault(row["set"], Pool())
@@ -69,7 +59,8 @@ def load_run(run_dir: str | Path) -> RunData:
         p.responses.append(row["response"])
     pool = sets.pop("pool", Pool())
     if not len(pool):
-        raise DeliftError(f"{d / 'samples.parquet'} has no usable pool samples")
+        raise DeliftError(f"{d}/samples.parquet has no usable pool samples")
+    selection = run.selection.to_pylist()
     if selection and "rank" in selection[0]:
         selection = sorted(selection, key=lambda r: r["rank"])
     where = {sid: i for i, sid in enumerate(pool.sample_ids)}
@@ -80,11 +71,11 @@ def load_run(run_dir: str | Path) -> RunData:
             raise DeliftError(f"selected sample {row['sample_id']} is not a usable pool sample of {d}")
         selected.append(i)
     if not selected:
-        raise DeliftError(f"{d / 'selection.parquet'} selects no sample")
+        raise DeliftError(f"{d}/selection.parquet selects no sample")
     if len(set(selected)) != len(selected):
-        raise DeliftError(f"{d / 'selection.parquet'} selects a sample twice")
-    cfg = meta.get("config") or {}
-    sel = meta.get("selection") or {}
+        raise DeliftError(f"{d}/selection.parquet selects a sample twice")
+    cfg = run.config
+    sel = run.meta.get("selection") or {}
     return RunData(
         run_dir=d,
         config=cfg,

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import math
-import os
 from pathlib import Path
 from typing import Any, Optional
 
@@ -296,9 +295,11 @@ def render_plot(report: dict, path: Path) -> None:
 
 
 def _atomic_write(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    tmp.write_text(text, encoding="utf-8")
-    os.replace(tmp, path)
+    import pyarrow.fs as pafs
+
+    from delift_ray.storage import atomic_write
+
+    atomic_write(pafs.LocalFileSystem(), str(path.absolute()), text.encode("utf-8"))
 
 
 def write_report(report: dict, out: Path, *, generations: Optional[list[dict]] = None, eval_set=None) -> dict[str, Path]:

@@ -90,7 +90,7 @@ def run_templates(run: RunData) -> TemplateConfig:
     try:
         return TemplateConfig(**(raw or {}))
     except (TypeError, ValueError) as exc:
-        raise DeliftError(f"{run.run_dir / 'run.json'} has invalid templates: {str(exc).splitlines()[0]}") from None
+        raise DeliftError(f"{run.run_dir}/run.json has invalid templates: {str(exc).splitlines()[0]}") from None
 
 
 def _evaluate_model(model, tok, enc: PromptEncoder, ev: EvalSet, *, examples, max_new_tokens: int,
@@ -163,12 +163,14 @@ def evaluate_run(
     run = load_run(run_dir)
     model_path = model or run.config.get("model")
     if not model_path:
-        raise DeliftError(f"{run.run_dir / 'run.json'} names no model; pass --model")
+        raise DeliftError(f"{run.run_dir}/run.json names no model; pass --model")
     model_path = str(model_path)
     templates = run_templates(run)
     ev = load_eval_data(eval_data, pool_ids=set(run.pool.sample_ids), max_eval=max_eval)
     base_seed = int(seed if seed is not None else run.config.get("seed", 0) or 0)
-    out = Path(out_dir) if out_dir is not None else run.run_dir / "eval"
+    if out_dir is None and "://" in run.run_dir:
+        raise DeliftError(f"the run {run.run_dir} is remote; pass --out for the evaluation report")
+    out = Path(out_dir) if out_dir is not None else Path(run.run_dir) / "eval"
     try:
         out.mkdir(parents=True, exist_ok=True)
     except OSError as exc:

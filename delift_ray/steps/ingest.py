@@ -1,0 +1,95 @@
+"""Ingest: read every dataset the stage needs, tokenise it, set aside what cannot fit."""
+
+from __future__ import annotations
+
+import os
+from collections import Counter
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from delift_ray.config import DeliftConfig
+from delift_ray.data import SampleSet, load_samples
+from delift_ray.errors import DeliftError
+from delift_ray.prompts import TOO_LONG, TokenizedSet, take, template_head_length, tokenize_set
+from delift_ray.steps.base import StepStats
+
+
+@dataclass
+class IngestedSet:
+    """One dataset after ingest: the samples that fit with their token segments, and
+    the too-long ones set aside (``rejected``, reported in samples.parquet)."""
+
+    samples: SampleSet
+    tokens: TokenizedSet
+    rejected: SampleSet
+
+
+@dataclass
+class IngestStats(StepStats):
+    samples_by_set: dict[str, int] = field(default_factory=dict)
+    rows_read: dict[str, int] = field(default_factory=dict)
+    skipped: dict[str, int] = field(default_factory=dict)
+
+    def summary(self) -> str:
+        sets = ", ".join(f"{n} {k} samples of {self.rows_read[n]} rows" for n, k in self.samples_by_set.items())
+        skipped = ", ".join(f"{r}={c}" for r, c in sorted(self.skipped.items()))
+        return sets + (f"; skipped {skipped}" if skipped else "")
+
+
+def stage_sources(cfg: DeliftConfig) -> dict[str, str]:
+    """Set name -> data source of every dataset the stage reads."""
+    sources = {"pool": cfg.data}
+    if cfg.stage == "task":
+        sources["target"] = cfg.target
+    if cfg.stage == "continual":
+        sources["existing"] = cfg.existing
+    return sources
+
+
+def load_tokenizer(cfg: DeliftConfig):
+    from transformers import AutoTokenizer
+
+    if not os.path.exists(cfg.model) and cfg.model.startswith((".", "/", "~")):
+        raise DeliftError(f"model path does not exist: {cfg.model}")
+    try:
+        tok = AutoTokenizer.from_pretrained(cfg.model, trust_remote_code=cfg.engine.trust_remote_code)
+    except Exception as exc:  # transformers raises OSError/ValueError/... for unusable checkpoints
+        raise DeliftError(f"cannot load a tokenizer from model {cfg.model!r}: {str(exc).splitlines()[0][:200]}") from None
+    if tok.eos_token_id is None:
+        raise DeliftError(f"the tokenizer of {cfg.model!r} has no EOS token, which the utility needs")
+    return tok
+
+
+def fits_mask(tok: TokenizedSet, max_len: int, min_head: int) -> np.ndarray:
+    """Samples that can be scored: query and response fit with and without an example."""
+    resp = tok.response.lengths() + 2
+    return (tok.no_example.lengths() + resp <= max_len) & (min_head + tok.tail.lengths() + resp <= max_len)
+
+
+def ingest(cfg: DeliftConfig, tokenizer, progress: bool = False) -> tuple[dict[str, IngestedSet], IngestStats]:
+    """Load, tokenise and length-check every dataset of the stage (``progress``: a bar over the rows read)."""
+    max_len = cfg.engine.max_model_len - 1
+    min_head = template_head_length(tokenizer, cfg.templates)
+    sets: dict[str, IngestedSet] = {}
+    stats = IngestStats()
+    skipped: Counter = Counter()
+    for name, src in stage_sources(cfg).items():
+        s = load_samples(src, name, columns=cfg.columns, split=cfg.split, max_rows=cfg.max_samples, strict=cfg.strict,
+                         progress=progress)
+        tok = tokenize_set(tokenizer, s.prompts, s.responses, cfg.templates)
+        ok = fits_mask(tok, max_len, min_head)
+        keep, dropped = np.flatnonzero(ok), np.flatnonzero(~ok)
+        if dropped.size and cfg.strict:
+            raise DeliftError(f"{name} data {src}: row {s.rows[dropped[0]]} does not fit max_model_len={cfg.engine.max_model_len}")
+        if not keep.size:
+            raise DeliftError(f"{name} data {src}: no sample fits max_model_len={cfg.engine.max_model_len}")
+        kept = s.subset(keep)
+        if dropped.size:
+            kept.skipped[TOO_LONG] += int(dropped.size)
+        sets[name] = IngestedSet(kept, take(tok, keep), s.subset(dropped))
+        stats.samples_by_set[name] = len(kept)
+        stats.rows_read[name] = kept.rows_read
+        skipped.update(kept.skipped)
+    stats.skipped = dict(skipped)
+    return sets, stats

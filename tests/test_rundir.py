@@ -1,0 +1,128 @@
+"""The run directory: transactional commits, the manifest-checked reader, the reuse rule."""
+
+import json
+import os
+
+import pyarrow as pa
+import pytest
+
+from delift_ray.errors import DeliftError
+from delift_ray.rundir import (COMMIT_MARKER, RUN_JSON, SAMPLES, SELECTION, SUBSET, RunCounts, RunDir, inputs_digest,
+                               json_bytes, parquet_bytes, read_run, selection_table)
+
+
+def run_files(tag: str, ids=("a", "b", "c"), selected=("b",)) -> dict[str, bytes]:
+    samples = pa.table({"sample_id": list(ids), "row": list(range(len(ids))), "set": ["pool"] * len(ids),
+                        "prompt": [f"{tag} p{i}" for i in ids], "response": [f"r{i}" for i in ids],
+                        "status": ["ok"] * len(ids)})
+    return {SAMPLES: parquet_bytes(samples), SELECTION: parquet_bytes(selection_table(list(selected), [1.0] * len(selected))),
+            SUBSET: b"".join(f'{{"tag": "{tag}"}}\n'.encode() for _ in selected),
+            RUN_JSON: json_bytes({"config": {"tag": tag}, "inputs_digest": tag})}
+
+
+def test_commit_writes_every_file_with_a_manifest_and_leaves_no_transaction(tmp_path):
+    out = RunDir(str(tmp_path / "out"))
+    paths = out.commit(run_files("one"))
+    assert sorted(os.listdir(tmp_path / "out")) == sorted([SAMPLES, SELECTION, SUBSET, RUN_JSON])
+    meta = json.loads((tmp_path / "out" / RUN_JSON).read_text())
+    assert set(meta["files"]) == {SAMPLES, SELECTION, SUBSET}
+    assert meta["files"][SUBSET]["bytes"] == os.path.getsize(paths[SUBSET])
+    run = read_run(str(tmp_path / "out"))
+    assert run.selected == ["b"] and run.config == {"tag": "one"} and run.pool.num_rows == 3
+
+
+def test_reader_refuses_files_of_two_runs(tmp_path):
+    """A selection from another commit next to this run.json is reported, never read as one run."""
+    out = RunDir(str(tmp_path))
+    out.commit(run_files("one"))
+    other = run_files("two", selected=("c",))
+    (tmp_path / SELECTION).write_bytes(other[SELECTION])
+    with pytest.raises(DeliftError, match="selection.parquet does not belong to its run.json"):
+        read_run(str(tmp_path))
+
+
+def test_interrupted_commit_rolls_forward_after_its_commit_point_and_back_before_it(tmp_path):
+    out = RunDir(str(tmp_path))
+    out.commit(run_files("one"))
+    before = {n: (tmp_path / n).read_bytes() for n in (SAMPLES, SELECTION, SUBSET, RUN_JSON)}
+    # A writer killed before its commit point: its staged files are dropped, the old run stays.
+    txn = tmp_path / ".txn-dead"
+    txn.mkdir()
+    for name, data in run_files("two").items():
+        (txn / name).write_bytes(data)
+    out.recover()
+    assert not txn.exists() and {n: (tmp_path / n).read_bytes() for n in before} == before
+    # A writer killed after its commit point, having moved one file: the rest follows.
+    files = run_files("three", selected=("a", "c"))
+    meta = json.loads(files[RUN_JSON])
+    from delift_ray.rundir import digest
+    meta["files"] = {n: {"bytes": len(d), "blake2b": digest(d)} for n, d in files.items() if n != RUN_JSON}
+    files[RUN_JSON] = json_bytes(meta)
+    txn.mkdir()
+    for name, data in files.items():
+        (txn / name).write_bytes(data)
+    (txn / COMMIT_MARKER).write_text(json.dumps({"order": [SAMPLES, SELECTION, SUBSET, RUN_JSON]}))
+    os.replace(txn / SAMPLES, tmp_path / SAMPLES)
+    with pytest.raises(DeliftError, match="does not belong"):
+        read_run(str(tmp_path))  # a mix is visible as such, not as a run
+    out.recover()
+    assert not txn.exists()
+    assert read_run(str(tmp_path)).selected == ["a", "c"]
+
+
+def test_check_reusable_refuses_other_inputs_unless_overwrite(tmp_path):
+    out = RunDir(str(tmp_path))
+    out.check_reusable("x", overwrite=False)  # empty dir: nothing to protect
+    out.commit(run_files("one"))
+    out.check_reusable("one", overwrite=False)  # same inputs: resume
+    with pytest.raises(DeliftError, match="holds a finished run of other data or settings.*--overwrite"):
+        out.check_reusable("two", overwrite=False)
+    out.check_reusable("two", overwrite=True)
+
+
+def test_inputs_digest_ignores_operational_settings_only():
+    cfg = {"data": "d", "out": "a", "budget": 3, "ray": {"num_scorers": 1}, "engine": {"dtype": "float32", "max_num_seqs": 8}}
+    base = inputs_digest(cfg, "fp", {"pool": ["a", "b"]})
+    assert inputs_digest({**cfg, "out": "b", "ray": {"num_scorers": 4}, "engine": {"dtype": "float32", "max_num_seqs": 64}},
+                         "fp", {"pool": ["a", "b"]}) == base
+    assert inputs_digest({**cfg, "budget": 4}, "fp", {"pool": ["a", "b"]}) != base
+    assert inputs_digest(cfg, "fp2", {"pool": ["a", "b"]}) != base
+    assert inputs_digest(cfg, "fp", {"pool": ["b", "a"]}) != base
+    assert inputs_digest(cfg, "fp", {"pool": ["a"], "target": ["b"]}) != inputs_digest(cfg, "fp", {"pool": ["a", "b"]})
+
+
+def test_run_counts_read_like_run_json():
+    c = RunCounts(samples=3, pairs_scored=9)
+    assert c["pairs_scored"] == 9 and c.get("embedded") is None and "embedded" not in c.as_dict()
+    with pytest.raises(KeyError):
+        c["nope"]
+
+
+def test_out_dir_inside_a_data_folder_is_refused_before_anything_is_written(tmp_path):
+    from delift_ray.job import run
+
+    data = tmp_path / "data"
+    data.mkdir()
+    (data / "part-0.jsonl").write_text('{"prompt": "p", "response": "r"}\n')
+    with pytest.raises(DeliftError, match="lies inside the pool data folder"):
+        run({"data": str(data), "model": str(tmp_path / "model"), "out": str(data / "runs" / "x")}, progress=False)
+    assert sorted(os.listdir(data)) == ["part-0.jsonl"]
+
+
+def test_step_log_times_each_step_and_keeps_its_stats():
+    from dataclasses import dataclass
+
+    from delift_ray.steps.base import StepLog, StepStats
+
+    @dataclass
+    class Counted(StepStats):
+        n: int = 0
+
+    steps = StepLog()
+    assert steps.run("one", lambda x: (x * 2, Counted(x)), 4) == 8
+    assert steps.run("two", lambda: Counted(1)).n == 1
+    with pytest.raises(TypeError, match="returned no StepStats"):
+        steps.run("bad", lambda: 3)
+    rows = steps.as_list()
+    assert [r["name"] for r in rows] == ["one", "two"] and rows[0]["n"] == 4
+    assert all(r["seconds"] >= 0 and r["peak_rss_gib"] > 0 for r in rows)
