@@ -22,8 +22,16 @@ import math
 import numpy as np
 
 
-def normalise(x: np.ndarray) -> np.ndarray:
-    """Row-wise L2-normalised float32 C-contiguous copy (zero rows stay zero)."""
+def normalise(x: np.ndarray, tol: float = 1e-5) -> np.ndarray:
+    """Row-wise L2-normalised float32 C-contiguous rows (zero rows stay zero).
+
+    ``x`` itself when it already is that (the embed step's vectors are: at 1M x 576 a
+    copy is 2.3 GB), else a normalised copy; ``x`` is never modified.
+    """
+    if isinstance(x, np.ndarray) and x.dtype == np.float32 and x.flags.c_contiguous and x.ndim == 2:
+        sq = np.einsum("ij,ij->i", x, x)
+        if np.all((np.abs(sq - 1) <= tol) | (sq == 0)):
+            return x
     x = np.array(x, dtype=np.float32, order="C", copy=True)
     norms = np.linalg.norm(x, axis=1, keepdims=True)
     np.divide(x, norms, out=x, where=norms > 0)
