@@ -105,8 +105,12 @@ def check_write_flags(**flags: Optional[str]) -> None:
 def cmd_select(args: argparse.Namespace) -> int:
     from delift_ray.job import run
 
+    from delift_ray.errors import ConfigError
+
+    if args.tokens_per_s is not None and (not args.dry_run or args.tokens_per_s <= 0):
+        raise ConfigError(f"--tokens-per-s needs --dry-run and a value > 0, got {args.tokens_per_s}")
     cfg = config_from_args(args)
-    result = run(cfg, progress=not args.quiet, overwrite=args.overwrite, dry_run=args.dry_run)
+    result = run(cfg, progress=not args.quiet, overwrite=args.overwrite, dry_run=args.dry_run, tokens_per_s=args.tokens_per_s)
     if args.dry_run:
         print_plan(result, cfg)
     else:
@@ -116,12 +120,9 @@ def cmd_select(args: argparse.Namespace) -> int:
 
 def print_plan(result, cfg: DeliftConfig, stream=sys.stdout) -> None:
     """The dry run's report: what scoring would do, and what each step took."""
-    p = result.plan
     print(f"\ndelift-ray: dry run of {cfg.out} (stage {cfg.stage}, kernel {cfg.kernel.type}); nothing was scored or written",
           file=stream)
-    print(f"  pairs: {p['pairs_total']} total, {p['pairs_to_score']} to score, {p['pairs_reused']} reused "
-          f"({p['blocks']} blocks)", file=stream)
-    print(f"  baselines: {p['baselines_total']} total, {p['baselines_to_score']} to score", file=stream)
+    print(result.report.format(), file=stream)
     for step in result.steps:
         print(f"  {step['name']}: {step['seconds']:.1f} s, peak RSS {step['peak_rss_gib']:.2f} GiB", file=stream)
 
@@ -311,6 +312,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--dry-run", action="store_true",
                    help="Ingest, embed (knn), plan and check memory, print what scoring would do, and stop; writes nothing.")
     p.add_argument("--overwrite", action="store_true", help="Replace a finished run of other data or settings in --out.")
+    p.add_argument("--tokens-per-s", type=float,
+                   help="With --dry-run: computed prompt tokens per second of one engine, for the estimate's hours.")
     p.set_defaults(func=cmd_select)
 
     p = sub.add_parser("demo", help="The offline demo: SmolLM2-135M on ShareGPT first turns, on CPU.")

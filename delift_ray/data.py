@@ -169,8 +169,28 @@ def _read_json_lines_tolerant(files: list[Path]) -> Iterator[dict | BadRow]:
                 yield obj if isinstance(obj, dict) else BadRow(NOT_AN_OBJECT)
 
 
-def read_records(source: str, split: str = "train", max_rows: Optional[int] = None) -> tuple[list[str], Iterator[dict | BadRow]]:
-    """Open a dataset; return (column names, iterator over rows or BadRow markers).
+class DatasetRows:
+    """The rows of a ``datasets.Dataset`` as dicts, read ``batch`` rows at a time.
+
+    Same rows as ``iter(ds)``, which formats every row on its own and is the slow part of
+    reading a million rows. Sized, so a progress bar knows the total.
+    """
+
+    def __init__(self, ds, batch: int = 4096):
+        self.ds, self.batch = ds, batch
+
+    def __len__(self) -> int:
+        return len(self.ds)
+
+    def __iter__(self) -> Iterator[dict]:
+        for cols in self.ds.iter(batch_size=self.batch):
+            names = list(cols)
+            for values in zip(*(cols[c] for c in names)):
+                yield dict(zip(names, values))
+
+
+def read_records(source: str, split: str = "train", max_rows: Optional[int] = None) -> tuple[list[str], Iterable[dict | BadRow]]:
+    """Open a dataset; return (column names, the rows or BadRow markers, sized).
 
     Local files and folders go through HF ``datasets`` (json/parquet/csv builders). JSON
     that the builder rejects (a malformed line, mixed types), and JSON that is not lines of
@@ -205,10 +225,10 @@ def read_records(source: str, split: str = "train", max_rows: Optional[int] = No
             raise DataError(f"cannot load dataset {source!r} (not a local path; hub load failed: {str(exc).splitlines()[0][:160]})") from None
     if max_rows is not None:
         ds = ds.select(range(min(max_rows, len(ds))))
-    return list(ds.column_names), iter(ds)
+    return list(ds.column_names), DatasetRows(ds)
 
 
-def _tolerant_records(source: str, files: list[Path], max_rows: Optional[int]) -> tuple[list[str], Iterator[dict | BadRow]]:
+def _tolerant_records(source: str, files: list[Path], max_rows: Optional[int]) -> tuple[list[str], list[dict | BadRow]]:
     rows = list(_read_json_lines_tolerant(files))
     if not rows:
         raise DataError(f"{source} is empty: no rows")
@@ -219,7 +239,7 @@ def _tolerant_records(source: str, files: list[Path], max_rows: Optional[int]) -
     if max_rows is not None:
         rows = rows[:max_rows]
     columns = sorted({k for r in rows if isinstance(r, dict) for k in r})
-    return columns, iter(rows)
+    return columns, rows
 
 
 def _read_error_text(exc: BaseException) -> str:
@@ -350,17 +370,23 @@ def load_samples(
     split: str = "train",
     max_rows: Optional[int] = None,
     strict: bool = False,
+    progress: bool = False,
 ) -> SampleSet:
     """Read, normalise, hash and de-duplicate one dataset.
 
     Bad rows are skipped and counted by reason; with ``strict`` the first one raises a
     :class:`DataError` naming the row. A dataset with no valid row is an error.
+    ``progress``: a progress bar over the rows (stderr).
     """
+    from tqdm import tqdm
+
     found, records = read_records(source, split=split, max_rows=max_rows)
     cols = resolve_columns(found, columns)
     out = SampleSet(name)
     index: dict[str, int] = {}
-    for row_no, rec in enumerate(records):
+    rows = tqdm(records, total=len(records), unit="row", desc=f"reading {name}", disable=not progress,
+                dynamic_ncols=True, mininterval=0.5)
+    for row_no, rec in enumerate(rows):
         out.rows_read += 1
         try:
             if isinstance(rec, BadRow):

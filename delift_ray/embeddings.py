@@ -29,7 +29,6 @@ import importlib.util
 import logging
 import os
 from pathlib import Path
-from typing import Iterable
 
 import numpy as np
 import pyarrow as pa
@@ -97,16 +96,34 @@ class EmbeddingStore:
                           "vector": pa.FixedSizeListArray.from_arrays(flat, vectors.shape[1])})
         return self.shards.write(EMBEDDING, key, table)
 
-    def read(self, wanted: Iterable[str]) -> tuple[list[str], np.ndarray | None]:
-        """Valid stored (ids, vectors) of the shards that may hold a wanted id; vectors is
-        None when nothing is stored."""
-        ids: list[str] = []
-        vecs = []
-        for t in self.shards.iter_relevant(EMBEDDING, wanted):
-            dim = t.schema.field("vector").type.list_size
-            ids += t.column("sample_id").to_pylist()
-            vecs.append(t.column("vector").combine_chunks().flatten().to_numpy().reshape(-1, dim))
-        return ids, (np.concatenate(vecs) if vecs else None)
+    def read(self, ids: list[str], progress: bool = False) -> tuple[np.ndarray | None, np.ndarray]:
+        """(vectors, stored): the stored vectors of ``ids`` in ``ids`` order (zero rows
+        where not stored; None when nothing is) and which ids are stored.
+
+        Shards are read a batch at a time straight into the result, so one copy of the
+        vectors is in memory (at 1M samples x 576 dims that copy alone is 2.3 GB).
+        """
+        from tqdm import tqdm
+
+        want = pa.array(ids, pa.string())
+        uniq = pc.unique(want)  # in order of first occurrence: uniq == want when no id repeats
+        vec, found = None, np.zeros(len(uniq), dtype=bool)
+        with tqdm(total=len(uniq), unit="sample", desc="stored embeddings", disable=not progress, dynamic_ncols=True) as bar:
+            for t in self.shards.iter_relevant(EMBEDDING, ids, batch_rows=1 << 16):
+                pos = pc.index_in(t.column("sample_id"), value_set=uniq)
+                keep = pc.is_valid(pos).to_numpy(zero_copy_only=False)
+                pos = pos.to_numpy(zero_copy_only=False)[keep].astype(np.int64)
+                dim = t.schema.field("vector").type.list_size
+                rows = t.column("vector").combine_chunks().flatten().to_numpy().reshape(-1, dim)
+                if vec is None:
+                    vec = np.zeros((len(uniq), dim), dtype=np.float32)
+                vec[pos] = rows[keep]
+                bar.update(int(np.count_nonzero(~found[pos])))
+                found[pos] = True
+        at = pc.index_in(want, value_set=uniq).to_numpy(zero_copy_only=False).astype(np.int64)
+        if np.array_equal(at, np.arange(len(ids))):  # no id repeats: no second copy
+            return vec, found
+        return (None if vec is None else vec[at]), found[at]
 
 
 class MeanPoolEncoder:
@@ -136,11 +153,6 @@ class MeanPoolEncoder:
         return v.numpy().astype(np.float32)
 
 
-def _positions(ids: list[str], stored_ids: list[str]) -> pa.Array:
-    """Position of each id among the stored ids (null where not stored)."""
-    return pc.index_in(pa.array(ids, pa.string()), value_set=pa.array(stored_ids, pa.string()))
-
-
 def write_missing_locally(store: EmbeddingStore, ids: list[str], texts: list[str], todo: np.ndarray, *, source: str,
                           max_length: int, batch_size: int, chunk: int = 1024, trust_remote_code: bool = False,
                           progress: bool = False) -> None:
@@ -157,22 +169,18 @@ def write_missing_locally(store: EmbeddingStore, ids: list[str], texts: list[str
             bar.update(part.size)
 
 
-def embed_samples(ids: list[str], store: EmbeddingStore, write_missing) -> tuple[np.ndarray, dict]:
+def embed_samples(ids: list[str], store: EmbeddingStore, write_missing, progress: bool = False) -> tuple[np.ndarray, dict]:
     """(len(ids), dim) L2-normalised vectors in ``ids`` order, reusing stored shards.
 
     ``write_missing(todo)`` must store vectors for the positions ``todo`` (in this process,
     :func:`write_missing_locally`, or on Ray actors). Returns the vectors and counters
     ``{"embedded": new, "embeddings_reused": stored}``.
     """
-    wanted = set(ids)
-    stored_ids, stored_vec = store.read(wanted)
-    found = _positions(ids, stored_ids)
-    todo = np.flatnonzero(~pc.is_valid(found).to_numpy(zero_copy_only=False))
+    vectors, stored = store.read(ids, progress)
+    todo = np.flatnonzero(~stored)
     if todo.size:
         write_missing(todo)
-        stored_ids, stored_vec = store.read(wanted)
-        found = _positions(ids, stored_ids)
-        if found.null_count:
-            raise RuntimeError(f"{found.null_count} embeddings are missing from {store.dir} after embedding")
-    vectors = stored_vec[found.to_numpy(zero_copy_only=False).astype(np.int64)]
+        vectors, stored = store.read(ids, progress)
+        if not stored.all():
+            raise RuntimeError(f"{int((~stored).sum())} embeddings are missing from {store.dir} after embedding")
     return vectors, {"embedded": int(todo.size), "embeddings_reused": len(ids) - int(todo.size)}

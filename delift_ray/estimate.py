@@ -34,6 +34,7 @@ import numpy as np
 
 from delift_ray.config import DeliftConfig
 from delift_ray.kernel import dense_assembly_bytes, kernel_bytes, sparse_kernel_bytes
+from delift_ray.steps.base import StepStats
 
 
 @dataclass
@@ -162,3 +163,123 @@ def format_table(est: dict) -> str:
              + f"; {est['tokens_per_s_per_engine']:,} computed tokens/s per engine ({est['rate_source']})"]
     lines += ["  ".join(r[c].ljust(w[c]) if c == 0 else r[c].rjust(w[c]) for c in range(3)) for r in rows]
     return "\n".join(lines)
+
+
+# --------------------------------------------------------------------------- dry run
+
+
+@dataclass
+class DryRunReport(StepStats):
+    """What a planned job would score, and what that costs: ``delift-ray select --dry-run``.
+
+    Computed from the job's own plan (exact pairs, not the means :func:`compute_estimate`
+    uses). For a pair (i <- j) to score, ``prompt = min(tail_resp_i + head_j, L)``
+    (L = max_model_len - 1); with prefix reuse it computes
+    ``min(tail_resp_i + min((B - 1) / 2, head_j), prompt)`` tokens itself, and every
+    example head of a matrix is computed once more (B = the KV block size). A baseline
+    to score adds ``no_example_i + r_i + 2`` tokens. Hours are computed tokens /
+    ``tokens_per_s`` (of one engine) / 3600, and wall hours divide by the engines.
+    """
+
+    stage: str
+    kernel: str
+    samples: dict[str, int]
+    pairs_total: int
+    pairs_to_score: int
+    pairs_reused: int
+    blocks: int
+    baselines_total: int
+    baselines_to_score: int
+    baselines_reused: int
+    prompt_tokens: int
+    computed_tokens: int
+    prefix_reuse: bool
+    engines: int
+    tokens_per_s: float | None = None
+    rate_source: str = ""
+    k: int | None = None
+    random: int | None = None
+
+    @property
+    def engine_hours(self) -> float | None:
+        return None if not self.tokens_per_s else self.computed_tokens / self.tokens_per_s / 3600
+
+    @property
+    def wall_hours(self) -> float | None:
+        h = self.engine_hours
+        return None if h is None else h / self.engines
+
+    def as_dict(self) -> dict:
+        return {**super().as_dict(), "engine_hours": self.engine_hours, "wall_hours": self.wall_hours}
+
+    def summary(self) -> str:
+        return (f"{self.prompt_tokens} prompt tokens, {self.computed_tokens} to compute"
+                + (f", {self.engine_hours:.4g} engine-hours at {self.tokens_per_s:g} tokens/s" if self.tokens_per_s else ""))
+
+    def format(self) -> str:
+        """The report's lines (below the dry run's header line)."""
+        lines = ["  samples: " + ", ".join(f"{n} {v:,}" for n, v in self.samples.items())
+                 + (f"; knn k {self.k} + random {self.random}" if self.kernel == "knn" else "; dense")]
+        lines.append(f"  pairs: {self.pairs_total:,} total, {self.pairs_to_score:,} to score, {self.pairs_reused:,} reused "
+                     f"({self.blocks:,} blocks)")
+        lines.append(f"  baselines: {self.baselines_total:,} total, {self.baselines_to_score:,} to score, "
+                     f"{self.baselines_reused:,} reused")
+        lines.append(f"  prompt tokens: {self.prompt_tokens:,} (pairs and baselines to score)")
+        lines.append(f"  tokens to compute: {self.computed_tokens:,} ("
+                     + ("prefix reuse: each example head once, per pair its own part and half a KV block"
+                        if self.prefix_reuse else "no prefix reuse") + ")")
+        if self.tokens_per_s:
+            s = "s" if self.engines > 1 else ""
+            lines.append(f"  estimate: {self.engine_hours:,.3g} engine-hours at {self.tokens_per_s:,.0f} computed tokens/s "
+                         f"per engine ({self.rate_source}); {self.wall_hours:,.3g} wall hours on {self.engines} engine{s}")
+        else:
+            lines.append("  estimate: give --tokens-per-s (computed tokens/s of one engine) for hours; "
+                         "`delift-ray estimate` can measure it")
+        return "\n".join(lines)
+
+
+def plan_tokens(plan, lengths: dict[str, SetLengths], max_len: int, kv_block: int, reuse: bool) -> tuple[int, int]:
+    """(prompt tokens, tokens to compute) of the plan's pairs and baselines to score.
+
+    One pass per block (vectorised inside a block), so the pairs' token counts are never
+    all in memory at once.
+    """
+    prompt = computed = 0
+    heads_seen: dict[tuple[str, str], np.ndarray] = {}
+    half_block = (kv_block - 1) / 2
+    for b in plan.blocks:
+        H, E = lengths[b.helped_set], lengths[b.example_set]
+        own = H.tail_resp[b.h_idx]
+        head = E.head[b.e_idx]
+        row = np.minimum(own + head, max_len)
+        prompt += int(row.sum())
+        if reuse:
+            computed += int(np.minimum(own + np.minimum(half_block, head), row).sum())
+            seen = heads_seen.setdefault((b.helped_set, b.example_set), np.zeros(E.n, dtype=bool))
+            seen[b.e_idx] = True
+        else:
+            computed += int(row.sum())
+    for (_, example_set), seen in heads_seen.items():
+        computed += int(lengths[example_set].head[seen].sum())
+    for set_name, chunks in plan.baseline.items():
+        idx = np.concatenate(chunks) if chunks else np.empty(0, np.int64)
+        base = int(lengths[set_name].baseline[idx.astype(np.int64)].sum())
+        prompt += base
+        computed += base
+    return prompt, computed
+
+
+def dry_run_report(cfg: DeliftConfig, sets: dict, plan, tokens_per_s: float | None = None, *,
+                   rate_source: str = "given") -> DryRunReport:
+    """The dry run's report from the ingested ``sets`` (name -> ScoredSet) and the job's ``plan``."""
+    lengths = {n: set_lengths(s) for n, s in sets.items()}
+    reuse = bool(cfg.scoring.prefix_reuse and cfg.engine.enable_prefix_caching)
+    prompt, computed = plan_tokens(plan, lengths, cfg.engine.max_model_len - 1, cfg.engine.block_size or 128, reuse)
+    knn = cfg.kernel.type == "knn"
+    return DryRunReport(
+        stage=cfg.stage, kernel=cfg.kernel.type, samples={n: s.n for n, s in lengths.items()},
+        pairs_total=plan.pairs_total, pairs_to_score=plan.pairs_to_score, pairs_reused=plan.pairs_reused,
+        blocks=len(plan.blocks), baselines_total=plan.baselines_total, baselines_to_score=plan.baselines_to_score,
+        baselines_reused=plan.baselines_reused, prompt_tokens=prompt, computed_tokens=computed, prefix_reuse=reuse,
+        engines=cfg.ray.num_scorers or 1, tokens_per_s=tokens_per_s, rate_source=rate_source if tokens_per_s else "",
+        k=cfg.kernel.k if knn else None, random=cfg.kernel.random if knn else None)

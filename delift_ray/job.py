@@ -20,7 +20,9 @@ from typing import Callable, Optional
 from delift_ray import stages
 from delift_ray.config import DeliftConfig, load_config, validate_config
 from delift_ray.errors import DeliftError
+from delift_ray.estimate import DryRunReport, dry_run_report
 from delift_ray.lock import RunLock
+from delift_ray.planning import Plan
 from delift_ray.rundir import (RUN_JSON, SAMPLES, SELECTION, SUBSET, RunCounts, RunDir, inputs_digest, json_bytes,
                                parquet_bytes, run_document, samples_table, selection_table, subset_bytes)
 from delift_ray.steps.base import StepLog
@@ -55,12 +57,17 @@ class RunResult:
 
 @dataclass
 class DryRunResult:
-    """What a run would do, stopped before scoring (``select --dry-run``)."""
+    """What a run would do, stopped before scoring (``select --dry-run``): the plan's
+    counts, the tokens to compute and their cost (``report``), each step's time and memory.
+    ``planned`` and ``candidates`` are the plan and knn candidates themselves."""
 
     out: str
     plan: dict
     steps: list[dict]
+    report: Optional[DryRunReport] = None
     sets: dict = field(repr=False, default_factory=dict)
+    planned: Optional[Plan] = field(repr=False, default=None)
+    candidates: Optional[dict] = field(repr=False, default=None)
 
 
 def coerce_config(config: DeliftConfig | dict | str | os.PathLike) -> DeliftConfig:
@@ -72,20 +79,22 @@ def coerce_config(config: DeliftConfig | dict | str | os.PathLike) -> DeliftConf
 
 
 def run(config: DeliftConfig | dict | str | os.PathLike, *, progress: bool = True, lock: Optional[RunLock] = None,
-        overwrite: bool = False, dry_run: bool = False, finalize: Optional[Finalize] = None) -> RunResult | DryRunResult:
+        overwrite: bool = False, dry_run: bool = False, finalize: Optional[Finalize] = None,
+        tokens_per_s: Optional[float] = None) -> RunResult | DryRunResult:
     """Run a DELIFT selection job; returns the selected ids, counts and output paths.
 
     The job holds the output directory's lock while it runs. ``lock``: that lock, already
     held by the caller. ``overwrite``: replace a finished run of other data or settings
     in the out dir (refused otherwise). ``dry_run``: stop after planning and return a
     :class:`DryRunResult`; nothing is written. ``finalize``: adds files to the commit.
+    ``tokens_per_s``: computed tokens per second of one engine, for the dry run's hours.
     """
     cfg = coerce_config(config)
     set_endpoint(cfg.storage.endpoint)
     out = RunDir(cfg.out)
     check_out_outside_data(cfg)
     if dry_run:
-        return _dry_run(cfg, out, progress)
+        return _dry_run(cfg, out, progress, tokens_per_s)
     if lock is not None:
         if not lock.holds(out.path):
             raise ValueError(f"the lock passed to run() is not the held lock of {cfg.out}")
@@ -100,7 +109,7 @@ def _execute(cfg: DeliftConfig, out: RunDir, progress: bool, overwrite: bool, fi
     steps = StepLog()
     kernel = kernel_strategy(cfg)
     tokenizer = load_tokenizer(cfg)
-    sets = steps.run("ingest", ingest, cfg, tokenizer)
+    sets = steps.run("ingest", ingest, cfg, tokenizer, progress=progress)
     budget = stages.budget_count(cfg.budget, len(sets["pool"].samples))
     store = open_store(cfg)
     digest = inputs_digest(cfg.model_dump(mode="json"), store.fingerprint, sample_ids(sets))
@@ -109,8 +118,8 @@ def _execute(cfg: DeliftConfig, out: RunDir, progress: bool, overwrite: bool, fi
     candidates = kernel.candidates(steps, cfg, sets, progress)
     plan = steps.run("plan", kernel.plan, cfg, sets, store, candidates)
     steps.run("score", score, cfg, sets, store, plan, tokenizer.eos_token_id, progress)
-    kernels = steps.run("assemble", kernel.assemble, cfg, sets, store, candidates)
-    selection = steps.run("select", select, cfg, kernels, budget)
+    kernels = steps.run("assemble", kernel.assemble, cfg, sets, store, candidates, progress=progress)
+    selection = steps.run("select", select, cfg, kernels, budget, progress=progress)
 
     pool = sets["pool"].samples
     selected = [pool.sample_ids[i] for i in selection.indices]
@@ -132,17 +141,18 @@ def _execute(cfg: DeliftConfig, out: RunDir, progress: bool, overwrite: bool, fi
     return RunResult(cfg.out, selected, [float(g) for g in selection.gains], counts, timings, paths, steps.as_list())
 
 
-def _dry_run(cfg: DeliftConfig, out: RunDir, progress: bool) -> DryRunResult:
-    """ingest -> embed -> plan (with the memory guard); nothing is scored or written."""
+def _dry_run(cfg: DeliftConfig, out: RunDir, progress: bool, tokens_per_s: Optional[float] = None) -> DryRunResult:
+    """ingest -> embed -> plan (with the memory guard) -> estimate; nothing is scored or written."""
     steps = StepLog()
     kernel = kernel_strategy(cfg)
     tokenizer = load_tokenizer(cfg)
-    sets = steps.run("ingest", ingest, cfg, tokenizer)
+    sets = steps.run("ingest", ingest, cfg, tokenizer, progress=progress)
     stages.budget_count(cfg.budget, len(sets["pool"].samples))
     store = open_store(cfg)
     candidates = kernel.candidates(steps, cfg, sets, progress)
-    steps.run("plan", kernel.plan, cfg, sets, store, candidates)
-    return DryRunResult(cfg.out, steps.stats("plan").as_dict(), steps.as_list(), sets)
+    plan = steps.run("plan", kernel.plan, cfg, sets, store, candidates)
+    report = steps.run("estimate", dry_run_report, cfg, sets, plan, tokens_per_s)
+    return DryRunResult(cfg.out, steps.stats("plan").as_dict(), steps.as_list(), report, sets, plan, candidates)
 
 
 def run_timings(steps: StepLog, counts: RunCounts) -> dict:

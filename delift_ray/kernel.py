@@ -130,19 +130,26 @@ def _locate_batch(table: pa.Table, helped: pa.Array, examples: pa.Array) -> tupl
     return rows, cols, vals
 
 
-def iter_located(tables: Tables, helped_ids: list[str], example_ids: list[str]) -> Iterator[tuple[np.ndarray, np.ndarray, np.ndarray]]:
+def iter_located(tables: Tables, helped_ids: list[str], example_ids: list[str], *, progress: bool = False,
+                 total: int | None = None, desc: str = "assemble") -> Iterator[tuple[np.ndarray, np.ndarray, np.ndarray]]:
     """(rows, cols, values) per table, of the stored pairs inside the requested sets.
 
     Rows and columns are int32 positions in ``helped_ids`` / ``example_ids`` (12 bytes a
-    pair, instead of the ~50 bytes of the two id strings).
+    pair, instead of the ~50 bytes of the two id strings). ``progress``: a bar over the
+    stored rows read (``total``: the rows expected, where known).
     """
+    from tqdm import tqdm
+
     helped, examples = pa.array(helped_ids, pa.string()), pa.array(example_ids, pa.string())
-    for table in table_stream(tables):
-        yield _locate_batch(table, helped, examples)
+    with tqdm(total=total, unit="pair", desc=desc, disable=not progress, dynamic_ncols=True) as bar:
+        for table in table_stream(tables):
+            yield _locate_batch(table, helped, examples)
+            bar.update(table.num_rows)
 
 
 def assemble_dense(
-    tables: Tables, helped_ids: list[str], example_ids: list[str], *, name: str = "K", allow_missing: bool = False
+    tables: Tables, helped_ids: list[str], example_ids: list[str], *, name: str = "K", allow_missing: bool = False,
+    progress: bool = False,
 ) -> np.ndarray:
     """Dense float32 matrix M[h, e] = UF(h <- e), filled table by table.
 
@@ -153,7 +160,7 @@ def assemble_dense(
     """
     M = np.zeros((len(helped_ids), len(example_ids)), dtype=np.float32)
     seen = np.zeros(M.shape, dtype=bool)
-    for rows, cols, vals in iter_located(tables, helped_ids, example_ids):
+    for rows, cols, vals in iter_located(tables, helped_ids, example_ids, progress=progress, total=M.size, desc=f"assemble {name}"):
         M[rows, cols] = vals
         seen[rows, cols] = True
     missing = int(seen.size - np.count_nonzero(seen))
@@ -271,7 +278,7 @@ def candidate_keys(candidates: np.ndarray, n_cols: int) -> np.ndarray:
 
 def assemble_sparse_from_tables(tables: Tables, helped_ids: list[str], example_ids: list[str], *,
                                 allowed: np.ndarray | None = None, drop_diagonal: bool = False,
-                                diagonal: str = "keep", scaling: str = "minmax"):
+                                diagonal: str = "keep", scaling: str = "minmax", progress: bool = False, name: str = "K"):
     """CSR kernel M[h, e] of the stored pairs inside the requested sets (see :func:`assemble_sparse`).
 
     ``diagonal="drop"`` removes every self pair (:func:`self_positions`); ``drop_diagonal``
@@ -285,7 +292,8 @@ def assemble_sparse_from_tables(tables: Tables, helped_ids: list[str], example_i
     """
     n_cols = len(example_ids)
     parts = []
-    for rows, cols, vals in iter_located(tables, helped_ids, example_ids):
+    total = None if allowed is None else int(allowed.size)
+    for rows, cols, vals in iter_located(tables, helped_ids, example_ids, progress=progress, total=total, desc=f"assemble {name}"):
         if allowed is not None:
             keep = isin_sorted(rows.astype(np.int64) * n_cols + cols, allowed)
             rows, cols, vals = rows[keep], cols[keep], vals[keep]

@@ -64,60 +64,84 @@ def block_key(fingerprint: str, helped_ids: list[str], example_ids: list[str]) -
     return h.hexdigest()
 
 
-def stored_pairs(table: pa.Table) -> set[tuple[str, str]]:
-    return set(zip(table.column("helped_id").to_pylist(), table.column("example_id").to_pylist()))
-
-
 def plan_blocks(
     matrices: tuple[MatrixSpec, ...],
     ids: dict[str, list[str]],
-    stored: set[tuple[str, str]],
+    stored: "set[tuple[str, str]] | np.ndarray",
     stored_baselines: set[str],
     *,
     fingerprint: str,
     block_size: int,
     baseline_chunk: int = 256,
+    index: "IdIndex | None" = None,
 ) -> Plan:
+    """Blocks for every pair of every matrix (dense), cell by cell.
+
+    ``stored``: sorted int64 keys from :func:`stored_pair_keys` over ``index`` (or a set
+    of (helped id, example id)). Vectorised per cell of ``block_size**2`` pairs, never a
+    Python loop over pairs: a pair that an earlier matrix names is skipped (its rows'
+    and columns' ids both belong to that matrix's sets), a stored pair is reused.
+    """
+    index = index or IdIndex(ids)
+    G = np.int64(index.size)
+    stored_keys = _as_pair_keys(stored, index)
     plan = Plan()
-    planned: set[tuple[str, str]] = set()
-    needs_baseline: dict[str, set[int]] = {}
+    earlier: list[tuple[np.ndarray, np.ndarray]] = []  # (helped ids, example ids) of earlier matrices, as masks over G
     for m in matrices:
-        H, E = ids[m.helped], ids[m.example]
-        needs_baseline.setdefault(m.helped, set()).update(range(len(H)))
-        for e0 in range(0, len(E), block_size):
-            for h0 in range(0, len(H), block_size):
-                hs, es = [], []
-                for h in range(h0, min(h0 + block_size, len(H))):
-                    for e in range(e0, min(e0 + block_size, len(E))):
-                        pair = (H[h], E[e])
-                        if pair in planned:
-                            continue
-                        planned.add(pair)
-                        plan.pairs_total += 1
-                        if pair in stored:
-                            plan.pairs_reused += 1
-                            continue
-                        hs.append(h)
-                        es.append(e)
-                if hs:
-                    key = block_key(fingerprint, [H[h] for h in hs], [E[e] for e in es])
-                    plan.blocks.append(PlannedBlock(key, m.helped, m.example, np.array(hs), np.array(es),
-                                                   (m.example, e0)))
-    seen: set[str] = set()
-    for set_name, idx in needs_baseline.items():
-        todo = []
-        for i in sorted(idx):
-            sid = ids[set_name][i]
-            if sid in seen:
-                continue
-            seen.add(sid)
-            plan.baselines_total += 1
-            if sid in stored_baselines:
-                plan.baselines_reused += 1
-            else:
-                todo.append(i)
-        plan.baseline[set_name] = [np.array(todo[k : k + baseline_chunk]) for k in range(0, len(todo), baseline_chunk)]
+        gh, ge = index.gidx[m.helped], index.gidx[m.example]
+        hr, er = index.raw[m.helped], index.raw[m.example]
+        nh, ne = gh.size, ge.size
+        for e0 in range(0, ne, block_size):
+            e_cell = np.arange(e0, min(e0 + block_size, ne), dtype=np.int64)
+            for h0 in range(0, nh, block_size):
+                h_cell = np.arange(h0, min(h0 + block_size, nh), dtype=np.int64)
+                h = np.repeat(h_cell, e_cell.size)
+                e = np.tile(e_cell, h_cell.size)
+                new = np.ones(h.size, dtype=bool)
+                for in_h, in_e in earlier:
+                    new &= ~(in_h[gh[h]] & in_e[ge[e]])
+                h, e = h[new], e[new]
+                plan.pairs_total += int(h.size)
+                reused = isin_sorted(gh[h] * G + ge[e], stored_keys)
+                plan.pairs_reused += int(reused.sum())
+                h, e = h[~reused], e[~reused]
+                if h.size:
+                    key = _pairs_block_key(fingerprint, hr[h], er[e])
+                    plan.blocks.append(PlannedBlock(key, m.helped, m.example, h, e, (m.example, e0)))
+        in_h, in_e = np.zeros(index.size, dtype=bool), np.zeros(index.size, dtype=bool)
+        in_h[gh], in_e[ge] = True, True
+        earlier.append((in_h, in_e))
+    plan_baselines(plan, matrices, ids, index, stored_baselines, baseline_chunk)
     return plan
+
+
+def _as_pair_keys(stored, index: "IdIndex") -> np.ndarray:
+    """Sorted int64 pair keys from keys already, or from a set of (helped id, example id)."""
+    if isinstance(stored, np.ndarray):
+        return stored
+    if not stored:
+        return np.empty(0, np.int64)
+    hs, es = zip(*stored)
+    return stored_pair_keys(pa.table({"helped_id": pa.array(hs, pa.string()), "example_id": pa.array(es, pa.string())}), index)
+
+
+def _pairs_block_key(fingerprint: str, helped: np.ndarray, example: np.ndarray) -> str:
+    """:func:`block_key` of the pairs (helped[t], example[t]) given as bytes arrays ('S' dtype).
+
+    Equal to ``block_key(fingerprint, helped ids, example ids)``: the hash input
+    ``"h>e;"`` per pair is built as one byte string (numpy) where every id of a column
+    has the same length, as the 16-hex-digit sample ids do.
+    """
+    hl, el = np.char.str_len(helped), np.char.str_len(example)
+    if helped.size and hl.min() == helped.dtype.itemsize and el.min() == example.dtype.itemsize:
+        n = helped.size
+        rows = np.concatenate([helped.view(np.uint8).reshape(n, -1), np.full((n, 1), ord(">"), np.uint8),
+                               example.view(np.uint8).reshape(n, -1), np.full((n, 1), ord(";"), np.uint8)], axis=1)
+        h = hashlib.blake2b(digest_size=12)
+        h.update(fingerprint.encode())
+        h.update(rows.tobytes())
+        return h.hexdigest()
+    return block_key(fingerprint, [x.decode() for x in helped], [x.decode() for x in example])
 
 
 # --------------------------------------------------------------------------- knn (sparse) planning

@@ -35,7 +35,8 @@ STAGE_MATRICES: dict[str, tuple[MatrixSpec, ...]] = {
 }
 
 
-def select(stage: str, kernels: dict[str, np.ndarray], budget: int, cfg: DeliftConfig) -> tuple[np.ndarray, np.ndarray]:
+def select(stage: str, kernels: dict[str, np.ndarray], budget: int, cfg: DeliftConfig,
+           progress: bool = False) -> tuple[np.ndarray, np.ndarray]:
     """Run the stage's submodular maximisation; (indices into the pool, gains)."""
     # Imported here: the selection code loads numba, after which a vLLM CPU engine can no
     # longer start in the same process ('_lib_fn_wrapper' object has no attribute 'get').
@@ -44,11 +45,11 @@ def select(stage: str, kernels: dict[str, np.ndarray], budget: int, cfg: DeliftC
     s = cfg.selection
     K = kernels["K"]
     if stage == "instruction":
-        return selection.facility_location(K, budget, stop_if_zero_gain=s.stop_if_zero_gain)
+        return selection.facility_location(K, budget, stop_if_zero_gain=s.stop_if_zero_gain, progress=progress)
     if stage == "task":
-        return selection.fl_mutual_information(K, kernels["Q"], budget, eta=s.eta, stop_if_zero_gain=s.stop_if_zero_gain)
+        return selection.fl_mutual_information(K, kernels["Q"], budget, eta=s.eta, stop_if_zero_gain=s.stop_if_zero_gain, progress=progress)
     if stage == "continual":
-        return selection.fl_conditional_gain(K, kernels["P"], budget, nu=s.nu, stop_if_zero_gain=s.stop_if_zero_gain)
+        return selection.fl_conditional_gain(K, kernels["P"], budget, nu=s.nu, stop_if_zero_gain=s.stop_if_zero_gain, progress=progress)
     raise ValueError(f"unknown stage {stage!r}")
 
 

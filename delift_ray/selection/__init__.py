@@ -93,7 +93,7 @@ from . import greedy as _g
 __all__ = ["facility_location", "fl_mutual_information", "fl_conditional_gain"]
 
 
-def facility_location(K, budget, *, stop_if_zero_gain=False):
+def facility_location(K, budget, *, stop_if_zero_gain=False, progress=False):
     r"""Greedy facility location: ``f(A) = sum_{i in V} max_{j in A} K[i, j]``.
 
     Parameters
@@ -105,6 +105,8 @@ def facility_location(K, budget, *, stop_if_zero_gain=False):
         Number of samples to pick, ``0 < budget < n``.
     stop_if_zero_gain : bool
         Stop before adding an element whose marginal gain is exactly 0.
+    progress : bool
+        A progress bar over the picks (stderr); the same in the two functions below.
 
     Returns
     -------
@@ -122,10 +124,10 @@ def facility_location(K, budget, *, stop_if_zero_gain=False):
     kernel = _g.Kernel(K, "K")
     b = _g.check_budget(budget, kernel.n)
     # submodlib sums FL gains over rows in descending index order.
-    return _g.run(kernel, None, None, b, True, stop_if_zero_gain)
+    return _g.run(kernel, None, None, b, True, stop_if_zero_gain, progress=progress)
 
 
-def fl_mutual_information(K, Q, budget, eta=1.0, *, stop_if_zero_gain=False):
+def fl_mutual_information(K, Q, budget, eta=1.0, *, stop_if_zero_gain=False, progress=False):
     r"""Greedy FL mutual information with a target set T.
 
     ``f(A) = sum_{i in V} min(max_{j in A} K[i, j], eta * max_{q in T} Q[i, q])``
@@ -156,10 +158,10 @@ def fl_mutual_information(K, Q, budget, eta=1.0, *, stop_if_zero_gain=False):
     b = _g.check_budget(budget, kernel.n)
     cap = _g.scaled_floor(qmax, eta, kernel.dtype)
     # f = FL on the capped kernel min(K[i, j], cap[i]); submodlib sums rows ascending.
-    return _g.run(kernel, cap, None, b, False, stop_if_zero_gain)
+    return _g.run(kernel, cap, None, b, False, stop_if_zero_gain, progress=progress)
 
 
-def fl_conditional_gain(K, P, budget, nu=1.0, *, stop_if_zero_gain=False):
+def fl_conditional_gain(K, P, budget, nu=1.0, *, stop_if_zero_gain=False, progress=False):
     r"""Greedy FL conditional gain given an existing set E.
 
     ``f(A) = sum_{i in V} max(max_{j in A} K[i, j] - nu * max_{p in E} P[i, p], 0)``
@@ -189,4 +191,4 @@ def fl_conditional_gain(K, P, budget, nu=1.0, *, stop_if_zero_gain=False):
     b = _g.check_budget(budget, kernel.n)
     cur0 = _g.scaled_floor(pmax, nu, kernel.dtype)
     # f = FL started from coverage cur0[i]; submodlib sums rows descending.
-    return _g.run(kernel, None, cur0, b, True, stop_if_zero_gain)
+    return _g.run(kernel, None, cur0, b, True, stop_if_zero_gain, progress=progress)

@@ -213,13 +213,13 @@ def _scan(g, stale, fstep, s, band, Lk, Li, Lx):
     return cnt, gm
 
 
-@njit(cache=True)
+@njit(cache=True, nogil=True)  # nogil: a progress thread reads ``stats`` meanwhile
 def dense_greedy(K, cap, cur, budget, desc, stop_if_zero, stats):
     """Greedy maximisation on a dense C-contiguous kernel. ``cur`` is modified.
 
     Returns (indices, gains, ok); ok is False when K holds NaN/inf (nothing selected).
-    ``stats`` (int64[4]) receives counters: scans, exact evaluations, rows walked in
-    exact evaluations, row updates.
+    ``stats`` (int64[5]) receives counters: scans, exact evaluations, rows walked in
+    exact evaluations, row updates, picks so far.
     """
     n = K.shape[0]
     out_idx = np.empty(budget, dtype=np.int64)
@@ -308,6 +308,7 @@ def dense_greedy(K, cap, cur, budget, desc, stop_if_zero, stats):
         out_idx[count] = c
         out_gain[count] = gain
         count += 1
+        stats[4] = count
         stale[c] = -np.inf
         if s + 1 == budget:
             break
@@ -375,11 +376,12 @@ def _sift_down(hk, hi, size, pos):
     hi[pos] = x
 
 
-@njit(cache=True)
+@njit(cache=True, nogil=True)  # nogil: a progress thread reads ``stats`` meanwhile
 def sparse_greedy(indptr, indices, data, n, cap, cur, budget, desc, stop_if_zero, stats):
     """Lazy greedy on a CSC kernel (column j = rows helped by j). ``cur`` is modified.
 
-    ``stats`` (int64[2]) receives counters: exact re-evaluations, entries read by them.
+    ``stats`` (int64[3]) receives counters: exact re-evaluations, entries read by them,
+    picks so far.
     """
     hk = np.empty(n, dtype=np.float64)
     hi = np.arange(n, dtype=np.int64)
@@ -414,6 +416,7 @@ def sparse_greedy(indptr, indices, data, n, cap, cur, budget, desc, stop_if_zero
             out_idx[count] = c
             out_gain[count] = v
             count += 1
+            stats[2] = count
             for p in range(indptr[c], indptr[c + 1]):
                 i = indices[p]
                 k = min(data[p], cap[i])

@@ -123,17 +123,20 @@ def scaled_floor(rowmax: np.ndarray, weight: float, dtype) -> np.ndarray:
     return np.maximum(out, dtype.type(0)).astype(dtype, copy=False)
 
 
-def run(kernel: Kernel, cap, cur0, budget: int, desc: bool, stop_if_zero: bool, stats=None):
-    """Run the greedy engine; ``stats`` (optional dict) receives work counters."""
+def run(kernel: Kernel, cap, cur0, budget: int, desc: bool, stop_if_zero: bool, stats=None, progress: bool = False):
+    """Run the greedy engine; ``stats`` (optional dict) receives work counters.
+
+    ``progress``: a bar over the picks, fed by a thread that reads the engine's pick
+    counter while the (GIL-free) engine runs.
+    """
     n = kernel.n
     dtype = kernel.dtype
     cap = np.full(n, np.inf, dtype=dtype) if cap is None else np.ascontiguousarray(cap, dtype)
     cur = np.zeros(n, dtype=dtype) if cur0 is None else np.array(cur0, dtype=dtype, copy=True)
     if kernel.dense is not None:
-        counters = np.zeros(4, dtype=np.int64)
-        idx, gains, ok = _kernels.dense_greedy(
-            kernel.dense, cap, cur, budget, bool(desc), bool(stop_if_zero), counters
-        )
+        counters = np.zeros(5, dtype=np.int64)
+        idx, gains, ok = _with_progress(progress, budget, counters, 4, _kernels.dense_greedy,
+                                        kernel.dense, cap, cur, budget, bool(desc), bool(stop_if_zero), counters)
         if stats is not None:
             names = ("scans", "exact_evals", "rows_walked", "row_updates")
             stats.update(zip(names, counters.tolist()))
@@ -141,11 +144,38 @@ def run(kernel: Kernel, cap, cur0, budget: int, desc: bool, stop_if_zero: bool, 
             raise ValueError("K contains NaN or infinite entries")
     else:
         c = kernel.csc
-        counters = np.zeros(2, dtype=np.int64)
-        idx, gains = _kernels.sparse_greedy(
-            c.indptr, c.indices, c.data, n, cap, cur, budget, bool(desc), bool(stop_if_zero),
-            counters,
-        )
+        counters = np.zeros(3, dtype=np.int64)
+        idx, gains = _with_progress(progress, budget, counters, 2, _kernels.sparse_greedy,
+                                    c.indptr, c.indices, c.data, n, cap, cur, budget, bool(desc), bool(stop_if_zero),
+                                    counters)
         if stats is not None:
             stats.update(zip(("exact_evals", "entries_read"), counters.tolist()))
     return np.asarray(idx, dtype=np.int64), np.asarray(gains, dtype=np.float64)
+
+
+def _with_progress(progress: bool, budget: int, counters: np.ndarray, slot: int, fn, *args):
+    """``fn(*args)``, with a progress bar of ``counters[slot]`` picks out of ``budget``."""
+    if not progress:
+        return fn(*args)
+    import threading
+
+    from tqdm import tqdm
+
+    done: dict = {}
+
+    def target():
+        try:
+            done["result"] = fn(*args)
+        except BaseException as exc:  # re-raised in the caller's thread
+            done["error"] = exc
+
+    worker = threading.Thread(target=target, name="greedy", daemon=True)
+    with tqdm(total=budget, unit="pick", desc="select", dynamic_ncols=True) as bar:
+        worker.start()
+        while worker.is_alive():
+            worker.join(0.25)
+            bar.update(int(counters[slot]) - bar.n)
+        bar.update(int(counters[slot]) - bar.n)
+    if "error" in done:
+        raise done["error"]
+    return done["result"]

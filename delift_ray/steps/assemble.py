@@ -27,7 +27,8 @@ class AssembleStats(StepStats):
 
 
 def assemble_dense(cfg: DeliftConfig, sets: dict[str, IngestedSet], store: ShardStore,
-                   candidates: Optional[dict[str, np.ndarray]] = None) -> tuple[dict[str, np.ndarray], AssembleStats]:
+                   candidates: Optional[dict[str, np.ndarray]] = None,
+                   progress: bool = False) -> tuple[dict[str, np.ndarray], AssembleStats]:
     """Dense UF matrices of the stage with the kernel options (``kernel.diagonal``,
     ``kernel.scaling``) applied over each whole matrix (:func:`delift_ray.kernel.finish_dense`)."""
     from delift_ray.kernel import assemble_dense as assemble
@@ -36,7 +37,8 @@ def assemble_dense(cfg: DeliftConfig, sets: dict[str, IngestedSet], store: Shard
     kernels, stats = {}, AssembleStats("dense")
     for m in STAGE_MATRICES[cfg.stage]:
         H, E = sets[m.helped].samples.sample_ids, sets[m.example].samples.sample_ids
-        M = assemble(store.iter_relevant(UTILITY, H, E), H, E, name=m.name, allow_missing=cfg.scoring.skip_failed_blocks)
+        M = assemble(store.iter_relevant(UTILITY, H, E), H, E, name=m.name, allow_missing=cfg.scoring.skip_failed_blocks,
+                     progress=progress)
         M = finish_dense(M, H, E, diagonal=cfg.kernel.diagonal, scaling=cfg.kernel.scaling)
         kernels[m.name] = M.T.copy() if m.transpose else M
         stats.shapes[m.name] = list(kernels[m.name].shape)
@@ -44,7 +46,7 @@ def assemble_dense(cfg: DeliftConfig, sets: dict[str, IngestedSet], store: Shard
 
 
 def assemble_knn(cfg: DeliftConfig, sets: dict[str, IngestedSet], store: ShardStore,
-                 candidates: dict[str, np.ndarray]) -> tuple[dict, AssembleStats]:
+                 candidates: dict[str, np.ndarray], progress: bool = False) -> tuple[dict, AssembleStats]:
     """CSR kernels of the stage over exactly the run's candidate pairs, scaled over the
     stored entries (:func:`delift_ray.kernel.assemble_sparse`)."""
     from delift_ray.kernel import assemble_sparse_from_tables, candidate_keys
@@ -54,7 +56,8 @@ def assemble_knn(cfg: DeliftConfig, sets: dict[str, IngestedSet], store: ShardSt
         H, E = sets[m.helped].samples.sample_ids, sets[m.example].samples.sample_ids
         M = assemble_sparse_from_tables(store.iter_relevant(UTILITY, H, E), H, E,
                                         allowed=candidate_keys(candidates[m.name], len(E)),
-                                        diagonal=cfg.kernel.diagonal, scaling=cfg.kernel.scaling)
+                                        diagonal=cfg.kernel.diagonal, scaling=cfg.kernel.scaling,
+                                        progress=progress, name=m.name)
         kernels[m.name] = M.T.tocsr() if m.transpose else M
         stats.shapes[m.name] = list(kernels[m.name].shape)
         stats.kernel_nnz[m.name] = int(M.nnz)

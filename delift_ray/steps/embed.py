@@ -56,7 +56,7 @@ def embed(cfg: DeliftConfig, sets: dict[str, IngestedSet], progress: bool) -> tu
             embeddings.write_missing_locally(store, all_ids, texts, todo, source=source, max_length=kc.embedding_max_length,
                                              batch_size=kc.embedding_batch_size, trust_remote_code=cfg.engine.trust_remote_code,
                                              progress=progress)
-    vec, counts = embeddings.embed_samples(all_ids, store, write_missing)
+    vec, counts = embeddings.embed_samples(all_ids, store, write_missing, progress=progress)
     by_set, start = {}, 0
     for n in names:
         by_set[n] = vec[start : start + len(sets[n].samples)]
@@ -64,14 +64,15 @@ def embed(cfg: DeliftConfig, sets: dict[str, IngestedSet], progress: bool) -> tu
     return by_set, EmbedStats(counts["embedded"], counts["embeddings_reused"], backend)
 
 
-def neighbours(cfg: DeliftConfig, vectors: dict[str, np.ndarray]) -> tuple[dict[str, np.ndarray], NeighbourStats]:
+def neighbours(cfg: DeliftConfig, vectors: dict[str, np.ndarray], progress: bool = False) -> tuple[dict[str, np.ndarray], NeighbourStats]:
     """Each matrix's (n_helped, k + r) candidate examples (-1 marks an empty slot)."""
     from delift_ray import neighbours as nb
     from delift_ray.stages import STAGE_MATRICES
 
     kc = cfg.kernel
     seed = cfg.seed if kc.seed is None else kc.seed
-    candidates = {m.name: nb.candidates(vectors[m.helped], vectors[m.example], kc.k, kc.random, exact_max=kc.exact_max, seed=seed)
+    candidates = {m.name: nb.candidates(vectors[m.helped], vectors[m.example], kc.k, kc.random, exact_max=kc.exact_max, seed=seed,
+                                       progress=progress)
                   for m in STAGE_MATRICES[cfg.stage]}
     return candidates, NeighbourStats(kc.k, kc.random, {m: int((c >= 0).sum()) for m, c in candidates.items()})
 

@@ -67,22 +67,24 @@ def fits_mask(tok: TokenizedSet, max_len: int, min_head: int) -> np.ndarray:
     return (tok.no_example.lengths() + resp <= max_len) & (min_head + tok.tail.lengths() + resp <= max_len)
 
 
-def ingest(cfg: DeliftConfig, tokenizer) -> tuple[dict[str, IngestedSet], IngestStats]:
-    """Load, tokenise and length-check every dataset of the stage."""
+def ingest(cfg: DeliftConfig, tokenizer, progress: bool = False) -> tuple[dict[str, IngestedSet], IngestStats]:
+    """Load, tokenise and length-check every dataset of the stage (``progress``: a bar over the rows read)."""
     max_len = cfg.engine.max_model_len - 1
     min_head = template_head_length(tokenizer, cfg.templates)
     sets: dict[str, IngestedSet] = {}
     stats = IngestStats()
     skipped: Counter = Counter()
     for name, src in stage_sources(cfg).items():
-        s = load_samples(src, name, columns=cfg.columns, split=cfg.split, max_rows=cfg.max_samples, strict=cfg.strict)
+        s = load_samples(src, name, columns=cfg.columns, split=cfg.split, max_rows=cfg.max_samples, strict=cfg.strict,
+                         progress=progress)
         # Rows far too long are screened out before full tokenisation (bounded memory and time).
         screened = too_long_rows(tokenizer, s.prompts, s.responses, max_len)
         cand = np.setdiff1d(np.arange(len(s)), np.asarray(screened, dtype=np.int64))
         if screened:
-            tok = tokenize_set(tokenizer, [s.prompts[k] for k in cand], [s.responses[k] for k in cand], cfg.templates)
+            tok = tokenize_set(tokenizer, [s.prompts[k] for k in cand], [s.responses[k] for k in cand], cfg.templates,
+                               progress=progress)
         else:
-            tok = tokenize_set(tokenizer, s.prompts, s.responses, cfg.templates)
+            tok = tokenize_set(tokenizer, s.prompts, s.responses, cfg.templates, progress=progress)
         ok = fits_mask(tok, max_len, min_head)
         tok = take(tok, np.flatnonzero(ok)) if not ok.all() else tok
         keep = cand[ok]

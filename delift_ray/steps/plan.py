@@ -76,8 +76,9 @@ def plan_dense(cfg: DeliftConfig, sets: dict[str, IngestedSet], store: ShardStor
     check_dense_fits({m.name: (len(sets[m.helped].samples), len(sets[m.example].samples)) for m in STAGE_MATRICES[cfg.stage]})
     ids = sample_ids(sets)
     all_ids = {sid for v in ids.values() for sid in v}
-    stored = planning.stored_pairs(store.read_relevant(UTILITY, all_ids, all_ids))
-    plan = planning.plan_blocks(STAGE_MATRICES[cfg.stage], ids, stored, stored_baselines(store, ids),
+    index = planning.IdIndex(ids)
+    stored = planning.stored_pair_keys(store.iter_relevant(UTILITY, all_ids, all_ids), index)
+    plan = planning.plan_blocks(STAGE_MATRICES[cfg.stage], ids, stored, stored_baselines(store, ids), index=index,
                                 fingerprint=store.fingerprint, block_size=cfg.scoring.block_size)
     return plan, PlanStats.of(plan)
 

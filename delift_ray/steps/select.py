@@ -30,7 +30,7 @@ class SelectStats(StepStats):
         return f"{self.selected} of budget {self.budget} picked ({self.stage}), total gain {self.total_gain:.4g}"
 
 
-def select(cfg: DeliftConfig, kernels: dict, budget: int) -> tuple[Selection, SelectStats]:
-    indices, gains = stages.select(cfg.stage, kernels, budget, cfg)
+def select(cfg: DeliftConfig, kernels: dict, budget: int, progress: bool = False) -> tuple[Selection, SelectStats]:
+    indices, gains = stages.select(cfg.stage, kernels, budget, cfg, progress)
     gains = np.asarray(gains, dtype=np.float64)
     return Selection(np.asarray(indices, dtype=np.int64), gains), SelectStats(cfg.stage, budget, len(indices), float(gains.sum()))

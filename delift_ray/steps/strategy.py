@@ -29,7 +29,7 @@ class KernelStrategy:
         if not self.needs_candidates:
             return None
         vectors = steps.run("embed", embed.embed, cfg, sets, progress)
-        return steps.run("neighbours", embed.neighbours, cfg, vectors)
+        return steps.run("neighbours", embed.neighbours, cfg, vectors, progress=progress)
 
 
 DENSE = KernelStrategy("dense", False, plan.plan_dense, assemble.assemble_dense)
