@@ -161,8 +161,7 @@ def test_a_store_one_node_cannot_see_fails_at_once_naming_node_and_path(cluster,
     ray_cli = os.path.join(os.path.dirname(sys.executable), "ray")
     script = (f"mount -t tmpfs tmpfs {store} && exec {ray_cli} start --address={c.address} --num-cpus=1 "
               f"--resources='{{\"isolated\": 1}}' --object-store-memory={MIN_OBJECT_STORE} --block")
-    env = {**os.environ, "RAY_AUTH_MODE": os.environ.get("RAY_AUTH_MODE", "disabled")}
-    node = subprocess.Popen(["unshare", "-m", "sh", "-c", script], env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    node = subprocess.Popen(["unshare", "-m", "sh", "-c", script], stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
     try:
         deadline = time.monotonic() + 120
         while not ray.cluster_resources().get("isolated"):
