@@ -32,11 +32,14 @@ pytestmark = [pytest.mark.engine, pytest.mark.ray]
 
 MIN_OBJECT_STORE = 78643200
 ENGINE = {"dtype": "float32", "max_model_len": 256, "block_size": 32, "kv_cache_space_gib": 1}
-POOL = [{"prompt": f"Spell the number {k}.", "response": f"The number {k} is spelled {w}."}
-        for k, w in enumerate(["zero", "one", "two", "three", "four", "five", "six", "seven"])]
+# 20 x 20 pairs in 100 blocks: after the first shard, work for longer than the GCS takes to
+# declare a killed raylet's node dead (a scorer outlives its raylet and keeps scoring until then).
+POOL = [{"prompt": f"Spell the number {k} in words.", "response": f"The number {k} is written {k * 'i'}."} for k in range(20)]
 N = len(POOL)
-HEALTH = {"RAY_health_check_period_ms": "500", "RAY_health_check_failure_threshold": "4",
-          "RAY_health_check_timeout_ms": "500", "RAY_health_check_initial_delay_ms": "0"}
+# A killed raylet is declared dead after a few seconds instead of Ray's default tens of
+# seconds (tighter ones, 500 ms, failed the head's own start on a loaded 2-core machine).
+HEALTH = {"RAY_health_check_period_ms": "1000", "RAY_health_check_failure_threshold": "3",
+          "RAY_health_check_timeout_ms": "2000"}
 
 
 @pytest.fixture(scope="module")
