@@ -29,6 +29,7 @@ from delift_ray.scoring.engine import cpu_engine_env
 log = logging.getLogger(__name__)
 
 DRAIN_TIMEOUT_S = 120.0  # how long a stopping job waits for its in-flight blocks
+NODE_VERDICT_S = 45.0  # longest wait for the GCS to say whether a silent actor's node is dead (Ray's default check: ~30 s)
 
 
 def connect(cfg: RayConfig) -> bool:
@@ -322,6 +323,8 @@ class ActorGroup:
         Ray says so in the error ("The actor died because its node has died"); the node's
         state in the GCS confirms it when the message does not.
         """
+        import time
+
         rec = self._resolve(actor, 0)
         node = rec.get("node_id")
         text = str(exc)
@@ -329,9 +332,17 @@ class ActorGroup:
             if node is None and "Node Id: " in text:
                 node = text.split("Node Id: ", 1)[1].split()[0]
             return node or "unknown"
-        if node is not None and not node_alive(node):
-            return node
-        return None
+        if node is None or "worker process has died" in text:
+            return None  # its raylet reported the death, so the node is up
+        # No cause yet (the connection to the actor broke): a node that is going away is
+        # declared dead by the GCS health check within NODE_VERDICT_S. Replacing the actor
+        # before that verdict would ask for an accelerator that may never come back.
+        deadline = time.monotonic() + NODE_VERDICT_S
+        while node_alive(node):
+            if time.monotonic() > deadline:
+                return None
+            time.sleep(0.5)
+        return node
 
     def retire_lost(self, actor, node: str) -> bool:
         """Drop an actor lost with ``node``; True the first time that node is reported."""

@@ -32,11 +32,14 @@ pytestmark = [pytest.mark.engine, pytest.mark.ray]
 
 MIN_OBJECT_STORE = 78643200
 ENGINE = {"dtype": "float32", "max_model_len": 256, "block_size": 32, "kv_cache_space_gib": 1}
-POOL = [{"prompt": f"Spell the number {k}.", "response": f"The number {k} is spelled {w}."}
-        for k, w in enumerate(["zero", "one", "two", "three", "four", "five", "six", "seven"])]
+# 20 x 20 pairs in 100 blocks: after the first shard, work for longer than the GCS takes to
+# declare a killed raylet's node dead (a scorer outlives its raylet and keeps scoring until then).
+POOL = [{"prompt": f"Spell the number {k} in words.", "response": f"The number {k} is written {k * 'i'}."} for k in range(20)]
 N = len(POOL)
-HEALTH = {"RAY_health_check_period_ms": "500", "RAY_health_check_failure_threshold": "4",
-          "RAY_health_check_timeout_ms": "500", "RAY_health_check_initial_delay_ms": "0"}
+# A killed raylet is declared dead after a few seconds instead of Ray's default tens of
+# seconds (tighter ones, 500 ms, failed the head's own start on a loaded 2-core machine).
+HEALTH = {"RAY_health_check_period_ms": "1000", "RAY_health_check_failure_threshold": "3",
+          "RAY_health_check_timeout_ms": "2000"}
 
 
 @pytest.fixture(scope="module")
@@ -161,8 +164,7 @@ def test_a_store_one_node_cannot_see_fails_at_once_naming_node_and_path(cluster,
     ray_cli = os.path.join(os.path.dirname(sys.executable), "ray")
     script = (f"mount -t tmpfs tmpfs {store} && exec {ray_cli} start --address={c.address} --num-cpus=1 "
               f"--resources='{{\"isolated\": 1}}' --object-store-memory={MIN_OBJECT_STORE} --block")
-    env = {**os.environ, "RAY_AUTH_MODE": os.environ.get("RAY_AUTH_MODE", "disabled")}
-    node = subprocess.Popen(["unshare", "-m", "sh", "-c", script], env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    node = subprocess.Popen(["unshare", "-m", "sh", "-c", script], stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
     try:
         deadline = time.monotonic() + 120
         while not ray.cluster_resources().get("isolated"):
