@@ -343,8 +343,32 @@ def write_docs(summary: dict, docs: Path) -> Path:
     L += ["The default stays `kernel.diagonal: keep`, `kernel.scaling: minmax` (the paper's kernel) unless a variant's "
           "interval above lies entirely above 0 on the clean pool; the README and this page say which way the "
           "evidence points once the study has run.", ""]
+    probe_path = Path(__file__).resolve().parent / "results" / "noise_probe.json"
+    if probe_path.exists():
+        import json
+
+        doc = json.loads(probe_path.read_text())
+        pr_ = doc["results"]
+        L += ["## Noise probe: which samples does each arm keep? (no training needed)", "",
+              f"`benchmarks/noise_probe.py` ({doc['date']}): the first {pr_['n']} samples of the study's pool, "
+              f"{pr_['swapped']} of them with their responses swapped among themselves, scored densely "
+              f"({pr_['scoring_wall_s'] / 60:.0f} min). Share of swapped samples in each subset (random: 50% expected; "
+              "a selector worth its cost keeps it far below):", ""]
+        budgets = list(pr_["swapped_share"])
+        L += ["| arm | " + " | ".join(f"budget {b}" for b in budgets) + " |", "|---|" + "---|" * len(budgets)]
+        for arm in pr_["swapped_share"][budgets[0]]:
+            L.append(f"| {arm} | " + " | ".join(_pct(pr_["swapped_share"][b].get(arm)) for b in budgets) + " |")
+        u = pr_["uf"]
+        L += ["", f"Utilities: UF(i <- i) averages {u['diag_mean']:.3f}; off the diagonal {u['offdiag_mean']:.4f} ± "
+              f"{u['offdiag_sd']:.4f}. As in-context examples, swapped samples average {u['offdiag_mean_swapped_as_example']:.4f} "
+              f"and intact ones {u['offdiag_mean_intact_as_example']:.4f}.", "",
+              "Scores computed from the stored utilities alone, as detectors of swapped samples (AUROC: 0.5 no signal, "
+              "1 perfect):", "", "| score | AUROC |", "|---|---|"]
+        for k, v in sorted(pr_["noise_signal_auroc"].items(), key=lambda kv: -kv[1]):
+            L.append(f"| {k} | {_f(v, 3)} |")
+        L.append("")
     ns = summary.get("noise_signals")
-    L += ["## Noise: can the stored utilities flag swapped responses?", ""]
+    L += ["## Noise: can the stored utilities flag swapped responses? (the study's noisy pool)", ""]
     if ns:
         L += [f"On the noisy pool ({ns['swapped']} of {ns['n']} samples swapped), each score below is computed from the "
               "stored utilities only; AUROC is the chance that a swapped sample scores higher than an intact one "
