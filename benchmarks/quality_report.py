@@ -135,7 +135,11 @@ def summarise(units: dict[str, dict], *, args: dict, meta: dict, total: int) -> 
     eta_s = (float(np.mean(walls)) * remaining_train if walls else None)
     if eta_s is not None and "score-noisy" not in scoring and "score-clean" in scoring:
         eta_s += 0.75 * scoring["score-clean"]["wall_s"]  # 3/4 of the noisy pairs are new
-    machine = next((d.get("machine") for d in units.values() if d.get("machine")), {})
+    machine = next((d.get("machine") for d in units.values() if d.get("machine")), None)
+    if machine is None:
+        from results import machine as this_machine
+
+        machine = this_machine()
     summary = {
         "design": {k: args.get(k) for k in ("n_pool", "n_eval", "max_tokens", "budgets", "randoms", "train_seeds",
                                            "variants", "steps", "batch_size", "lr", "max_length", "dtype", "noise_share")},
@@ -183,8 +187,18 @@ Both act on the stored utilities, so switching them never re-scores anything
   still counts as coverage. `clip` is max(UF, 0) / max UF: a harmful or useless example covers
   nothing. Sparse (knn) kernels scale over their stored entries the same way; unscored pairs are 0.
 
-`delift-ray evaluate --variants keep-minmax,drop-minmax,drop-clip` adds one DELIFT row per variant,
-selected again from the run's stored shards, next to the `self_utility` and `hardness` baselines.
+## Asking the question of your own run: `delift-ray evaluate`
+
+* `--variants keep-minmax,drop-minmax,drop-clip` adds one DELIFT row per kernel variant, selected
+  again from the run's stored shards (no re-scoring).
+* `--baselines auto` (default) adds `self_utility` (top k by UF(i <- i)) and `hardness` (top k by
+  d(i, no example)) whenever the run's shards are readable; `none` or a comma list choose.
+* `--train-seeds N` trains every deterministic row with N seeds; `--seeds R` draws R random
+  subsets; `--steps S` gives every training run the same number of optimiser steps.
+* With R >= 2 the report gains "Against random": for each row the rank p, delta and z, the
+  hierarchical bootstrap interval, Holm-adjusted p-values and the verdict, as defined above.
+  Use R >= 20 and 3 training seeds before reading a verdict; the defaults (R = 3, one seed) are
+  sized for a quick look.
 
 ## The task stage's direction (Q[i][q] = UF(q <- i))
 
@@ -276,7 +290,7 @@ def write_docs(summary: dict, docs: Path) -> Path:
     L += ["", "## Design", "",
           f"* Pool: {d['n_pool']} ShareGPT samples (prompt + response at most {d['max_tokens']} tokens), scored densely "
           f"({d['n_pool']}^2 pairs). Held-out: {d['n_eval']} samples, disjoint from the pool.",
-          f"* Budgets: {d['budgets']}. Random subsets: {d['randoms']} per budget (subset r drawn and trained with seed r). "
+          f"* Budgets: {', '.join(f'{100 * float(b):g}%' for b in str(d['budgets']).split(','))} of the pool. Random subsets: {d['randoms']} per budget (subset r drawn and trained with seed r). "
           f"Deterministic arms: {d['train_seeds']} training seeds each.",
           f"* Arms: DELIFT (facility location) with kernel variants `{d['variants']}` (`kernel.diagonal`-`kernel.scaling`), "
           "`self_utility` (top k by UF(i <- i)), `hardness` (top k by d(i, no example)), random.",
@@ -329,8 +343,32 @@ def write_docs(summary: dict, docs: Path) -> Path:
     L += ["The default stays `kernel.diagonal: keep`, `kernel.scaling: minmax` (the paper's kernel) unless a variant's "
           "interval above lies entirely above 0 on the clean pool; the README and this page say which way the "
           "evidence points once the study has run.", ""]
+    probe_path = Path(__file__).resolve().parent / "results" / "noise_probe.json"
+    if probe_path.exists():
+        import json
+
+        doc = json.loads(probe_path.read_text())
+        pr_ = doc["results"]
+        L += ["## Noise probe: which samples does each arm keep? (no training needed)", "",
+              f"`benchmarks/noise_probe.py` ({doc['date']}): the first {pr_['n']} samples of the study's pool, "
+              f"{pr_['swapped']} of them with their responses swapped among themselves, scored densely "
+              f"({pr_['scoring_wall_s'] / 60:.0f} min). Share of swapped samples in each subset (random: 50% expected; "
+              "a selector worth its cost keeps it far below):", ""]
+        budgets = list(pr_["swapped_share"])
+        L += ["| arm | " + " | ".join(f"budget {b}" for b in budgets) + " |", "|---|" + "---|" * len(budgets)]
+        for arm in pr_["swapped_share"][budgets[0]]:
+            L.append(f"| {arm} | " + " | ".join(_pct(pr_["swapped_share"][b].get(arm)) for b in budgets) + " |")
+        u = pr_["uf"]
+        L += ["", f"Utilities: UF(i <- i) averages {u['diag_mean']:.3f}; off the diagonal {u['offdiag_mean']:.4f} ± "
+              f"{u['offdiag_sd']:.4f}. As in-context examples, swapped samples average {u['offdiag_mean_swapped_as_example']:.4f} "
+              f"and intact ones {u['offdiag_mean_intact_as_example']:.4f}.", "",
+              "Scores computed from the stored utilities alone, as detectors of swapped samples (AUROC: 0.5 no signal, "
+              "1 perfect):", "", "| score | AUROC |", "|---|---|"]
+        for k, v in sorted(pr_["noise_signal_auroc"].items(), key=lambda kv: -kv[1]):
+            L.append(f"| {k} | {_f(v, 3)} |")
+        L.append("")
     ns = summary.get("noise_signals")
-    L += ["## Noise: can the stored utilities flag swapped responses?", ""]
+    L += ["## Noise: can the stored utilities flag swapped responses? (the study's noisy pool)", ""]
     if ns:
         L += [f"On the noisy pool ({ns['swapped']} of {ns['n']} samples swapped), each score below is computed from the "
               "stored utilities only; AUROC is the chance that a swapped sample scores higher than an intact one "

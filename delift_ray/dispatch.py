@@ -49,7 +49,11 @@ def connect(cfg: RayConfig) -> bool:
                 "(is it running? with token auth set RAY_AUTH_MODE=token and the cluster's token)"
             ) from None
         return False
+    # address="local": always a new embedded instance. Without it ray.init() joins a cluster
+    # that `ray start` left on this machine (/tmp/ray/ray_current_cluster) and then fails on
+    # num_cpus ("When connecting to an existing cluster, num_cpus ... must not be provided").
     ray.init(
+        address="local",
         num_cpus=os.cpu_count(),
         object_store_memory=cfg.object_store_memory,
         include_dashboard=False,

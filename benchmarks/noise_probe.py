@@ -1,0 +1,106 @@
+"""Does any kernel variant keep swapped (wrong) responses out of the subset?  A small, quick probe.
+
+The quality study's noisy pool needs hours of scoring before its training units; the share
+of swapped samples in a subset needs no training at all. This probe takes the first N
+samples of the study's pool (benchmarks/quality_study.py writes it), swaps the responses of
+a seeded half among themselves (a derangement), scores the pool densely with
+``delift-ray select`` (the path users run) and reports, per arm and budget:
+
+* the share of swapped samples in the subset (random: 50% in expectation);
+* for the scores that can be computed from the stored utilities alone, their AUROC as a
+  detector of swapped samples (benchmarks/quality_report.py: noise_signals).
+
+    PYTHONPATH=$PWD .venv/bin/python benchmarks/noise_probe.py --n 48
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import random
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT / "benchmarks"))
+from quality_report import noise_signals  # noqa: E402
+from quality_study import PATIENT_RAY_CLI  # noqa: E402
+from results import write_result  # noqa: E402
+
+VARIANTS = "keep-minmax,drop-minmax,keep-clip,drop-clip"
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--n", type=int, default=48)
+    p.add_argument("--work", default=str(ROOT / "runs" / "quality_study"))
+    p.add_argument("--budgets", default="0.15,0.3")
+    p.add_argument("--seed", type=int, default=0)
+    args = p.parse_args(argv)
+    work = Path(args.work)
+    meta = json.loads((work / "data.json").read_text())
+    pool = [json.loads(x) for x in (work / "pool.jsonl").read_text().splitlines()][: args.n]
+    swapped_rows = sorted(random.Random(args.seed + 7).sample(range(len(pool)), len(pool) // 2))
+    noisy = [dict(r) for r in pool]
+    for a, b in zip(swapped_rows, swapped_rows[1:] + swapped_rows[:1]):
+        noisy[a]["response"] = pool[b]["response"]
+    out = work / f"probe-{args.n}"
+    out.mkdir(parents=True, exist_ok=True)
+    data = out / "noisy.jsonl"
+    data.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in noisy))
+
+    from delift_ray.data import sample_id
+
+    swapped_ids = {sample_id(noisy[i]["prompt"], noisy[i]["response"]) for i in swapped_rows}
+    cmd = [sys.executable, "-c", PATIENT_RAY_CLI, "select", "--data", str(data), "--model", meta["model"],
+           "--out", str(out / "run"), "--cache", str(work / "cache"), "--budget", "0.3",
+           "--engine.dtype", "bfloat16", "--engine.max-model-len", "512", "--engine.kv-cache-space-gib", "1",
+           "--scoring.block-size", "16"]
+    t0 = time.time()
+    subprocess.run(cmd, check=True)
+    wall = time.time() - t0
+
+    from delift_ray.evaluate.arms import (arm_subsets, baseline_distances, parse_variants, raw_matrix, run_store)
+    from delift_ray.evaluate.inputs import load_run
+
+    run = load_run(out / "run")
+    store = run_store(run)
+    uf = raw_matrix(run, "pool", "pool", store)
+    d = baseline_distances(run, store)
+    is_swapped = np.array([s in swapped_ids for s in run.pool.sample_ids])
+    n = len(run.pool)
+    shares: dict[str, dict[str, float]] = {}
+    for b in (float(x) for x in args.budgets.split(",")):
+        k = max(1, int(round(b * n)))
+        arms = arm_subsets(run, k, parse_variants(VARIANTS), ("self_utility", "hardness"))
+        rnd = [np.random.default_rng(r).choice(n, size=k, replace=False) for r in range(200)]
+        shares[f"{int(round(100 * b))}%"] = {
+            **{name: round(float(is_swapped[idx].mean()), 3) for name, idx in arms.items()},
+            "random (mean of 200)": round(float(np.mean([is_swapped[i].mean() for i in rnd])), 3),
+        }
+    diag = np.diag(uf)
+    off = uf[~np.eye(n, dtype=bool)]
+    res = {
+        "n": n, "swapped": int(is_swapped.sum()), "scoring_wall_s": round(wall, 1),
+        "uf": {"diag_mean": float(diag.mean()), "offdiag_mean": float(off.mean()), "offdiag_sd": float(off.std()),
+               "offdiag_mean_swapped_as_example": float(np.nanmean(np.where(np.eye(n, dtype=bool), np.nan, uf)[:, is_swapped])),
+               "offdiag_mean_intact_as_example": float(np.nanmean(np.where(np.eye(n, dtype=bool), np.nan, uf)[:, ~is_swapped]))},
+        "swapped_share": shares,
+        "noise_signal_auroc": noise_signals(uf, d, is_swapped),
+        "counts": json.loads((out / "run" / "run.json").read_text())["counts"],
+    }
+    write_result("noise_probe", res)
+    print(json.dumps(res, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
