@@ -304,7 +304,10 @@ def start_llm(llm_class, kwargs: dict):
         msg = engine_start_message(exception_text(exc), kwargs.get("model", ""))
         if msg is None:
             raise
-        raise EngineStartError(msg) from exc
+        # The message names the cause; the engine's own stack (dozens of lines, repeated by
+        # Ray for an actor) is logged at debug level only.
+        log.debug("engine start failed", exc_info=True)
+        raise EngineStartError(msg) from None
 
 
 class Scorer:
