@@ -5,8 +5,8 @@ Job flags are generated from the config schema (:mod:`delift_ray.config`): every
 
     delift-ray select --data pool.jsonl --model M --out runs/x [--config jobs/x.yaml] [...]
     delift-ray demo [--out runs/demo]
-    delift-ray submit --address http://head:8265 --config jobs/x.yaml   # Ray Jobs API
-    delift-ray status JOB_ID --address ...  |  delift-ray logs JOB_ID --address ...
+    delift-ray submit --address http://head:8265 --config jobs/x.yaml [--wait]   # Ray Jobs API
+    delift-ray status JOB_ID [--follow] --address ...  |  delift-ray logs JOB_ID --address ...
     delift-ray estimate --data pool.jsonl --model M [--kernel.k 32] [--tokens-per-s 500] [--json]
     delift-ray reselect --previous RUN_DIR --data NEW --out DIR [--mode full|continual]
     delift-ray watch LOCATION --out DIR [--once] [--interval S] [--marker _SUCCESS]
@@ -20,6 +20,7 @@ import logging
 import os
 import sys
 import typing
+from contextlib import contextmanager
 from typing import Any, Optional, Sequence
 
 from delift_ray.config import DeliftConfig, config_reference_markdown, iter_leaf_fields, load_config
@@ -139,49 +140,156 @@ def cmd_estimate(args: argparse.Namespace) -> int:
     return 0
 
 
-def _job_client(address: Optional[str]):
-    from ray.job_submission import JobSubmissionClient
+# What the cluster does not need from the working dir (gitignore syntax, as Ray's
+# ``runtime_env["excludes"]``): virtualenvs, run outputs, caches, VCS data.
+UPLOAD_EXCLUDES = [
+    ".git", ".venv", "venv", ".tox", ".nox", "__pycache__", "*.pyc", ".pytest_cache", ".mypy_cache",
+    ".ruff_cache", ".ipynb_checkpoints", ".cache", "*.egg-info", "node_modules", "/runs", "/build", "/dist",
+]
+JOB_FILE_PREFIX = ".delift-ray-job-"
+TERMINAL_STATES = ("SUCCEEDED", "FAILED", "STOPPED")
+TOKEN_HOWTO = ("set RAY_AUTH_MODE=token and give the cluster's token (`ray get-auth-token` on the head prints it) "
+               "as RAY_AUTH_TOKEN_PATH=FILE, RAY_AUTH_TOKEN, or the file ~/.ray/auth_token")
 
+
+def _jobs_address(address: Optional[str]) -> str:
     addr = address or os.environ.get("RAY_ADDRESS")
     if not addr:
         raise DeliftError("no Ray Jobs address: pass --address http://HEAD:8265 or set RAY_ADDRESS")
+    return addr.rstrip("/")
+
+
+@contextmanager
+def _jobs_api(addr: str):
+    """Turn the Jobs client's errors into one-line :class:`DeliftError` s (never echoing the token)."""
+    from ray.exceptions import AuthenticationError
+
     try:
+        yield
+    except AuthenticationError as exc:
+        if "Authentication required" in exc.message:  # HTTP 401: no token sent
+            raise DeliftError(f"the Ray Jobs API at {addr} needs a token and none was sent: {TOKEN_HOWTO}") from None
+        raise DeliftError(f"the Ray Jobs API at {addr} rejected the token (not this cluster's token): {TOKEN_HOWTO}") from None
+    except DeliftError:
+        raise
+    except Exception as exc:  # connection errors and HTTP errors come in several types
+        text = str(exc).strip().splitlines()
+        raise DeliftError(f"Ray Jobs API at {addr}: {exc.__class__.__name__}: {(text[0] if text else '')[:300]}") from None
+
+
+def _job_client(address: Optional[str]):
+    from ray.job_submission import JobSubmissionClient
+
+    addr = _jobs_address(address)
+    with _jobs_api(addr):
         return JobSubmissionClient(addr)
-    except Exception as exc:  # connection errors come in several types
-        raise DeliftError(f"cannot reach the Ray Jobs API at {addr}: {str(exc).splitlines()[0][:200]}") from None
 
 
 def submit_entrypoint(job_file: str) -> str:
     return f"delift-ray select --config {job_file} --quiet"
 
 
+def upload_excludes(workdir: str) -> list[str]:
+    """:data:`UPLOAD_EXCLUDES` plus every top-level folder that is a virtualenv (has pyvenv.cfg)."""
+    venvs = [f"/{e.name}" for e in os.scandir(workdir)
+             if e.is_dir() and os.path.exists(os.path.join(e.path, "pyvenv.cfg"))]
+    return UPLOAD_EXCLUDES + sorted(venvs)
+
+
+def check_cluster_paths(cfg: DeliftConfig) -> None:
+    """Refuse outputs the job would write into its temporary copy of the working dir.
+
+    On the cluster the job runs in Ray's unpacked copy of the upload; a relative ``out``
+    or ``cache`` would land there and be deleted with it.
+    """
+    for key in ("out", "cache"):
+        value = getattr(cfg, key)
+        if value and "://" not in value and not os.path.isabs(os.path.expanduser(value)):
+            raise DeliftError(
+                f"{key} {value!r} is relative: on the cluster it would resolve inside the job's temporary copy of "
+                f"the working dir and be lost; give an absolute path every node sees (a shared volume) or an s3:// URI"
+            )
+
+
 def cmd_submit(args: argparse.Namespace) -> int:
-    import hashlib
+    import tempfile
 
     import yaml
 
     cfg = config_from_args(args)  # validate locally before anything is sent
-    text = yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False)
-    name = f".delift-ray-job-{hashlib.blake2b(text.encode(), digest_size=6).hexdigest()}.yaml"
+    check_cluster_paths(cfg)
     workdir = os.path.abspath(args.working_dir)
-    with open(os.path.join(workdir, name), "w") as f:
-        f.write(text)
-    runtime_env: dict[str, Any] = {"working_dir": workdir}
+    if not os.path.isdir(workdir):
+        raise DeliftError(f"--working-dir {args.working_dir} is not a directory")
+    addr = _jobs_address(args.address)
+    client = _job_client(addr)
+    runtime_env: dict[str, Any] = {"working_dir": workdir, "excludes": upload_excludes(workdir)}
     if args.pip:
         runtime_env["pip"] = args.pip
-    client = _job_client(args.address)
-    job_id = client.submit_job(entrypoint=submit_entrypoint(name), runtime_env=runtime_env)
-    print(job_id)
+    # The job file travels in the upload; it is removed again once submit_job has uploaded
+    # the working dir (or failed), so nothing is left behind here.
+    fd, path = tempfile.mkstemp(prefix=JOB_FILE_PREFIX, suffix=".yaml", dir=workdir)
+    try:
+        with os.fdopen(fd, "w") as f:
+            yaml.safe_dump(cfg.model_dump(mode="json"), f, sort_keys=False)
+        with _jobs_api(addr):
+            job_id = client.submit_job(entrypoint=submit_entrypoint(os.path.basename(path)), runtime_env=runtime_env)
+    finally:
+        os.unlink(path)
+    print(job_id, flush=True)
+    if args.wait:
+        return follow_job(client, addr, job_id)
     return 0
 
 
+def follow_job(client, addr: str, job_id: str) -> int:
+    """Stream the job's logs until it ends; print its final status; 0 if it succeeded, else 1."""
+    import asyncio
+
+    async def tail() -> None:
+        async for chunk in client.tail_job_logs(job_id):
+            sys.stdout.write(chunk)
+            sys.stdout.flush()
+
+    try:
+        with _jobs_api(addr):
+            asyncio.run(tail())
+    except KeyboardInterrupt:
+        print(f"delift-ray: stopped following; the job keeps running: delift-ray status {job_id} --follow", file=sys.stderr)
+        return 130
+    line = job_status_line(client, addr, job_id)
+    print(f"delift-ray: job {job_id} {line}", file=sys.stderr)
+    return 0 if line == "SUCCEEDED" else 1
+
+
+def job_status_line(client, addr: str, job_id: str) -> str:
+    """The job's status; for a failed job also the reason: its last ``delift-ray: error:`` line."""
+    with _jobs_api(addr):
+        info = client.get_job_info(job_id)
+        status = str(getattr(info.status, "value", info.status))
+        if status != "FAILED":
+            return status
+        logs = client.get_job_logs(job_id)
+    errors = [ln for ln in logs.splitlines() if ln.startswith("delift-ray: error:")]
+    message = (info.message or "").strip().splitlines()
+    reason = errors[-1] if errors else (message[0] if message else "")
+    return f"FAILED: {reason}" if reason else status
+
+
 def cmd_status(args: argparse.Namespace) -> int:
-    print(_job_client(args.address).get_job_status(args.job_id))
+    addr = _jobs_address(args.address)
+    client = _job_client(addr)
+    if args.follow:
+        return follow_job(client, addr, args.job_id)
+    print(job_status_line(client, addr, args.job_id))
     return 0
 
 
 def cmd_logs(args: argparse.Namespace) -> int:
-    print(_job_client(args.address).get_job_logs(args.job_id), end="")
+    addr = _jobs_address(args.address)
+    client = _job_client(addr)
+    with _jobs_api(addr):
+        print(client.get_job_logs(args.job_id), end="")
     return 0
 
 
@@ -257,14 +365,18 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("submit", help="Send a select job to a running Ray cluster (Ray Jobs API); prints the job id.")
     add_job_flags(p)
     p.add_argument("--address", help="Ray Jobs address, e.g. http://HEAD:8265 (default: $RAY_ADDRESS).")
-    p.add_argument("--working-dir", default=".", help="Uploaded as the job's working dir.")
+    p.add_argument("--working-dir", default=".", help="Uploaded as the job's working dir (without virtualenvs, runs/, caches).")
     p.add_argument("--pip", nargs="*", help="Extra pip packages for the job's runtime env.")
+    p.add_argument("--wait", action="store_true", help="Stream the job's logs until it ends; exit 1 unless it succeeded.")
     p.set_defaults(func=cmd_submit)
 
-    for name, func, text in (("status", cmd_status, "Status of a submitted job."), ("logs", cmd_logs, "Logs of a submitted job.")):
+    for name, func, text in (("status", cmd_status, "Status of a submitted job (a failed job: with its error line)."),
+                             ("logs", cmd_logs, "Logs of a submitted job.")):
         p = sub.add_parser(name, help=text)
         p.add_argument("job_id")
         p.add_argument("--address", help="Ray Jobs address (default: $RAY_ADDRESS).")
+        if name == "status":
+            p.add_argument("--follow", action="store_true", help="Stream the logs until the job ends; exit 1 unless it succeeded.")
         p.set_defaults(func=func)
 
     p = sub.add_parser("estimate", help="Pairs, tokens, kernel memory and engine-hours of a job, dense vs knn.")
