@@ -167,14 +167,25 @@ def _jobs_api(addr: str):
     try:
         yield
     except AuthenticationError as exc:
-        if "Authentication required" in exc.message:  # HTTP 401: no token sent
-            raise DeliftError(f"the Ray Jobs API at {addr} needs a token and none was sent: {TOKEN_HOWTO}") from None
+        if os.environ.get("RAY_AUTH_MODE", "").lower() != "token":
+            raise DeliftError(f"the Ray Jobs API at {addr} needs a token; none was sent as RAY_AUTH_MODE is not 'token': "
+                              f"{TOKEN_HOWTO}") from None
+        if "Authentication required" in exc.message or not _token_configured():
+            raise DeliftError(f"the Ray Jobs API at {addr} needs a token and none was found: {TOKEN_HOWTO}") from None
         raise DeliftError(f"the Ray Jobs API at {addr} rejected the token (not this cluster's token): {TOKEN_HOWTO}") from None
     except DeliftError:
         raise
     except Exception as exc:  # connection errors and HTTP errors come in several types
         text = str(exc).strip().splitlines()
         raise DeliftError(f"Ray Jobs API at {addr}: {exc.__class__.__name__}: {(text[0] if text else '')[:300]}") from None
+
+
+def _token_configured() -> bool:
+    """Whether a token is there to send, where Ray's client looks for one (never reading it out)."""
+    if os.environ.get("RAY_AUTH_TOKEN", "").strip():
+        return True
+    path = os.environ.get("RAY_AUTH_TOKEN_PATH") or os.path.expanduser("~/.ray/auth_token")
+    return os.path.isfile(path) and os.path.getsize(path) > 0
 
 
 def _job_client(address: Optional[str]):
@@ -233,7 +244,8 @@ def cmd_submit(args: argparse.Namespace) -> int:
         with os.fdopen(fd, "w") as f:
             yaml.safe_dump(cfg.model_dump(mode="json"), f, sort_keys=False)
         with _jobs_api(addr):
-            job_id = client.submit_job(entrypoint=submit_entrypoint(os.path.basename(path)), runtime_env=runtime_env)
+            job_id = client.submit_job(entrypoint=submit_entrypoint(os.path.basename(path)), runtime_env=runtime_env,
+                                       submission_id=args.submission_id)
     finally:
         os.unlink(path)
     print(job_id, flush=True)
@@ -367,6 +379,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--address", help="Ray Jobs address, e.g. http://HEAD:8265 (default: $RAY_ADDRESS).")
     p.add_argument("--working-dir", default=".", help="Uploaded as the job's working dir (without virtualenvs, runs/, caches).")
     p.add_argument("--pip", nargs="*", help="Extra pip packages for the job's runtime env.")
+    p.add_argument("--submission-id", help="The job's id (default: Ray's raysubmit_...); the cluster refuses an id it knows.")
     p.add_argument("--wait", action="store_true", help="Stream the job's logs until it ends; exit 1 unless it succeeded.")
     p.set_defaults(func=cmd_submit)
 
