@@ -1,8 +1,9 @@
 """`delift-ray submit/status/logs`: the job sent through the Ray Jobs API.
 
-The client is faked here (tests/test_jobs_api.py runs the same commands against a real Ray
-head with the Jobs API); what is checked is what a cluster would receive: a validated job file inside the uploaded working dir and an entrypoint
-that the real CLI parses back into the same config.
+The client is faked here (tests/test_jobs_api.py runs the same commands against a real
+Ray head with the Jobs API); what is checked is what a cluster would receive: a validated
+job file inside the uploaded working dir and an entrypoint that the real CLI parses back
+into the same config.
 """
 
 import os
@@ -13,6 +14,7 @@ import pytest
 
 from delift_ray import cli
 from delift_ray.config import load_config
+from delift_ray.errors import DeliftError
 
 
 class FakeClient:
@@ -96,3 +98,19 @@ def test_no_address_is_a_one_line_error(capsys, monkeypatch):
     monkeypatch.delenv("RAY_ADDRESS", raising=False)
     assert cli.main(["status", "x"]) == 2
     assert "no Ray Jobs address" in capsys.readouterr().err
+
+
+def test_a_job_driver_joins_ray_address(monkeypatch):
+    """Inside a Ray job RAY_ADDRESS names the job's cluster: the driver joins it (no embedded
+    Ray, so no num_cpus / object_store_memory, which Ray refuses for an existing cluster)."""
+    from delift_ray import dispatch
+    from delift_ray.config import RayConfig
+
+    monkeypatch.setenv("RAY_ADDRESS", "10.0.0.1:6379")
+    assert dispatch.cluster_address(RayConfig()) == "10.0.0.1:6379"
+    assert dispatch.cluster_address(RayConfig(address="auto")) == "auto"
+    monkeypatch.setenv("RAY_ADDRESS", "http://head:8265")
+    with pytest.raises(DeliftError, match="is a Ray Jobs API address"):
+        dispatch.cluster_address(RayConfig())
+    monkeypatch.delenv("RAY_ADDRESS")
+    assert dispatch.cluster_address(RayConfig()) is None
