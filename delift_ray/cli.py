@@ -176,8 +176,20 @@ def _jobs_api(addr: str):
     except DeliftError:
         raise
     except Exception as exc:  # connection errors and HTTP errors come in several types
-        text = str(exc).strip().splitlines()
-        raise DeliftError(f"Ray Jobs API at {addr}: {exc.__class__.__name__}: {(text[0] if text else '')[:300]}") from None
+        raise DeliftError(f"Ray Jobs API at {addr}: {exc.__class__.__name__}: {_error_line(str(exc))[:300]}") from None
+
+
+def _error_line(text: str) -> str:
+    """One line of an error text; of a server-side traceback (Ray returns them in HTTP 4xx/5xx
+    bodies), its last ``SomeError: ...`` line, which says what went wrong."""
+    import re
+
+    lines = [ln.strip() for ln in text.splitlines() if ln.strip()]
+    if any(ln.startswith("Traceback") or ln.endswith("Traceback (most recent call last):") for ln in lines):
+        raised = [ln for ln in lines if re.match(r"^[\w.]+(Error|Exception): ", ln)]
+        if raised:
+            return raised[-1]
+    return lines[0] if lines else ""
 
 
 def _token_configured() -> bool:
@@ -257,6 +269,7 @@ def cmd_submit(args: argparse.Namespace) -> int:
 def follow_job(client, addr: str, job_id: str) -> int:
     """Stream the job's logs until it ends; print its final status; 0 if it succeeded, else 1."""
     import asyncio
+    import time
 
     async def tail() -> None:
         async for chunk in client.tail_job_logs(job_id):
@@ -270,6 +283,11 @@ def follow_job(client, addr: str, job_id: str) -> int:
         print(f"delift-ray: stopped following; the job keeps running: delift-ray status {job_id} --follow", file=sys.stderr)
         return 130
     line = job_status_line(client, addr, job_id)
+    for _ in range(30):  # the log stream can end a moment before the status does
+        if line.split(":", 1)[0] in TERMINAL_STATES:
+            break
+        time.sleep(1.0)
+        line = job_status_line(client, addr, job_id)
     print(f"delift-ray: job {job_id} {line}", file=sys.stderr)
     return 0 if line == "SUCCEEDED" else 1
 

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import secrets
 import shutil
 import signal
@@ -227,9 +228,12 @@ def leftovers(workdir: Path) -> list[str]:
     return sorted(p.name for p in workdir.iterdir() if p.name.startswith(".delift-ray-job-"))
 
 
+RAY_LOG_RECORD = re.compile(r"^\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d+\s+(INFO|WARNING) ")  # Ray's own upload notes
+
+
 def assert_one_line_error(p: subprocess.CompletedProcess, *needles: str) -> str:
     assert p.returncode == 2, (p.returncode, p.stdout[-2000:], p.stderr[-2000:])
-    lines = [ln for ln in p.stderr.splitlines() if ln.strip()]
+    lines = [ln for ln in p.stderr.splitlines() if ln.strip() and not RAY_LOG_RECORD.match(ln)]
     assert len(lines) == 1 and lines[0].startswith("delift-ray: error:"), p.stderr[-3000:]
     for n in needles:
         assert n in lines[0], lines[0]
