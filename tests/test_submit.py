@@ -114,3 +114,14 @@ def test_a_job_driver_joins_ray_address(monkeypatch):
         dispatch.cluster_address(RayConfig())
     monkeypatch.delenv("RAY_ADDRESS")
     assert dispatch.cluster_address(RayConfig()) is None
+
+
+def test_a_server_traceback_becomes_its_error_line():
+    """Ray's Jobs API answers a refused submit (HTTP 400/500) with Python tracebacks, nested."""
+    body = ("Request failed with status code 500: Traceback (most recent call last):\n  File \"job_head.py\", line 1\n"
+            "RuntimeError: Request failed with status code 400: Traceback (most recent call last):\n  File \"job_manager.py\"\n"
+            "ValueError: Job with submission_id raysubmit_1 already exists. Please use a different submission_id.\n.")
+    assert cli._error_line(body) == ("ValueError: Job with submission_id raysubmit_1 already exists. "
+                                     "Please use a different submission_id.")
+    assert cli._error_line("Failed to connect to Ray at address: http://x:8265.\nmore") == \
+        "Failed to connect to Ray at address: http://x:8265."
