@@ -282,7 +282,7 @@ def test_submit_status_logs_and_the_run_lock(head, tiny_model_dir, pool, workdir
     # B's logs (the refusal among them) and exits 1 with the reason.
     lock = out / ".delift-ray.lock"
     deadline = time.monotonic() + 300
-    while not lock.exists():
+    while not (lock.exists() and lock.stat().st_size):  # created, then its owner record written
         assert time.monotonic() < deadline, "job A never took the run lock: " + head.cli("logs", job_a).stdout[-3000:]
         assert head.api(f"/api/jobs/{job_a}")["status"] in ("PENDING", "RUNNING"), head.cli("logs", job_a).stdout[-3000:]
         time.sleep(1.0)
