@@ -293,7 +293,8 @@ def follow_job(client, addr: str, job_id: str) -> int:
 
 
 def job_status_line(client, addr: str, job_id: str) -> str:
-    """The job's status; for a failed job also the reason: its last ``delift-ray: error:`` line."""
+    """The job's status; for a failed job also the reason: its last ``delift-ray: error:`` line,
+    else the exception that ended it, else Ray's message."""
     with _jobs_api(addr):
         info = client.get_job_info(job_id)
         status = str(getattr(info.status, "value", info.status))
@@ -301,8 +302,7 @@ def job_status_line(client, addr: str, job_id: str) -> str:
             return status
         logs = client.get_job_logs(job_id)
     errors = [ln for ln in logs.splitlines() if ln.startswith("delift-ray: error:")]
-    message = (info.message or "").strip().splitlines()
-    reason = errors[-1] if errors else (message[0] if message else "")
+    reason = errors[-1] if errors else _error_line(logs if "Traceback" in logs else (info.message or ""))
     return f"FAILED: {reason}" if reason else status
 
 

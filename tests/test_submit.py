@@ -31,11 +31,13 @@ class FakeClient:
         return submission_id or "raysubmit_123"
 
     def get_job_info(self, job_id):
-        failed = job_id.endswith("failed")
+        failed = job_id.endswith(("failed", "crashed"))
         return SimpleNamespace(status="FAILED" if failed else "RUNNING",
                                message="Job entrypoint command failed with exit code 2" if failed else "")
 
     def get_job_logs(self, job_id):
+        if job_id.endswith("crashed"):
+            return "Traceback (most recent call last):\n  File \"x.py\", line 1\nValueError: something broke\n"
         return f"logs of {job_id}\n" + ("delift-ray: error: output directory x is in use by another run\n"
                                          if job_id.endswith("failed") else "")
 
@@ -92,6 +94,8 @@ def test_status_and_logs(fake_jobs, capsys, monkeypatch):
     # A failed job's status carries its error line.
     assert cli.main(["status", "raysubmit_failed"]) == 0
     assert capsys.readouterr().out.strip() == "FAILED: delift-ray: error: output directory x is in use by another run"
+    assert cli.main(["status", "raysubmit_crashed"]) == 0  # no delift-ray error line: the exception that ended it
+    assert capsys.readouterr().out.strip() == "FAILED: ValueError: something broke"
 
 
 def test_no_address_is_a_one_line_error(capsys, monkeypatch):
