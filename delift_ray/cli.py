@@ -5,8 +5,8 @@ Job flags are generated from the config schema (:mod:`delift_ray.config`): every
 
     delift-ray select --data pool.jsonl --model M --out runs/x [--config jobs/x.yaml] [--dry-run] [--overwrite] [...]
     delift-ray demo [--out runs/demo]
-    delift-ray submit --address http://head:8265 --config jobs/x.yaml   # Ray Jobs API
-    delift-ray status JOB_ID --address ...  |  delift-ray logs JOB_ID --address ...
+    delift-ray submit --address http://head:8265 --config jobs/x.yaml [--wait]   # Ray Jobs API
+    delift-ray status JOB_ID [--follow] --address ...  |  delift-ray logs JOB_ID --address ...
     delift-ray estimate --data pool.jsonl --model M [--kernel.k 32] [--tokens-per-s 500] [--json]
     delift-ray reselect --previous RUN_DIR --data NEW --out DIR [--mode full|continual]
     delift-ray watch LOCATION --out DIR [--once] [--interval S] [--marker _SUCCESS]
@@ -21,6 +21,7 @@ import os
 import sys
 import traceback
 import typing
+from contextlib import contextmanager
 from typing import Any, Optional, Sequence
 
 from delift_ray.config import DeliftConfig, config_reference_markdown, iter_leaf_fields, load_config
@@ -174,24 +175,107 @@ def cmd_estimate(args: argparse.Namespace) -> int:
     return 0
 
 
-def _job_client(address: Optional[str]):
-    from ray.job_submission import JobSubmissionClient
+# What the cluster does not need from the working dir (gitignore syntax, as Ray's
+# ``runtime_env["excludes"]``): virtualenvs, run outputs, caches, VCS data.
+UPLOAD_EXCLUDES = [
+    ".git", ".venv", "venv", ".tox", ".nox", "__pycache__", "*.pyc", ".pytest_cache", ".mypy_cache",
+    ".ruff_cache", ".ipynb_checkpoints", ".cache", "*.egg-info", "node_modules", "/runs", "/build", "/dist",
+]
+JOB_FILE_PREFIX = ".delift-ray-job-"
+TERMINAL_STATES = ("SUCCEEDED", "FAILED", "STOPPED")
+TOKEN_HOWTO = ("set RAY_AUTH_MODE=token and give the cluster's token (`ray get-auth-token` on the head prints it) "
+               "as RAY_AUTH_TOKEN_PATH=FILE, RAY_AUTH_TOKEN, or the file ~/.ray/auth_token")
 
+
+def _jobs_address(address: Optional[str]) -> str:
     addr = address or os.environ.get("RAY_ADDRESS")
     if not addr:
         raise DeliftError("no Ray Jobs address: pass --address http://HEAD:8265 or set RAY_ADDRESS")
+    return addr.rstrip("/")
+
+
+@contextmanager
+def _jobs_api(addr: str, job_id: Optional[str] = None):
+    """Turn the Jobs client's errors into one-line :class:`DeliftError` s (never echoing the token);
+    with ``job_id``, a job the server does not know is said so."""
+    from ray.exceptions import AuthenticationError
+
     try:
+        yield
+    except AuthenticationError as exc:
+        if os.environ.get("RAY_AUTH_MODE", "").lower() != "token":
+            raise DeliftError(f"the Ray Jobs API at {addr} needs a token; none was sent as RAY_AUTH_MODE is not 'token': "
+                              f"{TOKEN_HOWTO}") from None
+        if "Authentication required" in exc.message or not _token_configured():
+            raise DeliftError(f"the Ray Jobs API at {addr} needs a token and none was found: {TOKEN_HOWTO}") from None
+        raise DeliftError(f"the Ray Jobs API at {addr} rejected the token (not this cluster's token): {TOKEN_HOWTO}") from None
+    except DeliftError:
+        raise
+    except Exception as exc:  # connection errors and HTTP errors come in several types
+        text = _error_line(str(exc))[:300]
+        if job_id is not None and ("does not exist" in text or "404" in text):
+            raise DeliftError(f"no job {job_id!r} at the Ray Jobs address {addr} ({text}); "
+                              "check the id that submit printed, and the address") from None
+        raise DeliftError(f"Ray Jobs API at {addr}: {exc.__class__.__name__}: {text}") from None
+
+
+def _error_line(text: str) -> str:
+    """One line of an error text; of a server-side traceback (Ray returns them in HTTP 4xx/5xx
+    bodies), its last ``SomeError: ...`` line, which says what went wrong."""
+    import re
+
+    lines = [ln.strip() for ln in text.splitlines() if ln.strip()]
+    if any(ln.startswith("Traceback") or ln.endswith("Traceback (most recent call last):") for ln in lines):
+        raised = [ln for ln in lines if re.match(r"^[\w.]+(Error|Exception): ", ln)]
+        if raised:
+            return raised[-1]
+    return lines[0] if lines else ""
+
+
+def _token_configured() -> bool:
+    """Whether a token is there to send, where Ray's client looks for one (never reading it out)."""
+    if os.environ.get("RAY_AUTH_TOKEN", "").strip():
+        return True
+    path = os.environ.get("RAY_AUTH_TOKEN_PATH") or os.path.expanduser("~/.ray/auth_token")
+    return os.path.isfile(path) and os.path.getsize(path) > 0
+
+
+def _job_client(address: Optional[str]):
+    from ray.job_submission import JobSubmissionClient
+
+    addr = _jobs_address(address)
+    with _jobs_api(addr):
         return JobSubmissionClient(addr)
-    except Exception as exc:  # connection errors come in several types
-        raise DeliftError(f"cannot reach the Ray Jobs API at {addr}: {str(exc).splitlines()[0][:200]}") from None
 
 
 def submit_entrypoint(job_file: str) -> str:
     return f"delift-ray select --config {job_file} --quiet"
 
 
+def upload_excludes(workdir: str) -> list[str]:
+    """:data:`UPLOAD_EXCLUDES` plus every top-level folder that is a virtualenv (has pyvenv.cfg)."""
+    venvs = [f"/{e.name}" for e in os.scandir(workdir)
+             if e.is_dir() and os.path.exists(os.path.join(e.path, "pyvenv.cfg"))]
+    return UPLOAD_EXCLUDES + sorted(venvs)
+
+
+def check_cluster_paths(cfg: DeliftConfig) -> None:
+    """Refuse outputs the job would write into its temporary copy of the working dir.
+
+    On the cluster the job runs in Ray's unpacked copy of the upload; a relative ``out``
+    or ``cache`` would land there and be deleted with it.
+    """
+    for key in ("out", "cache"):
+        value = getattr(cfg, key)
+        if value and "://" not in value and not os.path.isabs(os.path.expanduser(value)):
+            raise DeliftError(
+                f"{key} {value!r} is relative: on the cluster it would resolve inside the job's temporary copy of "
+                f"the working dir and be lost; give an absolute path every node sees (a shared volume) or an s3:// URI"
+            )
+
+
 def cmd_submit(args: argparse.Namespace) -> int:
-    import hashlib
+    import tempfile
 
     import yaml
 
@@ -204,47 +288,87 @@ def cmd_submit(args: argparse.Namespace) -> int:
         raise ConfigError(f"--working-dir {args.working_dir}: no such directory; pass the folder to ship "
                           "(the one that holds the job's relative paths)")
     check_paths_for_submit(cfg, workdir)
-    text = yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False)
-    name = f".delift-ray-job-{hashlib.blake2b(text.encode(), digest_size=6).hexdigest()}.yaml"
+    check_cluster_paths(cfg)
+    addr = _jobs_address(args.address)
+    client = _job_client(addr)
+    runtime_env: dict[str, Any] = {"working_dir": workdir, "excludes": upload_excludes(workdir)}
+    if args.pip:
+        runtime_env["pip"] = args.pip
+    # The job file travels in the upload; it is removed again once submit_job has uploaded
+    # the working dir (or failed), so nothing is left behind here.
     try:
-        with open(os.path.join(workdir, name), "w") as f:
-            f.write(text)
+        fd, path = tempfile.mkstemp(prefix=JOB_FILE_PREFIX, suffix=".yaml", dir=workdir)
     except OSError as exc:
         raise ConfigError(f"cannot write the job file into --working-dir {args.working_dir}: "
                           f"{exc.strerror or exc}; submit from a folder you can write to") from None
-    runtime_env: dict[str, Any] = {"working_dir": workdir}
-    if args.pip:
-        runtime_env["pip"] = args.pip
-    client = _job_client(args.address)
-    job_id = _ask_jobs_api(lambda: client.submit_job(entrypoint=submit_entrypoint(name), runtime_env=runtime_env),
-                           "submit the job")
-    print(job_id)
+    try:
+        with os.fdopen(fd, "w") as f:
+            yaml.safe_dump(cfg.model_dump(mode="json"), f, sort_keys=False)
+        with _jobs_api(addr):
+            job_id = client.submit_job(entrypoint=submit_entrypoint(os.path.basename(path)), runtime_env=runtime_env,
+                                       submission_id=args.submission_id)
+    finally:
+        os.unlink(path)
+    print(job_id, flush=True)
+    if args.wait:
+        return follow_job(client, addr, job_id)
     return 0
 
 
-def _ask_jobs_api(call, what: str, job_id: Optional[str] = None):
-    """One Jobs API request; its failure (no such job, a server error) as one line."""
+def follow_job(client, addr: str, job_id: str) -> int:
+    """Stream the job's logs until it ends; print its final status; 0 if it succeeded, else 1."""
+    import asyncio
+    import time
+
+    async def tail() -> None:
+        async for chunk in client.tail_job_logs(job_id):
+            sys.stdout.write(chunk)
+            sys.stdout.flush()
+
     try:
-        return call()
-    except DeliftError:
-        raise
-    except Exception as exc:  # the SDK raises RuntimeError / ConnectionError / requests errors
-        text = " ".join(str(exc).split())[:300]
-        if job_id is not None and ("does not exist" in text or "404" in text):
-            raise DeliftError(f"no job {job_id!r} at this Ray Jobs address ({text}); "
-                              "check the id that submit printed, and the address") from None
-        raise DeliftError(f"the Ray Jobs API could not {what}: {exc.__class__.__name__}: {text}") from None
+        with _jobs_api(addr):
+            asyncio.run(tail())
+    except KeyboardInterrupt:
+        print(f"delift-ray: stopped following; the job keeps running: delift-ray status {job_id} --follow", file=sys.stderr)
+        return 130
+    line = job_status_line(client, addr, job_id)
+    for _ in range(30):  # the log stream can end a moment before the status does
+        if line.split(":", 1)[0] in TERMINAL_STATES:
+            break
+        time.sleep(1.0)
+        line = job_status_line(client, addr, job_id)
+    print(f"delift-ray: job {job_id} {line}", file=sys.stderr)
+    return 0 if line == "SUCCEEDED" else 1
+
+
+def job_status_line(client, addr: str, job_id: str) -> str:
+    """The job's status; for a failed job also the reason: its last ``delift-ray: error:`` line,
+    else the exception that ended it, else Ray's message."""
+    with _jobs_api(addr, job_id):
+        info = client.get_job_info(job_id)
+        status = str(getattr(info.status, "value", info.status))
+        if status != "FAILED":
+            return status
+        logs = client.get_job_logs(job_id)
+    errors = [ln for ln in logs.splitlines() if ln.startswith("delift-ray: error:")]
+    reason = errors[-1] if errors else _error_line(logs if "Traceback" in logs else (info.message or ""))
+    return f"FAILED: {reason}" if reason else status
 
 
 def cmd_status(args: argparse.Namespace) -> int:
-    client = _job_client(args.address)
-    print(_ask_jobs_api(lambda: client.get_job_status(args.job_id), "report the job's status", args.job_id))
+    addr = _jobs_address(args.address)
+    client = _job_client(addr)
+    if args.follow:
+        return follow_job(client, addr, args.job_id)
+    print(job_status_line(client, addr, args.job_id))
     return 0
 
 
 def cmd_logs(args: argparse.Namespace) -> int:
-    client = _job_client(args.address)
-    print(_ask_jobs_api(lambda: client.get_job_logs(args.job_id), "return the job's logs", args.job_id), end="")
+    addr = _jobs_address(args.address)
+    client = _job_client(addr)
+    with _jobs_api(addr, args.job_id):
+        print(client.get_job_logs(args.job_id), end="")
     return 0
 
 
@@ -327,14 +451,19 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("submit", help="Send a select job to a running Ray cluster (Ray Jobs API); prints the job id.")
     add_job_flags(p)
     p.add_argument("--address", help="Ray Jobs address, e.g. http://HEAD:8265 (default: $RAY_ADDRESS).")
-    p.add_argument("--working-dir", default=".", help="Uploaded as the job's working dir.")
+    p.add_argument("--working-dir", default=".", help="Uploaded as the job's working dir (without virtualenvs, runs/, caches).")
     p.add_argument("--pip", nargs="*", help="Extra pip packages for the job's runtime env.")
+    p.add_argument("--submission-id", help="The job's id (default: Ray's raysubmit_...); the cluster refuses an id it knows.")
+    p.add_argument("--wait", action="store_true", help="Stream the job's logs until it ends; exit 1 unless it succeeded.")
     p.set_defaults(func=cmd_submit)
 
-    for name, func, text in (("status", cmd_status, "Status of a submitted job."), ("logs", cmd_logs, "Logs of a submitted job.")):
+    for name, func, text in (("status", cmd_status, "Status of a submitted job (a failed job: with its error line)."),
+                             ("logs", cmd_logs, "Logs of a submitted job.")):
         p = sub.add_parser(name, help=text)
         p.add_argument("job_id")
         p.add_argument("--address", help="Ray Jobs address (default: $RAY_ADDRESS).")
+        if name == "status":
+            p.add_argument("--follow", action="store_true", help="Stream the logs until the job ends; exit 1 unless it succeeded.")
         p.set_defaults(func=func)
 
     p = sub.add_parser("estimate", help="Pairs, tokens, kernel memory and engine-hours of a job, dense vs knn.")

@@ -33,19 +33,27 @@ NODE_VERDICT_S = 45.0  # longest wait for the GCS to say whether a silent actor'
 
 
 def connect(cfg: RayConfig) -> bool:
-    """Connect to ``cfg.address`` or start an embedded local Ray; True if we started it."""
+    """Join a running cluster, or start an embedded local Ray; True if we started it.
+
+    The cluster is ``ray.address``, else ``$RAY_ADDRESS``: Ray sets it for the driver of
+    a Ray job (``delift-ray submit``), so a submitted job joins the job's own cluster.
+    Joining never passes embedded-cluster arguments (CPUs, object store): Ray refuses
+    them for an existing cluster. Without either, ``address="local"`` starts a private
+    instance even when a ``ray start`` cluster runs on this machine.
+    """
     import ray
 
     if ray.is_initialized():
         return False
     kwargs: dict[str, Any] = dict(logging_level=logging.WARNING, log_to_driver=True)
-    if cfg.address:
-        check_reachable(cfg.address, cfg.connect_timeout_s)
+    address = cluster_address(cfg)
+    if address:
+        check_reachable(address, cfg.connect_timeout_s)
         try:
-            ray.init(address=cfg.address, **kwargs)
+            ray.init(address=address, **kwargs)
         except Exception as exc:  # ray raises ConnectionError, RuntimeError, ValueError here
             raise DeliftError(
-                f"cannot reach the Ray cluster at {cfg.address!r}: {str(exc).splitlines()[0][:200]} "
+                f"cannot reach the Ray cluster at {address!r}: {str(exc).splitlines()[0][:200]} "
                 "(is it running? with token auth set RAY_AUTH_MODE=token and the cluster's token)"
             ) from None
         return False
@@ -60,6 +68,23 @@ def connect(cfg: RayConfig) -> bool:
         **kwargs,
     )
     return True
+
+
+def cluster_address(cfg: RayConfig) -> str | None:
+    """The cluster to join: ``ray.address``, else ``$RAY_ADDRESS``; None for an embedded Ray.
+
+    An http(s) ``$RAY_ADDRESS`` is a Jobs API address (for ``submit``/``status``/``logs``),
+    not one a driver can join: refused in one line rather than handed to Ray Client.
+    """
+    if cfg.address:
+        return cfg.address
+    env = os.environ.get("RAY_ADDRESS", "").strip()
+    if env.startswith(("http://", "https://")):
+        raise DeliftError(
+            f"RAY_ADDRESS={env} is a Ray Jobs API address (for submit, status, logs), not a cluster to run on: "
+            "unset it to run locally, set --ray.address HOST:6379 to join a cluster, or use `delift-ray submit`"
+        )
+    return env or None
 
 
 def address_endpoint(address: str) -> tuple[str, int] | None:
