@@ -13,7 +13,8 @@ Part 2 (synthetic, larger N): clustered embeddings, a dense "utility" kernel der
 from them plus noise, and the knn graph from the same embeddings; knn FL (sparse kernel)
 vs dense FL, both evaluated on the dense kernel.
 
-One JSON line per case on stdout.
+One JSON line per case on stdout; each part's cases are also written to
+``benchmarks/results/pruning_synthetic.json`` and ``pruning_real.json``.
 
     PYTHONPATH=$PWD python benchmarks/pruning.py --n 32 --out runs/pruning
 """
@@ -23,9 +24,13 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import sys
 import time
 
 import numpy as np
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+from benchmarks.results import write_result  # noqa: E402
 
 
 def fl_objective(K: np.ndarray, idx) -> float:
@@ -142,11 +147,15 @@ def main() -> None:
                    help="scoring.exclude_self: drop UF(i <- i), which dominates DELIFT kernels, from both kernels")
     p.add_argument("--progress", action="store_true")
     args = p.parse_args()
+    synthetic = []
     for n in args.synthetic_n:
         for row in synthetic_case(n, 32, 4, args.synthetic_budgets):
             print(json.dumps(row), flush=True)
+            synthetic.append(row)
+    if synthetic:
+        write_result("pruning_synthetic", {"cases": synthetic})
     if not args.skip_real:
-        real_case(args)
+        write_result("pruning_real", {"cases": real_case(args)})
 
 
 if __name__ == "__main__":
