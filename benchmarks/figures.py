@@ -66,6 +66,10 @@ def num(x, digits: int = 3) -> str:
     return str(x)
 
 
+def ratio(x) -> str:
+    return f"{float(x):.3f}"
+
+
 def secs(x) -> str:
     x = float(x)
     if x >= 120:
@@ -117,7 +121,7 @@ def _pruning_synthetic(r: dict, doc: dict) -> Cells:
     k, rnd = cases[0]["k"], cases[0]["random"]
     return [(f"knn pruning, synthetic kernels, N in {{{', '.join(num(n) for n in ns)}}}, k {k} + r {rnd}, "
              f"budgets {', '.join(f'{f:.0%}' for f in fr)}",
-             f"FL(knn) / FL(dense) {num(lo)}-{num(hi)}; random subsets {num(rlo)}-{num(rhi)}")]
+             f"FL(knn) / FL(dense) {ratio(lo)}-{ratio(hi)}; random subsets {ratio(rlo)}-{ratio(rhi)}")]
 
 
 def _pruning_real(r: dict, doc: dict) -> Cells:
@@ -125,7 +129,7 @@ def _pruning_real(r: dict, doc: dict) -> Cells:
     for c in r["cases"]:
         out.append((f"knn pruning on real utilities: {c['model']}, {c['n']} samples, k {c['k']} + r {c['random']}, "
                     f"`{c['embedding']}` embedding, diagonal {'dropped' if c['exclude_self'] else 'kept'}",
-                    f"FL(knn) / FL(dense) {num(c['ratio'])}; random {num(c['ratio_random'])}; "
+                    f"FL(knn) / FL(dense) {ratio(c['ratio'])}; random {ratio(c['ratio_random'])}; "
                     f"overlap {num(c['overlap'], 2)}"))
     return out
 
@@ -220,6 +224,15 @@ def rows_of(name: str, doc: dict, warn: Callable[[str], None]) -> tuple[str, Cel
         return spec.page, _fallback(doc)
 
 
+_WARNED: set[str] = set()
+
+
+def _warn_once(msg: str) -> None:
+    if msg not in _WARNED:
+        _WARNED.add(msg)
+        print(msg, file=sys.stderr)
+
+
 def render_table(results: dict[str, dict], page: str | None = None, *, link_prefix: str = "",
                  warn: Callable[[str], None] | None = None) -> str:
     """The Markdown table of ``results`` (name -> result doc); ``page`` keeps only that topic's rows.
@@ -227,7 +240,7 @@ def render_table(results: dict[str, dict], page: str | None = None, *, link_pref
     ``link_prefix`` is the path from the Markdown file to the repository root ("" for
     README.md, "../" for docs/*.md).
     """
-    warn = warn or (lambda msg: print(msg, file=sys.stderr))
+    warn = warn or _warn_once
     lines = ["| what | figure | machine; date | how |", "|---|---|---|---|"]
     n = 0
     for name in sorted(results):

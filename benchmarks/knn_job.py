@@ -45,7 +45,7 @@ def main() -> None:
     if not os.path.exists(os.path.join(model, "config.json")):
         build_tiny_model(model, seed=0)
     cfg = {"data": data, "model": model, "out": os.path.join(args.work, f"run-{args.n}-k{args.k}-r{args.random}"),
-           "budget": 0.3, "engine": {"dtype": "float32", "max_model_len": 512, "block_size": 32},
+           "budget": 0.3, "engine": {"dtype": "float32", "max_model_len": 512, "block_size": 32, "kv_cache_space_gib": 1},
            "scoring": {"block_size": args.block_size},
            "kernel": {"type": "knn", "k": args.k, "random": args.random}}
     t0 = time.perf_counter()

@@ -19,6 +19,7 @@ NAME is one of:
 from __future__ import annotations
 
 import argparse
+import os
 import re
 import sys
 from pathlib import Path
@@ -34,12 +35,13 @@ def markdown_files(root: Path = ROOT) -> list[Path]:
     return [root / "README.md"] + sorted((root / "docs").glob("*.md"))
 
 
-def render_block(name: str, path: Path, results: dict) -> str:
-    """The content of block ``name`` in file ``path`` (ends with a newline)."""
+def render_block(name: str, path: Path, results: dict, root: Path = ROOT) -> str:
+    """The content of block ``name`` in file ``path`` under ``root`` (ends with a newline)."""
     from benchmarks.figures import render_table
     from delift_ray.config import config_reference_markdown
 
-    prefix = "../" if path.parent.name == "docs" else ""
+    up = os.path.relpath(root, path.parent)
+    prefix = "" if up == "." else up.replace(os.sep, "/") + "/"
     if name == "figures":
         return render_table(results, None, link_prefix=prefix) + "\n"
     if name.startswith("figures:"):
@@ -49,9 +51,9 @@ def render_block(name: str, path: Path, results: dict) -> str:
     raise ValueError(f"{path}: unknown generated block {name!r}")
 
 
-def regenerate(text: str, path: Path, results: dict) -> str:
-    """``text`` with every generated block re-rendered."""
-    return BLOCK.sub(lambda m: m.group(1) + render_block(m.group("name"), path, results) + m.group(4), text)
+def regenerate(text: str, path: Path, results: dict, root: Path = ROOT) -> str:
+    """``text`` with every generated block re-rendered (links relative to ``root``)."""
+    return BLOCK.sub(lambda m: m.group(1) + render_block(m.group("name"), path, results, root) + m.group(4), text)
 
 
 def stale_files(root: Path = ROOT, results: dict | None = None) -> list[Path]:
@@ -59,7 +61,7 @@ def stale_files(root: Path = ROOT, results: dict | None = None) -> list[Path]:
     from benchmarks.results import read_results
 
     results = read_results(root / "benchmarks" / "results") if results is None else results
-    return [p for p in markdown_files(root) if p.exists() and regenerate(p.read_text(), p, results) != p.read_text()]
+    return [p for p in markdown_files(root) if p.exists() and regenerate(p.read_text(), p, results, root) != p.read_text()]
 
 
 def main(argv=None) -> int:

@@ -178,13 +178,13 @@ def test_regenerate_rewrites_only_between_markers(tmp_path):
     page = tmp_path / "docs" / "x.md"
     page.parent.mkdir()
     text = "intro\n<!-- generated:figures:reliability -->\nold\n<!-- /generated:figures:reliability -->\noutro\n"
-    out = gen.regenerate(text, page, {"chaos": _doc("chaos", CHAOS)})
+    out = gen.regenerate(text, page, {"chaos": _doc("chaos", CHAOS)}, tmp_path)
     assert out.startswith("intro\n<!-- generated:figures:reliability -->\n| what |") and out.endswith(
         "<!-- /generated:figures:reliability -->\noutro\n")
     assert "(../benchmarks/results/chaos.json)" in out and "old" not in out
-    assert gen.regenerate(out, page, {"chaos": _doc("chaos", CHAOS)}) == out
+    assert gen.regenerate(out, page, {"chaos": _doc("chaos", CHAOS)}, tmp_path) == out
     with pytest.raises(ValueError, match="unknown generated block"):
-        gen.regenerate("<!-- generated:nope -->\n<!-- /generated:nope -->\n", page, {})
+        gen.regenerate("<!-- generated:nope -->\n<!-- /generated:nope -->\n", page, {}, tmp_path)
 
 
 def test_result_files_hold_machine_date_and_command():
