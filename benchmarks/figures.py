@@ -103,12 +103,13 @@ def _reducer(r: dict, doc: dict) -> Cells:
     what = {"dense_fl": "dense FL", "sparse_fl": "sparse FL", "sparse_flmi": "sparse FLMI",
             "sparse_flcg": "sparse FLCG"}[r["case"]]
     size = f"N = {num(r['n'])}" + (f", k = {r['k']}" if "k" in r else "") + f", budget {num(r['budget'])}"
-    fig = f"{secs(r['seconds'])}, peak RSS {num(r['peak_rss_gb'], 2)} GB"
+    fig = f"{secs(r['seconds'])} wall ({secs(r['cpu_seconds'])} CPU), peak RSS {num(r['peak_rss_gb'], 2)} GB"
     if "submodlib_seconds" in r:
         same = "identical picks" if r.get("identical") else (
             f"same picks up to step {num(r['identical_prefix'])}"
             + (" (an exact gain tie)" if (r.get("first_divergence") or {}).get("tie") else ""))
-        fig += f"; submodlib {secs(r['submodlib_seconds'])}, {num(r['submodlib_peak_rss_gb'], 2)} GB; {same}"
+        fig += (f"; submodlib {secs(r['submodlib_seconds'])} wall ({secs(r['submodlib_cpu_seconds'])} CPU), "
+                f"{num(r['submodlib_peak_rss_gb'], 2)} GB; {same}")
     return [(f"selection ({what}), {size}", fig)]
 
 
@@ -207,6 +208,12 @@ def _fallback(doc: dict) -> Cells:
 # --------------------------------------------------------------------------- rendering
 
 
+def _order(name: str) -> tuple[int, str]:
+    """Rows in the order of ROWS (by topic), then by name; files without a spec last."""
+    spec = spec_for(name)
+    return (ROWS.index(spec) if spec is not None else len(ROWS), name)
+
+
 def spec_for(name: str) -> Row | None:
     return next((row for row in ROWS if fnmatch.fnmatchcase(name, row.match)), None)
 
@@ -243,7 +250,7 @@ def render_table(results: dict[str, dict], page: str | None = None, *, link_pref
     warn = warn or _warn_once
     lines = ["| what | figure | machine; date | how |", "|---|---|---|---|"]
     n = 0
-    for name in sorted(results):
+    for name in sorted(results, key=_order):
         doc = results[name]
         row_page, cells = rows_of(name, doc, warn)
         if page is not None and row_page != page:
