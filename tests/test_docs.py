@@ -164,7 +164,8 @@ def test_unknown_or_malformed_results_still_get_a_row_and_a_warning():
                "chaos": _doc("chaos", {"completed": True})}  # the spec's keys are missing
     table = figures.render_table(results, None, warn=warnings.append)
     assert "`brand_new`" in table and "pairs_per_s 12.5" in table and "`chaos`" in table
-    assert len(warnings) == 2 and "brand_new" in warnings[0] and "chaos" in warnings[1]
+    assert len(warnings) == 2 and "chaos.json failed (KeyError" in warnings[0] and "no row spec matches brand_new" in warnings[1]
+    assert table.index("`chaos`") < table.index("`brand_new`")  # spec'd rows first, by topic
 
 
 def test_every_committed_result_has_a_spec_that_renders_it():
