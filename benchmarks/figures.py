@@ -171,8 +171,10 @@ def _chaos(r: dict, doc: dict) -> Cells:
 def _scoring(r: dict, doc: dict) -> Cells:
     # benchmarks/scoring.py's JSON line (scoring_<dtype>_<data>.json).
     what = f"scoring, `{doc['benchmark']}`"
-    if r.get("model"):
-        what += f", {r['model']}"
+    for key, label in (("model", ""), ("checkpoint_dtype", "checkpoint "), ("dtype", "engine "),
+                       ("logprob_path", "path ")):
+        if r.get(key):
+            what += f", {label}{r[key]}"
     if r.get("pairs"):
         what += f", {num(r['pairs'])} pairs"
     fig = (f"{num(r['naive_pairs_per_s'], 2)} -> {num(r['reuse_pairs_per_s'], 2)} pairs/s "
@@ -182,15 +184,44 @@ def _scoring(r: dict, doc: dict) -> Cells:
     return [(what, fig)]
 
 
+def _lm_head_dtype(r: dict, doc: dict) -> Cells:
+    # benchmarks/lm_head_dtype.py: the hidden path's LM head on CPU in each dtype.
+    dts = [d for d in ("float32", "bfloat16", "float16") if f"{d}_rows_per_cpu_s" in r]
+    return [(f"LM head on CPU by dtype, {r['model']} (vocab {num(r['vocab'])}), {r['rows']} rows",
+             "; ".join(f"{d} {num(r[f'{d}_rows_per_cpu_s'], 1)} rows per CPU-s, max |d logprob| "
+                       f"{num(r[f'{d}_max_abs_logprob_err'])}" for d in dts))]
+
+
+def _tokenise(r: dict, doc: dict) -> Cells:
+    # benchmarks/tokenise.py: spliced vs whole-string tokenisation of the job's sequences.
+    return [(f"tokenising {num(r['samples'])} samples, {r['model']}",
+             f"{num(r['spliced_samples_per_cpu_s'], 0)} samples per CPU-s spliced vs "
+             f"{num(r['whole_samples_per_cpu_s'], 0)} whole; same tokens as whole-string: "
+             f"{num(r['same_tokens_as_whole'])}")]
+
+
+def _hostile_rows(r: dict, doc: dict) -> Cells:
+    # benchmarks/hostile_rows.py: one huge row among normal ones, read by the job's ingest.
+    ing = r["ingest"]
+    skipped = ", ".join(f"{k} {v}" for k, v in sorted(ing.get("skipped", {}).items())) or "none"
+    return [(f"a {r['row_mb']} MB row among {num(r['normal_rows'])} normal rows, ingest "
+             f"(max_model_len {r['max_model_len']})",
+             f"{secs(ing['seconds'])}, peak RSS {num(ing['peak_rss_gib'], 2)} GiB; {num(ing['rows'])} rows kept, "
+             f"skipped: {skipped}")]
+
+
 ROWS: list[Row] = [
     Row("scoring_*", "scoring", _scoring),
     Row("scorers", "scoring", _scorers),
+    Row("lm_head_dtype*", "checkpoints", _lm_head_dtype),
+    Row("tokenise*", "scale", _tokenise),
     Row("reducer_*", "scale", _reducer),
     Row("pruning_synthetic", "scale", _pruning_synthetic),
     Row("pruning_real", "scale", _pruning_real),
     Row("knn_job", "scale", _knn_job),
     Row("reselect_versions", "versions", _reselect),
     Row("chaos", "reliability", _chaos),
+    Row("hostile_rows", "reliability", _hostile_rows),
     # Fallbacks by topic for result files without a spec of their own yet.
     Row("scale*", "scale", lambda r, doc: _fallback(doc)),
     Row("dry_run*", "scale", lambda r, doc: _fallback(doc)),
