@@ -46,7 +46,8 @@ def real_case(args) -> list[dict]:
 
     os.makedirs(args.out, exist_ok=True)
     if args.model == "demo":
-        model, label, engine = str(assets.demo_model_dir()), "SmolLM2-135M-Instruct (demo, bf16)", {"dtype": "bfloat16", "max_model_len": 512}
+        model, label, engine = (str(assets.demo_model_dir()), f"SmolLM2-135M-Instruct (demo, {args.dtype})",
+                                {"dtype": args.dtype, "max_model_len": 512})
     else:
         model = str(assets.build_tiny_model(os.path.join(args.out, "tiny-model"), seed=0))
         label, engine = "tiny random Llama (test model, fp32)", {"dtype": "float32", "max_model_len": 512, "block_size": 32}
@@ -138,6 +139,7 @@ def main() -> None:
     p.add_argument("--random", type=int, default=2)
     p.add_argument("--budget", type=float, default=0.3)
     p.add_argument("--max-tokens", type=int, default=160)
+    p.add_argument("--dtype", default="bfloat16", help="engine.dtype of the demo model (float32 on CPUs without bf16)")
     p.add_argument("--embeddings", nargs="+", default=["model", "minilm"])
     p.add_argument("--out", default="runs/pruning")
     p.add_argument("--synthetic-n", type=int, nargs="*", default=[2000, 5000, 10000])
