@@ -5,7 +5,8 @@ undisturbed, once while a thread SIGKILLs a random live scorer actor process eve
 ``--every`` seconds (at most ``--kills`` times, starting once the first pair shard is
 written, so kills land during scoring). Reports completion, the kills, the actor deaths
 and block retries the driver saw, the pairs sent again, and whether the selection and
-the utility matrix equal the undisturbed run's.
+the utility matrix equal the undisturbed run's. The report is also written to
+``benchmarks/results/chaos.json``.
 
     PYTHONPATH=$PWD python benchmarks/chaos.py [--n 16] [--block-size 2] [--every 8] [--kills 3] [--scorers 1]
 """
@@ -27,7 +28,9 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from delift_ray.procs import scorer_pids
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+from benchmarks.results import write_result  # noqa: E402
+from delift_ray.procs import scorer_pids  # noqa: E402
 
 WORDS = ("red blue green river stone cloud bread music garden window yellow silver quiet rapid gentle "
          "seven twelve north south winter summer apple tiger ocean forest").split()
@@ -122,7 +125,6 @@ def main(argv=None) -> int:
     ray.shutdown()
 
     report = {
-        "machine": f"{os.cpu_count()} cores, {os.uname().sysname} {os.uname().machine}",
         "pool": args.n, "pairs_total": calm.counts["pairs_total"], "block_size": args.block_size,
         "scorers": args.scorers, "kill_every_s": args.every, "kills": kills,
         "completed": chaos is not None, "error": error,
@@ -139,6 +141,7 @@ def main(argv=None) -> int:
             "selection_equal": chaos.selected_ids == calm.selected_ids,
         })
     print(json.dumps(report, indent=2))
+    write_result("chaos", report)
     return 0 if report.get("selection_equal") else 1
 
 

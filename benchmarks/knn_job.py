@@ -5,8 +5,8 @@
 Writes N arithmetic question/answer pairs, builds the tiny test Llama, runs
 ``delift_ray.run`` with ``kernel.type knn`` (embeddings through vLLM's pooling runner on
 an actor, faiss neighbours, scoring on one CPU engine, sparse reduce) and prints one JSON
-line: pairs, the job's stage timings, pairs/s of the scoring stage, peak RSS of the
-driver. Re-running with the same --work resumes (stored embeddings and pairs are reused).
+line (also ``benchmarks/results/knn_job.json``): pairs, the job's stage timings, pairs/s
+of the scoring stage, peak RSS of the driver. Re-running with the same --work resumes (stored embeddings and pairs are reused).
 """
 
 from __future__ import annotations
@@ -19,7 +19,10 @@ import sys
 import time
 
 sys.path.insert(0, os.path.dirname(__file__))
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from scale import write_jsonl  # noqa: E402  (same synthetic data as the 1M stage benchmark)
+
+from benchmarks.results import write_result  # noqa: E402
 
 
 def main() -> None:
@@ -42,22 +45,23 @@ def main() -> None:
     if not os.path.exists(os.path.join(model, "config.json")):
         build_tiny_model(model, seed=0)
     cfg = {"data": data, "model": model, "out": os.path.join(args.work, f"run-{args.n}-k{args.k}-r{args.random}"),
-           "budget": 0.3, "engine": {"dtype": "float32", "max_model_len": 512, "block_size": 32},
+           "budget": 0.3, "engine": {"dtype": "float32", "max_model_len": 512, "block_size": 32, "kv_cache_space_gib": 1},
            "scoring": {"block_size": args.block_size},
            "kernel": {"type": "knn", "k": args.k, "random": args.random}}
     t0 = time.perf_counter()
     r = run(cfg, progress=True)
     wall = time.perf_counter() - t0
     c, t = r.counts, r.timings
-    print(json.dumps({
+    result = {
         "n": c["samples"], "k": args.k, "random": args.random, "pairs_total": c["pairs_total"],
         "pairs_scored": c["pairs_scored"], "pairs_reused": c["pairs_reused"], "baselines_scored": c["baselines_scored"],
         "kernel_nnz": c.get("kernel_nnz"), "embedded": c.get("embedded"), "embedding_backend": c.get("embedding_backend"),
         "selected": c["selected"], "timings": t,
         "score_pairs_per_s": round(c["pairs_scored"] / t["score_s"], 1) if t.get("score_s") else None,
         "wall_s": round(wall, 1), "driver_peak_rss_gib": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20, 2),
-        "machine": f"{os.cpu_count()} cores",
-    }), flush=True)
+    }
+    print(json.dumps(result), flush=True)
+    write_result("knn_job", result)
 
 
 if __name__ == "__main__":

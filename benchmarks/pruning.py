@@ -13,7 +13,8 @@ Part 2 (synthetic, larger N): clustered embeddings, a dense "utility" kernel der
 from them plus noise, and the knn graph from the same embeddings; knn FL (sparse kernel)
 vs dense FL, both evaluated on the dense kernel.
 
-One JSON line per case on stdout.
+One JSON line per case on stdout; each part's cases are also written to
+``benchmarks/results/pruning_synthetic.json`` and ``pruning_real.json``.
 
     PYTHONPATH=$PWD python benchmarks/pruning.py --n 32 --out runs/pruning
 """
@@ -23,9 +24,13 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import sys
 import time
 
 import numpy as np
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+from benchmarks.results import write_result  # noqa: E402
 
 
 def fl_objective(K: np.ndarray, idx) -> float:
@@ -43,7 +48,8 @@ def real_case(args) -> list[dict]:
 
     os.makedirs(args.out, exist_ok=True)
     if args.model == "demo":
-        model, label, engine = str(assets.demo_model_dir()), "SmolLM2-135M-Instruct (demo, bf16)", {"dtype": "bfloat16", "max_model_len": 512}
+        model, label, engine = (str(assets.demo_model_dir()), f"SmolLM2-135M-Instruct (demo, {args.dtype})",
+                                {"dtype": args.dtype, "max_model_len": 512})
     else:
         model = str(assets.build_tiny_model(os.path.join(args.out, "tiny-model"), seed=0))
         label, engine = "tiny random Llama (test model, fp32)", {"dtype": "float32", "max_model_len": 512, "block_size": 32}
@@ -133,6 +139,7 @@ def main() -> None:
     p.add_argument("--random", type=int, default=2)
     p.add_argument("--budget", type=float, default=0.3)
     p.add_argument("--max-tokens", type=int, default=160)
+    p.add_argument("--dtype", default="bfloat16", help="engine.dtype of the demo model (float32 on CPUs without bf16)")
     p.add_argument("--embeddings", nargs="+", default=["model", "minilm"])
     p.add_argument("--out", default="runs/pruning")
     p.add_argument("--synthetic-n", type=int, nargs="*", default=[2000, 5000, 10000])
@@ -142,11 +149,15 @@ def main() -> None:
                    help="scoring.exclude_self: drop UF(i <- i), which dominates DELIFT kernels, from both kernels")
     p.add_argument("--progress", action="store_true")
     args = p.parse_args()
+    synthetic = []
     for n in args.synthetic_n:
         for row in synthetic_case(n, 32, 4, args.synthetic_budgets):
             print(json.dumps(row), flush=True)
+            synthetic.append(row)
+    if synthetic:
+        write_result("pruning_synthetic", {"cases": synthetic})
     if not args.skip_real:
-        real_case(args)
+        write_result("pruning_real", {"cases": real_case(args)})
 
 
 if __name__ == "__main__":

@@ -1,6 +1,7 @@
 """Benchmark of the selection reducer (delift_ray.selection) against submodlib.
 
-Prints one JSON line per case on stdout (progress goes to stderr):
+Prints one JSON line per case on stdout (progress goes to stderr) and writes it to
+``benchmarks/results/reducer_<case>.json``:
 
     case, n, k | density, budget, seconds, cpu_seconds, peak_rss_gb, input_rss_gb,
     and for compared cases submodlib_seconds, submodlib_cpu_seconds,
@@ -43,6 +44,8 @@ import time
 _ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 if _ROOT not in sys.path:
     sys.path.insert(0, _ROOT)
+
+from benchmarks.results import write_result  # noqa: E402
 
 # One BLAS thread: kernel generation is then bit-reproducible across the children
 # (ours / submodlib) and the benchmark does not fight the selection for the 2 cores.
@@ -257,18 +260,6 @@ def run_child(fn, *args):
 # --------------------------------------------------------------------------- main
 
 
-def machine() -> str:
-    mem = 0.0
-    try:
-        with open("/proc/meminfo") as f:
-            for line in f:
-                if line.startswith("MemTotal:"):
-                    mem = int(line.split()[1]) / 2**20
-    except OSError:
-        pass
-    return f"{os.cpu_count()} cores, {mem:.0f} GB"
-
-
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--cases", default=",".join(DEFAULTS), help="comma list of " + ", ".join(DEFAULTS))
@@ -317,8 +308,8 @@ def main(argv=None) -> int:
                 sub["submodlib_cpu_seconds"] / max(res["cpu_seconds"], 1e-9), 2
             )
         row["loadavg_1min"] = [round(load0, 1), round(os.getloadavg()[0], 1)]
-        row["machine"] = machine()
         print(json.dumps(row), flush=True)
+        write_result(f"reducer_{case}", row)
     return 0
 
 

@@ -3,7 +3,7 @@
 Real local Ray + the real vLLM CPU engine with the tiny random Llama (the test model):
 version v1 has N samples; v2 adds 10%; "same" is v1 again; "minus" removes 10%.
 Prints one JSON line per run (pairs scored / reused / total, wall seconds), then the
-ratios. Usage:
+ratios, and writes all of it to ``benchmarks/results/reselect_versions.json``. Usage:
 
     PYTHONPATH=$PWD python benchmarks/reselect_versions.py [--n 40] [--out /tmp/reselect-bench]
 """
@@ -14,8 +14,12 @@ import argparse
 import json
 import os
 import shutil
+import sys
 import tempfile
 import time
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+from benchmarks.results import write_result  # noqa: E402
 
 
 def rows(n: int) -> list[dict]:
@@ -66,12 +70,14 @@ def main() -> None:
     timed("reselect_same", lambda: reselect(v1, data["same"], f"{args.out}/re-same", progress=False))
     timed("reselect_minus", lambda: reselect(v1, data["minus"], f"{args.out}/re-minus", progress=False))
     ray.shutdown()
-    print(json.dumps({
+    summary = {
         "n": n, "added": d,
         "pairs_ratio_reselect_vs_scratch_v2": round(results["reselect_v2"]["pairs_scored"] / results["scratch_v2"]["pairs_scored"], 4),
         "wall_ratio_reselect_vs_scratch_v2": round(results["reselect_v2"]["wall_s"] / results["scratch_v2"]["wall_s"], 3),
         "same_selection_as_scratch": re2.selected_ids == sc2.selected_ids,
-    }))
+    }
+    print(json.dumps(summary))
+    write_result("reselect_versions", {**summary, "runs": results})
 
 
 if __name__ == "__main__":

@@ -4,7 +4,7 @@
 
 Runs ``delift_ray.job.run`` (instruction stage) once per scorer count, each into a fresh
 output dir (nothing reused), on one local Ray cluster, and prints one JSON line with the
-scoring time and pairs/s of each. Defaults: the tiny random test model
+scoring time and pairs/s of each (also ``benchmarks/results/scorers.json``). Defaults: the tiny random test model
 (``build_tiny_model``) and the 12-row Alpaca-style rows of the test suite repeated with
 numbered variants, so it needs no download. Engine start-up is part of ``score_s``
 (each scorer starts its own engine), as it is in a real job.
@@ -18,6 +18,9 @@ import os
 import sys
 import tempfile
 from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from benchmarks.results import write_result  # noqa: E402
 
 
 def demo_rows(n: int) -> list[dict]:
@@ -69,6 +72,7 @@ def main(argv=None) -> dict:
     finally:
         ray.shutdown()
     print(json.dumps(out))
+    write_result("scorers", out)
     return out
 
 

@@ -498,7 +498,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_job_flags(p, skip=("data", "out"))
     p.set_defaults(func=cmd_watch)
 
-    p = sub.add_parser("config-reference", help="Print the config keys as a Markdown table.")
+    p = sub.add_parser("config-reference", help="Print the config reference (docs/config.md) as Markdown.")
     p.set_defaults(func=cmd_config_reference)
 
     _add_optional_commands(sub)

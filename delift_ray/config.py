@@ -2,18 +2,19 @@
 
 A job is described by :class:`DeliftConfig`. YAML files are read with ``yaml.safe_load``;
 every leaf field is also a CLI flag (``--engine.max-model-len 512``) generated from this
-schema by :func:`iter_leaf_fields`, and the README's config reference is rendered from
-it by :func:`config_reference_markdown`. Unknown keys and wrong types are errors.
+schema by :func:`iter_leaf_fields`, and the config reference (docs/config.md) is rendered
+from it by :func:`config_reference_markdown`. Unknown keys and wrong types are errors.
 """
 
 from __future__ import annotations
 
+import json
 import os
 import posixpath
 import string
 import warnings
 from pathlib import Path
-from typing import Any, Iterator, Literal, Optional, Union
+from typing import Any, Iterator, Literal, Optional, Union, get_args, get_origin
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
@@ -63,7 +64,7 @@ class EngineConfig(_Section):
     block_size: Optional[int] = Field(
         32,
         description="KV-cache block size, the granularity of prefix-cache hits; a multiple of 32 on CPU "
-        "(None: engine default, 128 on CPU, which caches less of each example; see README: Scoring throughput).",
+        "(None: engine default, 128 on CPU, which caches less of each example; see docs/scoring.md).",
     )
     logprob_path: Literal["auto", "hidden", "full", "suffix"] = Field(
         "auto",
@@ -484,13 +485,75 @@ def validate_config(tree: dict) -> DeliftConfig:
         raise ConfigError(_format_validation_error(exc)) from None
 
 
+def _type_text(info: Any) -> str:
+    """A field's type as a reader writes it in YAML: ``int >= 64``, ``int or null``, ``one of auto, hidden``."""
+    ann = info.annotation
+    args = [a for a in get_args(ann) if a is not type(None)]
+    if get_origin(ann) is Literal:
+        text = "one of " + ", ".join(str(a) for a in get_args(ann))
+    elif get_origin(ann) is Union:
+        text = " or ".join(getattr(a, "__name__", str(a)) for a in args)
+        if type(None) in get_args(ann):
+            text = (text if len(args) == 1 else f"({text})") + " or null"
+    else:
+        text = getattr(ann, "__name__", str(ann))
+    for bound in info.metadata:
+        for attr, sign in (("ge", ">="), ("gt", ">"), ("le", "<="), ("lt", "<")):
+            if getattr(bound, attr, None) is not None:
+                text += f", {sign} {getattr(bound, attr)}"
+    return text
+
+
+def _default_text(info: Any) -> str:
+    if info.is_required():
+        return "required"
+    value = info.get_default(call_default_factory=True)
+    if value is None:
+        return "`null`"
+    if isinstance(value, bool):
+        return f"`{str(value).lower()}`"
+    if isinstance(value, str) and "\n" in value:
+        return "see below"
+    return f"`{value}`"
+
+
 def config_reference_markdown() -> str:
-    """The README's config table, rendered from the schema."""
-    rows = ["| key | default | description |", "|---|---|---|"]
-    for dotted, info in iter_leaf_fields():
-        default = "required" if info.is_required() else repr(info.get_default(call_default_factory=True))
-        if len(default) > 40:
-            default = "(see README: The utility)"
-        default = default.replace("|", "\\|")
-        rows.append(f"| `{dotted}` | `{default}` | {info.description or ''} |")
-    return "\n".join(rows)
+    """The config reference (docs/config.md), rendered from the schema: one table per section.
+
+    Columns: key, type with its bounds, default, description. Long defaults (the
+    templates) follow the tables as YAML.
+    """
+    def esc(text: str) -> str:
+        return text.replace("|", "\\|")
+
+    def table(model: type[BaseModel], prefix: str) -> list[str]:
+        rows = ["| key | type | default | description |", "|---|---|---|---|"]
+        for name, info in model.model_fields.items():
+            if isinstance(info.annotation, type) and issubclass(info.annotation, BaseModel):
+                continue
+            dotted = prefix + name
+            rows.append(f"| `{dotted}` | {esc(_type_text(info))} | {esc(_default_text(info))} | {esc(info.description or '')} |")
+        return rows
+
+    out = ["### Top level", "", (DeliftConfig.__doc__ or "").strip(), ""] + table(DeliftConfig, "")
+    long_defaults = []
+    for name, info in DeliftConfig.model_fields.items():
+        section = info.annotation
+        if not (isinstance(section, type) and issubclass(section, BaseModel)):
+            continue
+        out += ["", f"### `{name}`", "", (section.__doc__ or "").strip(), ""] + table(section, f"{name}.")
+        for sub, sub_info in section.model_fields.items():
+            default = sub_info.get_default(call_default_factory=True)
+            if isinstance(default, str) and "\n" in default:
+                long_defaults.append((f"{name}.{sub}", default))
+    if long_defaults:
+        out += ["", "### Long defaults", "", "As YAML (double-quoted strings, `\\n` is a newline):", "", "```yaml"]
+        section = None
+        for dotted, text in long_defaults:
+            head, key = dotted.split(".", 1)
+            if head != section:
+                out.append(f"{head}:")
+                section = head
+            out.append(f"  {key}: {json.dumps(text)}")
+        out.append("```")
+    return "\n".join(out) + "\n"

@@ -1,0 +1,300 @@
+"""The figures tables of README.md and docs/*.md, rendered from ``benchmarks/results/*.json``.
+
+A figure in the docs is a row rendered from a committed result file (written by
+``benchmarks.results.write_result``, which records the machine, the date and the
+command). Nothing else is a figure, so a figure cannot go stale: re-run the benchmark,
+commit its JSON, regenerate the docs::
+
+    python docs/generate.py            # rewrite every generated block in README.md and docs/
+    python docs/generate.py --check    # exit 1 if a committed block differs (tests/test_docs.py)
+
+Each table sits between markers in a Markdown file (``<!-- generated:figures begin -->``
+in README.md, ``<!-- generated:figures:scoring begin -->`` in docs/scoring.md, ...);
+README.md gets every row, a topic page the rows whose spec names it.
+
+**Adding a row for a new benchmark.** Append a :class:`Row` to ``ROWS``::
+
+    ROWS.append(Row(
+        match="scoring_*",                 # fnmatch on the result's file stem (its benchmark name)
+        page="scoring",                    # docs/scoring.md also lists it
+        rows=lambda r, doc: [(             # r = doc["results"]; one or more (what, figure) cells
+            f"scoring, {r['model']}, {r['pairs']} pairs",
+            f"{r['reuse_pairs_per_s']:.1f} pairs/s",
+        )],
+    ))
+
+The first spec whose ``match`` fits a file renders it. A file no spec matches, or whose
+spec raises ``KeyError`` / ``TypeError`` / ``ValueError`` (the JSON lacks a key the spec
+reads), still gets a row: its name, its first few scalar results and a link to the file,
+and ``render`` warns on stderr, so a new benchmark shows up at once and its spec can
+follow. The machine, date and command columns come from the file itself.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import sys
+from dataclasses import dataclass
+from typing import Callable, Iterable
+
+Cells = list[tuple[str, str]]
+
+
+@dataclass(frozen=True)
+class Row:
+    """How one benchmark's result file becomes table rows."""
+
+    match: str
+    page: str
+    rows: Callable[[dict, dict], Cells]
+
+
+# --------------------------------------------------------------------------- formatting
+
+
+def num(x, digits: int = 3) -> str:
+    """A number the way a reader wants it: thousands separated, trailing zeros dropped."""
+    if isinstance(x, bool):
+        return "yes" if x else "no"
+    if isinstance(x, int):
+        return f"{x:,}"
+    if isinstance(x, float):
+        if x != 0 and (abs(x) < 1e-3 or abs(x) >= 1e7):
+            return f"{x:.1e}"
+        text = f"{x:,.{digits}f}".rstrip("0").rstrip(".")
+        return text or "0"
+    return str(x)
+
+
+def ratio(x) -> str:
+    return f"{float(x):.3f}"
+
+
+def secs(x) -> str:
+    x = float(x)
+    if x >= 120:
+        m, s = divmod(round(x), 60)
+        return f"{m} min {s} s"
+    return f"{num(x, 1)} s"
+
+
+def machine_cell(doc: dict) -> str:
+    m = doc.get("machine") or {}
+    parts = []
+    if m.get("cpus"):
+        parts.append(f"{m['cpus']} cores")
+    if m.get("memory_gib"):
+        parts.append(f"{num(float(m['memory_gib']), 0)} GiB")
+    parts.append(m.get("accelerator") or "no GPU")
+    if m.get("load_avg_1m") is not None:
+        parts.append(f"load {num(float(m['load_avg_1m']), 1)}")
+    return ", ".join(parts) + f"; {str(doc.get('date', '?'))[:10]}"
+
+
+def _cell(text: str) -> str:
+    return str(text).replace("|", "\\|").replace("\n", " ")
+
+
+# --------------------------------------------------------------------------- row specs
+# Each spec reads doc["results"] as its benchmark script writes it.
+
+
+def _reducer(r: dict, doc: dict) -> Cells:
+    what = {"dense_fl": "dense FL", "sparse_fl": "sparse FL", "sparse_flmi": "sparse FLMI",
+            "sparse_flcg": "sparse FLCG"}[r["case"]]
+    size = f"N = {num(r['n'])}" + (f", k = {r['k']}" if "k" in r else "") + f", budget {num(r['budget'])}"
+    fig = f"{secs(r['seconds'])} wall ({secs(r['cpu_seconds'])} CPU), peak RSS {num(r['peak_rss_gb'], 2)} GB"
+    if "submodlib_seconds" in r:
+        same = "identical picks" if r.get("identical") else (
+            f"same picks up to step {num(r['identical_prefix'])}"
+            + (" (an exact gain tie)" if (r.get("first_divergence") or {}).get("tie") else ""))
+        fig += (f"; submodlib {secs(r['submodlib_seconds'])} wall ({secs(r['submodlib_cpu_seconds'])} CPU), "
+                f"{num(r['submodlib_peak_rss_gb'], 2)} GB; {same}")
+    return [(f"selection ({what}), {size}", fig)]
+
+
+def _pruning_synthetic(r: dict, doc: dict) -> Cells:
+    cases = r["cases"]
+    ns = sorted({c["n"] for c in cases})
+    fr = sorted({c["budget_frac"] for c in cases})
+    lo, hi = min(c["ratio"] for c in cases), max(c["ratio"] for c in cases)
+    rlo, rhi = min(c["ratio_random"] for c in cases), max(c["ratio_random"] for c in cases)
+    k, rnd = cases[0]["k"], cases[0]["random"]
+    return [(f"knn pruning, synthetic kernels, N in {{{', '.join(num(n) for n in ns)}}}, k {k} + r {rnd}, "
+             f"budgets {', '.join(f'{f:.0%}' for f in fr)}",
+             f"FL(knn) / FL(dense) {ratio(lo)}-{ratio(hi)}; random subsets {ratio(rlo)}-{ratio(rhi)}")]
+
+
+def _pruning_real(r: dict, doc: dict) -> Cells:
+    out = []
+    for c in r["cases"]:
+        out.append((f"knn pruning on real utilities: {c['model']}, {c['n']} samples, k {c['k']} + r {c['random']}, "
+                    f"`{c['embedding']}` embedding, diagonal {'dropped' if c['exclude_self'] else 'kept'}",
+                    f"FL(knn) / FL(dense) {ratio(c['ratio'])}; random {ratio(c['ratio_random'])}; "
+                    f"overlap {num(c['overlap'], 2)}"))
+    return out
+
+
+def _knn_job(r: dict, doc: dict) -> Cells:
+    t = r["timings"]
+    return [(f"whole knn job, tiny test model, N = {num(r['n'])}, k {r['k']} + r {r['random']} "
+             f"({num(r['pairs_total'])} pairs)",
+             f"{secs(r['wall_s'])} end to end; scoring {num(r['score_pairs_per_s'], 1)} pairs/s "
+             f"({secs(t['score_s'])}); driver peak RSS {num(r['driver_peak_rss_gib'], 2)} GiB")]
+
+
+def _scorers(r: dict, doc: dict) -> Cells:
+    ks = sorted(int(k[len("scorers"):-len("_pairs_per_s")]) for k in r if k.startswith("scorers") and k.endswith("_pairs_per_s"))
+    figs = ", ".join(f"{k}: {num(r[f'scorers{k}_pairs_per_s'], 1)} pairs/s" for k in ks)
+    return [(f"scorer actors {' vs '.join(map(str, ks))}, whole job, {r['model']}, {num(r['n'])} samples "
+             f"({num(r[f'scorers{ks[0]}_pairs'])} pairs), engine start included", figs)]
+
+
+def _reselect(r: dict, doc: dict) -> Cells:
+    runs = r["runs"]
+    return [(f"new data version (+{r['added']} samples on {r['n']}), `reselect --mode full`, tiny test model",
+             f"{num(runs['reselect_v2']['pairs_scored'])} of {num(runs['scratch_v2']['pairs_scored'])} pairs "
+             f"({r['pairs_ratio_reselect_vs_scratch_v2']:.1%}), {secs(runs['reselect_v2']['wall_s'])} vs "
+             f"{secs(runs['scratch_v2']['wall_s'])} from scratch; same selection: "
+             f"{num(r['same_selection_as_scratch'])}")]
+
+
+def _chaos(r: dict, doc: dict) -> Cells:
+    if not r["completed"]:
+        return [("chaos: scorer actors killed during a run", f"did not complete: {r['error']}")]
+    return [(f"chaos: {len(r['kills'])} scorer kills during a run ({num(r['pairs_total'])} pairs, tiny test model)",
+             f"completed; {num(r['pairs_redone'])} pairs redone, {num(r['pairs_missing'])} missing; "
+             f"utility matrix equal: {num(r['matrix_equal'])}, selection equal: {num(r['selection_equal'])}; "
+             f"{secs(r['calm_s'])} undisturbed, {secs(r['chaos_s'])} with kills")]
+
+
+def _scoring(r: dict, doc: dict) -> Cells:
+    # benchmarks/scoring.py's JSON line (scoring_<dtype>_<data>.json).
+    what = f"scoring, `{doc['benchmark']}`"
+    for key, label in (("model", ""), ("checkpoint_dtype", "checkpoint "), ("dtype", "engine "),
+                       ("logprob_path", "path ")):
+        if r.get(key):
+            what += f", {label}{r[key]}"
+    if r.get("pairs"):
+        what += f", {num(r['pairs'])} pairs"
+    fig = (f"{num(r['naive_pairs_per_s'], 2)} -> {num(r['reuse_pairs_per_s'], 2)} pairs/s "
+           f"(speedup {num(r['speedup'], 2)}), max |dUF| {num(r['max_abs_diff'])}")
+    if "efficiency" in r:
+        fig += f", efficiency {num(r['efficiency'], 2)}"
+    return [(what, fig)]
+
+
+def _lm_head_dtype(r: dict, doc: dict) -> Cells:
+    # benchmarks/lm_head_dtype.py: the hidden path's LM head on CPU in each dtype.
+    dts = [d for d in ("float32", "bfloat16", "float16") if f"{d}_rows_per_cpu_s" in r]
+    return [(f"LM head on CPU by dtype, {r['model']} (vocab {num(r['vocab'])}), {r['rows']} rows",
+             "; ".join(f"{d} {num(r[f'{d}_rows_per_cpu_s'], 1)} rows per CPU-s, max |d logprob| "
+                       f"{num(r[f'{d}_max_abs_logprob_err'])}" for d in dts))]
+
+
+def _tokenise(r: dict, doc: dict) -> Cells:
+    # benchmarks/tokenise.py: spliced vs whole-string tokenisation of the job's sequences.
+    return [(f"tokenising {num(r['samples'])} samples, {r['model']}",
+             f"{num(r['spliced_samples_per_cpu_s'], 0)} samples per CPU-s spliced vs "
+             f"{num(r['whole_samples_per_cpu_s'], 0)} whole; same tokens as whole-string: "
+             f"{num(r['same_tokens_as_whole'])}")]
+
+
+def _hostile_rows(r: dict, doc: dict) -> Cells:
+    # benchmarks/hostile_rows.py: one huge row among normal ones, read by the job's ingest.
+    ing = r["ingest"]
+    skipped = ", ".join(f"{k} {v}" for k, v in sorted(ing.get("skipped", {}).items())) or "none"
+    return [(f"a {r['row_mb']} MB row among {num(r['normal_rows'])} normal rows, ingest "
+             f"(max_model_len {r['max_model_len']})",
+             f"{secs(ing['seconds'])}, peak RSS {num(ing['peak_rss_gib'], 2)} GiB; {num(ing['rows'])} rows kept, "
+             f"skipped: {skipped}")]
+
+
+ROWS: list[Row] = [
+    Row("scoring_*", "scoring", _scoring),
+    Row("scorers", "scoring", _scorers),
+    Row("lm_head_dtype*", "checkpoints", _lm_head_dtype),
+    Row("tokenise*", "scale", _tokenise),
+    Row("reducer_*", "scale", _reducer),
+    Row("pruning_synthetic", "scale", _pruning_synthetic),
+    Row("pruning_real", "scale", _pruning_real),
+    Row("knn_job", "scale", _knn_job),
+    Row("reselect_versions", "versions", _reselect),
+    Row("chaos", "reliability", _chaos),
+    Row("hostile_rows", "reliability", _hostile_rows),
+    # Fallbacks by topic for result files without a spec of their own yet.
+    Row("scale*", "scale", lambda r, doc: _fallback(doc)),
+    Row("dry_run*", "scale", lambda r, doc: _fallback(doc)),
+    Row("quality*", "evaluation", lambda r, doc: _fallback(doc)),
+]
+
+
+def _fallback(doc: dict) -> Cells:
+    r = doc.get("results") or {}
+    scalars = [(k, v) for k, v in r.items() if isinstance(v, (int, float, bool, str)) and len(str(v)) < 40][:4]
+    fig = "; ".join(f"{k} {num(v)}" for k, v in scalars) or "see the file"
+    return [(f"`{doc.get('benchmark', '?')}`", fig)]
+
+
+# --------------------------------------------------------------------------- rendering
+
+
+def _order(name: str) -> tuple[int, str]:
+    """Rows in the order of ROWS (by topic), then by name; files without a spec last."""
+    spec = spec_for(name)
+    return (ROWS.index(spec) if spec is not None else len(ROWS), name)
+
+
+def spec_for(name: str) -> Row | None:
+    return next((row for row in ROWS if fnmatch.fnmatchcase(name, row.match)), None)
+
+
+def rows_of(name: str, doc: dict, warn: Callable[[str], None]) -> tuple[str, Cells]:
+    """(page, cells) of one result file; the generic row where no spec fits."""
+    spec = spec_for(name)
+    if spec is None:
+        warn(f"figures: no row spec matches {name}.json; rendering the generic row (add one to ROWS)")
+        return "", _fallback(doc)
+    try:
+        return spec.page, spec.rows(doc["results"], doc)
+    except (KeyError, TypeError, ValueError, IndexError) as exc:
+        warn(f"figures: the spec for {name}.json failed ({exc.__class__.__name__}: {exc}); generic row")
+        return spec.page, _fallback(doc)
+
+
+_WARNED: set[str] = set()
+
+
+def _warn_once(msg: str) -> None:
+    if msg not in _WARNED:
+        _WARNED.add(msg)
+        print(msg, file=sys.stderr)
+
+
+def render_table(results: dict[str, dict], page: str | None = None, *, link_prefix: str = "",
+                 warn: Callable[[str], None] | None = None) -> str:
+    """The Markdown table of ``results`` (name -> result doc); ``page`` keeps only that topic's rows.
+
+    ``link_prefix`` is the path from the Markdown file to the repository root ("" for
+    README.md, "../" for docs/*.md).
+    """
+    warn = warn or _warn_once
+    lines = ["| what | figure | machine; date | how |", "|---|---|---|---|"]
+    n = 0
+    for name in sorted(results, key=_order):
+        doc = results[name]
+        row_page, cells = rows_of(name, doc, warn)
+        if page is not None and row_page != page:
+            continue
+        how = f"`{doc.get('command', '?')}` ([{name}.json]({link_prefix}benchmarks/results/{name}.json))"
+        for what, fig in cells:
+            lines.append(f"| {_cell(what)} | {_cell(fig)} | {_cell(machine_cell(doc))} | {_cell(how)} |")
+            n += 1
+    if n == 0:
+        return "No result file for this topic is committed yet (`benchmarks/results/`)."
+    return "\n".join(lines)
+
+
+def pages(results: dict[str, dict]) -> Iterable[str]:
+    """Topic pages that have at least one row."""
+    return sorted({rows_of(name, doc, lambda m: None)[0] for name, doc in results.items()} - {""})

@@ -1,0 +1,86 @@
+"""Regenerate the generated blocks of README.md and docs/*.md; ``--check`` only compares.
+
+    python docs/generate.py            # rewrite them in place
+    python docs/generate.py --check    # exit 1 and name the stale blocks (what tests/test_docs.py asserts)
+
+A generated block sits between two markers and is never edited by hand::
+
+    <!-- generated:NAME -->
+    ...
+    <!-- /generated:NAME -->
+
+NAME is one of:
+
+* ``figures``: every figure, from ``benchmarks/results/*.json`` (``benchmarks/figures.py``);
+* ``figures:TOPIC``: the rows of one topic page (``scoring``, ``scale``, ``versions``, ...);
+* ``config``: the config reference, from the schema in ``delift_ray/config.py``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import re
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
+
+BLOCK = re.compile(r"(<!-- generated:(?P<name>[\w:.-]+) -->\n)(?P<body>.*?)(<!-- /generated:(?P=name) -->)", re.S)
+
+
+def markdown_files(root: Path = ROOT) -> list[Path]:
+    return [root / "README.md"] + sorted((root / "docs").glob("*.md"))
+
+
+def render_block(name: str, path: Path, results: dict, root: Path = ROOT) -> str:
+    """The content of block ``name`` in file ``path`` under ``root`` (ends with a newline)."""
+    from benchmarks.figures import render_table
+    from delift_ray.config import config_reference_markdown
+
+    up = os.path.relpath(root, path.parent)
+    prefix = "" if up == "." else up.replace(os.sep, "/") + "/"
+    if name == "figures":
+        return render_table(results, None, link_prefix=prefix) + "\n"
+    if name.startswith("figures:"):
+        return render_table(results, name.split(":", 1)[1], link_prefix=prefix) + "\n"
+    if name == "config":
+        return config_reference_markdown()
+    raise ValueError(f"{path}: unknown generated block {name!r}")
+
+
+def regenerate(text: str, path: Path, results: dict, root: Path = ROOT) -> str:
+    """``text`` with every generated block re-rendered (links relative to ``root``)."""
+    return BLOCK.sub(lambda m: m.group(1) + render_block(m.group("name"), path, results, root) + m.group(4), text)
+
+
+def stale_files(root: Path = ROOT, results: dict | None = None) -> list[Path]:
+    """Files whose generated blocks differ from what the schema and the result JSON render."""
+    from benchmarks.results import read_results
+
+    results = read_results(root / "benchmarks" / "results") if results is None else results
+    return [p for p in markdown_files(root) if p.exists() and regenerate(p.read_text(), p, results, root) != p.read_text()]
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--check", action="store_true", help="compare only; exit 1 when a block is stale")
+    args = ap.parse_args(argv)
+    from benchmarks.results import read_results
+
+    results = read_results()
+    stale = stale_files(ROOT, results)
+    if args.check:
+        for p in stale:
+            print(f"stale: {p.relative_to(ROOT)} (run: python docs/generate.py)", file=sys.stderr)
+        return 1 if stale else 0
+    for p in stale:
+        p.write_text(regenerate(p.read_text(), p, results))
+        print(f"rewrote {p.relative_to(ROOT)}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
