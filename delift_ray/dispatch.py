@@ -48,6 +48,10 @@ def connect(cfg: RayConfig) -> bool:
                 "(is it running? with token auth set RAY_AUTH_MODE=token and the cluster's token)"
             ) from None
         return False
+    if not os.environ.get("RAY_ADDRESS"):
+        # Without it ray.init() joins the latest `ray start` cluster of this machine (anyone's),
+        # and then refuses num_cpus: "local" always starts the embedded instance.
+        kwargs["address"] = "local"
     ray.init(
         num_cpus=os.cpu_count(),
         object_store_memory=cfg.object_store_memory,
