@@ -505,20 +505,27 @@ def test_data_reader_random_unicode(tmp_path, rows):
         text.encode("utf-8")
 
 
-@pytest.mark.parametrize("text", ["null\n{row}\n", "{row}\n" * 3 + "null\n{row}\n", "[{row}, null]\n",
-                                  "\ufeff{row}\n{row}\n", "  null \n{row}\n"])
-def test_json_lines_that_crashed_the_reader(tmp_path, text):
+CRASHERS = ["null\n{row}\n", "{row}\n" * 3 + "null\n{row}\n", "[{row}, null]\n", "\ufeff{row}\n{row}\n",
+            "  null \n{row}\n"]
+
+
+def test_json_lines_that_crashed_the_reader(tmp_path):
     """pyarrow 26's JSON reader dies (SIGSEGV) on a top-level null that starts one of its
-    blocks; run in a child so that a crash fails the test instead of ending the session."""
+    blocks. One child reads every case, so that a crash fails the test instead of ending
+    the session; it prints each case before reading it."""
     row = json.dumps({"prompt": "p", "response": "r"})
-    path = tmp_path / "n.jsonl"
-    path.write_text(text.replace("{row}", row), encoding="utf-8")
-    code = ("import sys; from delift_ray.data import load_samples; s = load_samples(sys.argv[1]); "
-            "print(len(s), sum(s.skipped.values()), s.rows_read)")
-    p = subprocess.run([sys.executable, "-c", code, str(path)], capture_output=True, text=True, timeout=300)
-    assert p.returncode == 0, (p.returncode, p.stderr[-1500:])
-    kept, skipped, read = map(int, p.stdout.split())
-    assert kept == 1 and kept + skipped == read
+    paths = []
+    for k, text in enumerate(CRASHERS):
+        paths.append(tmp_path / f"n{k}.jsonl")
+        paths[-1].write_text(text.replace("{row}", row), encoding="utf-8")
+    code = ("import sys\nfrom delift_ray.data import load_samples\nfor p in sys.argv[1:]:\n"
+            "    print(p, end=' ', flush=True); s = load_samples(p)\n"
+            "    print(len(s), sum(s.skipped.values()), s.rows_read, flush=True)\n")
+    p = subprocess.run([sys.executable, "-c", code, *map(str, paths)], capture_output=True, text=True, timeout=300)
+    assert p.returncode == 0, (p.returncode, p.stdout[-500:], p.stderr[-1500:])
+    for line in p.stdout.splitlines():
+        kept, skipped, read = map(int, line.split()[1:])
+        assert kept == 1 and kept + skipped == read, line
 
 
 @HYPO
