@@ -27,14 +27,16 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from delift_ray import cli
-from delift_ray.config import TemplateConfig, check_read_path, check_write_path, load_config, read_yaml
+from delift_ray.config import TemplateConfig, check_write_path, load_config
 from delift_ray.data import UNENCODABLE, load_samples, original_json, too_long_rows
 from delift_ray.errors import (ConfigError, DataError, EngineStartError, classify_engine_start_error,
                                engine_start_message)
 
 ROWS = [{"prompt": f"Question number {k}?", "response": f"Answer number {k}."} for k in range(6)]
-HYPO = settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture,
-                                                                        HealthCheck.too_slow])
+# Derandomised so that CI sees the same examples every run; set derandomize=False locally for
+# a fresh random search (that is how the reader crash below was found).
+HYPO = settings(max_examples=40, deadline=None, derandomize=True, database=None,
+                suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
 
 
 def write_rows(path, rows):
@@ -157,11 +159,11 @@ def test_screen_tokenises_a_bounded_prefix_of_a_huge_row(tokenizer):
 
 def test_screen_leaves_rows_that_fit_to_the_exact_check(tokenizer):
     counting = CountingTokenizer(tokenizer)
-    prompts = ["What is two plus two?" * 10, " " * 50_000 + "tiny"]  # the second: many characters, few tokens?
+    prompts = ["What is two plus two?" * 10, " " * 50_000 + "tiny"]  # the second: many characters, few tokens
     assert too_long_rows(counting, prompts[:1], ["Four."], 255) == []
     assert counting.chars == 0  # short rows are never tokenised by the screen
     exact = len(tokenizer(prompts[1], add_special_tokens=False)["input_ids"])
-    assert (too_long_rows(tokenizer, prompts[1:], ["x"], 255) == [1 - 1]) == (exact > 255)
+    assert (too_long_rows(tokenizer, prompts[1:], ["x"], 255) == [0]) == (exact > 255)
 
 
 @HYPO
