@@ -413,7 +413,7 @@ def iter_leaf_fields(model: type[BaseModel] = DeliftConfig, prefix: str = "") ->
 def _format_validation_error(err: ValidationError) -> str:
     parts = []
     for e in err.errors():
-        loc = ".".join(str(x) for x in e["loc"]) or "config"
+        loc = _printable(".".join(str(x) for x in e["loc"])) or "config"
         if e["type"] == "extra_forbidden":
             parts.append(f"unknown key '{loc}'")
         elif e["type"] == "missing":
@@ -422,6 +422,11 @@ def _format_validation_error(err: ValidationError) -> str:
             msg = e["msg"].removeprefix("Value error, ")
             parts.append(f"'{loc}': {msg}" if loc != "config" else msg)
     return "invalid config: " + "; ".join(parts)
+
+
+def _printable(text: str) -> str:
+    """``text`` with control characters escaped (a key holding a newline stays on one line)."""
+    return "".join(c if c.isprintable() else repr(c)[1:-1] for c in text)
 
 
 def set_dotted(tree: dict, dotted: str, value: Any) -> None:

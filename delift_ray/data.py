@@ -34,8 +34,6 @@ NON_STRING = "non_string_field"
 BAD_MESSAGES = "bad_messages"
 UNENCODABLE = "unencodable_text"
 DUPLICATE = "duplicate"
-# Too long for the engine (also prompts.TOO_LONG, which counts the same skips).
-TOO_LONG = "too_long"
 
 
 @dataclass

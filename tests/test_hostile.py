@@ -27,14 +27,16 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from delift_ray import cli
-from delift_ray.config import TemplateConfig, check_read_path, check_write_path, load_config, read_yaml
+from delift_ray.config import TemplateConfig, check_write_path, load_config
 from delift_ray.data import UNENCODABLE, load_samples, original_json, too_long_rows
 from delift_ray.errors import (ConfigError, DataError, EngineStartError, classify_engine_start_error,
                                engine_start_message)
 
 ROWS = [{"prompt": f"Question number {k}?", "response": f"Answer number {k}."} for k in range(6)]
-HYPO = settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture,
-                                                                        HealthCheck.too_slow])
+# Derandomised so that CI sees the same examples every run; set derandomize=False locally for
+# a fresh random search (that is how the reader crash below was found).
+HYPO = settings(max_examples=40, deadline=None, derandomize=True, database=None,
+                suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
 
 
 def write_rows(path, rows):
@@ -157,11 +159,11 @@ def test_screen_tokenises_a_bounded_prefix_of_a_huge_row(tokenizer):
 
 def test_screen_leaves_rows_that_fit_to_the_exact_check(tokenizer):
     counting = CountingTokenizer(tokenizer)
-    prompts = ["What is two plus two?" * 10, " " * 50_000 + "tiny"]  # the second: many characters, few tokens?
+    prompts = ["What is two plus two?" * 10, " " * 50_000 + "tiny"]  # the second: many characters, few tokens
     assert too_long_rows(counting, prompts[:1], ["Four."], 255) == []
     assert counting.chars == 0  # short rows are never tokenised by the screen
     exact = len(tokenizer(prompts[1], add_special_tokens=False)["input_ids"])
-    assert (too_long_rows(tokenizer, prompts[1:], ["x"], 255) == [1 - 1]) == (exact > 255)
+    assert (too_long_rows(tokenizer, prompts[1:], ["x"], 255) == [0]) == (exact > 255)
 
 
 @HYPO
@@ -503,6 +505,29 @@ def test_data_reader_random_unicode(tmp_path, rows):
     assert s.rows_read == len(rows) and len(s) + sum(s.skipped.values()) == len(rows)
     for text in s.prompts + s.responses + s.originals:
         text.encode("utf-8")
+
+
+CRASHERS = ["null\n{row}\n", "{row}\n" * 3 + "null\n{row}\n", "[{row}, null]\n", "\ufeff{row}\n{row}\n",
+            "  null \n{row}\n"]
+
+
+def test_json_lines_that_crashed_the_reader(tmp_path):
+    """pyarrow 26's JSON reader dies (SIGSEGV) on a top-level null that starts one of its
+    blocks. One child reads every case, so that a crash fails the test instead of ending
+    the session; it prints each case before reading it."""
+    row = json.dumps({"prompt": "p", "response": "r"})
+    paths = []
+    for k, text in enumerate(CRASHERS):
+        paths.append(tmp_path / f"n{k}.jsonl")
+        paths[-1].write_text(text.replace("{row}", row), encoding="utf-8")
+    code = ("import sys\nfrom delift_ray.data import load_samples\nfor p in sys.argv[1:]:\n"
+            "    print(p, end=' ', flush=True); s = load_samples(p)\n"
+            "    print(len(s), sum(s.skipped.values()), s.rows_read, flush=True)\n")
+    p = subprocess.run([sys.executable, "-c", code, *map(str, paths)], capture_output=True, text=True, timeout=300)
+    assert p.returncode == 0, (p.returncode, p.stdout[-500:], p.stderr[-1500:])
+    for line in p.stdout.splitlines():
+        kept, skipped, read = map(int, line.split()[1:])
+        assert kept == 1 and kept + skipped == read, line
 
 
 @HYPO
