@@ -79,7 +79,7 @@ def main(argv=None) -> int:
     with open(data, "w") as f:
         for r in pool_rows(args.n, args.seed):
             f.write(json.dumps(r) + "\n")
-    ray.init(num_cpus=os.cpu_count(), object_store_memory=78643200, include_dashboard=False, logging_level="ERROR")
+    ray.init(address="local", num_cpus=os.cpu_count(), object_store_memory=78643200, include_dashboard=False, logging_level="ERROR")
 
     def cfg(out):
         return {"data": data, "model": str(model), "out": out, "budget": 0.3,

@@ -51,7 +51,7 @@ def main() -> None:
             "same": write(f"{args.out}/same.jsonl", rows(n)), "minus": write(f"{args.out}/minus.jsonl", rows(n)[d:])}
     base = {"model": model, "budget": 0.3, "engine": {"dtype": "float32", "max_model_len": 256, "block_size": 32, "kv_cache_space_gib": 1},
             "scoring": {"block_size": 16}}
-    ray.init(num_cpus=2, object_store_memory=150 * 1024**2, include_dashboard=False, logging_level="WARNING")
+    ray.init(address="local", num_cpus=2, object_store_memory=150 * 1024**2, include_dashboard=False, logging_level="WARNING")
     results = {}
 
     def timed(name, fn):

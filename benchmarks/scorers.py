@@ -55,7 +55,7 @@ def main(argv=None) -> dict:
         with open(data, "w") as f:
             for r in demo_rows(args.n):
                 f.write(json.dumps(r) + "\n")
-    ray.init(num_cpus=os.cpu_count(), object_store_memory=200 * 1024**2, include_dashboard=False,
+    ray.init(address="local", num_cpus=os.cpu_count(), object_store_memory=200 * 1024**2, include_dashboard=False,
              logging_level="WARNING")
     out: dict = {"model": Path(model).name, "n": args.n, "cores": os.cpu_count()}
     try:

@@ -52,12 +52,13 @@ def alpaca_jsonl(tmp_path):
 
 @pytest.fixture(scope="module")
 def ray_cluster(request):
-    """A real local Ray cluster per test module (2 CPUs). A module sets its object-store
+    """A real local Ray cluster per test module (2 CPUs; address="local": its own instance, never a
+    `ray start` cluster that happens to run on this machine). A module sets its object-store
     size with ``RAY_OBJECT_STORE`` (default 150 MiB)."""
     import ray
 
     store = getattr(request.module, "RAY_OBJECT_STORE", 150 * 1024**2)
-    ray.init(num_cpus=2, object_store_memory=store, include_dashboard=False, logging_level="WARNING")
+    ray.init(address="local", num_cpus=2, object_store_memory=store, include_dashboard=False, logging_level="WARNING")
     yield
     ray.shutdown()
 

@@ -405,7 +405,7 @@ def test_job_records_cache_hits_and_rescored_in_run_json(tiny_model_dir, alpaca_
 
     from delift_ray.job import run
 
-    ray.init(num_cpus=2, object_store_memory=150 * 1024**2, include_dashboard=False, logging_level="WARNING")
+    ray.init(address="local", num_cpus=2, object_store_memory=150 * 1024**2, include_dashboard=False, logging_level="WARNING")
     try:
         r = run({"data": str(alpaca_jsonl), "model": str(tiny_model_dir), "out": str(tmp_path / "o"), "budget": 2,
                  "max_samples": 6, "engine": {"dtype": "float32", "max_model_len": 256, "kv_cache_space_gib": 1},
