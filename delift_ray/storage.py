@@ -138,12 +138,10 @@ def local_copy(uri: str) -> str:
     tmp = tempfile.mkdtemp(prefix="delift-ray-data-")
     atexit.register(shutil.rmtree, tmp, True)
     dest = os.path.join(tmp, info.base_name or "data")
+    if info.type != pafs.FileType.File:
+        os.makedirs(dest)  # copy_files fills a folder but does not create it
     try:
-        if info.type == pafs.FileType.File:
-            pafs.copy_files(path, dest, source_filesystem=fs, destination_filesystem=pafs.LocalFileSystem())
-        else:
-            os.makedirs(dest)
-            pafs.copy_files(path, dest, source_filesystem=fs, destination_filesystem=pafs.LocalFileSystem())
+        pafs.copy_files(path, dest, source_filesystem=fs, destination_filesystem=pafs.LocalFileSystem())
     except (OSError, pa.ArrowException) as exc:
         raise StorageError(f"cannot read {uri}: {_one_line(exc)}") from None
     _LOCAL_COPIES[uri] = dest
