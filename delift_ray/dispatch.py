@@ -284,16 +284,17 @@ class ActorGroup:
         self.max_restarts = max_restarts
         self.probe = probe
         self.records: list[dict] = []  # one per actor ever started: where it ran (see placements())
-        self._record_of: dict[int, dict] = {}
+        self._record_of: dict[int, dict] = {}  # keyed by id(handle): every handle is kept, so ids stay unique
         self._probe_refs: dict[int, Any] = {}
+        self._handles: list[Any] = []
         self.lost_nodes: list[str] = []
         self.actors = [self._start(slot) for slot in range(count)]
         self.restarts = [0] * count
         self.retired: list[Any] = []  # actors recycled after a task error
-        self.gone: list[Any] = []  # actors lost with their node
 
     def _start(self, slot: int) -> Any:
         actor = self.factory()
+        self._handles.append(actor)
         rec = {"slot": slot, "node_id": None, "lost": False}
         self.records.append(rec)
         self._record_of[id(actor)] = rec
@@ -340,7 +341,7 @@ class ActorGroup:
     def placements(self) -> list[dict]:
         """Where every actor of this pool ran: slot, node id and IP, accelerator ids, and
         whether it was lost with its node. Actors whose probe has not answered are left out."""
-        by_id = {id(a): a for a in self.actors + self.retired + self.gone}
+        by_id = {id(a): a for a in self._handles}
         for key in [k for k in self._probe_refs if k in by_id]:
             self._resolve(by_id[key], 0)
         keep = ("slot", "node_id", "node_ip", "accelerator", "accelerator_ids", "resources", "pid", "lost")
@@ -379,7 +380,6 @@ class ActorGroup:
             slot = self.actors.index(actor)
             self.actors.pop(slot)
             self.restarts.pop(slot)
-            self.gone.append(actor)
         for rec in self.records:
             if rec.get("node_id") == node:
                 rec["lost"] = True

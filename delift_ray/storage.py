@@ -177,12 +177,19 @@ def local_copy(uri: str) -> str:
     tmp = tempfile.mkdtemp(prefix="delift-ray-data-")
     atexit.register(shutil.rmtree, tmp, True)
     dest = os.path.join(tmp, info.base_name or "data")
+    if info.type == pafs.FileType.File:
+        files = [(path, dest)]
+    else:
+        sel = pafs.FileSelector(path, recursive=True)
+        files = [(i.path, os.path.join(dest, os.path.relpath(i.path, path))) for i in fs.get_file_info(sel)
+                 if i.type == pafs.FileType.File]
     try:
-        if info.type == pafs.FileType.File:
-            pafs.copy_files(path, dest, source_filesystem=fs, destination_filesystem=pafs.LocalFileSystem())
-        else:
-            os.makedirs(dest)
-            pafs.copy_files(path, dest, source_filesystem=fs, destination_filesystem=pafs.LocalFileSystem())
+        # A plain loop: pyarrow's threaded copy_files once failed here on the empty _SUCCESS object
+        # (ENOENT opening its local copy), under load; not reproduced alone.
+        for src, dst in files:
+            os.makedirs(os.path.dirname(dst), exist_ok=True)
+            with fs.open_input_stream(src) as fin, open(dst, "wb") as fout:
+                shutil.copyfileobj(fin, fout, 1 << 22)
     except (OSError, pa.ArrowException) as exc:
         raise StorageError(f"cannot read {uri}: {_one_line(exc)}") from None
     _LOCAL_COPIES[uri] = dest

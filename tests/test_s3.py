@@ -146,6 +146,7 @@ def read_json(endpoint, path):
 def data(tmp_path_factory):
     d = tmp_path_factory.mktemp("data")
     return {"pool": write_rows(d / "pool.jsonl", POOL),
+            "fewer": write_rows(d / "fewer.jsonl", POOL[:-1]),
             "more": write_rows(d / "more.jsonl", POOL + [{"prompt": "Name a colour.", "response": "Blue."}])}
 
 
@@ -258,13 +259,16 @@ def test_resume_on_s3_after_the_driver_is_killed(cluster, env_endpoint, tiny_mod
 
 
 def test_reselect_against_an_s3_cache(cluster, env_endpoint, data, full):
+    """A version without one sample: everything comes from the s3:// cache, no engine starts
+    (the watcher below scores new pairs into that cache)."""
     from delift_ray.reselect import reselect
 
-    r = reselect(f"s3://{BUCKET}/runs/full", data["more"], f"s3://{BUCKET}/runs/more", progress=False)
-    assert r.counts["pairs_reused"] == N * N and r.counts["pairs_scored"] == (N + 1) ** 2 - N * N
-    meta = read_json(env_endpoint, f"{BUCKET}/runs/more/run.json")
+    r = reselect(f"s3://{BUCKET}/runs/full", data["fewer"], f"s3://{BUCKET}/runs/fewer", progress=False)
+    assert r.counts["pairs_reused"] == (N - 1) ** 2 and r.counts["pairs_scored"] == 0
+    meta = read_json(env_endpoint, f"{BUCKET}/runs/fewer/run.json")
     assert meta["cache"] == f"s3://{BUCKET}/runs/full"
-    assert len(r.selected_ids) == r.counts["selected"]
+    assert r.diff.counts() == {"added": 0, "removed": 1, "unchanged": N - 1}
+    assert len(r.selected_ids) == r.counts["selected"] and not set(r.selected_ids) & set(r.diff.removed)
 
 
 def test_watch_over_an_s3_location(cluster, env_endpoint, tiny_model_dir, data, full, tmp_path):
@@ -283,7 +287,8 @@ def test_watch_over_an_s3_location(cluster, env_endpoint, tiny_model_dir, data, 
     rows = watch(WatchSettings(f"s3://{BUCKET}/incoming", str(tmp_path / "watch"), base, progress=False), once=True)
     assert [(r["version"], r["status"], r["mode"]) for r in rows] == [("v1", "ok", "select"), ("v2", "ok", "full")], rows
     assert rows[0]["pairs_scored"] == 0 and rows[0]["pairs_reused"] == N * N  # v1 is the full run's data
-    assert rows[1]["samples"] == N + 1
+    assert rows[1]["samples"] == N + 1 and rows[1]["pairs_scored"] == (N + 1) ** 2 - N * N  # written to the s3:// cache
+    assert rows[1]["pairs_reused"] == N * N
     assert read_history(str(tmp_path / "watch")).num_rows == 2
     v1 = pq.read_table(tmp_path / "watch" / "versions" / "v1" / "selection.parquet").column("sample_id").to_pylist()
     assert v1 == full.selected_ids
