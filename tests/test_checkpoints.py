@@ -353,5 +353,7 @@ def test_checkpoint_matrix(case, tokenizers, ray_cluster, tmp_path):
     diffs = np.array([abs(ref[(prompt[r.helped_id], prompt[r.example_id])] - r.utility) for r in shards.itertuples()])
     assert len(diffs) == len(DATA) ** 2
     print(f"{case}: dtype {want}, path {path}, max |dUF| {diffs.max():.2e}, UF std {shards.utility.std():.3f}")
+    if want == "float32":  # engine and reference both in float32
+        tol = min(tol, 1e-4)
     assert diffs.max() <= tol, diffs.max()
-    assert shards.utility.std() > 10 * tol  # the utilities differ by more than the tolerance
+    assert shards.utility.std() > 1e-3  # the tiny model's utilities are not all alike
