@@ -329,10 +329,29 @@ CASES = {  # name: (arch, checkpoint dtype, tied head, tokenizer, engine.dtype, 
 }
 
 
+@pytest.fixture(scope="module")
+def ray_local():
+    """One local Ray cluster for the matrix. Ray gives its raylet 30 s to register, which a
+    loaded machine can miss: the start is tried three times."""
+    import ray
+
+    for attempt in range(3):
+        try:
+            ray.init(address="local", num_cpus=2, object_store_memory=150 * 1024**2, include_dashboard=False,
+                     logging_level="WARNING")
+            break
+        except Exception:  # "The current node timed out during startup"
+            ray.shutdown()
+            if attempt == 2:
+                raise
+    yield
+    ray.shutdown()
+
+
 @pytest.mark.engine
 @pytest.mark.ray
 @pytest.mark.parametrize("case", list(CASES))
-def test_checkpoint_matrix(case, tokenizers, ray_cluster, tmp_path):
+def test_checkpoint_matrix(case, tokenizers, ray_local, tmp_path):
     from delift_ray.job import run
 
     arch, ckpt_dtype, tied, family, dtype, path, tol = CASES[case]
@@ -361,3 +380,23 @@ def test_checkpoint_matrix(case, tokenizers, ray_cluster, tmp_path):
         tol = min(tol, 1e-4)
     assert diffs.max() <= tol, diffs.max()
     assert shards.utility.std() > 1e-3  # the tiny model's utilities are not all alike
+
+
+def test_quiet_engine_and_banner(monkeypatch):
+    import torch
+
+    from delift_ray.config import EngineConfig
+    from delift_ray.scoring.lm_head import LMHead
+
+    monkeypatch.setenv("VLLM_LOGGING_LEVEL", "ERROR")
+    assert eng.quiet_engine() and eng.engine_kwargs("m", EngineConfig())["use_tqdm_on_load"] is False
+    monkeypatch.setenv("VLLM_LOGGING_LEVEL", "INFO")  # -v
+    assert not eng.quiet_engine() and "use_tqdm_on_load" not in eng.engine_kwargs("m", EngineConfig())
+    monkeypatch.setattr(eng, "vllm_on_cpu", lambda: True)
+    s = object.__new__(eng.Scorer)
+    s.requested_dtype, s.dtype, s.path = "auto", "float32", eng.HIDDEN
+    s.head = LMHead(torch.zeros(4, 2, dtype=torch.float32), device="cpu")
+    line = s.banner("/ckpt/my-model/", "float16")
+    assert line == ("delift-ray scorer engine: model my-model, device cpu, dtype float32 "
+                    "(auto from a float16 checkpoint), logprob path hidden, LM head in float32")
+    assert "\n" not in line

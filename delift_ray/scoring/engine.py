@@ -39,6 +39,7 @@ import logging
 import os
 import sys
 import time
+import warnings
 from dataclasses import dataclass
 from typing import Sequence
 
@@ -112,7 +113,15 @@ def engine_kwargs(model: str, cfg: EngineConfig) -> dict:
     )
     if cfg.block_size is not None:
         kw["block_size"] = cfg.block_size
+    if quiet_engine():
+        kw["use_tqdm_on_load"] = False
     return kw
+
+
+def quiet_engine() -> bool:
+    """Whether vLLM's start-up output is hidden: ``VLLM_LOGGING_LEVEL`` ERROR or CRITICAL (the
+    CLI's default; ``delift-ray -v`` sets INFO). Each engine then prints only its banner."""
+    return os.environ.get("VLLM_LOGGING_LEVEL", "INFO").upper() in ("ERROR", "CRITICAL")
 
 
 def pooling_kwargs(model: str, cfg: EngineConfig, pooler_config) -> dict:
@@ -315,6 +324,13 @@ class Scorer:
         self.cfg = cfg
         self.stats = EngineStats()
         self.head = self.hidden_head(model, cfg)
+        with warnings.catch_warnings():
+            if quiet_engine():  # torch/transformers deprecation notes of the engine start
+                warnings.simplefilter("ignore")
+            self._start(model, cfg, LLM)
+        print(self.banner(model, checkpoint), file=sys.stderr, flush=True)
+
+    def _start(self, model: str, cfg: EngineConfig, LLM) -> None:
         if self.head is not None:
             self.llm = LLM(**hidden_engine_kwargs(model, cfg))
             on_cpu = vllm_on_cpu()
@@ -325,7 +341,6 @@ class Scorer:
             self.path = self.choose_path(cfg.logprob_path)
             if self.path == FULL:
                 self.warn_logprob_memory()
-        print(self.banner(model, checkpoint), file=sys.stderr, flush=True)
 
     def banner(self, model: str, checkpoint: str | None) -> str:
         """The one line an engine prints at start (vLLM's own start-up log is quiet unless ``-v``)."""
