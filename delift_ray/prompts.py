@@ -157,7 +157,7 @@ PROBES: tuple[tuple[str, str], ...] = (
     ("What is the capital of France?", "Paris is the capital of France."),
     ("Sort the numbers: 3, 1, 2", "1, 2, 3"),
     ("Write a Python function that adds two numbers.", "def add(a, b):\n    \"\"\"Return a + b.\"\"\"\n    return a + b"),
-    ("Complete the code:\n\ndef f(x):", "    return x * 2"),
+    ("Complete the code:\n\ndef f(x):", "return x * 2\n\n\nprint(f(1))"),
     ("Name it (briefly)", "[done]"),
     ("\"Quoted\" text", "'single' quotes'"),
     ("it's", "don't"),
@@ -170,8 +170,10 @@ PROBES: tuple[tuple[str, str], ...] = (
     ("tabs\tand  double  spaces", "a\n\n\nb"),
     ("<tag>", "</tag>"),
 )
-# Samples of the data checked besides the probes.
+# Samples of the data checked besides the probes, each cut to its first and last
+# PROBE_CHARS characters: whether a cut splices exactly depends on the text next to it.
 DATA_PROBES = 64
+PROBE_CHARS = 48
 _ROLE = {"query": "{p}", "example_prompt": "{p}", "example_response": "{r}"}
 
 
@@ -315,8 +317,11 @@ def _query_cut(seg: Segment) -> Optional[int]:
 
 
 def probe_values(prompts: Sequence[str] = (), responses: Sequence[str] = ()) -> list[tuple[str, str]]:
-    """The (prompt, response) probes: :data:`PROBES` plus the first data samples."""
-    data = list(zip(list(prompts)[:DATA_PROBES], list(responses)[:DATA_PROBES]))
+    """The (prompt, response) probes: :data:`PROBES` plus the ends of the first data samples."""
+    def ends(text: str) -> str:
+        return text if len(text) <= 2 * PROBE_CHARS else text[:PROBE_CHARS] + text[-PROBE_CHARS:]
+
+    data = [(ends(p), ends(r)) for p, r in zip(list(prompts)[:DATA_PROBES], list(responses)[:DATA_PROBES])]
     return list(PROBES) + data
 
 
@@ -334,7 +339,10 @@ def plan_tokenisation(tokenizer, templates: TemplateConfig, prompts: Sequence[st
 
     def best(template: str, values: list[dict]) -> Optional[Segment]:
         """The exact segment with the most runs (plain before anchored on a tie)."""
-        segs = [seg for anchored in (False, True) if (seg := _segment(tokenizer, template, values, anchored))]
+        plain = _segment(tokenizer, template, values, anchored=False)
+        if plain is not None and len(plain.runs) == len(template_runs(template)):
+            return plain  # as fine as it gets
+        segs = [seg for seg in (plain, _segment(tokenizer, template, values, anchored=True)) if seg is not None]
         return max(segs, key=lambda seg: len(seg.runs)) if segs else None
 
     whole = whole_plan(templates)

@@ -29,7 +29,8 @@ Model dtype (``engine.dtype``; :func:`resolve_dtype`): ``auto`` does not mean vL
 matmuls that made the hidden path 16x slower and moved utilities by 6.6e-3. ``auto`` is
 bfloat16 on a CPU with bfloat16 instructions, else float32; on a GPU the checkpoint's
 dtype, with float32 going to bfloat16. Where float16 runs on a CPU anyway (asked for),
-the hidden path's LM head runs in float32 (:func:`head_dtype`).
+the hidden path's LM head runs in float32 (:func:`head_dtype`), as it does for bfloat16
+on a CPU without bfloat16 instructions.
 """
 
 from __future__ import annotations
@@ -38,6 +39,7 @@ import logging
 import os
 import sys
 import time
+import warnings
 from dataclasses import dataclass
 from typing import Sequence
 
@@ -111,7 +113,15 @@ def engine_kwargs(model: str, cfg: EngineConfig) -> dict:
     )
     if cfg.block_size is not None:
         kw["block_size"] = cfg.block_size
+    if quiet_engine():
+        kw["use_tqdm_on_load"] = False
     return kw
+
+
+def quiet_engine() -> bool:
+    """Whether vLLM's start-up output is hidden: ``VLLM_LOGGING_LEVEL`` ERROR or CRITICAL (the
+    CLI's default; ``delift-ray -v`` sets INFO). Each engine then prints only its banner."""
+    return os.environ.get("VLLM_LOGGING_LEVEL", "INFO").upper() in ("ERROR", "CRITICAL")
 
 
 def pooling_kwargs(model: str, cfg: EngineConfig, pooler_config) -> dict:
@@ -289,12 +299,17 @@ def engine_dtype(model: str, cfg: EngineConfig) -> tuple[str, str | None]:
     return resolve_dtype("auto", checkpoint, on_cpu=on_cpu, cpu_bf16=on_cpu and cpu_has_bf16(), gpu_bf16=gpu_bf16), checkpoint
 
 
-def head_dtype(model_dtype, on_cpu: bool):
-    """The hidden path's LM-head matmul dtype: the model's, but float32 for float16 on a CPU
-    (no fast float16 matmul there; float32 is also the more exact)."""
+def head_dtype(model_dtype, on_cpu: bool, cpu_bf16: bool = True):
+    """The hidden path's LM-head matmul dtype: the model's, but float32 on a CPU for float16,
+    and for bfloat16 where the CPU lacks bfloat16 instructions (measured on an AVX2 CPU:
+    float32 about 50x faster than either, and more exact; benchmarks/lm_head_dtype.py)."""
     import torch
 
-    return torch.float32 if on_cpu and model_dtype == torch.float16 else model_dtype
+    if on_cpu and (model_dtype == torch.float16 or (model_dtype == torch.bfloat16 and not cpu_bf16)):
+        return torch.float32
+    return model_dtype
+
+
 def start_llm(llm_class, kwargs: dict):
     """``llm_class(**kwargs)``; a start failure of a known class (missing weights, remote code,
     unsupported architecture, memory) becomes a one-line :class:`EngineStartError`."""
@@ -324,16 +339,23 @@ class Scorer:
         self.cfg = cfg
         self.stats = EngineStats()
         self.head = self.hidden_head(model, cfg)
+        with warnings.catch_warnings():
+            if quiet_engine():  # torch/transformers deprecation notes of the engine start
+                warnings.simplefilter("ignore")
+            self._start(model, cfg, LLM)
+        print(self.banner(model, checkpoint), file=sys.stderr, flush=True)
+
+    def _start(self, model: str, cfg: EngineConfig, LLM) -> None:
         if self.head is not None:
             self.llm = start_llm(LLM, hidden_engine_kwargs(model, cfg))
-            self.head.to_dtype(head_dtype(self.llm.llm_engine.model_config.dtype, vllm_on_cpu()))
+            on_cpu = vllm_on_cpu()
+            self.head.to_dtype(head_dtype(self.llm.llm_engine.model_config.dtype, on_cpu, on_cpu and cpu_has_bf16()))
             self.path = HIDDEN
         else:
             self.llm = start_llm(LLM, engine_kwargs(model, cfg))
             self.path = self.choose_path(cfg.logprob_path)
             if self.path == FULL:
                 self.warn_logprob_memory()
-        print(self.banner(model, checkpoint), file=sys.stderr, flush=True)
 
     def banner(self, model: str, checkpoint: str | None) -> str:
         """The one line an engine prints at start (vLLM's own start-up log is quiet unless ``-v``)."""

@@ -1,0 +1,69 @@
+"""The hidden path's LM head in each dtype on this CPU: speed and accuracy, side by side in one process.
+
+    python benchmarks/lm_head_dtype.py [--model DIR] [--rows 64] [--write-result NAME]
+
+Runs :meth:`delift_ray.scoring.lm_head.LMHead.gold_logprobs` (the job's own LM head) with
+the model's head weight in float32, bfloat16 and float16 on ``rows`` random hidden states,
+one torch thread, and reports rows per CPU second and the largest |logprob| error against
+float64. This is why the scorer runs the head in float32 when float16 is forced on a CPU
+(:func:`delift_ray.scoring.engine.head_dtype`), and why ``engine.dtype: auto`` picks
+bfloat16 on a CPU only where it has bfloat16 instructions
+(:func:`delift_ray.scoring.engine.cpu_has_bf16`).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+
+def main(argv=None) -> dict:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--model", help="checkpoint (default: the demo model)")
+    ap.add_argument("--rows", type=int, default=64)
+    ap.add_argument("--write-result", metavar="NAME")
+    args = ap.parse_args(argv)
+
+    import torch
+
+    from delift_ray import assets
+    from delift_ray.scoring.engine import cpu_has_bf16
+    from delift_ray.scoring.lm_head import LMHead, load_hf_config, load_head_weight
+
+    torch.set_num_threads(1)
+    model = args.model or str(assets.demo_model_dir())
+    cfg = load_hf_config(model)
+    w = load_head_weight(model, bool(getattr(cfg, "tie_word_embeddings", False))).float()
+    rng = np.random.default_rng(0)
+    h = torch.tensor(rng.normal(size=(args.rows, w.shape[1])), dtype=torch.float32)
+    gold = rng.integers(0, w.shape[0], size=args.rows)
+    ref = LMHead(w.double(), device="cpu").gold_logprobs(h.double(), gold)
+    out: dict = {"model": Path(model).name, "vocab": int(w.shape[0]), "hidden": int(w.shape[1]), "rows": args.rows,
+                 "threads": 1, "cpu_has_bf16": cpu_has_bf16(), "torch_cpu_capability": torch.backends.cpu.get_cpu_capability()}
+    for name in ("float32", "bfloat16", "float16"):
+        dt = getattr(torch, name)
+        head = LMHead(w, device="cpu").to_dtype(dt)
+        head.gold_logprobs(h[:2].to(dt), gold[:2])  # warm-up
+        c0 = time.process_time()
+        lp = head.gold_logprobs(h.to(dt), gold)
+        secs = time.process_time() - c0
+        out[f"{name}_rows_per_cpu_s"] = round(args.rows / secs, 2)
+        out[f"{name}_max_abs_logprob_err"] = float(np.abs(lp - ref).max())
+    out["float32_over_float16"] = round(out["float32_rows_per_cpu_s"] / out["float16_rows_per_cpu_s"], 1)
+    out["float32_over_bfloat16"] = round(out["float32_rows_per_cpu_s"] / out["bfloat16_rows_per_cpu_s"], 1)
+    if args.write_result:
+        sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+        from benchmarks.results import write_result
+
+        write_result(args.write_result, out)
+    print(json.dumps(out))
+    return out
+
+
+if __name__ == "__main__":
+    main()
