@@ -310,7 +310,9 @@ def write_docs(summary: dict, docs: Path) -> Path:
           "several tests; it is shown as the assumption-free check next to the bootstrap.", "",
           "## Results", ""]
     if plotted:
-        L += ["![delta with 95% intervals per arm](quality.png)", ""]
+        L += ["![delta with 95% intervals per arm](quality.png)", "",
+              "Each arm's delta with its 95% hierarchical bootstrap interval; grey band: one standard deviation of the "
+              "random subsets' NLL either side of 0.", ""]
     hdr = ("| pool | budget | arm | seeds | NLL | delta vs random [95% CI] | z | rank | p rank (Holm) | p boot (Holm) | "
            "swapped share | verdict |")
     L += [hdr, "|" + "---|" * 12]
