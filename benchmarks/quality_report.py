@@ -231,6 +231,8 @@ def _pct(x: Optional[float]) -> str:
 
 
 def render_plot(summary: dict, path: Path) -> bool:
+    """docs/quality.png: delta and interval per arm; removes a stale plot when there is nothing to draw."""
+    path.unlink(missing_ok=True)
     try:
         import matplotlib
 
