@@ -231,6 +231,8 @@ def _pct(x: Optional[float]) -> str:
 
 
 def render_plot(summary: dict, path: Path) -> bool:
+    """docs/quality.png: delta and interval per arm; removes a stale plot when there is nothing to draw."""
+    path.unlink(missing_ok=True)
     try:
         import matplotlib
 
@@ -310,7 +312,9 @@ def write_docs(summary: dict, docs: Path) -> Path:
           "several tests; it is shown as the assumption-free check next to the bootstrap.", "",
           "## Results", ""]
     if plotted:
-        L += ["![delta with 95% intervals per arm](quality.png)", ""]
+        L += ["![delta with 95% intervals per arm](quality.png)", "",
+              "Each arm's delta with its 95% hierarchical bootstrap interval; grey band: one standard deviation of the "
+              "random subsets' NLL either side of 0.", ""]
     hdr = ("| pool | budget | arm | seeds | NLL | delta vs random [95% CI] | z | rank | p rank (Holm) | p boot (Holm) | "
            "swapped share | verdict |")
     L += [hdr, "|" + "---|" * 12]

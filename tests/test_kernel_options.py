@@ -146,3 +146,36 @@ def test_cli_flags():
     assert (cfg.kernel.diagonal, cfg.kernel.scaling) == ("drop", "clip")
     with pytest.raises(SystemExit):
         build_parser().parse_args(["select", "--kernel.diagonal", "zero"])
+
+
+def test_arms_from_a_shard_store(tmp_path):
+    """evaluate's arms read the stored utilities: variants, self-utility and hardness by hand."""
+    import pyarrow as pa
+
+    from delift_ray.evaluate.arms import Variant, arm_subsets, delift_variant, parse_variants, top_k
+    from delift_ray.evaluate.inputs import Pool, RunData
+    from delift_ray.storage import BASELINE, UTILITY, ShardStore
+
+    ids = list("abcd")
+    uf = _diagonal_kernel()
+    store = ShardStore(str(tmp_path / "cache"), "fp0")
+    h, e = np.meshgrid(np.arange(4), np.arange(4), indexing="ij")
+    for half in (slice(0, 8), slice(8, 16)):  # two shards
+        store.write(UTILITY, f"u{half.start}", pa.table({
+            "helped_id": [ids[i] for i in h.ravel()[half]], "example_id": [ids[j] for j in e.ravel()[half]],
+            "utility": uf.ravel()[half], "distance": np.zeros(8, np.float32)}))
+    store.write(BASELINE, "b", pa.table({"sample_id": ids, "distance": [0.5, 0.9, 0.7, 0.9]}))
+    run = RunData(run_dir=tmp_path, config={"selection": {}}, stage="instruction", budget=2,
+                  pool=Pool(ids, ["p"] * 4, ["r"] * 4), selected=[0, 1], others={},
+                  meta={"cache": str(tmp_path / "cache"), "model": {"fingerprint": "fp0"}})
+    assert delift_variant(run, Variant("keep", "minmax"), 2) == [0, 1]  # the known answer above
+    assert delift_variant(run, Variant("drop", "minmax"), 1) == [2]
+    arms = arm_subsets(run, 2, parse_variants("drop-clip"), ("self_utility", "hardness"))
+    assert arms["self_utility"] == [0, 1]  # UF(i <- i) = 3.0, 2.9, 0.1, 0.1
+    assert arms["hardness"] == [1, 3]  # d = 0.9, 0.9: ties to the lower index
+    assert arms["delift:drop-clip"][0] == 2
+    assert top_k(np.array([np.nan, 1.0, 2.0]), 2) == [2, 1]
+    from delift_ray.errors import DeliftError
+
+    with pytest.raises(DeliftError, match="unknown kernel variant"):
+        parse_variants("drop-zscore")

@@ -82,17 +82,16 @@ def raw_matrix(run: RunData, helped: str, example: str, store=None) -> np.ndarra
 
 
 def self_utilities(run: RunData, store=None) -> np.ndarray:
-    """UF(i <- i) per pool sample (NaN where it was not stored)."""
+    """UF(i <- i) per pool sample (NaN where it was not stored), streamed shard by shard."""
+    from delift_ray.kernel import iter_located
     from delift_ray.storage import UTILITY
 
     store = store or run_store(run)
     ids = run.pool.sample_ids
-    t = store.read_relevant(UTILITY, ids, ids)
-    where = {sid: i for i, sid in enumerate(ids)}
     out = np.full(len(ids), np.nan)
-    for h, e, u in zip(t.column("helped_id").to_pylist(), t.column("example_id").to_pylist(), t.column("utility").to_pylist()):
-        if h == e and h in where and np.isnan(out[where[h]]):
-            out[where[h]] = u
+    for rows, cols, vals in iter_located(store.iter_relevant(UTILITY, ids, ids), ids, ids):
+        own = rows == cols
+        out[rows[own]] = vals[own]
     return out
 
 
