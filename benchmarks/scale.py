@@ -134,6 +134,24 @@ def write_utility_shards(cfg, sets, plan) -> dict:
     return {"shards": len(plan.blocks), "pairs": int(plan.pairs_to_score)}
 
 
+def markdown(doc: dict) -> str:
+    """The docs' table of a committed result (benchmarks/results/scale_1m.json)."""
+    r = doc["results"]
+    rows = ["| step | wall s | CPU s | peak RSS GiB | what it did |", "|---|---|---|---|---|"]
+    what = {"ingest": "read, normalise, hash, de-dup, tokenise, length check",
+            "embed": "read the stored vectors (embedded 0)", "neighbours": "faiss IVF, k + r candidates per sample",
+            "plan": "store lookups, blocks", "estimate": "tokens of the planned pairs",
+            "assemble": "stream the shards into the CSR kernel", "select": "facility location, budget 30 %"}
+    for s in r["dry_run"]["steps"] + r.get("after_scoring", {}).get("steps", []):
+        rows.append(f"| {s['name']} | {s['seconds']:.1f} | {s.get('cpu_s') or ''} | {s['peak_rss_gib']:.2f} | {what.get(s['name'], '')} |")
+    d = r["dry_run"]
+    rows.append(f"| **dry run** (`job.run(dry_run=True)`, tokenizer load included) | **{d['wall_s']:.1f}** | {d['cpu_s']} "
+                f"| **{d['peak_rss_gib']:.2f}** | |")
+    m = doc["machine"]
+    return ("\n".join(rows) + f"\n\nMeasured {doc['date']} on {m.get('cpu')} ({m.get('cpus')} cores, "
+            f"{m.get('memory_gib')} GiB); load average {m.get('load_avg_1m')} at the end: `{doc['command']}`.")
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--n", type=int, default=1_000_000)
