@@ -28,7 +28,9 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 import os
+import resource
 import sys
 import time
 
@@ -64,11 +66,35 @@ def job_config(args) -> dict:
             "scoring": {"block_size": args.block_size}, "budget": 0.3}
 
 
+def cpu_seconds() -> float:
+    ru = resource.getrusage(resource.RUSAGE_SELF)
+    return ru.ru_utime + ru.ru_stime
+
+
+class StepCPU(logging.Handler):
+    """CPU seconds of each step: the process's CPU time at each step's log line (the
+    job's StepLog logs one line as a step ends), differenced."""
+
+    def __init__(self) -> None:
+        super().__init__(logging.INFO)
+        self.mark = cpu_seconds()
+        self.cpu: dict[str, float] = {}
+
+    def emit(self, record: logging.LogRecord) -> None:
+        if record.msg.startswith("%s: %s (") and record.args:
+            now = cpu_seconds()
+            self.cpu[record.args[0]] = round(now - self.mark, 1)
+            self.mark = now
+        print(f"{time.strftime('%H:%M:%S')} {record.getMessage()}", file=sys.stderr, flush=True)
+
+
 def fill_embedding_store(cfg, n: int, dim: int, shard: int = 1024) -> int:
     """Synthetic unit vectors for every sample, written where the job's embed step reads
-    (its store and fingerprint), ``shard`` samples a shard as the job writes them."""
+    (its store and fingerprint), ``shard`` samples a shard as the job writes them. A store
+    already filled (an earlier run of this benchmark) is kept."""
     from delift_ray import embeddings
     from delift_ray.data import normalise_text, sample_id
+    from delift_ray.storage import EMBEDDING
 
     kc = cfg.kernel
     source = embeddings.resolve_source(kc.embedding, cfg.model)
@@ -76,6 +102,8 @@ def fill_embedding_store(cfg, n: int, dim: int, shard: int = 1024) -> int:
     dtype = cfg.engine.dtype if backend == "vllm" else "float32"
     store = embeddings.EmbeddingStore(cfg.cache or cfg.out,
                                       embeddings.embedding_fingerprint(source, kc.embedding_max_length, backend, dtype))
+    if len(store.shards.list_shards(EMBEDDING)) == -(-n // shard):
+        return 0
     rng = np.random.default_rng(1)
     centres = rng.normal(size=(max(1, n // 1000), dim)).astype(np.float32) * 3
     rows = sample_rows(n)
@@ -106,6 +134,24 @@ def write_utility_shards(cfg, sets, plan) -> dict:
     return {"shards": len(plan.blocks), "pairs": int(plan.pairs_to_score)}
 
 
+def markdown(doc: dict) -> str:
+    """The docs' table of a committed result (benchmarks/results/scale_1m.json)."""
+    r = doc["results"]
+    rows = ["| step | wall s | CPU s | peak RSS GiB | what it did |", "|---|---|---|---|---|"]
+    what = {"ingest": "read, normalise, hash, de-dup, tokenise, length check",
+            "embed": "read the stored vectors (embedded 0)", "neighbours": "faiss IVF, k + r candidates per sample",
+            "plan": "store lookups, blocks", "estimate": "tokens of the planned pairs",
+            "assemble": "stream the shards into the CSR kernel", "select": "facility location, budget 30 %"}
+    for s in r["dry_run"]["steps"] + r.get("after_scoring", {}).get("steps", []):
+        rows.append(f"| {s['name']} | {s['seconds']:.1f} | {s.get('cpu_s') or ''} | {s['peak_rss_gib']:.2f} | {what.get(s['name'], '')} |")
+    d = r["dry_run"]
+    rows.append(f"| **dry run** (`job.run(dry_run=True)`, tokenizer load included) | **{d['wall_s']:.1f}** | {d['cpu_s']} "
+                f"| **{d['peak_rss_gib']:.2f}** | |")
+    m = doc["machine"]
+    return ("\n".join(rows) + f"\n\nMeasured {doc['date']} on {m.get('cpu')} ({m.get('cpus')} cores, "
+            f"{m.get('memory_gib')} GiB); load average {m.get('load_avg_1m')} at the end: `{doc['command']}`.")
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--n", type=int, default=1_000_000)
@@ -128,26 +174,30 @@ def main() -> None:
     from delift_ray.steps.strategy import KNN
 
     cfg = validate_config(job_config(args))
+    cpu_log = StepCPU()
+    logging.getLogger("delift_ray").addHandler(cpu_log)
+    logging.getLogger("delift_ray").setLevel(logging.INFO)
     setup: dict = {}
     t0 = time.perf_counter()
     if not os.path.exists(cfg.data):
         write_jsonl(cfg.data, args.n)
     setup["write_jsonl_s"] = round(time.perf_counter() - t0, 1)
     t0 = time.perf_counter()
-    setup["embedding_shards"] = fill_embedding_store(cfg, args.n, args.dim)
+    setup["embedding_shards_written"] = fill_embedding_store(cfg, args.n, args.dim)
     setup["fill_embedding_store_s"] = round(time.perf_counter() - t0, 1)
     print(json.dumps({"setup": setup}), flush=True)
 
-    t0 = time.perf_counter()
+    t0, c0 = time.perf_counter(), cpu_seconds()
+    cpu_log.mark = c0
     dry = job.run(cfg, dry_run=True, progress=False, tokens_per_s=args.tokens_per_s)
-    dry_wall = time.perf_counter() - t0
-    dry_steps = dry.steps
+    dry_wall, dry_cpu = time.perf_counter() - t0, cpu_seconds() - c0
+    dry_steps = [{**s, "cpu_s": cpu_log.cpu.get(s["name"])} for s in dry.steps]
     print(json.dumps({"dry_run_wall_s": round(dry_wall, 1), "steps": dry_steps}), flush=True)
     out = {"n": args.n, "k": args.k, "random": args.random, "embedding_dim": args.dim, "block_size": args.block_size,
            "embeddings": f"synthetic: {args.dim}-d unit vectors, n/1000 Gaussian clusters, written to the job's "
                          "embedding store before the run; the embed step reads them (embedded 0)",
            "setup": setup,
-           "dry_run": {"wall_s": round(dry_wall, 1),
+           "dry_run": {"wall_s": round(dry_wall, 1), "cpu_s": round(dry_cpu, 1),
                        "peak_rss_gib": max(s["peak_rss_gib"] for s in dry_steps),
                        "steps": dry_steps, "report": dry.report.as_dict()}}
 
@@ -156,6 +206,7 @@ def main() -> None:
         sets, plan, candidates = dry.sets, dry.planned, dry.candidates
         t0 = time.perf_counter()
         shards = write_utility_shards(cfg, sets, plan)
+        cpu_log.mark = cpu_seconds()
         shards["write_s"] = round(time.perf_counter() - t0, 1)
         shards["peak_rss_gib"] = round(peak_rss_bytes() / 2**30, 3)
         del plan, dry
@@ -164,7 +215,7 @@ def main() -> None:
         budget = stages.budget_count(cfg.budget, len(sets["pool"].samples))
         steps.run("select", select, cfg, kernels, budget)
         out["synthetic_scoring"] = shards
-        out["after_scoring"] = {"steps": steps.as_list()}
+        out["after_scoring"] = {"steps": [{**s, "cpu_s": cpu_log.cpu.get(s["name"])} for s in steps.as_list()]}
         print(json.dumps(out["after_scoring"]), flush=True)
 
     from results import machine

@@ -162,7 +162,7 @@ def cmd_estimate(args: argparse.Namespace) -> int:
     overrides.setdefault("out", ".")  # nothing is written; out is required by the schema only
     cfg = load_config(args.config, overrides)
     tok = load_tokenizer(cfg)
-    sets, _ = ingest(cfg, tok)
+    sets, _ = ingest(cfg, tok, progress=True)  # bars on stderr; --json output stays clean
     if args.tokens_per_s is not None:
         if args.tokens_per_s <= 0:
             raise ConfigError(f"--tokens-per-s must be > 0, got {args.tokens_per_s}")

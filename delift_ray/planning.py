@@ -244,27 +244,45 @@ def plan_knn(
     G = np.int64(index.size)
     parts = []
     for m in matrices:
-        C = candidates[m.name]
-        h = np.repeat(np.arange(C.shape[0], dtype=np.int64), C.shape[1])
-        e = C.reshape(-1).astype(np.int64)
+        C = np.asarray(candidates[m.name])
+        # int32 positions where they fit: at 36M pairs each array is 144 MB instead of 288.
+        pos = np.int32 if max(C.shape[0], len(ids[m.example])) < 2**31 else np.int64
+        h = np.repeat(np.arange(C.shape[0], dtype=pos), C.shape[1])
+        e = C.reshape(-1).astype(pos)
         ok = e >= 0
-        h, e = h[ok], e[ok]
-        parts.append((m, h, e, index.gidx[m.helped][h] * G + index.gidx[m.example][e]))
+        if not ok.all():
+            h, e = h[ok], e[ok]
+        parts.append([m, h, e, index.gidx[m.helped][h] * G + index.gidx[m.example][e]])
     all_keys = np.concatenate([p[3] for p in parts]) if parts else np.empty(0, np.int64)
-    first = np.zeros(all_keys.size, dtype=bool)
-    first[np.unique(all_keys, return_index=True)[1]] = True
+    # The first naming of each pair is planned. Usually no pair is named twice (candidates
+    # are distinct per row): one sort finds that out, without np.unique's permutation.
+    sorted_keys = np.sort(all_keys)
+    repeats = bool(sorted_keys.size) and bool((sorted_keys[1:] == sorted_keys[:-1]).any())
+    del sorted_keys
+    first = None
+    if repeats:
+        first = np.zeros(all_keys.size, dtype=bool)
+        first[np.unique(all_keys, return_index=True)[1]] = True
+    del all_keys
     per_block = block_size * block_size
     start = 0
-    for m, h, e, keys in parts:
-        keep = first[start : start + keys.size]
-        start += keys.size
-        h, e, keys = h[keep], e[keep], keys[keep]
+    for part in parts:
+        m, h, e, keys = part
+        part[1:] = [None, None, None]  # the only references left are h, e, keys
+        if first is not None:
+            keep = first[start : start + keys.size]
+            start += keys.size
+            h, e, keys = h[keep], e[keep], keys[keep]
         plan.pairs_total += int(keys.size)
         reused = isin_sorted(keys, stored_keys)
+        del keys
         plan.pairs_reused += int(reused.sum())
-        h, e = h[~reused], e[~reused]
+        if reused.any():
+            h, e = h[~reused], e[~reused]
+        del reused
         order = np.lexsort((h, e))
         h, e = h[order], e[order]
+        del order
         hr, er = index.raw[m.helped], index.raw[m.example]
         for s in range(0, h.size, per_block):
             bh, be = h[s : s + per_block], e[s : s + per_block]

@@ -94,3 +94,56 @@ def test_block_keys_of_ids_of_unequal_length_equal_block_key():
     ids = {"pool": ["a", "bb", "ccc", "d", "eeeee"]}
     want = reference_plan_blocks((MatrixSpec("K", "pool", "pool"),), ids, set(), set(), fingerprint="f", block_size=2)
     assert_same_plan(planning.plan_blocks((MatrixSpec("K", "pool", "pool"),), ids, set(), set(), fingerprint="f", block_size=2), want)
+
+
+def reference_plan_knn(matrices, candidates, ids, stored_keys, stored_baselines, *, index, fingerprint, block_size):
+    """plan_knn before its int32 positions and one-sort repeat check (the definition)."""
+    plan = planning.Plan()
+    G = np.int64(index.size)
+    parts = []
+    for m in matrices:
+        C = candidates[m.name]
+        h = np.repeat(np.arange(C.shape[0], dtype=np.int64), C.shape[1])
+        e = C.reshape(-1).astype(np.int64)
+        ok = e >= 0
+        h, e = h[ok], e[ok]
+        parts.append((m, h, e, index.gidx[m.helped][h] * G + index.gidx[m.example][e]))
+    all_keys = np.concatenate([p[3] for p in parts])
+    first = np.zeros(all_keys.size, dtype=bool)
+    first[np.unique(all_keys, return_index=True)[1]] = True
+    start = 0
+    for m, h, e, keys in parts:
+        keep = first[start : start + keys.size]
+        start += keys.size
+        h, e, keys = h[keep], e[keep], keys[keep]
+        plan.pairs_total += int(keys.size)
+        reused = planning.isin_sorted(keys, stored_keys)
+        plan.pairs_reused += int(reused.sum())
+        h, e = h[~reused], e[~reused]
+        order = np.lexsort((h, e))
+        h, e = h[order], e[order]
+        for s in range(0, h.size, block_size**2):
+            bh, be = h[s : s + block_size**2], e[s : s + block_size**2]
+            key = planning._array_block_key(fingerprint, f"{m.helped}>{m.example}", index.raw[m.helped][bh], index.raw[m.example][be])
+            plan.blocks.append(planning.PlannedBlock(key, m.helped, m.example, bh, be))
+    planning.plan_baselines(plan, matrices, ids, index, stored_baselines, 256)
+    return plan
+
+
+@pytest.mark.parametrize("stage,repeat", [("instruction", False), ("instruction", True), ("task", False)])
+def test_knn_plan_equals_the_reference(stage, repeat):
+    rng = np.random.default_rng(3)
+    pool = hex_ids("p", 40)
+    ids = {"pool": pool, "target": pool[:5] + hex_ids("t", 7)}
+    ids = {n: ids[n] for n in {m.helped for m in STAGE_MATRICES[stage]} | {m.example for m in STAGE_MATRICES[stage]}}
+    cand = {m.name: np.stack([rng.choice(len(ids[m.example]), 6, replace=False) for _ in ids[m.helped]])
+            for m in STAGE_MATRICES[stage]}
+    cand["K"][3, 2] = -1  # an empty slot
+    if repeat:
+        cand["K"][7, 1] = cand["K"][7, 0]  # a pair named twice in one row
+    index = planning.IdIndex(ids)
+    gk = index.gidx["pool"]
+    stored = np.unique(gk[:10] * index.size + gk[cand["K"][:10, 0]])
+    args = dict(index=index, fingerprint="fp", block_size=4)
+    got = planning.plan_knn(STAGE_MATRICES[stage], cand, ids, stored, set(pool[:3]), **args)
+    assert_same_plan(got, reference_plan_knn(STAGE_MATRICES[stage], cand, ids, stored, set(pool[:3]), **args))
