@@ -282,8 +282,8 @@ def write_docs(summary: dict, docs: Path) -> Path:
              + (f" (a training unit, fine-tuning plus held-out NLL, takes {pr['train_wall_s_mean']:.0f} s on average)" if pr.get("train_wall_s_mean") else "")
              + ".")
     L += ["", f"Machine: {m.get('cpu') or '?'}, {m.get('cpus') or '?'} CPUs, {m.get('memory_gib') or '?'} GiB, "
-               f"accelerator: {m.get('accelerator') or 'none'}; the study ran at `nice 19` on a machine shared with "
-               "other work, so its wall times are upper bounds.", ""]
+               f"accelerator: {m.get('accelerator') or 'none'}; the study runs at `nice 19`, so its wall "
+               "times are upper bounds.", ""]
     for k, v in summary.get("scoring", {}).items():
         L.append(f"* `{k}`: {v['pairs_scored']} pairs scored, {v['pairs_reused']} reused, {v['wall_s'] / 60:.0f} min "
                  f"({v['pairs_per_s']} pairs/s).")

@@ -319,7 +319,7 @@ def test_secret_never_written(cluster, s3, tiny_model_dir, data, full, tmp_path)
     set_endpoint(s3)
     try:
         for call in (lambda: reselect(f"s3://{BUCKET}/no-such-run", str(data["pool"]), str(tmp_path / "x"), progress=False),
-                     lambda: run(config(tiny_model_dir, f"s3://no-such-bucket/x", data["pool"], endpoint=s3), progress=False)):
+                     lambda: run(config(tiny_model_dir, "s3://no-such-bucket/x", data["pool"], endpoint=s3), progress=False)):
             with pytest.raises(DeliftError) as err:
                 call()
             errors.append(str(err.value))
