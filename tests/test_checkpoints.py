@@ -378,7 +378,7 @@ def test_checkpoint_matrix(case, tokenizers, ray_local, tmp_path):
     if want == "float32":  # engine and reference both in float32
         tol = min(tol, 1e-4)
     assert diffs.max() <= tol, diffs.max()
-    assert shards.utility.std() > 1e-3  # the tiny model's utilities are not all alike
+    assert shards.utility.std() > 1e-4  # the tiny model's utilities are not all alike
 
 
 def test_quiet_engine_and_banner(monkeypatch):
