@@ -62,7 +62,7 @@ def main(argv=None) -> int:
     swapped_ids = {sample_id(noisy[i]["prompt"], noisy[i]["response"]) for i in swapped_rows}
     cmd = [sys.executable, "-c", PATIENT_RAY_CLI, "select", "--data", str(data), "--model", meta["model"],
            "--out", str(out / "run"), "--cache", str(work / "cache"), "--budget", "0.3",
-           "--engine.dtype", "bfloat16", "--engine.max-model-len", "512", "--engine.kv-cache-space-gib", "1",
+           "--engine.dtype", "float32", "--engine.max-model-len", "512", "--engine.kv-cache-space-gib", "1",
            "--scoring.block-size", "16"]
     t0 = time.time()
     subprocess.run(cmd, check=True)

@@ -141,7 +141,7 @@ def score_unit(units: Units, name: str, args, work: Path, data: Path, meta: dict
     out = work / name
     cmd = [sys.executable, "-c", PATIENT_RAY_CLI, "select", "--data", str(data), "--model", meta["model"],
            "--out", str(out), "--cache", str(work / "cache"), "--stage", "instruction", "--budget", "0.15",
-           "--engine.dtype", "bfloat16", "--engine.max-model-len", "512", "--engine.max-num-batched-tokens", "4096",
+           "--engine.dtype", args.score_dtype, "--engine.max-model-len", "512", "--engine.max-num-batched-tokens", "4096",
            "--engine.kv-cache-space-gib", "1", "--scoring.block-size", str(args.block_size)]
     log(f"{name}: delift-ray {' '.join(cmd[3:])}")
     t0 = time.time()
@@ -326,7 +326,10 @@ def main(argv=None) -> int:
     p.add_argument("--lr", type=float, default=3e-4)
     p.add_argument("--max-length", type=int, default=128)
     p.add_argument("--eval-batch-size", type=int, default=16)
-    p.add_argument("--dtype", default="bfloat16")
+    # float32: this machine's CPU (AMD EPYC, AVX2) has no native bf16; bf16 matmuls were many
+    # times slower here (see docs/quality.md). Use bfloat16 on CPUs with AVX-512-bf16 / AMX.
+    p.add_argument("--dtype", default="float32", help="Training and held-out NLL dtype.")
+    p.add_argument("--score-dtype", default="float32", help="engine.dtype of the scoring runs.")
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--block-size", type=int, default=16)
     p.add_argument("--seed", type=int, default=0)
