@@ -2,8 +2,8 @@
 
 Part 1 (real utilities): a pool of --n ShareGPT demo samples scored densely (every pair)
 by the demo model (SmolLM2-135M-Instruct, bf16) through the real job (Ray + vLLM);
-then the same pool with kernel.type knn into the same output directory, so the knn job
-reads the dense job's stored pairs instead of scoring them again (a pair's utility does
+then the same pool with kernel.type knn, with the dense run's output as its cache, so the
+knn job reads the dense job's stored pairs instead of scoring them again (a pair's utility does
 not depend on which other pairs are scored). Both subsets are evaluated with the FL
 objective on the dense kernel:
 
@@ -71,7 +71,9 @@ def real_case(args) -> list[dict]:
     f_random = float(np.mean([fl_objective(K, rng.choice(len(ids), len(dense_idx), replace=False)) for _ in range(20)]))
     rows = []
     for emb in args.embeddings:
-        knn_cfg = dict(base, kernel={"type": "knn", "k": args.k, "random": args.random, "embedding": emb})
+        # Its own out dir (a finished run of other settings is refused), the dense run's store as its cache.
+        knn_cfg = dict(base, out=os.path.join(args.out, f"run-knn-{os.path.basename(emb)}"), cache=base["out"],
+                       kernel={"type": "knn", "k": args.k, "random": args.random, "embedding": emb})
         t0 = time.perf_counter()
         knn = run(knn_cfg, progress=args.progress)
         knn_idx = [pos[s] for s in knn.selected_ids]
