@@ -230,9 +230,12 @@ def read_probe(root: str, name: str, expect: str) -> Optional[str]:
 
 
 def remove_probe(root: str, name: str) -> None:
+    """Delete a probe; the probe folder goes too once it is empty, so a check leaves nothing behind."""
     try:
         fs, base = resolve_fs(root)
         fs.delete_file(f"{base}/{PROBE_DIR}/{name}")
+        if not fs.get_file_info(pafs.FileSelector(f"{base}/{PROBE_DIR}", allow_not_found=True)):
+            fs.delete_dir(f"{base}/{PROBE_DIR}")
     except (OSError, pa.ArrowException, StorageError):
         pass
 
