@@ -14,7 +14,6 @@ bfloat16 on a CPU only where it has bfloat16 instructions
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 import time
 from pathlib import Path
@@ -56,13 +55,10 @@ def main(argv=None) -> dict:
         out[f"{name}_max_abs_logprob_err"] = float(np.abs(lp - ref).max())
     out["float32_over_float16"] = round(out["float32_rows_per_cpu_s"] / out["float16_rows_per_cpu_s"], 1)
     out["float32_over_bfloat16"] = round(out["float32_rows_per_cpu_s"] / out["bfloat16_rows_per_cpu_s"], 1)
-    if args.write_result:
-        sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-        from benchmarks.results import write_result
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+    from benchmarks.results import emit
 
-        write_result(args.write_result, out)
-    print(json.dumps(out))
-    return out
+    return emit(out, args.write_result)
 
 
 if __name__ == "__main__":

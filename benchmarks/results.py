@@ -68,3 +68,11 @@ def read_results(out_dir: Path | str | None = None) -> dict[str, dict]:
     """Every committed result, by benchmark name."""
     out = Path(out_dir) if out_dir is not None else RESULTS_DIR
     return {p.stem: json.loads(p.read_text()) for p in sorted(out.glob("*.json"))}
+
+
+def emit(results: dict, name: str | None = None) -> dict:
+    """Print ``results`` as one JSON line; with ``name``, also write it as ``benchmarks/results/<name>.json``."""
+    if name:
+        write_result(name, results)
+    print(json.dumps(results, default=str), flush=True)
+    return results

@@ -44,7 +44,6 @@ names the resolved ``dtype``). ``--data code`` is ``benchmarks/data/code_functio
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import platform
 import sys
@@ -285,13 +284,10 @@ def main(argv=None) -> dict:
     out["machine"] = f"{platform.machine()}, {os.cpu_count()} cores"
     for engine in {id(e): e for e in (scorer, generating)}.values():
         engine.shutdown()
-    if args.write_result:
-        sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-        from benchmarks.results import write_result
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+    from benchmarks.results import emit
 
-        write_result(args.write_result, out)
-    print(json.dumps(out))
-    return out
+    return emit(out, args.write_result)
 
 
 if __name__ == "__main__":

@@ -23,7 +23,6 @@ example, differs from whole-string tokenisation of the same text (checked on
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import sys
 import time
@@ -114,13 +113,10 @@ def main(argv=None) -> dict:
     out["checked_samples"] = check
     out["same_tokens_as_whole"] = all(list(getattr(sets["whole"], f)) == list(getattr(sets["spliced"], f))
                                       for f in ("no_example", "response"))
-    if args.write_result:
-        sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-        from benchmarks.results import write_result
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+    from benchmarks.results import emit
 
-        write_result(args.write_result, out)
-    print(json.dumps(out))
-    return out
+    return emit(out, args.write_result)
 
 
 if __name__ == "__main__":
