@@ -139,14 +139,14 @@ def process_version(s: WatchSettings, version: str, last: Optional[str]) -> dict
         tree.setdefault("cache", None)
         tree["cache"] = tree["cache"] or os.path.join(os.path.abspath(s.out), "cache")
         r = run(validate_config(tree), progress=s.progress)
-        return history_counts(r.counts, {"entered": r.counts.selected, "left": 0})
+        return {"mode": "select", **history_counts(r.counts, {"entered": r.counts.selected, "left": 0})}
     r = reselect(version_dir(s.out, last), data, out_v, mode=s.mode, condition_on=s.condition_on, progress=s.progress)
     return {"mode": s.mode, **history_counts(r.counts, r.changes)}
 
 
 def history_counts(counts, changes: dict) -> dict:
     """The figures of one version in history.parquet, from its run's counts and selection changes."""
-    return {"mode": "select", "samples": counts.samples, "pairs_scored": counts.pairs_scored,
+    return {"samples": counts.samples, "pairs_scored": counts.pairs_scored,
             "pairs_reused": counts.pairs_reused, "selected": counts.selected,
             "entered": changes["entered"], "left": changes["left"]}
 
