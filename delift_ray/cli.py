@@ -121,7 +121,7 @@ def cmd_select(args: argparse.Namespace) -> int:
 
 def print_plan(result, cfg: DeliftConfig, stream=sys.stdout) -> None:
     """The dry run's report: what scoring would do, and what each step took."""
-    print(f"\ndelift-ray: dry run of {cfg.out} (stage {cfg.stage}, kernel {cfg.kernel.type}); nothing was scored or written",
+    print(f"\ndelift-ray: dry run of {cfg.out} (stage {cfg.stage}, kernel {cfg.kernel.type}); nothing was scored and no run files were written",
           file=stream)
     print(result.report.format(), file=stream)
     for step in result.steps:

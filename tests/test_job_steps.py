@@ -52,7 +52,7 @@ def test_dry_run_plans_and_writes_nothing(tiny_model_dir, tmp_path, kernel):
            "--budget", "3", "--scoring.block-size", "4", "--kernel.type", kernel, "--dry-run", "--quiet"]
     p = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
     assert p.returncode == 0, p.stderr
-    assert "144 total, 144 to score, 0 reused (9 blocks)" in p.stdout and "nothing was scored or written" in p.stdout
+    assert "144 total, 144 to score, 0 reused (9 blocks)" in p.stdout and "nothing was scored and no run files were written" in p.stdout
     # one log line per step, with its time and peak RSS
     assert "INFO delift_ray: ingest: pool 12 samples of 12 rows" in p.stderr
     assert "INFO delift_ray: plan: 144 of 144 pairs to score" in p.stderr and "peak RSS" in p.stderr
