@@ -244,9 +244,6 @@ class RunDir:
         """Path of ``name`` on :attr:`fs` (not a URI)."""
         return f"{self.path}/{name}"
 
-    def uri_of(self, name: str) -> str:
-        return f"{self.uri.rstrip('/')}/{name}" if "://" in self.uri else self.file(name)
-
     def create(self) -> None:
         try:
             self.fs.create_dir(self.path, recursive=True)

@@ -81,9 +81,6 @@ class StepLog:
         log.info("%s: %s (%.1f s, peak RSS %.2f GiB)", name, stats.summary(), seconds, report.peak_rss_gib)
         return result
 
-    def seconds(self, name: str) -> float:
-        return sum(r.seconds for r in self.reports if r.name == name)
-
     def stats(self, name: str) -> StepStats | None:
         return next((r.stats for r in self.reports if r.name == name), None)
 
