@@ -116,7 +116,8 @@ def test_scorers_spread_one_per_accelerator_and_recorded(cluster, spread):
     assert len(utilities(spread.work / "runs" / "spread")) == N * N
     # The relative path went nowhere else: not under the raylets' working directory.
     assert not os.path.exists(os.path.join(spread.here, "runs", "spread"))
-    assert not os.listdir(spread.work / "runs" / "spread" / PROBE_DIR)  # probes removed
+    probes = spread.work / "runs" / "spread" / PROBE_DIR
+    assert not probes.exists() or not os.listdir(probes)  # probes removed, and their folder when empty
 
 
 def test_node_lost_mid_run_finishes_on_the_remaining_nodes(cluster, spread, tiny_model_dir, pool_file, tmp_path):
