@@ -28,6 +28,7 @@ shards themselves. A shard without the lists (older writers) is simply read.
 from __future__ import annotations
 
 import hashlib
+import json
 import logging
 import os
 import uuid
@@ -287,6 +288,24 @@ class ShardStore:
 
     def _ensure_dir(self, path: str) -> None:
         self.fs.create_dir(path, recursive=True)
+
+    # ------------------------------------------------------------------ the scorer's dtype
+    def pin_dtype(self, dtype: str) -> str:
+        """The engine dtype this fingerprint's shards were scored in: pinned by the first scorer.
+
+        ``engine.dtype: auto`` resolves on each scorer's node (bfloat16 on one CPU, float32 on
+        another), so the fingerprint cannot hold it; this record keeps two dtypes from ever
+        mixing in one store. Returns the pinned dtype, which a caller compares with its own.
+        """
+        path = f"{self.root}/scorers/fp={self.fingerprint}.json"
+        if self.fs.get_file_info(path).type == pafs.FileType.File:
+            with self.fs.open_input_stream(path) as f:
+                try:
+                    return json.loads(f.read())["dtype"]
+                except (KeyError, TypeError, ValueError):  # not a pin this version wrote: re-pin
+                    pass
+        atomic_write(self.fs, path, json.dumps({"dtype": dtype}).encode())
+        return dtype
 
     # ------------------------------------------------------------------ write
     def write(self, kind: str, key: str, table: pa.Table) -> str:

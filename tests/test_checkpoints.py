@@ -379,6 +379,36 @@ def test_checkpoint_matrix(case, tokenizers, ray_local, tmp_path):
         tol = min(tol, 1e-4)
     assert diffs.max() <= tol, diffs.max()
     assert shards.utility.std() > 1e-4  # the tiny model's utilities are not all alike
+    pins = list((out / "scorers").glob("fp=*.json"))  # the store records the dtype it holds
+    assert [json.loads(p.read_text()) for p in pins] == [{"dtype": want}]
+
+
+class FakeScorer:
+    def __init__(self, model, engine):
+        self.dtype = eng.resolve_dtype(engine.dtype, "float32", on_cpu=True, cpu_bf16=FakeScorer.cpu_bf16)
+
+
+@pytest.mark.parametrize("first_bf16,second_bf16,ok", [(True, True, True), (False, False, True), (True, False, False)])
+def test_two_dtypes_never_mix_in_one_store(tmp_path, monkeypatch, first_bf16, second_bf16, ok):
+    """``auto`` resolves per node; the first scorer pins the store's dtype and a scorer that
+    resolves another one refuses to start, with the fix in its one line."""
+    from delift_ray.config import EngineConfig
+    from delift_ray.errors import EngineStartError
+    from delift_ray.scoring import actor
+
+    monkeypatch.setattr(actor, "Scorer", FakeScorer)
+    engine = EngineConfig(dtype="auto", max_model_len=256)
+    FakeScorer.cpu_bf16 = first_bf16
+    actor.BlockScorer("m", engine, str(tmp_path), "fp1", 0, True)
+    FakeScorer.cpu_bf16 = second_bf16
+    if ok:
+        actor.BlockScorer("m", engine, str(tmp_path), "fp1", 0, True)
+    else:
+        with pytest.raises(EngineStartError, match="scored in bfloat16; set engine.dtype: bfloat16"):
+            actor.BlockScorer("m", engine, str(tmp_path), "fp1", 0, True)
+        actor.BlockScorer("m", EngineConfig(dtype="bfloat16", max_model_len=256), str(tmp_path), "fp1", 0, True)
+    FakeScorer.cpu_bf16 = False
+    actor.BlockScorer("m", engine, str(tmp_path), "fp2", 0, True)  # another fingerprint: its own pin
 
 
 def test_quiet_engine_and_banner(monkeypatch):

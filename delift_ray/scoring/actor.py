@@ -13,6 +13,7 @@ import numpy as np
 import pyarrow as pa
 
 from delift_ray.config import EngineConfig
+from delift_ray.errors import EngineStartError
 from delift_ray.prompts import TokenizedSet, baseline_sequence, pair_sequence
 from delift_ray.scoring.engine import Scorer, ScoreRequest
 from delift_ray.storage import BASELINE, UTILITY, ShardStore
@@ -73,6 +74,12 @@ class BlockScorer:
     def __init__(self, model: str, engine: EngineConfig, store_root: str, fingerprint: str, eos: int, prefix_reuse: bool):
         self.scorer = Scorer(model, engine)
         self.store = ShardStore(store_root, fingerprint)
+        pinned = self.store.pin_dtype(self.scorer.dtype)
+        if pinned != self.scorer.dtype:
+            raise EngineStartError(
+                f"this scorer's engine runs in {self.scorer.dtype} (engine.dtype {engine.dtype}), but the store "
+                f"{store_root} holds utilities of this model scored in {pinned}; set engine.dtype: {pinned} "
+                "(or another cache) so that two dtypes never mix in one selection")
         self.max_len = engine.max_model_len - 1  # one position is kept for the sampled token
         self.eos = eos
         self.prefix_reuse = prefix_reuse
