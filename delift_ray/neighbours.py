@@ -112,12 +112,15 @@ def _distinct_uniform(n_rows: int, m: int, r: int, rng: np.random.Generator) -> 
     return out
 
 
-def random_excluding(exclude: np.ndarray, m: int, r: int, rng: np.random.Generator) -> np.ndarray:
+def random_excluding(exclude: np.ndarray, m: int, r: int, rng: np.random.Generator,
+                     chunk: int = 1 << 16) -> np.ndarray:
     """(n_rows, r') values in [0, m) avoiding each row's ``exclude`` entries, distinct per row.
 
     ``exclude`` is (n_rows, c) with distinct valid entries per row (or -1 for none);
     r' = min(r, m - c). Draws v uniformly from [0, m - c) and maps it to the v-th
-    non-excluded value: v + #{excluded e : e - rank(e) <= v}.
+    non-excluded value: v + #{excluded e : e - rank(e) <= v}. The draws are made for all
+    rows at once and the mapping ``chunk`` rows at a time: the same values as one pass,
+    without four (n_rows, c) int64 temporaries (1 GB at 1M rows and c = 32).
     """
     n_rows, c = exclude.shape
     r = min(r, m - c)
@@ -126,6 +129,15 @@ def random_excluding(exclude: np.ndarray, m: int, r: int, rng: np.random.Generat
     v = _distinct_uniform(n_rows, m - c, r, rng)
     if c == 0:
         return v
+    for s in range(0, n_rows, chunk):
+        v[s:s + chunk] = _skip_excluded(exclude[s:s + chunk], v[s:s + chunk], m)
+    return v
+
+
+def _skip_excluded(exclude: np.ndarray, v: np.ndarray, m: int) -> np.ndarray:
+    """v + #{excluded e : e - rank(e) <= v}, row by row (see :func:`random_excluding`)."""
+    n_rows, c = exclude.shape
+    r = v.shape[1]
     ex = np.sort(np.where(exclude < 0, np.iinfo(np.int64).max // 4, exclude), axis=1)
     shifted = ex - np.arange(c)  # non-decreasing per row
     # Row-wise searchsorted in one call: offset each row by a multiple of a big stride.

@@ -265,7 +265,26 @@ def whole_plan(templates: TemplateConfig) -> TokenisationPlan:
 def _encode(tokenizer, texts: list[str]) -> list[list[int]]:
     if not texts:
         return []
+    backend = _rust_backend(tokenizer)
+    if backend is not None:
+        return [e.ids for e in backend.encode_batch_fast(texts, add_special_tokens=False)]
     return [list(ids) for ids in tokenizer(texts, add_special_tokens=False)["input_ids"]]
+
+
+def _rust_backend(tokenizer):
+    """A fast tokenizer's Rust tokenizer when calling it gives the ids ``tokenizer(texts,
+    add_special_tokens=False)`` gives, else None. Calling it directly skips the per-text
+    offsets and the Python encodings transformers builds for every text."""
+    backend = getattr(tokenizer, "_tokenizer", None) if getattr(tokenizer, "is_fast", False) else None
+    if backend is None or not hasattr(backend, "encode_batch_fast"):
+        return None
+    # transformers turns truncation and padding off and sets encode_special_tokens per call;
+    # a backend in another state takes transformers' path.
+    if backend.truncation is not None or backend.padding is not None:
+        return None
+    if backend.encode_special_tokens != bool(getattr(tokenizer, "split_special_tokens", False)):
+        return None
+    return backend
 
 
 def _encode_anchored(tokenizer, texts: list[str]) -> list[Optional[list[int]]]:

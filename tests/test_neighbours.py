@@ -20,3 +20,14 @@ def test_unit_vectors_are_not_copied_and_candidates_do_not_change():
     a = neighbours.candidates(x, x, 8, 3, exact_max=1000, seed=0)
     assert np.array_equal(x, before)  # the caller's array is never modified
     assert np.array_equal(a, neighbours.candidates(unit, unit, 8, 3, exact_max=1000, seed=0))
+
+
+def test_random_excluding_in_chunks_draws_what_one_pass_draws():
+    from delift_ray.neighbours import random_excluding
+
+    ex = np.stack([np.random.default_rng(i).permutation(500)[:16] for i in range(300)])
+    ex[::7, 3] = -1
+    whole = random_excluding(ex, 500, 4, np.random.default_rng(5), chunk=len(ex))
+    chunked = random_excluding(ex, 500, 4, np.random.default_rng(5), chunk=37)
+    assert (whole == chunked).all()
+    assert all(len(set(r)) == 4 and not set(r) & set(e) for r, e in zip(chunked, ex))
