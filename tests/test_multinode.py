@@ -4,8 +4,9 @@ and a store that one node cannot see. The real vLLM CPU engine with the tiny mod
 The cluster (``ray.cluster_utils.Cluster``, Ray's own multi-node helper): a head with no
 accelerator and two workers declaring one GPU each. The CPU build of vLLM starts with a
 GPU declared (Ray only sets ``CUDA_VISIBLE_DEVICES``; vLLM's platform is the build's), so
-the scorers reserve real GPU ids from Ray. The GCS health check is shortened so that a
-killed raylet is declared dead within seconds. Only processes this module started are
+the scorers reserve real GPU ids from Ray. A lost node is its raylet and every process
+the raylet started, killed at once; the GCS health check is shortened so that it is
+declared dead within seconds. Only processes this module started are
 stopped, by pid.
 """
 
@@ -32,8 +33,7 @@ pytestmark = [pytest.mark.engine, pytest.mark.ray]
 
 MIN_OBJECT_STORE = 78643200
 ENGINE = {"dtype": "float32", "max_model_len": 256, "block_size": 32, "kv_cache_space_gib": 1}
-# 20 x 20 pairs in 100 blocks: after the first shard, work for longer than the GCS takes to
-# declare a killed raylet's node dead (a scorer outlives its raylet and keeps scoring until then).
+# 20 x 20 pairs in 100 blocks: after the first shard, most blocks are still queued when a node goes.
 POOL = [{"prompt": f"Spell the number {k} in words.", "response": f"The number {k} is written {k * 'i'}."} for k in range(20)]
 N = len(POOL)
 # A killed raylet is declared dead after a few seconds instead of Ray's default tens of
@@ -129,11 +129,18 @@ def test_node_lost_mid_run_finishes_on_the_remaining_nodes(cluster, spread, tiny
 
     def killer():
         # After the first pair shard: both engines are up and most blocks are still queued.
+        # The node goes as a host does, all at once: its raylet and the workers it started
+        # (our scorer among them). A scorer left running would keep scoring until the GCS
+        # declares its node dead, and on an idle machine finish every block before that.
         deadline = time.monotonic() + 300
         while time.monotonic() < deadline:
             if glob.glob(os.path.join(str(out), UTILITY, "*", "*.parquet")):
-                os.kill(raylet.pid, signal.SIGKILL)
-                killed.append(raylet.pid)
+                for pid in sorted(descendants(raylet.pid), reverse=True) + [raylet.pid]:
+                    try:
+                        os.kill(pid, signal.SIGKILL)
+                        killed.append(pid)
+                    except ProcessLookupError:
+                        pass
                 return
             time.sleep(0.05)
 
