@@ -211,7 +211,7 @@ def _hostile_rows(r: dict, doc: dict) -> Cells:
 
 
 ROWS: list[Row] = [
-    Row("scoring_*", "scoring", _scoring),
+    Row("scoring_*", "checkpoints", _scoring),  # one row per checkpoint dtype and data
     Row("scorers", "scoring", _scorers),
     Row("lm_head_dtype*", "checkpoints", _lm_head_dtype),
     Row("tokenise*", "scale", _tokenise),
