@@ -13,7 +13,9 @@ NAME is one of:
 
 * ``figures``: every figure, from ``benchmarks/results/*.json`` (``benchmarks/figures.py``);
 * ``figures:TOPIC``: the rows of one topic page (``scoring``, ``scale``, ``versions``, ...);
-* ``config``: the config reference, from the schema in ``delift_ray/config.py``.
+* ``config``: the config reference, from the schema in ``delift_ray/config.py``;
+* ``scale-steps``: the per-step table of the 1M run (``benchmarks/results/scale_1m.json``,
+  rendered by ``benchmarks/scale.py``).
 """
 
 from __future__ import annotations
@@ -48,6 +50,10 @@ def render_block(name: str, path: Path, results: dict, root: Path = ROOT) -> str
         return render_table(results, name.split(":", 1)[1], link_prefix=prefix) + "\n"
     if name == "config":
         return config_reference_markdown()
+    if name == "scale-steps":
+        from benchmarks.scale import markdown
+
+        return markdown(results["scale_1m"]) + "\n"
     raise ValueError(f"{path}: unknown generated block {name!r}")
 
 
