@@ -418,3 +418,14 @@ def test_job_records_cache_hits_and_rescored_in_run_json(tiny_model_dir, alpaca_
     # block reuses at least one 32-token KV block of the example head.
     assert meta["cached_prompt_tokens"] >= 32 * 4 * 3 * 2
     assert (r.counts["rescored"], r.counts["cached_prompt_tokens"]) == (meta["rescored"], meta["cached_prompt_tokens"])
+
+
+def test_lm_head_chunks_are_sized_by_vocabulary():
+    from delift_ray.scoring.lm_head import HEAD_CHUNK_BYTES, default_chunk_rows
+
+    assert default_chunk_rows(49_152) == 1024  # SmolLM2: capped
+    assert default_chunk_rows(128_256) == HEAD_CHUNK_BYTES // (4 * 128_256) == 523
+    assert default_chunk_rows(10**9) == 16 and default_chunk_rows(64) == 1024
+    import torch
+
+    assert LMHead(torch.zeros(300_000, 2), device="cpu").chunk_rows * 300_000 * 4 <= HEAD_CHUNK_BYTES
