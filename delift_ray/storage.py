@@ -298,14 +298,21 @@ class ShardStore:
         mixing in one store. Returns the pinned dtype, which a caller compares with its own.
         """
         path = f"{self.root}/scorers/fp={self.fingerprint}.json"
-        if self.fs.get_file_info(path).type == pafs.FileType.File:
-            with self.fs.open_input_stream(path) as f:
-                try:
-                    return json.loads(f.read())["dtype"]
-                except (KeyError, TypeError, ValueError):  # not a pin this version wrote: re-pin
-                    pass
+        pinned = self._read_pin(path)
+        if pinned is not None:
+            return pinned
         atomic_write(self.fs, path, json.dumps({"dtype": dtype}).encode())
-        return dtype
+        # Read back: of two scorers that pin at once, the one whose write lost learns the winner's.
+        return self._read_pin(path) or dtype
+
+    def _read_pin(self, path: str) -> Optional[str]:
+        if self.fs.get_file_info(path).type != pafs.FileType.File:
+            return None
+        with self.fs.open_input_stream(path) as f:
+            try:
+                return str(json.loads(f.read())["dtype"])
+            except (KeyError, TypeError, ValueError):  # not a pin this version wrote: re-pin
+                return None
 
     # ------------------------------------------------------------------ write
     def write(self, kind: str, key: str, table: pa.Table) -> str:
