@@ -30,7 +30,6 @@ from delift_ray.errors import DeliftError
 DEMO_DEFAULTS: dict[str, Any] = {
     "stage": "instruction",
     "budget": 0.3,
-    "engine.dtype": "bfloat16",
     "engine.max_model_len": 512,
     "engine.max_num_batched_tokens": 4096,
     "scoring.block_size": 16,
