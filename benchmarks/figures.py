@@ -186,9 +186,11 @@ def _scoring(r: dict, doc: dict) -> Cells:
 
 def _lm_head_dtype(r: dict, doc: dict) -> Cells:
     # benchmarks/lm_head_dtype.py: the hidden path's LM head on CPU in each dtype.
-    dts = [d for d in ("float32", "bfloat16", "float16") if f"{d}_rows_per_cpu_s" in r]
+    # float32_torch: the same float32 head through torch's matmul instead of numpy's BLAS.
+    dts = [d for d in ("float32", "float32_torch", "bfloat16", "float16") if f"{d}_rows_per_cpu_s" in r]
+    label = {"float32": "float32 (numpy BLAS)", "float32_torch": "float32 (torch matmul)"}
     return [(f"LM head on CPU by dtype, {r['model']} (vocab {num(r['vocab'])}), {r['rows']} rows",
-             "; ".join(f"{d} {num(r[f'{d}_rows_per_cpu_s'], 1)} rows per CPU-s, max |d logprob| "
+             "; ".join(f"{label.get(d, d)} {num(r[f'{d}_rows_per_cpu_s'], 1)} rows per CPU-s, max |d logprob| "
                        f"{num(r[f'{d}_max_abs_logprob_err'])}" for d in dts))]
 
 

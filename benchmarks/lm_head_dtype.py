@@ -4,8 +4,9 @@
 
 Runs :meth:`delift_ray.scoring.lm_head.LMHead.gold_logprobs` (the job's own LM head) with
 the model's head weight in float32, bfloat16 and float16 on ``rows`` random hidden states,
-one torch thread, and reports rows per CPU second and the largest |logprob| error against
-float64. This is why the scorer runs the head in float32 when float16 is forced on a CPU
+one thread, and reports rows per CPU second and the largest |logprob| error against
+float64. ``float32`` is the job's float32 head (numpy's BLAS); ``float32_torch`` runs the
+same head through torch's matmul instead, the path the job takes for half precisions. This is why the scorer runs the head in float32 when float16 is forced on a CPU
 (:func:`delift_ray.scoring.engine.head_dtype`), and why ``engine.dtype: auto`` picks
 bfloat16 on a CPU only where it has bfloat16 instructions
 (:func:`delift_ray.scoring.engine.cpu_has_bf16`).
@@ -35,6 +36,9 @@ def main(argv=None) -> dict:
     from delift_ray.scoring.lm_head import LMHead, load_hf_config, load_head_weight
 
     torch.set_num_threads(1)
+    from threadpoolctl import threadpool_limits
+
+    threadpool_limits(1)  # numpy's BLAS too
     model = args.model or str(assets.demo_model_dir())
     cfg = load_hf_config(model)
     w = load_head_weight(model, bool(getattr(cfg, "tie_word_embeddings", False))).float()
@@ -44,15 +48,18 @@ def main(argv=None) -> dict:
     ref = LMHead(w.double(), device="cpu").gold_logprobs(h.double(), gold)
     out: dict = {"model": Path(model).name, "vocab": int(w.shape[0]), "hidden": int(w.shape[1]), "rows": args.rows,
                  "threads": 1, "cpu_has_bf16": cpu_has_bf16(), "torch_cpu_capability": torch.backends.cpu.get_cpu_capability()}
-    for name in ("float32", "bfloat16", "float16"):
-        dt = getattr(torch, name)
+    for name in ("float32", "float32_torch", "bfloat16", "float16"):
+        dt = getattr(torch, name.removesuffix("_torch"))
         head = LMHead(w, device="cpu").to_dtype(dt)
+        if name.endswith("_torch"):
+            head._weight_np = None
         head.gold_logprobs(h[:2].to(dt), gold[:2])  # warm-up
         c0 = time.process_time()
         lp = head.gold_logprobs(h.to(dt), gold)
         secs = time.process_time() - c0
         out[f"{name}_rows_per_cpu_s"] = round(args.rows / secs, 2)
         out[f"{name}_max_abs_logprob_err"] = float(np.abs(lp - ref).max())
+    out["numpy_blas_over_torch"] = round(out["float32_rows_per_cpu_s"] / out["float32_torch_rows_per_cpu_s"], 2)
     out["float32_over_float16"] = round(out["float32_rows_per_cpu_s"] / out["float16_rows_per_cpu_s"], 1)
     out["float32_over_bfloat16"] = round(out["float32_rows_per_cpu_s"] / out["bfloat16_rows_per_cpu_s"], 1)
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))

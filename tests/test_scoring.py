@@ -201,6 +201,22 @@ def test_lm_head_equals_log_softmax_for_any_chunking():
         np.testing.assert_allclose(lp, got[0], rtol=0, atol=1e-12)
 
 
+def test_lm_head_float32_on_cpu_uses_numpy_blas_with_torchs_values():
+    import torch
+
+    rng = np.random.default_rng(2)
+    w = torch.tensor(rng.normal(size=(300, 16)), dtype=torch.float32)
+    h = torch.tensor(rng.normal(size=(40, 16)), dtype=torch.float32)
+    gold = rng.integers(0, 300, size=40)
+    head = LMHead(w, chunk_rows=7, device="cpu")
+    assert head._weight_np is not None and head._weight_np.shape == (300, 16)
+    blas = head.gold_logprobs(h, gold)
+    head._weight_np = None  # torch's matmul, the half-precision path
+    np.testing.assert_allclose(blas, head.gold_logprobs(h, gold), rtol=0, atol=1e-5)
+    assert LMHead(w, device="cpu").to_dtype(torch.bfloat16)._weight_np is None
+    assert LMHead(w.bfloat16(), device="cpu").to_dtype(torch.float32)._weight_np is not None
+
+
 def test_lm_head_rejects_bad_shapes_and_ids():
     import torch
 

@@ -138,6 +138,7 @@ class LMHead:
         # float32 6% either way; same values).
         self.weight_t = weight.to(self.device).contiguous().t()
         self.chunk_rows = chunk_rows
+        self._weight_np = self._numpy_weight()
 
     @classmethod
     def from_checkpoint(cls, model: str, hf_config, **kw) -> "LMHead":
@@ -147,7 +148,22 @@ class LMHead:
     def to_dtype(self, dtype) -> "LMHead":
         """Run the matmul in ``dtype`` (the engine's model dtype, as vLLM's own LM head does)."""
         self.weight_t = self.weight_t.t().to(dtype).contiguous().t()  # keep the fast layout (see __init__)
+        self._weight_np = self._numpy_weight()
         return self
+
+    def _numpy_weight(self) -> Optional[np.ndarray]:
+        """The [vocab, hidden] weight as a numpy array where numpy's BLAS runs the matmul, else None.
+
+        On CPU in float32 (or float64) the matmul goes through numpy's BLAS (OpenBLAS in
+        numpy's wheels), which ran SmolLM2's head 1.2-1.5x as fast as torch's MKL sgemm on an
+        AMD EPYC with AVX2 (``numpy_blas_over_torch`` of benchmarks/lm_head_dtype.py). Same values to float32 rounding. OpenBLAS reads
+        OMP_NUM_THREADS, which the dispatcher sets per scorer. Half precisions have no numpy GEMM.
+        """
+        import torch
+
+        if self.device.type != "cpu" or self.weight_t.dtype not in (torch.float32, torch.float64):
+            return None
+        return self.weight_t.t().numpy()
 
     @property
     def hidden_size(self) -> int:
@@ -174,7 +190,7 @@ class LMHead:
             for s in range(0, hidden.shape[0], self.chunk_rows):
                 h = hidden[s:s + self.chunk_rows].to(self.device, self.weight_t.dtype)
                 g = gold[s:s + self.chunk_rows].to(self.device)
-                z = (h @ self.weight_t).float()
+                z = self._logits(h)
                 gold_z = z.gather(1, g[:, None])[:, 0]
                 # logsumexp in place: the chunk's logits are the largest buffer here, and
                 # torch.logsumexp writes two more of that size (same values, less memory traffic).
@@ -182,3 +198,11 @@ class LMHead:
                 lse = z.sub_(m).exp_().sum(dim=1).log_() + m[:, 0]
                 out[s:s + self.chunk_rows] = (gold_z - lse).double().cpu()
         return out.numpy()
+
+    def _logits(self, h):
+        """``h @ W^T`` in the weight's dtype, as float32 [rows, vocab] (see ``_numpy_weight``)."""
+        import torch
+
+        if self._weight_np is not None:
+            return torch.from_numpy(h.numpy() @ self._weight_np.T).float()
+        return (h @ self.weight_t).float()
