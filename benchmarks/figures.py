@@ -212,6 +212,24 @@ def _hostile_rows(r: dict, doc: dict) -> Cells:
              f"skipped: {skipped}")]
 
 
+def _noise_probe(r: dict, doc: dict) -> Cells:
+    # benchmarks/noise_probe.py: swapped responses kept by each arm, and detectors of them.
+    share = r["swapped_share"]
+    budgets = list(share)
+    best = max(r["noise_signal_auroc"].items(), key=lambda kv: abs(kv[1] - 0.5))
+    fig = ("swapped share, DELIFT default: " + ", ".join(f"{_pct(share[b]['delift:keep-minmax'])} at {b}" for b in budgets)
+           + " (random " + ", ".join(_pct(share[b]["random (mean of 200)"]) for b in budgets) + "); "
+           f"best stored-utility detector: {best[0]}, AUROC {num(best[1], 3)}"
+           + (f" ({num(1 - best[1], 3)} for the opposite ranking)" if best[1] < 0.5 else ""))
+    if "pmi" in r:
+        fig += f"; low prompt-response PMI (one more pass per sample): AUROC {num(r['pmi']['auroc_low_pmi'], 3)}"
+    return [(f"noise probe, {r['n']} pool samples, {r['swapped']} with swapped responses", fig)]
+
+
+def _pct(x: float) -> str:
+    return f"{100 * x:.0f}%"
+
+
 ROWS: list[Row] = [
     Row("scoring_*", "checkpoints", _scoring),  # one row per checkpoint dtype and data
     Row("scorers", "scoring", _scorers),
@@ -224,6 +242,7 @@ ROWS: list[Row] = [
     Row("reselect_versions", "versions", _reselect),
     Row("chaos", "reliability", _chaos),
     Row("hostile_rows", "reliability", _hostile_rows),
+    Row("noise_probe", "evaluation", _noise_probe),
     # Fallbacks by topic for result files without a spec of their own yet.
     Row("scale*", "scale", lambda r, doc: _fallback(doc)),
     Row("dry_run*", "scale", lambda r, doc: _fallback(doc)),

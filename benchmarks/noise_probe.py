@@ -8,7 +8,15 @@ a seeded half among themselves (a derangement), scores the pool densely with
 
 * the share of swapped samples in the subset (random: 50% in expectation);
 * for the scores that can be computed from the stored utilities alone, their AUROC as a
-  detector of swapped samples (benchmarks/quality_report.py: noise_signals).
+  detector of swapped samples (benchmarks/quality_report.py: noise_signals);
+* one signal that needs one more forward pass per sample, not the utilities: the
+  pointwise mutual information of prompt and response, PMI_i = d(r_i | no prompt) -
+  d(r_i | p_i) (mean response NLL, nats/token, teacher-forced with transformers through
+  delift_ray.evaluate's own response_nll). A response swapped in from another sample is
+  no more likely under its prompt than without one, so its PMI is near 0;
+* the share of swapped samples left in DELIFT's subset when the most suspect quarter or
+  half of the pool (by self-utility, the best stored signal, and by low PMI) may not be
+  picked (their kernel columns set to 0).
 
     PYTHONPATH=$PWD .venv/bin/python benchmarks/noise_probe.py --n 48
 """
@@ -42,6 +50,8 @@ def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--n", type=int, default=48)
     p.add_argument("--work", default=str(ROOT / "runs" / "quality_study"))
+    p.add_argument("--cache", default=str(ROOT / "benchmarks" / "results" / "quality" / "cache"),
+                   help="Shard cache, shared with benchmarks/quality_study.py.")
     p.add_argument("--budgets", default="0.15,0.3")
     p.add_argument("--seed", type=int, default=0)
     args = p.parse_args(argv)
@@ -61,7 +71,7 @@ def main(argv=None) -> int:
 
     swapped_ids = {sample_id(noisy[i]["prompt"], noisy[i]["response"]) for i in swapped_rows}
     cmd = [sys.executable, "-c", PATIENT_RAY_CLI, "select", "--data", str(data), "--model", meta["model"],
-           "--out", str(out / "run"), "--cache", str(work / "cache"), "--budget", "0.3",
+           "--out", str(out / "run"), "--cache", args.cache, "--budget", "0.3",
            "--engine.dtype", "float32", "--engine.max-model-len", "512", "--engine.kv-cache-space-gib", "1",
            "--scoring.block-size", "16"]
     t0 = time.time()
@@ -95,11 +105,57 @@ def main(argv=None) -> int:
                "offdiag_mean_intact_as_example": float(np.nanmean(np.where(np.eye(n, dtype=bool), np.nan, uf)[:, ~is_swapped]))},
         "swapped_share": shares,
         "noise_signal_auroc": noise_signals(uf, d, is_swapped),
+        **prior_signal(run, meta["model"], uf, is_swapped, args.budgets),
         "counts": json.loads((out / "run" / "run.json").read_text())["counts"],
     }
     write_result("noise_probe", res)
     print(json.dumps(res, indent=2))
     return 0
+
+
+def prompt_free_pmi(model_dir: str, prompts: list[str], responses: list[str]) -> np.ndarray:
+    """PMI_i = d(r_i | empty prompt) - d(r_i | p_i): mean response NLL in nats/token, float32."""
+    import torch
+
+    from delift_ray.evaluate.formatting import PromptEncoder
+    from delift_ray.evaluate.metrics import response_nll
+    from delift_ray.evaluate.training import load_model, load_tokenizer
+
+    tok = load_tokenizer(model_dir)
+    enc = PromptEncoder(tok, 512)
+    model = load_model(model_dir, dtype=torch.float32, device="cpu")
+    cond = response_nll(model, [enc.pair(p, r) for p, r in zip(prompts, responses)], pad_id=tok.pad_token_id)
+    free = response_nll(model, [enc.pair("", r) for r in responses], pad_id=tok.pad_token_id)
+    return free - cond
+
+
+def prior_signal(run, model_dir: str, uf: np.ndarray, is_swapped: np.ndarray, budgets: str) -> dict:
+    """PMI's AUROC, and DELIFT's swapped share with the most suspect samples excluded."""
+    from delift_ray import selection
+    from delift_ray.kernel import finish_dense
+    from quality_report import auroc
+
+    t0 = time.time()
+    pmi = prompt_free_pmi(model_dir, run.pool.prompts, run.pool.responses)
+    wall = time.time() - t0
+    n = len(pmi)
+    suspect = {"self-utility (stored)": np.diag(uf), "low PMI (one more pass)": -pmi}
+    K = finish_dense(uf.copy(), run.pool.sample_ids, run.pool.sample_ids, diagonal="keep", scaling="minmax")
+    table: dict[str, dict[str, float]] = {}
+    for name, score in [("none", None)] + list(suspect.items()):
+        for q in (0.0,) if score is None else (0.25, 0.5):
+            Kq = K.copy()
+            if score is not None:
+                Kq[:, np.argsort(-score, kind="stable")[: int(round(q * n))]] = 0.0
+            row = {}
+            for b in (float(x) for x in budgets.split(",")):
+                idx, _ = selection.facility_location(Kq, max(1, int(round(b * n))))
+                row[f"{int(round(100 * b))}%"] = round(float(is_swapped[idx].mean()), 3)
+            table["no exclusion" if score is None else f"{name}, most suspect {int(q * 100)}% excluded"] = row
+    return {"pmi": {"auroc_low_pmi": round(auroc(-pmi, is_swapped), 4),
+                    "mean_swapped": float(pmi[is_swapped].mean()), "mean_intact": float(pmi[~is_swapped].mean()),
+                    "wall_s": round(wall, 1)},
+            "delift_keep_minmax_swapped_share_with_exclusion": table}
 
 
 if __name__ == "__main__":

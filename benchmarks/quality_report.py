@@ -356,7 +356,8 @@ def write_docs(summary: dict, docs: Path) -> Path:
         L += ["## Noise probe: which samples does each arm keep? (no training needed)", "",
               f"`benchmarks/noise_probe.py` ({doc['date']}): the first {pr_['n']} samples of the study's pool, "
               f"{pr_['swapped']} of them with their responses swapped among themselves, scored densely "
-              f"({pr_['scoring_wall_s'] / 60:.0f} min). Share of swapped samples in each subset (random: 50% expected; "
+              f"({pr_['counts']['pairs_scored']:,} pairs scored and {pr_['counts']['pairs_reused']:,} read from the "
+              f"cache in {pr_['scoring_wall_s'] / 60:.1f} min). Share of swapped samples in each subset (random: 50% expected; "
               "a selector worth its cost keeps it far below):", ""]
         budgets = list(pr_["swapped_share"])
         L += ["| arm | " + " | ".join(f"budget {b}" for b in budgets) + " |", "|---|" + "---|" * len(budgets)]
@@ -370,7 +371,23 @@ def write_docs(summary: dict, docs: Path) -> Path:
               "1 perfect):", "", "| score | AUROC |", "|---|---|"]
         for k, v in sorted(pr_["noise_signal_auroc"].items(), key=lambda kv: -kv[1]):
             L.append(f"| {k} | {_f(v, 3)} |")
-        L.append("")
+        L += ["", "An AUROC below 0.5 means the opposite ranking detects: a swapped sample tends to have a *high* "
+              "self-utility (the model cannot predict its response from the prompt, so seeing the response once "
+              "helps a lot).", ""]
+        pmi = pr_.get("pmi")
+        if pmi:
+            ex = pr_["delift_keep_minmax_swapped_share_with_exclusion"]
+            cols = list(next(iter(ex.values())))
+            L += ["A signal outside the utilities: the pointwise mutual information of prompt and response, "
+                  "PMI = d(response | no prompt) - d(response | its prompt), one more forward pass per sample "
+                  f"({pmi['wall_s']:.0f} s for {pr_['n']} samples here). Low PMI flags a swapped sample with AUROC "
+                  f"{_f(pmi['auroc_low_pmi'], 3)} (mean PMI {pmi['mean_swapped']:.2f} nats/token for swapped samples, "
+                  f"{pmi['mean_intact']:.2f} for intact ones). Swapped share of the default DELIFT subset when the "
+                  "most suspect samples may not be picked:", "",
+                  "| excluded | " + " | ".join(f"budget {b}" for b in cols) + " |", "|---|" + "---|" * len(cols)]
+            for name, row in ex.items():
+                L.append(f"| {name} | " + " | ".join(_pct(row[b]) for b in cols) + " |")
+            L.append("")
     ns = summary.get("noise_signals")
     L += ["## Noise: can the stored utilities flag swapped responses? (the study's noisy pool)", ""]
     if ns:

@@ -140,7 +140,7 @@ def score_unit(units: Units, name: str, args, work: Path, data: Path, meta: dict
         return
     out = work / name
     cmd = [sys.executable, "-c", PATIENT_RAY_CLI, "select", "--data", str(data), "--model", meta["model"],
-           "--out", str(out), "--cache", str(work / "cache"), "--stage", "instruction", "--budget", "0.15",
+           "--out", str(out), "--cache", args.cache, "--stage", "instruction", "--budget", "0.15",
            "--engine.dtype", args.score_dtype, "--engine.max-model-len", "512", "--engine.max-num-batched-tokens", "4096",
            "--engine.kv-cache-space-gib", "1", "--scoring.block-size", str(args.block_size)]
     log(f"{name}: delift-ray {' '.join(cmd[3:])}")
@@ -313,6 +313,9 @@ def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--work", default=str(ROOT / "runs" / "quality_study"), help="Run dirs and the shard cache (not committed).")
     p.add_argument("--results", default=str(ROOT / "benchmarks" / "results" / "quality"), help="Unit JSON (committed).")
+    p.add_argument("--cache", default=str(ROOT / "benchmarks" / "results" / "quality" / "cache"),
+                   help="The scoring runs' shard cache. Committed, so scoring resumes on another machine "
+                        "(a few MB: one small Parquet file per block).")
     p.add_argument("--n-pool", type=int, default=240)
     p.add_argument("--n-eval", type=int, default=400)
     p.add_argument("--max-tokens", type=int, default=128, help="Longest prompt+response of a sample (tokens).")
