@@ -383,11 +383,13 @@ def write_docs(summary: dict, docs: Path) -> Path:
                   f"({pmi['wall_s']:.0f} s for {pr_['n']} samples here). Low PMI flags a swapped sample with AUROC "
                   f"{_f(pmi['auroc_low_pmi'], 3)} (mean PMI {pmi['mean_swapped']:.2f} nats/token for swapped samples, "
                   f"{pmi['mean_intact']:.2f} for intact ones). Swapped share of the default DELIFT subset when the "
-                  "most suspect samples may not be picked:", "",
+                  "most suspect samples may not be picked (their kernel columns set to 0):", "",
                   "| excluded | " + " | ".join(f"budget {b}" for b in cols) + " |", "|---|" + "---|" * len(cols)]
             for name, row in ex.items():
                 L.append(f"| {name} | " + " | ".join(_pct(row[b]) for b in cols) + " |")
-            L.append("")
+            L += ["", "No stored-utility signal separates swapped from intact samples well enough to filter on, and no "
+                  "kernel variant keeps them out: each keeps them above their share. PMI does, but it is computed "
+                  "here by the probe, outside the job; the job does not offer it as an option yet.", ""]
     ns = summary.get("noise_signals")
     L += ["## Noise: can the stored utilities flag swapped responses? (the study's noisy pool)", ""]
     if ns:
@@ -402,7 +404,9 @@ def write_docs(summary: dict, docs: Path) -> Path:
           "PYTHONPATH=$PWD OMP_WAIT_POLICY=PASSIVE nice -n 19 .venv/bin/python benchmarks/quality_study.py",
           "PYTHONPATH=$PWD .venv/bin/python benchmarks/quality_study.py --report   # only this page", "```", "",
           "Each finished unit (a scoring run, one arm x seed trained and evaluated) is stored as JSON under "
-          "`benchmarks/results/quality/units/` as soon as it ends; a re-run skips it, so the study survives interruptions.", ""]
+          "`benchmarks/results/quality/units/` as soon as it ends; a re-run skips it, so the study survives interruptions. "
+          "The scoring runs' shards go to `benchmarks/results/quality/cache/` (committed, a few MB), so a "
+          "scoring run interrupted on one machine resumes from its stored blocks on another.", ""]
     path = docs / "quality.md"
     tmp = path.with_suffix(".md.tmp")
     tmp.write_text("\n".join(L))
