@@ -192,6 +192,12 @@ class SelectionConfig(_Section):
     eta: float = Field(1.0, ge=0, description="FLMI magnificationEta (task stage).")
     nu: float = Field(1.0, ge=0, description="FLCG privacyHardness (continual stage).")
     stop_if_zero_gain: bool = Field(False, description="Stop early when the best gain is zero (the paper does not).")
+    min_prompt_gain: Optional[float] = Field(
+        None,
+        description="Pool samples whose response is barely more predictable after their own prompt than after an "
+        "empty one, d(r | empty prompt) - d(r | prompt) < this, are not picked (a response swapped in from another "
+        "sample gains about 0). One more baseline pass per pool sample. None: off. See docs/quality.md.",
+    )
 
 
 class KernelConfig(_Section):

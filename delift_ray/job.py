@@ -26,10 +26,10 @@ from delift_ray.planning import Plan
 from delift_ray.rundir import (RUN_JSON, SAMPLES, SELECTION, SUBSET, RunCounts, RunDir, inputs_digest, json_bytes,
                                parquet_bytes, run_document, samples_table, selection_table, subset_bytes)
 from delift_ray.steps.base import StepLog
-from delift_ray.steps.ingest import ingest, load_tokenizer, stage_sources
+from delift_ray.steps.ingest import PROMPT_FREE, ingest, load_tokenizer, prompt_free_sets, stage_sources
 from delift_ray.steps.plan import open_store, sample_ids
 from delift_ray.steps.score import score
-from delift_ray.steps.select import select
+from delift_ray.steps.select import low_prompt_gain, prompt_gains, select
 from delift_ray.steps.strategy import kernel_strategy
 from delift_ray.steps.write import write
 from delift_ray.storage import UTILITY, model_identity, set_endpoint
@@ -116,10 +116,16 @@ def _execute(cfg: DeliftConfig, out: RunDir, progress: bool, overwrite: bool, fi
     out.check_reusable(digest, overwrite)  # before any work, let alone any write
 
     candidates = kernel.candidates(steps, cfg, sets, progress)
-    plan = steps.run("plan", kernel.plan, cfg, sets, store, candidates)
-    steps.run("score", score, cfg, sets, store, plan, tokenizer.eos_token_id, progress)
+    # Baseline-only sets (selection.min_prompt_gain) are planned and scored, never paired or embedded.
+    scored = {**sets, **prompt_free_sets(cfg, sets, tokenizer)}
+    plan = steps.run("plan", kernel.plan, cfg, scored, store, candidates)
+    steps.run("score", score, cfg, scored, store, plan, tokenizer.eos_token_id, progress)
     kernels = steps.run("assemble", kernel.assemble, cfg, sets, store, candidates, progress=progress)
-    selection = steps.run("select", select, cfg, kernels, budget, progress=progress)
+    excluded = None
+    if PROMPT_FREE in scored:
+        gains = prompt_gains(sets["pool"].samples.sample_ids, scored[PROMPT_FREE].samples.sample_ids, store)
+        excluded = low_prompt_gain(cfg.selection.min_prompt_gain, gains)
+    selection = steps.run("select", select, cfg, kernels, budget, excluded, progress=progress)
 
     pool = sets["pool"].samples
     selected = [pool.sample_ids[i] for i in selection.indices]
@@ -150,7 +156,7 @@ def _dry_run(cfg: DeliftConfig, out: RunDir, progress: bool, tokens_per_s: Optio
     stages.budget_count(cfg.budget, len(sets["pool"].samples))
     store = open_store(cfg)
     candidates = kernel.candidates(steps, cfg, sets, progress)
-    plan = steps.run("plan", kernel.plan, cfg, sets, store, candidates)
+    plan = steps.run("plan", kernel.plan, cfg, {**sets, **prompt_free_sets(cfg, sets, tokenizer)}, store, candidates)
     report = steps.run("estimate", dry_run_report, cfg, sets, plan, tokens_per_s)
     return DryRunResult(cfg.out, steps.stats("plan").as_dict(), steps.as_list(), report, sets, plan, candidates)
 

@@ -294,13 +294,18 @@ def plan_knn(
 
 def plan_baselines(plan: Plan, matrices: tuple[MatrixSpec, ...], ids: dict[str, list[str]], index: IdIndex,
                    stored_baselines, baseline_chunk: int) -> None:
-    """Baseline chunks for every helped sample (each id once), vectorised."""
+    """Baseline chunks for every helped sample (each id once), vectorised.
+
+    A set that no matrix names (in ``ids`` only) is baseline-only: its samples get
+    baselines and no pairs (the prompt-free copies of ``selection.min_prompt_gain``).
+    """
     seen = np.zeros(index.size, dtype=bool)
     stored = np.zeros(index.size, dtype=bool)
     if len(stored_baselines):
         g = index.lookup(pa.array(list(stored_baselines), pa.string()))
         stored[g[g >= 0]] = True
-    for set_name in dict.fromkeys(m.helped for m in matrices):
+    named = {s for m in matrices for s in (m.helped, m.example)}
+    for set_name in dict.fromkeys([m.helped for m in matrices] + [n for n in ids if n not in named]):
         g = index.gidx[set_name]
         # first occurrence of each id within the set, not seen in an earlier set
         _, first = np.unique(g, return_index=True)

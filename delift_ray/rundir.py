@@ -118,6 +118,7 @@ class RunCounts:
     embeddings_reused: Optional[int] = None
     embedding_backend: Optional[str] = None
     kernel_nnz: Optional[dict[str, int]] = None
+    excluded_low_prompt_gain: Optional[int] = None  # selection.min_prompt_gain's exclusions
 
     @classmethod
     def from_steps(cls, ingest, plan, score, select, embed=None, assemble=None) -> "RunCounts":
@@ -126,7 +127,7 @@ class RunCounts:
                 rows_read=dict(ingest.rows_read), skipped=dict(ingest.skipped),
                 pairs_total=plan.pairs_total, pairs_reused=plan.pairs_reused, baselines_total=plan.baselines_total,
                 baselines_scored=plan.baselines_to_score, baselines_reused=plan.baselines_reused,
-                selected=select.selected)
+                selected=select.selected, excluded_low_prompt_gain=select.excluded)
         for name in ("pairs_scored", "pairs_missing", "pairs_redone", "block_retries", "rescored",
                      "cached_prompt_tokens", "logprob_paths", "dtypes", "failed_blocks", "actor_deaths",
                      "node_losses", "blocks_requeued"):

@@ -91,3 +91,33 @@ def test_evaluate_with_variants_baselines_and_statistics(scored_run, capsys):
         assert math.isclose(c["delta"], rows["random"]["mean"]["nll"] - rows[c["selection"]]["mean"]["nll"], abs_tol=1e-9)
     md = (d / "run" / "eval" / "report.md").read_text()
     assert "Against random" in md and "drop-clip" in md
+
+
+def test_min_prompt_gain_on_a_real_run(scored_run):
+    from delift_ray.evaluate.arms import Variant, delift_variant, run_store
+    from delift_ray.evaluate.inputs import load_run
+    from delift_ray.steps.ingest import prompt_free_id
+    from delift_ray.steps.select import prompt_gains
+
+    d, cfg, res = scored_run
+    # A threshold below every gain: the prompt-free baselines are scored (12), nothing else, nothing excluded.
+    low = run({**cfg, "out": str(d / "run-pg-low"), "cache": str(d / "run"), "selection": {"min_prompt_gain": -1e9}},
+              progress=False)
+    assert (low.counts["pairs_scored"], low.counts["baselines_scored"]) == (0, 12)
+    assert low.counts["excluded_low_prompt_gain"] == 0 and low.selected_ids == res.selected_ids
+    r = load_run(d / "run")
+    gains = prompt_gains(r.pool.sample_ids, [prompt_free_id(x) for x in r.pool.responses], run_store(r))
+    assert np.isfinite(gains).all() and len(set(gains.tolist())) == 12
+    thr = float(np.sort(gains)[6])  # the six lowest gains fall below it
+    excluded = {s for s, g in zip(r.pool.sample_ids, gains) if g < thr}
+    cut = run({**cfg, "out": str(d / "run-pg"), "cache": str(d / "run"), "selection": {"min_prompt_gain": thr}},
+              progress=False)
+    assert (cut.counts["pairs_scored"], cut.counts["baselines_scored"]) == (0, 0)
+    assert cut.counts["excluded_low_prompt_gain"] == len(excluded) == 6
+    assert not excluded & set(cut.selected_ids) and len(cut.selected_ids) == 4
+    if excluded & set(res.selected_ids):
+        assert cut.selected_ids != res.selected_ids
+    # evaluate's re-selection from the shards applies the run's exclusion as the job did.
+    rc = load_run(d / "run-pg")
+    where = {sid: i for i, sid in enumerate(rc.pool.sample_ids)}
+    assert delift_variant(rc, Variant("keep", "minmax"), 4, run_store(rc)) == [where[s] for s in cut.selected_ids]

@@ -137,10 +137,21 @@ def delift_variant(run: RunData, variant: Variant, budget: int, store=None,
         M = finish_dense(M.copy(), _ids(run, m.helped), _ids(run, m.example),
                          diagonal=variant.diagonal, scaling=variant.scaling)
         kernels[m.name] = np.ascontiguousarray(M.T) if m.transpose else M
-    # stages.select reads only cfg.selection (eta, nu, stop_if_zero_gain).
+    # stages.select reads only cfg.selection (eta, nu, stop_if_zero_gain, min_prompt_gain).
     cfg = SimpleNamespace(selection=SelectionConfig(**((run.config or {}).get("selection") or {})))
-    idx, _ = stages.select(run.stage, kernels, budget, cfg)
+    idx, _ = stages.select(run.stage, kernels, budget, cfg, excluded=prompt_gain_exclusions(run, cfg.selection, store))
     return [int(i) for i in idx]
+
+
+def prompt_gain_exclusions(run: RunData, selection, store) -> Optional[np.ndarray]:
+    """The pool samples the run's ``selection.min_prompt_gain`` excludes, from its stored baselines."""
+    if selection.min_prompt_gain is None:
+        return None
+    from delift_ray.steps.ingest import prompt_free_id
+    from delift_ray.steps.select import low_prompt_gain, prompt_gains
+
+    free = [prompt_free_id(r) for r in run.pool.responses]
+    return low_prompt_gain(selection.min_prompt_gain, prompt_gains(run.pool.sample_ids, free, store))
 
 
 def raw_matrices(run: RunData, store=None) -> dict[str, np.ndarray]:

@@ -9,7 +9,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from delift_ray.config import DeliftConfig
-from delift_ray.data import SampleSet, load_samples, too_long_rows
+from delift_ray.data import SampleSet, load_samples, sample_id, too_long_rows
 from delift_ray.errors import DeliftError
 from delift_ray.prompts import TOO_LONG, TokenizedSet, take, template_head_length, tokenize_set
 from delift_ray.steps.base import StepStats
@@ -102,3 +102,30 @@ def ingest(cfg: DeliftConfig, tokenizer, progress: bool = False) -> tuple[dict[s
         skipped.update(kept.skipped)
     stats.skipped = dict(skipped)
     return sets, stats
+
+
+# The baseline-only set of ``selection.min_prompt_gain``: every pool sample with its prompt left empty.
+PROMPT_FREE = "prompt_free"
+
+
+def prompt_free_id(response: str) -> str:
+    """The sample id of a response after an empty prompt."""
+    return sample_id("", response)
+
+
+def prompt_free_sets(cfg: DeliftConfig, sets: dict[str, IngestedSet], tokenizer) -> dict[str, IngestedSet]:
+    """{PROMPT_FREE: the pool's responses after an empty prompt} when ``selection.min_prompt_gain``
+    is set, else {}. Scored for their baselines only: d(r_i | empty prompt) beside d(r_i | p_i).
+
+    Position k is pool sample k; a prompt-free copy is never longer than its sample, so all fit.
+    """
+    if cfg.selection.min_prompt_gain is None:
+        return {}
+    pool = sets["pool"].samples
+    empty = [""] * len(pool)
+    free = SampleSet(PROMPT_FREE, sample_ids=[prompt_free_id(r) for r in pool.responses], rows=list(pool.rows),
+                     prompts=empty, responses=list(pool.responses), originals=list(pool.originals),
+                     copies=list(pool.copies), rows_read=pool.rows_read)
+    tok = tokenize_set(tokenizer, empty, free.responses, cfg.templates, progress=False)
+    return {PROMPT_FREE: IngestedSet(free, tok, free.subset([]))}
+
