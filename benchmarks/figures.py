@@ -223,6 +223,10 @@ def _noise_probe(r: dict, doc: dict) -> Cells:
            + (f" ({num(1 - best[1], 3)} for the opposite ranking)" if best[1] < 0.5 else ""))
     if "pmi" in r:
         fig += f"; low prompt-response PMI (one more pass per sample): AUROC {num(r['pmi']['auroc_low_pmi'], 3)}"
+    if "min_prompt_gain" in r:
+        pg = r["min_prompt_gain"]
+        fig += (f"; selection.min_prompt_gain: AUROC {num(pg['auroc_low_gain'], 3)}, swapped share "
+                + ", ".join(f"{_pct(v['swapped_share'])} at {k}" for k, v in pg["runs"].items()))
     return [(f"noise probe, {r['n']} pool samples, {r['swapped']} with swapped responses", fig)]
 
 

@@ -16,7 +16,11 @@ a seeded half among themselves (a derangement), scores the pool densely with
   no more likely under its prompt than without one, so its PMI is near 0;
 * the share of swapped samples left in DELIFT's subset when the most suspect quarter or
   half of the pool (by self-utility, the best stored signal, and by low PMI) may not be
-  picked (their kernel columns set to 0).
+  picked (their kernel columns set to 0);
+* the job's own option for it, ``selection.min_prompt_gain`` (d(r | empty prompt) -
+  d(r | prompt) in the utility's distance, from one more baseline per sample): the
+  gain's AUROC, and, from ``delift-ray select`` runs over the same cache at each threshold
+  of ``--min-prompt-gains`` and each budget, the samples excluded and the swapped share.
 
     PYTHONPATH=$PWD .venv/bin/python benchmarks/noise_probe.py --n 48
 """
@@ -54,6 +58,7 @@ def main(argv=None) -> int:
                    help="Shard cache, shared with benchmarks/quality_study.py.")
     p.add_argument("--budgets", default="0.15,0.3")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--min-prompt-gains", default="0,0.01,0.02", help="selection.min_prompt_gain values to run.")
     args = p.parse_args(argv)
     work = Path(args.work)
     meta = json.loads((work / "data.json").read_text())
@@ -73,7 +78,7 @@ def main(argv=None) -> int:
     cmd = [sys.executable, "-c", PATIENT_RAY_CLI, "select", "--data", str(data), "--model", meta["model"],
            "--out", str(out / "run"), "--cache", args.cache, "--budget", "0.3",
            "--engine.dtype", "float32", "--engine.max-model-len", "512", "--engine.kv-cache-space-gib", "1",
-           "--scoring.block-size", "16"]
+           "--scoring.block-size", "16", "--overwrite"]
     t0 = time.time()
     subprocess.run(cmd, check=True)
     wall = time.time() - t0
@@ -106,11 +111,46 @@ def main(argv=None) -> int:
         "swapped_share": shares,
         "noise_signal_auroc": noise_signals(uf, d, is_swapped),
         **prior_signal(run, meta["model"], uf, is_swapped, args.budgets),
+        "min_prompt_gain": job_prompt_gain(cmd, out, is_swapped, run.pool.sample_ids, args),
         "counts": json.loads((out / "run" / "run.json").read_text())["counts"],
     }
     write_result("noise_probe", res)
     print(json.dumps(res, indent=2))
     return 0
+
+
+def job_prompt_gain(cmd: list[str], out: Path, is_swapped: np.ndarray, ids: list[str], args) -> dict:
+    """``delift-ray select`` with ``--selection.min-prompt-gain`` per threshold and budget (same cache)."""
+    from delift_ray.evaluate.arms import run_store
+    from delift_ray.evaluate.inputs import load_run
+    from delift_ray.steps.ingest import prompt_free_id
+    from quality_report import auroc
+
+    swapped = {s for s, w in zip(ids, is_swapped) if w}
+    res: dict = {"runs": {}}
+    for t in (float(x) for x in args.min_prompt_gains.split(",")):
+        for b in (float(x) for x in args.budgets.split(",")):
+            run_dir = out / f"pg-{t:g}-b{b:g}"
+            base = [c for c in cmd if c != str(out / "run")]
+            at = base.index("--out")
+            sel = base[:at] + ["--out", str(run_dir)] + base[at + 1:]
+            sel[sel.index("--budget") + 1] = str(b)
+            t0 = time.time()
+            subprocess.run(sel + [f"--selection.min-prompt-gain={t}"], check=True)
+            r = load_run(run_dir)
+            if "auroc_low_gain" not in res:
+                from delift_ray.steps.select import prompt_gains
+
+                g = prompt_gains(r.pool.sample_ids, [prompt_free_id(x) for x in r.pool.responses], run_store(r))
+                sw = np.array([s in swapped for s in r.pool.sample_ids])
+                res.update({"auroc_low_gain": round(auroc(-g, sw), 4), "gain_swapped": np.round(np.sort(g[sw]), 4).tolist(),
+                            "gain_intact": np.round(np.sort(g[~sw]), 4).tolist()})
+            counts = json.loads((run_dir / "run.json").read_text())["counts"]
+            res["runs"][f"{t:g} @ {int(round(100 * b))}%"] = {
+                "excluded": counts["excluded_low_prompt_gain"], "selected": len(r.selected),
+                "swapped_share": round(sum(r.pool.sample_ids[i] in swapped for i in r.selected) / len(r.selected), 3),
+                "baselines_scored": counts["baselines_scored"], "wall_s": round(time.time() - t0, 1)}
+    return res
 
 
 def prompt_free_pmi(model_dir: str, prompts: list[str], responses: list[str]) -> np.ndarray:
