@@ -211,6 +211,23 @@ def test_knn_job_end_to_end_and_resume(ray_cluster, tiny_model_dir, tmp_path):
     assert again.counts["embedded"] == 0 and again.counts["embeddings_reused"] == 16
     assert again.selected_ids == r.selected_ids
 
+    # selection.min_prompt_gain on the sparse kernel: prompt-free baselines only, never embedded or paired.
+    from delift_ray.storage import ShardStore
+    from delift_ray.steps.ingest import prompt_free_id
+    from delift_ray.steps.select import prompt_gains
+
+    low = run({**cfg, "out": str(tmp_path / "pg-low"), "cache": r.out, "selection": {"min_prompt_gain": -1e9}}, progress=False)
+    assert (low.counts["pairs_scored"], low.counts["baselines_scored"], low.counts["embedded"]) == (0, 16, 0)
+    assert low.counts["excluded_low_prompt_gain"] == 0 and low.selected_ids == r.selected_ids
+    pool = [x for x in samples if x["set"] == "pool"]
+    gains = prompt_gains([x["sample_id"] for x in pool], [prompt_free_id(x["response"]) for x in pool],
+                         ShardStore(r.out, meta["model"]["fingerprint"]))
+    thr = float(np.sort(gains)[8])
+    excluded = {x["sample_id"] for x, g in zip(pool, gains) if g < thr}
+    cut = run({**cfg, "out": str(tmp_path / "pg"), "cache": r.out, "selection": {"min_prompt_gain": thr}}, progress=False)
+    assert cut.counts["excluded_low_prompt_gain"] == len(excluded) == 8 and cut.counts["baselines_scored"] == 0
+    assert len(cut.selected_ids) == 4 and not excluded & set(cut.selected_ids)
+
 
 # --------------------------------------------------------------------------- estimate
 
