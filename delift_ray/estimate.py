@@ -271,7 +271,11 @@ def plan_tokens(plan, lengths: dict[str, SetLengths], max_len: int, kv_block: in
 
 def dry_run_report(cfg: DeliftConfig, sets: dict, plan, tokens_per_s: float | None = None, *,
                    rate_source: str = "given") -> DryRunReport:
-    """The dry run's report from the ingested ``sets`` (name -> ScoredSet) and the job's ``plan``."""
+    """The dry run's report from the job's ``plan`` and every set it scores (name -> ScoredSet).
+
+    ``sets`` includes baseline-only sets (the prompt-free copies of ``selection.min_prompt_gain``):
+    their baselines are tokens to compute too.
+    """
     lengths = {n: set_lengths(s) for n, s in sets.items()}
     reuse = bool(cfg.scoring.prefix_reuse and cfg.engine.enable_prefix_caching)
     prompt, computed = plan_tokens(plan, lengths, cfg.engine.max_model_len - 1, cfg.engine.block_size or 128, reuse)

@@ -156,8 +156,9 @@ def _dry_run(cfg: DeliftConfig, out: RunDir, progress: bool, tokens_per_s: Optio
     stages.budget_count(cfg.budget, len(sets["pool"].samples))
     store = open_store(cfg)
     candidates = kernel.candidates(steps, cfg, sets, progress)
-    plan = steps.run("plan", kernel.plan, cfg, {**sets, **prompt_free_sets(cfg, sets, tokenizer)}, store, candidates)
-    report = steps.run("estimate", dry_run_report, cfg, sets, plan, tokens_per_s)
+    scored = {**sets, **prompt_free_sets(cfg, sets, tokenizer)}
+    plan = steps.run("plan", kernel.plan, cfg, scored, store, candidates)
+    report = steps.run("estimate", dry_run_report, cfg, scored, plan, tokens_per_s)
     return DryRunResult(cfg.out, steps.stats("plan").as_dict(), steps.as_list(), report, sets, plan, candidates)
 
 

@@ -82,3 +82,29 @@ def test_dry_run_without_a_rate_says_how_to_get_hours(ingested):
     n = len(ids["pool"])
     assert rep.pairs_to_score == n * n and rep.engine_hours is None
     assert "--tokens-per-s" in rep.format()
+
+
+def test_dry_run_counts_the_prompt_free_baselines_of_min_prompt_gain(ingested, tmp_path):
+    """selection.min_prompt_gain adds one baseline per pool sample with an empty prompt: the dry
+    run plans and prices them (it raised KeyError on the baseline-only set before)."""
+    from transformers import AutoTokenizer
+
+    from delift_ray import job
+    from delift_ray.prompts import baseline_sequence
+    from delift_ray.steps.ingest import PROMPT_FREE, prompt_free_sets
+
+    cfg, sets, eos = ingested
+    dense = {**cfg.model_dump(mode="json"), "out": str(tmp_path / "o"), "cache": str(tmp_path / "c"),
+             "kernel": {**cfg.kernel.model_dump(mode="json"), "type": "dense"}}
+    gated_cfg = job.coerce_config({**dense, "selection": {**dense["selection"], "min_prompt_gain": 0.0}})
+    plain = job.run(dense, dry_run=True, progress=False)
+    gated = job.run(gated_cfg, dry_run=True, progress=False)
+    n = len(sets["pool"].samples)
+    assert (plain.report.baselines_total, gated.report.baselines_total) == (n, 2 * n)
+    assert gated.report.pairs_total == plain.report.pairs_total == n * n
+    free = prompt_free_sets(gated_cfg, sets, AutoTokenizer.from_pretrained(gated_cfg.model))[PROMPT_FREE]
+    extra = sum(len(baseline_sequence(free.tokens, i, eos)[0]) for i in range(n))
+    assert extra > 0
+    assert gated.report.prompt_tokens - plain.report.prompt_tokens == extra
+    assert gated.report.computed_tokens - plain.report.computed_tokens == extra
+    assert gated.report.samples == {"pool": n, PROMPT_FREE: n}
