@@ -142,7 +142,8 @@ def summarise(units: dict[str, dict], *, args: dict, meta: dict, total: int) -> 
         machine = this_machine()
     summary = {
         "design": {k: args.get(k) for k in ("n_pool", "n_eval", "max_tokens", "budgets", "randoms", "train_seeds",
-                                           "variants", "steps", "batch_size", "lr", "max_length", "dtype", "noise_share")},
+                                           "variants", "steps", "batch_size", "lr", "max_length", "dtype", "noise_share",
+                                           "min_prompt_gain")},
         "statistics": {"primary_metric": "held-out response NLL (nats/token, mean over items)", "alpha": ALPHA,
                        "equivalence_bound_sd": EQ_BOUND_SD, "bootstrap_resamples": RESAMPLES,
                        "holm_family": "every arm x budget of one pool"},
@@ -312,7 +313,12 @@ def write_docs(summary: dict, docs: Path) -> Path:
           f"* Budgets: {', '.join(f'{100 * float(b):g}%' for b in str(d['budgets']).split(','))} of the pool. Random subsets: {d['randoms']} per budget (subset r drawn and trained with seed r). "
           f"Deterministic arms: {d['train_seeds']} training seeds each.",
           f"* Arms: DELIFT (facility location) with kernel variants `{d['variants']}` (`kernel.diagonal`-`kernel.scaling`), "
-          "`self_utility` (top k by UF(i <- i)), `hardness` (top k by d(i, no example)), random.",
+          "`self_utility` (top k by UF(i <- i)), `hardness` (top k by d(i, no example)), random"
+          + (f", and `delift:min-prompt-gain-{d['min_prompt_gain']:g}`: the job's default selection "
+             f"(`delift-ray select`) with `selection.min_prompt_gain: {d['min_prompt_gain']:g}`, so a sample "
+             "its own prompt barely helps is never picked (the value the noise probe below pointed to; the "
+             "probe's 48 samples are the first 48 of this pool, with another swap)"
+             if d.get("min_prompt_gain") is not None else "") + ".",
           f"* Training: LoRA (r 8, alpha 32, all linear layers), {d['steps']} optimiser steps of batch {d['batch_size']} for "
           f"every arm and budget, lr {d['lr']}, sequences cut to {d['max_length']} tokens, {d['dtype']}.",
           f"* Primary metric, fixed before the runs: {st['primary_metric']}.",

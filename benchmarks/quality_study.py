@@ -13,7 +13,8 @@ Units, in the order they run (most informative first); each is stored as JSON un
 2. ``eval-initial``: held-out NLL of the untuned model;
 3. clean pool, budget 15%: the DELIFT kernel variants and the random subsets interleaved
    (variants seed 0, random 0-6, variants seed 1, ...), then the baselines
-   (self_utility, hardness); then the same at 5%;
+   (self_utility, hardness), then the job's selection with ``selection.min_prompt_gain``
+   (``--min-prompt-gain``, a ``delift-ray select`` run over the same cache); then the same at 5%;
 4. ``score-noisy``, then the noisy pool at 15% and 5%.
 
 A training unit fine-tunes the demo model with LoRA (delift_ray.evaluate.training.fine_tune,
@@ -40,6 +41,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Optional
 
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")
@@ -134,28 +136,33 @@ class Units:
         return out
 
 
-def score_unit(units: Units, name: str, args, work: Path, data: Path, meta: dict) -> None:
-    """``delift-ray select`` over a pool (dense); its utilities are also stored as .npz."""
-    if units.done(name):
-        return
-    out = work / name
+def select_run(out: Path, data: Path, budget: float, args, meta: dict, *extra: str) -> dict:
+    """``delift-ray select`` (dense, the CLI users run) into ``out``; returns its run.json."""
     cmd = [sys.executable, "-c", PATIENT_RAY_CLI, "select", "--data", str(data), "--model", meta["model"],
-           "--out", str(out), "--cache", args.cache, "--stage", "instruction", "--budget", "0.15",
+           "--out", str(out), "--cache", args.cache, "--stage", "instruction", "--budget", str(budget),
            "--engine.dtype", args.score_dtype, "--engine.max-model-len", "512", "--engine.max-num-batched-tokens", "4096",
-           "--engine.kv-cache-space-gib", "1", "--scoring.block-size", str(args.block_size)]
-    log(f"{name}: delift-ray {' '.join(cmd[3:])}")
-    t0 = time.time()
+           "--engine.kv-cache-space-gib", "1", "--scoring.block-size", str(args.block_size), *extra]
+    log(f"{out.name}: delift-ray {' '.join(cmd[3:])}")
     # A re-run resumes from the stored shards. On a loaded machine at nice 19 the embedded
     # Ray node can miss its fixed 30 s start-up window, so a failed attempt is retried.
     for attempt in range(1, args.score_attempts + 1):
         if subprocess.run(cmd).returncode == 0:
             break
         if attempt == args.score_attempts:
-            raise SystemExit(f"{name}: delift-ray select failed {attempt} times; re-run to resume")
-        log(f"{name}: attempt {attempt} failed; retrying in 60 s (stored shards are kept)")
+            raise SystemExit(f"{out.name}: delift-ray select failed {attempt} times; re-run to resume")
+        log(f"{out.name}: attempt {attempt} failed; retrying in 60 s (stored shards are kept)")
         time.sleep(60)
+    return json.loads((out / "run.json").read_text())
+
+
+def score_unit(units: Units, name: str, args, work: Path, data: Path, meta: dict) -> None:
+    """The pool's dense utilities (``delift-ray select``), also stored as .npz."""
+    if units.done(name):
+        return
+    out = work / name
+    t0 = time.time()
+    run_json = select_run(out, data, 0.15, args, meta)
     wall = time.time() - t0
-    run_json = json.loads((out / "run.json").read_text())
     from delift_ray.evaluate.arms import baseline_distances, raw_matrix, run_store
     from delift_ray.evaluate.inputs import load_run
 
@@ -167,6 +174,23 @@ def score_unit(units: Units, name: str, args, work: Path, data: Path, meta: dict
     units.save(name, {"counts": run_json["counts"], "timings": run_json["timings"], "wall_s": round(wall, 1),
                       "n_pool": len(run.pool), "run_dir": str(out)})
     log(f"{name}: done in {wall:.0f} s ({run_json['timings'].get('pairs_per_s')} pairs/s)")
+
+
+def prompt_gain_subset(pool: str, budget: float, args, work: Path, meta: dict, pool_ids: list[str]) -> list[int]:
+    """The job's own selection with ``selection.min_prompt_gain`` (pool indices, pick order).
+
+    A run over the scoring run's cache: only the pool's prompt-free baselines are new.
+    """
+    from delift_ray.evaluate.inputs import load_run
+
+    out = work / f"select-{pool}-b{int(round(budget * 100)):02d}-mpg{args.min_prompt_gain:g}"
+    if not (out / "run.json").exists():
+        data = work / ("pool.jsonl" if pool == "clean" else "noisy_pool.jsonl")
+        select_run(out, data, budget, args, meta, f"--selection.min-prompt-gain={args.min_prompt_gain}")
+    run = load_run(out)
+    if run.pool.sample_ids != pool_ids:
+        raise SystemExit(f"{out}: its pool is not the scoring run's pool")
+    return run.selected
 
 
 # ``delift-ray select`` with a longer Ray start-up window. Ray 2.60 gives a new local node 30 s
@@ -244,8 +268,13 @@ def random_subset(n: int, k: int, r: int) -> list[int]:
     return sorted(int(i) for i in np.random.default_rng(r).choice(n, size=k, replace=False))
 
 
+def prompt_gain_arm(args) -> Optional[str]:
+    return None if args.min_prompt_gain is None else f"delift:min-prompt-gain-{args.min_prompt_gain:g}"
+
+
 def plan_arms(pool: str, budget: float, args) -> list[tuple[str, int]]:
-    """(arm, seed) in run order: variants and random interleaved, then the baselines."""
+    """(arm, seed) in run order: variants and random interleaved, then the baselines, then
+    the default kernel with ``selection.min_prompt_gain``."""
     variants = [f"delift:{v}" for v in args.variants.split(",") if v]
     seeds = list(range(args.train_seeds))
     R = args.randoms
@@ -254,6 +283,8 @@ def plan_arms(pool: str, budget: float, args) -> list[tuple[str, int]]:
     for s, chunk in zip(seeds, chunks):
         order += [(v, s) for v in variants] + [("random", int(r)) for r in chunk]
     order += [(b, s) for s in seeds for b in BASELINES]
+    if prompt_gain_arm(args):
+        order += [(prompt_gain_arm(args), s) for s in seeds]
     return order
 
 
@@ -274,6 +305,8 @@ def run_pool(units: Units, trainer, pool: str, args, work: Path, meta: dict, bud
         if not todo:
             continue
         subsets = arm_subsets(run, k, parse_variants(args.variants), BASELINES)
+        if prompt_gain_arm(args):
+            subsets[prompt_gain_arm(args)] = prompt_gain_subset(pool, budget, args, work, meta, run.pool.sample_ids)
         for arm, seed in todo:
             name = unit_name(pool, budget, arm, seed)
             idx = random_subset(n, k, seed) if arm == "random" else subsets[arm]
@@ -309,7 +342,7 @@ def write_summary(units: Units, args, meta: dict) -> dict:
 # --------------------------------------------------------------------------- main
 
 
-def main(argv=None) -> int:
+def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--work", default=str(ROOT / "runs" / "quality_study"), help="Run dirs and the shard cache (not committed).")
     p.add_argument("--results", default=str(ROOT / "benchmarks" / "results" / "quality"), help="Unit JSON (committed).")
@@ -324,6 +357,9 @@ def main(argv=None) -> int:
     p.add_argument("--randoms", type=int, default=20)
     p.add_argument("--train-seeds", type=int, default=3)
     p.add_argument("--variants", default=VARIANTS)
+    p.add_argument("--min-prompt-gain", type=lambda v: None if v.lower() == "none" else float(v), default=0.01,
+                   help="One more arm: the job's default selection with selection.min_prompt_gain at this value "
+                        "(none: no such arm). 0.01 is the value the noise probe pointed to.")
     p.add_argument("--steps", type=int, default=18, help="Optimiser steps of every training run (all arms, all budgets).")
     p.add_argument("--batch-size", type=int, default=4)
     p.add_argument("--lr", type=float, default=3e-4)
@@ -340,7 +376,11 @@ def main(argv=None) -> int:
     p.add_argument("--no-noisy", action="store_true", help="Skip the noisy-pool half.")
     p.add_argument("--stop-after-scoring", action="store_true")
     p.add_argument("--report", action="store_true", help="Only rewrite the summary JSON and docs/quality.md.")
-    args = p.parse_args(argv)
+    return p
+
+
+def main(argv=None) -> int:
+    args = parser().parse_args(argv)
     work, results = Path(args.work), Path(args.results)
     units = Units(results)
     budgets = [float(b) for b in args.budgets.split(",")]
