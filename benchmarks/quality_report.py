@@ -85,6 +85,18 @@ def _group(units: dict[str, dict]):
     return train, other
 
 
+def noisy_selections(sel: dict | None) -> dict | None:
+    """Budget -> the share of swapped samples in each arm's subset of the noisy pool (no training)."""
+    if not sel:
+        return None
+    out = {}
+    for b, v in sel["budgets"].items():
+        r = np.array(v["random_swapped_share"] or [np.nan])
+        out[b] = {"k": v["k"], "arms": v["swapped_share"],
+                  "random": {"mean": float(r.mean()), "min": float(r.min()), "max": float(r.max()), "n": int(r.size)}}
+    return out
+
+
 def summarise(units: dict[str, dict], *, args: dict, meta: dict, total: int) -> dict:
     train, other = _group(units)
     rows: list[dict] = []
@@ -129,8 +141,9 @@ def summarise(units: dict[str, dict], *, args: dict, meta: dict, total: int) -> 
 
     done_train = sum(len(runs) for arms in train.values() for runs in arms.values())
     walls = [r["wall_s"] for arms in train.values() for runs in arms.values() for r in runs.values()]
-    n_done = done_train + sum(1 for k in other if k in ("score-clean", "score-noisy", "eval-initial"))
-    remaining_train = total - 3 - done_train
+    fixed = ("score-clean", "score-noisy", "selections-clean", "selections-noisy", "eval-initial")
+    n_done = done_train + sum(1 for k in other if k in fixed)
+    remaining_train = total - len(fixed) - done_train
     scoring = {k: other[k]["results"] for k in ("score-clean", "score-noisy") if k in other}
     eta_s = (float(np.mean(walls)) * remaining_train if walls else None)
     if eta_s is not None and "score-noisy" not in scoring and "score-clean" in scoring:
@@ -155,6 +168,7 @@ def summarise(units: dict[str, dict], *, args: dict, meta: dict, total: int) -> 
                         "pairs_scored": v["counts"].get("pairs_scored"), "pairs_reused": v["counts"].get("pairs_reused")}
                     for k, v in scoring.items()},
         "initial_nll": other.get("eval-initial", {}).get("results", {}).get("nll_mean"),
+        "noisy_selections": noisy_selections(other.get("selections-noisy", {}).get("results")),
         "machine": machine,
         "rows": rows,
         "variants_vs_keep_minmax": variants_vs_default,
@@ -356,6 +370,22 @@ def write_docs(summary: dict, docs: Path) -> Path:
     L += ["", "NLL: mean over held-out items and seeds (± sd over seeds; for random, sd over the random subsets). "
           "rank: 1 + the number of random subsets at least as good as the arm.", ""]
     vv = summary.get("variants_vs_keep_minmax") or []
+    ns = summary.get("noisy_selections")
+    L += ["## Noisy pool: which samples does each arm keep?", ""]
+    if ns:
+        budgets = list(ns)
+        L += [f"Share of swapped samples in each arm's subset of the noisy pool ({_pct(d['noise_share'])} swapped), "
+              "from the selections the training units train; no training needed. Random: mean [min, max] over "
+              f"its {ns[budgets[0]]['random']['n']} subsets.", "",
+              "| arm | " + " | ".join(f"{100 * float(b):g}% (k {ns[b]['k']})" for b in budgets) + " |",
+              "|---|" + "---|" * len(budgets)]
+        L.append("| random | " + " | ".join(f"{_pct(ns[b]['random']['mean'])} [{_pct(ns[b]['random']['min'])}, "
+                                            f"{_pct(ns[b]['random']['max'])}]" for b in budgets) + " |")
+        for arm in ns[budgets[0]]["arms"]:
+            L.append(f"| {arm} | " + " | ".join(_pct(ns[b]["arms"].get(arm)) for b in budgets) + " |")
+        L.append("")
+    else:
+        L += ["Not yet measured: the noisy pool's utilities are scored after the clean pool's first budget.", ""]
     L += ["## Which kernel? (section 5: defaults follow the evidence)", ""]
     if vv:
         L += ["Each variant against the current default `keep-minmax` (delta = NLL(keep-minmax) - NLL(variant), "
@@ -435,7 +465,7 @@ def write_docs(summary: dict, docs: Path) -> Path:
         for k, v in sorted(ns["auroc"].items(), key=lambda kv: -kv[1]):
             L.append(f"| {k} | {_f(v, 3)} |")
     else:
-        L.append("Not yet measured: the noisy pool's utilities are scored after the clean pool's training units.")
+        L.append("Not yet measured: the noisy pool's utilities are scored after the clean pool's first budget.")
     L += ["", STATIC_SECTIONS, "", "## Reproduce or resume", "", "```",
           "PYTHONPATH=$PWD OMP_WAIT_POLICY=PASSIVE nice -n 19 .venv/bin/python benchmarks/quality_study.py",
           "PYTHONPATH=$PWD .venv/bin/python benchmarks/quality_study.py --report   # only this page", "```", "",

@@ -292,32 +292,65 @@ def unit_name(pool: str, budget: float, arm: str, seed: int) -> str:
     return f"train-{pool}-b{int(round(budget * 100)):02d}-{arm.replace(':', '_')}-s{seed}"
 
 
-def run_pool(units: Units, trainer, pool: str, args, work: Path, meta: dict, budgets: list[float]) -> None:
+def selections_unit(units: Units, pool: str, args, work: Path, meta: dict, budgets: list[float]) -> dict:
+    """``selections-<pool>``: every arm's subset at every budget, stored before any training.
+
+    The training units train exactly these subsets. On the noisy pool each arm's share of
+    swapped samples is known here already, with no training (random: the shares of the
+    ``--randoms`` subsets the random units train).
+    """
+    name = f"selections-{pool}"
+    if units.done(name):
+        return units.load(name)
     from delift_ray.evaluate.arms import arm_subsets, parse_variants
     from delift_ray.evaluate.inputs import load_run
 
     run = load_run(work / f"score-{pool}")
     n = len(run.pool)
     swapped = set(meta["swapped_ids"]) if pool == "noisy" else set()
+
+    def share(idx):
+        return sum(run.pool.sample_ids[i] in swapped for i in idx) / len(idx) if pool == "noisy" else None
+
+    out: dict = {"pool": pool, "n": n, "sample_ids": run.pool.sample_ids, "budgets": {}}
     for budget in budgets:
         k = max(1, int(round(budget * n)))
-        todo = [(a, s) for a, s in plan_arms(pool, budget, args) if not units.done(unit_name(pool, budget, a, s))]
-        if not todo:
-            continue
-        subsets = arm_subsets(run, k, parse_variants(args.variants), BASELINES)
+        arms = arm_subsets(run, k, parse_variants(args.variants), BASELINES)
         if prompt_gain_arm(args):
-            subsets[prompt_gain_arm(args)] = prompt_gain_subset(pool, budget, args, work, meta, run.pool.sample_ids)
-        for arm, seed in todo:
-            name = unit_name(pool, budget, arm, seed)
-            idx = random_subset(n, k, seed) if arm == "random" else subsets[arm]
-            res = trainer.train_eval(run.pool.pairs(idx), seed)
-            ids = [run.pool.sample_ids[i] for i in idx]
-            res.update({"pool": pool, "budget": budget, "k": k, "arm": arm, "seed": seed, "subset": idx,
-                        "swapped_share": (sum(s in swapped for s in ids) / k) if pool == "noisy" else None,
-                        "load_avg_1m": round(os.getloadavg()[0], 2)})
-            units.save(name, res)
-            log(f"{name}: NLL {res['nll_mean']:.4f} (train {res['train_s']} s, eval {res['eval_s']} s)")
-            write_summary(units, args, meta)
+            arms[prompt_gain_arm(args)] = prompt_gain_subset(pool, budget, args, work, meta, run.pool.sample_ids)
+        randoms = [random_subset(n, k, r) for r in range(args.randoms)]
+        out["budgets"][f"{budget:g}"] = {
+            "k": k, "arms": arms, "swapped_share": {a: share(idx) for a, idx in arms.items()},
+            "random_swapped_share": [share(idx) for idx in randoms] if pool == "noisy" else None}
+    units.save(name, out)
+    log(f"{name}: stored the subsets of {len(out['budgets'])} budget(s)")
+    write_summary(units, args, meta)
+    return out
+
+
+def run_pool(units: Units, trainer, pool: str, args, work: Path, meta: dict, selections: dict, budget: float) -> None:
+    """Train and evaluate every (arm, seed) of one pool and budget not stored yet."""
+    from delift_ray.evaluate.inputs import load_run
+
+    run = load_run(work / f"score-{pool}")
+    ids = run.pool.sample_ids
+    if ids != selections["sample_ids"]:
+        raise SystemExit(f"selections-{pool} was stored for another pool; remove it to recompute")
+    sel = selections["budgets"][f"{budget:g}"]
+    k, n = sel["k"], len(ids)
+    swapped = set(meta["swapped_ids"]) if pool == "noisy" else set()
+    for arm, seed in plan_arms(pool, budget, args):
+        name = unit_name(pool, budget, arm, seed)
+        if units.done(name):
+            continue
+        idx = random_subset(n, k, seed) if arm == "random" else sel["arms"][arm]
+        res = trainer.train_eval(run.pool.pairs(idx), seed)
+        res.update({"pool": pool, "budget": budget, "k": k, "arm": arm, "seed": seed, "subset": idx,
+                    "swapped_share": (sum(ids[i] in swapped for i in idx) / k) if pool == "noisy" else None,
+                    "load_avg_1m": round(os.getloadavg()[0], 2)})
+        units.save(name, res)
+        log(f"{name}: NLL {res['nll_mean']:.4f} (train {res['train_s']} s, eval {res['eval_s']} s)")
+        write_summary(units, args, meta)
 
 
 # --------------------------------------------------------------------------- summary
@@ -325,7 +358,7 @@ def run_pool(units: Units, trainer, pool: str, args, work: Path, meta: dict, bud
 
 def total_units(args) -> int:
     per_budget = len(plan_arms("clean", 0.15, args))
-    return 2 + 1 + 2 * len(args.budgets.split(",")) * per_budget
+    return 2 + 2 + 1 + 2 * len(args.budgets.split(",")) * per_budget  # scoring, selections, eval-initial, training
 
 
 def write_summary(units: Units, args, meta: dict) -> dict:
@@ -397,10 +430,15 @@ def main(argv=None) -> int:
         res = trainer.initial()
         units.save("eval-initial", res)
         log(f"eval-initial: NLL {res['nll_mean']:.4f} ({res['wall_s']} s)")
-    run_pool(units, trainer, "clean", args, work, meta, budgets)
-    if not args.no_noisy:
-        score_unit(units, "score-noisy", args, work, work / "noisy_pool.jsonl", meta)
-        run_pool(units, trainer, "noisy", args, work, meta, budgets)
+    # Budget-major: the first budget of both pools gives both answers (does it beat random; does
+    # it keep wrong answers out) before the second budget starts.
+    pools = ["clean"] + ([] if args.no_noisy else ["noisy"])
+    for budget in budgets:
+        for pool in pools:
+            if pool == "noisy":
+                score_unit(units, "score-noisy", args, work, work / "noisy_pool.jsonl", meta)
+            selections = selections_unit(units, pool, args, work, meta, budgets)
+            run_pool(units, trainer, pool, args, work, meta, selections, budget)
     write_summary(units, args, meta)
     log("study complete")
     return 0
