@@ -230,6 +230,28 @@ def _noise_probe(r: dict, doc: dict) -> Cells:
     return [(f"noise probe, {r['n']} pool samples, {r['swapped']} with swapped responses", fig)]
 
 
+def _quality_study(r: dict, doc: dict) -> Cells:
+    # benchmarks/quality_study.py: the verdicts of the default kernel against random, or progress so far.
+    d, pr = r["design"], r["progress"]
+    what = (f"quality study: {d['n_pool']}-sample pool, {d['n_eval']} held-out, budgets "
+            + ", ".join(f"{100 * float(b):g}%" for b in str(d["budgets"]).split(",")) + f", {d['randoms']} random subsets")
+    verdicts = [f"{row['pool']} {100 * row['budget']:g}%: {row['comparison']['verdict']} (delta "
+                f"{num(row['comparison']['delta'], 4)} [{num(row['comparison']['ci_low'], 4)}, "
+                f"{num(row['comparison']['ci_high'], 4)}] nats)"
+                for row in r.get("rows", []) if row["arm"] == "delift:keep-minmax" and row.get("comparison")]
+    fig = ("DELIFT default vs random: " + "; ".join(verdicts)) if verdicts else "no verdict yet"
+    ns = r.get("noisy_selections")
+    if ns:
+        fig += "; swapped share on the noisy pool, default / " + ", ".join(
+            f"{a.split(':', 1)[-1]}" for a in ns[next(iter(ns))]["arms"] if "min-prompt-gain" in a) + " / random: " + ", ".join(
+            f"{_pct(v['arms']['delift:keep-minmax'])} / "
+            + " / ".join(_pct(x) for a, x in v["arms"].items() if "min-prompt-gain" in a)
+            + f" / {_pct(v['random']['mean'])} at {100 * float(b):g}%" for b, v in ns.items())
+    if pr["units_done"] < pr["units_total"]:
+        fig += f" (in progress: {pr['units_done']} of {pr['units_total']} units)"
+    return [(what, fig)]
+
+
 def _pct(x: float) -> str:
     return f"{100 * x:.0f}%"
 
@@ -247,6 +269,7 @@ ROWS: list[Row] = [
     Row("chaos", "reliability", _chaos),
     Row("hostile_rows", "reliability", _hostile_rows),
     Row("noise_probe", "evaluation", _noise_probe),
+    Row("quality_study", "evaluation", _quality_study),
     # Fallbacks by topic for result files without a spec of their own yet.
     Row("scale*", "scale", lambda r, doc: _fallback(doc)),
     Row("dry_run*", "scale", lambda r, doc: _fallback(doc)),
