@@ -11,11 +11,14 @@ Units, in the order they run (most informative first); each is stored as JSON un
 
 1. ``score-clean``: ``delift-ray select`` on the clean pool (dense kernel, the CLI users run);
 2. ``eval-initial``: held-out NLL of the untuned model;
-3. clean pool, budget 15%: the DELIFT kernel variants and the random subsets interleaved
-   (variants seed 0, random 0-6, variants seed 1, ...), then the baselines
-   (self_utility, hardness), then the job's selection with ``selection.min_prompt_gain``
-   (``--min-prompt-gain``, a ``delift-ray select`` run over the same cache); then the same at 5%;
-4. ``score-noisy``, then the noisy pool at 15% and 5%.
+3. ``selections-clean``: every arm's subset at every budget, stored before any training;
+4. clean pool, first budget (15%): the DELIFT kernel variants and the random subsets interleaved
+   (variants seed 0, random 0-6, variants seed 1, ...), then the baselines (self_utility,
+   hardness), then the job's selection with ``selection.min_prompt_gain`` (``--min-prompt-gain``,
+   a ``delift-ray select`` run over the same cache);
+5. ``score-noisy`` and ``selections-noisy`` (each arm's share of swapped samples, no training
+   needed), then the noisy pool's first budget the same way;
+6. the second budget (5%), clean then noisy.
 
 A training unit fine-tunes the demo model with LoRA (delift_ray.evaluate.training.fine_tune,
 the same function ``delift-ray evaluate`` uses) for the same number of optimiser steps at
@@ -300,7 +303,7 @@ def selections_unit(units: Units, pool: str, args, work: Path, meta: dict, budge
     ``--randoms`` subsets the random units train).
     """
     name = f"selections-{pool}"
-    if units.done(name):
+    if units.done(name) and all(f"{b:g}" in units.load(name)["budgets"] for b in budgets):
         return units.load(name)
     from delift_ray.evaluate.arms import arm_subsets, parse_variants
     from delift_ray.evaluate.inputs import load_run
