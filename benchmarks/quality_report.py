@@ -163,7 +163,8 @@ def summarise(units: dict[str, dict], *, args: dict, meta: dict, total: int) -> 
         "progress": {"units_done": n_done, "units_total": total, "train_wall_s_mean": round(float(np.mean(walls)), 1) if walls else None,
                      "wall_s_total": round(sum(walls) + sum(s.get("wall_s", 0) for s in scoring.values())
                                            + other.get("eval-initial", {}).get("results", {}).get("wall_s", 0), 1),
-                     "eta_s": round(eta_s) if eta_s is not None else None},
+                     "eta_s": round(eta_s) if eta_s is not None else None,
+                     "eta_counts_scoring": "score-clean" in scoring},
         "scoring": {k: {"wall_s": v["wall_s"], "pairs_per_s": v["timings"].get("pairs_per_s"),
                         "pairs_scored": v["counts"].get("pairs_scored"), "pairs_reused": v["counts"].get("pairs_reused")}
                     for k, v in scoring.items()},
@@ -309,7 +310,9 @@ def write_docs(summary: dict, docs: Path) -> Path:
          "## Status", ""]
     complete = pr["units_done"] >= pr["units_total"]
     L.append(f"**{'Complete' if complete else 'In progress'}: {pr['units_done']} of {pr['units_total']} units stored.** "
-             + ("" if complete else (f"Estimated time to finish at the measured pace: {pr['eta_s'] / 3600:.1f} h. " if pr.get("eta_s") else ""))
+             + ("" if complete else (f"Estimated time to finish at the measured pace: {pr['eta_s'] / 3600:.1f} h"
+                                 + ("" if pr.get("eta_counts_scoring") else " of training, plus the scoring runs still to finish")
+                                 + ". " if pr.get("eta_s") else ""))
              + f"Compute so far: {pr['wall_s_total'] / 3600:.2f} h"
              + (f" (a training unit, fine-tuning plus held-out NLL, takes {pr['train_wall_s_mean']:.0f} s on average)" if pr.get("train_wall_s_mean") else "")
              + ".")
