@@ -276,6 +276,8 @@ def render_plot(summary: dict, path: Path) -> bool:
     groups = defaultdict(list)
     for r in summary["rows"]:
         groups[(r["pool"], r["budget"])].append(r)
+    # A panel needs at least one arm compared with random; an empty panel would read as "no effect".
+    groups = {k: rows for k, rows in groups.items() if any(r["arm"] != "random" and r.get("comparison") for r in rows)}
     if not groups:
         return False
     fig, axes = plt.subplots(1, len(groups), figsize=(5 * len(groups), 4), squeeze=False)
