@@ -242,11 +242,12 @@ def _quality_study(r: dict, doc: dict) -> Cells:
     fig = ("DELIFT default vs random: " + "; ".join(verdicts)) if verdicts else "no verdict yet"
     ns = r.get("noisy_selections")
     if ns:
-        fig += "; swapped share on the noisy pool, default / " + ", ".join(
-            f"{a.split(':', 1)[-1]}" for a in ns[next(iter(ns))]["arms"] if "min-prompt-gain" in a) + " / random: " + ", ".join(
-            f"{_pct(v['arms']['delift:keep-minmax'])} / "
-            + " / ".join(_pct(x) for a, x in v["arms"].items() if "min-prompt-gain" in a)
-            + f" / {_pct(v['random']['mean'])} at {100 * float(b):g}%" for b, v in ns.items())
+        gated = [a for a in next(iter(ns.values()))["arms"] if "min-prompt-gain" in a]
+        cols = ["delift:keep-minmax", *gated]
+        shares = [" / ".join([*(_pct(v["arms"][a]) for a in cols), _pct(v["random"]["mean"])]) + f" at {100 * float(b):g}%"
+                  for b, v in ns.items()]
+        fig += ("; swapped share on the noisy pool, " + " / ".join(["default", *(a.split(":", 1)[-1] for a in gated), "random"])
+                + ": " + ", ".join(shares))
     if pr["units_done"] < pr["units_total"]:
         fig += f" (in progress: {pr['units_done']} of {pr['units_total']} units)"
     return [(what, fig)]

@@ -295,6 +295,11 @@ def unit_name(pool: str, budget: float, arm: str, seed: int) -> str:
     return f"train-{pool}-b{int(round(budget * 100)):02d}-{arm.replace(':', '_')}-s{seed}"
 
 
+def swapped_share(ids: list[str], idx: list[int], swapped: set[str]) -> float:
+    """The share of a subset's samples whose responses were swapped (noisy pool)."""
+    return sum(ids[i] in swapped for i in idx) / len(idx)
+
+
 def selections_unit(units: Units, pool: str, args, work: Path, meta: dict, budgets: list[float]) -> dict:
     """``selections-<pool>``: every arm's subset at every budget, stored before any training.
 
@@ -303,8 +308,9 @@ def selections_unit(units: Units, pool: str, args, work: Path, meta: dict, budge
     ``--randoms`` subsets the random units train).
     """
     name = f"selections-{pool}"
-    if units.done(name) and all(f"{b:g}" in units.load(name)["budgets"] for b in budgets):
-        return units.load(name)
+    stored = units.load(name) if units.done(name) else None
+    if stored and all(f"{b:g}" in stored["budgets"] for b in budgets):
+        return stored
     from delift_ray.evaluate.arms import arm_subsets, parse_variants
     from delift_ray.evaluate.inputs import load_run
 
@@ -313,7 +319,7 @@ def selections_unit(units: Units, pool: str, args, work: Path, meta: dict, budge
     swapped = set(meta["swapped_ids"]) if pool == "noisy" else set()
 
     def share(idx):
-        return sum(run.pool.sample_ids[i] in swapped for i in idx) / len(idx) if pool == "noisy" else None
+        return swapped_share(run.pool.sample_ids, idx, swapped) if pool == "noisy" else None
 
     out: dict = {"pool": pool, "n": n, "sample_ids": run.pool.sample_ids, "budgets": {}}
     for budget in budgets:
@@ -349,7 +355,7 @@ def run_pool(units: Units, trainer, pool: str, args, work: Path, meta: dict, sel
         idx = random_subset(n, k, seed) if arm == "random" else sel["arms"][arm]
         res = trainer.train_eval(run.pool.pairs(idx), seed)
         res.update({"pool": pool, "budget": budget, "k": k, "arm": arm, "seed": seed, "subset": idx,
-                    "swapped_share": (sum(ids[i] in swapped for i in idx) / k) if pool == "noisy" else None,
+                    "swapped_share": swapped_share(ids, idx, swapped) if pool == "noisy" else None,
                     "load_avg_1m": round(os.getloadavg()[0], 2)})
         units.save(name, res)
         log(f"{name}: NLL {res['nll_mean']:.4f} (train {res['train_s']} s, eval {res['eval_s']} s)")
