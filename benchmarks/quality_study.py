@@ -327,6 +327,9 @@ def selections_unit(units: Units, pool: str, args, work: Path, meta: dict, budge
         arms = arm_subsets(run, k, parse_variants(args.variants), BASELINES)
         if prompt_gain_arm(args):
             arms[prompt_gain_arm(args)] = prompt_gain_subset(pool, budget, args, work, meta, run.pool.sample_ids)
+        short = {a: len(idx) for a, idx in arms.items() if len(idx) != k}
+        if short:  # every arm of a budget must train on the same number of samples
+            raise SystemExit(f"{name}: budget {budget:g} wants {k} samples per arm; got {short}")
         randoms = [random_subset(n, k, r) for r in range(args.randoms)]
         out["budgets"][f"{budget:g}"] = {
             "k": k, "arms": arms, "swapped_share": {a: share(idx) for a, idx in arms.items()},
