@@ -97,6 +97,21 @@ def noisy_selections(sel: dict | None) -> dict | None:
     return out
 
 
+def rank_overlaps(sel: dict | None) -> dict | None:
+    """Budget -> how many of each arm's k picks the two simplest rankings (``self_utility``,
+    ``hardness``) also pick, and what chance gives (k^2 / n). An arm that shares most of its
+    picks with one of them is, in effect, that ranking."""
+    if not sel:
+        return None
+    out = {}
+    for b, v in sel["budgets"].items():
+        ranks = {r: set(v["arms"][r]) for r in ("self_utility", "hardness") if r in v["arms"]}
+        out[b] = {"k": v["k"], "chance": v["k"] ** 2 / sel["n"],
+                  "arms": {a: {r: len(set(idx) & ranked) for r, ranked in ranks.items()}
+                           for a, idx in v["arms"].items() if a not in ranks}}
+    return out
+
+
 def summarise(units: dict[str, dict], *, args: dict, meta: dict, total: int) -> dict:
     train, other = _group(units)
     rows: list[dict] = []
@@ -170,6 +185,8 @@ def summarise(units: dict[str, dict], *, args: dict, meta: dict, total: int) -> 
                     for k, v in scoring.items()},
         "initial_nll": other.get("eval-initial", {}).get("results", {}).get("nll_mean"),
         "noisy_selections": noisy_selections(other.get("selections-noisy", {}).get("results")),
+        "rank_overlaps": {pool: ov for pool in ("clean", "noisy")
+                          if (ov := rank_overlaps(other.get(f"selections-{pool}", {}).get("results")))},
         "machine": machine,
         "rows": rows,
         "variants_vs_keep_minmax": variants_vs_default,
@@ -374,6 +391,19 @@ def write_docs(summary: dict, docs: Path) -> Path:
             L.append(f"| {r['pool']} | {b} | {r['arm']} | {r['seeds']} | {nll} | | | | | | {share} | |")
     L += ["", "NLL: mean over held-out items and seeds (± sd over seeds; for random, sd over the random subsets). "
           "rank: 1 + the number of random subsets at least as good as the arm.", ""]
+    ov = summary.get("rank_overlaps") or {}
+    if ov:
+        L += ["## Against the simplest rankings", "",
+              "How many of each arm's k picks the top k by self-utility UF(i <- i) (`self_utility`) and by "
+              "d(i, no example) (`hardness`) also pick; chance is k^2 / n. An arm that shares nearly all its picks "
+              "with one of them is that ranking, whatever its NLL.", "",
+              "| pool | budget | arm | shared with self_utility | shared with hardness | chance |", "|" + "---|" * 6]
+        for pool, per in ov.items():
+            for b, v in per.items():
+                for arm, sh in v["arms"].items():
+                    L.append(f"| {pool} | {100 * float(b):g}% | {arm} | {sh.get('self_utility', '')} of {v['k']} | "
+                             f"{sh.get('hardness', '')} of {v['k']} | {v['chance']:.1f} |")
+        L.append("")
     vv = summary.get("variants_vs_keep_minmax") or []
     ns = summary.get("noisy_selections")
     L += ["## Noisy pool: which samples does each arm keep?", ""]
