@@ -108,8 +108,17 @@ def rank_overlaps(sel: dict | None) -> dict | None:
         ranks = {r: set(v["arms"][r]) for r in ("self_utility", "hardness") if r in v["arms"]}
         out[b] = {"k": v["k"], "chance": v["k"] ** 2 / sel["n"],
                   "arms": {a: {r: len(set(idx) & ranked) for r, ranked in ranks.items()}
-                           for a, idx in v["arms"].items() if a not in ranks}}
+                           for a, idx in v["arms"].items() if a not in ranks},
+                  "same_subset": same_subsets(v["arms"])}
     return out
+
+
+def same_subsets(arms: dict[str, list[int]]) -> list[list[str]]:
+    """Groups of arms that picked the same set (in any order): the study trains such a set once per seed."""
+    groups: dict[frozenset, list[str]] = {}
+    for arm, idx in arms.items():
+        groups.setdefault(frozenset(idx), []).append(arm)
+    return [g for g in groups.values() if len(g) > 1]
 
 
 def summarise(units: dict[str, dict], *, args: dict, meta: dict, total: int) -> dict:
@@ -155,7 +164,7 @@ def summarise(units: dict[str, dict], *, args: dict, meta: dict, total: int) -> 
             row["comparison"] = row["comparison"].to_dict()
 
     done_train = sum(len(runs) for arms in train.values() for runs in arms.values())
-    walls = [r["wall_s"] for arms in train.values() for runs in arms.values() for r in runs.values()]
+    walls = [r["wall_s"] for arms in train.values() for runs in arms.values() for r in runs.values() if "wall_s" in r]
     fixed = ("score-clean", "score-noisy", "selections-clean", "selections-noisy", "eval-initial")
     n_done = done_train + sum(1 for k in other if k in fixed)
     remaining_train = total - len(fixed) - done_train
@@ -404,6 +413,14 @@ def write_docs(summary: dict, docs: Path) -> Path:
                     L.append(f"| {pool} | {100 * float(b):g}% | {arm} | {sh.get('self_utility', '')} of {v['k']} | "
                              f"{sh.get('hardness', '')} of {v['k']} | {v['chance']:.1f} |")
         L.append("")
+        same = [f"{pool} {100 * float(b):g}%: " + " = ".join(f"`{a}`" for a in g)
+                for pool, per in ov.items() for b, v in per.items() for g in v.get("same_subset", [])]
+        if same:
+            L += ["Arms that picked the same set (in another order) train the same model, so the study trains "
+                  "such a set once per seed and the others' units record `same_subset_as`: " + "; ".join(same) + ".",
+                  "Facility location is unchanged by an affine map of the kernel (Σ_i max_{j∈S} (a K_ij + b) = "
+                  "a f(S) + b n), and global min-max scaling is one; `clip` differs from it only in rows where no pick "
+                  "so far has UF > 0 (at the first pick, every row), so the two part only when such rows decide a pick.", ""]
     vv = summary.get("variants_vs_keep_minmax") or []
     ns = summary.get("noisy_selections")
     L += ["## Noisy pool: which samples does each arm keep?", ""]

@@ -355,14 +355,36 @@ def run_pool(units: Units, trainer, pool: str, args, work: Path, meta: dict, sel
         name = unit_name(pool, budget, arm, seed)
         if units.done(name):
             continue
-        idx = random_subset(n, k, seed) if arm == "random" else sel["arms"][arm]
-        res = trainer.train_eval(run.pool.pairs(idx), seed)
+        # Sorted: a training run is a function of the subset as a set and the seed, not of the
+        # greedy pick order, so two arms that pick the same set train the same model.
+        idx = random_subset(n, k, seed) if arm == "random" else sorted(sel["arms"][arm])
+        twin = trained_twin(units, pool, budget, seed, idx)
+        if twin:
+            res = {key: v for key, v in units.load(twin).items() if key in TWIN_KEYS}
+            res["same_subset_as"] = twin
+        else:
+            res = trainer.train_eval(run.pool.pairs(idx), seed)
+            res["load_avg_1m"] = round(os.getloadavg()[0], 2)
         res.update({"pool": pool, "budget": budget, "k": k, "arm": arm, "seed": seed, "subset": idx,
-                    "swapped_share": swapped_share(ids, idx, swapped) if pool == "noisy" else None,
-                    "load_avg_1m": round(os.getloadavg()[0], 2)})
+                    "swapped_share": swapped_share(ids, idx, swapped) if pool == "noisy" else None})
         units.save(name, res)
-        log(f"{name}: NLL {res['nll_mean']:.4f} (train {res['train_s']} s, eval {res['eval_s']} s)")
+        how = f"same subset and seed as {twin}, not retrained" if twin else f"train {res['train_s']} s, eval {res['eval_s']} s"
+        log(f"{name}: NLL {res['nll_mean']:.4f} ({how})")
         write_summary(units, args, meta)
+
+
+# A twin's unit carries the trained model's measurements, not its own compute.
+TWIN_KEYS = ("nll", "nll_mean", "train")
+
+
+def trained_twin(units: Units, pool: str, budget: float, seed: int, idx: list[int]) -> Optional[str]:
+    """A stored, actually trained unit of this pool, budget and seed with the same subset."""
+    for name, doc in units.all().items():
+        res = doc.get("results", {})
+        if (name.startswith("train-") and res.get("pool") == pool and res.get("budget") == budget
+                and res.get("seed") == seed and res.get("subset") == idx and "same_subset_as" not in res):
+            return name
+    return None
 
 
 # --------------------------------------------------------------------------- summary
