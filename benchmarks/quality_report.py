@@ -193,6 +193,8 @@ def summarise(units: dict[str, dict], *, args: dict, meta: dict, total: int) -> 
                         "pairs_scored": v["counts"].get("pairs_scored"), "pairs_reused": v["counts"].get("pairs_reused")}
                     for k, v in scoring.items()},
         "initial_nll": other.get("eval-initial", {}).get("results", {}).get("nll_mean"),
+        "rechecks": [{**doc["results"], "date": doc.get("date")} for name, doc in sorted(other.items())
+                     if name.startswith("recheck-")],
         "noisy_selections": noisy_selections(other.get("selections-noisy", {}).get("results")),
         "rank_overlaps": {pool: ov for pool in ("clean", "noisy")
                           if (ov := rank_overlaps(other.get(f"selections-{pool}", {}).get("results")))},
@@ -347,6 +349,11 @@ def write_docs(summary: dict, docs: Path) -> Path:
     L += ["", f"Machine: {m.get('cpu') or '?'}, {m.get('cpus') or '?'} CPUs, {m.get('memory_gib') or '?'} GiB, "
                f"accelerator: {m.get('accelerator') or 'none'}; the study runs at `nice 19`, so its wall "
                "times are upper bounds.", ""]
+    for rc in summary.get("rechecks") or []:
+        L.append(f"* Recheck ({(rc.get('date') or '')[:10]}, `--recheck {rc['unit']}`): trained again, the unit's "
+                 f"{rc['items']} held-out NLLs came out " + ("identical, bit for bit" if rc["identical"] else
+                 f"different (max |difference| {rc['max_abs_diff']:.3g}); arms with the same subset are then not "
+                 "exact twins") + ".")
     for k, v in summary.get("scoring", {}).items():
         L.append(f"* `{k}`: {v['pairs_scored']} pairs scored, {v['pairs_reused']} reused, {v['wall_s'] / 60:.0f} min "
                  f"({v['pairs_per_s']} pairs/s).")

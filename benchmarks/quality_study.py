@@ -373,6 +373,27 @@ def run_pool(units: Units, trainer, pool: str, args, work: Path, meta: dict, sel
         write_summary(units, args, meta)
 
 
+def recheck_unit(units: Units, trainer, name: str, work: Path) -> dict:
+    """``recheck-<name>``: train a stored unit's subset with its seed again and compare the
+    held-out NLLs item by item. Identical NLLs show that a unit is a function of (subset, seed)
+    alone in this environment, which is what lets an arm with a trained twin skip training."""
+    from delift_ray.evaluate.inputs import load_run
+
+    if not name.startswith("train-") or not units.done(name):
+        raise SystemExit(f"--recheck wants a stored training unit; {name!r} is not one")
+    stored = units.load(name)
+    if "same_subset_as" in stored:
+        raise SystemExit(f"{name} was not trained (same subset as {stored['same_subset_as']}); recheck that unit")
+    run = load_run(work / f"score-{stored['pool']}")
+    res = trainer.train_eval(run.pool.pairs(stored["subset"]), stored["seed"])
+    diff = np.abs(np.array(res["nll"]) - np.array(stored["nll"]))
+    out = {"unit": name, "items": int(diff.size), "max_abs_diff": float(diff.max()), "identical": bool(diff.max() == 0),
+           "nll_mean": res["nll_mean"], "stored_nll_mean": stored["nll_mean"], "wall_s": res["wall_s"]}
+    units.save(f"recheck-{name}", out)
+    log(f"recheck-{name}: max |NLL difference| {out['max_abs_diff']:.3g} over {out['items']} items")
+    return out
+
+
 # A twin's unit carries the trained model's measurements, not its own compute.
 TWIN_KEYS = ("nll", "nll_mean", "train")
 
@@ -443,6 +464,8 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--no-noisy", action="store_true", help="Skip the noisy-pool half.")
     p.add_argument("--stop-after-scoring", action="store_true")
     p.add_argument("--report", action="store_true", help="Only rewrite the summary JSON and docs/quality.md.")
+    p.add_argument("--recheck", metavar="UNIT", help="Only train a stored training unit again and store whether its "
+                                                    "held-out NLLs came out identical (recheck-UNIT).")
     return p
 
 
@@ -454,6 +477,9 @@ def main(argv=None) -> int:
     meta = prepare_data(work, args.n_pool, args.n_eval, args.max_tokens, args.noise_share, args.seed)
     if args.report:
         write_summary(units, args, meta)
+        return 0
+    if args.recheck:
+        recheck_unit(units, Trainer(args, meta, work), args.recheck, work)
         return 0
     log(f"pool {meta['n_pool']}, held-out {meta['n_eval']}; {len(units.all())} of {total_units(args)} units stored")
     score_unit(units, "score-clean", args, work, work / "pool.jsonl", meta)
