@@ -235,7 +235,8 @@ def _quality_study(r: dict, doc: dict) -> Cells:
     d, pr = r["design"], r["progress"]
     what = (f"quality study: {d['n_pool']}-sample pool, {d['n_eval']} held-out, budgets "
             + ", ".join(f"{100 * float(b):g}%" for b in str(d["budgets"]).split(",")) + f", {d['randoms']} random subsets")
-    verdicts = [f"{row['pool']} {100 * row['budget']:g}%: {row['comparison']['verdict']} (delta "
+    verdicts = [f"{row['pool']} {100 * row['budget']:g}%: {'interim, ' if row.get('interim') else ''}"
+                f"{row['comparison']['verdict']} (delta "
                 f"{num(row['comparison']['delta'], 4)} [{num(row['comparison']['ci_low'], 4)}, "
                 f"{num(row['comparison']['ci_high'], 4)}] nats)"
                 for row in r.get("rows", []) if row["arm"] == "delift:keep-minmax" and row.get("comparison")]

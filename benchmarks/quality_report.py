@@ -121,8 +121,13 @@ def same_subsets(arms: dict[str, list[int]]) -> list[list[str]]:
     return [g for g in groups.values() if len(g) > 1]
 
 
-def summarise(units: dict[str, dict], *, args: dict, meta: dict, total: int) -> dict:
+def summarise(units: dict[str, dict], *, args: dict, meta: dict, total: int, per_budget: int) -> dict:
+    """``per_budget``: the training units of one pool and budget in the design. A pool's verdicts
+    are interim until all of its units are in: Holm's family is every arm x budget of the pool."""
     train, other = _group(units)
+    budgets = [float(b) for b in str(args["budgets"]).split(",")]
+    final = {pool for pool in ("clean", "noisy")
+             if all(sum(len(runs) for runs in train.get((pool, b), {}).values()) >= per_budget for b in budgets)}
     rows: list[dict] = []
     families: dict[str, list] = defaultdict(list)
     for (pool, budget), arms in sorted(train.items(), key=lambda kv: (kv[0][0] != "clean", -kv[0][1])):
@@ -137,7 +142,8 @@ def summarise(units: dict[str, dict], *, args: dict, meta: dict, total: int) -> 
             runs = arms[arm]
             X = np.array([runs[s]["nll"] for s in sorted(runs)])
             share = [runs[s]["swapped_share"] for s in sorted(runs) if runs[s].get("swapped_share") is not None]
-            row = {"pool": pool, "budget": budget, "arm": arm, "seeds": len(runs), "nll": float(X.mean()),
+            row = {"pool": pool, "budget": budget, "arm": arm, "seeds": len(runs), "interim": pool not in final,
+                   "nll": float(X.mean()),
                    "nll_sd": float(X.mean(axis=1).std(ddof=1)) if len(X) > 1 else None,
                    "swapped_share": float(np.mean(share)) if share else None, "comparison": None}
             if Y is not None and len(Y) >= 2:
@@ -402,11 +408,13 @@ def write_docs(summary: dict, docs: Path) -> Path:
             L.append(f"| {r['pool']} | {b} | {r['arm']} | {r['seeds']} | {nll} | {_f(c['delta'])} [{_f(c['ci_low'])}, "
                      f"{_f(c['ci_high'])}] | {_f(c['z'], 2)} | {c['rank']} of {c['n_random'] + 1} | {_f(c['p_rank'], 3)} "
                      f"({_f(c['p_rank_holm'], 3)}) | {_f(c['p_boot'], 4)} ({_f(c['p_boot_holm'], 4)}) | {share} | "
-                     f"**{c['verdict']}** |")
+                     + (f"interim: {c['verdict']} |" if r.get("interim") else f"**{c['verdict']}** |"))
         else:
             L.append(f"| {r['pool']} | {b} | {r['arm']} | {r['seeds']} | {nll} | | | | | | {share} | |")
     L += ["", "NLL: mean over held-out items and seeds (± sd over seeds; for random, sd over the random subsets). "
-          "rank: 1 + the number of random subsets at least as good as the arm.", ""]
+          "rank: 1 + the number of random subsets at least as good as the arm. interim: the pool's units are not all "
+          "in (random subsets, seeds, or the other budget, which is in the same Holm family), so the numbers and the "
+          "verdict can still move; a verdict is final when it is shown in bold.", ""]
     ov = summary.get("rank_overlaps") or {}
     if ov:
         L += ["## Against the simplest rankings", "",

@@ -421,7 +421,8 @@ def write_summary(units: Units, args, meta: dict) -> dict:
     sys.path.insert(0, str(ROOT / "benchmarks"))
     from quality_report import summarise, write_docs
 
-    summary = summarise(units.all(), args=vars(args), meta=meta, total=total_units(args))
+    summary = summarise(units.all(), args=vars(args), meta=meta, total=total_units(args),
+                        per_budget=len(plan_arms("clean", 0.15, args)))
     write_result("quality_study", summary, command="python benchmarks/quality_study.py " + " ".join(sys.argv[1:]))
     write_docs(summary, ROOT / "docs")
     return summary
