@@ -97,15 +97,18 @@ def noisy_selections(sel: dict | None) -> dict | None:
     return out
 
 
+SIMPLE_RANKINGS = ("self_utility", "hardness", "example_utility")
+
+
 def rank_overlaps(sel: dict | None) -> dict | None:
-    """Budget -> how many of each arm's k picks the two simplest rankings (``self_utility``,
-    ``hardness``) also pick, and what chance gives (k^2 / n). An arm that shares most of its
+    """Budget -> how many of each arm's k picks the simplest rankings (``self_utility``,
+    ``hardness``, ``example_utility``) also pick, and what chance gives (k^2 / n). An arm that shares most of its
     picks with one of them is, in effect, that ranking."""
     if not sel:
         return None
     out = {}
     for b, v in sel["budgets"].items():
-        ranks = {r: set(v["arms"][r]) for r in ("self_utility", "hardness") if r in v["arms"]}
+        ranks = {r: set(v["arms"][r]) for r in SIMPLE_RANKINGS if r in v["arms"]}
         out[b] = {"k": v["k"], "chance": v["k"] ** 2 / sel["n"],
                   "arms": {a: {r: len(set(idx) & ranked) for r, ranked in ranks.items()}
                            for a, idx in v["arms"].items() if a not in ranks},
@@ -371,7 +374,9 @@ def write_docs(summary: dict, docs: Path) -> Path:
           f"* Budgets: {', '.join(f'{100 * float(b):g}%' for b in str(d['budgets']).split(','))} of the pool. Random subsets: {d['randoms']} per budget (subset r drawn and trained with seed r). "
           f"Deterministic arms: {d['train_seeds']} training seeds each.",
           f"* Arms: DELIFT (facility location) with kernel variants `{d['variants']}` (`kernel.diagonal`-`kernel.scaling`), "
-          "`self_utility` (top k by UF(i <- i)), `hardness` (top k by d(i, no example)), random"
+          "`self_utility` (top k by UF(i <- i)), `hardness` (top k by d(i, no example)), `example_utility` (top k by "
+          "the mean UF(i <- j) over i != j, how much j helps the others as an example: facility location's first-pick "
+          "score without the diagonal), random"
           + (f", and `delift:min-prompt-gain-{d['min_prompt_gain']:g}`: the job's default selection "
              f"(`delift-ray select`) with `selection.min_prompt_gain: {d['min_prompt_gain']:g}`, so a sample "
              "its own prompt barely helps is never picked (the value the noise probe below pointed to; the "
@@ -418,15 +423,17 @@ def write_docs(summary: dict, docs: Path) -> Path:
     ov = summary.get("rank_overlaps") or {}
     if ov:
         L += ["## Against the simplest rankings", "",
-              "How many of each arm's k picks the top k by self-utility UF(i <- i) (`self_utility`) and by "
-              "d(i, no example) (`hardness`) also pick; chance is k^2 / n. An arm that shares nearly all its picks "
-              "with one of them is that ranking, whatever its NLL.", "",
-              "| pool | budget | arm | shared with self_utility | shared with hardness | chance |", "|" + "---|" * 6]
+              "How many of each arm's k picks the top k by self-utility UF(i <- i) (`self_utility`), by "
+              "d(i, no example) (`hardness`) and by mean utility as an example (`example_utility`) also pick; chance "
+              "is k^2 / n. An arm that shares nearly all its picks with one of them is that ranking, whatever its NLL.", "",
+              "| pool | budget | arm | " + " | ".join(f"shared with {r}" for r in SIMPLE_RANKINGS) + " | chance |",
+              "|" + "---|" * (3 + len(SIMPLE_RANKINGS) + 1)]
         for pool, per in ov.items():
             for b, v in per.items():
                 for arm, sh in v["arms"].items():
-                    L.append(f"| {pool} | {100 * float(b):g}% | {arm} | {sh.get('self_utility', '')} of {v['k']} | "
-                             f"{sh.get('hardness', '')} of {v['k']} | {v['chance']:.1f} |")
+                    L.append(f"| {pool} | {100 * float(b):g}% | {arm} | "
+                             + " | ".join(f"{sh[r]} of {v['k']}" if r in sh else "" for r in SIMPLE_RANKINGS)
+                             + f" | {v['chance']:.1f} |")
         L.append("")
         same = [f"{pool} {100 * float(b):g}%: " + " = ".join(f"`{a}`" for a in g)
                 for pool, per in ov.items() for b, v in per.items() for g in v.get("same_subset", [])]
