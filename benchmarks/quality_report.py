@@ -124,16 +124,29 @@ def same_subsets(arms: dict[str, list[int]]) -> list[list[str]]:
     return [g for g in groups.values() if len(g) > 1]
 
 
-def summarise(units: dict[str, dict], *, args: dict, meta: dict, total: int, per_budget: int) -> dict:
-    """``per_budget``: the training units of one pool and budget in the design. A pool's verdicts
-    are interim until all of its units are in: Holm's family is every arm x budget of the pool."""
+def twin_arms(arms: dict[str, dict[int, dict]]) -> dict[str, str]:
+    """Arm -> the arm it copies: every one of its units was not trained because that arm's
+    unit of the same seed had the same subset (``same_subset_as``). Such an arm is the same
+    evidence, so it takes no separate place in Holm's family."""
+    arm_of = {r["_doc"]["benchmark"]: a for a, runs in arms.items() for r in runs.values()}
+    out = {}
+    for arm, runs in arms.items():
+        sources = {arm_of.get(r.get("same_subset_as")) for r in runs.values()}
+        if runs and len(sources) == 1 and None not in sources:
+            out[arm] = sources.pop()
+    return out
+
+
+def summarise(units: dict[str, dict], *, args: dict, meta: dict, total: int, planned: dict[str, list[str]]) -> dict:
+    """``planned``: pool -> the names of its training units in the design. A pool's verdicts are
+    interim until every one of them is stored: Holm's family is every arm x budget of the pool."""
     train, other = _group(units)
-    budgets = [float(b) for b in str(args["budgets"]).split(",")]
-    final = {pool for pool in ("clean", "noisy")
-             if all(sum(len(runs) for runs in train.get((pool, b), {}).values()) >= per_budget for b in budgets)}
+    final = {pool for pool, names in planned.items() if all(n in units for n in names)}
     rows: list[dict] = []
     families: dict[str, list] = defaultdict(list)
+    twin_rows = []
     for (pool, budget), arms in sorted(train.items(), key=lambda kv: (kv[0][0] != "clean", -kv[0][1])):
+        twins = twin_arms(arms)
         rand = arms.get("random", {})
         Y = np.array([rand[s]["nll"] for s in sorted(rand)]) if rand else None
         rshare = [rand[s]["swapped_share"] for s in sorted(rand) if rand[s].get("swapped_share") is not None]
@@ -149,13 +162,19 @@ def summarise(units: dict[str, dict], *, args: dict, meta: dict, total: int, per
                    "nll": float(X.mean()),
                    "nll_sd": float(X.mean(axis=1).std(ddof=1)) if len(X) > 1 else None,
                    "swapped_share": float(np.mean(share)) if share else None, "comparison": None}
-            if Y is not None and len(Y) >= 2:
+            if arm in twins:
+                row["same_subset_as"] = twins[arm]
+                twin_rows.append(row)
+            elif Y is not None and len(Y) >= 2:
                 c = compare(X, Y, resamples=RESAMPLES, seed=0)
                 row["comparison"] = c
                 families[pool].append(c)
             rows.append(row)
     for comps in families.values():
         decide(comps, alpha=ALPHA, eq_bound_sd=EQ_BOUND_SD)
+    for row in twin_rows:
+        row["comparison"] = next((r["comparison"] for r in rows if (r["pool"], r["budget"], r["arm"])
+                                  == (row["pool"], row["budget"], row["same_subset_as"])), None)
     variants_vs_default = []
     for (pool, budget), arms in train.items():
         ref = arms.get("delift:keep-minmax")
@@ -176,7 +195,12 @@ def summarise(units: dict[str, dict], *, args: dict, meta: dict, total: int, per
     walls = [r["wall_s"] for arms in train.values() for runs in arms.values() for r in runs.values() if "wall_s" in r]
     fixed = ("score-clean", "score-noisy", "selections-clean", "selections-noisy", "eval-initial")
     n_done = done_train + sum(1 for k in other if k in fixed)
-    remaining_train = total - len(fixed) - done_train
+    overlaps = {pool: ov for pool in ("clean", "noisy")
+                if (ov := rank_overlaps(other.get(f"selections-{pool}", {}).get("results")))}
+    # Units the study will copy from a twin instead of training.
+    twins_left = sum((len(g) - 1) * int(args["train_seeds"]) for per in overlaps.values() for v in per.values()
+                     for g in v["same_subset"]) - sum(1 for u in units.values() if "same_subset_as" in u["results"])
+    remaining_train = total - len(fixed) - done_train - twins_left
     scoring = {k: other[k]["results"] for k in ("score-clean", "score-noisy") if k in other}
     eta_s = (float(np.mean(walls)) * remaining_train if walls else None)
     if eta_s is not None and "score-noisy" not in scoring and "score-clean" in scoring:
@@ -205,8 +229,7 @@ def summarise(units: dict[str, dict], *, args: dict, meta: dict, total: int, per
         "rechecks": [{**doc["results"], "date": doc.get("date")} for name, doc in sorted(other.items())
                      if name.startswith("recheck-")],
         "noisy_selections": noisy_selections(other.get("selections-noisy", {}).get("results")),
-        "rank_overlaps": {pool: ov for pool in ("clean", "noisy")
-                          if (ov := rank_overlaps(other.get(f"selections-{pool}", {}).get("results")))},
+        "rank_overlaps": overlaps,
         "machine": machine,
         "rows": rows,
         "variants_vs_keep_minmax": variants_vs_default,
@@ -319,7 +342,7 @@ def render_plot(summary: dict, path: Path) -> bool:
         return False
     fig, axes = plt.subplots(1, len(groups), figsize=(5 * len(groups), 4), squeeze=False)
     for ax, ((pool, budget), rows) in zip(axes[0], sorted(groups.items(), key=lambda kv: (kv[0][0] != "clean", -kv[0][1]))):
-        arms = [r for r in rows if r["arm"] != "random" and r.get("comparison")]
+        arms = [r for r in rows if r["arm"] != "random" and r.get("comparison") and not r.get("same_subset_as")]
         rnd = next((r for r in rows if r["arm"] == "random"), None)
         for y, r in enumerate(arms):
             c = r["comparison"]
@@ -375,8 +398,8 @@ def write_docs(summary: dict, docs: Path) -> Path:
           f"Deterministic arms: {d['train_seeds']} training seeds each.",
           f"* Arms: DELIFT (facility location) with kernel variants `{d['variants']}` (`kernel.diagonal`-`kernel.scaling`), "
           "`self_utility` (top k by UF(i <- i)), `hardness` (top k by d(i, no example)), `example_utility` (top k by "
-          "the mean UF(i <- j) over i != j, how much j helps the others as an example: facility location's first-pick "
-          "score without the diagonal), random"
+          "the mean UF(i <- j) over i != j, how much j helps the others as an example: the first-pick "
+          "score of the drop-minmax variant), random"
           + (f", and `delift:min-prompt-gain-{d['min_prompt_gain']:g}`: the job's default selection "
              f"(`delift-ray select`) with `selection.min_prompt_gain: {d['min_prompt_gain']:g}`, so a sample "
              "its own prompt barely helps is never picked (the value the noise probe below pointed to; the "
@@ -413,7 +436,8 @@ def write_docs(summary: dict, docs: Path) -> Path:
             L.append(f"| {r['pool']} | {b} | {r['arm']} | {r['seeds']} | {nll} | {_f(c['delta'])} [{_f(c['ci_low'])}, "
                      f"{_f(c['ci_high'])}] | {_f(c['z'], 2)} | {c['rank']} of {c['n_random'] + 1} | {_f(c['p_rank'], 3)} "
                      f"({_f(c['p_rank_holm'], 3)}) | {_f(c['p_boot'], 4)} ({_f(c['p_boot_holm'], 4)}) | {share} | "
-                     + (f"interim: {c['verdict']} |" if r.get("interim") else f"**{c['verdict']}** |"))
+                     + (f"same subsets as `{r['same_subset_as']}` |" if r.get("same_subset_as") else
+                        f"interim: {c['verdict']} |" if r.get("interim") else f"**{c['verdict']}** |"))
         else:
             L.append(f"| {r['pool']} | {b} | {r['arm']} | {r['seeds']} | {nll} | | | | | | {share} | |")
     L += ["", "NLL: mean over held-out items and seeds (± sd over seeds; for random, sd over the random subsets). "

@@ -59,8 +59,8 @@ from results import write_result  # noqa: E402
 VARIANTS = "keep-minmax,drop-minmax,drop-clip"
 BASELINES = ("self_utility", "hardness")  # delift-ray evaluate's baselines
 # A study-only ranking: top k by how much a sample helps the others as an in-context example,
-# facility location's first-pick score once the diagonal is dropped; the simplest ranking that
-# could produce the drop-diagonal variants' picks.
+# the drop-minmax variant's first-pick score; the simplest ranking that could produce the
+# drop-diagonal variants' picks.
 EXAMPLE_UTILITY = "example_utility"
 
 
@@ -358,8 +358,9 @@ def selections_unit(units: Units, pool: str, args, work: Path, meta: dict, budge
 
 def example_utilities(run) -> np.ndarray:
     """Per pool sample j, the mean UF(i <- j) over i != j: how much j helps the other samples
-    as an in-context example (facility location's first-pick gain on a kernel without its
-    diagonal, before scaling)."""
+    as an in-context example (the drop-minmax variant's first-pick gain, up to an affine map).
+    A missing pair is left out of the mean (the kernels count it as the least useful pair);
+    a dense scoring run has none."""
     from delift_ray.evaluate.arms import raw_matrix
 
     K = raw_matrix(run, "pool", "pool")
@@ -385,13 +386,13 @@ def run_pool(units: Units, trainer, pool: str, args, work: Path, meta: dict, sel
         # Sorted: a training run is a function of the subset as a set and the seed, not of the
         # greedy pick order, so two arms that pick the same set train the same model.
         idx = random_subset(n, k, seed) if arm == "random" else sorted(sel["arms"][arm])
-        twin = trained_twin(units, pool, budget, seed, idx)
+        twin = trained_twin(units, pool, budget, seed, idx, train_settings(args))
         if twin:
             res = {key: v for key, v in units.load(twin).items() if key in TWIN_KEYS}
             res["same_subset_as"] = twin
         else:
             res = trainer.train_eval(run.pool.pairs(idx), seed)
-            res["load_avg_1m"] = round(os.getloadavg()[0], 2)
+            res.update(settings=train_settings(args), load_avg_1m=round(os.getloadavg()[0], 2))
         res.update({"pool": pool, "budget": budget, "k": k, "arm": arm, "seed": seed, "subset": idx,
                     "swapped_share": swapped_share(ids, idx, swapped) if pool == "noisy" else None})
         units.save(name, res)
@@ -411,10 +412,13 @@ def recheck_unit(units: Units, trainer, name: str, work: Path) -> dict:
     stored = units.load(name)
     if "same_subset_as" in stored:
         raise SystemExit(f"{name} was not trained (same subset as {stored['same_subset_as']}); recheck that unit")
+    if stored.get("settings") not in (None, train_settings(trainer.args)):
+        raise SystemExit(f"{name} was trained with {stored['settings']}; pass the same settings to recheck it")
     run = load_run(work / f"score-{stored['pool']}")
     res = trainer.train_eval(run.pool.pairs(stored["subset"]), stored["seed"])
     diff = np.abs(np.array(res["nll"]) - np.array(stored["nll"]))
     out = {"unit": name, "items": int(diff.size), "max_abs_diff": float(diff.max()), "identical": bool(diff.max() == 0),
+           "settings": train_settings(trainer.args), "stored_settings": stored.get("settings"),
            "nll_mean": res["nll_mean"], "stored_nll_mean": stored["nll_mean"], "wall_s": res["wall_s"]}
     units.save(f"recheck-{name}", out)
     log(f"recheck-{name}: max |NLL difference| {out['max_abs_diff']:.3g} over {out['items']} items")
@@ -422,17 +426,31 @@ def recheck_unit(units: Units, trainer, name: str, work: Path) -> dict:
 
 
 # A twin's unit carries the trained model's measurements, not its own compute.
-TWIN_KEYS = ("nll", "nll_mean", "train")
+TWIN_KEYS = ("nll", "nll_mean", "train", "settings")
 
 
-def trained_twin(units: Units, pool: str, budget: float, seed: int, idx: list[int]) -> Optional[str]:
-    """A stored, actually trained unit of this pool, budget and seed with the same subset."""
+def train_settings(args) -> dict:
+    """What, besides the subset and the seed, a training unit's NLLs depend on."""
+    return {k: getattr(args, k) for k in ("steps", "batch_size", "lr", "max_length", "dtype", "eval_batch_size", "threads")}
+
+
+def trained_twin(units: Units, pool: str, budget: float, seed: int, idx: list[int], settings: dict) -> Optional[str]:
+    """A stored, actually trained unit of this pool, budget and seed with the same subset and
+    training settings (a unit that recorded no settings is never a twin)."""
     for name, doc in units.all().items():
         res = doc.get("results", {})
         if (name.startswith("train-") and res.get("pool") == pool and res.get("budget") == budget
-                and res.get("seed") == seed and res.get("subset") == idx and "same_subset_as" not in res):
+                and res.get("seed") == seed and res.get("subset") == idx and "same_subset_as" not in res
+                and res.get("settings") == settings):
             return name
     return None
+
+
+def planned_units(args) -> dict[str, list[str]]:
+    """Pool -> the names of its training units in the design (both budgets)."""
+    pools = ["clean"] + ([] if args.no_noisy else ["noisy"])
+    return {pool: [unit_name(pool, float(b), arm, seed) for b in args.budgets.split(",")
+                   for arm, seed in plan_arms(pool, float(b), args)] for pool in pools}
 
 
 # --------------------------------------------------------------------------- summary
@@ -449,7 +467,7 @@ def write_summary(units: Units, args, meta: dict) -> dict:
     from quality_report import summarise, write_docs
 
     summary = summarise(units.all(), args=vars(args), meta=meta, total=total_units(args),
-                        per_budget=len(plan_arms("clean", 0.15, args)))
+                        planned=planned_units(args))
     write_result("quality_study", summary, command="python benchmarks/quality_study.py " + " ".join(sys.argv[1:]))
     write_docs(summary, ROOT / "docs")
     return summary
