@@ -457,8 +457,8 @@ def planned_units(args) -> dict[str, list[str]]:
 
 
 def total_units(args) -> int:
-    per_budget = len(plan_arms("clean", 0.15, args))
-    return 2 + 2 + 1 + 2 * len(args.budgets.split(",")) * per_budget  # scoring, selections, eval-initial, training
+    training = sum(len(names) for names in planned_units(args).values())
+    return 2 + 2 + 1 + training  # scoring, selections, eval-initial, training
 
 
 def write_summary(units: Units, args, meta: dict) -> dict:
