@@ -483,7 +483,7 @@ def write_docs(summary: dict, docs: Path) -> Path:
             L.append(f"| {arm} | " + " | ".join(_pct(ns[b]["arms"].get(arm)) for b in budgets) + " |")
         L.append("")
     else:
-        L += ["Not yet measured: the noisy pool's utilities are scored after the clean pool's first budget.", ""]
+        L += ["Not yet measured: the noisy pool's utilities are scored once the clean pool's budgets are in.", ""]
     L += ["## Which kernel? (section 5: defaults follow the evidence)", ""]
     if vv:
         L += ["Each variant against the current default `keep-minmax` (delta = NLL(keep-minmax) - NLL(variant), "
@@ -563,7 +563,7 @@ def write_docs(summary: dict, docs: Path) -> Path:
         for k, v in sorted(ns["auroc"].items(), key=lambda kv: -kv[1]):
             L.append(f"| {k} | {_f(v, 3)} |")
     else:
-        L.append("Not yet measured: the noisy pool's utilities are scored after the clean pool's first budget.")
+        L.append("Not yet measured: the noisy pool's utilities are scored once the clean pool's budgets are in.")
     L += ["", STATIC_SECTIONS, "", "## Reproduce or resume", "", "```",
           "PYTHONPATH=$PWD OMP_WAIT_POLICY=PASSIVE nice -n 19 .venv/bin/python benchmarks/quality_study.py",
           "PYTHONPATH=$PWD .venv/bin/python benchmarks/quality_study.py --report   # only this page", "```", "",

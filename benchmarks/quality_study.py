@@ -16,9 +16,9 @@ Units, in the order they run (most informative first); each is stored as JSON un
    (variants seed 0, random 0-6, variants seed 1, ...), then the baselines (self_utility,
    hardness, example_utility), then the job's selection with ``selection.min_prompt_gain`` (``--min-prompt-gain``,
    a ``delift-ray select`` run over the same cache);
-5. ``score-noisy`` and ``selections-noisy`` (each arm's share of swapped samples, no training
-   needed), then the noisy pool's first budget the same way;
-6. the second budget (5%), clean then noisy.
+5. the clean pool's second budget (5%) the same way, which makes its verdicts final;
+6. ``score-noisy`` and ``selections-noisy`` (each arm's share of swapped samples, no training
+   needed), then the noisy pool's budgets the same way.
 
 A training unit fine-tunes the demo model with LoRA (delift_ray.evaluate.training.fine_tune,
 the same function ``delift-ray evaluate`` uses) for the same number of optimiser steps at
@@ -536,14 +536,15 @@ def main(argv=None) -> int:
         res = trainer.initial()
         units.save("eval-initial", res)
         log(f"eval-initial: NLL {res['nll_mean']:.4f} ({res['wall_s']} s)")
-    # Budget-major: the first budget of both pools gives both answers (does it beat random; does
-    # it keep wrong answers out) before the second budget starts.
+    # Pool-major: Holm's family is a pool's arms at every budget, so a pool's verdicts are final
+    # only once all its budgets are in; finishing the clean pool first gives final answers a
+    # session earlier than interleaving the pools would.
     pools = ["clean"] + ([] if args.no_noisy else ["noisy"])
-    for budget in budgets:
-        for pool in pools:
-            if pool == "noisy":
-                score_unit(units, "score-noisy", args, work, work / "noisy_pool.jsonl", meta)
-            selections = selections_unit(units, pool, args, work, meta, budgets)
+    for pool in pools:
+        if pool == "noisy":
+            score_unit(units, "score-noisy", args, work, work / "noisy_pool.jsonl", meta)
+        selections = selections_unit(units, pool, args, work, meta, budgets)
+        for budget in budgets:
             run_pool(units, trainer, pool, args, work, meta, selections, budget)
     write_summary(units, args, meta)
     log("study complete")
