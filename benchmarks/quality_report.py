@@ -284,8 +284,10 @@ negative value needs `=`: `--selection.min-prompt-gain=-0.01`.
 
 * `--variants keep-minmax,drop-minmax,drop-clip` adds one DELIFT row per kernel variant, selected
   again from the run's stored shards (no re-scoring).
-* `--baselines auto` (default) adds `self_utility` (top k by UF(i <- i)) and `hardness` (top k by
-  d(i, no example)) whenever the run's shards are readable; `none` or a comma list choose.
+* `--baselines auto` (default) adds `self_utility` (top k by UF(i <- i)), `hardness` (top k by
+  d(i, no example)) and `example_utility` (top k by the mean UF(i <- j) over i != j: the
+  simplest ranking a `drop` kernel could reduce to, as `self_utility` is for `keep`) whenever
+  the run's shards are readable; `none` or a comma list choose.
 * `--train-seeds N` trains every deterministic row with N seeds; `--seeds R` draws R random
   subsets; `--steps S` gives every training run the same number of optimiser steps.
 * With R >= 2 the report gains "Against random": for each row the rank p, delta and z, the

@@ -56,12 +56,9 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "benchmarks"))
 from results import write_result  # noqa: E402
 
+from delift_ray.evaluate.arms import BASELINE_ARMS  # noqa: E402  (delift-ray evaluate's baselines)
+
 VARIANTS = "keep-minmax,drop-minmax,drop-clip"
-BASELINES = ("self_utility", "hardness")  # delift-ray evaluate's baselines
-# A study-only ranking: top k by how much a sample helps the others as an in-context example,
-# the drop-minmax variant's first-pick score; the simplest ranking that could produce the
-# drop-diagonal variants' picks.
-EXAMPLE_UTILITY = "example_utility"
 
 
 def log(msg: str) -> None:
@@ -289,7 +286,7 @@ def plan_arms(pool: str, budget: float, args) -> list[tuple[str, int]]:
     order: list[tuple[str, int]] = []
     for s, chunk in zip(seeds, chunks):
         order += [(v, s) for v in variants] + [("random", int(r)) for r in chunk]
-    order += [(b, s) for s in seeds for b in (*BASELINES, EXAMPLE_UTILITY)]
+    order += [(b, s) for s in seeds for b in BASELINE_ARMS]
     if prompt_gain_arm(args):
         order += [(prompt_gain_arm(args), s) for s in seeds]
     return order
@@ -313,34 +310,33 @@ def selections_unit(units: Units, pool: str, args, work: Path, meta: dict, budge
     """
     name = f"selections-{pool}"
     stored = units.load(name) if units.done(name) else None
-    if stored and all(f"{b:g}" in stored["budgets"] for b in budgets):
-        if all(EXAMPLE_UTILITY in v["arms"] for v in stored["budgets"].values()):
-            return stored
-    from delift_ray.evaluate.arms import arm_subsets, parse_variants, top_k
+    complete = stored and all(f"{b:g}" in stored["budgets"] for b in budgets)
+    if complete and all(a in v["arms"] for v in stored["budgets"].values() for a in BASELINE_ARMS):
+        return stored
+    from delift_ray.evaluate.arms import arm_subsets, parse_variants
     from delift_ray.evaluate.inputs import load_run
 
     run = load_run(work / f"score-{pool}")
     n = len(run.pool)
     swapped = set(meta["swapped_ids"]) if pool == "noisy" else set()
-    helps = example_utilities(run)
 
     def share(idx):
         return swapped_share(run.pool.sample_ids, idx, swapped) if pool == "noisy" else None
 
-    if stored and all(f"{b:g}" in stored["budgets"] for b in budgets):
-        # The arm joined the design after these subsets were stored: add it, keep the rest as stored.
+    if complete:
+        # A baseline joined the design after these subsets were stored: add it, keep the rest as stored.
         for v in stored["budgets"].values():
-            v["arms"][EXAMPLE_UTILITY] = top_k(helps, v["k"])
-            v["swapped_share"][EXAMPLE_UTILITY] = share(v["arms"][EXAMPLE_UTILITY])
+            new = arm_subsets(run, v["k"], [], tuple(a for a in BASELINE_ARMS if a not in v["arms"]))
+            v["arms"].update(new)
+            v["swapped_share"].update({a: share(idx) for a, idx in new.items()})
         units.save(name, stored)
-        log(f"{name}: added {EXAMPLE_UTILITY} to the stored subsets")
+        log(f"{name}: added the missing baselines to the stored subsets")
         return stored
 
     out: dict = {"pool": pool, "n": n, "sample_ids": run.pool.sample_ids, "budgets": {}}
     for budget in budgets:
         k = max(1, int(round(budget * n)))
-        arms = arm_subsets(run, k, parse_variants(args.variants), BASELINES)
-        arms[EXAMPLE_UTILITY] = top_k(helps, k)
+        arms = arm_subsets(run, k, parse_variants(args.variants), BASELINE_ARMS)
         if prompt_gain_arm(args):
             arms[prompt_gain_arm(args)] = prompt_gain_subset(pool, budget, args, work, meta, run.pool.sample_ids)
         short = {a: len(idx) for a, idx in arms.items() if len(idx) != k}
@@ -354,18 +350,6 @@ def selections_unit(units: Units, pool: str, args, work: Path, meta: dict, budge
     log(f"{name}: stored the subsets of {len(out['budgets'])} budget(s)")
     write_summary(units, args, meta)
     return out
-
-
-def example_utilities(run) -> np.ndarray:
-    """Per pool sample j, the mean UF(i <- j) over i != j: how much j helps the other samples
-    as an in-context example (the drop-minmax variant's first-pick gain, up to an affine map).
-    A missing pair is left out of the mean (the kernels count it as the least useful pair);
-    a dense scoring run has none."""
-    from delift_ray.evaluate.arms import raw_matrix
-
-    K = raw_matrix(run, "pool", "pool")
-    np.fill_diagonal(K, np.nan)
-    return np.nanmean(K, axis=0)
 
 
 def run_pool(units: Units, trainer, pool: str, args, work: Path, meta: dict, selections: dict, budget: float) -> None:

@@ -56,9 +56,11 @@ def test_variants_and_baselines_from_stored_shards(scored_run):
     assert drop.counts["pairs_scored"] == 0
     where = {sid: i for i, sid in enumerate(r.pool.sample_ids)}
     assert [where[s] for s in drop.selected_ids] == delift_variant(r, Variant("drop", "clip"), 4, store)
-    arms = arm_subsets(r, 4, [Variant("drop", "minmax")], ("self_utility", "hardness"))
+    arms = arm_subsets(r, 4, [Variant("drop", "minmax")], ("self_utility", "hardness", "example_utility"))
     assert arms["self_utility"] == list(np.argsort(-np.diag(uf), kind="stable")[:4])
     assert arms["hardness"] == list(np.argsort(-baseline_distances(r, store), kind="stable")[:4])
+    off = np.where(np.eye(12, dtype=bool), np.nan, uf)
+    assert arms["example_utility"] == list(np.argsort(-np.nanmean(off, axis=0), kind="stable")[:4])
     assert len(set(arms["delift:drop-minmax"])) == 4
 
 
@@ -76,14 +78,15 @@ def test_evaluate_with_variants_baselines_and_statistics(scored_run, capsys):
     rep = json.loads((d / "run" / "eval" / "report.json").read_text())
     rows = {r["selection"]: r for r in rep["rows"]}
     assert list(rows) == ["initial", "delift", "delift:keep-minmax", "delift:drop-clip", "self_utility", "hardness",
-                          "delift_se", "random", "full"]
+                          "example_utility", "delift_se", "random", "full"]
     assert rows["delift"]["n_seeds"] == 2 and rows["random"]["n_seeds"] == 3 and rows["hardness"]["n_seeds"] == 2
     assert all(t["steps"] == 2 for r in rows.values() for t in r["train"])
     # keep-minmax is the run's own kernel: the same subset, the same seeds, the same numbers.
     assert len(rep["arms"]["delift:drop-clip"]) == 4 == len(rep["arms"]["self_utility"])
     assert rows["delift:keep-minmax"]["mean"]["nll"] == pytest.approx(rows["delift"]["mean"]["nll"], rel=1e-5)
     vr = {c["selection"]: c for c in rep["vs_random"]}
-    assert set(vr) == {"delift", "delift:keep-minmax", "delift:drop-clip", "self_utility", "hardness", "delift_se"}
+    assert set(vr) == {"delift", "delift:keep-minmax", "delift:drop-clip", "self_utility", "hardness", "example_utility",
+                       "delift_se"}
     for c in vr.values():
         assert c["verdict"] in ("better than random", "no better than random", "inconclusive")
         assert c["ci_low"] <= c["ci_high"] and c["n_random"] == 3 and c["n_items"] == 4

@@ -149,10 +149,11 @@ def test_cli_flags():
 
 
 def test_arms_from_a_shard_store(tmp_path):
-    """evaluate's arms read the stored utilities: variants, self-utility and hardness by hand."""
+    """evaluate's arms read the stored utilities: variants, self-utility, hardness and example utility by hand."""
     import pyarrow as pa
 
-    from delift_ray.evaluate.arms import Variant, arm_subsets, delift_variant, parse_variants, top_k
+    from delift_ray.evaluate.arms import (Variant, arm_subsets, delift_variant, example_utilities, parse_variants,
+                                          top_k)
     from delift_ray.evaluate.inputs import Pool, RunData
     from delift_ray.storage import BASELINE, UTILITY, ShardStore
 
@@ -170,9 +171,12 @@ def test_arms_from_a_shard_store(tmp_path):
                   meta={"cache": str(tmp_path / "cache"), "model": {"fingerprint": "fp0"}})
     assert delift_variant(run, Variant("keep", "minmax"), 2) == [0, 1]  # the known answer above
     assert delift_variant(run, Variant("drop", "minmax"), 1) == [2]
-    arms = arm_subsets(run, 2, parse_variants("drop-clip"), ("self_utility", "hardness"))
+    arms = arm_subsets(run, 2, parse_variants("drop-clip"), ("self_utility", "hardness", "example_utility"))
     assert arms["self_utility"] == [0, 1]  # UF(i <- i) = 3.0, 2.9, 0.1, 0.1
     assert arms["hardness"] == [1, 3]  # d = 0.9, 0.9: ties to the lower index
+    # Mean UF(i <- j) over i != j: 0, 0, 0.5, 0 (c's own 0.1 left out): c, then a by the tie rule.
+    assert arms["example_utility"] == [2, 0]
+    assert example_utilities(run).tolist() == pytest.approx([0.0, 0.0, 0.5, 0.0])
     assert arms["delift:drop-clip"][0] == 2
     assert top_k(np.array([np.nan, 1.0, 2.0]), 2) == [2, 1]
     from delift_ray.errors import DeliftError

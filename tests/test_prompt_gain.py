@@ -65,7 +65,6 @@ def test_exclusion_in_the_task_and_continual_stages(stage):
 
 def test_low_prompt_gain_rule():
     gains = np.array([0.3, 0.01, np.nan, -0.2])
-    assert low_prompt_gain(None, gains) is None
     assert list(low_prompt_gain(0.05, gains)) == [False, True, False, True]  # a missing gain excludes nothing
 
 

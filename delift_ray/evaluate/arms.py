@@ -5,7 +5,11 @@
 * ``self_utility`` -- the k samples with the largest UF(i <- i), a sample as its own example:
   what a kernel dominated by its diagonal degenerates to;
 * ``hardness`` -- the k samples with the largest d(i, no example): the ones the model
-  predicts worst without help (the simplest "hard examples" ranking).
+  predicts worst without help (the simplest "hard examples" ranking);
+* ``example_utility`` -- the k samples j with the largest mean UF(i <- j) over i != j: how
+  much j helps the other samples as an in-context example. Up to an affine map this is the
+  first-pick gain of facility location with the diagonal dropped, so it is the simplest
+  ranking a ``drop`` kernel could reduce to, as ``self_utility`` is for ``keep``.
 
 Ties are broken by the lower pool index, so every arm is deterministic.
 """
@@ -22,7 +26,7 @@ from delift_ray.errors import DeliftError
 from delift_ray.evaluate.inputs import RunData
 from delift_ray.kernel import DIAGONALS, SCALINGS
 
-BASELINE_ARMS = ("self_utility", "hardness")
+BASELINE_ARMS = ("self_utility", "hardness", "example_utility")
 
 
 @dataclass(frozen=True)
@@ -93,6 +97,25 @@ def self_utilities(run: RunData, store=None) -> np.ndarray:
         own = rows == cols
         out[rows[own]] = vals[own]
     return out
+
+
+def example_utilities(run: RunData, store=None) -> np.ndarray:
+    """Per pool sample j, the mean UF(i <- j) over the other pool samples i != j with a stored
+    pair, streamed shard by shard (NaN where j has none). The kernels count a missing pair as
+    the least useful one; the mean leaves it out, and a dense run has none."""
+    from delift_ray.kernel import iter_located
+    from delift_ray.storage import UTILITY
+
+    store = store or run_store(run)
+    ids = run.pool.sample_ids
+    total = np.zeros(len(ids))
+    count = np.zeros(len(ids))
+    for rows, cols, vals in iter_located(store.iter_relevant(UTILITY, ids, ids), ids, ids):
+        other = rows != cols
+        total += np.bincount(cols[other], weights=vals[other], minlength=len(ids))
+        count += np.bincount(cols[other], minlength=len(ids))
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return np.where(count > 0, total / count, np.nan)
 
 
 def baseline_distances(run: RunData, store=None) -> np.ndarray:
@@ -175,6 +198,8 @@ def arm_subsets(run: RunData, budget: int, variants: list[Variant], baselines: t
             out[b] = top_k(self_utilities(run, store), budget)
         elif b == "hardness":
             out[b] = top_k(baseline_distances(run, store), budget)
+        elif b == "example_utility":
+            out[b] = top_k(example_utilities(run, store), budget)
         else:
             raise DeliftError(f"unknown baseline {b!r}; choose from {', '.join(BASELINE_ARMS)}")
     return out

@@ -21,7 +21,7 @@ METRIC_INFO = {
 }
 DISPLAY = {"initial": "initial (untuned)", "delift": "DELIFT", "delift_se": "DELIFT-SE",
            "random": "random", "full": "full pool", "self_utility": "self-utility top k",
-           "hardness": "hardness top k"}
+           "hardness": "hardness top k", "example_utility": "example-utility top k"}
 COMPARISONS = (("delift", "random"), ("delift", "full"), ("delift", "delift_se"))
 
 

@@ -177,7 +177,8 @@ def evaluate_run(
 
     ``variants`` ('keep-minmax,drop-clip'): one extra DELIFT row per kernel variant, selected
     again from the run's stored utilities (:mod:`delift_ray.evaluate.arms`). ``baselines``:
-    'self_utility,hardness', 'none', or 'auto' (both when the run's shards are readable).
+    'self_utility,hardness,example_utility' or a part of it, 'none', or 'auto' (all three when
+    the run's shards are readable).
     ``steps``: fixed optimiser steps per training run (default: ``epochs`` passes).
     With two or more random subsets, every fine-tuned arm is tested against random on the
     primary metric, held-out NLL (:mod:`delift_ray.evaluate.statistics`).

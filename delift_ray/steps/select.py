@@ -46,10 +46,8 @@ def prompt_gains(pool_ids: list[str], free_ids: list[str], store: ShardStore) ->
     return np.array([d.get(f, np.nan) - d.get(p, np.nan) for p, f in zip(pool_ids, free_ids)], dtype=np.float64)
 
 
-def low_prompt_gain(min_gain: Optional[float], gains: np.ndarray) -> Optional[np.ndarray]:
+def low_prompt_gain(min_gain: float, gains: np.ndarray) -> np.ndarray:
     """The pool samples ``selection.min_prompt_gain`` excludes (a missing gain excludes nothing)."""
-    if min_gain is None:
-        return None
     with np.errstate(invalid="ignore"):
         return gains < min_gain
 
