@@ -142,6 +142,35 @@ def arm_vs_reference(arms: dict[str, dict[int, dict]], arm: str, ref: str) -> di
             "ci_low": float(lo), "ci_high": float(hi)}
 
 
+def kernel_evidence(vv: list[dict], budgets: list[float], final: set[str], variants: list[str]) -> dict:
+    """The rule section 5 follows, fixed before the noisy pool was trained: a variant replaces the
+    default ``keep-minmax`` only if its interval against it lies above 0 at every clean budget
+    and does not lie below 0 at any noisy budget. Several such variants: the largest mean delta
+    on the clean pool, then the fewest options changed. ``default`` is None until both pools are final."""
+    vv = [v for v in vv if v["arm"].split(":", 1)[1] in variants]  # kernel variants, not selection options
+    cells = {(v["arm"], v["pool"], v["budget"]): v for v in vv}
+    per: dict[str, dict] = {}
+    for arm in sorted({v["arm"] for v in vv}):
+        state = {}
+        for pool in ("clean", "noisy"):
+            for b in budgets:
+                c = cells.get((arm, pool, b))
+                state[f"{pool} {100 * b:g}%"] = ("not yet" if c is None else "better" if c["ci_low"] > 0
+                                                 else "worse" if c["ci_high"] < 0 else "tie")
+        fails = (any(state[f"clean {100 * b:g}%"] in ("tie", "worse") for b in budgets)
+                 or any(state[f"noisy {100 * b:g}%"] == "worse" for b in budgets))
+        meets = "no" if fails else "pending" if "not yet" in state.values() else "yes"
+        per[arm] = {"cells": state, "meets_rule": meets,
+                    "clean_mean_delta": float(np.mean([cells[(arm, "clean", b)]["delta"] for b in budgets
+                                                       if (arm, "clean", b) in cells] or [np.nan]))}
+    # Equal deltas (two variants that pick the same sets): the one that changes fewer options.
+    changed = {a: sum(x != y for x, y in zip(a.split(":", 1)[1].split("-"), ("keep", "minmax"))) for a in per}
+    winners = sorted((a for a, v in per.items() if v["meets_rule"] == "yes"),
+                     key=lambda a: (-per[a]["clean_mean_delta"], changed[a]))
+    decided = {"clean", "noisy"} <= final
+    return {"variants": per, "default": (winners[0] if winners else "delift:keep-minmax") if decided else None}
+
+
 def twin_arms(arms: dict[str, dict[int, dict]]) -> dict[str, str]:
     """Arm -> the arm it copies: every one of its units was not trained because that arm's
     unit of the same seed had the same subset (``same_subset_as``). Such an arm is the same
@@ -248,6 +277,8 @@ def summarise(units: dict[str, dict], *, args: dict, meta: dict, total: int, pla
         "rows": rows,
         "variants_vs_keep_minmax": variants_vs_default,
         "variants_vs_simplest_ranking": variants_vs_ranking,
+        "kernel_evidence": kernel_evidence(variants_vs_default, [float(b) for b in str(args["budgets"]).split(",")], final,
+                                           str(args["variants"]).split(",")),
     }
     npz = Path(__file__).resolve().parent / "results" / "quality" / "score-noisy_utilities.npz"
     if npz.exists() and meta.get("swapped_ids"):
@@ -522,9 +553,20 @@ def write_docs(summary: dict, docs: Path) -> Path:
             L.append(f"| {v['pool']} | {int(round(v['budget'] * 100))}% | {v['arm']} | {v['reference']} | "
                      f"{_f(v['delta'])} [{_f(v['ci_low'])}, {_f(v['ci_high'])}] |")
         L.append("")
-    L += ["The default stays `kernel.diagonal: keep`, `kernel.scaling: minmax` (the paper's kernel) unless a variant's "
-          "interval above lies entirely above 0 on the clean pool; the README and this page say which way the "
-          "evidence points once the study has run.", ""]
+    L += ["The rule, fixed before the noisy pool was trained: the default stays `kernel.diagonal: keep`, "
+          "`kernel.scaling: minmax` (the paper's kernel) unless a variant's interval against it lies above 0 at every "
+          "clean budget and not below 0 at any noisy budget (several such variants: the largest mean delta on the "
+          "clean pool). Cells: better (interval above 0), worse (below 0), tie (contains 0), not yet (not trained).", ""]
+    ke = summary.get("kernel_evidence") or {}
+    if ke.get("variants"):
+        cols = list(next(iter(ke["variants"].values()))["cells"])
+        L += ["| variant | " + " | ".join(cols) + " | meets the rule |", "|---|" + "---|" * (len(cols) + 1)]
+        for arm, v in ke["variants"].items():
+            L.append(f"| {arm} | " + " | ".join(v["cells"][c] for c in cols) + f" | {v['meets_rule']} |")
+        L.append("")
+    L.append(f"Default the evidence supports: `{ke['default']}`." if ke.get("default") else
+             "Default the evidence supports: not decided until both pools' units are all in.")
+    L.append("")
     probe_path = Path(__file__).resolve().parent / "results" / "noise_probe.json"
     if probe_path.exists():
         import json
