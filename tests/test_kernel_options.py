@@ -174,12 +174,60 @@ def test_arms_from_a_shard_store(tmp_path):
     arms = arm_subsets(run, 2, parse_variants("drop-clip"), ("self_utility", "hardness", "example_utility"))
     assert arms["self_utility"] == [0, 1]  # UF(i <- i) = 3.0, 2.9, 0.1, 0.1
     assert arms["hardness"] == [1, 3]  # d = 0.9, 0.9: ties to the lower index
-    # Mean UF(i <- j) over i != j: 0, 0, 0.5, 0 (c's own 0.1 left out): c, then a by the tie rule.
+    # Sum of UF(i <- j) - lo over i != j, lo = 0: 0, 0, 1.5, 0 (c's own 0.1 left out): c, then a by the tie rule.
     assert arms["example_utility"] == [2, 0]
-    assert example_utilities(run).tolist() == pytest.approx([0.0, 0.0, 0.5, 0.0])
+    assert example_utilities(run).tolist() == pytest.approx([0.0, 0.0, 1.5, 0.0])
     assert arms["delift:drop-clip"][0] == 2
     assert top_k(np.array([np.nan, 1.0, 2.0]), 2) == [2, 1]
     from delift_ray.errors import DeliftError
 
     with pytest.raises(DeliftError, match="unknown kernel variant"):
         parse_variants("drop-zscore")
+
+
+def _sparse_run(tmp_path, pairs: dict[tuple[str, str], float], cache: str = "cache"):
+    """A run over samples abcd whose cache stores only ``pairs`` ((helped, example) -> UF)."""
+    import pyarrow as pa
+
+    from delift_ray.evaluate.inputs import Pool, RunData
+    from delift_ray.storage import BASELINE, UTILITY, ShardStore
+
+    ids = list("abcd")
+    store = ShardStore(str(tmp_path / "cache"), "fp0")
+    store.write(UTILITY, "u", pa.table({"helped_id": [h for h, _ in pairs], "example_id": [e for _, e in pairs],
+                                       "utility": np.array(list(pairs.values()), np.float32),
+                                       "distance": np.zeros(len(pairs), np.float32)}))
+    store.write(BASELINE, "b", pa.table({"sample_id": ids, "distance": [0.5, 0.9, 0.7, 0.9]}))
+    return RunData(run_dir=tmp_path, config={"selection": {}}, stage="instruction", budget=1,
+                   pool=Pool(ids, ["p"] * 4, ["r"] * 4), selected=[1], others={},
+                   meta={"cache": str(tmp_path / cache), "model": {"fingerprint": "fp0"}})
+
+
+def test_example_utility_is_the_drop_minmax_first_pick_on_sparse_pairs(tmp_path):
+    """A knn run stores few pairs: a missing pair counts as the least useful one, as in the kernel,
+    so b (three pairs of 0.3) beats c (one pair of 0.5), which the mean over stored pairs would pick."""
+    from delift_ray.evaluate.arms import Variant, delift_variant, example_utilities
+
+    run = _sparse_run(tmp_path, {("a", "b"): 0.3, ("c", "b"): 0.3, ("d", "b"): 0.3, ("a", "c"): 0.5,
+                                 ("b", "d"): -0.1, ("a", "a"): 9.0})
+    assert example_utilities(run).tolist() == pytest.approx([0.0, 1.2, 0.6, 0.0])  # lo = -0.1; a's 9.0 is its own
+    assert delift_variant(run, Variant("drop", "minmax"), 1) == [1]
+
+
+def test_baselines_from_a_missing_cache_raise_or_are_left_out(tmp_path, caplog):
+    """A run whose cache is gone: a baseline asked for by name raises; auto leaves it out, saying so,
+    instead of ranking NaNs into the first k pool indices."""
+    from delift_ray.errors import DeliftError
+    from delift_ray.evaluate.arms import baseline_subset
+    from delift_ray.evaluate.runner import extra_arms
+
+    run = _sparse_run(tmp_path, {("a", "b"): 0.3}, cache="moved")
+    with pytest.raises(DeliftError, match="0 of 4 pool samples"):
+        baseline_subset(run, "self_utility", 1)
+    with pytest.raises(DeliftError, match="is the cache named in run.json still there"):
+        extra_arms(run, None, "hardness")
+    with caplog.at_level("WARNING", logger="delift_ray"):
+        assert extra_arms(run, None, "auto") == {}
+    assert caplog.text.count("left out") == 3
+    live = _sparse_run(tmp_path, {("a", "b"): 0.3, ("b", "a"): 0.1, ("a", "a"): 0.5})
+    assert extra_arms(live, None, "auto") == {"self_utility": [0], "hardness": [1], "example_utility": [1]}

@@ -6,12 +6,18 @@
   what a kernel dominated by its diagonal degenerates to;
 * ``hardness`` -- the k samples with the largest d(i, no example): the ones the model
   predicts worst without help (the simplest "hard examples" ranking);
-* ``example_utility`` -- the k samples j with the largest mean UF(i <- j) over i != j: how
-  much j helps the other samples as an in-context example. Up to an affine map this is the
-  first-pick gain of facility location with the diagonal dropped, so it is the simplest
-  ranking a ``drop`` kernel could reduce to, as ``self_utility`` is for ``keep``.
+* ``example_utility`` -- the k samples j that help the other samples most as an in-context
+  example: the largest sum over i != j of UF(i <- j) - lo, where lo is the smallest stored
+  utility off the diagonal and a missing pair counts as lo. On a dense run with every pair
+  stored this ranks by the mean UF(i <- j) over i != j. It is, up to a positive factor,
+  the first-pick gain of facility location (the instruction stage) on the ``drop-minmax``
+  kernel, dense or knn, so it is the simplest ranking that kernel could reduce to, as
+  ``self_utility`` is for ``keep`` (``drop-clip``'s first pick ranks by the mean of
+  max(UF, 0) instead, which orders the samples much the same way, not identically).
 
-Ties are broken by the lower pool index, so every arm is deterministic.
+Ties are broken by the lower pool index, so every arm is deterministic. A baseline whose
+scores are stored for fewer than k pool samples (a run whose cache was moved, say) raises
+instead of ranking missing values.
 """
 
 from __future__ import annotations
@@ -100,9 +106,12 @@ def self_utilities(run: RunData, store=None) -> np.ndarray:
 
 
 def example_utilities(run: RunData, store=None) -> np.ndarray:
-    """Per pool sample j, the mean UF(i <- j) over the other pool samples i != j with a stored
-    pair, streamed shard by shard (NaN where j has none). The kernels count a missing pair as
-    the least useful one; the mean leaves it out, and a dense run has none."""
+    """Per pool sample j, sum over the other pool samples i of UF(i <- j) - lo, streamed shard by
+    shard; lo is the smallest stored off-diagonal utility and a missing pair adds 0 (counts as lo),
+    as in the ``drop-minmax`` kernel. All NaN when no off-diagonal pair is stored.
+
+    A pair stored twice (two concurrent jobs on one cache) is counted twice; the kernels keep one.
+    """
     from delift_ray.kernel import iter_located
     from delift_ray.storage import UTILITY
 
@@ -110,12 +119,16 @@ def example_utilities(run: RunData, store=None) -> np.ndarray:
     ids = run.pool.sample_ids
     total = np.zeros(len(ids))
     count = np.zeros(len(ids))
+    lo = np.inf
     for rows, cols, vals in iter_located(store.iter_relevant(UTILITY, ids, ids), ids, ids):
         other = rows != cols
-        total += np.bincount(cols[other], weights=vals[other], minlength=len(ids))
-        count += np.bincount(cols[other], minlength=len(ids))
-    with np.errstate(invalid="ignore", divide="ignore"):
-        return np.where(count > 0, total / count, np.nan)
+        if other.any():
+            total += np.bincount(cols[other], weights=vals[other], minlength=len(ids))
+            count += np.bincount(cols[other], minlength=len(ids))
+            lo = min(lo, float(vals[other].min()))
+    if not np.isfinite(lo):
+        return np.full(len(ids), np.nan)
+    return total - count * lo
 
 
 def baseline_distances(run: RunData, store=None) -> np.ndarray:
@@ -194,12 +207,18 @@ def arm_subsets(run: RunData, budget: int, variants: list[Variant], baselines: t
         for v in variants:
             out[f"delift:{v.name}"] = delift_variant(run, v, budget, store, raw)
     for b in baselines:
-        if b == "self_utility":
-            out[b] = top_k(self_utilities(run, store), budget)
-        elif b == "hardness":
-            out[b] = top_k(baseline_distances(run, store), budget)
-        elif b == "example_utility":
-            out[b] = top_k(example_utilities(run, store), budget)
-        else:
-            raise DeliftError(f"unknown baseline {b!r}; choose from {', '.join(BASELINE_ARMS)}")
+        out[b] = baseline_subset(run, b, budget, store)
     return out
+
+
+def baseline_subset(run: RunData, name: str, budget: int, store=None) -> list[int]:
+    """The top ``budget`` pool samples of baseline ``name``; DeliftError when fewer are stored."""
+    scorers = {"self_utility": self_utilities, "hardness": baseline_distances, "example_utility": example_utilities}
+    if name not in scorers:
+        raise DeliftError(f"unknown baseline {name!r}; choose from {', '.join(BASELINE_ARMS)}")
+    scores = scorers[name](run, store or run_store(run))
+    stored = int(np.isfinite(scores).sum())
+    if stored < budget:
+        raise DeliftError(f"baseline {name}: the run's cache holds its scores for {stored} of {len(scores)} pool "
+                          f"samples, fewer than the {budget} to pick; is the cache named in run.json still there?")
+    return top_k(scores, budget)

@@ -86,8 +86,9 @@ def configure_parser(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
                    "selected again from the run's stored utilities (no re-scoring).")
     p.add_argument("--baselines", default="auto", metavar="LIST",
                    help="Baseline rows: self_utility (top k by UF(i<-i)), hardness (top k by d(i, no example)), "
-                   "example_utility (top k by mean UF(i<-j) over i != j), a comma list, none, or auto (all three when "
-                   "the run's stored utilities are readable; default).")
+                   "example_utility (top k by how much j helps the others as an example: the drop-minmax kernel's "
+                   "first-pick gain), a comma list, none, or auto (every one the run's stored utilities can rank; "
+                   "default).")
     p.add_argument("--out", default=None, help="Output directory (default RUN_DIR/eval).")
     p.add_argument("--no-progress", action="store_true", help="No progress bars.")
     return p

@@ -19,6 +19,7 @@ Columns (metrics), each a mean over held-out samples:
 from __future__ import annotations
 
 import gc
+import logging
 import sys
 import time
 from pathlib import Path
@@ -35,6 +36,8 @@ from delift_ray.evaluate.inputs import EvalSet, RunData, load_eval_data, load_ru
 from delift_ray.evaluate.metrics import greedy_generate, response_nll, rouge_l_f1
 from delift_ray.evaluate.report import SELECTIONS, build_report, write_report
 from delift_ray.evaluate.training import TrainSettings, fine_tune, load_model, load_tokenizer, resolve_dtype
+
+log = logging.getLogger(__name__)
 
 
 def _release() -> None:
@@ -77,27 +80,32 @@ def select_se(run: RunData, encoder: SentenceEncoder, pool_emb: np.ndarray) -> t
 
 
 def extra_arms(run: RunData, variants: Optional[str], baselines: Optional[str]) -> dict[str, list[int]]:
-    """Subsets of the kernel-variant and baseline rows (name -> pool indices), from the run's shards."""
-    from delift_ray.evaluate.arms import BASELINE_ARMS, arm_subsets, parse_variants, run_store
+    """Subsets of the kernel-variant and baseline rows (name -> pool indices), from the run's shards.
+
+    ``auto`` leaves out, with a warning, every baseline the run's cache cannot rank (a run
+    without readable shards has none); a baseline asked for by name raises instead."""
+    from delift_ray.evaluate.arms import BASELINE_ARMS, arm_subsets, baseline_subset, parse_variants, run_store
 
     wanted = parse_variants(variants)
     b = (baselines or "none").strip()
-    if b == "auto":
-        try:
-            run_store(run)
-            chosen = BASELINE_ARMS
-        except DeliftError:  # a run without readable shards (hand-made) has no baselines
-            chosen = ()
-    elif b == "none":
-        chosen = ()
-    else:
+    chosen: tuple[str, ...] = ()
+    if b not in ("auto", "none"):
         chosen = tuple(x.strip() for x in b.split(",") if x.strip())
         bad = [x for x in chosen if x not in BASELINE_ARMS]
         if bad:
             raise DeliftError(f"unknown baseline {bad[0]!r}; choose from {', '.join(BASELINE_ARMS)}, none or auto")
-    if not wanted and not chosen:
-        return {}
-    return arm_subsets(run, run.budget, wanted, chosen)
+    out = arm_subsets(run, run.budget, wanted, chosen) if wanted or chosen else {}
+    if b == "auto":
+        try:
+            store = run_store(run)
+        except DeliftError:  # a hand-made run names no cache
+            return out
+        for name in BASELINE_ARMS:
+            try:
+                out[name] = baseline_subset(run, name, run.budget, store)
+            except DeliftError as exc:
+                log.warning("--baselines auto: %s; left out", exc)
+    return out
 
 
 def _log(progress: bool, msg: str) -> None:
@@ -177,8 +185,8 @@ def evaluate_run(
 
     ``variants`` ('keep-minmax,drop-clip'): one extra DELIFT row per kernel variant, selected
     again from the run's stored utilities (:mod:`delift_ray.evaluate.arms`). ``baselines``:
-    'self_utility,hardness,example_utility' or a part of it, 'none', or 'auto' (all three when
-    the run's shards are readable).
+    'self_utility,hardness,example_utility' or a part of it, 'none', or 'auto' (every one the
+    run's shards can rank).
     ``steps``: fixed optimiser steps per training run (default: ``epochs`` passes).
     With two or more random subsets, every fine-tuned arm is tested against random on the
     primary metric, held-out NLL (:mod:`delift_ray.evaluate.statistics`).
