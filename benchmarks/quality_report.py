@@ -564,13 +564,14 @@ def write_docs(summary: dict, docs: Path) -> Path:
           "clean budget and not below 0 at any noisy budget (several such variants: the largest mean delta on the "
           "clean pool, then the fewest options changed). Each interval is a 95% one, so a variant no better than the "
           "default meets the rule with probability at most 2.5% (it must clear every clean budget), and with two "
-          "variants at most about 5%. Cells: better (interval above 0), worse (below 0), tie (contains 0), not yet (not trained).", ""]
+          "variants at most about 5%. Cells: better (interval above 0), worse (below 0), tie (contains 0), not yet (not trained); interim: the pools' units are not all in, so cells can still move.", ""]
     ke = summary.get("kernel_evidence") or {}
     if ke.get("variants"):
         cols = list(next(iter(ke["variants"].values()))["cells"])
         L += ["| variant | " + " | ".join(cols) + " | meets the rule |", "|---|" + "---|" * (len(cols) + 1)]
         for arm, v in ke["variants"].items():
-            L.append(f"| {arm} | " + " | ".join(v["cells"][c] for c in cols) + f" | {v['meets_rule']} |")
+            interim = " (interim)" if ke.get("default") is None and v["meets_rule"] != "pending" else ""
+            L.append(f"| {arm} | " + " | ".join(v["cells"][c] for c in cols) + f" | {v['meets_rule']}{interim} |")
         L.append("")
     L.append(f"Default the evidence supports: `{ke['default']}`." if ke.get("default") else
              "Default the evidence supports: not decided until both pools' units are all in.")
