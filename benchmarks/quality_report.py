@@ -124,11 +124,15 @@ def same_subsets(arms: dict[str, list[int]]) -> list[list[str]]:
     return [g for g in groups.values() if len(g) > 1]
 
 
-# The ranking each kernel variant could reduce to: with the diagonal kept, facility location's
-# picks track UF(i <- i); with it dropped, drop-minmax's first pick is the top example_utility
-# exactly (drop-clip's ranks by the mean of max(UF, 0), close to it but not the same).
-SIMPLEST_RANKING = {"keep-minmax": "self_utility", "keep-clip": "self_utility",
-                    "drop-minmax": "example_utility", "drop-clip": "example_utility"}
+def simplest_ranking(arm: str) -> str | None:
+    """The ranking a kernel-variant arm could reduce to: with the diagonal kept, facility
+    location's picks track UF(i <- i); with it dropped, drop-minmax's first pick is the top
+    example_utility exactly (drop-clip's ranks by the mean of max(UF, 0), close to it but not
+    the same). None for an arm that is not a kernel variant."""
+    diagonal, _, scaling = arm.partition(":")[2].partition("-")
+    if scaling not in ("minmax", "clip"):
+        return None
+    return {"keep": "self_utility", "drop": "example_utility"}.get(diagonal)
 
 
 def arm_vs_reference(arms: dict[str, dict[int, dict]], arm: str, ref: str) -> dict | None:
@@ -231,8 +235,8 @@ def summarise(units: dict[str, dict], *, args: dict, meta: dict, total: int, pla
         for arm in sorted(a for a in arms if a.startswith("delift:") and a != "delift:keep-minmax"):
             if (d := arm_vs_reference(arms, arm, "delift:keep-minmax")) is not None:
                 variants_vs_default.append({"pool": pool, "budget": budget, **d})
-        for arm in sorted(a for a in arms if a.startswith("delift:") and a.split(":")[1] in SIMPLEST_RANKING):
-            if (d := arm_vs_reference(arms, arm, SIMPLEST_RANKING[arm.split(":")[1]])) is not None:
+        for arm in sorted(a for a in arms if a.startswith("delift:") and simplest_ranking(a)):
+            if (d := arm_vs_reference(arms, arm, simplest_ranking(arm))) is not None:
                 variants_vs_ranking.append({"pool": pool, "budget": budget, **d})
     for row in rows:
         if row.get("comparison") is not None:
