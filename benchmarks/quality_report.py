@@ -152,13 +152,13 @@ DEFAULT_KERNEL = "delift:keep-minmax"
 
 def kernel_evidence(vs_default: list[dict], vs_each_other: list[dict], budgets: list[float], final: set[str],
                     variants: list[str], pools: set[str]) -> dict:
-    """Section 5 of the issue, fixed before any unit ran: "whichever kernel variant is best, or
-    no worse than the others, becomes the default". A variant is *worse* than another at a pool
-    and budget when the 95% interval of their NLL difference lies wholly on the other's side.
-    Candidates: variants worse than no other variant at any budget of any pool. Among them the
-    largest mean delta against ``keep-minmax`` over every cell, then the fewest options changed
-    from it. No candidate: the fewest worse cells first. ``default`` is None until every planned
-    pool is final; a variant worse somewhere on a final pool is out for good."""
+    """Section 5 of the issue: "whichever kernel variant is best, or no worse than the others,
+    becomes the default". A variant is *worse* than another at a pool and budget when the 95%
+    interval of their NLL difference lies wholly on the other's side. Candidates: variants worse
+    than no other variant at any budget of any pool; among them the largest mean delta against
+    ``keep-minmax`` over every cell, then the fewest options changed from it. No candidate: the
+    default stays ``keep-minmax``. ``default`` is None until every planned pool is final; a
+    variant worse somewhere on a final pool is out for good."""
     variants = [f"delift:{v.strip()}" for v in variants if v.strip()]
     flip = {"better": "worse", "worse": "better", "tie": "tie"}
     outcome: dict[tuple, str] = {}  # (arm, other, pool, budget) -> arm's standing against other
@@ -168,7 +168,13 @@ def kernel_evidence(vs_default: list[dict], vs_each_other: list[dict], budgets: 
             outcome[(c["arm"], c["reference"], c["pool"], c["budget"])] = s
             outcome[(c["reference"], c["arm"], c["pool"], c["budget"])] = flip[s]
     delta = {(c["arm"], c["pool"], c["budget"]): c["delta"] for c in vs_default}
+    delta.update({(DEFAULT_KERNEL, pool, b): 0.0 for pool in pools for b in budgets})
     cols = [(pool, b) for pool in ("clean", "noisy") if pool in pools for b in budgets]
+
+    def mean_delta(arm: str, which: set[str]) -> Optional[float]:
+        ds = [delta[(arm, pool, b)] for pool, b in cols if pool in which and (arm, pool, b) in delta]
+        return float(np.mean(ds)) if ds else None
+
     per: dict[str, dict] = {}
     for arm in variants:
         cells = {}
@@ -176,24 +182,26 @@ def kernel_evidence(vs_default: list[dict], vs_each_other: list[dict], budgets: 
             against = [outcome.get((arm, other, pool, b)) for other in variants if other != arm]
             cells[f"{pool} {100 * b:g}%"] = "worse" if "worse" in against else "not yet" if None in against else "no worse"
         worse_on = {key.split()[0] for key, s in cells.items() if s == "worse"}
-        ds = [0.0 if arm == DEFAULT_KERNEL else delta[(arm, pool, b)] for pool, b in cols
-              if arm == DEFAULT_KERNEL or (arm, pool, b) in delta]
         per[arm] = {"cells": cells, "status": "out" if worse_on else "pending" if "not yet" in cells.values() else "candidate",
                     "final": bool(worse_on & final) or pools <= final,
-                    "cells_worse": sum(s == "worse" for s in cells.values()),
-                    "mean_delta_vs_keep_minmax": float(np.mean(ds)) if ds else None}
+                    "mean_delta_vs_keep_minmax": mean_delta(arm, pools)}
     changed = {a: sum(x != y for x, y in zip(a.split(":", 1)[1].split("-"), ("keep", "minmax"))) for a in per}
-    pool_ = [a for a in per if per[a]["status"] == "candidate"] or list(per)
-    best = sorted(pool_, key=lambda a: (per[a]["cells_worse"], -(per[a]["mean_delta_vs_keep_minmax"] or 0.0), changed[a]))
-    # What the stricter rule this page applied before (a variant must beat keep-minmax at every
-    # clean budget) would pick; shown for the record, not used.
-    strict = [a for a in per if a != DEFAULT_KERNEL
-              and all(outcome.get((a, DEFAULT_KERNEL, "clean", b)) == "better" for b in budgets)
-              and not any(outcome.get((a, DEFAULT_KERNEL, "noisy", b)) == "worse" for b in budgets)]
+    candidates = sorted((a for a in per if per[a]["status"] == "candidate"),
+                        key=lambda a: (-(per[a]["mean_delta_vs_keep_minmax"] or 0.0), changed[a]))
+    # What the rule this page applied before would pick (a variant must beat keep-minmax at every
+    # clean budget and not lose to it at any noisy one; ties: the larger clean mean delta, then
+    # the fewest options changed); shown for the record, not used.
+    strict = sorted((a for a in per if a != DEFAULT_KERNEL
+                     and all(outcome.get((a, DEFAULT_KERNEL, "clean", b)) == "better" for b in budgets)
+                     and not any(outcome.get((a, DEFAULT_KERNEL, "noisy", b)) == "worse" for b in budgets)),
+                    key=lambda a: (-(mean_delta(a, {"clean"}) or 0.0), changed[a]))
     strict_decided = "clean" in final and (not strict or pools <= final)
-    return {"variants": per, "default": best[0] if pools <= final and best else None,
-            "stricter_rule_default": (max(strict, key=lambda a: per[a]["mean_delta_vs_keep_minmax"] or 0.0)
-                                      if strict else DEFAULT_KERNEL) if strict_decided else None}
+    comparisons = (len(variants) - 1) * len(cols)
+    return {"variants": per, "default": (candidates[0] if candidates else DEFAULT_KERNEL) if pools <= final else None,
+            "comparisons_per_variant": comparisons,
+            # Each comparison calls an equal variant worse with chance 0.025; independence assumed.
+            "chance_out_if_equal": round(1 - 0.975 ** comparisons, 3),
+            "stricter_rule_default": (strict[0] if strict else DEFAULT_KERNEL) if strict_decided else None}
 
 
 def twin_arms(arms: dict[str, dict[int, dict]]) -> dict[str, str]:
@@ -252,7 +260,7 @@ def summarise(units: dict[str, dict], *, args: dict, meta: dict, total: int, pla
     for (pool, budget), arms in train.items():
         for i, ref in enumerate(kernel_variants):
             for arm in kernel_variants[i + 1:]:
-                if ref != DEFAULT_KERNEL and (d := arm_vs_reference(arms, arm, ref)) is not None:
+                if DEFAULT_KERNEL not in (ref, arm) and (d := arm_vs_reference(arms, arm, ref)) is not None:
                     variants_vs_each_other.append({"pool": pool, "budget": budget, **d})
         for arm in sorted(a for a in arms if a.startswith("delift:") and a != DEFAULT_KERNEL):
             if (d := arm_vs_reference(arms, arm, DEFAULT_KERNEL)) is not None:
@@ -304,6 +312,7 @@ def summarise(units: dict[str, dict], *, args: dict, meta: dict, total: int, pla
         "noisy_selections": noisy_selections(other.get("selections-noisy", {}).get("results")),
         "rank_overlaps": overlaps,
         "machine": machine,
+        "pools": sorted(planned),
         "rows": rows,
         "variants_vs_keep_minmax": variants_vs_default,
         "variants_vs_simplest_ranking": variants_vs_ranking,
@@ -569,10 +578,11 @@ def write_docs(summary: dict, docs: Path) -> Path:
     L += ["## Which kernel? (section 5: defaults follow the evidence)", ""]
     pairs = vv + (summary.get("variants_vs_each_other") or [])
     if pairs:
-        L += ["Each variant against the current default `keep-minmax`, and the other variants against each other "
-              "(delta = NLL(against) - NLL(variant), > 0: the variant is better; hierarchical bootstrap over items "
+        L += ["Each DELIFT arm against the current default `keep-minmax` (the `min-prompt-gain` arm too: a selection "
+              "option, not a kernel variant, so it is not in the rule below), and the other kernel variants against "
+              "each other (delta = NLL(against) - NLL(arm), > 0: the arm is better; hierarchical bootstrap over items "
               "and both arms' seeds, 95%):", "",
-              "| pool | budget | variant | against | delta [95% CI] |", "|---|---|---|---|---|"]
+              "| pool | budget | arm | against | delta [95% CI] |", "|---|---|---|---|---|"]
         for v in sorted(pairs, key=lambda v: (v["pool"] != "clean", -v["budget"], v["reference"], v["arm"])):
             L.append(f"| {v['pool']} | {int(round(v['budget'] * 100))}% | {v['arm']} | {v['reference']} | "
                      f"{_f(v['delta'])} [{_f(v['ci_low'])}, {_f(v['ci_high'])}] |")
@@ -589,15 +599,19 @@ def write_docs(summary: dict, docs: Path) -> Path:
             L.append(f"| {v['pool']} | {int(round(v['budget'] * 100))}% | {v['arm']} | {v['reference']} | "
                      f"{_f(v['delta'])} [{_f(v['ci_low'])}, {_f(v['ci_high'])}] |")
         L.append("")
-    L += ["The rule is the issue's own, fixed before any unit ran: whichever kernel variant is best, or no worse "
-          "than the others, becomes the default. A variant is *worse* than another at a pool and budget when the "
-          "95% interval of their difference lies wholly on the other's side (for two variants that differ in "
-          "nothing, a 2.5% chance per cell). Candidates: the variants worse than no other at any budget of either "
-          "pool; among them the largest mean delta against `keep-minmax` over every cell, then the fewest options "
-          "changed from it (if none qualifies: the fewest worse cells first). Cells: no worse, worse, not yet (a "
-          "comparison not trained). A variant worse somewhere on a pool whose units are all in is out for good; the "
-          "default is decided once both pools are in.", ""]
     ke = summary.get("kernel_evidence") or {}
+    pools_txt = "both pools" if "noisy" in summary.get("pools", ("clean", "noisy")) else "the pool"
+    L += ["The criterion is the issue's (section 5), written before any unit ran: whichever kernel variant is best, "
+          "or no worse than the others, becomes the default. How it is read here was written on 2026-12-01, after the "
+          "clean pool was complete: a variant is *worse* than another at a pool and budget when the 95% interval of "
+          "their difference lies wholly on the other's side. Candidates: the variants worse than no other at any "
+          f"budget of {'either pool' if pools_txt == 'both pools' else 'the pool'}; among them the largest mean delta against `keep-minmax` over every cell, then the "
+          "fewest options changed from it; if none qualifies, `keep-minmax` stays. Cells: no worse, worse, not yet "
+          "(a comparison not trained). A variant worse somewhere on a pool whose units are all in is out for good; "
+          f"the default is decided once {pools_txt}' units are all in. Each comparison calls a variant worse that is "
+          "not with a chance of 2.5%; a variant faces "
+          f"{ke.get('comparisons_per_variant', 0)} of them, so one no different from the others is ruled out with a "
+          f"chance of about {100 * ke.get('chance_out_if_equal', 0):.0f}% (comparisons taken as independent).", ""]
     if ke.get("variants"):
         cols = list(next(iter(ke["variants"].values()))["cells"])
         L += ["| variant | " + " | ".join(cols) + " | standing |", "|---|" + "---|" * (len(cols) + 1)]
@@ -606,16 +620,16 @@ def write_docs(summary: dict, docs: Path) -> Path:
             L.append(f"| {arm} | " + " | ".join(v["cells"][c] for c in cols) + f" | {v['status']}{interim} |")
         L.append("")
     L.append(f"Default the evidence supports: `{ke['default']}`." if ke.get("default") else
-             "Default the evidence supports: not decided until both pools' units are all in.")
+             f"Default the evidence supports: not decided until {pools_txt}' units are all in.")
     if ke.get("stricter_rule_default"):
-        L += ["", "For the record: until 2026-12-01 this page applied a stricter rule, written after the clean 15% "
+        L += ["", "For the record: until 2026-12-01 this page applied another rule, written after the clean 15% "
               "results were in: a variant replaces `keep-minmax` only if its interval against it lies above 0 at "
               "every clean budget and not below 0 at any noisy budget. It picks "
-              f"`{ke['stricter_rule_default']}`. It asked for more than section 5 does"
-              + (" (here it keeps `keep-minmax`, which is worse than another variant at a budget)"
+              f"`{ke['stricter_rule_default']}`. It is not section 5's criterion: it never compares the variants "
+              "with one another"
+              + (", and here it keeps `keep-minmax`, which is worse than another variant at a budget"
                  if ke["stricter_rule_default"] == DEFAULT_KERNEL and ke["variants"].get(DEFAULT_KERNEL, {}).get("status") == "out"
-                 else "") + ", so the page applies section 5's criterion, the one fixed before any data."]
-    L.append("")
+                 else "") + "."]
     L.append("")
     probe_path = Path(__file__).resolve().parent / "results" / "noise_probe.json"
     if probe_path.exists():
