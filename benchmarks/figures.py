@@ -235,12 +235,24 @@ def _quality_study(r: dict, doc: dict) -> Cells:
     d, pr = r["design"], r["progress"]
     what = (f"quality study: {d['n_pool']}-sample pool, {d['n_eval']} held-out, budgets "
             + ", ".join(f"{100 * float(b):g}%" for b in str(d["budgets"]).split(",")) + f", {d['randoms']} random subsets")
-    verdicts = [f"{row['pool']} {100 * row['budget']:g}%: {'interim, ' if row.get('interim') else ''}"
-                f"{row['comparison']['verdict']} (delta "
-                f"{num(row['comparison']['delta'], 4)} [{num(row['comparison']['ci_low'], 4)}, "
-                f"{num(row['comparison']['ci_high'], 4)}] nats)"
-                for row in r.get("rows", []) if row["arm"] == "delift:keep-minmax" and row.get("comparison")]
-    fig = ("DELIFT default vs random: " + "; ".join(verdicts)) if verdicts else "no verdict yet"
+    rows = [row for row in r.get("rows", []) if row.get("comparison")]
+    variants = [f"delift:{v.strip()}" for v in str(d["variants"]).split(",") if v.strip()]
+    parts = []
+    for arm in variants:
+        mine = [row for row in rows if row["arm"] == arm]
+        twins = {row["same_subset_as"].split(":", 1)[-1] for row in mine if row.get("same_subset_as")}
+        own = [row for row in mine if not row.get("same_subset_as")]
+        verdicts = [f"{row['pool']} {100 * row['budget']:g}% {'interim, ' if row.get('interim') else ''}"
+                    f"{row['comparison']['verdict']} ({num(row['comparison']['delta'], 3)} "
+                    f"[{num(row['comparison']['ci_low'], 3)}, {num(row['comparison']['ci_high'], 3)}])" for row in own]
+        label = arm.split(":", 1)[-1] + (" (paper's kernel)" if arm == "delift:keep-minmax" else "")
+        if verdicts or twins:
+            parts.append(f"{label}: " + "; ".join(verdicts + [f"other cells: same subsets as {t}" for t in sorted(twins)]
+                                                  if verdicts else [f"same subsets as {', '.join(sorted(twins))}"]))
+    fig = ("DELIFT vs random, delta in nats: " + " · ".join(parts)) if parts else "no verdict yet"
+    default = (r.get("kernel_evidence") or {}).get("default")
+    if default:
+        fig += f" · kernel the evidence supports: {default.split(':', 1)[-1]}"
     ns = r.get("noisy_selections")
     if ns:
         gated = [a for a in next(iter(ns.values()))["arms"] if "min-prompt-gain" in a]
