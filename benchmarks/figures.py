@@ -217,7 +217,7 @@ def _noise_probe(r: dict, doc: dict) -> Cells:
     share = r["swapped_share"]
     budgets = list(share)
     best = max(r["noise_signal_auroc"].items(), key=lambda kv: abs(kv[1] - 0.5))
-    fig = ("swapped share, DELIFT default: " + ", ".join(f"{_pct(share[b]['delift:keep-minmax'])} at {b}" for b in budgets)
+    fig = ("swapped share, DELIFT keep-minmax (the default then): " + ", ".join(f"{_pct(share[b]['delift:keep-minmax'])} at {b}" for b in budgets)
            + " (random " + ", ".join(_pct(share[b]["random (mean of 200)"]) for b in budgets) + "); "
            f"best stored-utility detector: {best[0]}, AUROC {num(best[1], 3)}"
            + (f" ({num(1 - best[1], 3)} for the opposite ranking)" if best[1] < 0.5 else ""))
@@ -259,7 +259,7 @@ def _quality_study(r: dict, doc: dict) -> Cells:
         cols = ["delift:keep-minmax", *gated]
         shares = [" / ".join([*(_pct(v["arms"][a]) for a in cols), _pct(v["random"]["mean"])]) + f" at {100 * float(b):g}%"
                   for b, v in ns.items()]
-        fig += ("; swapped share on the noisy pool, " + " / ".join(["default", *(a.split(":", 1)[-1] for a in gated), "random"])
+        fig += ("; swapped share on the noisy pool, " + " / ".join(["keep-minmax", *(a.split(":", 1)[-1] for a in gated), "random"])
                 + ": " + ", ".join(shares))
     if pr["units_done"] < pr["units_total"]:
         fig += f" (in progress: {pr['units_done']} of {pr['units_total']} units)"

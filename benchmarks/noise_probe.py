@@ -78,7 +78,7 @@ def main(argv=None) -> int:
     cmd = [sys.executable, "-c", PATIENT_RAY_CLI, "select", "--data", str(data), "--model", meta["model"],
            "--out", str(out / "run"), "--cache", args.cache, "--budget", "0.3",
            "--engine.dtype", "float32", "--engine.max-model-len", "512", "--engine.kv-cache-space-gib", "1",
-           "--scoring.block-size", "16", "--overwrite"]
+           "--scoring.block-size", "16", "--kernel.diagonal", "keep", "--overwrite"]  # the default when it ran
     t0 = time.time()
     subprocess.run(cmd, check=True)
     wall = time.time() - t0

@@ -147,7 +147,15 @@ def arm_vs_reference(arms: dict[str, dict[int, dict]], arm: str, ref: str) -> di
             "ci_low": float(lo), "ci_high": float(hi)}
 
 
-DEFAULT_KERNEL = "delift:keep-minmax"
+PAPER_KERNEL = "delift:keep-minmax"  # the paper's kernel, and the config's default while the study ran
+
+
+def config_default_kernel() -> str:
+    """The kernel ``delift-ray select`` uses when the user sets none (delift_ray/config.py)."""
+    from delift_ray.config import KernelConfig
+
+    fields = KernelConfig.model_fields
+    return f"delift:{fields['diagonal'].default}-{fields['scaling'].default}"
 
 
 def kernel_evidence(vs_default: list[dict], vs_each_other: list[dict], budgets: list[float], final: set[str],
@@ -168,7 +176,7 @@ def kernel_evidence(vs_default: list[dict], vs_each_other: list[dict], budgets: 
             outcome[(c["arm"], c["reference"], c["pool"], c["budget"])] = s
             outcome[(c["reference"], c["arm"], c["pool"], c["budget"])] = flip[s]
     delta = {(c["arm"], c["pool"], c["budget"]): c["delta"] for c in vs_default}
-    delta.update({(DEFAULT_KERNEL, pool, b): 0.0 for pool in pools for b in budgets})
+    delta.update({(PAPER_KERNEL, pool, b): 0.0 for pool in pools for b in budgets})
     cols = [(pool, b) for pool in ("clean", "noisy") if pool in pools for b in budgets]
 
     def mean_delta(arm: str, which: set[str]) -> Optional[float]:
@@ -191,17 +199,18 @@ def kernel_evidence(vs_default: list[dict], vs_each_other: list[dict], budgets: 
     # What the rule this page applied before would pick (a variant must beat keep-minmax at every
     # clean budget and not lose to it at any noisy one; ties: the larger clean mean delta, then
     # the fewest options changed); shown for the record, not used.
-    strict = sorted((a for a in per if a != DEFAULT_KERNEL
-                     and all(outcome.get((a, DEFAULT_KERNEL, "clean", b)) == "better" for b in budgets)
-                     and not any(outcome.get((a, DEFAULT_KERNEL, "noisy", b)) == "worse" for b in budgets)),
+    strict = sorted((a for a in per if a != PAPER_KERNEL
+                     and all(outcome.get((a, PAPER_KERNEL, "clean", b)) == "better" for b in budgets)
+                     and not any(outcome.get((a, PAPER_KERNEL, "noisy", b)) == "worse" for b in budgets)),
                     key=lambda a: (-(mean_delta(a, {"clean"}) or 0.0), changed[a]))
     strict_decided = "clean" in final and (not strict or pools <= final)
     comparisons = (len(variants) - 1) * len(cols)
-    return {"variants": per, "default": (candidates[0] if candidates else DEFAULT_KERNEL) if pools <= final else None,
+    return {"variants": per, "default": (candidates[0] if candidates else PAPER_KERNEL) if pools <= final else None,
+            "config_default": config_default_kernel(),
             "comparisons_per_variant": comparisons,
             # Each comparison calls an equal variant worse with chance 0.025; independence assumed.
             "chance_out_if_equal": round(1 - 0.975 ** comparisons, 3),
-            "stricter_rule_default": (strict[0] if strict else DEFAULT_KERNEL) if strict_decided else None}
+            "stricter_rule_default": (strict[0] if strict else PAPER_KERNEL) if strict_decided else None}
 
 
 def twin_arms(arms: dict[str, dict[int, dict]]) -> dict[str, str]:
@@ -260,10 +269,10 @@ def summarise(units: dict[str, dict], *, args: dict, meta: dict, total: int, pla
     for (pool, budget), arms in train.items():
         for i, ref in enumerate(kernel_variants):
             for arm in kernel_variants[i + 1:]:
-                if DEFAULT_KERNEL not in (ref, arm) and (d := arm_vs_reference(arms, arm, ref)) is not None:
+                if PAPER_KERNEL not in (ref, arm) and (d := arm_vs_reference(arms, arm, ref)) is not None:
                     variants_vs_each_other.append({"pool": pool, "budget": budget, **d})
-        for arm in sorted(a for a in arms if a.startswith("delift:") and a != DEFAULT_KERNEL):
-            if (d := arm_vs_reference(arms, arm, DEFAULT_KERNEL)) is not None:
+        for arm in sorted(a for a in arms if a.startswith("delift:") and a != PAPER_KERNEL):
+            if (d := arm_vs_reference(arms, arm, PAPER_KERNEL)) is not None:
                 variants_vs_default.append({"pool": pool, "budget": budget, **d})
         for arm in sorted(a for a in arms if a.startswith("delift:") and simplest_ranking(a)):
             if (d := arm_vs_reference(arms, arm, simplest_ranking(arm))) is not None:
@@ -338,13 +347,19 @@ STATIC_SECTIONS = """## The kernel options
 Both act on the stored utilities, so switching them never re-scores anything
 (`delift-ray reselect` or a re-run of the same job with the new option reuses every shard).
 
-* `kernel.diagonal: keep | drop`. UF(i <- i) is a sample shown as its own example. It is always
-  scored and stored; `drop` leaves it out of the kernel (0, and out of the scaling). On the demo it
-  averages 0.43 against 0.0006 off the diagonal, is the largest entry of every row, and the default
-  selection shares 9 of 10 samples with the 10 largest self-utilities: with `keep`, facility
-  location mostly ranks samples by self-utility, which tracks response length. `drop` removes
-  every self pair, also in Q and P when a sample is both in the pool and in the target or existing
-  set. `scoring.exclude_self` is the deprecated alias (`true` = `drop`).
+* `kernel.diagonal: keep | drop` (default `drop`). UF(i <- i) is a sample shown as its own example.
+  It is always scored and stored; `drop` leaves it out of the kernel (0, and out of the scaling).
+  On the demo it averages 0.43 against 0.0006 off the diagonal, is the largest entry of every row,
+  and the `keep` selection shares 9 of 10 samples with the 10 largest self-utilities: with `keep`
+  (the paper's kernel, and this project's default until 2026-12-02), facility location mostly
+  ranks samples by self-utility, which tracks response length. `drop` removes every self pair,
+  also in Q and P when a sample is both in the pool and in the target or existing set. The
+  default changed because of this study ("Which kernel?" above), which measured the instruction
+  stage (facility location); the task and continual stages take the same key for their K and
+  were not measured separately. A run keeps the options it was
+  made with: `run.json` stores them, and `delift-ray reselect` carries them into the next
+  version; pass `--kernel.diagonal keep` for the paper's kernel. `scoring.exclude_self` is the
+  deprecated alias (`true` = `drop`).
 * `kernel.scaling: minmax | clip`. `minmax` maps [min UF, max UF] to [0, 1] over the whole kernel,
   so UF = 0 lands above 0 (about 0.115 on the demo) and an example that makes a prediction worse
   still counts as coverage. `clip` is max(UF, 0) / max UF: a harmful or useless example covers
@@ -491,8 +506,8 @@ def write_docs(summary: dict, docs: Path) -> Path:
           "`self_utility` (top k by UF(i <- i)), `hardness` (top k by d(i, no example)), `example_utility` (top k by "
           "the mean UF(i <- j) over i != j, how much j helps the others as an example: the first-pick "
           "score of the drop-minmax variant), random"
-          + (f", and `delift:min-prompt-gain-{d['min_prompt_gain']:g}`: the job's default selection "
-             f"(`delift-ray select`) with `selection.min_prompt_gain: {d['min_prompt_gain']:g}`, so a sample "
+          + (f", and `delift:min-prompt-gain-{d['min_prompt_gain']:g}`: the job's selection "
+             f"(`delift-ray select`, kernel keep-minmax, the default when the study ran) with `selection.min_prompt_gain: {d['min_prompt_gain']:g}`, so a sample "
              "its own prompt barely helps is never picked (the value the noise probe below pointed to; the "
              "probe's 48 samples are the first 48 of this pool, with another swap)"
              if d.get("min_prompt_gain") is not None else "") + ".",
@@ -578,7 +593,7 @@ def write_docs(summary: dict, docs: Path) -> Path:
     L += ["## Which kernel? (section 5: defaults follow the evidence)", ""]
     pairs = vv + (summary.get("variants_vs_each_other") or [])
     if pairs:
-        L += ["Each DELIFT arm against the current default `keep-minmax` (the `min-prompt-gain` arm too: a selection "
+        L += ["Each DELIFT arm against `keep-minmax`, the paper's kernel and the default while the study ran (the `min-prompt-gain` arm too: a selection "
               "option, not a kernel variant, so it is not in the rule below), and the other kernel variants against "
               "each other (delta = NLL(against) - NLL(arm), > 0: the arm is better; hierarchical bootstrap over items "
               "and both arms' seeds, 95%):", "",
@@ -621,6 +636,12 @@ def write_docs(summary: dict, docs: Path) -> Path:
         L.append("")
     L.append(f"Default the evidence supports: `{ke['default']}`." if ke.get("default") else
              f"Default the evidence supports: not decided until {pools_txt}' units are all in.")
+    current = ke.get("config_default") or config_default_kernel()
+    if ke.get("default"):
+        L.append(f"The config's default (delift_ray/config.py) is `{current}`: "
+                 + ("applied." if current == ke["default"] else "**not applied yet**."))
+    else:
+        L.append(f"The config's default (delift_ray/config.py) is `{current}`.")
     if ke.get("stricter_rule_default"):
         L += ["", "For the record: until 2026-12-01 this page applied another rule, written after the clean 15% "
               "results were in: a variant replaces `keep-minmax` only if its interval against it lies above 0 at "
@@ -628,7 +649,7 @@ def write_docs(summary: dict, docs: Path) -> Path:
               f"`{ke['stricter_rule_default']}`. It is not section 5's criterion: it never compares the variants "
               "with one another"
               + (", and here it keeps `keep-minmax`, which is worse than another variant at a budget"
-                 if ke["stricter_rule_default"] == DEFAULT_KERNEL and ke["variants"].get(DEFAULT_KERNEL, {}).get("status") == "out"
+                 if ke["stricter_rule_default"] == PAPER_KERNEL and ke["variants"].get(PAPER_KERNEL, {}).get("status") == "out"
                  else "") + "."]
     L.append("")
     probe_path = Path(__file__).resolve().parent / "results" / "noise_probe.json"
@@ -666,7 +687,7 @@ def write_docs(summary: dict, docs: Path) -> Path:
                   "PMI = d(response | no prompt) - d(response | its prompt), one more forward pass per sample "
                   f"({pmi['wall_s']:.0f} s for {pr_['n']} samples here). Low PMI flags a swapped sample with AUROC "
                   f"{_f(pmi['auroc_low_pmi'], 3)} (mean PMI {pmi['mean_swapped']:.2f} nats/token for swapped samples, "
-                  f"{pmi['mean_intact']:.2f} for intact ones). Swapped share of the default DELIFT subset when the "
+                  f"{pmi['mean_intact']:.2f} for intact ones). Swapped share of the keep-minmax DELIFT subset when the "
                   "most suspect samples may not be picked (their kernel columns set to 0):", "",
                   "| excluded | " + " | ".join(f"budget {b}" for b in cols) + " |", "|---|" + "---|" * len(cols)]
             for name, row in ex.items():
@@ -679,7 +700,7 @@ def write_docs(summary: dict, docs: Path) -> Path:
                   f"flags a swapped sample with AUROC {_f(pg['auroc_low_gain'], 3)}; swapped samples' gains run from "
                   f"{min(pg['gain_swapped']):.3f} to {max(pg['gain_swapped']):.3f}, intact ones' from "
                   f"{min(pg['gain_intact']):.3f} to {max(pg['gain_intact']):.3f}. `delift-ray select` over the same cache "
-                  "at each threshold (the default kernel):", "",
+                  "at each threshold (kernel keep-minmax, the default when the probe ran):", "",
                   "| min_prompt_gain @ budget | excluded | swapped share of the subset |", "|---|---|---|"]
             for name, row in pg["runs"].items():
                 L.append(f"| {name} | {row['excluded']} of {pr_['n']} | {_pct(row['swapped_share'])} |")

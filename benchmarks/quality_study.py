@@ -145,7 +145,9 @@ def select_run(out: Path, data: Path, budget: float, args, meta: dict, *extra: s
     cmd = [sys.executable, "-c", PATIENT_RAY_CLI, "select", "--data", str(data), "--model", meta["model"],
            "--out", str(out), "--cache", args.cache, "--stage", "instruction", "--budget", str(budget),
            "--engine.dtype", args.score_dtype, "--engine.max-model-len", "512", "--engine.max-num-batched-tokens", "4096",
-           "--engine.kv-cache-space-gib", "1", "--scoring.block-size", str(args.block_size), *extra]
+           "--engine.kv-cache-space-gib", "1", "--scoring.block-size", str(args.block_size),
+           # keep-minmax, the default when the study ran: the min-prompt-gain arm is that selection.
+           "--kernel.diagonal", "keep", *extra]
     log(f"{out.name}: delift-ray {' '.join(cmd[3:])}")
     # A re-run resumes from the stored shards. On a loaded machine at nice 19 the embedded
     # Ray node can miss its fixed 30 s start-up window, so a failed attempt is retried.
@@ -289,7 +291,7 @@ def prompt_gain_arm(args) -> Optional[str]:
 
 def plan_arms(pool: str, budget: float, args) -> list[tuple[str, int]]:
     """(arm, seed) in run order: variants and random interleaved, then the baselines, then
-    the default kernel with ``selection.min_prompt_gain``."""
+    the keep-minmax kernel (the default when the study ran) with ``selection.min_prompt_gain``."""
     variants = [f"delift:{v}" for v in args.variants.split(",") if v]
     seeds = list(range(args.train_seeds))
     R = args.randoms
@@ -487,7 +489,7 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--train-seeds", type=int, default=3)
     p.add_argument("--variants", default=VARIANTS)
     p.add_argument("--min-prompt-gain", type=lambda v: None if v.lower() == "none" else float(v), default=0.01,
-                   help="One more arm: the job's default selection with selection.min_prompt_gain at this value "
+                   help="One more arm: the job's keep-minmax selection with selection.min_prompt_gain at this value "
                         "(none: no such arm). 0.01 is the value the noise probe pointed to.")
     p.add_argument("--steps", type=int, default=18, help="Optimiser steps of every training run (all arms, all budgets).")
     p.add_argument("--batch-size", type=int, default=4)

@@ -15,7 +15,9 @@ nothing is re-scored):
 * diagonal ``keep`` | ``drop``: ``drop`` removes the self pairs UF(i <- i), a sample shown
   as its own example (same sample id as helped and as example), before scaling; they
   become 0. Self-utility dwarfs every off-diagonal entry (0.43 vs 0.0006 on the demo),
-  so with ``keep`` facility location mostly ranks samples by their self-utility.
+  so with ``keep`` facility location mostly ranks samples by their self-utility. The
+  config's default is ``drop``: the quality study (docs/quality.md) found it no worse than
+  the other variants at every budget of both pools, and ``keep`` worse than it.
 * scaling ``minmax`` | ``clip``: ``minmax`` maps [min UF, max UF] to [0, 1], so UF = 0
   lands above 0 and a harmful example (UF < 0) still counts as coverage. ``clip`` is
   max(UF, 0) / max UF: a harmful or useless example covers nothing. A kernel whose
@@ -81,7 +83,7 @@ def self_positions(helped_ids: list[str], example_ids: list[str]) -> tuple[np.nd
 
 
 def finish_dense(M: np.ndarray, helped_ids: list[str], example_ids: list[str], *,
-                 diagonal: str = "keep", scaling: str = "minmax") -> np.ndarray:
+                 diagonal: str, scaling: str) -> np.ndarray:
     """Apply the kernel options to a raw dense UF matrix in place and return it.
 
     NaN entries (missing pairs a run was allowed to skip) and, with ``diagonal="drop"``,
@@ -278,7 +280,7 @@ def candidate_keys(candidates: np.ndarray, n_cols: int) -> np.ndarray:
 
 def assemble_sparse_from_tables(tables: Tables, helped_ids: list[str], example_ids: list[str], *,
                                 allowed: np.ndarray | None = None, drop_diagonal: bool = False,
-                                diagonal: str = "keep", scaling: str = "minmax", progress: bool = False, name: str = "K"):
+                                diagonal: str, scaling: str, progress: bool = False, name: str = "K"):
     """CSR kernel M[h, e] of the stored pairs inside the requested sets (see :func:`assemble_sparse`).
 
     ``diagonal="drop"`` removes every self pair (:func:`self_positions`); ``drop_diagonal``

@@ -39,7 +39,7 @@ def scored_run(ray_cluster, tiny_model_dir, tmp_path_factory):
 
 def test_variants_and_baselines_from_stored_shards(scored_run):
     from delift_ray.evaluate.arms import (Variant, arm_subsets, baseline_distances, delift_variant, raw_matrix,
-                                          run_store, self_utilities)
+                                          pool_pair_scores, run_store)
     from delift_ray.evaluate.inputs import load_run
 
     d, cfg, res = scored_run
@@ -47,20 +47,23 @@ def test_variants_and_baselines_from_stored_shards(scored_run):
     store = run_store(r)
     uf = raw_matrix(r, "pool", "pool", store)
     assert uf.shape == (12, 12) and not np.isnan(uf).any()
-    assert np.allclose(self_utilities(r, store), np.diag(uf))
-    # The default kernel (keep-minmax) re-selected from the shards is the run's own selection.
-    assert delift_variant(r, Variant("keep", "minmax"), 4, store) == r.selected
-    # A run with kernel.diagonal drop over the same cache (nothing re-scored) equals the drop variant.
-    drop = run({**cfg, "out": str(d / "run-drop"), "cache": str(d / "run"), "kernel": {"diagonal": "drop", "scaling": "clip"}},
+    own, helps = pool_pair_scores(r, store)
+    assert np.allclose(own, np.diag(uf))
+    # The default kernel (drop-minmax) re-selected from the shards is the run's own selection.
+    assert r.config["kernel"] == {"diagonal": "drop", "scaling": "minmax"}
+    assert delift_variant(r, Variant("drop", "minmax"), 4, store) == r.selected
+    # A run with other kernel options over the same cache (nothing re-scored) equals that variant.
+    keep = run({**cfg, "out": str(d / "run-keep"), "cache": str(d / "run"), "kernel": {"diagonal": "keep", "scaling": "clip"}},
                progress=False)
-    assert drop.counts["pairs_scored"] == 0
+    assert keep.counts["pairs_scored"] == 0
     where = {sid: i for i, sid in enumerate(r.pool.sample_ids)}
-    assert [where[s] for s in drop.selected_ids] == delift_variant(r, Variant("drop", "clip"), 4, store)
+    assert [where[s] for s in keep.selected_ids] == delift_variant(r, Variant("keep", "clip"), 4, store)
     arms = arm_subsets(r, 4, [Variant("drop", "minmax")], ("self_utility", "hardness", "example_utility"))
     assert arms["self_utility"] == list(np.argsort(-np.diag(uf), kind="stable")[:4])
     assert arms["hardness"] == list(np.argsort(-baseline_distances(r, store), kind="stable")[:4])
     off = np.where(np.eye(12, dtype=bool), np.nan, uf)  # drop-minmax's first-pick gain, by hand
-    assert arms["example_utility"] == list(np.argsort(-np.nansum(off - np.nanmin(off), axis=0), kind="stable")[:4])
+    assert np.allclose(helps, np.nansum(off - np.nanmin(off), axis=0))
+    assert arms["example_utility"] == list(np.argsort(-helps, kind="stable")[:4])
     assert len(set(arms["delift:drop-minmax"])) == 4
 
 
@@ -71,21 +74,21 @@ def test_evaluate_with_variants_baselines_and_statistics(scored_run, capsys):
     parser = argparse.ArgumentParser(prog="delift-ray")
     add_evaluate_parser(parser.add_subparsers(dest="command"))
     args = parser.parse_args(["evaluate", "--run", str(d / "run"), "--eval-data", str(d / "held.jsonl"),
-                              "--variants", "keep-minmax,drop-clip", "--train-seeds", "2", "--seeds", "3",
+                              "--variants", "drop-minmax,keep-clip", "--train-seeds", "2", "--seeds", "3",
                               "--steps", "2", "--max-length", "48", "--max-new-tokens", "4", "--icl-examples", "2",
                               "--icl-example-tokens", "16", "--bootstrap-resamples", "200", "--no-progress"])
     assert run_evaluate_command(args) == 0
     rep = json.loads((d / "run" / "eval" / "report.json").read_text())
     rows = {r["selection"]: r for r in rep["rows"]}
-    assert list(rows) == ["initial", "delift", "delift:keep-minmax", "delift:drop-clip", "self_utility", "hardness",
+    assert list(rows) == ["initial", "delift", "delift:drop-minmax", "delift:keep-clip", "self_utility", "hardness",
                           "example_utility", "delift_se", "random", "full"]
     assert rows["delift"]["n_seeds"] == 2 and rows["random"]["n_seeds"] == 3 and rows["hardness"]["n_seeds"] == 2
     assert all(t["steps"] == 2 for r in rows.values() for t in r["train"])
-    # keep-minmax is the run's own kernel: the same subset, the same seeds, the same numbers.
-    assert len(rep["arms"]["delift:drop-clip"]) == 4 == len(rep["arms"]["self_utility"])
-    assert rows["delift:keep-minmax"]["mean"]["nll"] == pytest.approx(rows["delift"]["mean"]["nll"], rel=1e-5)
+    # drop-minmax is the run's own kernel: the same subset, the same seeds, the same numbers.
+    assert len(rep["arms"]["delift:keep-clip"]) == 4 == len(rep["arms"]["self_utility"])
+    assert rows["delift:drop-minmax"]["mean"]["nll"] == pytest.approx(rows["delift"]["mean"]["nll"], rel=1e-5)
     vr = {c["selection"]: c for c in rep["vs_random"]}
-    assert set(vr) == {"delift", "delift:keep-minmax", "delift:drop-clip", "self_utility", "hardness", "example_utility",
+    assert set(vr) == {"delift", "delift:drop-minmax", "delift:keep-clip", "self_utility", "hardness", "example_utility",
                        "delift_se"}
     for c in vr.values():
         assert c["verdict"] in ("better than random", "no better than random", "inconclusive")
@@ -93,7 +96,7 @@ def test_evaluate_with_variants_baselines_and_statistics(scored_run, capsys):
         assert 0 < c["p_rank"] <= 1 and c["p_rank"] >= 1 / 4 and c["p_boot_holm"] >= c["p_boot"]
         assert math.isclose(c["delta"], rows["random"]["mean"]["nll"] - rows[c["selection"]]["mean"]["nll"], abs_tol=1e-9)
     md = (d / "run" / "eval" / "report.md").read_text()
-    assert "Against random" in md and "drop-clip" in md
+    assert "Against random" in md and "keep-clip" in md
 
 
 def test_min_prompt_gain_on_a_real_run(scored_run):
@@ -123,4 +126,4 @@ def test_min_prompt_gain_on_a_real_run(scored_run):
     # evaluate's re-selection from the shards applies the run's exclusion as the job did.
     rc = load_run(d / "run-pg")
     where = {sid: i for i, sid in enumerate(rc.pool.sample_ids)}
-    assert delift_variant(rc, Variant("keep", "minmax"), 4, run_store(rc)) == [where[s] for s in cut.selected_ids]
+    assert delift_variant(rc, Variant("drop", "minmax"), 4, run_store(rc)) == [where[s] for s in cut.selected_ids]

@@ -39,7 +39,7 @@ def test_finish_dense_drop_takes_the_diagonal_out_of_scaling():
     clip_keep = finish_dense(M.copy(), ids, ids, diagonal="keep", scaling="clip")
     assert np.allclose(clip_keep, [[1.0, 0.25], [0.0, 0.5]])
     with pytest.raises(ValueError, match="diagonal"):
-        finish_dense(M.copy(), ids, ids, diagonal="zero")
+        finish_dense(M.copy(), ids, ids, diagonal="zero", scaling="minmax")
 
 
 def test_finish_dense_missing_pairs_and_cross_set_self_pairs():
@@ -116,9 +116,10 @@ def test_sparse_from_tables_drops_self_pairs_by_id():
 
 def test_config_keys_defaults_and_the_deprecated_alias():
     cfg = load_config(None, dict(BASE))
-    assert (cfg.kernel.diagonal, cfg.kernel.scaling) == ("keep", "minmax")
-    cfg = load_config(None, {**BASE, "kernel.diagonal": "drop", "kernel.scaling": "clip"})
-    assert (cfg.kernel.diagonal, cfg.kernel.scaling) == ("drop", "clip")
+    # drop-minmax: the variant the quality study supports (docs/quality.md, "Which kernel?").
+    assert (cfg.kernel.diagonal, cfg.kernel.scaling) == ("drop", "minmax")
+    cfg = load_config(None, {**BASE, "kernel.diagonal": "keep", "kernel.scaling": "clip"})
+    assert (cfg.kernel.diagonal, cfg.kernel.scaling) == ("keep", "clip")
     with pytest.warns(DeprecationWarning, match="kernel.diagonal"):
         cfg = load_config(None, {**BASE, "scoring.exclude_self": True})
     assert cfg.kernel.diagonal == "drop"
@@ -132,9 +133,26 @@ def test_config_keys_defaults_and_the_deprecated_alias():
         assert load_config(None, {**BASE, "scoring.exclude_self": True, "kernel.diagonal": "drop"}).kernel.diagonal == "drop"
     with pytest.raises(ConfigError, match="kernel.scaling"):
         load_config(None, {**BASE, "kernel.scaling": "zscore"})
-    # A dumped config (run.json) validates again to the same options.
-    cfg = load_config(None, {**BASE, "kernel.diagonal": "drop"})
-    assert load_config(None, cfg.model_dump(mode="json")).kernel.diagonal == "drop"
+    # A dumped config (run.json) validates again to the same options, so a run made with the
+    # earlier default (keep) is reselected with keep, not with today's default.
+    cfg = load_config(None, {**BASE, "kernel.diagonal": "keep"})
+    assert load_config(None, cfg.model_dump(mode="json")).kernel.diagonal == "keep"
+
+
+def test_reselect_keeps_the_previous_runs_kernel_options():
+    import pyarrow as pa
+
+    from delift_ray.reselect import PreviousRun, version_config
+
+    made = load_config(None, {**BASE, "kernel.diagonal": "keep", "kernel.scaling": "clip"}).model_dump(mode="json")
+    prev = PreviousRun("v1", made, pa.table({"sample_id": pa.array([], pa.string())}), [], "cache")
+    cfg = version_config(prev, "v2.jsonl", "out2")
+    assert (cfg.kernel.diagonal, cfg.kernel.scaling, cfg.data) == ("keep", "clip", "v2.jsonl")
+    # A run.json written before the kernel section existed holds scoring.exclude_self instead.
+    old = {k: v for k, v in made.items() if k != "kernel"}
+    old["scoring"] = {**old["scoring"], "exclude_self": False}
+    with pytest.warns(DeprecationWarning):
+        assert version_config(PreviousRun("v0", old, prev.pool, [], "cache"), "v2.jsonl", "out2").kernel.diagonal == "keep"
 
 
 def test_cli_flags():
@@ -152,7 +170,7 @@ def test_arms_from_a_shard_store(tmp_path):
     """evaluate's arms read the stored utilities: variants, self-utility, hardness and example utility by hand."""
     import pyarrow as pa
 
-    from delift_ray.evaluate.arms import (Variant, arm_subsets, delift_variant, example_utilities, parse_variants,
+    from delift_ray.evaluate.arms import (Variant, arm_subsets, delift_variant, parse_variants, pool_pair_scores,
                                           top_k)
     from delift_ray.evaluate.inputs import Pool, RunData
     from delift_ray.storage import BASELINE, UTILITY, ShardStore
@@ -176,7 +194,9 @@ def test_arms_from_a_shard_store(tmp_path):
     assert arms["hardness"] == [1, 3]  # d = 0.9, 0.9: ties to the lower index
     # Sum of UF(i <- j) - lo over i != j, lo = 0: 0, 0, 1.5, 0 (c's own 0.1 left out): c, then a by the tie rule.
     assert arms["example_utility"] == [2, 0]
-    assert example_utilities(run).tolist() == pytest.approx([0.0, 0.0, 1.5, 0.0])
+    own, helps = pool_pair_scores(run)
+    assert own.tolist() == pytest.approx(np.diag(uf).tolist())
+    assert helps.tolist() == pytest.approx([0.0, 0.0, 1.5, 0.0])
     assert arms["delift:drop-clip"][0] == 2
     assert top_k(np.array([np.nan, 1.0, 2.0]), 2) == [2, 1]
     from delift_ray.errors import DeliftError
@@ -206,11 +226,13 @@ def _sparse_run(tmp_path, pairs: dict[tuple[str, str], float], cache: str = "cac
 def test_example_utility_is_the_drop_minmax_first_pick_on_sparse_pairs(tmp_path):
     """A knn run stores few pairs: a missing pair counts as the least useful one, as in the kernel,
     so b (three pairs of 0.3) beats c (one pair of 0.5), which the mean over stored pairs would pick."""
-    from delift_ray.evaluate.arms import Variant, delift_variant, example_utilities
+    from delift_ray.evaluate.arms import Variant, delift_variant, pool_pair_scores
 
     run = _sparse_run(tmp_path, {("a", "b"): 0.3, ("c", "b"): 0.3, ("d", "b"): 0.3, ("a", "c"): 0.5,
                                  ("b", "d"): -0.1, ("a", "a"): 9.0})
-    assert example_utilities(run).tolist() == pytest.approx([0.0, 1.2, 0.6, 0.0])  # lo = -0.1; a's 9.0 is its own
+    own, helps = pool_pair_scores(run)
+    assert helps.tolist() == pytest.approx([0.0, 1.2, 0.6, 0.0])  # lo = -0.1; a's 9.0 is its own
+    assert np.isnan(own[1:]).all() and own[0] == pytest.approx(9.0)  # only a's self pair is stored
     assert delift_variant(run, Variant("drop", "minmax"), 1) == [1]
 
 
@@ -218,12 +240,12 @@ def test_baselines_from_a_missing_cache_raise_or_are_left_out(tmp_path, caplog):
     """A run whose cache is gone: a baseline asked for by name raises; auto leaves it out, saying so,
     instead of ranking NaNs into the first k pool indices."""
     from delift_ray.errors import DeliftError
-    from delift_ray.evaluate.arms import baseline_subset
+    from delift_ray.evaluate.arms import BaselineScores
     from delift_ray.evaluate.runner import extra_arms
 
     run = _sparse_run(tmp_path, {("a", "b"): 0.3}, cache="moved")
     with pytest.raises(DeliftError, match="0 of 4 pool samples"):
-        baseline_subset(run, "self_utility", 1)
+        BaselineScores(run).subset("self_utility", 1)
     with pytest.raises(DeliftError, match="is the cache named in run.json still there"):
         extra_arms(run, None, "hardness")
     with caplog.at_level("WARNING", logger="delift_ray"):
@@ -231,3 +253,16 @@ def test_baselines_from_a_missing_cache_raise_or_are_left_out(tmp_path, caplog):
     assert caplog.text.count("left out") == 3
     live = _sparse_run(tmp_path, {("a", "b"): 0.3, ("b", "a"): 0.1, ("a", "a"): 0.5})
     assert extra_arms(live, None, "auto") == {"self_utility": [0], "hardness": [1], "example_utility": [1]}
+
+
+def test_baselines_read_the_pool_utilities_once(tmp_path, monkeypatch):
+    """self_utility and example_utility come from one pass over the pool's utility shards."""
+    from delift_ray.evaluate.runner import extra_arms
+    from delift_ray.storage import UTILITY, ShardStore
+
+    reads = []
+    real = ShardStore.iter_relevant
+    monkeypatch.setattr(ShardStore, "iter_relevant", lambda self, kind, *a, **k: reads.append(kind) or real(self, kind, *a, **k))
+    run = _sparse_run(tmp_path, {("a", "b"): 0.3, ("b", "a"): 0.1, ("a", "a"): 0.5})
+    assert set(extra_arms(run, None, "auto")) == {"self_utility", "hardness", "example_utility"}
+    assert reads.count(UTILITY) == 1

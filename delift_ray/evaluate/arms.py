@@ -91,24 +91,12 @@ def raw_matrix(run: RunData, helped: str, example: str, store=None) -> np.ndarra
     return assemble_dense(store.iter_relevant(UTILITY, H, E), H, E, name=f"{helped}x{example}", allow_missing=True)
 
 
-def self_utilities(run: RunData, store=None) -> np.ndarray:
-    """UF(i <- i) per pool sample (NaN where it was not stored), streamed shard by shard."""
-    from delift_ray.kernel import iter_located
-    from delift_ray.storage import UTILITY
-
-    store = store or run_store(run)
-    ids = run.pool.sample_ids
-    out = np.full(len(ids), np.nan)
-    for rows, cols, vals in iter_located(store.iter_relevant(UTILITY, ids, ids), ids, ids):
-        own = rows == cols
-        out[rows[own]] = vals[own]
-    return out
-
-
-def example_utilities(run: RunData, store=None) -> np.ndarray:
-    """Per pool sample j, sum over the other pool samples i of UF(i <- j) - lo, streamed shard by
-    shard; lo is the smallest stored off-diagonal utility and a missing pair adds 0 (counts as lo),
-    as in the ``drop-minmax`` kernel. All NaN when no off-diagonal pair is stored.
+def pool_pair_scores(run: RunData, store=None) -> tuple[np.ndarray, np.ndarray]:
+    """Per pool sample, from one pass over the pool x pool shards: UF(i <- i) (``self_utility``;
+    NaN where it was not stored) and, for sample j, the sum over the other pool samples i of
+    UF(i <- j) - lo (``example_utility``), where lo is the smallest stored off-diagonal utility
+    and a missing pair adds 0 (counts as lo), as in the ``drop-minmax`` kernel; all NaN when no
+    off-diagonal pair is stored.
 
     A pair stored twice (two concurrent jobs on one cache) is counted twice; the kernels keep one.
     """
@@ -117,18 +105,20 @@ def example_utilities(run: RunData, store=None) -> np.ndarray:
 
     store = store or run_store(run)
     ids = run.pool.sample_ids
+    own = np.full(len(ids), np.nan)
     total = np.zeros(len(ids))
     count = np.zeros(len(ids))
     lo = np.inf
     for rows, cols, vals in iter_located(store.iter_relevant(UTILITY, ids, ids), ids, ids):
-        other = rows != cols
+        self_pair = rows == cols
+        own[rows[self_pair]] = vals[self_pair]
+        other = ~self_pair
         if other.any():
             total += np.bincount(cols[other], weights=vals[other], minlength=len(ids))
             count += np.bincount(cols[other], minlength=len(ids))
             lo = min(lo, float(vals[other].min()))
-    if not np.isfinite(lo):
-        return np.full(len(ids), np.nan)
-    return total - count * lo
+    helps = total - count * lo if np.isfinite(lo) else np.full(len(ids), np.nan)
+    return own, helps
 
 
 def baseline_distances(run: RunData, store=None) -> np.ndarray:
@@ -206,19 +196,36 @@ def arm_subsets(run: RunData, budget: int, variants: list[Variant], baselines: t
         raw = raw_matrices(run, store)
         for v in variants:
             out[f"delift:{v.name}"] = delift_variant(run, v, budget, store, raw)
+    scores = BaselineScores(run, store)
     for b in baselines:
-        out[b] = baseline_subset(run, b, budget, store)
+        out[b] = scores.subset(b, budget)
     return out
 
 
-def baseline_subset(run: RunData, name: str, budget: int, store=None) -> list[int]:
-    """The top ``budget`` pool samples of baseline ``name``; DeliftError when fewer are stored."""
-    scorers = {"self_utility": self_utilities, "hardness": baseline_distances, "example_utility": example_utilities}
-    if name not in scorers:
-        raise DeliftError(f"unknown baseline {name!r}; choose from {', '.join(BASELINE_ARMS)}")
-    scores = scorers[name](run, store or run_store(run))
-    stored = int(np.isfinite(scores).sum())
-    if stored < budget:
-        raise DeliftError(f"baseline {name}: the run's cache holds its scores for {stored} of {len(scores)} pool "
-                          f"samples, fewer than the {budget} to pick; is the cache named in run.json still there?")
-    return top_k(scores, budget)
+class BaselineScores:
+    """Every baseline's per-pool-sample scores, read from the run's shards on first use: one
+    pass over the pool x pool utilities serves both ``self_utility`` and ``example_utility``."""
+
+    def __init__(self, run: RunData, store=None):
+        self.run = run
+        self.store = store or run_store(run)
+        self._scores: dict[str, np.ndarray] = {}
+
+    def __getitem__(self, name: str) -> np.ndarray:
+        if name not in BASELINE_ARMS:
+            raise DeliftError(f"unknown baseline {name!r}; choose from {', '.join(BASELINE_ARMS)}")
+        if name not in self._scores:
+            if name == "hardness":
+                self._scores[name] = baseline_distances(self.run, self.store)
+            else:
+                self._scores["self_utility"], self._scores["example_utility"] = pool_pair_scores(self.run, self.store)
+        return self._scores[name]
+
+    def subset(self, name: str, budget: int) -> list[int]:
+        """The top ``budget`` pool samples of baseline ``name``; DeliftError when fewer are stored."""
+        scores = self[name]
+        stored = int(np.isfinite(scores).sum())
+        if stored < budget:
+            raise DeliftError(f"baseline {name}: the run's cache holds its scores for {stored} of {len(scores)} pool "
+                              f"samples, fewer than the {budget} to pick; is the cache named in run.json still there?")
+        return top_k(scores, budget)

@@ -84,7 +84,7 @@ def extra_arms(run: RunData, variants: Optional[str], baselines: Optional[str]) 
 
     ``auto`` leaves out, with a warning, every baseline the run's cache cannot rank (a run
     without readable shards has none); a baseline asked for by name raises instead."""
-    from delift_ray.evaluate.arms import BASELINE_ARMS, arm_subsets, baseline_subset, parse_variants, run_store
+    from delift_ray.evaluate.arms import BASELINE_ARMS, BaselineScores, arm_subsets, parse_variants
 
     wanted = parse_variants(variants)
     b = (baselines or "none").strip()
@@ -97,12 +97,12 @@ def extra_arms(run: RunData, variants: Optional[str], baselines: Optional[str]) 
     out = arm_subsets(run, run.budget, wanted, chosen) if wanted or chosen else {}
     if b == "auto":
         try:
-            store = run_store(run)
+            scores = BaselineScores(run)
         except DeliftError:  # a hand-made run names no cache
             return out
         for name in BASELINE_ARMS:
             try:
-                out[name] = baseline_subset(run, name, run.budget, store)
+                out[name] = scores.subset(name, run.budget)
             except DeliftError as exc:
                 log.warning("--baselines auto: %s; left out", exc)
     return out
