@@ -256,10 +256,12 @@ def _quality_study(r: dict, doc: dict) -> Cells:
     ns = r.get("noisy_selections")
     if ns:
         gated = [a for a in next(iter(ns.values()))["arms"] if "min-prompt-gain" in a]
-        cols = ["delift:keep-minmax", *gated]
+        current = (r.get("kernel_evidence") or {}).get("config_default")
+        kernels = list(dict.fromkeys(a for a in ("delift:keep-minmax", current) if a in next(iter(ns.values()))["arms"]))
+        cols = [*kernels, *gated]
         shares = [" / ".join([*(_pct(v["arms"][a]) for a in cols), _pct(v["random"]["mean"])]) + f" at {100 * float(b):g}%"
                   for b, v in ns.items()]
-        fig += ("; swapped share on the noisy pool, " + " / ".join(["keep-minmax", *(a.split(":", 1)[-1] for a in gated), "random"])
+        fig += ("; swapped share on the noisy pool, " + " / ".join([*(a.split(":", 1)[-1] for a in cols), "random"])
                 + ": " + ", ".join(shares))
     if pr["units_done"] < pr["units_total"]:
         fig += f" (in progress: {pr['units_done']} of {pr['units_total']} units)"

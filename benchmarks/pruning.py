@@ -74,7 +74,7 @@ def real_case(args) -> list[dict]:
     for emb in args.embeddings:
         # Its own out dir (a finished run of other settings is refused), the dense run's store as its cache.
         knn_cfg = dict(base, out=os.path.join(args.out, f"run-knn-{os.path.basename(emb)}"), cache=base["out"],
-                       kernel={"type": "knn", "k": args.k, "random": args.random, "embedding": emb})
+                       kernel={**base["kernel"], "type": "knn", "k": args.k, "random": args.random, "embedding": emb})
         t0 = time.perf_counter()
         knn = run(knn_cfg, progress=args.progress)
         knn_idx = [pos[s] for s in knn.selected_ids]

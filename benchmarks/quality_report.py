@@ -345,7 +345,7 @@ def summarise(units: dict[str, dict], *, args: dict, meta: dict, total: int, pla
 STATIC_SECTIONS = """## The kernel options
 
 Both act on the stored utilities, so switching them never re-scores anything
-(`delift-ray reselect` or a re-run of the same job with the new option reuses every shard).
+(`delift-ray select` with the new option over the same cache reuses every shard).
 
 * `kernel.diagonal: keep | drop` (default `drop`). UF(i <- i) is a sample shown as its own example.
   It is always scored and stored; `drop` leaves it out of the kernel (0, and out of the scaling).
@@ -358,7 +358,8 @@ Both act on the stored utilities, so switching them never re-scores anything
   stage (facility location); the task and continual stages take the same key for their K and
   were not measured separately. A run keeps the options it was
   made with: `run.json` stores them, and `delift-ray reselect` carries them into the next
-  version; pass `--kernel.diagonal keep` for the paper's kernel. `scoring.exclude_self` is the
+  version ([versions.md](versions.md)). `delift-ray select --kernel.diagonal keep` gives the
+  paper's kernel. `scoring.exclude_self` is the
   deprecated alias (`true` = `drop`).
 * `kernel.scaling: minmax | clip`. `minmax` maps [min UF, max UF] to [0, 1] over the whole kernel,
   so UF = 0 lands above 0 (about 0.115 on the demo) and an example that makes a prediction worse
@@ -380,7 +381,9 @@ still counts among the samples to cover). The cost is one more baseline per pool
 passes beside the N^2 or N(k+r) pairs. A missing baseline excludes nothing. `run.json` counts the
 excluded samples (`excluded_low_prompt_gain`); `delift-ray evaluate` re-selects with the same
 exclusion. A budget above the samples left is refused in one line. On the command line a
-negative value needs `=`: `--selection.min-prompt-gain=-0.01`.
+negative value needs `=`: `--selection.min-prompt-gain=-0.01`. Every figure of it here (the
+probe and the study's `min-prompt-gain` arm) was measured with the `keep-minmax` kernel; with
+`drop`, the default now, it has not been measured.
 
 ## Asking the question of your own run: `delift-ray evaluate`
 
@@ -621,7 +624,7 @@ def write_docs(summary: dict, docs: Path) -> Path:
           "clean pool was complete: a variant is *worse* than another at a pool and budget when the 95% interval of "
           "their difference lies wholly on the other's side. Candidates: the variants worse than no other at any "
           f"budget of {'either pool' if pools_txt == 'both pools' else 'the pool'}; among them the largest mean delta against `keep-minmax` over every cell, then the "
-          "fewest options changed from it; if none qualifies, `keep-minmax` stays. Cells: no worse, worse, not yet "
+          "fewest options changed from it; if none qualifies, the default falls back to `keep-minmax`, the paper's kernel. Cells: no worse, worse, not yet "
           "(a comparison not trained). A variant worse somewhere on a pool whose units are all in is out for good; "
           f"the default is decided once {pools_txt}' units are all in. Each comparison calls a variant worse that is "
           "not with a chance of 2.5%; a variant faces "

@@ -206,7 +206,7 @@ class KernelConfig(_Section):
     type: Literal["dense", "knn"] = Field(
         "dense", description="dense: score every pair (N^2). knn: score each helped sample's k nearest examples plus `random` random ones (N*(k+r)); the kernel is sparse."
     )
-    k: int = Field(32, ge=1, description="knn: nearest-neighbour candidates per helped sample (itself included for K).")
+    k: int = Field(32, ge=1, description="knn: nearest-neighbour candidates per helped sample. For K a sample is its own nearest neighbour: the pair is scored, and under kernel.diagonal drop the kernel leaves it out, so k - 1 neighbours remain.")
     random: int = Field(4, ge=0, description="knn: extra random candidates per helped sample (seeded, never duplicates).")
     embedding: str = Field(
         "model",
@@ -299,6 +299,14 @@ class DeliftConfig(_Section):
         warnings.warn("scoring.exclude_self is deprecated; use kernel.diagonal (keep | drop)",
                       DeprecationWarning, stacklevel=2)
         self.kernel.diagonal = want
+        return self
+
+    @model_validator(mode="after")
+    def _knn_keeps_a_pair(self) -> "DeliftConfig":
+        k = self.kernel
+        if k.type == "knn" and k.diagonal == "drop" and k.k == 1 and k.random == 0:
+            raise ValueError("kernel.k 1 with kernel.random 0 and kernel.diagonal drop leaves K no pair (a sample is its "
+                             "own nearest neighbour): raise kernel.k or kernel.random, or set kernel.diagonal keep")
         return self
 
     @model_validator(mode="after")

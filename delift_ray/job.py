@@ -112,8 +112,9 @@ def _execute(cfg: DeliftConfig, out: RunDir, progress: bool, overwrite: bool, fi
     sets = steps.run("ingest", ingest, cfg, tokenizer, progress=progress)
     budget = stages.budget_count(cfg.budget, len(sets["pool"].samples))
     store = open_store(cfg)
-    digest = inputs_digest(cfg.model_dump(mode="json"), store.fingerprint, sample_ids(sets))
-    out.check_reusable(digest, overwrite)  # before any work, let alone any write
+    settings = cfg.model_dump(mode="json")
+    digest = inputs_digest(settings, store.fingerprint, sample_ids(sets))
+    out.check_reusable(digest, overwrite, settings)  # before any work, let alone any write
 
     candidates = kernel.candidates(steps, cfg, sets, progress)
     # Baseline-only sets (selection.min_prompt_gain) are planned and scored, never paired or embedded.

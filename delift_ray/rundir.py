@@ -66,9 +66,8 @@ OPERATIONAL_KEYS = ("out", "cache", "ray", "scoring.max_retries", "scoring.skip_
                     "kernel.embedding_batch_size")
 
 
-def inputs_digest(config: dict, fingerprint: str, sample_ids: dict[str, Sequence[str]]) -> str:
-    """What a run selects from and how: its settings (less :data:`OPERATIONAL_KEYS`), the
-    scorer fingerprint and the sample ids of every set, in order."""
+def _selecting_settings(config: dict) -> dict:
+    """The config less :data:`OPERATIONAL_KEYS`, as plain JSON values."""
     tree = json.loads(json.dumps(config, default=str))
     for dotted in OPERATIONAL_KEYS:
         *parents, leaf = dotted.split(".")
@@ -76,6 +75,29 @@ def inputs_digest(config: dict, fingerprint: str, sample_ids: dict[str, Sequence
         for k in parents:
             node = node.get(k, {})
         node.pop(leaf, None)
+    return tree
+
+
+def _flat(tree: dict, prefix: str = "") -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for k, v in tree.items():
+        if isinstance(v, dict):
+            out.update(_flat(v, f"{prefix}{k}."))
+        else:
+            out[f"{prefix}{k}"] = v
+    return out
+
+
+def settings_changed(stored: dict, now: dict) -> list[str]:
+    """'key: stored -> now' for every selecting setting that differs between two configs."""
+    a, b = (_flat(_selecting_settings(c)) if isinstance(c, dict) else {} for c in (stored, now))
+    return [f"{k}: {a.get(k)!r} -> {b.get(k)!r}" for k in sorted(set(a) | set(b)) if a.get(k) != b.get(k)]
+
+
+def inputs_digest(config: dict, fingerprint: str, sample_ids: dict[str, Sequence[str]]) -> str:
+    """What a run selects from and how: its settings (less :data:`OPERATIONAL_KEYS`), the
+    scorer fingerprint and the sample ids of every set, in order."""
+    tree = _selecting_settings(config)
     h = hashlib.blake2b(digest_size=16)
     h.update(json.dumps({"config": tree, "fingerprint": fingerprint}, sort_keys=True).encode())
     for name in sorted(sample_ids):
@@ -264,19 +286,24 @@ class RunDir:
             return {}
         return meta if isinstance(meta, dict) else {}
 
-    def check_reusable(self, inputs_digest: str, overwrite: bool) -> None:
+    def check_reusable(self, inputs_digest: str, overwrite: bool, config: Optional[dict] = None) -> None:
         """Refuse to replace a finished run of other data or settings unless ``overwrite``.
 
         The same data and settings (same digest) resume: shards are reused and the final
         files are committed again. A run written before digests were recorded is resumed
-        as before (nothing to compare it with).
+        as before (nothing to compare it with). With ``config`` the error names the settings
+        that differ (a default that changed between versions shows up here).
         """
         meta = self.finished_run()
         if meta is None or overwrite or meta.get("inputs_digest", inputs_digest) == inputs_digest:
             return
+        changed = settings_changed(meta.get("config") or {}, config) if config is not None else []
+        what = (f"settings that differ (stored -> now): {'; '.join(changed[:6])}"
+                + (f"; and {len(changed) - 6} more" if len(changed) > 6 else "")) if changed else \
+            "other data or scoring model" if config is not None else "other data or settings"
         raise DeliftError(
-            f"{self.uri} holds a finished run of other data or settings; choose another --out, "
-            "or pass --overwrite to replace that run"
+            f"{self.uri} holds a finished run of other data or settings ({what}); choose another --out, "
+            "set those settings as stored to resume it, or pass --overwrite to replace that run"
         )
 
     # ------------------------------------------------------------------ transactions

@@ -139,6 +139,14 @@ def test_config_keys_defaults_and_the_deprecated_alias():
     assert load_config(None, cfg.model_dump(mode="json")).kernel.diagonal == "keep"
 
 
+def test_knn_with_drop_needs_a_pair_besides_the_sample_itself():
+    knn = {**BASE, "kernel.type": "knn", "kernel.k": 1, "kernel.random": 0}
+    with pytest.raises(ConfigError, match="leaves K no pair"):
+        load_config(None, knn)
+    assert load_config(None, {**knn, "kernel.diagonal": "keep"}).kernel.k == 1
+    assert load_config(None, {**knn, "kernel.random": 1}).kernel.diagonal == "drop"
+
+
 def test_reselect_keeps_the_previous_runs_kernel_options():
     import pyarrow as pa
 

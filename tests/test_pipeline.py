@@ -165,6 +165,10 @@ def test_refused_run_never_touches_a_finished_run(instruction_run, tiny_model_di
     with pytest.raises(DeliftError, match="holds a finished run of other data or settings"):
         job(tiny_model_dir, out, {"pool": other})
     assert run_files(out) == before
+    # The same data with another kernel option: the error names it (so does a default that changed).
+    with pytest.raises(DeliftError, match=r"\(settings that differ \(stored -> now\): kernel.diagonal: 'drop' -> 'keep'\)"):
+        job(tiny_model_dir, out, datasets_dir, kernel={"diagonal": "keep"})
+    assert run_files(out) == before
     # An engine that cannot start (no weights) fails the run before anything is written.
     broken = tmp_path / "no-weights"
     shutil.copytree(tiny_model_dir, broken, ignore=shutil.ignore_patterns("*.safetensors", "*.bin"))

@@ -78,6 +78,19 @@ def test_check_reusable_refuses_other_inputs_unless_overwrite(tmp_path):
     with pytest.raises(DeliftError, match="holds a finished run of other data or settings.*--overwrite"):
         out.check_reusable("two", overwrite=False)
     out.check_reusable("two", overwrite=True)
+    # With the new config the error names what differs (operational keys such as out never count).
+    with pytest.raises(DeliftError, match=r"tag: 'one' -> 'two'\)"):
+        out.check_reusable("two", overwrite=False, config={"tag": "two", "out": "elsewhere"})
+    with pytest.raises(DeliftError, match="other data or scoring model"):
+        out.check_reusable("two", overwrite=False, config={"tag": "one"})
+
+
+def test_settings_changed_names_nested_keys():
+    from delift_ray.rundir import settings_changed
+
+    old = {"out": "a", "kernel": {"diagonal": "keep", "k": 32}, "ray": {"address": "x"}}
+    new = {"out": "b", "kernel": {"diagonal": "drop", "k": 32}, "ray": {"address": "y"}}
+    assert settings_changed(old, new) == ["kernel.diagonal: 'keep' -> 'drop'"]
 
 
 def test_inputs_digest_ignores_operational_settings_only():
