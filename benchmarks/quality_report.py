@@ -165,8 +165,10 @@ def kernel_evidence(vs_default: list[dict], vs_each_other: list[dict], budgets: 
     interval of their NLL difference lies wholly on the other's side. Candidates: variants worse
     than no other variant at any budget of any pool; among them the largest mean delta against
     ``keep-minmax`` over every cell, then the fewest options changed from it. No candidate: the
-    default stays ``keep-minmax``. ``default`` is None until every planned pool is final; a
-    variant worse somewhere on a final pool is out for good."""
+    default falls back to ``keep-minmax``. ``final``: the pools whose kernel-variant units are
+    all in (the rule compares only those units, so the rest of a pool cannot change it);
+    ``default`` is None until every planned pool is in it, and a variant worse somewhere on
+    such a pool is out for good."""
     variants = [f"delift:{v.strip()}" for v in variants if v.strip()]
     flip = {"better": "worse", "worse": "better", "tie": "tie"}
     outcome: dict[tuple, str] = {}  # (arm, other, pool, budget) -> arm's standing against other
@@ -231,6 +233,9 @@ def summarise(units: dict[str, dict], *, args: dict, meta: dict, total: int, pla
     interim until every one of them is stored: Holm's family is every arm x budget of the pool."""
     train, other = _group(units)
     final = {pool for pool, names in planned.items() if all(n in units for n in names)}
+    variant_tags = [f"-delift_{v.strip()}-s" for v in str(args["variants"]).split(",") if v.strip()]
+    kernel_final = {pool for pool, names in planned.items()
+                    if all(n in units for n in names if any(t in n for t in variant_tags))}
     rows: list[dict] = []
     families: dict[str, list] = defaultdict(list)
     twin_rows = []
@@ -327,7 +332,7 @@ def summarise(units: dict[str, dict], *, args: dict, meta: dict, total: int, pla
         "variants_vs_simplest_ranking": variants_vs_ranking,
         "variants_vs_each_other": variants_vs_each_other,
         "kernel_evidence": kernel_evidence(variants_vs_default, variants_vs_each_other,
-                                           [float(b) for b in str(args["budgets"]).split(",")], final,
+                                           [float(b) for b in str(args["budgets"]).split(",")], kernel_final,
                                            str(args["variants"]).split(","), set(planned)),
     }
     npz = Path(__file__).resolve().parent / "results" / "quality" / "score-noisy_utilities.npz"
@@ -625,8 +630,13 @@ def write_docs(summary: dict, docs: Path) -> Path:
           "their difference lies wholly on the other's side. Candidates: the variants worse than no other at any "
           f"budget of {'either pool' if pools_txt == 'both pools' else 'the pool'}; among them the largest mean delta against `keep-minmax` over every cell, then the "
           "fewest options changed from it; if none qualifies, the default falls back to `keep-minmax`, the paper's kernel. Cells: no worse, worse, not yet "
-          "(a comparison not trained). A variant worse somewhere on a pool whose units are all in is out for good; "
-          f"the default is decided once {pools_txt}' units are all in. Each comparison calls a variant worse that is "
+          "(a comparison not trained). The rule compares only the kernel variants' own units (each comparison "
+          "resamples the held-out items and the two variants' seeds, nothing else), so once a pool's variant units "
+          "are all in, its random subsets and baselines still to run cannot change it: a variant worse somewhere on "
+          f"such a pool is out for good, and the default is decided once {pools_txt}' variant units are all in. "
+          "(Until 2026-12-02 the page waited for every unit of both pools; it was changed after the noisy 15% "
+          "variant units were in and before any noisy 5% unit had run, and it changes when the default is read, "
+          "not what it is.) Each comparison calls a variant worse that is "
           "not with a chance of 2.5%; a variant faces "
           f"{ke.get('comparisons_per_variant', 0)} of them, so one no different from the others is ruled out with a "
           f"chance of about {100 * ke.get('chance_out_if_equal', 0):.0f}% (comparisons taken as independent).", ""]
@@ -638,7 +648,7 @@ def write_docs(summary: dict, docs: Path) -> Path:
             L.append(f"| {arm} | " + " | ".join(v["cells"][c] for c in cols) + f" | {v['status']}{interim} |")
         L.append("")
     L.append(f"Default the evidence supports: `{ke['default']}`." if ke.get("default") else
-             f"Default the evidence supports: not decided until {pools_txt}' units are all in.")
+             f"Default the evidence supports: not decided until {pools_txt}' variant units are all in.")
     current = ke.get("config_default") or config_default_kernel()
     if ke.get("default"):
         L.append(f"The config's default (delift_ray/config.py) is `{current}`: "
