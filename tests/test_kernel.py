@@ -67,8 +67,9 @@ def test_streamed_sparse_assembly_and_stored_keys_equal_one_table(tmp_path):
                                                 "utility": rng.normal(size=30).astype(np.float32),
                                                 "distance": np.zeros(30, np.float32)}))
     whole = store.read_relevant(UTILITY, ids, ids)
-    M1 = assemble_sparse_from_tables(store.iter_relevant(UTILITY, ids, ids, batch_rows=40), ids, ids)
-    M2 = assemble_sparse_from_tables(whole, ids, ids)
+    options = {"diagonal": "keep", "scaling": "minmax"}
+    M1 = assemble_sparse_from_tables(store.iter_relevant(UTILITY, ids, ids, batch_rows=40), ids, ids, **options)
+    M2 = assemble_sparse_from_tables(whole, ids, ids, **options)
     assert (M1 != M2).nnz == 0 and M1.nnz > 0
     # Only the run's candidate pairs enter the kernel, whatever else the store holds.
     from delift_ray.kernel import candidate_keys
@@ -76,7 +77,7 @@ def test_streamed_sparse_assembly_and_stored_keys_equal_one_table(tmp_path):
     cand = np.full((20, 2), -1, dtype=np.int64)
     cand[:, 0] = (np.arange(20) + 1) % 20
     allowed = candidate_keys(cand, 20)
-    M3 = assemble_sparse_from_tables(store.iter_relevant(UTILITY, ids, ids, batch_rows=40), ids, ids, allowed=allowed)
+    M3 = assemble_sparse_from_tables(store.iter_relevant(UTILITY, ids, ids, batch_rows=40), ids, ids, allowed=allowed, **options)
     r3, c3 = M3.nonzero()
     assert M3.nnz > 0 and np.all(c3 == (r3 + 1) % 20)
     index = planning.IdIndex({"pool": ids})
