@@ -224,7 +224,8 @@ class KernelConfig(_Section):
         "drop",
         description="Self pairs UF(i <- i), a sample as its own example: keep them in the kernel (the paper's "
         "kernel), or drop them (0, left out of scaling). They are always scored and stored. drop is the "
-        "default because the quality study found it the better kernel: see docs/quality.md.",
+        "default: in the quality study it was no worse than any other kernel variant anywhere, and keep was "
+        "worse than it at three of four pool x budget cells; see docs/quality.md.",
     )
     scaling: Literal["minmax", "clip"] = Field(
         "minmax",

@@ -16,8 +16,9 @@ nothing is re-scored):
   as its own example (same sample id as helped and as example), before scaling; they
   become 0. Self-utility dwarfs every off-diagonal entry (0.43 vs 0.0006 on the demo),
   so with ``keep`` facility location mostly ranks samples by their self-utility. The
-  config's default is ``drop``: the quality study (docs/quality.md) found it no worse than
-  the other variants at every budget of both pools, and ``keep`` worse than it.
+  config's default is ``drop``: in the quality study (docs/quality.md) drop-minmax was no
+  worse than any other variant at both budgets of both pools, and ``keep`` (the paper's
+  kernel) worse than it at three of the four.
 * scaling ``minmax`` | ``clip``: ``minmax`` maps [min UF, max UF] to [0, 1], so UF = 0
   lands above 0 and a harmful example (UF < 0) still counts as coverage. ``clip`` is
   max(UF, 0) / max UF: a harmful or useless example covers nothing. A kernel whose
