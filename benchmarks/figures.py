@@ -263,6 +263,10 @@ def _quality_study(r: dict, doc: dict) -> Cells:
                   for b, v in ns.items()]
         fig += ("; swapped share on the noisy pool, " + " / ".join([*(a.split(":", 1)[-1] for a in cols), "random"])
                 + ": " + ", ".join(shares))
+        dpg = r.get("noisy_default_prompt_gain")
+        if dpg:
+            fig += (f"; {dpg['kernel']} with min_prompt_gain {dpg['min_prompt_gain']:g} (selection only, not trained): "
+                    + ", ".join(f"{_pct(v['swapped_share'])} at {100 * float(b):g}%" for b, v in dpg["budgets"].items()))
     if pr["units_done"] < pr["units_total"]:
         fig += f" (in progress: {pr['units_done']} of {pr['units_total']} units)"
     return [(what, fig)]

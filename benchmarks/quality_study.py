@@ -140,14 +140,16 @@ class Units:
         return out
 
 
-def select_run(out: Path, data: Path, budget: float, args, meta: dict, *extra: str) -> dict:
-    """``delift-ray select`` (dense, the CLI users run) into ``out``; returns its run.json."""
+def select_run(out: Path, data: Path, budget: float, args, meta: dict, *extra: str, diagonal: str = "keep") -> dict:
+    """``delift-ray select`` (dense, the CLI users run) into ``out``; returns its run.json.
+
+    ``diagonal`` keep: keep-minmax, the default when the study ran (the scoring runs and the
+    min-prompt-gain arm were made with it, and their run dirs must resume as they were)."""
     cmd = [sys.executable, "-c", PATIENT_RAY_CLI, "select", "--data", str(data), "--model", meta["model"],
            "--out", str(out), "--cache", args.cache, "--stage", "instruction", "--budget", str(budget),
            "--engine.dtype", args.score_dtype, "--engine.max-model-len", "512", "--engine.max-num-batched-tokens", "4096",
            "--engine.kv-cache-space-gib", "1", "--scoring.block-size", str(args.block_size),
-           # keep-minmax, the default when the study ran: the min-prompt-gain arm is that selection.
-           "--kernel.diagonal", "keep", *extra]
+           "--kernel.diagonal", diagonal, *extra]
     log(f"{out.name}: delift-ray {' '.join(cmd[3:])}")
     # A re-run resumes from the stored shards. On a loaded machine at nice 19 the embedded
     # Ray node can miss its fixed 30 s start-up window, so a failed attempt is retried.
@@ -365,6 +367,37 @@ def selections_unit(units: Units, pool: str, args, work: Path, meta: dict, budge
     return out
 
 
+def default_prompt_gain_unit(units: Units, args, work: Path, meta: dict, budgets: list[float]) -> None:
+    """``selections-noisy-default-mpg``: on the noisy pool, the job's selection with today's
+    default kernel (drop-minmax) and ``selection.min_prompt_gain``, and its share of swapped
+    samples at each budget. Selection only, never trained: it was added after the default
+    changed, when the trained design and its Holm family were fixed and partly seen."""
+    name = "selections-noisy-default-mpg"
+    if units.done(name) or args.min_prompt_gain is None:
+        return
+    from delift_ray.config import KernelConfig
+    from delift_ray.evaluate.inputs import load_run
+
+    default = {f: KernelConfig.model_fields[f].default for f in ("diagonal", "scaling")}
+    ids = load_run(work / "score-noisy").pool.sample_ids
+    swapped = set(meta["swapped_ids"])
+    res: dict = {"kernel": f"{default['diagonal']}-{default['scaling']}", "min_prompt_gain": args.min_prompt_gain,
+                 "budgets": {}}
+    for budget in budgets:
+        out = work / f"select-noisy-b{int(round(budget * 100)):02d}-mpg{args.min_prompt_gain:g}-{res['kernel']}"
+        if not (out / "run.json").exists():
+            select_run(out, work / "noisy_pool.jsonl", budget, args, meta,
+                       f"--selection.min-prompt-gain={args.min_prompt_gain}", diagonal=default["diagonal"])
+        run = load_run(out)
+        if run.pool.sample_ids != ids or run.config["kernel"]["scaling"] != default["scaling"]:
+            raise SystemExit(f"{out}: not the noisy pool's run with the default kernel")
+        res["budgets"][f"{budget:g}"] = {"k": len(run.selected), "subset": run.selected,
+                                         "excluded": run.meta["counts"]["excluded_low_prompt_gain"],
+                                         "swapped_share": swapped_share(ids, run.selected, swapped)}
+    units.save(name, res)
+    log(f"{name}: swapped share " + ", ".join(f"{100 * v['swapped_share']:.0f}% at {b}" for b, v in res["budgets"].items()))
+
+
 def run_pool(units: Units, trainer, pool: str, args, work: Path, meta: dict, selections: dict, budget: float,
              only: Optional[set[str]] = None) -> None:
     """Train and evaluate every (arm, seed) of one pool and budget not stored yet (of ``only``'s arms, if given)."""
@@ -542,6 +575,8 @@ def main(argv=None) -> int:
         if pool == "noisy":
             score_unit(units, "score-noisy", args, work, work / "noisy_pool.jsonl", meta)
         selections = selections_unit(units, pool, args, work, meta, budgets)
+        if pool == "noisy":
+            default_prompt_gain_unit(units, args, work, meta, budgets)
         # The kernel variants' units first, at every budget: the kernel rule compares only them,
         # so the default is settled before the random subsets and baselines are in. Run order
         # never changes a unit's result (each is a function of its subset, seed and settings).
