@@ -112,6 +112,11 @@ def test_sparse_from_tables_drops_self_pairs_by_id():
     assert np.allclose(M.toarray(), [[0.0, 1.0], [0.0, 0.0]])
     M = assemble_sparse_from_tables(t, ["a", "b"], ["a", "b"], diagonal="keep", scaling="clip")
     assert np.allclose(M.toarray(), [[1.0, 0.2], [0.0, 0.4]])
+    # Across two sets (Q, P) a self pair sits wherever the sets share a sample, not on (i, i).
+    M = assemble_sparse_from_tables(t, ["b", "a"], ["a", "b"], diagonal="drop", scaling="clip")
+    assert np.allclose(M.toarray(), [[0.0, 0.0], [0.0, 1.0]])
+    M = assemble_sparse_from_tables(t, ["b", "a"], ["a", "b"], diagonal="keep", scaling="clip")
+    assert np.allclose(M.toarray(), [[0.0, 0.4], [1.0, 0.2]])
 
 
 def test_config_keys_defaults_and_the_deprecated_alias():
