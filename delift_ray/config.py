@@ -206,7 +206,7 @@ class KernelConfig(_Section):
     type: Literal["dense", "knn"] = Field(
         "dense", description="dense: score every pair (N^2). knn: score each helped sample's k nearest examples plus `random` random ones (N*(k+r)); the kernel is sparse."
     )
-    k: int = Field(32, ge=1, description="knn: nearest-neighbour candidates per helped sample. For K a sample is its own nearest neighbour: the pair is scored, and under kernel.diagonal drop the kernel leaves it out, so k - 1 neighbours remain.")
+    k: int = Field(32, ge=1, description="knn: nearest-neighbour candidates per helped sample. For K a sample is normally its own nearest neighbour: the pair is scored, and under kernel.diagonal drop the kernel leaves it out, so k - 1 neighbours remain.")
     random: int = Field(4, ge=0, description="knn: extra random candidates per helped sample (seeded, never duplicates).")
     embedding: str = Field(
         "model",

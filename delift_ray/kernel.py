@@ -280,12 +280,11 @@ def candidate_keys(candidates: np.ndarray, n_cols: int) -> np.ndarray:
 
 
 def assemble_sparse_from_tables(tables: Tables, helped_ids: list[str], example_ids: list[str], *,
-                                allowed: np.ndarray | None = None, drop_diagonal: bool = False,
-                                diagonal: str, scaling: str, progress: bool = False, name: str = "K"):
+                                allowed: np.ndarray | None = None, diagonal: str, scaling: str,
+                                progress: bool = False, name: str = "K"):
     """CSR kernel M[h, e] of the stored pairs inside the requested sets (see :func:`assemble_sparse`).
 
-    ``diagonal="drop"`` removes every self pair (:func:`self_positions`); ``drop_diagonal``
-    removes the positional diagonal (i, i) only.
+    ``diagonal="drop"`` removes every self pair (:func:`self_positions`).
 
     ``allowed`` (sorted keys from :func:`candidate_keys`) keeps only the run's own
     candidate pairs: a shared cache may hold other pairs of the same samples (a dense run,
@@ -309,12 +308,13 @@ def assemble_sparse_from_tables(tables: Tables, helped_ids: list[str], example_i
     # Ids are unique within a set (ingest merges duplicates), so over one set (K) the self pairs
     # are the positional diagonal: one vectorised pass, where matching ids costs a dict of the
     # set and a set-membership test of every stored key (seconds at 36M pairs).
-    same_set = helped_ids is example_ids or list(helped_ids) == list(example_ids)
+    same_set = helped_ids is example_ids or (len(helped_ids) == len(example_ids)
+                                              and list(helped_ids) == list(example_ids))
     drop = None
     if diagonal == "drop" and not same_set:
         r, c = self_positions(helped_ids, example_ids)
         drop = r * n_cols + c
     return assemble_sparse(rows, cols, vals, (len(helped_ids), n_cols),
-                           drop_diagonal=drop_diagonal or (diagonal == "drop" and same_set),
+                           drop_diagonal=diagonal == "drop" and same_set,
                            scaling=scaling, drop_keys=drop)
 

@@ -73,8 +73,9 @@ def _selecting_settings(config: dict) -> dict:
         *parents, leaf = dotted.split(".")
         node = tree
         for k in parents:
-            node = node.get(k, {})
-        node.pop(leaf, None)
+            node = node.get(k) if isinstance(node, dict) else None
+        if isinstance(node, dict):
+            node.pop(leaf, None)
     return tree
 
 
@@ -88,10 +89,18 @@ def _flat(tree: dict, prefix: str = "") -> dict[str, Any]:
     return out
 
 
+_ABSENT = "<absent>"  # a key one config lacks (e.g. a setting newer than the stored run)
+
+
 def settings_changed(stored: dict, now: dict) -> list[str]:
     """'key: stored -> now' for every selecting setting that differs between two configs."""
     a, b = (_flat(_selecting_settings(c)) if isinstance(c, dict) else {} for c in (stored, now))
-    return [f"{k}: {a.get(k)!r} -> {b.get(k)!r}" for k in sorted(set(a) | set(b)) if a.get(k) != b.get(k)]
+
+    def show(d: dict, k: str) -> str:
+        return repr(d[k]) if k in d else _ABSENT
+
+    return [f"{k}: {show(a, k)} -> {show(b, k)}" for k in sorted(set(a) | set(b))
+            if k not in a or k not in b or a[k] != b[k]]
 
 
 def inputs_digest(config: dict, fingerprint: str, sample_ids: dict[str, Sequence[str]]) -> str:

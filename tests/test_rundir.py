@@ -91,6 +91,11 @@ def test_settings_changed_names_nested_keys():
     old = {"out": "a", "kernel": {"diagonal": "keep", "k": 32}, "ray": {"address": "x"}}
     new = {"out": "b", "kernel": {"diagonal": "drop", "k": 32}, "ray": {"address": "y"}}
     assert settings_changed(old, new) == ["kernel.diagonal: 'keep' -> 'drop'"]
+    # A setting newer than the stored run is named even when its value is None; a section the
+    # stored run.json holds as null is compared, not a crash.
+    assert settings_changed({"kernel": {"k": 1}}, {"kernel": {"k": 1, "seed": None}}) == ["kernel.seed: <absent> -> None"]
+    assert settings_changed({"engine": None}, {"engine": {"dtype": "x"}}) == ["engine: None -> <absent>",
+                                                                             "engine.dtype: <absent> -> 'x'"]
 
 
 def test_inputs_digest_ignores_operational_settings_only():

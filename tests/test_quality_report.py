@@ -1,0 +1,54 @@
+"""The kernel rule that sets the default (benchmarks/quality_report.py ``kernel_evidence``), on
+comparisons made up by hand with known answers."""
+
+from __future__ import annotations
+
+from benchmarks.quality_report import kernel_evidence
+
+VARIANTS = ["keep-minmax", "drop-minmax", "drop-clip"]
+BUDGETS = [0.15, 0.05]
+POOLS = {"clean", "noisy"}
+
+
+def _c(arm: str, ref: str, pool: str, budget: float, lo: float, hi: float) -> dict:
+    return {"arm": f"delift:{arm}", "reference": f"delift:{ref}", "pool": pool, "budget": budget,
+            "delta": (lo + hi) / 2, "ci_low": lo, "ci_high": hi}
+
+
+def _cells(vs_keep: dict, clip_vs_drop: tuple[float, float] = (-0.01, 0.01)):
+    """vs_keep: (pool, budget) -> (lo, hi) of both drop variants against keep-minmax."""
+    vs_default = [_c(a, "keep-minmax", p, b, lo, hi) for (p, b), (lo, hi) in vs_keep.items()
+                  for a in ("drop-minmax", "drop-clip")]
+    each = [_c("drop-clip", "drop-minmax", p, b, *clip_vs_drop) for (p, b) in vs_keep]
+    return vs_default, each
+
+
+def test_a_variant_worse_in_one_cell_is_out_and_ties_go_to_fewer_changed_options():
+    vs_keep = {("clean", 0.15): (0.02, 0.05), ("clean", 0.05): (-0.001, 0.02),
+               ("noisy", 0.15): (0.03, 0.05), ("noisy", 0.05): (0.01, 0.04)}
+    ke = kernel_evidence(*_cells(vs_keep), BUDGETS, POOLS, VARIANTS, POOLS)
+    assert ke["variants"]["delift:keep-minmax"]["status"] == "out"
+    assert ke["variants"]["delift:keep-minmax"]["cells"]["clean 5%"] == "no worse"  # a tie is not worse
+    assert {ke["variants"][a]["status"] for a in ("delift:drop-minmax", "delift:drop-clip")} == {"candidate"}
+    # Equal mean deltas: drop-minmax changes one option from keep-minmax, drop-clip two.
+    assert ke["default"] == "delift:drop-minmax"
+    assert ke["comparisons_per_variant"] == 8 and ke["chance_out_if_equal"] == round(1 - 0.975 ** 8, 3)
+
+
+def test_no_candidate_falls_back_to_the_papers_kernel():
+    # drop-minmax loses to keep-minmax on the noisy pool, and drop-clip loses to drop-minmax there.
+    vs_keep = {("clean", 0.15): (0.02, 0.05), ("clean", 0.05): (-0.01, 0.02),
+               ("noisy", 0.15): (-0.05, -0.01), ("noisy", 0.05): (-0.01, 0.01)}
+    ke = kernel_evidence(*_cells(vs_keep, clip_vs_drop=(-0.03, -0.01)), BUDGETS, POOLS, VARIANTS, POOLS)
+    assert [ke["variants"][f"delift:{v}"]["status"] for v in VARIANTS] == ["out", "out", "out"]
+    assert ke["default"] == "delift:keep-minmax"
+
+
+def test_the_default_waits_for_every_pools_variant_units():
+    vs_keep = {("clean", 0.15): (0.02, 0.05), ("clean", 0.05): (0.01, 0.02)}
+    ke = kernel_evidence(*_cells(vs_keep), BUDGETS, {"clean"}, VARIANTS, POOLS)
+    assert ke["default"] is None
+    assert ke["variants"]["delift:drop-minmax"]["cells"]["noisy 15%"] == "not yet"
+    assert ke["variants"]["delift:drop-minmax"]["status"] == "pending"
+    # keep-minmax is worse on the clean pool, whose variant units are all in: out for good.
+    assert ke["variants"]["delift:keep-minmax"]["status"] == "out" and ke["variants"]["delift:keep-minmax"]["final"]
