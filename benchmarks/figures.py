@@ -231,7 +231,7 @@ def _noise_probe(r: dict, doc: dict) -> Cells:
 
 
 def _quality_study(r: dict, doc: dict) -> Cells:
-    # benchmarks/quality_study.py: the verdicts of the default kernel against random, or progress so far.
+    # benchmarks/quality_study.py: every kernel variant's verdicts against random, or progress so far.
     d, pr = r["design"], r["progress"]
     what = (f"quality study: {d['n_pool']}-sample pool, {d['n_eval']} held-out, budgets "
             + ", ".join(f"{100 * float(b):g}%" for b in str(d["budgets"]).split(",")) + f", {d['randoms']} random subsets")
@@ -261,7 +261,8 @@ def _quality_study(r: dict, doc: dict) -> Cells:
         cols = [*kernels, *gated]
         shares = [" / ".join([*(_pct(v["arms"][a]) for a in cols), _pct(v["random"]["mean"])]) + f" at {100 * float(b):g}%"
                   for b, v in ns.items()]
-        fig += ("; swapped share on the noisy pool, " + " / ".join([*(a.split(":", 1)[-1] for a in cols), "random"])
+        label = {a: f"keep-minmax+{a.split(':', 1)[-1]}" for a in gated}  # the trained arm's kernel
+        fig += ("; swapped share on the noisy pool, " + " / ".join([*(label.get(a, a.split(":", 1)[-1]) for a in cols), "random"])
                 + ": " + ", ".join(shares))
         dpg = r.get("noisy_default_prompt_gain")
         if dpg:

@@ -158,7 +158,7 @@ def config_default_kernel() -> str:
     return f"delift:{fields['diagonal'].default}-{fields['scaling'].default}"
 
 
-def kernel_evidence(vs_default: list[dict], vs_each_other: list[dict], budgets: list[float], final: set[str],
+def kernel_evidence(vs_keep: list[dict], vs_each_other: list[dict], budgets: list[float], final: set[str],
                     variants: list[str], pools: set[str]) -> dict:
     """Section 5 of the issue: "whichever kernel variant is best, or no worse than the others,
     becomes the default". A variant is *worse* than another at a pool and budget when the 95%
@@ -172,12 +172,12 @@ def kernel_evidence(vs_default: list[dict], vs_each_other: list[dict], budgets: 
     variants = [f"delift:{v.strip()}" for v in variants if v.strip()]
     flip = {"better": "worse", "worse": "better", "tie": "tie"}
     outcome: dict[tuple, str] = {}  # (arm, other, pool, budget) -> arm's standing against other
-    for c in vs_default + vs_each_other:
+    for c in vs_keep + vs_each_other:
         if c["arm"] in variants and c["reference"] in variants:
             s = "better" if c["ci_low"] > 0 else "worse" if c["ci_high"] < 0 else "tie"
             outcome[(c["arm"], c["reference"], c["pool"], c["budget"])] = s
             outcome[(c["reference"], c["arm"], c["pool"], c["budget"])] = flip[s]
-    delta = {(c["arm"], c["pool"], c["budget"]): c["delta"] for c in vs_default}
+    delta = {(c["arm"], c["pool"], c["budget"]): c["delta"] for c in vs_keep}
     delta.update({(PAPER_KERNEL, pool, b): 0.0 for pool in pools for b in budgets})
     cols = [(pool, b) for pool in ("clean", "noisy") if pool in pools for b in budgets]
 
@@ -269,7 +269,7 @@ def summarise(units: dict[str, dict], *, args: dict, meta: dict, total: int, pla
     for row in twin_rows:
         row["comparison"] = next((r["comparison"] for r in rows if (r["pool"], r["budget"], r["arm"])
                                   == (row["pool"], row["budget"], row["same_subset_as"])), None)
-    variants_vs_default, variants_vs_each_other, variants_vs_ranking = [], [], []
+    variants_vs_keep, variants_vs_each_other, variants_vs_ranking = [], [], []
     kernel_variants = [f"delift:{v.strip()}" for v in str(args["variants"]).split(",") if v.strip()]
     for (pool, budget), arms in train.items():
         for i, ref in enumerate(kernel_variants):
@@ -278,7 +278,7 @@ def summarise(units: dict[str, dict], *, args: dict, meta: dict, total: int, pla
                     variants_vs_each_other.append({"pool": pool, "budget": budget, **d})
         for arm in sorted(a for a in arms if a.startswith("delift:") and a != PAPER_KERNEL):
             if (d := arm_vs_reference(arms, arm, PAPER_KERNEL)) is not None:
-                variants_vs_default.append({"pool": pool, "budget": budget, **d})
+                variants_vs_keep.append({"pool": pool, "budget": budget, **d})
         for arm in sorted(a for a in arms if a.startswith("delift:") and simplest_ranking(a)):
             if (d := arm_vs_reference(arms, arm, simplest_ranking(arm))) is not None:
                 variants_vs_ranking.append({"pool": pool, "budget": budget, **d})
@@ -329,10 +329,10 @@ def summarise(units: dict[str, dict], *, args: dict, meta: dict, total: int, pla
         "machine": machine,
         "pools": sorted(planned),
         "rows": rows,
-        "variants_vs_keep_minmax": variants_vs_default,
+        "variants_vs_keep_minmax": variants_vs_keep,
         "variants_vs_simplest_ranking": variants_vs_ranking,
         "variants_vs_each_other": variants_vs_each_other,
-        "kernel_evidence": kernel_evidence(variants_vs_default, variants_vs_each_other,
+        "kernel_evidence": kernel_evidence(variants_vs_keep, variants_vs_each_other,
                                            [float(b) for b in str(args["budgets"]).split(",")], kernel_final,
                                            str(args["variants"]).split(","), set(planned)),
     }
@@ -374,9 +374,10 @@ Both act on the stored utilities, so switching them never re-scores anything
 
 ## Responses that do not belong to their prompt: `selection.min_prompt_gain`
 
-No kernel option keeps a wrongly paired response out of the subset (see the noise probe above):
-such a sample is unpredictable from its prompt, so seeing it once helps it a lot, and its
-self-utility is high. `selection.min_prompt_gain: g` (off by default) asks the model instead:
+No kernel option keeps a wrongly paired response out of the subset (the noise probe and the
+noisy-pool table above): with `keep`, such a sample is unpredictable from its prompt, so seeing
+it once helps it a lot and its self-utility is high; with `drop` its share is no lower than in
+random subsets (the table above). `selection.min_prompt_gain: g` (off by default) asks the model instead:
 each pool sample also gets a baseline with its prompt left empty, and a sample whose response
 its own prompt makes less than g more predictable,
 
@@ -602,7 +603,7 @@ def write_docs(summary: dict, docs: Path) -> Path:
             L.append(f"| delift:{dpg['kernel']} + min-prompt-gain-{dpg['min_prompt_gain']:g} (not trained) | "
                      + " | ".join(f"{_pct(dpg['budgets'][b]['swapped_share'])} ({dpg['budgets'][b]['excluded']} excluded)"
                                   if b in dpg["budgets"] else "--" for b in budgets) + " |")
-            L += ["", f"The last row is today's default kernel (`{dpg['kernel']}`) with `selection.min_prompt_gain: "
+            L += ["", f"The last row is the config's default kernel when it ran (`{dpg['kernel']}`) with `selection.min_prompt_gain: "
                   f"{dpg['min_prompt_gain']:g}`: `delift-ray select` over the same cache, added after the default "
                   "changed; its subsets are not trained (a new trained arm would join the Holm family after the "
                   "others' results were seen). The trained `min-prompt-gain` arm uses `keep-minmax`."]

@@ -12,13 +12,14 @@ Units, in the order they run (most informative first); each is stored as JSON un
 1. ``score-clean``: ``delift-ray select`` on the clean pool (dense kernel, the CLI users run);
 2. ``eval-initial``: held-out NLL of the untuned model;
 3. ``selections-clean``: every arm's subset at every budget, stored before any training;
-4. clean pool, first budget (15%): the DELIFT kernel variants and the random subsets interleaved
-   (variants seed 0, random 0-6, variants seed 1, ...), then the baselines (self_utility,
-   hardness, example_utility), then the job's selection with ``selection.min_prompt_gain`` (``--min-prompt-gain``,
-   a ``delift-ray select`` run over the same cache);
-5. the clean pool's second budget (5%) the same way, which makes its verdicts final;
-6. ``score-noisy`` and ``selections-noisy`` (each arm's share of swapped samples, no training
-   needed), then the noisy pool's budgets the same way.
+4. the clean pool's DELIFT kernel-variant units at every budget (the kernel rule compares only
+   them), then per budget (15%, then 5%) the random subsets, the baselines (self_utility,
+   hardness, example_utility) and the job's keep-minmax selection with
+   ``selection.min_prompt_gain`` (``--min-prompt-gain``, a ``delift-ray select`` run over the
+   same cache); the 5% budget makes the pool's verdicts final;
+5. ``score-noisy``, ``selections-noisy`` (each arm's share of swapped samples, no training
+   needed) and ``selections-noisy-default-mpg`` (the config's default kernel with
+   ``selection.min_prompt_gain``, selection only), then the noisy pool the same way.
 
 A training unit fine-tunes the demo model with LoRA (delift_ray.evaluate.training.fine_tune,
 the same function ``delift-ray evaluate`` uses) for the same number of optimiser steps at
@@ -389,8 +390,9 @@ def default_prompt_gain_unit(units: Units, args, work: Path, meta: dict, budgets
             select_run(out, work / "noisy_pool.jsonl", budget, args, meta,
                        f"--selection.min-prompt-gain={args.min_prompt_gain}", diagonal=default["diagonal"])
         run = load_run(out)
-        if run.pool.sample_ids != ids or run.config["kernel"]["scaling"] != default["scaling"]:
-            raise SystemExit(f"{out}: not the noisy pool's run with the default kernel")
+        if (run.pool.sample_ids != ids or {f: run.config["kernel"][f] for f in default} != default
+                or run.config["selection"]["min_prompt_gain"] != args.min_prompt_gain):
+            raise SystemExit(f"{out}: not the noisy pool's run with the default kernel and min_prompt_gain")
         res["budgets"][f"{budget:g}"] = {"k": len(run.selected), "subset": run.selected,
                                          "excluded": run.meta["counts"]["excluded_low_prompt_gain"],
                                          "swapped_share": swapped_share(ids, run.selected, swapped)}
