@@ -476,6 +476,81 @@ def render_plot(summary: dict, path: Path) -> bool:
     return True
 
 
+def _cell(pool: str, budget: float) -> str:
+    return f"{pool} {100 * budget:g}%"
+
+
+def _interval(c: dict) -> str:
+    return f"{c['delta']:+.3f} [{c['ci_low']:.3f}, {c['ci_high']:.3f}]"
+
+
+def _tally(outcomes: list[tuple[str, str]], order: tuple[str, ...]) -> str:
+    """'better than random in 2 of 4 (clean 15%, clean 5%); ...' from (cell, outcome) pairs."""
+    parts = []
+    for outcome in order:
+        cells = [cell for cell, o in outcomes if o == outcome]
+        if cells:
+            parts.append(f"{outcome} in {len(cells)} of {len(outcomes)} ({', '.join(cells)})")
+    return "; ".join(parts)
+
+
+def answer_lines(summary: dict) -> list[str]:
+    """The page's answer in a few lines, read from the verdicts below it: the default kernel and
+    the paper's against random, the default against the simplest ranking it could reduce to, and
+    what each keeps of the noisy pool's swapped samples. Empty until the default is decided."""
+    ke = summary.get("kernel_evidence") or {}
+    default = ke.get("default")
+    if not default:
+        return []
+    verdicts = ("better than random", "no better than random", "inconclusive")
+    rows = [r for r in summary.get("rows", []) if r.get("comparison")]
+    interim = any(r.get("interim") for r in rows)
+    L = ["## Answer", "", "Interim: some units are not in, so these can still move." if interim else
+         "Every unit is in; each line below is read from the tables that follow (95% intervals, nats/token).", ""]
+
+    def against_random(arm: str) -> str:
+        mine = [r for r in rows if r["arm"] == arm]
+        tally = _tally([(_cell(r["pool"], r["budget"]), r["comparison"]["verdict"]) for r in mine], verdicts)
+        return tally + ": " + ", ".join(f"{_cell(r['pool'], r['budget'])} {_interval(r['comparison'])}" for r in mine)
+
+    L.append(f"* Today's default kernel, `{default.split(':', 1)[1]}` (the one the evidence picked, section "
+             f"\"Which kernel?\"), against random subsets of the same size: {against_random(default)}.")
+    if default != PAPER_KERNEL and any(r["arm"] == PAPER_KERNEL for r in rows):
+        L.append(f"* The paper's kernel, `{PAPER_KERNEL.split(':', 1)[1]}`: {against_random(PAPER_KERNEL)}.")
+    for arm in sorted({r["arm"] for r in rows if r["arm"].startswith("delift:min-prompt-gain")}):
+        L.append(f"* `{arm.split(':', 1)[1]}` (`selection.min_prompt_gain`, trained on the kernel `keep-minmax`): "
+                 f"{against_random(arm)}.")
+    simplest = sorted((v for v in summary.get("variants_vs_simplest_ranking") or [] if v["arm"] == default),
+                      key=lambda v: (v["pool"], -v["budget"]))
+    if simplest:
+        ranking = simplest[0]["reference"]
+        outcomes = [(_cell(v["pool"], v["budget"]), "the greedy better" if v["ci_low"] > 0 else
+                     f"`{ranking}` better" if v["ci_high"] < 0 else "inconclusive") for v in simplest]
+        L.append(f"* Against `{ranking}`, the simplest ranking the default could reduce to: "
+                 + _tally(outcomes, ("the greedy better", f"`{ranking}` better", "inconclusive")) + ": "
+                 + ", ".join(f"{_cell(v['pool'], v['budget'])} {_interval(v)}" for v in simplest) + ".")
+    ns = summary.get("noisy_selections") or {}
+    if ns:
+        budgets = sorted(ns, key=float, reverse=True)
+
+        def shares(arm: str) -> str:
+            return " / ".join(_pct(ns[b]["arms"].get(arm)) for b in budgets)
+
+        sizes = " / ".join(f"{100 * float(b):g}%" for b in budgets)
+        L.append(f"* The noisy pool (half its responses swapped), share of swapped samples kept at {sizes}: "
+                 f"the default {shares(default)}, random {' / '.join(_pct(ns[b]['random']['mean']) for b in budgets)}"
+                 + "".join(f", `{a.split(':', 1)[-1]}` {shares(a)}" for a in ns[budgets[0]]["arms"]
+                           if a == "example_utility" or a.startswith("delift:min-prompt-gain"))
+                 + "." + (" The default kernel alone keeps no fewer swapped samples than random does."
+                          if all(ns[b]["arms"].get(default, 0) >= ns[b]["random"]["mean"] for b in budgets) else "")
+                 + " \"Noisy pool\" below has the prompt-gain option on the default kernel (selection only).")
+    d = summary.get("design", {})
+    L += [f"* Scale: a 135M-parameter model, a pool of {d.get('n_pool')} samples, {d.get('steps')} LoRA steps per "
+          "arm. The effects are small in absolute terms; whether they hold for larger models and pools was not "
+          "measured here.", ""]
+    return L
+
+
 def write_docs(summary: dict, docs: Path) -> Path:
     docs.mkdir(parents=True, exist_ok=True)
     plotted = render_plot(summary, docs / "quality.png")
@@ -492,7 +567,7 @@ def write_docs(summary: dict, docs: Path) -> Path:
              + ("" if complete else (f"Estimated time to finish at the measured pace: {pr['eta_s'] / 3600:.1f} h"
                                  + ("" if pr.get("eta_counts_scoring") else " of training, plus the scoring runs still to finish")
                                  + ". " if pr.get("eta_s") else ""))
-             + f"Compute so far: {pr['wall_s_total'] / 3600:.2f} h"
+             + f"Compute{'' if complete else ' so far'}: {pr['wall_s_total'] / 3600:.2f} h"
              + (f" (a training unit, fine-tuning plus held-out NLL, takes {pr['train_wall_s_mean']:.0f} s on average)" if pr.get("train_wall_s_mean") else "")
              + ".")
     L += ["", f"Machine: {m.get('cpu') or '?'}, {m.get('cpus') or '?'} CPUs, {m.get('memory_gib') or '?'} GiB, "
@@ -508,7 +583,7 @@ def write_docs(summary: dict, docs: Path) -> Path:
                  f"({v['pairs_per_s']} pairs/s).")
     if summary.get("initial_nll") is not None:
         L.append(f"* Untuned model: held-out NLL {summary['initial_nll']:.4f}.")
-    L += ["", "## Design", "",
+    L += [""] + answer_lines(summary) + ["## Design", "",
           f"* Pool: {d['n_pool']} ShareGPT samples (prompt + response at most {d['max_tokens']} tokens), scored densely "
           f"({d['n_pool']}^2 pairs). Held-out: {d['n_eval']} samples, disjoint from the pool.",
           f"* Budgets: {', '.join(f'{100 * float(b):g}%' for b in str(d['budgets']).split(','))} of the pool. Random subsets: {d['randoms']} per budget (subset r drawn and trained with seed r). "
@@ -558,9 +633,10 @@ def write_docs(summary: dict, docs: Path) -> Path:
         else:
             L.append(f"| {r['pool']} | {b} | {r['arm']} | {r['seeds']} | {nll} | | | | | | {share} | |")
     L += ["", "NLL: mean over held-out items and seeds (± sd over seeds; for random, sd over the random subsets). "
-          "rank: 1 + the number of random subsets at least as good as the arm. interim: the pool's units are not all "
-          "in (random subsets, seeds, or the other budget, which is in the same Holm family), so the numbers and the "
-          "verdict can still move; a verdict is final when it is shown in bold.", ""]
+          "rank: 1 + the number of random subsets at least as good as the arm."
+          + (" interim: the pool's units are not all in (random subsets, seeds, or the other budget, which is in the "
+             "same Holm family), so the numbers and the verdict can still move; a verdict is final when it is shown "
+             "in bold." if any(r.get("interim") for r in summary["rows"]) else " Every verdict is final."), ""]
     ov = summary.get("rank_overlaps") or {}
     if ov:
         L += ["## Against the simplest rankings", "",

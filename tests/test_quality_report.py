@@ -1,9 +1,9 @@
-"""The kernel rule that sets the default (benchmarks/quality_report.py ``kernel_evidence``), on
-comparisons made up by hand with known answers."""
+"""The kernel rule that sets the default (benchmarks/quality_report.py ``kernel_evidence``) and
+the page's answer (``answer_lines``), on comparisons made up by hand with known answers."""
 
 from __future__ import annotations
 
-from benchmarks.quality_report import kernel_evidence
+from benchmarks.quality_report import answer_lines, kernel_evidence
 
 VARIANTS = ["keep-minmax", "drop-minmax", "drop-clip"]
 BUDGETS = [0.15, 0.05]
@@ -52,3 +52,41 @@ def test_the_default_waits_for_every_pools_variant_units():
     assert ke["variants"]["delift:drop-minmax"]["status"] == "pending"
     # keep-minmax is worse on the clean pool, whose variant units are all in: out for good.
     assert ke["variants"]["delift:keep-minmax"]["status"] == "out" and ke["variants"]["delift:keep-minmax"]["final"]
+
+
+def _row(arm: str, pool: str, budget: float, verdict: str, lo: float, hi: float, interim: bool = False) -> dict:
+    return {"arm": arm, "pool": pool, "budget": budget, "interim": interim,
+            "comparison": {"verdict": verdict, "delta": (lo + hi) / 2, "ci_low": lo, "ci_high": hi}}
+
+
+def _summary(interim: bool = False) -> dict:
+    rows = [_row("delift:drop-minmax", "clean", 0.15, "better than random", 0.02, 0.04),
+            _row("delift:drop-minmax", "noisy", 0.15, "inconclusive", -0.01, 0.02, interim),
+            _row("delift:keep-minmax", "clean", 0.15, "no better than random", -0.03, -0.01),
+            _row("delift:keep-minmax", "noisy", 0.15, "no better than random", -0.02, -0.01, interim)]
+    ranking = [{"arm": "delift:drop-minmax", "reference": "example_utility", "pool": p, "budget": 0.15,
+                "delta": (lo + hi) / 2, "ci_low": lo, "ci_high": hi}
+               for p, lo, hi in (("clean", 0.01, 0.03), ("noisy", -0.03, -0.01))]
+    noisy = {"0.15": {"k": 36, "arms": {"delift:drop-minmax": 0.6, "example_utility": 0.3},
+                      "random": {"mean": 0.5, "min": 0.4, "max": 0.6, "n": 20}}}
+    return {"kernel_evidence": {"default": "delift:drop-minmax"}, "rows": rows, "design": {"n_pool": 240, "steps": 18},
+            "variants_vs_simplest_ranking": ranking, "noisy_selections": noisy}
+
+
+def test_the_answer_counts_each_verdict_from_the_rows():
+    text = "\n".join(answer_lines(_summary()))
+    assert "Every unit is in" in text and "Interim" not in text
+    assert ("`drop-minmax` (the one the evidence picked, section \"Which kernel?\"), against random subsets of the "
+            "same size: better than random in 1 of 2 (clean 15%); inconclusive in 1 of 2 (noisy 15%): "
+            "clean 15% +0.030 [0.020, 0.040], noisy 15% +0.005 [-0.010, 0.020].") in text
+    assert "`keep-minmax`: no better than random in 2 of 2 (clean 15%, noisy 15%)" in text
+    assert ("the greedy better in 1 of 2 (clean 15%); `example_utility` better in 1 of 2 (noisy 15%)") in text
+    assert "the default 60%, random 50%, `example_utility` 30%." in text
+    assert "keeps no fewer swapped samples than random" in text
+
+
+def test_the_answer_says_interim_and_waits_for_the_default():
+    assert answer_lines(_summary(interim=True))[2].startswith("Interim")
+    undecided = _summary()
+    undecided["kernel_evidence"]["default"] = None
+    assert answer_lines(undecided) == []
