@@ -143,6 +143,17 @@ def _knn_job(r: dict, doc: dict) -> Cells:
              f"({secs(t['score_s'])}); driver peak RSS {num(r['driver_peak_rss_gib'], 2)} GiB")]
 
 
+def _scale_1m(r: dict, doc: dict) -> Cells:
+    steps = {s["name"]: s for s in r["dry_run"]["steps"] + r.get("after_scoring", {}).get("steps", [])}
+    # Files from before the kernel was recorded were made under keep, the default then.
+    kernel = r.get("kernel", {"diagonal": "keep", "scaling": "minmax"})
+    after = (f"; assemble {secs(steps['assemble']['seconds'])}, select {secs(steps['select']['seconds'])}"
+             if "assemble" in steps else "")
+    return [(f"the job's own steps at N = {num(r['n'])}, knn k {r['k']} + r {r['random']}, kernel "
+             f"{kernel['diagonal']}-{kernel['scaling']} (synthetic embeddings and utilities)",
+             f"dry run {secs(r['dry_run']['wall_s'])}, peak RSS {num(r['dry_run']['peak_rss_gib'], 2)} GiB{after}")]
+
+
 def _scorers(r: dict, doc: dict) -> Cells:
     ks = sorted(int(k[len("scorers"):-len("_pairs_per_s")]) for k in r if k.startswith("scorers") and k.endswith("_pairs_per_s"))
     figs = ", ".join(f"{k}: {num(r[f'scorers{k}_pairs_per_s'], 1)} pairs/s" for k in ks)
@@ -292,6 +303,7 @@ ROWS: list[Row] = [
     Row("noise_probe", "evaluation", _noise_probe),
     Row("quality_study", "evaluation", _quality_study),
     # Fallbacks by topic for result files without a spec of their own yet.
+    Row("scale_1m", "scale", _scale_1m),
     Row("scale*", "scale", lambda r, doc: _fallback(doc)),
     Row("dry_run*", "scale", lambda r, doc: _fallback(doc)),
     Row("quality*", "evaluation", lambda r, doc: _fallback(doc)),

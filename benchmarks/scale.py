@@ -148,6 +148,11 @@ def markdown(doc: dict) -> str:
     rows.append(f"| **dry run** (`job.run(dry_run=True)`, tokenizer load included) | **{d['wall_s']:.1f}** | {d['cpu_s']} "
                 f"| **{d['peak_rss_gib']:.2f}** | |")
     m = doc["machine"]
+    # Files from before the kernel was recorded were made under keep, the default then.
+    kernel = r.get("kernel", {"diagonal": "keep", "scaling": "minmax"})
+    nnz = (r.get("after_scoring", {}).get("steps") or [{}])[0].get("kernel_nnz", {}).get("K")
+    rows.append(f"\nKernel: `kernel.diagonal: {kernel['diagonal']}`, `kernel.scaling: {kernel['scaling']}`"
+                + (f"; K holds {nnz:,} of the {r['n'] * (r['k'] + r['random']):,} candidate pairs." if nnz else "."))
     return ("\n".join(rows) + f"\n\nMeasured {doc['date']} on {m.get('cpu')} ({m.get('cpus')} cores, "
             f"{m.get('memory_gib')} GiB); load average {m.get('load_avg_1m')} at the end: `{doc['command']}`.")
 
@@ -194,6 +199,7 @@ def main() -> None:
     dry_steps = [{**s, "cpu_s": cpu_log.cpu.get(s["name"])} for s in dry.steps]
     print(json.dumps({"dry_run_wall_s": round(dry_wall, 1), "steps": dry_steps}), flush=True)
     out = {"n": args.n, "k": args.k, "random": args.random, "embedding_dim": args.dim, "block_size": args.block_size,
+           "kernel": {"diagonal": cfg.kernel.diagonal, "scaling": cfg.kernel.scaling},
            "embeddings": f"synthetic: {args.dim}-d unit vectors, n/1000 Gaussian clusters, written to the job's "
                          "embedding store before the run; the embed step reads them (embedded 0)",
            "setup": setup,
