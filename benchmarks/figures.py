@@ -138,19 +138,23 @@ def _pruning_real(r: dict, doc: dict) -> Cells:
 def _knn_job(r: dict, doc: dict) -> Cells:
     t = r["timings"]
     return [(f"whole knn job, tiny test model, N = {num(r['n'])}, k {r['k']} + r {r['random']} "
-             f"({num(r['pairs_total'])} pairs)",
+             f"({num(r['pairs_total'])} pairs), kernel {_kernel_label(r.get('kernel_options'))}",
              f"{secs(r['wall_s'])} end to end; scoring {num(r['score_pairs_per_s'], 1)} pairs/s "
              f"({secs(t['score_s'])}); driver peak RSS {num(r['driver_peak_rss_gib'], 2)} GiB")]
 
 
+def _kernel_label(options: dict | None) -> str:
+    """``drop-minmax`` from a result's recorded kernel options. Files from before the options
+    were recorded were made under keep-minmax, the default then."""
+    options = options or {"diagonal": "keep", "scaling": "minmax"}
+    return f"{options['diagonal']}-{options['scaling']}"
+
+
 def _scale_1m(r: dict, doc: dict) -> Cells:
-    steps = {s["name"]: s for s in r["dry_run"]["steps"] + r.get("after_scoring", {}).get("steps", [])}
-    # Files from before the kernel was recorded were made under keep, the default then.
-    kernel = r.get("kernel", {"diagonal": "keep", "scaling": "minmax"})
-    after = (f"; assemble {secs(steps['assemble']['seconds'])}, select {secs(steps['select']['seconds'])}"
-             if "assemble" in steps else "")
+    steps = {s["name"]: s for s in r["dry_run"]["steps"] + (r.get("after_scoring") or {}).get("steps", [])}
+    after = "".join(f", {name} {secs(steps[name]['seconds'])}" for name in ("assemble", "select") if name in steps)
     return [(f"the job's own steps at N = {num(r['n'])}, knn k {r['k']} + r {r['random']}, kernel "
-             f"{kernel['diagonal']}-{kernel['scaling']} (synthetic embeddings and utilities)",
+             f"{_kernel_label(r.get('kernel'))} (synthetic embeddings and utilities)",
              f"dry run {secs(r['dry_run']['wall_s'])}, peak RSS {num(r['dry_run']['peak_rss_gib'], 2)} GiB{after}")]
 
 
@@ -297,13 +301,13 @@ ROWS: list[Row] = [
     Row("pruning_synthetic", "scale", _pruning_synthetic),
     Row("pruning_real", "scale", _pruning_real),
     Row("knn_job", "scale", _knn_job),
+    Row("scale_1m", "scale", _scale_1m),
     Row("reselect_versions", "versions", _reselect),
     Row("chaos", "reliability", _chaos),
     Row("hostile_rows", "reliability", _hostile_rows),
     Row("noise_probe", "evaluation", _noise_probe),
     Row("quality_study", "evaluation", _quality_study),
     # Fallbacks by topic for result files without a spec of their own yet.
-    Row("scale_1m", "scale", _scale_1m),
     Row("scale*", "scale", lambda r, doc: _fallback(doc)),
     Row("dry_run*", "scale", lambda r, doc: _fallback(doc)),
     Row("quality*", "evaluation", lambda r, doc: _fallback(doc)),

@@ -36,6 +36,7 @@ def main() -> None:
 
     from delift_ray import run
     from delift_ray.assets import build_tiny_model
+    from delift_ray.config import validate_config
 
     os.makedirs(args.work, exist_ok=True)
     data = os.path.join(args.work, f"pool-{args.n}.jsonl")
@@ -48,6 +49,7 @@ def main() -> None:
            "budget": 0.3, "engine": {"dtype": "float32", "max_model_len": 512, "block_size": 32, "kv_cache_space_gib": 1},
            "scoring": {"block_size": args.block_size},
            "kernel": {"type": "knn", "k": args.k, "random": args.random}}
+    kernel = validate_config(cfg).kernel
     t0 = time.perf_counter()
     r = run(cfg, progress=True)
     wall = time.perf_counter() - t0
@@ -59,6 +61,7 @@ def main() -> None:
         "selected": c["selected"], "timings": t,
         "score_pairs_per_s": round(c["pairs_scored"] / t["score_s"], 1) if t.get("score_s") else None,
         "wall_s": round(wall, 1), "driver_peak_rss_gib": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20, 2),
+        "kernel_options": {k: getattr(kernel, k) for k in ("diagonal", "scaling")},
     }
     print(json.dumps(result), flush=True)
     write_result("knn_job", result)

@@ -495,55 +495,67 @@ def _tally(outcomes: list[tuple[str, str]], order: tuple[str, ...]) -> str:
 
 
 def answer_lines(summary: dict) -> list[str]:
-    """The page's answer in a few lines, read from the verdicts below it: the default kernel and
-    the paper's against random, the default against the simplest ranking it could reduce to, and
-    what each keeps of the noisy pool's swapped samples. Empty until the default is decided."""
+    """The page's answer in a few lines, read from the verdicts below it: the kernel the evidence
+    supports and the paper's against random, the former against the simplest ranking it could
+    reduce to, and what each keeps of the noisy pool's swapped samples. Empty until the default
+    is decided."""
     ke = summary.get("kernel_evidence") or {}
     default = ke.get("default")
     if not default:
         return []
     verdicts = ("better than random", "no better than random", "inconclusive")
-    rows = [r for r in summary.get("rows", []) if r.get("comparison")]
-    interim = any(r.get("interim") for r in rows)
-    L = ["## Answer", "", "Interim: some units are not in, so these can still move." if interim else
-         "Every unit is in; each line below is read from the tables that follow (95% intervals, nats/token).", ""]
+    rows = sorted((r for r in summary.get("rows", []) if r.get("comparison")), key=lambda r: (r["pool"], -r["budget"]))
+    pr = summary.get("progress") or {}
+    complete = (not any(r.get("interim") for r in summary.get("rows", []))
+                and pr.get("units_done", 0) >= pr.get("units_total", 0))
+    L = ["## Answer", "", "Every unit is in; each line below is read from the tables that follow (95% intervals, "
+         "nats/token)." if complete else "Interim: some units are not in, so these can still move.", ""]
 
     def against_random(arm: str) -> str:
         mine = [r for r in rows if r["arm"] == arm]
+        if not mine:
+            return "no comparison with random yet"
         tally = _tally([(_cell(r["pool"], r["budget"]), r["comparison"]["verdict"]) for r in mine], verdicts)
         return tally + ": " + ", ".join(f"{_cell(r['pool'], r['budget'])} {_interval(r['comparison'])}" for r in mine)
 
-    L.append(f"* Today's default kernel, `{default.split(':', 1)[1]}` (the one the evidence picked, section "
-             f"\"Which kernel?\"), against random subsets of the same size: {against_random(default)}.")
+    applied = ke.get("config_default") == default
+    name = f"`{default.split(':', 1)[1]}`"
+    L.append(f"* {name}, the kernel the evidence supports (\"Which kernel?\"; "
+             f"{'the config' if applied else '**not yet** the config'}'s default), against random subsets of the same "
+             f"size: {against_random(default)}.")
     if default != PAPER_KERNEL and any(r["arm"] == PAPER_KERNEL for r in rows):
         L.append(f"* The paper's kernel, `{PAPER_KERNEL.split(':', 1)[1]}`: {against_random(PAPER_KERNEL)}.")
     for arm in sorted({r["arm"] for r in rows if r["arm"].startswith("delift:min-prompt-gain")}):
-        L.append(f"* `{arm.split(':', 1)[1]}` (`selection.min_prompt_gain`, trained on the kernel `keep-minmax`): "
-                 f"{against_random(arm)}.")
+        L.append(f"* `{arm.split(':', 1)[1]}` (`selection.min_prompt_gain`, trained on `{PAPER_KERNEL.split(':', 1)[1]}`, "
+                 f"the default when the study ran): {against_random(arm)}.")
     simplest = sorted((v for v in summary.get("variants_vs_simplest_ranking") or [] if v["arm"] == default),
                       key=lambda v: (v["pool"], -v["budget"]))
     if simplest:
         ranking = simplest[0]["reference"]
         outcomes = [(_cell(v["pool"], v["budget"]), "the greedy better" if v["ci_low"] > 0 else
                      f"`{ranking}` better" if v["ci_high"] < 0 else "inconclusive") for v in simplest]
-        L.append(f"* Against `{ranking}`, the simplest ranking the default could reduce to: "
+        L.append(f"* {name} against `{ranking}`, the simplest ranking it could reduce to: "
                  + _tally(outcomes, ("the greedy better", f"`{ranking}` better", "inconclusive")) + ": "
                  + ", ".join(f"{_cell(v['pool'], v['budget'])} {_interval(v)}" for v in simplest) + ".")
     ns = summary.get("noisy_selections") or {}
-    if ns:
-        budgets = sorted(ns, key=float, reverse=True)
-
+    budgets = sorted(ns, key=float, reverse=True)
+    if budgets and all(ns[b].get("random") for b in budgets):
         def shares(arm: str) -> str:
             return " / ".join(_pct(ns[b]["arms"].get(arm)) for b in budgets)
 
         sizes = " / ".join(f"{100 * float(b):g}%" for b in budgets)
-        L.append(f"* The noisy pool (half its responses swapped), share of swapped samples kept at {sizes}: "
-                 f"the default {shares(default)}, random {' / '.join(_pct(ns[b]['random']['mean']) for b in budgets)}"
-                 + "".join(f", `{a.split(':', 1)[-1]}` {shares(a)}" for a in ns[budgets[0]]["arms"]
-                           if a == "example_utility" or a.startswith("delift:min-prompt-gain"))
-                 + "." + (" The default kernel alone keeps no fewer swapped samples than random does."
-                          if all(ns[b]["arms"].get(default, 0) >= ns[b]["random"]["mean"] for b in budgets) else "")
-                 + " \"Noisy pool\" below has the prompt-gain option on the default kernel (selection only).")
+        others = [a for a in ns[budgets[0]]["arms"] if a == "example_utility" or a.startswith("delift:min-prompt-gain")]
+        line = (f"* The noisy pool (half its responses swapped), share of swapped samples kept at {sizes}: {name} "
+                f"{shares(default)}, random {' / '.join(_pct(ns[b]['random']['mean']) for b in budgets)}"
+                + "".join(f", `{a.split(':', 1)[-1]}` {shares(a)}" for a in others))
+        dpg = summary.get("noisy_default_prompt_gain") or {}
+        if dpg.get("kernel") == default.split(":", 1)[1] and all(b in dpg.get("budgets", {}) for b in budgets):
+            line += (f"; {name} with `selection.min_prompt_gain: {dpg['min_prompt_gain']:g}` "
+                     + " / ".join(_pct(dpg["budgets"][b]["swapped_share"]) for b in budgets) + " (selection only, not trained)")
+        line += "."
+        if all(ns[b]["arms"].get(default, 0) >= ns[b]["random"]["mean"] for b in budgets):
+            line += f" Without that option, {name} keeps at least random's share of swapped samples at every budget."
+        L.append(line)
     d = summary.get("design", {})
     L += [f"* Scale: a 135M-parameter model, a pool of {d.get('n_pool')} samples, {d.get('steps')} LoRA steps per "
           "arm. The effects are small in absolute terms; whether they hold for larger models and pools was not "

@@ -142,7 +142,7 @@ def markdown(doc: dict) -> str:
             "embed": "read the stored vectors (embedded 0)", "neighbours": "faiss IVF, k + r candidates per sample",
             "plan": "store lookups, blocks", "estimate": "tokens of the planned pairs",
             "assemble": "stream the shards into the CSR kernel", "select": "facility location, budget 30 %"}
-    for s in r["dry_run"]["steps"] + r.get("after_scoring", {}).get("steps", []):
+    for s in r["dry_run"]["steps"] + (r.get("after_scoring") or {}).get("steps", []):
         rows.append(f"| {s['name']} | {s['seconds']:.1f} | {s.get('cpu_s') or ''} | {s['peak_rss_gib']:.2f} | {what.get(s['name'], '')} |")
     d = r["dry_run"]
     rows.append(f"| **dry run** (`job.run(dry_run=True)`, tokenizer load included) | **{d['wall_s']:.1f}** | {d['cpu_s']} "
@@ -150,9 +150,12 @@ def markdown(doc: dict) -> str:
     m = doc["machine"]
     # Files from before the kernel was recorded were made under keep, the default then.
     kernel = r.get("kernel", {"diagonal": "keep", "scaling": "minmax"})
-    nnz = (r.get("after_scoring", {}).get("steps") or [{}])[0].get("kernel_nnz", {}).get("K")
+    assemble = [s for s in (r.get("after_scoring") or {}).get("steps", []) if s["name"] == "assemble"]
+    nnz = assemble[0].get("kernel_nnz", {}).get("K") if assemble else None
+    # minmax maps the smallest stored utility to 0, which the CSR kernel does not store.
     rows.append(f"\nKernel: `kernel.diagonal: {kernel['diagonal']}`, `kernel.scaling: {kernel['scaling']}`"
-                + (f"; K holds {nnz:,} of the {r['n'] * (r['k'] + r['random']):,} candidate pairs." if nnz else "."))
+                + (f"; K stores {nnz:,} nonzero entries of the {r['n'] * (r['k'] + r['random']):,} candidate pairs."
+                   if nnz else "."))
     return ("\n".join(rows) + f"\n\nMeasured {doc['date']} on {m.get('cpu')} ({m.get('cpus')} cores, "
             f"{m.get('memory_gib')} GiB); load average {m.get('load_avg_1m')} at the end: `{doc['command']}`.")
 

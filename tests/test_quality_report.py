@@ -59,34 +59,52 @@ def _row(arm: str, pool: str, budget: float, verdict: str, lo: float, hi: float,
             "comparison": {"verdict": verdict, "delta": (lo + hi) / 2, "ci_low": lo, "ci_high": hi}}
 
 
-def _summary(interim: bool = False) -> dict:
-    rows = [_row("delift:drop-minmax", "clean", 0.15, "better than random", 0.02, 0.04),
-            _row("delift:drop-minmax", "noisy", 0.15, "inconclusive", -0.01, 0.02, interim),
+def _summary(default_share: float = 0.6) -> dict:
+    """Two budgets, rows listed out of order; the answer orders them by pool, then budget high to low."""
+    rows = [_row("delift:drop-minmax", "noisy", 0.15, "inconclusive", -0.01, 0.02),
+            _row("delift:drop-minmax", "clean", 0.05, "better than random", 0.01, 0.03),
+            _row("delift:drop-minmax", "clean", 0.15, "better than random", 0.02, 0.04),
             _row("delift:keep-minmax", "clean", 0.15, "no better than random", -0.03, -0.01),
-            _row("delift:keep-minmax", "noisy", 0.15, "no better than random", -0.02, -0.01, interim)]
+            _row("delift:keep-minmax", "noisy", 0.15, "no better than random", -0.02, -0.01)]
     ranking = [{"arm": "delift:drop-minmax", "reference": "example_utility", "pool": p, "budget": 0.15,
                 "delta": (lo + hi) / 2, "ci_low": lo, "ci_high": hi}
-               for p, lo, hi in (("clean", 0.01, 0.03), ("noisy", -0.03, -0.01))]
-    noisy = {"0.15": {"k": 36, "arms": {"delift:drop-minmax": 0.6, "example_utility": 0.3},
-                      "random": {"mean": 0.5, "min": 0.4, "max": 0.6, "n": 20}}}
-    return {"kernel_evidence": {"default": "delift:drop-minmax"}, "rows": rows, "design": {"n_pool": 240, "steps": 18},
+               for p, lo, hi in (("noisy", -0.03, -0.01), ("clean", 0.01, 0.03))]
+    noisy = {b: {"k": k, "arms": {"delift:drop-minmax": default_share, "example_utility": 0.3},
+                 "random": {"mean": 0.5, "min": 0.4, "max": 0.6, "n": 20}} for b, k in (("0.05", 12), ("0.15", 36))}
+    noisy["0.05"]["arms"]["delift:drop-minmax"] = 0.5
+    return {"kernel_evidence": {"default": "delift:drop-minmax", "config_default": "delift:drop-minmax"},
+            "rows": rows, "design": {"n_pool": 240, "steps": 18}, "progress": {"units_done": 9, "units_total": 9},
             "variants_vs_simplest_ranking": ranking, "noisy_selections": noisy}
 
 
 def test_the_answer_counts_each_verdict_from_the_rows():
     text = "\n".join(answer_lines(_summary()))
     assert "Every unit is in" in text and "Interim" not in text
-    assert ("`drop-minmax` (the one the evidence picked, section \"Which kernel?\"), against random subsets of the "
-            "same size: better than random in 1 of 2 (clean 15%); inconclusive in 1 of 2 (noisy 15%): "
-            "clean 15% +0.030 [0.020, 0.040], noisy 15% +0.005 [-0.010, 0.020].") in text
+    assert ("`drop-minmax`, the kernel the evidence supports (\"Which kernel?\"; the config's default), against "
+            "random subsets of the same size: better than random in 2 of 3 (clean 15%, clean 5%); inconclusive in "
+            "1 of 3 (noisy 15%): clean 15% +0.030 [0.020, 0.040], clean 5% +0.020 [0.010, 0.030], "
+            "noisy 15% +0.005 [-0.010, 0.020].") in text
     assert "`keep-minmax`: no better than random in 2 of 2 (clean 15%, noisy 15%)" in text
-    assert ("the greedy better in 1 of 2 (clean 15%); `example_utility` better in 1 of 2 (noisy 15%)") in text
-    assert "the default 60%, random 50%, `example_utility` 30%." in text
-    assert "keeps no fewer swapped samples than random" in text
+    assert "the greedy better in 1 of 2 (clean 15%); `example_utility` better in 1 of 2 (noisy 15%)" in text
+    assert "kept at 15% / 5%: `drop-minmax` 60% / 50%, random 50% / 50%, `example_utility` 30% / 30%." in text
+    # 0.5 against random's 0.5 at 5% counts as "at least random's share"; 0.49 does not.
+    assert "keeps at least random's share" in text
+    assert "keeps at least random's share" not in "\n".join(answer_lines(_summary(default_share=0.49)))
+    assert "selection only" not in text  # no stored selection of the default with the noise option
 
 
-def test_the_answer_says_interim_and_waits_for_the_default():
-    assert answer_lines(_summary(interim=True))[2].startswith("Interim")
-    undecided = _summary()
-    undecided["kernel_evidence"]["default"] = None
-    assert answer_lines(undecided) == []
+def test_the_answer_is_interim_while_a_unit_is_missing_even_without_a_comparison():
+    s = _summary()
+    s["rows"].append({"arm": "random", "pool": "noisy", "budget": 0.05, "interim": True})
+    assert answer_lines(s)[2].startswith("Interim")
+    s = _summary()
+    s["progress"]["units_done"] = 8
+    assert answer_lines(s)[2].startswith("Interim")
+
+
+def test_the_answer_flags_a_default_not_applied_and_waits_for_the_default():
+    s = _summary()
+    s["kernel_evidence"]["config_default"] = "delift:keep-minmax"
+    assert "**not yet** the config's default" in "\n".join(answer_lines(s))
+    s["kernel_evidence"]["default"] = None
+    assert answer_lines(s) == []
