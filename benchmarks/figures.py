@@ -138,23 +138,28 @@ def _pruning_real(r: dict, doc: dict) -> Cells:
 def _knn_job(r: dict, doc: dict) -> Cells:
     t = r["timings"]
     return [(f"whole knn job, tiny test model, N = {num(r['n'])}, k {r['k']} + r {r['random']} "
-             f"({num(r['pairs_total'])} pairs), kernel {_kernel_label(r.get('kernel_options'))}",
+             f"({num(r['pairs_total'])} pairs), kernel {kernel_label(r.get('kernel_options'))}",
              f"{secs(r['wall_s'])} end to end; scoring {num(r['score_pairs_per_s'], 1)} pairs/s "
              f"({secs(t['score_s'])}); driver peak RSS {num(r['driver_peak_rss_gib'], 2)} GiB")]
 
 
-def _kernel_label(options: dict | None) -> str:
-    """``drop-minmax`` from a result's recorded kernel options. Files from before the options
-    were recorded were made under keep-minmax, the default then."""
-    options = options or {"diagonal": "keep", "scaling": "minmax"}
-    return f"{options['diagonal']}-{options['scaling']}"
+def recorded_kernel(options: dict | None) -> dict:
+    """A result's recorded kernel options. Files from before the options were recorded were
+    made under keep-minmax, the default then."""
+    return options or {"diagonal": "keep", "scaling": "minmax"}
+
+
+def kernel_label(options: dict | None) -> str:
+    """``drop-minmax`` from a result's recorded kernel options (:func:`recorded_kernel`)."""
+    o = recorded_kernel(options)
+    return f"{o['diagonal']}-{o['scaling']}"
 
 
 def _scale_1m(r: dict, doc: dict) -> Cells:
     steps = {s["name"]: s for s in r["dry_run"]["steps"] + (r.get("after_scoring") or {}).get("steps", [])}
     after = "".join(f", {name} {secs(steps[name]['seconds'])}" for name in ("assemble", "select") if name in steps)
     return [(f"the job's own steps at N = {num(r['n'])}, knn k {r['k']} + r {r['random']}, kernel "
-             f"{_kernel_label(r.get('kernel'))} (synthetic embeddings and utilities)",
+             f"{kernel_label(r.get('kernel'))} (synthetic embeddings and utilities)",
              f"dry run {secs(r['dry_run']['wall_s'])}, peak RSS {num(r['dry_run']['peak_rss_gib'], 2)} GiB{after}")]
 
 

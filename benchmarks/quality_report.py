@@ -147,15 +147,25 @@ def arm_vs_reference(arms: dict[str, dict[int, dict]], arm: str, ref: str) -> di
             "ci_low": float(lo), "ci_high": float(hi)}
 
 
+def _cell(pool: str, budget: float) -> str:
+    return f"{pool} {100 * budget:g}%"
+
+
 PAPER_KERNEL = "delift:keep-minmax"  # the paper's kernel, and the config's default while the study ran
 
 
-def config_default_kernel() -> str:
-    """The kernel ``delift-ray select`` uses when the user sets none (delift_ray/config.py)."""
+def config_default_options() -> dict[str, str]:
+    """``kernel.diagonal`` and ``kernel.scaling`` as ``delift-ray select`` sets them when the user
+    sets none (delift_ray/config.py)."""
     from delift_ray.config import KernelConfig
 
-    fields = KernelConfig.model_fields
-    return f"delift:{fields['diagonal'].default}-{fields['scaling'].default}"
+    return {f: KernelConfig.model_fields[f].default for f in ("diagonal", "scaling")}
+
+
+def config_default_kernel() -> str:
+    """The arm name of the kernel ``delift-ray select`` uses when the user sets none."""
+    o = config_default_options()
+    return f"delift:{o['diagonal']}-{o['scaling']}"
 
 
 def kernel_evidence(vs_keep: list[dict], vs_each_other: list[dict], budgets: list[float], final: set[str],
@@ -190,7 +200,7 @@ def kernel_evidence(vs_keep: list[dict], vs_each_other: list[dict], budgets: lis
         cells = {}
         for pool, b in cols:
             against = [outcome.get((arm, other, pool, b)) for other in variants if other != arm]
-            cells[f"{pool} {100 * b:g}%"] = "worse" if "worse" in against else "not yet" if None in against else "no worse"
+            cells[_cell(pool, b)] = "worse" if "worse" in against else "not yet" if None in against else "no worse"
         worse_on = {key.split()[0] for key, s in cells.items() if s == "worse"}
         per[arm] = {"cells": cells, "status": "out" if worse_on else "pending" if "not yet" in cells.values() else "candidate",
                     "final": bool(worse_on & final) or pools <= final,
@@ -476,8 +486,9 @@ def render_plot(summary: dict, path: Path) -> bool:
     return True
 
 
-def _cell(pool: str, budget: float) -> str:
-    return f"{pool} {100 * budget:g}%"
+def any_interim(summary: dict) -> bool:
+    """Whether a verdict on the page can still move (a pool's units are not all in)."""
+    return any(r.get("interim") for r in summary.get("rows", []))
 
 
 def _interval(c: dict) -> str:
@@ -506,8 +517,7 @@ def answer_lines(summary: dict) -> list[str]:
     verdicts = ("better than random", "no better than random", "inconclusive")
     rows = sorted((r for r in summary.get("rows", []) if r.get("comparison")), key=lambda r: (r["pool"], -r["budget"]))
     pr = summary.get("progress") or {}
-    complete = (not any(r.get("interim") for r in summary.get("rows", []))
-                and pr.get("units_done", 0) >= pr.get("units_total", 0))
+    complete = not any_interim(summary) and pr.get("units_done", 0) >= pr.get("units_total", 0)
     L = ["## Answer", "", "Every unit is in; each line below is read from the tables that follow (95% intervals, "
          "nats/token)." if complete else "Interim: some units are not in, so these can still move.", ""]
 
@@ -648,7 +658,7 @@ def write_docs(summary: dict, docs: Path) -> Path:
           "rank: 1 + the number of random subsets at least as good as the arm."
           + (" interim: the pool's units are not all in (random subsets, seeds, or the other budget, which is in the "
              "same Holm family), so the numbers and the verdict can still move; a verdict is final when it is shown "
-             "in bold." if any(r.get("interim") for r in summary["rows"]) else " Every verdict is final."), ""]
+             "in bold." if any_interim(summary) else " Every verdict is final."), ""]
     ov = summary.get("rank_overlaps") or {}
     if ov:
         L += ["## Against the simplest rankings", "",

@@ -376,10 +376,12 @@ def default_prompt_gain_unit(units: Units, args, work: Path, meta: dict, budgets
     name = "selections-noisy-default-mpg"
     if units.done(name) or args.min_prompt_gain is None:
         return
-    from delift_ray.config import KernelConfig
     from delift_ray.evaluate.inputs import load_run
 
-    default = {f: KernelConfig.model_fields[f].default for f in ("diagonal", "scaling")}
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    from quality_report import config_default_options
+
+    default = config_default_options()
     ids = load_run(work / "score-noisy").pool.sample_ids
     swapped = set(meta["swapped_ids"])
     res: dict = {"kernel": f"{default['diagonal']}-{default['scaling']}", "min_prompt_gain": args.min_prompt_gain,

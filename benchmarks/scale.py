@@ -148,8 +148,9 @@ def markdown(doc: dict) -> str:
     rows.append(f"| **dry run** (`job.run(dry_run=True)`, tokenizer load included) | **{d['wall_s']:.1f}** | {d['cpu_s']} "
                 f"| **{d['peak_rss_gib']:.2f}** | |")
     m = doc["machine"]
-    # Files from before the kernel was recorded were made under keep, the default then.
-    kernel = r.get("kernel", {"diagonal": "keep", "scaling": "minmax"})
+    from figures import recorded_kernel
+
+    kernel = recorded_kernel(r.get("kernel"))
     assemble = [s for s in (r.get("after_scoring") or {}).get("steps", []) if s["name"] == "assemble"]
     nnz = assemble[0].get("kernel_nnz", {}).get("K") if assemble else None
     # minmax maps the smallest stored utility to 0, which the CSR kernel does not store.
