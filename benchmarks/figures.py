@@ -204,6 +204,32 @@ def _scoring(r: dict, doc: dict) -> Cells:
     return [(what, fig)]
 
 
+def _scoring_head(r: dict, doc: dict) -> Cells:
+    # benchmarks/scoring.py --phases reuse,reuse_head_engine: the job's path with the LM head in
+    # float32 (engine.head_dtype auto) and in the engine's dtype (the default before), one process.
+    flags = ", ".join(doc.get("machine", {}).get("cpu_flags") or []) or "CPU flags not recorded"
+    return [(f"scoring, LM head float32 vs {r['head_engine_dtype']}, {r['model']}, engine {r['dtype']}, "
+             f"{r['data']} data, {num(r['pairs'])} pairs ({flags})",
+             f"{num(r['reuse_head_engine_pairs_per_s'], 2)} pairs/s with the head in {r['head_engine_dtype']}, "
+             f"{num(r['reuse_pairs_per_s'], 2)} in float32 (x{num(r['head_float32_over_engine'], 3)}); "
+             f"max |dUF| between them {num(r['head_max_abs_diff'])}")]
+
+
+def _precision(r: dict, doc: dict) -> Cells:
+    # benchmarks/precision.py: bfloat16 utilities against float32, and the selection under each.
+    cells = []
+    for fam, f in r["families"].items():
+        p = f["precisions"]
+        worst = {name: min(sel[name]["fl_on_float32_kernel_ratio"] for sel in f["selection"].values())
+                 for name in ("bf16_head_f32", "bf16")}
+        cells.append((f"bfloat16 vs float32 utilities, {fam} data, {f['samples']} samples, kernel {r['kernel']}",
+                      f"error sd / signal sd: {100 * p['bf16_head_f32']['sd_err_over_signal']:.1f}% with a float32 "
+                      f"LM head, {100 * p['bf16']['sd_err_over_signal']:.1f}% all bfloat16; lowest FL ratio on the "
+                      f"float32 kernel over budgets {', '.join(f'{100 * float(b):g}%' for b in f['selection'])}: "
+                      f"{worst['bf16_head_f32']:.4f} and {worst['bf16']:.4f}"))
+    return cells
+
+
 def _lm_head_dtype(r: dict, doc: dict) -> Cells:
     # benchmarks/lm_head_dtype.py: the hidden path's LM head on CPU in each dtype.
     # float32_torch: the same float32 head through torch's matmul instead of numpy's BLAS.
@@ -298,7 +324,9 @@ def _pct(x: float) -> str:
 
 
 ROWS: list[Row] = [
+    Row("scoring_head_dtype*", "checkpoints", _scoring_head),
     Row("scoring_*", "checkpoints", _scoring),  # one row per checkpoint dtype and data
+    Row("precision*", "checkpoints", _precision),
     Row("scorers", "scoring", _scorers),
     Row("lm_head_dtype*", "checkpoints", _lm_head_dtype),
     Row("tokenise*", "scale", _tokenise),

@@ -36,6 +36,7 @@ def machine() -> dict:
         info["memory_gib"] = round(psutil.virtual_memory().total / 2**30, 1)
     except ImportError:
         pass
+    info["cpu_flags"] = cpu_flags()
     info["load_avg_1m"] = round(os.getloadavg()[0], 2) if hasattr(os, "getloadavg") else None
     try:
         import torch
@@ -44,6 +45,16 @@ def machine() -> dict:
     except Exception:
         info["accelerator"] = None
     return info
+
+
+def cpu_flags() -> list[str]:
+    """The CPU's matmul-relevant instruction sets: a timing compares only with one taken on the same."""
+    try:
+        with open("/proc/cpuinfo") as f:
+            flags = next((ln.split(":", 1)[1].split() for ln in f if ln.startswith("flags")), [])
+    except OSError:
+        return []
+    return sorted(set(flags) & {"avx2", "avx512f", "avx512_bf16", "amx_bf16", "amx_tile"})
 
 
 def write_result(name: str, results: dict, *, command: str | None = None, out_dir: Path | str | None = None) -> Path:

@@ -14,6 +14,8 @@ own code (``BlockScorer.pair_distances`` on the planner's blocks). Phases (``--p
   position);
 * ``nocache``: the job's path without cache reads (what prefix reuse alone gains);
 * ``reuse_full``: the ``full`` path with prefix reuse (what the logprob path alone gains);
+* ``reuse_head_engine``: the job's path with the hidden path's LM head in the engine's
+  dtype (``engine.head_dtype: engine``, the default before issue 27) instead of float32;
 * ``raw``: a generating engine's prefill of the same token stream, no logprobs, no
   cache reads; ``reuse_nolp``: the reuse request stream with cache reads and no logprobs.
 
@@ -55,7 +57,8 @@ import numpy as np
 
 
 # Timed scoring phases: (on the generating full-path engine?, prefix reuse?).
-PHASES = {"naive": (True, False), "reuse": (False, True), "nocache": (False, False), "reuse_full": (True, True)}
+PHASES = {"naive": (True, False), "reuse": (False, True), "nocache": (False, False), "reuse_full": (True, True),
+          "reuse_head_engine": (False, True)}
 
 
 def prefill_seconds(llm, request_batches, read_cache: bool) -> float:
@@ -215,9 +218,12 @@ def main(argv=None) -> dict:
     needed += sum(heads.values())
     prompt_tokens = sum(len(r.tokens) for r in all_reqs)
 
-    def run_phase(reuse: bool, engine):
+    def run_phase(reuse: bool, engine, head_dtype=None):
         engine.llm.reset_prefix_cache()
         bs.prefix_reuse, bs.scorer = reuse, engine
+        head_before = engine.head.weight_t.dtype if head_dtype is not None else None
+        if head_dtype is not None:
+            engine.head.to_dtype(head_dtype)
         before = engine.stats.as_dict()
         t0 = time.perf_counter()
         uf = {}
@@ -226,6 +232,8 @@ def main(argv=None) -> dict:
             for h, e, d in zip(h_idx, e_idx, d_with):
                 uf[(b.helped_ids[h], b.example_ids[e])] = b.d_without[h] - d
         bs.scorer = scorer
+        if head_before is not None:
+            engine.head.to_dtype(head_before)
         return time.perf_counter() - t0, uf, engine.stats.delta(before)
 
     res: dict = {}
@@ -235,6 +243,7 @@ def main(argv=None) -> dict:
         "max_num_batched_tokens": cfg.engine.max_num_batched_tokens,
         "checkpoint_dtype": args.checkpoint_dtype or "as saved", "dtype_requested": cfg.engine.dtype,
         "dtype": scorer.dtype, "naive_dtype": generating.dtype, "logprob_path": scorer.path,
+        "head_dtype": scorer.head_dtype,
         "data": "code" if args.data == "code" else (Path(args.data).name if args.data else "demo"),
         "prompt_tokens": prompt_tokens, "needed_tokens": needed,
         "mean_pair_tokens": round(prompt_tokens / max(pairs, 1), 1),
@@ -243,7 +252,18 @@ def main(argv=None) -> dict:
         if ph in PHASES:
             log(f"{ph}: scoring {pairs} pairs in {len(blocks)} blocks ...")
             on_generating, reuse = PHASES[ph]
-            secs, uf, st = run_phase(reuse, generating if on_generating else scorer)
+            head = None
+            if ph == "reuse_head_engine":
+                if scorer.path != HIDDEN:
+                    raise SystemExit("reuse_head_engine needs the hidden path")
+                import torch
+
+                from delift_ray.scoring.engine import cpu_has_bf16, head_dtype, vllm_on_cpu
+
+                on_cpu = vllm_on_cpu()
+                head = head_dtype(getattr(torch, scorer.dtype), on_cpu, on_cpu and cpu_has_bf16(), "engine")
+                out["head_engine_dtype"] = str(head).replace("torch.", "")
+            secs, uf, st = run_phase(reuse, generating if on_generating else scorer, head)
             if ph in res:  # a repeat: keep the fastest run, check the results did not move
                 out[f"{ph}_repeat_max_abs_diff"] = max(out.get(f"{ph}_repeat_max_abs_diff", 0.0),
                                                        float(max(abs(res[ph][k] - uf[k]) for k in uf)))
@@ -270,6 +290,9 @@ def main(argv=None) -> dict:
         out["max_abs_diff"] = float(max(abs(res["naive"][k] - res["reuse"][k]) for k in res["naive"]))
     if "reuse" in res and "nocache" in res:
         out["reuse_speedup_same_path"] = round(out["reuse_pairs_per_s"] / out["nocache_pairs_per_s"], 3)
+    if "reuse" in res and "reuse_head_engine" in res:
+        out["head_float32_over_engine"] = round(out["reuse_pairs_per_s"] / out["reuse_head_engine_pairs_per_s"], 3)
+        out["head_max_abs_diff"] = float(max(abs(res["reuse"][k] - res["reuse_head_engine"][k]) for k in res["reuse"]))
     if "reuse" in res and "reuse_full" in res:
         out["path_speedup"] = round(out["reuse_pairs_per_s"] / out["reuse_full_pairs_per_s"], 3)
         out["path_max_abs_diff"] = float(max(abs(res["reuse"][k] - res["reuse_full"][k]) for k in res["reuse"]))

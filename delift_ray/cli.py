@@ -25,7 +25,7 @@ from contextlib import contextmanager
 from typing import Any, Optional, Sequence
 
 from delift_ray.config import DeliftConfig, config_reference_markdown, iter_leaf_fields, load_config
-from delift_ray.errors import DeliftError
+from delift_ray.errors import DeliftError, environment_error
 
 DEMO_DEFAULTS: dict[str, Any] = {
     "stage": "instruction",
@@ -535,6 +535,12 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         print("delift-ray: interrupted; re-run the same command to resume", file=sys.stderr)
         return 130
     except Exception as exc:  # a bug: one line (exit 1) unless -v asks for the traceback
+        refused = environment_error(exc)
+        if refused is not None:  # the machine's refusal (a full disk, ...): the user's to fix
+            if args.verbose:
+                traceback.print_exc()
+            print(f"delift-ray: error: {refused}", file=sys.stderr)
+            return 2
         if args.verbose:
             raise
         print(f"delift-ray: internal error: {exc.__class__.__name__}: {one_line(str(exc))} "

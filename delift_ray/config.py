@@ -74,6 +74,14 @@ class EngineConfig(_Section):
         "full (prompt_logprobs=0, any engine and model), or auto (hidden on CPU engines where the model "
         "allows it; elsewhere probe suffix at start-up, else full).",
     )
+    head_dtype: Literal["auto", "float32", "engine"] = Field(
+        "auto",
+        description="Dtype of the hidden path's LM-head matmul (its log-sum-exp is always float32). auto and "
+        "float32: float32, on the engine's hidden states, which keeps a bfloat16 engine's utilities within the "
+        "body's own rounding (docs/checkpoints.md, section 6); engine: the engine's model dtype, as vLLM's own "
+        "head runs (float32 still where a CPU has no fast matmul in that dtype), for benchmarks. run.json "
+        "records what ran (counts.head_dtypes).",
+    )
     enforce_eager: bool = Field(True, description="Skip torch.compile / CUDA graphs (faster start).")
     kv_cache_space_gib: float = Field(
         2.0, gt=0, description="CPU engines only: KV cache size (VLLM_CPU_KVCACHE_SPACE)."

@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any, Iterable, Iterator, Optional
 
 from delift_ray.config import ColumnConfig
-from delift_ray.errors import DataError
+from delift_ray.errors import DataError, one_line
 from delift_ray.storage import local_copy
 
 LOCAL_FORMATS = {".json": "json", ".jsonl": "json", ".parquet": "parquet", ".csv": "csv"}
@@ -220,7 +220,7 @@ def read_records(source: str, split: str = "train", max_rows: Optional[int] = No
         try:
             ds = datasets.load_dataset(source, split=split)
         except Exception as exc:
-            raise DataError(f"cannot load dataset {source!r} (not a local path; hub load failed: {str(exc).splitlines()[0][:160]})") from None
+            raise DataError(f"cannot load dataset {source!r} (not a local path; hub load failed: {one_line(exc, 160)})") from None
     if max_rows is not None:
         ds = ds.select(range(min(max_rows, len(ds))))
     return list(ds.column_names), DatasetRows(ds)
@@ -248,7 +248,7 @@ def _read_error_text(exc: BaseException) -> str:
             return (f"not UTF-8 text (byte 0x{seen.object[seen.start]:02x} at offset {seen.start} of a chunk); "
                     "re-encode the file as UTF-8")
         seen = seen.__cause__ or seen.__context__
-    return str(exc).splitlines()[0][:200]
+    return one_line(exc)
 
 
 # --------------------------------------------------------------------------- columns

@@ -23,7 +23,7 @@ from dataclasses import dataclass, field
 from typing import Any, Callable, Optional, Sequence
 
 from delift_ray.config import DeliftConfig, RayConfig
-from delift_ray.errors import DeliftError, EngineStartError, ScoringError, StorageError, engine_start_message
+from delift_ray.errors import DeliftError, EngineStartError, ScoringError, StorageError, engine_start_message, one_line
 from delift_ray.scoring.engine import cpu_engine_env
 
 log = logging.getLogger(__name__)
@@ -53,7 +53,7 @@ def connect(cfg: RayConfig) -> bool:
             ray.init(address=address, **kwargs)
         except Exception as exc:  # ray raises ConnectionError, RuntimeError, ValueError here
             raise DeliftError(
-                f"cannot reach the Ray cluster at {address!r}: {str(exc).splitlines()[0][:200]} "
+                f"cannot reach the Ray cluster at {address!r}: {one_line(exc)} "
                 "(is it running? with token auth set RAY_AUTH_MODE=token and the cluster's token)"
             ) from None
         return False

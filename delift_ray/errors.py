@@ -3,8 +3,14 @@
 Everything a user can cause (bad input, bad config, a missing file) is raised as a
 :class:`DeliftError` subclass whose message is one line that says what was wrong and,
 where possible, what was found instead. The CLI prints that line and exits 2; it never
-shows a traceback for these.
+shows a traceback for these. The machine refusing a write (no space, no permission, a
+read-only file system: :func:`environment_error`) is reported the same way.
 """
+
+from __future__ import annotations
+
+import errno
+import re
 
 
 class DeliftError(Exception):
@@ -90,6 +96,51 @@ def engine_start_message(text: str, model: str = "") -> str | None:
     name, fix = found
     where = f" for model {model!r}" if model else ""
     return f"the scoring engine could not start{where}: {name} ({cause_line(text)}); {fix}"
+
+
+def one_line(exc: BaseException, limit: int = 200, *, with_type: bool = False) -> str:
+    """An exception as one line: its message's first non-blank line, cut to ``limit``
+    characters; the exception's class name when the message is empty. ``with_type`` puts
+    ``ClassName: `` in front."""
+    lines = [ln.strip() for ln in str(exc).splitlines() if ln.strip()]
+    name = exc.__class__.__name__
+    if not lines:
+        return name
+    return f"{name}: {lines[0][:limit]}" if with_type else lines[0][:limit]
+
+
+# Errors of the user's machine, not of delift-ray: the fix is theirs, so they are reported as
+# user errors (exit 2, one line naming the path), never as bugs.
+ENVIRONMENT_ERRNOS = {
+    errno.ENOSPC: "no space left on the device",
+    errno.EDQUOT: "disk quota exceeded",
+    errno.EACCES: "permission denied",
+    errno.EPERM: "operation not permitted",
+    errno.EROFS: "read-only file system",
+}
+_ERRNO_IN_TEXT = re.compile(r"\[errno (\d+)\]", re.I)
+
+
+def environment_error(exc: BaseException) -> str | None:
+    """One line for an exception (or a cause of it) that is the machine's refusal, e.g.
+    "no space left on the device writing /data/out/run.json"; None for anything else.
+
+    pyarrow reports such errors as ``OSError`` without ``errno`` set and the number in the
+    text ("[errno 28] No space left on device"), so the text is read too.
+    """
+    seen: set[int] = set()
+    while exc is not None and id(exc) not in seen:
+        seen.add(id(exc))
+        if isinstance(exc, OSError):
+            code = exc.errno
+            if code is None:
+                m = _ERRNO_IN_TEXT.search(str(exc))
+                code = int(m.group(1)) if m else None
+            if code in ENVIRONMENT_ERRNOS:
+                where = exc.filename or one_line(exc)
+                return f"{ENVIRONMENT_ERRNOS[code]}: {where}"
+        exc = exc.__cause__ or exc.__context__
+    return None
 
 
 def message_lines(text: str) -> list[str]:

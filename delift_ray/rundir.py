@@ -139,6 +139,7 @@ class RunCounts:
     cached_prompt_tokens: int = 0
     logprob_paths: list[str] = field(default_factory=list)
     dtypes: list[str] = field(default_factory=list)  # engine.dtype as the scorers resolved it
+    head_dtypes: list[str] = field(default_factory=list)  # the hidden path's LM-head dtype (engine.head_dtype)
     failed_blocks: int = 0
     actor_deaths: int = 0
     node_losses: int = 0  # nodes lost while holding scorers
@@ -160,7 +161,7 @@ class RunCounts:
                 baselines_scored=plan.baselines_to_score, baselines_reused=plan.baselines_reused,
                 selected=select.selected, excluded_low_prompt_gain=select.excluded)
         for name in ("pairs_scored", "pairs_missing", "pairs_redone", "block_retries", "rescored",
-                     "cached_prompt_tokens", "logprob_paths", "dtypes", "failed_blocks", "actor_deaths",
+                     "cached_prompt_tokens", "logprob_paths", "dtypes", "head_dtypes", "failed_blocks", "actor_deaths",
                      "node_losses", "blocks_requeued"):
             setattr(c, name, getattr(score, name))
         if embed is not None:

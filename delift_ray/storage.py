@@ -40,7 +40,7 @@ import pyarrow as pa
 import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
-from delift_ray.errors import StorageError
+from delift_ray.errors import StorageError, one_line
 
 log = logging.getLogger(__name__)
 
@@ -192,7 +192,7 @@ def local_copy(uri: str) -> str:
             with fs.open_input_stream(src) as fin, open(dst, "wb") as fout:
                 shutil.copyfileobj(fin, fout, 1 << 22)
     except (OSError, pa.ArrowException) as exc:
-        raise StorageError(f"cannot read {uri}: {_one_line(exc)}") from None
+        raise StorageError(f"cannot read {uri}: {one_line(exc, with_type=True)}") from None
     _LOCAL_COPIES[uri] = dest
     return dest
 
@@ -213,7 +213,7 @@ def write_probe(root: str, name: str, text: str) -> Optional[str]:
         with fs.open_output_stream(f"{base}/{PROBE_DIR}/{name}") as f:
             f.write(text.encode())
     except (OSError, pa.ArrowException, StorageError) as exc:
-        return f"cannot write {probe_location(root, name)}: {_one_line(exc)}"
+        return f"cannot write {probe_location(root, name)}: {one_line(exc, with_type=True)}"
     return None
 
 
@@ -224,7 +224,7 @@ def read_probe(root: str, name: str, expect: str) -> Optional[str]:
         with fs.open_input_stream(f"{base}/{PROBE_DIR}/{name}") as f:
             got = f.read().decode("utf-8", "replace")
     except (OSError, pa.ArrowException, StorageError) as exc:
-        return f"cannot read {probe_location(root, name)}: {_one_line(exc)}"
+        return f"cannot read {probe_location(root, name)}: {one_line(exc, with_type=True)}"
     if got != expect:
         return f"{probe_location(root, name)} holds another run's probe (a different store under the same path?)"
     return None
@@ -243,11 +243,6 @@ def remove_probe(root: str, name: str) -> None:
 
 def probe_location(root: str, name: str) -> str:
     return f"{absolute_location(root).rstrip('/')}/{PROBE_DIR}/{name}"
-
-
-def _one_line(exc: BaseException) -> str:
-    text = str(exc).strip().splitlines()
-    return f"{exc.__class__.__name__}: {text[0][:200] if text else ''}"
 
 
 def table_checksum(table: pa.Table) -> str:

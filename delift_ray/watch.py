@@ -34,7 +34,7 @@ import pyarrow as pa
 import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
-from delift_ray.errors import DeliftError, StorageError
+from delift_ray.errors import DeliftError, StorageError, one_line
 from delift_ray.lock import RunLock
 from delift_ray.storage import atomic_write, resolve_fs
 
@@ -75,7 +75,7 @@ def complete_versions(location: str, marker: str = "_SUCCESS") -> list[str]:
     try:
         infos = fs.get_file_info(pafs.FileSelector(root, allow_not_found=False))
     except (OSError, FileNotFoundError) as exc:
-        raise DeliftError(f"cannot list versions in {location!r}: {str(exc).splitlines()[0][:160]}") from None
+        raise DeliftError(f"cannot list versions in {location!r}: {one_line(exc, 160)}") from None
     names = sorted(i.base_name for i in infos if i.type == pafs.FileType.Directory and not i.base_name.startswith((".", "_")))
     return [n for n in names if fs.get_file_info(f"{root}/{n}/{marker}").type == pafs.FileType.File]
 
@@ -164,7 +164,7 @@ def watch_once(s: WatchSettings, process: Callable[[WatchSettings, str, Optional
             row["status"] = OK
             last = v
         except Exception as exc:  # a failing version is recorded and the watcher goes on
-            msg = f"{exc.__class__.__name__}: {exc}".splitlines()[0][:500]
+            msg = one_line(exc, 500, with_type=True)
             log.error("watch: version %s failed: %s", v, msg)
             log.debug("%s", traceback.format_exc())
             row.update(status=FAILED, error=msg)

@@ -54,6 +54,10 @@ def render_block(name: str, path: Path, results: dict, root: Path = ROOT) -> str
         from benchmarks.scale import markdown
 
         return markdown(results["scale_1m"]) + "\n"
+    if name == "precision":
+        from benchmarks.precision import markdown
+
+        return markdown(results["precision_bf16"]) + "\n"
     raise ValueError(f"{path}: unknown generated block {name!r}")
 
 

@@ -243,11 +243,27 @@ def test_checkpoint_dtype_and_head_dtype():
     assert eng.checkpoint_dtype(LlamaConfig(dtype="float16")) == "float16"
     assert eng.checkpoint_dtype(LlamaConfig(dtype=torch.bfloat16)) == "bfloat16"
     assert eng.checkpoint_dtype(LlamaConfig()) in (None, "float32")
-    assert eng.head_dtype(torch.float16, on_cpu=True) == torch.float32
-    assert eng.head_dtype(torch.float16, on_cpu=False) == torch.float16
-    assert eng.head_dtype(torch.bfloat16, on_cpu=True, cpu_bf16=True) == torch.bfloat16
-    assert eng.head_dtype(torch.bfloat16, on_cpu=True, cpu_bf16=False) == torch.float32
-    assert eng.head_dtype(torch.float32, on_cpu=True, cpu_bf16=False) == torch.float32
+    # auto and float32: float32 on every device, whatever the body runs in.
+    for requested in ("auto", "float32"):
+        for model_dtype in (torch.float16, torch.bfloat16, torch.float32):
+            for on_cpu, cpu_bf16 in ((True, True), (True, False), (False, False)):
+                assert eng.head_dtype(model_dtype, on_cpu, cpu_bf16, requested) == torch.float32
+    # engine: the old behaviour, the model's dtype unless a CPU has no fast matmul in it.
+    assert eng.head_dtype(torch.float16, on_cpu=True, requested="engine") == torch.float32
+    assert eng.head_dtype(torch.float16, on_cpu=False, requested="engine") == torch.float16
+    assert eng.head_dtype(torch.bfloat16, on_cpu=False, requested="engine") == torch.bfloat16
+    assert eng.head_dtype(torch.bfloat16, on_cpu=True, cpu_bf16=True, requested="engine") == torch.bfloat16
+    assert eng.head_dtype(torch.bfloat16, on_cpu=True, cpu_bf16=False, requested="engine") == torch.float32
+    assert eng.head_dtype(torch.float32, on_cpu=True, cpu_bf16=False, requested="engine") == torch.float32
+
+
+def test_pin_advice_names_the_setting_that_differs():
+    from delift_ray.scoring.actor import pin_advice
+
+    assert pin_advice("float32", "bfloat16") == "engine.dtype: float32"
+    assert pin_advice("bfloat16, LM head float32", "float32") == "engine.dtype: bfloat16"
+    assert pin_advice("bfloat16", "bfloat16") == "engine.head_dtype: engine"
+    assert pin_advice("bfloat16, LM head float32", "bfloat16") == "engine.head_dtype: float32"
 
 
 # --------------------------------------------------------------------------- the matrix (real engine)
@@ -318,13 +334,20 @@ def reference_utilities(model_dir: str, samples: list[dict]) -> tuple[dict, dict
     return base, uf
 
 
-CASES = {  # name: (arch, checkpoint dtype, tied head, tokenizer, engine.dtype, path, tolerance)
+CASES = {  # name: (arch, checkpoint dtype, tied head, tokenizer, engine.dtype, path, tolerance[, head_dtype])
     "llama-fp32-tied-gpt2bpe": ("llama", "float32", True, "gpt2", "auto", "hidden", 1e-3),
     "qwen2-fp16-untied-qwen2bpe": ("qwen2", "float16", False, "qwen2", "auto", "hidden", 1e-3),
     "llama-bf16-untied-sentencepiece": ("llama", "bfloat16", False, "sentencepiece", "auto", "hidden", 1e-3),
     "gemma2-fp32-softcap-sentencepiece": ("gemma2", "float32", True, "sentencepiece", "auto", "full", 1e-3),
     "llama-bf16-untied-sentencepiece-fp32": ("llama", "bfloat16", False, "sentencepiece", "float32", "hidden", 1e-4),
     "llama-fp32-tied-gpt2bpe-forced-fp16": ("llama", "float32", True, "gpt2", "float16", "hidden", 1e-3),
+    # The body in bfloat16 on any CPU (emulated without bfloat16 instructions), the LM head in
+    # float32 (engine.head_dtype auto): the body's rounding alone stays within 1e-3 of float32.
+    "llama-fp32-tied-gpt2bpe-forced-bf16": ("llama", "float32", True, "gpt2", "bfloat16", "hidden", 1e-3),
+    # The head as it ran before issue 27 (engine.head_dtype: engine): in bfloat16 where the CPU
+    # has bfloat16 instructions, else float32 (head_dtype's rule); held to the same bound.
+    "llama-fp32-tied-gpt2bpe-forced-bf16-head-engine": ("llama", "float32", True, "gpt2", "bfloat16", "hidden", 1e-3,
+                                                        "engine"),
 }
 
 
@@ -353,8 +376,12 @@ def ray_local():
 def test_checkpoint_matrix(case, tokenizers, ray_local, tmp_path):
     from delift_ray.job import run
 
-    arch, ckpt_dtype, tied, family, dtype, path, tol = CASES[case]
+    import torch
+
+    arch, ckpt_dtype, tied, family, dtype, path, tol, *head = CASES[case]
+    head = head[0] if head else "auto"
     want = eng.resolve_dtype(dtype, ckpt_dtype, on_cpu=True, cpu_bf16=eng.cpu_has_bf16())
+    want_head = str(eng.head_dtype(getattr(torch, want), True, eng.cpu_has_bf16(), head)).replace("torch.", "")
     if dtype == "float32" and eng.resolve_dtype("auto", ckpt_dtype, on_cpu=True, cpu_bf16=eng.cpu_has_bf16()) == want:
         pytest.skip("auto is float32 on this CPU: the auto case of this checkpoint already runs float32")
     model = build_checkpoint(tmp_path / "model", arch, ckpt_dtype, tied, tokenizers[family])
@@ -362,10 +389,13 @@ def test_checkpoint_matrix(case, tokenizers, ray_local, tmp_path):
     data.write_text("".join(json.dumps(r) + "\n" for r in DATA))
     out = tmp_path / "out"
     run({"data": str(data), "model": model, "out": str(out), "budget": 2,
-         "engine": {**ENGINE, "dtype": dtype}, "scoring": {"block_size": 8}}, progress=False)
+         "engine": {**ENGINE, "dtype": dtype, "head_dtype": head}, "scoring": {"block_size": 8}}, progress=False)
 
     counts = json.load(open(out / "run.json"))["counts"]
     assert counts["dtypes"] == [want] and counts["logprob_paths"] == [path]
+    assert counts["head_dtypes"] == ([want_head] if path == "hidden" else [])
+    if head == "auto" and path == "hidden":
+        assert want_head == "float32"  # the rule: a float32 head on the hidden path, whatever the body
     assert counts["pairs_scored"] == len(DATA) ** 2
 
     samples = pq.read_table(out / "samples.parquet").to_pandas().set_index("sample_id")
@@ -380,12 +410,15 @@ def test_checkpoint_matrix(case, tokenizers, ray_local, tmp_path):
     assert diffs.max() <= tol, diffs.max()
     assert shards.utility.std() > 1e-4  # the tiny model's utilities are not all alike
     pins = list((out / "scorers").glob("fp=*.json"))  # the store records the dtype it holds
-    assert [json.loads(p.read_text()) for p in pins] == [{"dtype": want}]
+    precision = want if path != "hidden" or want_head == want else f"{want}, LM head {want_head}"
+    assert [json.loads(p.read_text()) for p in pins] == [{"dtype": precision}]
 
 
 class FakeScorer:
     def __init__(self, model, engine):
         self.dtype = eng.resolve_dtype(engine.dtype, "float32", on_cpu=True, cpu_bf16=FakeScorer.cpu_bf16)
+        self.head_dtype = "float32" if engine.head_dtype != "engine" else self.dtype
+        self.precision = self.dtype if self.head_dtype == self.dtype else f"{self.dtype}, LM head {self.head_dtype}"
 
 
 @pytest.mark.parametrize("first_bf16,second_bf16,ok", [(True, True, True), (False, False, True), (True, False, False)])
@@ -404,9 +437,13 @@ def test_two_dtypes_never_mix_in_one_store(tmp_path, monkeypatch, first_bf16, se
     if ok:
         actor.BlockScorer("m", engine, str(tmp_path), "fp1", 0, True)
     else:
-        with pytest.raises(EngineStartError, match="scored in bfloat16; set engine.dtype: bfloat16"):
+        with pytest.raises(EngineStartError, match="computed in bfloat16, LM head float32; set engine.dtype: bfloat16"):
             actor.BlockScorer("m", engine, str(tmp_path), "fp1", 0, True)
         actor.BlockScorer("m", EngineConfig(dtype="bfloat16", max_model_len=256), str(tmp_path), "fp1", 0, True)
+        # The same body with the head as it ran before (a store written then): refused, the head named.
+        with pytest.raises(EngineStartError, match="set engine.head_dtype: float32"):
+            actor.BlockScorer("m", EngineConfig(dtype="bfloat16", head_dtype="engine", max_model_len=256),
+                              str(tmp_path), "fp1", 0, True)
     FakeScorer.cpu_bf16 = False
     actor.BlockScorer("m", engine, str(tmp_path), "fp2", 0, True)  # another fingerprint: its own pin
 

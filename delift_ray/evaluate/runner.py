@@ -29,7 +29,7 @@ import numpy as np
 
 from delift_ray.config import TemplateConfig
 from delift_ray.embeddings import sample_text
-from delift_ray.errors import DeliftError
+from delift_ray.errors import DeliftError, one_line
 from delift_ray.evaluate.embeddings import SentenceEncoder, cosine_kernel, top_k_similar
 from delift_ray.evaluate.formatting import PromptEncoder
 from delift_ray.evaluate.inputs import EvalSet, RunData, load_eval_data, load_run
@@ -122,7 +122,7 @@ def run_templates(run: RunData) -> TemplateConfig:
     try:
         return TemplateConfig(**(raw or {}))
     except (TypeError, ValueError) as exc:
-        raise DeliftError(f"{run.run_dir}/run.json has invalid templates: {str(exc).splitlines()[0]}") from None
+        raise DeliftError(f"{run.run_dir}/run.json has invalid templates: {one_line(exc, 500)}") from None
 
 
 def _evaluate_model(model, tok, enc: PromptEncoder, ev: EvalSet, *, examples, max_new_tokens: int,

@@ -16,7 +16,7 @@ from typing import Optional, Sequence
 
 import numpy as np
 
-from delift_ray.errors import DeliftError
+from delift_ray.errors import DeliftError, one_line
 
 LORA_R = 8
 LORA_ALPHA = 32
@@ -88,7 +88,7 @@ def load_model(path: str, *, dtype, device: str):
     try:
         model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype)
     except (OSError, ValueError) as exc:
-        raise DeliftError(f"cannot load model {path}: {str(exc).splitlines()[0][:200]}") from None
+        raise DeliftError(f"cannot load model {path}: {one_line(exc)}") from None
     model.to(device)
     model.eval()
     return model
@@ -100,7 +100,7 @@ def load_tokenizer(path: str):
     try:
         tok = AutoTokenizer.from_pretrained(path)
     except (OSError, ValueError) as exc:
-        raise DeliftError(f"cannot load the tokenizer of {path}: {str(exc).splitlines()[0][:200]}") from None
+        raise DeliftError(f"cannot load the tokenizer of {path}: {one_line(exc)}") from None
     if tok.eos_token_id is None:
         raise DeliftError(f"the tokenizer of {path} has no eos token")
     if tok.pad_token_id is None:

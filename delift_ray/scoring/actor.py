@@ -66,6 +66,15 @@ class BlockResult:
     stats: dict = field(default_factory=dict)  # this block's engine counters (EngineStats.delta)
     logprob_path: str = ""  # the scorer's path (engine.logprob_path, resolved)
     dtype: str = ""  # the engine's model dtype (engine.dtype, resolved)
+    head_dtype: str = ""  # the hidden path's LM-head dtype (engine.head_dtype, resolved); "" on other paths
+
+
+def pin_advice(pinned: str, dtype: str) -> str:
+    """The setting that makes a scorer compute utilities in the store's pinned precision."""
+    pinned_dtype, _, pinned_head = pinned.partition(", LM head ")
+    if pinned_dtype != dtype:
+        return f"engine.dtype: {pinned_dtype}"
+    return "engine.head_dtype: float32" if pinned_head else "engine.head_dtype: engine"
 
 
 class BlockScorer:
@@ -74,12 +83,13 @@ class BlockScorer:
     def __init__(self, model: str, engine: EngineConfig, store_root: str, fingerprint: str, eos: int, prefix_reuse: bool):
         self.scorer = Scorer(model, engine)
         self.store = ShardStore(store_root, fingerprint)
-        pinned = self.store.pin_dtype(self.scorer.dtype)
-        if pinned != self.scorer.dtype:
+        pinned = self.store.pin_dtype(self.scorer.precision)
+        if pinned != self.scorer.precision:
             raise EngineStartError(
-                f"this scorer's engine runs in {self.scorer.dtype} (engine.dtype {engine.dtype}), but the store "
-                f"{store_root} holds utilities of this model scored in {pinned}; set engine.dtype: {pinned} "
-                "(or another cache) so that two dtypes never mix in one selection")
+                f"this scorer computes utilities in {self.scorer.precision} (engine.dtype {engine.dtype}, "
+                f"engine.head_dtype {engine.head_dtype}), but the store {store_root} holds utilities of this model "
+                f"computed in {pinned}; set {pin_advice(pinned, self.scorer.dtype)} (or use another cache) so that "
+                "two precisions never mix in one selection")
         self.max_len = engine.max_model_len - 1  # one position is kept for the sampled token
         self.eos = eos
         self.prefix_reuse = prefix_reuse
@@ -98,7 +108,7 @@ class BlockScorer:
         table = pa.table({"sample_id": block.sample_ids, "distance": d})
         self.store.write(BASELINE, block.key, table)
         return BlockResult(block.key, block.size, self.scorer.stats.delta(before), self.scorer.path,
-                           self.scorer.dtype)
+                           self.scorer.dtype, self.scorer.head_dtype)
 
     def pair_requests(self, block: PairBlock) -> tuple[np.ndarray, np.ndarray, list[ScoreRequest]]:
         """(h_idx, e_idx, requests) of a block in example-major order.
@@ -134,7 +144,7 @@ class BlockScorer:
         )
         self.store.write(UTILITY, block.key, table)
         return BlockResult(block.key, block.size, self.scorer.stats.delta(before), self.scorer.path,
-                           self.scorer.dtype)
+                           self.scorer.dtype, self.scorer.head_dtype)
 
     def shutdown(self) -> None:
         self.scorer.shutdown()

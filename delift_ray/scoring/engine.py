@@ -28,9 +28,8 @@ Model dtype (``engine.dtype``; :func:`resolve_dtype`): ``auto`` does not mean vL
 ``auto``, which loads a float32 checkpoint as float16 -- on a CPU without fast float16
 matmuls that made the hidden path 16x slower and moved utilities by 6.6e-3. ``auto`` is
 bfloat16 on a CPU with bfloat16 instructions, else float32; on a GPU the checkpoint's
-dtype, with float32 going to bfloat16. Where float16 runs on a CPU anyway (asked for),
-the hidden path's LM head runs in float32 (:func:`head_dtype`), as it does for bfloat16
-on a CPU without bfloat16 instructions.
+dtype, with float32 going to bfloat16. The hidden path's LM head runs in float32 whatever
+the engine's dtype (``engine.head_dtype``, :func:`head_dtype`).
 """
 
 from __future__ import annotations
@@ -46,7 +45,7 @@ from typing import Sequence
 import numpy as np
 
 from delift_ray.config import EngineConfig
-from delift_ray.errors import DeliftError, EngineStartError, engine_start_message, exception_text
+from delift_ray.errors import DeliftError, EngineStartError, engine_start_message, exception_text, one_line
 
 FULL, SUFFIX, HIDDEN = "full", "suffix", "hidden"
 # Hidden states of one engine call stay under this many bytes (the hidden path batches its
@@ -299,12 +298,20 @@ def engine_dtype(model: str, cfg: EngineConfig) -> tuple[str, str | None]:
     return resolve_dtype("auto", checkpoint, on_cpu=on_cpu, cpu_bf16=on_cpu and cpu_has_bf16(), gpu_bf16=gpu_bf16), checkpoint
 
 
-def head_dtype(model_dtype, on_cpu: bool, cpu_bf16: bool = True):
-    """The hidden path's LM-head matmul dtype: the model's, but float32 on a CPU for float16,
-    and for bfloat16 where the CPU lacks bfloat16 instructions (measured on an AVX2 CPU:
-    float32 about 50x faster than either, and more exact; benchmarks/lm_head_dtype.py)."""
+def head_dtype(model_dtype, on_cpu: bool, cpu_bf16: bool = True, requested: str = "auto"):
+    """The hidden path's LM-head matmul dtype (``engine.head_dtype``).
+
+    ``auto`` / ``float32``: float32 on every device. A bfloat16 head rounds each logit to 8
+    mantissa bits (|z| ~ 20 moves by ~0.04), an error of the order of the off-diagonal
+    utilities themselves; in float32 only the body's rounding is left (docs/checkpoints.md,
+    section 6). ``engine``: the model's dtype, as vLLM's own head runs, except float32 on a CPU
+    for float16, and for bfloat16 where the CPU lacks bfloat16 instructions (there float32
+    is also about 50x faster; benchmarks/lm_head_dtype.py).
+    """
     import torch
 
+    if requested in ("auto", "float32"):
+        return torch.float32
     if on_cpu and (model_dtype == torch.float16 or (model_dtype == torch.bfloat16 and not cpu_bf16)):
         return torch.float32
     return model_dtype
@@ -349,7 +356,8 @@ class Scorer:
         if self.head is not None:
             self.llm = start_llm(LLM, hidden_engine_kwargs(model, cfg))
             on_cpu = vllm_on_cpu()
-            self.head.to_dtype(head_dtype(self.llm.llm_engine.model_config.dtype, on_cpu, on_cpu and cpu_has_bf16()))
+            self.head.to_dtype(head_dtype(self.llm.llm_engine.model_config.dtype, on_cpu, on_cpu and cpu_has_bf16(),
+                                          cfg.head_dtype))
             self.path = HIDDEN
         else:
             self.llm = start_llm(LLM, engine_kwargs(model, cfg))
@@ -357,11 +365,23 @@ class Scorer:
             if self.path == FULL:
                 self.warn_logprob_memory()
 
+    @property
+    def head_dtype(self) -> str:
+        """The hidden path's LM-head dtype ("float32", ...); "" where vLLM's own head runs."""
+        return str(self.head.weight_t.dtype).replace("torch.", "") if self.head is not None else ""
+
+    @property
+    def precision(self) -> str:
+        """What the utilities were computed in: the model dtype, plus the LM head's where it differs."""
+        if self.head_dtype and self.head_dtype != self.dtype:
+            return f"{self.dtype}, LM head {self.head_dtype}"
+        return self.dtype
+
     def banner(self, model: str, checkpoint: str | None) -> str:
         """The one line an engine prints at start (vLLM's own start-up log is quiet unless ``-v``)."""
         device = "cpu" if vllm_on_cpu() else "gpu"
         how = f"auto from a {checkpoint or 'unknown-dtype'} checkpoint" if self.requested_dtype == "auto" else "as configured"
-        head = f", LM head in {str(self.head.weight_t.dtype).replace('torch.', '')}" if self.head is not None else ""
+        head = f", LM head in {self.head_dtype}" if self.head is not None else ""
         return (f"delift-ray scorer engine: model {os.path.basename(model.rstrip('/')) or model}, device {device}, "
                 f"dtype {self.dtype} ({how}), logprob path {self.path}{head}")
 
@@ -383,7 +403,7 @@ class Scorer:
             why = lm_head.unsupported_reason(hf_config)
             head = None if why else lm_head.LMHead.from_checkpoint(model, hf_config)
         except Exception as exc:  # no config or weights it can read: the generating engine may still run
-            why, head = f"{exc.__class__.__name__}: {str(exc).splitlines()[0][:200] if str(exc) else ''}", None
+            why, head = one_line(exc, with_type=True), None
         if head is not None:
             return head
         if cfg.logprob_path == HIDDEN:
@@ -421,7 +441,7 @@ class Scorer:
             out = self._generate([req], read_cache=False, path=SUFFIX)[0]
             lp = suffix_logprobs(out, req)
         except Exception as exc:  # vLLM raises VLLMValidationError/ValueError/TypeError here
-            return f"{exc.__class__.__name__}: {str(exc).splitlines()[0][:200] if str(exc) else ''}"
+            return one_line(exc, with_type=True)
         if lp is None or not np.all(np.isfinite(lp)):
             return "the probe request returned no suffix logprobs"
         return None

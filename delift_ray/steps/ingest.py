@@ -10,7 +10,7 @@ import numpy as np
 
 from delift_ray.config import DeliftConfig
 from delift_ray.data import SampleSet, load_samples, sample_id, too_long_rows
-from delift_ray.errors import DeliftError
+from delift_ray.errors import DeliftError, one_line
 from delift_ray.prompts import TOO_LONG, TokenizedSet, take, template_head_length, tokenize_set
 from delift_ray.steps.base import StepStats
 
@@ -55,7 +55,7 @@ def load_tokenizer(cfg: DeliftConfig):
     try:
         tok = AutoTokenizer.from_pretrained(cfg.model, trust_remote_code=cfg.engine.trust_remote_code)
     except Exception as exc:  # transformers raises OSError/ValueError/... for unusable checkpoints
-        raise DeliftError(f"cannot load a tokenizer from model {cfg.model!r}: {str(exc).splitlines()[0][:200]}") from None
+        raise DeliftError(f"cannot load a tokenizer from model {cfg.model!r}: {one_line(exc)}") from None
     if tok.eos_token_id is None:
         raise DeliftError(f"the tokenizer of {cfg.model!r} has no EOS token, which the utility needs")
     return tok

@@ -33,8 +33,9 @@ class ScoreStats(StepStats):
     cached_prompt_tokens: int = 0
     # How the actors computed gold logprobs (engine.logprob_path resolved: hidden/full/suffix).
     logprob_paths: list[str] = field(default_factory=list)
-    # The model dtypes the actors resolved engine.dtype to.
+    # The model dtypes the actors resolved engine.dtype to, and their LM heads' (hidden path).
     dtypes: list[str] = field(default_factory=list)
+    head_dtypes: list[str] = field(default_factory=list)
     node_losses: int = 0  # nodes lost while holding scorers
     blocks_requeued: int = 0  # in-flight blocks of lost nodes, sent again
     # Where each scorer ran: node id, accelerator ids (and whether its node was lost).
@@ -44,7 +45,7 @@ class ScoreStats(StepStats):
         extra = "".join(f", {v} {k.replace('_', ' ')}" for k, v in (("pairs_missing", self.pairs_missing),
                         ("block_retries", self.block_retries), ("actor_deaths", self.actor_deaths),
                         ("node_losses", self.node_losses)) if v)
-        how = "/".join(self.logprob_paths + self.dtypes) or "no engine"
+        how = "/".join(self.logprob_paths + self.dtypes + [f"LM head {d}" for d in self.head_dtypes]) or "no engine"
         return f"{self.pairs_scored} pairs scored ({how}){extra}"
 
 
@@ -61,8 +62,14 @@ def score(cfg: DeliftConfig, sets: dict[str, IngestedSet], store: ShardStore, pl
     model = os.path.abspath(cfg.model) if os.path.isdir(cfg.model) else cfg.model
     counters: Counter = Counter()
     engine: Counter = Counter()  # per-block engine counters, summed (each result holds its block's delta)
-    paths: set[str] = set()  # logprob paths the actors resolved engine.logprob_path to
-    dtypes: set[str] = set()  # model dtypes the actors resolved engine.dtype to
+    # What the actors resolved engine.logprob_path, engine.dtype and engine.head_dtype to.
+    resolved: dict[str, set[str]] = {"logprob_paths": set(), "dtypes": set(), "head_dtypes": set()}
+
+    def record(result) -> None:
+        engine.update(result.stats)
+        for name, value in zip(resolved, (result.logprob_path, result.dtype, result.head_dtype)):
+            if value:
+                resolved[name].add(value)
     with dispatch.actor_pool(cfg, BlockScorer, model, cfg.engine, store.root_uri, store.fingerprint, eos,
                              cfg.scoring.prefix_reuse, probe_root=store.root_uri) as pool:
         base_src = [(n, chunk) for n, chunks in plan.baseline.items() for chunk in chunks]
@@ -70,9 +77,7 @@ def score(cfg: DeliftConfig, sets: dict[str, IngestedSet], store: ShardStore, pl
 
         def base_done(block, result):
             bar.update(block.size)
-            engine.update(result.stats)
-            paths.add(result.logprob_path)
-            dtypes.add(result.dtype)
+            record(result)
 
         def base_dispatch(src, skip_failed):
             rep = dispatch.dispatch(pool, [baseline_block(sets, store, n, c) for n, c in src], "score_baseline",
@@ -117,9 +122,7 @@ def score(cfg: DeliftConfig, sets: dict[str, IngestedSet], store: ShardStore, pl
         def pair_done(block, result):
             bar.update(block.size)
             counters["pairs_scored"] += block.size
-            engine.update(result.stats)
-            paths.add(result.logprob_path)
-            dtypes.add(result.dtype)
+            record(result)
 
         rep = dispatch.dispatch(pool, pair_blocks, "score_pairs", max_retries=cfg.scoring.max_retries,
                                 skip_failed=cfg.scoring.skip_failed_blocks, on_done=pair_done,
@@ -137,7 +140,7 @@ def score(cfg: DeliftConfig, sets: dict[str, IngestedSet], store: ShardStore, pl
         **{k: int(counters.get(k, 0)) for k in ("pairs_scored", "pairs_missing", "pairs_redone", "block_retries",
                                                  "failed_blocks", "actor_deaths", "node_losses", "blocks_requeued")},
         rescored=int(engine.get("rescored", 0)), cached_prompt_tokens=int(engine.get("cached_tokens", 0)),
-        logprob_paths=sorted(p for p in paths if p), dtypes=sorted(d for d in dtypes if d), scorers=scorers)
+        **{name: sorted(values) for name, values in resolved.items()}, scorers=scorers)
 
 
 def baseline_block(sets: dict[str, IngestedSet], store: ShardStore, set_name: str, chunk: np.ndarray):
