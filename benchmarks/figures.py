@@ -204,15 +204,23 @@ def _scoring(r: dict, doc: dict) -> Cells:
     return [(what, fig)]
 
 
+def _cpu_flags(doc: dict) -> str:
+    # The CPU's vector flags decide which dtype is fast; a timing without them is half a figure.
+    return ", ".join(doc.get("machine", {}).get("cpu_flags") or []) or "CPU flags not recorded"
+
+
 def _scoring_head(r: dict, doc: dict) -> Cells:
     # benchmarks/scoring.py --phases reuse,reuse_head_engine: the job's path with the LM head in
     # float32 (engine.head_dtype auto) and in the engine's dtype (the default before), one process.
-    flags = ", ".join(doc.get("machine", {}).get("cpu_flags") or []) or "CPU flags not recorded"
+    flags = _cpu_flags(doc)
     return [(f"scoring, LM head float32 vs {r['head_engine_dtype']}, {r['model']}, engine {r['dtype']}, "
              f"{r['data']} data, {num(r['pairs'])} pairs ({flags})",
              f"{num(r['reuse_head_engine_pairs_per_s'], 2)} pairs/s with the head in {r['head_engine_dtype']}, "
              f"{num(r['reuse_pairs_per_s'], 2)} in float32 (x{num(r['head_float32_over_engine'], 3)}); "
-             f"max |dUF| between them {num(r['head_max_abs_diff'])}")]
+             f"max |dUF| between them {num(r['head_max_abs_diff'])}"
+             + (f"; a float32 engine {num(r['reuse_engine_float32_pairs_per_s'], 2)} pairs/s "
+                f"(x{num(r['engine_float32_over_reuse'], 3)} of the default)"
+                if "engine_float32_over_reuse" in r else ""))]
 
 
 def _precision(r: dict, doc: dict) -> Cells:
@@ -235,7 +243,8 @@ def _lm_head_dtype(r: dict, doc: dict) -> Cells:
     # float32_torch: the same float32 head through torch's matmul instead of numpy's BLAS.
     dts = [d for d in ("float32", "float32_torch", "bfloat16", "float16") if f"{d}_rows_per_cpu_s" in r]
     label = {"float32": "float32 (numpy BLAS)", "float32_torch": "float32 (torch matmul)"}
-    return [(f"LM head on CPU by dtype, {r['model']} (vocab {num(r['vocab'])}), {r['rows']} rows",
+    flags = _cpu_flags(doc)
+    return [(f"LM head on CPU by dtype, {r['model']} (vocab {num(r['vocab'])}), {r['rows']} rows ({flags})",
              "; ".join(f"{label.get(d, d)} {num(r[f'{d}_rows_per_cpu_s'], 1)} rows per CPU-s, max |d logprob| "
                        f"{num(r[f'{d}_max_abs_logprob_err'])}" for d in dts))]
 

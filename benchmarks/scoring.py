@@ -16,6 +16,9 @@ own code (``BlockScorer.pair_distances`` on the planner's blocks). Phases (``--p
 * ``reuse_full``: the ``full`` path with prefix reuse (what the logprob path alone gains);
 * ``reuse_head_engine``: the job's path with the hidden path's LM head in the engine's
   dtype (``engine.head_dtype: engine``, the default before issue 27) instead of float32;
+* ``reuse_engine_float32``: the job's path on a second engine, started beside the first in
+  this process, with ``engine.dtype: float32`` (what exact utilities cost where ``auto`` is
+  bfloat16);
 * ``raw``: a generating engine's prefill of the same token stream, no logprobs, no
   cache reads; ``reuse_nolp``: the reuse request stream with cache reads and no logprobs.
 
@@ -58,7 +61,7 @@ import numpy as np
 
 # Timed scoring phases: (on the generating full-path engine?, prefix reuse?).
 PHASES = {"naive": (True, False), "reuse": (False, True), "nocache": (False, False), "reuse_full": (True, True),
-          "reuse_head_engine": (False, True)}
+          "reuse_head_engine": (False, True), "reuse_engine_float32": (False, True)}
 
 
 def prefill_seconds(llm, request_batches, read_cache: bool) -> float:
@@ -171,6 +174,10 @@ def main(argv=None) -> dict:
     if bs.scorer.path == HIDDEN and {"naive", "reuse_full", "raw", "reuse_nolp"} & set(phases):
         generating = Scorer(model, cfg.engine.model_copy(update={"logprob_path": FULL}))
 
+    float32_engine = None
+    if "reuse_engine_float32" in phases:
+        float32_engine = Scorer(model, cfg.engine.model_copy(update={"dtype": "float32"}))
+
     from delift_ray import planning, stages
     from delift_ray.prompts import baseline_sequence, take
     from delift_ray.scoring.actor import BaselineBlock, PairBlock
@@ -195,6 +202,8 @@ def main(argv=None) -> dict:
     d_without = np.array([distance(lp) for lp in scorer.score(base_reqs)])
     if generating is not scorer:
         generating.score(base_reqs)  # the same warm-up (vLLM compiles its rank kernel on first use)
+    if float32_engine is not None:  # its utilities use the first engine's baselines: a timing only
+        float32_engine.score(base_reqs)
 
     blocks = []
     for b in plan.blocks:
@@ -263,7 +272,8 @@ def main(argv=None) -> dict:
                 on_cpu = vllm_on_cpu()
                 head = head_dtype(getattr(torch, scorer.dtype), on_cpu, on_cpu and cpu_has_bf16(), "engine")
                 out["head_engine_dtype"] = str(head).replace("torch.", "")
-            secs, uf, st = run_phase(reuse, generating if on_generating else scorer, head)
+            engine = generating if on_generating else (float32_engine if ph == "reuse_engine_float32" else scorer)
+            secs, uf, st = run_phase(reuse, engine, head)
             if ph in res:  # a repeat: keep the fastest run, check the results did not move
                 out[f"{ph}_repeat_max_abs_diff"] = max(out.get(f"{ph}_repeat_max_abs_diff", 0.0),
                                                        float(max(abs(res[ph][k] - uf[k]) for k in uf)))
@@ -293,6 +303,8 @@ def main(argv=None) -> dict:
     if "reuse" in res and "reuse_head_engine" in res:
         out["head_float32_over_engine"] = round(out["reuse_pairs_per_s"] / out["reuse_head_engine_pairs_per_s"], 3)
         out["head_max_abs_diff"] = float(max(abs(res["reuse"][k] - res["reuse_head_engine"][k]) for k in res["reuse"]))
+    if "reuse" in res and "reuse_engine_float32" in res:
+        out["engine_float32_over_reuse"] = round(out["reuse_engine_float32_pairs_per_s"] / out["reuse_pairs_per_s"], 3)
     if "reuse" in res and "reuse_full" in res:
         out["path_speedup"] = round(out["reuse_pairs_per_s"] / out["reuse_full_pairs_per_s"], 3)
         out["path_max_abs_diff"] = float(max(abs(res["reuse"][k] - res["reuse_full"][k]) for k in res["reuse"]))
@@ -305,7 +317,7 @@ def main(argv=None) -> dict:
         if "reuse_nolp_s" in out:
             out["reuse_nolp_efficiency"] = round(needed / (out["reuse_nolp_s"] * out["raw_prefill_tok_per_s"]), 3)
     out["machine"] = f"{platform.machine()}, {os.cpu_count()} cores"
-    for engine in {id(e): e for e in (scorer, generating)}.values():
+    for engine in {id(e): e for e in (scorer, generating, float32_engine) if e is not None}.values():
         engine.shutdown()
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
     from benchmarks.results import emit
