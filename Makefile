@@ -7,7 +7,7 @@ PIP    := $(VENV)/bin/pip
 ENGINE ?= $(shell nvidia-smi >/dev/null 2>&1 && echo gpu || echo cpu)
 STAMP  := $(VENV)/.installed-$(ENGINE)-$(shell cat pyproject.toml | cksum | cut -d' ' -f1)
 
-.PHONY: setup test test-fast demo bench clean
+.PHONY: setup lint format test test-fast demo bench clean
 
 setup: $(STAMP)
 
@@ -24,7 +24,17 @@ $(STAMP): pyproject.toml
 	@rm -f $(VENV)/.installed-*
 	@touch $(STAMP)
 
-test: setup
+# The lint gate runs first in `make test` (CI): pyflakes, pycodestyle, bugbear, import order,
+# and the formatter's check, on the whole tree. `make format` applies both fixes.
+lint: setup
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+
+format: setup
+	$(VENV)/bin/ruff check --fix .
+	$(VENV)/bin/ruff format .
+
+test: setup lint
 	$(PY) -m pytest -q -x -p no:cacheprovider tests
 
 test-fast: setup

@@ -32,8 +32,10 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from benchmarks.results import write_result  # noqa: E402
 from delift_ray.procs import scorer_pids  # noqa: E402
 
-WORDS = ("red blue green river stone cloud bread music garden window yellow silver quiet rapid gentle "
-         "seven twelve north south winter summer apple tiger ocean forest").split()
+WORDS = (
+    "red blue green river stone cloud bread music garden window yellow silver quiet rapid gentle "
+    "seven twelve north south winter summer apple tiger ocean forest"
+).split()
 
 
 def pool_rows(n: int, seed: int) -> list[dict]:
@@ -41,15 +43,21 @@ def pool_rows(n: int, seed: int) -> list[dict]:
     rows = []
     for k in range(n):
         a, b, c = rng.sample(WORDS, 3)
-        rows.append({"prompt": f"Question {k}: what links {a} and {b}?",
-                     "response": f"Both {a} and {b} can be {c}; item {k} says so."})
+        rows.append(
+            {
+                "prompt": f"Question {k}: what links {a} and {b}?",
+                "response": f"Both {a} and {b} can be {c}; item {k} says so.",
+            }
+        )
     return rows
 
 
-
-
 def shard_files(out: str) -> list[str]:
-    return [f for f in glob.glob(os.path.join(out, "utility", "*", "*.parquet")) if not os.path.basename(f).startswith("_tmp-")]
+    return [
+        f
+        for f in glob.glob(os.path.join(out, "utility", "*", "*.parquet"))
+        if not os.path.basename(f).startswith("_tmp-")
+    ]
 
 
 def matrix(out: str):
@@ -79,13 +87,24 @@ def main(argv=None) -> int:
     with open(data, "w") as f:
         for r in pool_rows(args.n, args.seed):
             f.write(json.dumps(r) + "\n")
-    ray.init(address="local", num_cpus=os.cpu_count(), object_store_memory=78643200, include_dashboard=False, logging_level="ERROR")
+    ray.init(
+        address="local",
+        num_cpus=os.cpu_count(),
+        object_store_memory=78643200,
+        include_dashboard=False,
+        logging_level="ERROR",
+    )
 
     def cfg(out):
-        return {"data": data, "model": str(model), "out": out, "budget": 0.3,
-                "engine": {"dtype": "float32", "max_model_len": 256, "block_size": 32, "kv_cache_space_gib": 1},
-                "scoring": {"block_size": args.block_size, "max_retries": 3},
-                "ray": {"num_scorers": args.scorers, "max_actor_restarts": args.kills + 1}}
+        return {
+            "data": data,
+            "model": str(model),
+            "out": out,
+            "budget": 0.3,
+            "engine": {"dtype": "float32", "max_model_len": 256, "block_size": 32, "kv_cache_space_gib": 1},
+            "scoring": {"block_size": args.block_size, "max_retries": 3},
+            "ray": {"num_scorers": args.scorers, "max_actor_restarts": args.kills + 1},
+        }
 
     t0 = time.perf_counter()
     calm = run(cfg(os.path.join(work, "calm")), progress=False)
@@ -125,21 +144,33 @@ def main(argv=None) -> int:
     ray.shutdown()
 
     report = {
-        "pool": args.n, "pairs_total": calm.counts["pairs_total"], "block_size": args.block_size,
-        "scorers": args.scorers, "kill_every_s": args.every, "kills": kills,
-        "completed": chaos is not None, "error": error,
-        "calm_s": round(calm_s, 1), "chaos_s": round(chaos_s, 1),
+        "pool": args.n,
+        "pairs_total": calm.counts["pairs_total"],
+        "block_size": args.block_size,
+        "scorers": args.scorers,
+        "kill_every_s": args.every,
+        "kills": kills,
+        "completed": chaos is not None,
+        "error": error,
+        "calm_s": round(calm_s, 1),
+        "chaos_s": round(chaos_s, 1),
     }
     if chaos is not None:
         c = chaos.counts
         a, b = matrix(calm.out), matrix(chaos.out)
-        report.update({
-            "actor_deaths_seen": c["actor_deaths"], "block_retries": c["block_retries"],
-            "pairs_redone": c["pairs_redone"], "pairs_scored": c["pairs_scored"], "pairs_missing": c["pairs_missing"],
-            "matrix_pairs": len(b), "duplicate_pairs": int(b.index.duplicated().sum()),
-            "matrix_equal": bool(a.index.equals(b.index) and np.array_equal(a.utility.values, b.utility.values)),
-            "selection_equal": chaos.selected_ids == calm.selected_ids,
-        })
+        report.update(
+            {
+                "actor_deaths_seen": c["actor_deaths"],
+                "block_retries": c["block_retries"],
+                "pairs_redone": c["pairs_redone"],
+                "pairs_scored": c["pairs_scored"],
+                "pairs_missing": c["pairs_missing"],
+                "matrix_pairs": len(b),
+                "duplicate_pairs": int(b.index.duplicated().sum()),
+                "matrix_equal": bool(a.index.equals(b.index) and np.array_equal(a.utility.values, b.utility.values)),
+                "selection_equal": chaos.selected_ids == calm.selected_ids,
+            }
+        )
     print(json.dumps(report, indent=2))
     write_result("chaos", report)
     return 0 if report.get("selection_equal") else 1

@@ -100,16 +100,27 @@ def _cell(text: str) -> str:
 
 
 def _reducer(r: dict, doc: dict) -> Cells:
-    what = {"dense_fl": "dense FL", "sparse_fl": "sparse FL", "sparse_flmi": "sparse FLMI",
-            "sparse_flcg": "sparse FLCG"}[r["case"]]
+    what = {
+        "dense_fl": "dense FL",
+        "sparse_fl": "sparse FL",
+        "sparse_flmi": "sparse FLMI",
+        "sparse_flcg": "sparse FLCG",
+    }[r["case"]]
     size = f"N = {num(r['n'])}" + (f", k = {r['k']}" if "k" in r else "") + f", budget {num(r['budget'])}"
     fig = f"{secs(r['seconds'])} wall ({secs(r['cpu_seconds'])} CPU), peak RSS {num(r['peak_rss_gb'], 2)} GB"
     if "submodlib_seconds" in r:
-        same = "identical picks" if r.get("identical") else (
-            f"same picks up to step {num(r['identical_prefix'])}"
-            + (" (an exact gain tie)" if (r.get("first_divergence") or {}).get("tie") else ""))
-        fig += (f"; submodlib {secs(r['submodlib_seconds'])} wall ({secs(r['submodlib_cpu_seconds'])} CPU), "
-                f"{num(r['submodlib_peak_rss_gb'], 2)} GB; {same}")
+        same = (
+            "identical picks"
+            if r.get("identical")
+            else (
+                f"same picks up to step {num(r['identical_prefix'])}"
+                + (" (an exact gain tie)" if (r.get("first_divergence") or {}).get("tie") else "")
+            )
+        )
+        fig += (
+            f"; submodlib {secs(r['submodlib_seconds'])} wall ({secs(r['submodlib_cpu_seconds'])} CPU), "
+            f"{num(r['submodlib_peak_rss_gb'], 2)} GB; {same}"
+        )
     return [(f"selection ({what}), {size}", fig)]
 
 
@@ -120,27 +131,39 @@ def _pruning_synthetic(r: dict, doc: dict) -> Cells:
     lo, hi = min(c["ratio"] for c in cases), max(c["ratio"] for c in cases)
     rlo, rhi = min(c["ratio_random"] for c in cases), max(c["ratio_random"] for c in cases)
     k, rnd = cases[0]["k"], cases[0]["random"]
-    return [(f"knn pruning, synthetic kernels, N in {{{', '.join(num(n) for n in ns)}}}, k {k} + r {rnd}, "
-             f"budgets {', '.join(f'{f:.0%}' for f in fr)}",
-             f"FL(knn) / FL(dense) {ratio(lo)}-{ratio(hi)}; random subsets {ratio(rlo)}-{ratio(rhi)}")]
+    return [
+        (
+            f"knn pruning, synthetic kernels, N in {{{', '.join(num(n) for n in ns)}}}, k {k} + r {rnd}, "
+            f"budgets {', '.join(f'{f:.0%}' for f in fr)}",
+            f"FL(knn) / FL(dense) {ratio(lo)}-{ratio(hi)}; random subsets {ratio(rlo)}-{ratio(rhi)}",
+        )
+    ]
 
 
 def _pruning_real(r: dict, doc: dict) -> Cells:
     out = []
     for c in r["cases"]:
-        out.append((f"knn pruning on real utilities: {c['model']}, {c['n']} samples, k {c['k']} + r {c['random']}, "
-                    f"`{c['embedding']}` embedding, diagonal {'dropped' if c['exclude_self'] else 'kept'}",
-                    f"FL(knn) / FL(dense) {ratio(c['ratio'])}; random {ratio(c['ratio_random'])}; "
-                    f"overlap {num(c['overlap'], 2)}"))
+        out.append(
+            (
+                f"knn pruning on real utilities: {c['model']}, {c['n']} samples, k {c['k']} + r {c['random']}, "
+                f"`{c['embedding']}` embedding, diagonal {'dropped' if c['exclude_self'] else 'kept'}",
+                f"FL(knn) / FL(dense) {ratio(c['ratio'])}; random {ratio(c['ratio_random'])}; "
+                f"overlap {num(c['overlap'], 2)}",
+            )
+        )
     return out
 
 
 def _knn_job(r: dict, doc: dict) -> Cells:
     t = r["timings"]
-    return [(f"whole knn job, tiny test model, N = {num(r['n'])}, k {r['k']} + r {r['random']} "
-             f"({num(r['pairs_total'])} pairs), kernel {kernel_label(r.get('kernel_options'))}",
-             f"{secs(r['wall_s'])} end to end; scoring {num(r['score_pairs_per_s'], 1)} pairs/s "
-             f"({secs(t['score_s'])}); driver peak RSS {num(r['driver_peak_rss_gib'], 2)} GiB")]
+    return [
+        (
+            f"whole knn job, tiny test model, N = {num(r['n'])}, k {r['k']} + r {r['random']} "
+            f"({num(r['pairs_total'])} pairs), kernel {kernel_label(r.get('kernel_options'))}",
+            f"{secs(r['wall_s'])} end to end; scoring {num(r['score_pairs_per_s'], 1)} pairs/s "
+            f"({secs(t['score_s'])}); driver peak RSS {num(r['driver_peak_rss_gib'], 2)} GiB",
+        )
+    ]
 
 
 def recorded_kernel(options: dict | None) -> dict:
@@ -158,47 +181,74 @@ def kernel_label(options: dict | None) -> str:
 def _scale_1m(r: dict, doc: dict) -> Cells:
     steps = {s["name"]: s for s in r["dry_run"]["steps"] + (r.get("after_scoring") or {}).get("steps", [])}
     after = "".join(f", {name} {secs(steps[name]['seconds'])}" for name in ("assemble", "select") if name in steps)
-    return [(f"the job's own steps at N = {num(r['n'])}, knn k {r['k']} + r {r['random']}, kernel "
-             f"{kernel_label(r.get('kernel'))} (synthetic embeddings and utilities)",
-             f"dry run {secs(r['dry_run']['wall_s'])}, peak RSS {num(r['dry_run']['peak_rss_gib'], 2)} GiB{after}")]
+    return [
+        (
+            f"the job's own steps at N = {num(r['n'])}, knn k {r['k']} + r {r['random']}, kernel "
+            f"{kernel_label(r.get('kernel'))} (synthetic embeddings and utilities)",
+            f"dry run {secs(r['dry_run']['wall_s'])}, peak RSS {num(r['dry_run']['peak_rss_gib'], 2)} GiB{after}",
+        )
+    ]
 
 
 def _scorers(r: dict, doc: dict) -> Cells:
-    ks = sorted(int(k[len("scorers"):-len("_pairs_per_s")]) for k in r if k.startswith("scorers") and k.endswith("_pairs_per_s"))
+    ks = sorted(
+        int(k[len("scorers") : -len("_pairs_per_s")])
+        for k in r
+        if k.startswith("scorers") and k.endswith("_pairs_per_s")
+    )
     figs = ", ".join(f"{k}: {num(r[f'scorers{k}_pairs_per_s'], 1)} pairs/s" for k in ks)
-    return [(f"scorer actors {' vs '.join(map(str, ks))}, whole job, {r['model']}, {num(r['n'])} samples "
-             f"({num(r[f'scorers{ks[0]}_pairs'])} pairs), engine start included", figs)]
+    return [
+        (
+            f"scorer actors {' vs '.join(map(str, ks))}, whole job, {r['model']}, {num(r['n'])} samples "
+            f"({num(r[f'scorers{ks[0]}_pairs'])} pairs), engine start included",
+            figs,
+        )
+    ]
 
 
 def _reselect(r: dict, doc: dict) -> Cells:
     runs = r["runs"]
-    return [(f"new data version (+{r['added']} samples on {r['n']}), `reselect --mode full`, tiny test model",
-             f"{num(runs['reselect_v2']['pairs_scored'])} of {num(runs['scratch_v2']['pairs_scored'])} pairs "
-             f"({r['pairs_ratio_reselect_vs_scratch_v2']:.1%}), {secs(runs['reselect_v2']['wall_s'])} vs "
-             f"{secs(runs['scratch_v2']['wall_s'])} from scratch; same selection: "
-             f"{num(r['same_selection_as_scratch'])}")]
+    return [
+        (
+            f"new data version (+{r['added']} samples on {r['n']}), `reselect --mode full`, tiny test model",
+            f"{num(runs['reselect_v2']['pairs_scored'])} of {num(runs['scratch_v2']['pairs_scored'])} pairs "
+            f"({r['pairs_ratio_reselect_vs_scratch_v2']:.1%}), {secs(runs['reselect_v2']['wall_s'])} vs "
+            f"{secs(runs['scratch_v2']['wall_s'])} from scratch; same selection: "
+            f"{num(r['same_selection_as_scratch'])}",
+        )
+    ]
 
 
 def _chaos(r: dict, doc: dict) -> Cells:
     if not r["completed"]:
         return [("chaos: scorer actors killed during a run", f"did not complete: {r['error']}")]
-    return [(f"chaos: {len(r['kills'])} scorer kills during a run ({num(r['pairs_total'])} pairs, tiny test model)",
-             f"completed; {num(r['pairs_redone'])} pairs redone, {num(r['pairs_missing'])} missing; "
-             f"utility matrix equal: {num(r['matrix_equal'])}, selection equal: {num(r['selection_equal'])}; "
-             f"{secs(r['calm_s'])} undisturbed, {secs(r['chaos_s'])} with kills")]
+    return [
+        (
+            f"chaos: {len(r['kills'])} scorer kills during a run ({num(r['pairs_total'])} pairs, tiny test model)",
+            f"completed; {num(r['pairs_redone'])} pairs redone, {num(r['pairs_missing'])} missing; "
+            f"utility matrix equal: {num(r['matrix_equal'])}, selection equal: {num(r['selection_equal'])}; "
+            f"{secs(r['calm_s'])} undisturbed, {secs(r['chaos_s'])} with kills",
+        )
+    ]
 
 
 def _scoring(r: dict, doc: dict) -> Cells:
     # benchmarks/scoring.py's JSON line (scoring_<dtype>_<data>.json).
     what = f"scoring, `{doc['benchmark']}`"
-    for key, label in (("model", ""), ("checkpoint_dtype", "checkpoint "), ("dtype", "engine "),
-                       ("logprob_path", "path ")):
+    for key, label in (
+        ("model", ""),
+        ("checkpoint_dtype", "checkpoint "),
+        ("dtype", "engine "),
+        ("logprob_path", "path "),
+    ):
         if r.get(key):
             what += f", {label}{r[key]}"
     if r.get("pairs"):
         what += f", {num(r['pairs'])} pairs"
-    fig = (f"{num(r['naive_pairs_per_s'], 2)} -> {num(r['reuse_pairs_per_s'], 2)} pairs/s "
-           f"(speedup {num(r['speedup'], 2)}), max |dUF| {num(r['max_abs_diff'])}")
+    fig = (
+        f"{num(r['naive_pairs_per_s'], 2)} -> {num(r['reuse_pairs_per_s'], 2)} pairs/s "
+        f"(speedup {num(r['speedup'], 2)}), max |dUF| {num(r['max_abs_diff'])}"
+    )
     if "efficiency" in r:
         fig += f", efficiency {num(r['efficiency'], 2)}"
     return [(what, fig)]
@@ -213,14 +263,21 @@ def _scoring_head(r: dict, doc: dict) -> Cells:
     # benchmarks/scoring.py --phases reuse,reuse_head_engine: the job's path with the LM head in
     # float32 (engine.head_dtype auto) and in the engine's dtype (the default before), one process.
     flags = _cpu_flags(doc)
-    return [(f"scoring, LM head float32 vs {r['head_engine_dtype']}, {r['model']}, engine {r['dtype']}, "
-             f"{r['data']} data, {num(r['pairs'])} pairs ({flags})",
-             f"{num(r['reuse_head_engine_pairs_per_s'], 2)} pairs/s with the head in {r['head_engine_dtype']}, "
-             f"{num(r['reuse_pairs_per_s'], 2)} in float32 (x{num(r['head_float32_over_engine'], 3)}); "
-             f"max |dUF| between them {num(r['head_max_abs_diff'])}"
-             + (f"; a float32 engine {num(r['reuse_engine_float32_pairs_per_s'], 2)} pairs/s "
+    return [
+        (
+            f"scoring, LM head float32 vs {r['head_engine_dtype']}, {r['model']}, engine {r['dtype']}, "
+            f"{r['data']} data, {num(r['pairs'])} pairs ({flags})",
+            f"{num(r['reuse_head_engine_pairs_per_s'], 2)} pairs/s with the head in {r['head_engine_dtype']}, "
+            f"{num(r['reuse_pairs_per_s'], 2)} in float32 (x{num(r['head_float32_over_engine'], 3)}); "
+            f"max |dUF| between them {num(r['head_max_abs_diff'])}"
+            + (
+                f"; a float32 engine {num(r['reuse_engine_float32_pairs_per_s'], 2)} pairs/s "
                 f"(x{num(r['engine_float32_over_reuse'], 3)} of the default)"
-                if "engine_float32_over_reuse" in r else ""))]
+                if "engine_float32_over_reuse" in r
+                else ""
+            ),
+        )
+    ]
 
 
 def _precision(r: dict, doc: dict) -> Cells:
@@ -228,13 +285,19 @@ def _precision(r: dict, doc: dict) -> Cells:
     cells = []
     for fam, f in r["families"].items():
         p = f["precisions"]
-        worst = {name: min(sel[name]["fl_on_float32_kernel_ratio"] for sel in f["selection"].values())
-                 for name in ("bf16_head_f32", "bf16")}
-        cells.append((f"bfloat16 vs float32 utilities, {fam} data, {f['samples']} samples, kernel {r['kernel']}",
-                      f"error sd / signal sd: {100 * p['bf16_head_f32']['sd_err_over_signal']:.1f}% with a float32 "
-                      f"LM head, {100 * p['bf16']['sd_err_over_signal']:.1f}% all bfloat16; lowest FL ratio on the "
-                      f"float32 kernel over budgets {', '.join(f'{100 * float(b):g}%' for b in f['selection'])}: "
-                      f"{worst['bf16_head_f32']:.4f} and {worst['bf16']:.4f}"))
+        worst = {
+            name: min(sel[name]["fl_on_float32_kernel_ratio"] for sel in f["selection"].values())
+            for name in ("bf16_head_f32", "bf16")
+        }
+        cells.append(
+            (
+                f"bfloat16 vs float32 utilities, {fam} data, {f['samples']} samples, kernel {r['kernel']}",
+                f"error sd / signal sd: {100 * p['bf16_head_f32']['sd_err_over_signal']:.1f}% with a float32 "
+                f"LM head, {100 * p['bf16']['sd_err_over_signal']:.1f}% all bfloat16; lowest FL ratio on the "
+                f"float32 kernel over budgets {', '.join(f'{100 * float(b):g}%' for b in f['selection'])}: "
+                f"{worst['bf16_head_f32']:.4f} and {worst['bf16']:.4f}",
+            )
+        )
     return cells
 
 
@@ -244,27 +307,42 @@ def _lm_head_dtype(r: dict, doc: dict) -> Cells:
     dts = [d for d in ("float32", "float32_torch", "bfloat16", "float16") if f"{d}_rows_per_cpu_s" in r]
     label = {"float32": "float32 (numpy BLAS)", "float32_torch": "float32 (torch matmul)"}
     flags = _cpu_flags(doc)
-    return [(f"LM head on CPU by dtype, {r['model']} (vocab {num(r['vocab'])}), {r['rows']} rows ({flags})",
-             "; ".join(f"{label.get(d, d)} {num(r[f'{d}_rows_per_cpu_s'], 1)} rows per CPU-s, max |d logprob| "
-                       f"{num(r[f'{d}_max_abs_logprob_err'])}" for d in dts))]
+    return [
+        (
+            f"LM head on CPU by dtype, {r['model']} (vocab {num(r['vocab'])}), {r['rows']} rows ({flags})",
+            "; ".join(
+                f"{label.get(d, d)} {num(r[f'{d}_rows_per_cpu_s'], 1)} rows per CPU-s, max |d logprob| "
+                f"{num(r[f'{d}_max_abs_logprob_err'])}"
+                for d in dts
+            ),
+        )
+    ]
 
 
 def _tokenise(r: dict, doc: dict) -> Cells:
     # benchmarks/tokenise.py: spliced vs whole-string tokenisation of the job's sequences.
-    return [(f"tokenising {num(r['samples'])} samples, {r['model']}",
-             f"{num(r['spliced_samples_per_cpu_s'], 0)} samples per CPU-s spliced vs "
-             f"{num(r['whole_samples_per_cpu_s'], 0)} whole; same tokens as whole-string: "
-             f"{num(r['same_tokens_as_whole'])}")]
+    return [
+        (
+            f"tokenising {num(r['samples'])} samples, {r['model']}",
+            f"{num(r['spliced_samples_per_cpu_s'], 0)} samples per CPU-s spliced vs "
+            f"{num(r['whole_samples_per_cpu_s'], 0)} whole; same tokens as whole-string: "
+            f"{num(r['same_tokens_as_whole'])}",
+        )
+    ]
 
 
 def _hostile_rows(r: dict, doc: dict) -> Cells:
     # benchmarks/hostile_rows.py: one huge row among normal ones, read by the job's ingest.
     ing = r["ingest"]
     skipped = ", ".join(f"{k} {v}" for k, v in sorted(ing.get("skipped", {}).items())) or "none"
-    return [(f"a {r['row_mb']} MB row among {num(r['normal_rows'])} normal rows, ingest "
-             f"(max_model_len {r['max_model_len']})",
-             f"{secs(ing['seconds'])}, peak RSS {num(ing['peak_rss_gib'], 2)} GiB; {num(ing['rows'])} rows kept, "
-             f"skipped: {skipped}")]
+    return [
+        (
+            f"a {r['row_mb']} MB row among {num(r['normal_rows'])} normal rows, ingest "
+            f"(max_model_len {r['max_model_len']})",
+            f"{secs(ing['seconds'])}, peak RSS {num(ing['peak_rss_gib'], 2)} GiB; {num(ing['rows'])} rows kept, "
+            f"skipped: {skipped}",
+        )
+    ]
 
 
 def _noise_probe(r: dict, doc: dict) -> Cells:
@@ -272,24 +350,33 @@ def _noise_probe(r: dict, doc: dict) -> Cells:
     share = r["swapped_share"]
     budgets = list(share)
     best = max(r["noise_signal_auroc"].items(), key=lambda kv: abs(kv[1] - 0.5))
-    fig = ("swapped share, DELIFT keep-minmax (the default then): " + ", ".join(f"{_pct(share[b]['delift:keep-minmax'])} at {b}" for b in budgets)
-           + " (random " + ", ".join(_pct(share[b]["random (mean of 200)"]) for b in budgets) + "); "
-           f"best stored-utility detector: {best[0]}, AUROC {num(best[1], 3)}"
-           + (f" ({num(1 - best[1], 3)} for the opposite ranking)" if best[1] < 0.5 else ""))
+    fig = (
+        "swapped share, DELIFT keep-minmax (the default then): "
+        + ", ".join(f"{_pct(share[b]['delift:keep-minmax'])} at {b}" for b in budgets)
+        + " (random "
+        + ", ".join(_pct(share[b]["random (mean of 200)"]) for b in budgets)
+        + "); "
+        f"best stored-utility detector: {best[0]}, AUROC {num(best[1], 3)}"
+        + (f" ({num(1 - best[1], 3)} for the opposite ranking)" if best[1] < 0.5 else "")
+    )
     if "pmi" in r:
         fig += f"; low prompt-response PMI (one more pass per sample): AUROC {num(r['pmi']['auroc_low_pmi'], 3)}"
     if "min_prompt_gain" in r:
         pg = r["min_prompt_gain"]
-        fig += (f"; selection.min_prompt_gain: AUROC {num(pg['auroc_low_gain'], 3)}, swapped share "
-                + ", ".join(f"{_pct(v['swapped_share'])} at {k}" for k, v in pg["runs"].items()))
+        fig += f"; selection.min_prompt_gain: AUROC {num(pg['auroc_low_gain'], 3)}, swapped share " + ", ".join(
+            f"{_pct(v['swapped_share'])} at {k}" for k, v in pg["runs"].items()
+        )
     return [(f"noise probe, {r['n']} pool samples, {r['swapped']} with swapped responses", fig)]
 
 
 def _quality_study(r: dict, doc: dict) -> Cells:
     # benchmarks/quality_study.py: every kernel variant's verdicts against random, or progress so far.
     d, pr = r["design"], r["progress"]
-    what = (f"quality study: {d['n_pool']}-sample pool, {d['n_eval']} held-out, budgets "
-            + ", ".join(f"{100 * float(b):g}%" for b in str(d["budgets"]).split(",")) + f", {d['randoms']} random subsets")
+    what = (
+        f"quality study: {d['n_pool']}-sample pool, {d['n_eval']} held-out, budgets "
+        + ", ".join(f"{100 * float(b):g}%" for b in str(d["budgets"]).split(","))
+        + f", {d['randoms']} random subsets"
+    )
     rows = [row for row in r.get("rows", []) if row.get("comparison")]
     variants = [f"delift:{v.strip()}" for v in str(d["variants"]).split(",") if v.strip()]
     parts = []
@@ -297,13 +384,22 @@ def _quality_study(r: dict, doc: dict) -> Cells:
         mine = [row for row in rows if row["arm"] == arm]
         twins = {row["same_subset_as"].split(":", 1)[-1] for row in mine if row.get("same_subset_as")}
         own = [row for row in mine if not row.get("same_subset_as")]
-        verdicts = [f"{row['pool']} {100 * row['budget']:g}% {'interim, ' if row.get('interim') else ''}"
-                    f"{row['comparison']['verdict']} ({num(row['comparison']['delta'], 3)} "
-                    f"[{num(row['comparison']['ci_low'], 3)}, {num(row['comparison']['ci_high'], 3)}])" for row in own]
+        verdicts = [
+            f"{row['pool']} {100 * row['budget']:g}% {'interim, ' if row.get('interim') else ''}"
+            f"{row['comparison']['verdict']} ({num(row['comparison']['delta'], 3)} "
+            f"[{num(row['comparison']['ci_low'], 3)}, {num(row['comparison']['ci_high'], 3)}])"
+            for row in own
+        ]
         label = arm.split(":", 1)[-1] + (" (paper's kernel)" if arm == "delift:keep-minmax" else "")
         if verdicts or twins:
-            parts.append(f"{label}: " + "; ".join(verdicts + [f"other cells: same subsets as {t}" for t in sorted(twins)]
-                                                  if verdicts else [f"same subsets as {', '.join(sorted(twins))}"]))
+            parts.append(
+                f"{label}: "
+                + "; ".join(
+                    verdicts + [f"other cells: same subsets as {t}" for t in sorted(twins)]
+                    if verdicts
+                    else [f"same subsets as {', '.join(sorted(twins))}"]
+                )
+            )
     fig = ("DELIFT vs random, delta in nats: " + " · ".join(parts)) if parts else "no verdict yet"
     default = (r.get("kernel_evidence") or {}).get("default")
     if default:
@@ -312,17 +408,27 @@ def _quality_study(r: dict, doc: dict) -> Cells:
     if ns:
         gated = [a for a in next(iter(ns.values()))["arms"] if "min-prompt-gain" in a]
         current = (r.get("kernel_evidence") or {}).get("config_default")
-        kernels = list(dict.fromkeys(a for a in ("delift:keep-minmax", current) if a in next(iter(ns.values()))["arms"]))
+        kernels = list(
+            dict.fromkeys(a for a in ("delift:keep-minmax", current) if a in next(iter(ns.values()))["arms"])
+        )
         cols = [*kernels, *gated]
-        shares = [" / ".join([*(_pct(v["arms"][a]) for a in cols), _pct(v["random"]["mean"])]) + f" at {100 * float(b):g}%"
-                  for b, v in ns.items()]
+        shares = [
+            " / ".join([*(_pct(v["arms"][a]) for a in cols), _pct(v["random"]["mean"])]) + f" at {100 * float(b):g}%"
+            for b, v in ns.items()
+        ]
         label = {a: f"keep-minmax+{a.split(':', 1)[-1]}" for a in gated}  # the trained arm's kernel
-        fig += ("; swapped share on the noisy pool, " + " / ".join([*(label.get(a, a.split(":", 1)[-1]) for a in cols), "random"])
-                + ": " + ", ".join(shares))
+        fig += (
+            "; swapped share on the noisy pool, "
+            + " / ".join([*(label.get(a, a.split(":", 1)[-1]) for a in cols), "random"])
+            + ": "
+            + ", ".join(shares)
+        )
         dpg = r.get("noisy_default_prompt_gain")
         if dpg:
-            fig += (f"; {dpg['kernel']} with min_prompt_gain {dpg['min_prompt_gain']:g} (selection only, not trained): "
-                    + ", ".join(f"{_pct(v['swapped_share'])} at {100 * float(b):g}%" for b, v in dpg["budgets"].items()))
+            fig += (
+                f"; {dpg['kernel']} with min_prompt_gain {dpg['min_prompt_gain']:g} (selection only, not trained): "
+                + ", ".join(f"{_pct(v['swapped_share'])} at {100 * float(b):g}%" for b, v in dpg["budgets"].items())
+            )
     if pr["units_done"] < pr["units_total"]:
         fig += f" (in progress: {pr['units_done']} of {pr['units_total']} units)"
     return [(what, fig)]
@@ -398,8 +504,13 @@ def _warn_once(msg: str) -> None:
         print(msg, file=sys.stderr)
 
 
-def render_table(results: dict[str, dict], page: str | None = None, *, link_prefix: str = "",
-                 warn: Callable[[str], None] | None = None) -> str:
+def render_table(
+    results: dict[str, dict],
+    page: str | None = None,
+    *,
+    link_prefix: str = "",
+    warn: Callable[[str], None] | None = None,
+) -> str:
     """The Markdown table of ``results`` (name -> result doc); ``page`` keeps only that topic's rows.
 
     ``link_prefix`` is the path from the Markdown file to the repository root ("" for

@@ -82,8 +82,13 @@ def measure(what: str, data: str, model: str, limit: int) -> dict:
     with tempfile.TemporaryDirectory() as cache:
         env = {**os.environ, "HF_DATASETS_CACHE": cache, "TOKENIZERS_PARALLELISM": "false"}
         t = time.perf_counter()
-        p = subprocess.run([sys.executable, "-c", CHILD, what, data, model, str(limit)], capture_output=True, text=True,
-                           env=env, timeout=1200)
+        p = subprocess.run(
+            [sys.executable, "-c", CHILD, what, data, model, str(limit)],
+            capture_output=True,
+            text=True,
+            env=env,
+            timeout=1200,
+        )
         res = json.loads(p.stdout.strip().splitlines()[-1]) if p.stdout.strip() else {"error": p.stderr[-500:]}
         res["child_wall_s"] = round(time.perf_counter() - t, 1)
         res["returncode"] = p.returncode
@@ -102,8 +107,13 @@ def main() -> None:
         model = str(build_tiny_model(os.path.join(tmp, "model"), seed=0))
         data = os.path.join(tmp, "big.jsonl")
         write_corpus(data, args.mb)
-        results = {"row_mb": args.mb, "file_bytes": os.path.getsize(data), "normal_rows": 100,
-                   "max_model_len": 256, "limit_gib": args.limit_gib}
+        results = {
+            "row_mb": args.mb,
+            "file_bytes": os.path.getsize(data),
+            "normal_rows": 100,
+            "max_model_len": 256,
+            "limit_gib": args.limit_gib,
+        }
         for what in ("read_lines", "read_datasets", "ingest"):
             results[what] = measure(what, data, model, int(args.limit_gib * 2**30))
             print(what, results[what], flush=True)

@@ -45,22 +45,36 @@ def main() -> None:
     model = os.path.join(args.work, "tiny")
     if not os.path.exists(os.path.join(model, "config.json")):
         build_tiny_model(model, seed=0)
-    cfg = {"data": data, "model": model, "out": os.path.join(args.work, f"run-{args.n}-k{args.k}-r{args.random}"),
-           "budget": 0.3, "engine": {"dtype": "float32", "max_model_len": 512, "block_size": 32, "kv_cache_space_gib": 1},
-           "scoring": {"block_size": args.block_size},
-           "kernel": {"type": "knn", "k": args.k, "random": args.random}}
+    cfg = {
+        "data": data,
+        "model": model,
+        "out": os.path.join(args.work, f"run-{args.n}-k{args.k}-r{args.random}"),
+        "budget": 0.3,
+        "engine": {"dtype": "float32", "max_model_len": 512, "block_size": 32, "kv_cache_space_gib": 1},
+        "scoring": {"block_size": args.block_size},
+        "kernel": {"type": "knn", "k": args.k, "random": args.random},
+    }
     kernel = validate_config(cfg).kernel
     t0 = time.perf_counter()
     r = run(cfg, progress=True)
     wall = time.perf_counter() - t0
     c, t = r.counts, r.timings
     result = {
-        "n": c["samples"], "k": args.k, "random": args.random, "pairs_total": c["pairs_total"],
-        "pairs_scored": c["pairs_scored"], "pairs_reused": c["pairs_reused"], "baselines_scored": c["baselines_scored"],
-        "kernel_nnz": c.get("kernel_nnz"), "embedded": c.get("embedded"), "embedding_backend": c.get("embedding_backend"),
-        "selected": c["selected"], "timings": t,
+        "n": c["samples"],
+        "k": args.k,
+        "random": args.random,
+        "pairs_total": c["pairs_total"],
+        "pairs_scored": c["pairs_scored"],
+        "pairs_reused": c["pairs_reused"],
+        "baselines_scored": c["baselines_scored"],
+        "kernel_nnz": c.get("kernel_nnz"),
+        "embedded": c.get("embedded"),
+        "embedding_backend": c.get("embedding_backend"),
+        "selected": c["selected"],
+        "timings": t,
         "score_pairs_per_s": round(c["pairs_scored"] / t["score_s"], 1) if t.get("score_s") else None,
-        "wall_s": round(wall, 1), "driver_peak_rss_gib": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20, 2),
+        "wall_s": round(wall, 1),
+        "driver_peak_rss_gib": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20, 2),
         "kernel_options": {k: getattr(kernel, k) for k in ("diagonal", "scaling")},
     }
     print(json.dumps(result), flush=True)

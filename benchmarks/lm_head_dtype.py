@@ -33,7 +33,7 @@ def main(argv=None) -> dict:
 
     from delift_ray import assets
     from delift_ray.scoring.engine import cpu_has_bf16
-    from delift_ray.scoring.lm_head import LMHead, load_hf_config, load_head_weight
+    from delift_ray.scoring.lm_head import LMHead, load_head_weight, load_hf_config
 
     torch.set_num_threads(1)
     from threadpoolctl import threadpool_limits
@@ -46,8 +46,15 @@ def main(argv=None) -> dict:
     h = torch.tensor(rng.normal(size=(args.rows, w.shape[1])), dtype=torch.float32)
     gold = rng.integers(0, w.shape[0], size=args.rows)
     ref = LMHead(w.double(), device="cpu").gold_logprobs(h.double(), gold)
-    out: dict = {"model": Path(model).name, "vocab": int(w.shape[0]), "hidden": int(w.shape[1]), "rows": args.rows,
-                 "threads": 1, "cpu_has_bf16": cpu_has_bf16(), "torch_cpu_capability": torch.backends.cpu.get_cpu_capability()}
+    out: dict = {
+        "model": Path(model).name,
+        "vocab": int(w.shape[0]),
+        "hidden": int(w.shape[1]),
+        "rows": args.rows,
+        "threads": 1,
+        "cpu_has_bf16": cpu_has_bf16(),
+        "torch_cpu_capability": torch.backends.cpu.get_cpu_capability(),
+    }
     for name in ("float32", "float32_torch", "bfloat16", "float16"):
         dt = getattr(torch, name.removesuffix("_torch"))
         head = LMHead(w, device="cpu").to_dtype(dt)

@@ -54,8 +54,11 @@ def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--n", type=int, default=48)
     p.add_argument("--work", default=str(ROOT / "runs" / "quality_study"))
-    p.add_argument("--cache", default=str(ROOT / "benchmarks" / "results" / "quality" / "cache"),
-                   help="Shard cache, shared with benchmarks/quality_study.py.")
+    p.add_argument(
+        "--cache",
+        default=str(ROOT / "benchmarks" / "results" / "quality" / "cache"),
+        help="Shard cache, shared with benchmarks/quality_study.py.",
+    )
     p.add_argument("--budgets", default="0.15,0.3")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--min-prompt-gains", default="0,0.01,0.02", help="selection.min_prompt_gain values to run.")
@@ -75,15 +78,38 @@ def main(argv=None) -> int:
     from delift_ray.data import sample_id
 
     swapped_ids = {sample_id(noisy[i]["prompt"], noisy[i]["response"]) for i in swapped_rows}
-    cmd = [sys.executable, "-c", PATIENT_RAY_CLI, "select", "--data", str(data), "--model", meta["model"],
-           "--out", str(out / "run"), "--cache", args.cache, "--budget", "0.3",
-           "--engine.dtype", "float32", "--engine.max-model-len", "512", "--engine.kv-cache-space-gib", "1",
-           "--scoring.block-size", "16", "--kernel.diagonal", "keep", "--overwrite"]  # the default when it ran
+    cmd = [
+        sys.executable,
+        "-c",
+        PATIENT_RAY_CLI,
+        "select",
+        "--data",
+        str(data),
+        "--model",
+        meta["model"],
+        "--out",
+        str(out / "run"),
+        "--cache",
+        args.cache,
+        "--budget",
+        "0.3",
+        "--engine.dtype",
+        "float32",
+        "--engine.max-model-len",
+        "512",
+        "--engine.kv-cache-space-gib",
+        "1",
+        "--scoring.block-size",
+        "16",
+        "--kernel.diagonal",
+        "keep",
+        "--overwrite",
+    ]  # the default when it ran
     t0 = time.time()
     subprocess.run(cmd, check=True)
     wall = time.time() - t0
 
-    from delift_ray.evaluate.arms import (arm_subsets, baseline_distances, parse_variants, raw_matrix, run_store)
+    from delift_ray.evaluate.arms import arm_subsets, baseline_distances, parse_variants, raw_matrix, run_store
     from delift_ray.evaluate.inputs import load_run
 
     run = load_run(out / "run")
@@ -104,10 +130,20 @@ def main(argv=None) -> int:
     diag = np.diag(uf)
     off = uf[~np.eye(n, dtype=bool)]
     res = {
-        "n": n, "swapped": int(is_swapped.sum()), "scoring_wall_s": round(wall, 1),
-        "uf": {"diag_mean": float(diag.mean()), "offdiag_mean": float(off.mean()), "offdiag_sd": float(off.std()),
-               "offdiag_mean_swapped_as_example": float(np.nanmean(np.where(np.eye(n, dtype=bool), np.nan, uf)[:, is_swapped])),
-               "offdiag_mean_intact_as_example": float(np.nanmean(np.where(np.eye(n, dtype=bool), np.nan, uf)[:, ~is_swapped]))},
+        "n": n,
+        "swapped": int(is_swapped.sum()),
+        "scoring_wall_s": round(wall, 1),
+        "uf": {
+            "diag_mean": float(diag.mean()),
+            "offdiag_mean": float(off.mean()),
+            "offdiag_sd": float(off.std()),
+            "offdiag_mean_swapped_as_example": float(
+                np.nanmean(np.where(np.eye(n, dtype=bool), np.nan, uf)[:, is_swapped])
+            ),
+            "offdiag_mean_intact_as_example": float(
+                np.nanmean(np.where(np.eye(n, dtype=bool), np.nan, uf)[:, ~is_swapped])
+            ),
+        },
         "swapped_share": shares,
         "noise_signal_auroc": noise_signals(uf, d, is_swapped),
         **prior_signal(run, meta["model"], uf, is_swapped, args.budgets),
@@ -121,10 +157,11 @@ def main(argv=None) -> int:
 
 def job_prompt_gain(cmd: list[str], out: Path, is_swapped: np.ndarray, ids: list[str], args) -> dict:
     """``delift-ray select`` with ``--selection.min-prompt-gain`` per threshold and budget (same cache)."""
+    from quality_report import auroc
+
     from delift_ray.evaluate.arms import run_store
     from delift_ray.evaluate.inputs import load_run
     from delift_ray.steps.ingest import prompt_free_id
-    from quality_report import auroc
 
     swapped = {s for s, w in zip(ids, is_swapped) if w}
     res: dict = {"runs": {}}
@@ -133,7 +170,7 @@ def job_prompt_gain(cmd: list[str], out: Path, is_swapped: np.ndarray, ids: list
             run_dir = out / f"pg-{t:g}-b{b:g}"
             base = [c for c in cmd if c != str(out / "run")]
             at = base.index("--out")
-            sel = base[:at] + ["--out", str(run_dir)] + base[at + 1:]
+            sel = base[:at] + ["--out", str(run_dir)] + base[at + 1 :]
             sel[sel.index("--budget") + 1] = str(b)
             t0 = time.time()
             subprocess.run(sel + [f"--selection.min-prompt-gain={t}"], check=True)
@@ -143,13 +180,21 @@ def job_prompt_gain(cmd: list[str], out: Path, is_swapped: np.ndarray, ids: list
 
                 g = prompt_gains(r.pool.sample_ids, [prompt_free_id(x) for x in r.pool.responses], run_store(r))
                 sw = np.array([s in swapped for s in r.pool.sample_ids])
-                res.update({"auroc_low_gain": round(auroc(-g, sw), 4), "gain_swapped": np.round(np.sort(g[sw]), 4).tolist(),
-                            "gain_intact": np.round(np.sort(g[~sw]), 4).tolist()})
+                res.update(
+                    {
+                        "auroc_low_gain": round(auroc(-g, sw), 4),
+                        "gain_swapped": np.round(np.sort(g[sw]), 4).tolist(),
+                        "gain_intact": np.round(np.sort(g[~sw]), 4).tolist(),
+                    }
+                )
             counts = json.loads((run_dir / "run.json").read_text())["counts"]
             res["runs"][f"{t:g} @ {int(round(100 * b))}%"] = {
-                "excluded": counts["excluded_low_prompt_gain"], "selected": len(r.selected),
+                "excluded": counts["excluded_low_prompt_gain"],
+                "selected": len(r.selected),
                 "swapped_share": round(sum(r.pool.sample_ids[i] in swapped for i in r.selected) / len(r.selected), 3),
-                "baselines_scored": counts["baselines_scored"], "wall_s": round(time.time() - t0, 1)}
+                "baselines_scored": counts["baselines_scored"],
+                "wall_s": round(time.time() - t0, 1),
+            }
     return res
 
 
@@ -171,9 +216,10 @@ def prompt_free_pmi(model_dir: str, prompts: list[str], responses: list[str]) ->
 
 def prior_signal(run, model_dir: str, uf: np.ndarray, is_swapped: np.ndarray, budgets: str) -> dict:
     """PMI's AUROC, and DELIFT's swapped share with the most suspect samples excluded."""
+    from quality_report import auroc
+
     from delift_ray import selection
     from delift_ray.kernel import finish_dense
-    from quality_report import auroc
 
     t0 = time.time()
     pmi = prompt_free_pmi(model_dir, run.pool.prompts, run.pool.responses)
@@ -192,10 +238,15 @@ def prior_signal(run, model_dir: str, uf: np.ndarray, is_swapped: np.ndarray, bu
                 idx, _ = selection.facility_location(Kq, max(1, int(round(b * n))))
                 row[f"{int(round(100 * b))}%"] = round(float(is_swapped[idx].mean()), 3)
             table["no exclusion" if score is None else f"{name}, most suspect {int(q * 100)}% excluded"] = row
-    return {"pmi": {"auroc_low_pmi": round(auroc(-pmi, is_swapped), 4),
-                    "mean_swapped": float(pmi[is_swapped].mean()), "mean_intact": float(pmi[~is_swapped].mean()),
-                    "wall_s": round(wall, 1)},
-            "delift_keep_minmax_swapped_share_with_exclusion": table}
+    return {
+        "pmi": {
+            "auroc_low_pmi": round(auroc(-pmi, is_swapped), 4),
+            "mean_swapped": float(pmi[is_swapped].mean()),
+            "mean_intact": float(pmi[~is_swapped].mean()),
+            "wall_s": round(wall, 1),
+        },
+        "delift_keep_minmax_swapped_share_with_exclusion": table,
+    }
 
 
 if __name__ == "__main__":

@@ -59,9 +59,30 @@ def family_data(family: str, n: int, work: Path, model: str) -> Path:
 def score_run(data: Path, n: int, model: str, out: Path, flags: list[str]) -> Path:
     """A finished dense run of the default kernel over ``data`` (scored now unless already done)."""
     if not (out / "run" / "run.json").exists():
-        cmd = [sys.executable, "-m", "delift_ray.cli", "select", "--data", str(data), "--model", model,
-               "--out", str(out / "run"), "--cache", str(out / "cache"), "--max-samples", str(n), "--budget", "0.3",
-               "--engine.max-model-len", "512", "--engine.kv-cache-space-gib", "1", "--overwrite", *flags]
+        cmd = [
+            sys.executable,
+            "-m",
+            "delift_ray.cli",
+            "select",
+            "--data",
+            str(data),
+            "--model",
+            model,
+            "--out",
+            str(out / "run"),
+            "--cache",
+            str(out / "cache"),
+            "--max-samples",
+            str(n),
+            "--budget",
+            "0.3",
+            "--engine.max-model-len",
+            "512",
+            "--engine.kv-cache-space-gib",
+            "1",
+            "--overwrite",
+            *flags,
+        ]
         print("+", " ".join(cmd[2:]), file=sys.stderr, flush=True)
         subprocess.run(cmd, check=True)
     return out / "run"
@@ -72,10 +93,15 @@ def error_stats(ref: np.ndarray, got: np.ndarray) -> dict:
     off = ~np.eye(len(ref), dtype=bool)
     err = (got - ref)[off]
     signal = float(ref[off].std())
-    return {"max_abs_err": float(np.abs(err).max()), "sd_err": float(err.std()), "mean_err": float(err.mean()),
-            "signal_sd": signal, "sd_err_over_signal": float(err.std() / signal) if signal else None,
-            "corr": float(np.corrcoef(ref[off], got[off])[0, 1]),
-            "diag_max_abs_err": float(np.abs(np.diag(got) - np.diag(ref)).max())}
+    return {
+        "max_abs_err": float(np.abs(err).max()),
+        "sd_err": float(err.std()),
+        "mean_err": float(err.mean()),
+        "signal_sd": signal,
+        "sd_err_over_signal": float(err.std() / signal) if signal else None,
+        "corr": float(np.corrcoef(ref[off], got[off])[0, 1]),
+        "diag_max_abs_err": float(np.abs(np.diag(got) - np.diag(ref)).max()),
+    }
 
 
 def rescore_top(ref: np.ndarray, got: np.ndarray, t: int) -> np.ndarray:
@@ -95,34 +121,50 @@ def fl_value(K: np.ndarray, subset: list[int]) -> float:
     return float(K[:, subset].max(axis=1).sum())
 
 
-LABELS = {"bf16_head_f32": "bfloat16 body, float32 LM head (default)", "bf16": "bfloat16 body and LM head (before)",
-          **{f"bf16_rescore_top{t}": f"default, each row's top {t} re-scored in float32 (simulated)" for t in RESCORE_TOP}}
+LABELS = {
+    "bf16_head_f32": "bfloat16 body, float32 LM head (default)",
+    "bf16": "bfloat16 body and LM head (before)",
+    **{f"bf16_rescore_top{t}": f"default, each row's top {t} re-scored in float32 (simulated)" for t in RESCORE_TOP},
+}
 FAMILIES = {"demo": "ShareGPT first turns (demo)", "qa": "short factoid QA", "code": "short Python functions"}
 
 
 def markdown(doc: dict) -> str:
     """The error table and the selection table of docs/checkpoints.md, from a result file."""
     r = doc["results"]
-    lines = ["| data | precision | max \\|error\\| | sd of the error | sd of the signal | error sd / signal sd | correlation |",
-             "|---|---|---|---|---|---|---|"]
+    lines = [
+        "| data | precision | max \\|error\\| | sd of the error | sd of the signal | error sd / signal sd | correlation |",
+        "|---|---|---|---|---|---|---|",
+    ]
     for fam, f in r["families"].items():
         for name, row in f["precisions"].items():
             if name in LABELS:
-                lines.append(f"| {FAMILIES.get(fam, fam)}, {f['samples']} samples | {LABELS[name]} | "
-                             f"{row['max_abs_err']:.1e} | {row['sd_err']:.1e} | {row['signal_sd']:.1e} | "
-                             f"{100 * row['sd_err_over_signal']:.1f}% | {row['corr']:.4f} |")
-    lines += ["", "| data | budget (k) | precision | overlap with the float32 subset | FL on the float32 kernel, "
-              "relative to the float32 subset's |", "|---|---|---|---|---|"]
+                lines.append(
+                    f"| {FAMILIES.get(fam, fam)}, {f['samples']} samples | {LABELS[name]} | "
+                    f"{row['max_abs_err']:.1e} | {row['sd_err']:.1e} | {row['signal_sd']:.1e} | "
+                    f"{100 * row['sd_err_over_signal']:.1f}% | {row['corr']:.4f} |"
+                )
+    lines += [
+        "",
+        "| data | budget (k) | precision | overlap with the float32 subset | FL on the float32 kernel, "
+        "relative to the float32 subset's |",
+        "|---|---|---|---|---|",
+    ]
     for fam, f in r["families"].items():
         for b, sel in f["selection"].items():
             for name in (n for n in LABELS if n in sel):
-                lines.append(f"| {FAMILIES.get(fam, fam)} | {100 * float(b):g}% ({sel['k']}) | {LABELS[name]} | "
-                             f"{100 * sel[name]['overlap']:.0f}% | {sel[name]['fl_on_float32_kernel_ratio']:.4f} |")
+                lines.append(
+                    f"| {FAMILIES.get(fam, fam)} | {100 * float(b):g}% ({sel['k']}) | {LABELS[name]} | "
+                    f"{100 * sel[name]['overlap']:.0f}% | {sel[name]['fl_on_float32_kernel_ratio']:.4f} |"
+                )
     m = doc.get("machine", {})
-    lines += ["", f"Off-diagonal pairs against `engine.dtype: float32`, kernel {r['kernel']}, model {r['model']}; "
-              f"{m.get('cpu', '?')}, {m.get('cpus', '?')} cores, CPU flags {', '.join(m.get('cpu_flags') or []) or '?'}; "
-              f"{doc['date'][:10]}; `{doc['command']}` "
-              f"([{doc['benchmark']}.json](../benchmarks/results/{doc['benchmark']}.json))."]
+    lines += [
+        "",
+        f"Off-diagonal pairs against `engine.dtype: float32`, kernel {r['kernel']}, model {r['model']}; "
+        f"{m.get('cpu', '?')}, {m.get('cpus', '?')} cores, CPU flags {', '.join(m.get('cpu_flags') or []) or '?'}; "
+        f"{doc['date'][:10]}; `{doc['command']}` "
+        f"([{doc['benchmark']}.json](../benchmarks/results/{doc['benchmark']}.json)).",
+    ]
     return "\n".join(lines)
 
 
@@ -143,43 +185,65 @@ def main(argv=None) -> dict:
 
     model = args.model or str(assets.demo_model_dir())
     default = Variant(KernelConfig().diagonal, KernelConfig().scaling)
-    out: dict = {"model": Path(model).name, "n": args.n, "kernel": f"{default.diagonal}-{default.scaling}",
-                 "reference": "float32", "families": {}}
+    out: dict = {
+        "model": Path(model).name,
+        "n": args.n,
+        "kernel": f"{default.diagonal}-{default.scaling}",
+        "reference": "float32",
+        "families": {},
+    }
     for family in args.families.split(","):
         work = Path(args.work) / family
         work.mkdir(parents=True, exist_ok=True)
         data = family_data(family, args.n, work, model)
-        runs = {name: load_run(score_run(data, args.n, model, work / name, flags)) for name, flags in PRECISIONS.items()}
+        runs = {
+            name: load_run(score_run(data, args.n, model, work / name, flags)) for name, flags in PRECISIONS.items()
+        }
         raw = {}
         for name, run in runs.items():
             raw[name] = raw_matrix(run, "pool", "pool", run_store(run)).astype(np.float64)
             assert run.pool.sample_ids == runs["float32"].pool.sample_ids, "runs differ in their pool"
         ids = runs["float32"].pool.sample_ids
-        K32 = finish_dense(raw["float32"].astype(np.float32), ids, ids, diagonal=default.diagonal,
-                           scaling=default.scaling)
+        K32 = finish_dense(
+            raw["float32"].astype(np.float32), ids, ids, diagonal=default.diagonal, scaling=default.scaling
+        )
         fam: dict = {"samples": len(ids), "precisions": {}}
         for name, run in runs.items():
             counts = run.meta.get("counts", {})
-            row = {"dtypes": counts.get("dtypes"), "head_dtypes": counts.get("head_dtypes"),
-                   "logprob_paths": counts.get("logprob_paths")}
+            row = {
+                "dtypes": counts.get("dtypes"),
+                "head_dtypes": counts.get("head_dtypes"),
+                "logprob_paths": counts.get("logprob_paths"),
+            }
             if name != "float32":
                 row.update(error_stats(raw["float32"], raw[name]))
             fam["precisions"][name] = row
         for t in RESCORE_TOP:
             raw[f"bf16_rescore_top{t}"] = rescore_top(raw["float32"], raw["bf16_head_f32"], t)
-            fam["precisions"][f"bf16_rescore_top{t}"] = {"simulated": True, "pairs_rescored_share": t / (len(ids) - 1),
-                                                       **error_stats(raw["float32"], raw[f"bf16_rescore_top{t}"])}
+            fam["precisions"][f"bf16_rescore_top{t}"] = {
+                "simulated": True,
+                "pairs_rescored_share": t / (len(ids) - 1),
+                **error_stats(raw["float32"], raw[f"bf16_rescore_top{t}"]),
+            }
         fam["selection"] = {}
         for b in BUDGETS:
             k = max(1, round(b * len(ids)))
-            picks = {name: delift_variant(runs["float32"], default, k, raw={"K": M.astype(np.float32)})
-                     for name, M in raw.items()}
+            picks = {
+                name: delift_variant(runs["float32"], default, k, raw={"K": M.astype(np.float32)})
+                for name, M in raw.items()
+            }
             ref_fl = fl_value(K32, picks["float32"])
             fam["selection"][str(b)] = {
                 "k": k,
-                **{name: {"overlap": len(set(p) & set(picks["float32"])) / k,
-                          "fl_on_float32_kernel_ratio": fl_value(K32, p) / ref_fl}
-                   for name, p in picks.items() if name != "float32"}}
+                **{
+                    name: {
+                        "overlap": len(set(p) & set(picks["float32"])) / k,
+                        "fl_on_float32_kernel_ratio": fl_value(K32, p) / ref_fl,
+                    }
+                    for name, p in picks.items()
+                    if name != "float32"
+                },
+            }
         out["families"][family] = fam
         print(json.dumps({family: fam}, indent=1), file=sys.stderr, flush=True)
     sys.path.insert(0, str(ROOT))

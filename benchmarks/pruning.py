@@ -48,16 +48,32 @@ def real_case(args) -> list[dict]:
 
     os.makedirs(args.out, exist_ok=True)
     if args.model == "demo":
-        model, label, engine = (str(assets.demo_model_dir()), f"SmolLM2-135M-Instruct (demo, {args.dtype})",
-                                {"dtype": args.dtype, "max_model_len": 512})
+        model, label, engine = (
+            str(assets.demo_model_dir()),
+            f"SmolLM2-135M-Instruct (demo, {args.dtype})",
+            {"dtype": args.dtype, "max_model_len": 512},
+        )
     else:
         model = str(assets.build_tiny_model(os.path.join(args.out, "tiny-model"), seed=0))
-        label, engine = "tiny random Llama (test model, fp32)", {"dtype": "float32", "max_model_len": 512, "block_size": 32}
-    data = assets.write_demo_dataset(os.path.join(args.out, "pool.jsonl"), n=args.n, tokenizer=AutoTokenizer.from_pretrained(model),
-                                     max_tokens=args.max_tokens)
-    base = {"data": str(data), "model": model, "out": os.path.join(args.out, "run"), "budget": args.budget,
-            "engine": engine, "scoring": {"block_size": 16},
-            "kernel": {"diagonal": "drop" if args.exclude_self else "keep"}}
+        label, engine = (
+            "tiny random Llama (test model, fp32)",
+            {"dtype": "float32", "max_model_len": 512, "block_size": 32},
+        )
+    data = assets.write_demo_dataset(
+        os.path.join(args.out, "pool.jsonl"),
+        n=args.n,
+        tokenizer=AutoTokenizer.from_pretrained(model),
+        max_tokens=args.max_tokens,
+    )
+    base = {
+        "data": str(data),
+        "model": model,
+        "out": os.path.join(args.out, "run"),
+        "budget": args.budget,
+        "engine": engine,
+        "scoring": {"block_size": 16},
+        "kernel": {"diagonal": "drop" if args.exclude_self else "keep"},
+    }
     t0 = time.perf_counter()
     dense = run(base, progress=args.progress)
     dense_s = time.perf_counter() - t0
@@ -73,29 +89,48 @@ def real_case(args) -> list[dict]:
     rows = []
     for emb in args.embeddings:
         # Its own out dir (a finished run of other settings is refused), the dense run's store as its cache.
-        knn_cfg = dict(base, out=os.path.join(args.out, f"run-knn-{os.path.basename(emb)}"), cache=base["out"],
-                       kernel={**base["kernel"], "type": "knn", "k": args.k, "random": args.random, "embedding": emb})
+        knn_cfg = dict(
+            base,
+            out=os.path.join(args.out, f"run-knn-{os.path.basename(emb)}"),
+            cache=base["out"],
+            kernel={**base["kernel"], "type": "knn", "k": args.k, "random": args.random, "embedding": emb},
+        )
         t0 = time.perf_counter()
         knn = run(knn_cfg, progress=args.progress)
         knn_idx = [pos[s] for s in knn.selected_ids]
         f_knn = fl_objective(K, knn_idx)
-        rows.append({
-            "case": "real", "model": label, "n": len(ids), "budget": len(dense_idx),
-            "k": args.k, "random": args.random, "embedding": emb, "exclude_self": args.exclude_self,
-            "pairs_dense": dense.counts["pairs_total"], "pairs_knn": knn.counts["pairs_total"],
-            "fl_dense": round(f_dense, 4), "fl_knn": round(f_knn, 4), "ratio": round(f_knn / f_dense, 4),
-            "fl_random_mean": round(f_random, 4), "ratio_random": round(f_random / f_dense, 4),
-            "overlap": len(set(knn_idx) & set(dense_idx)) / len(dense_idx),
-            "dense_score_s": round(dense.timings.get("score_s", 0.0), 1), "dense_job_s": round(dense_s, 1),
-            "dense_pairs_per_s": dense.timings.get("pairs_per_s"),
-            "knn_pairs_scored_here": knn.counts["pairs_scored"], "knn_pairs_reused": knn.counts["pairs_reused"],
-        })
+        rows.append(
+            {
+                "case": "real",
+                "model": label,
+                "n": len(ids),
+                "budget": len(dense_idx),
+                "k": args.k,
+                "random": args.random,
+                "embedding": emb,
+                "exclude_self": args.exclude_self,
+                "pairs_dense": dense.counts["pairs_total"],
+                "pairs_knn": knn.counts["pairs_total"],
+                "fl_dense": round(f_dense, 4),
+                "fl_knn": round(f_knn, 4),
+                "ratio": round(f_knn / f_dense, 4),
+                "fl_random_mean": round(f_random, 4),
+                "ratio_random": round(f_random / f_dense, 4),
+                "overlap": len(set(knn_idx) & set(dense_idx)) / len(dense_idx),
+                "dense_score_s": round(dense.timings.get("score_s", 0.0), 1),
+                "dense_job_s": round(dense_s, 1),
+                "dense_pairs_per_s": dense.timings.get("pairs_per_s"),
+                "knn_pairs_scored_here": knn.counts["pairs_scored"],
+                "knn_pairs_reused": knn.counts["pairs_reused"],
+            }
+        )
         print(json.dumps(rows[-1]), flush=True)
     return rows
 
 
-def synthetic_case(n: int, k: int, r: int, budget_fracs: list[float], seed: int = 0, d: int = 64, noise: float = 0.1,
-                   sharp: int = 8) -> list[dict]:
+def synthetic_case(
+    n: int, k: int, r: int, budget_fracs: list[float], seed: int = 0, d: int = 64, noise: float = 0.1, sharp: int = 8
+) -> list[dict]:
     """Dense K[i, j] = max(cos(x_i, x_j), 0)**sharp + noise * U(0, 1), min-max scaled.
 
     Clustered x (n / 100 centres); the knn graph comes from the same x. A sharp
@@ -126,18 +161,36 @@ def synthetic_case(n: int, k: int, r: int, budget_fracs: list[float], seed: int 
         t_knn = time.perf_counter() - t0
         f_dense, f_knn = fl_objective(K, dense_idx), fl_objective(K, knn_idx)
         f_rand = float(np.mean([fl_objective(K, rng.choice(n, b, replace=False)) for _ in range(5)]))
-        out.append({"case": "synthetic", "n": n, "budget": b, "budget_frac": frac, "k": k, "random": r, "noise": noise, "sharp": sharp,
-                    "pairs_dense": n * n, "pairs_knn": int(rows.size), "fl_dense": round(f_dense, 2), "fl_knn": round(f_knn, 2),
-                    "ratio": round(f_knn / f_dense, 4), "ratio_random": round(f_rand / f_dense, 4),
-                    "overlap": round(len(set(knn_idx.tolist()) & set(dense_idx.tolist())) / b, 4),
-                    "select_dense_s": round(t_dense, 2), "select_knn_s": round(t_knn, 2)})
+        out.append(
+            {
+                "case": "synthetic",
+                "n": n,
+                "budget": b,
+                "budget_frac": frac,
+                "k": k,
+                "random": r,
+                "noise": noise,
+                "sharp": sharp,
+                "pairs_dense": n * n,
+                "pairs_knn": int(rows.size),
+                "fl_dense": round(f_dense, 2),
+                "fl_knn": round(f_knn, 2),
+                "ratio": round(f_knn / f_dense, 4),
+                "ratio_random": round(f_rand / f_dense, 4),
+                "overlap": round(len(set(knn_idx.tolist()) & set(dense_idx.tolist())) / b, 4),
+                "select_dense_s": round(t_dense, 2),
+                "select_knn_s": round(t_knn, 2),
+            }
+        )
     return out
 
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--n", type=int, default=32)
-    p.add_argument("--model", choices=["demo", "tiny"], default="demo", help="demo: SmolLM2-135M; tiny: the random test Llama")
+    p.add_argument(
+        "--model", choices=["demo", "tiny"], default="demo", help="demo: SmolLM2-135M; tiny: the random test Llama"
+    )
     p.add_argument("--k", type=int, default=8)
     p.add_argument("--random", type=int, default=2)
     p.add_argument("--budget", type=float, default=0.3)
@@ -148,8 +201,11 @@ def main() -> None:
     p.add_argument("--synthetic-n", type=int, nargs="*", default=[2000, 5000, 10000])
     p.add_argument("--synthetic-budgets", type=float, nargs="*", default=[0.01, 0.05, 0.3])
     p.add_argument("--skip-real", action="store_true")
-    p.add_argument("--exclude-self", action="store_true",
-                   help="kernel.diagonal drop (else keep, the paper's kernel): leave UF(i <- i), which dominates keep kernels, out of both kernels")
+    p.add_argument(
+        "--exclude-self",
+        action="store_true",
+        help="kernel.diagonal drop (else keep, the paper's kernel): leave UF(i <- i), which dominates keep kernels, out of both kernels",
+    )
     p.add_argument("--progress", action="store_true")
     args = p.parse_args()
     synthetic = []

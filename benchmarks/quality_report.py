@@ -92,8 +92,11 @@ def noisy_selections(sel: dict | None) -> dict | None:
     out = {}
     for b, v in sel["budgets"].items():
         r = np.array(v["random_swapped_share"] or [np.nan])
-        out[b] = {"k": v["k"], "arms": v["swapped_share"],
-                  "random": {"mean": float(r.mean()), "min": float(r.min()), "max": float(r.max()), "n": int(r.size)}}
+        out[b] = {
+            "k": v["k"],
+            "arms": v["swapped_share"],
+            "random": {"mean": float(r.mean()), "min": float(r.min()), "max": float(r.max()), "n": int(r.size)},
+        }
     return out
 
 
@@ -109,10 +112,16 @@ def rank_overlaps(sel: dict | None) -> dict | None:
     out = {}
     for b, v in sel["budgets"].items():
         ranks = {r: set(v["arms"][r]) for r in SIMPLE_RANKINGS if r in v["arms"]}
-        out[b] = {"k": v["k"], "chance": v["k"] ** 2 / sel["n"],
-                  "arms": {a: {r: len(set(idx) & ranked) for r, ranked in ranks.items()}
-                           for a, idx in v["arms"].items() if a not in ranks},
-                  "same_subset": same_subsets(v["arms"])}
+        out[b] = {
+            "k": v["k"],
+            "chance": v["k"] ** 2 / sel["n"],
+            "arms": {
+                a: {r: len(set(idx) & ranked) for r, ranked in ranks.items()}
+                for a, idx in v["arms"].items()
+                if a not in ranks
+            },
+            "same_subset": same_subsets(v["arms"]),
+        }
     return out
 
 
@@ -143,8 +152,14 @@ def arm_vs_reference(arms: dict[str, dict[int, dict]], arm: str, ref: str) -> di
     X = np.array([arms[arm][s]["nll"] for s in sorted(arms[arm])])
     Xr = np.array([arms[ref][s]["nll"] for s in sorted(arms[ref])])
     lo, hi = np.quantile(hierarchical_bootstrap(X, Xr, resamples=RESAMPLES, seed=0), [0.025, 0.975])
-    return {"arm": arm, "reference": ref, "seeds": [len(X), len(Xr)], "delta": float(Xr.mean() - X.mean()),
-            "ci_low": float(lo), "ci_high": float(hi)}
+    return {
+        "arm": arm,
+        "reference": ref,
+        "seeds": [len(X), len(Xr)],
+        "delta": float(Xr.mean() - X.mean()),
+        "ci_low": float(lo),
+        "ci_high": float(hi),
+    }
 
 
 def _cell(pool: str, budget: float) -> str:
@@ -168,8 +183,14 @@ def config_default_kernel() -> str:
     return f"delift:{o['diagonal']}-{o['scaling']}"
 
 
-def kernel_evidence(vs_keep: list[dict], vs_each_other: list[dict], budgets: list[float], final: set[str],
-                    variants: list[str], pools: set[str]) -> dict:
+def kernel_evidence(
+    vs_keep: list[dict],
+    vs_each_other: list[dict],
+    budgets: list[float],
+    final: set[str],
+    variants: list[str],
+    pools: set[str],
+) -> dict:
     """Section 5 of the issue: "whichever kernel variant is best, or no worse than the others,
     becomes the default". A variant is *worse* than another at a pool and budget when the 95%
     interval of their NLL difference lies wholly on the other's side. Candidates: variants worse
@@ -202,27 +223,41 @@ def kernel_evidence(vs_keep: list[dict], vs_each_other: list[dict], budgets: lis
             against = [outcome.get((arm, other, pool, b)) for other in variants if other != arm]
             cells[_cell(pool, b)] = "worse" if "worse" in against else "not yet" if None in against else "no worse"
         worse_on = {key.split()[0] for key, s in cells.items() if s == "worse"}
-        per[arm] = {"cells": cells, "status": "out" if worse_on else "pending" if "not yet" in cells.values() else "candidate",
-                    "final": bool(worse_on & final) or pools <= final,
-                    "mean_delta_vs_keep_minmax": mean_delta(arm, pools)}
+        per[arm] = {
+            "cells": cells,
+            "status": "out" if worse_on else "pending" if "not yet" in cells.values() else "candidate",
+            "final": bool(worse_on & final) or pools <= final,
+            "mean_delta_vs_keep_minmax": mean_delta(arm, pools),
+        }
     changed = {a: sum(x != y for x, y in zip(a.split(":", 1)[1].split("-"), ("keep", "minmax"))) for a in per}
-    candidates = sorted((a for a in per if per[a]["status"] == "candidate"),
-                        key=lambda a: (-(per[a]["mean_delta_vs_keep_minmax"] or 0.0), changed[a]))
+    candidates = sorted(
+        (a for a in per if per[a]["status"] == "candidate"),
+        key=lambda a: (-(per[a]["mean_delta_vs_keep_minmax"] or 0.0), changed[a]),
+    )
     # What the rule this page applied before would pick (a variant must beat keep-minmax at every
     # clean budget and not lose to it at any noisy one; ties: the larger clean mean delta, then
     # the fewest options changed); shown for the record, not used.
-    strict = sorted((a for a in per if a != PAPER_KERNEL
-                     and all(outcome.get((a, PAPER_KERNEL, "clean", b)) == "better" for b in budgets)
-                     and not any(outcome.get((a, PAPER_KERNEL, "noisy", b)) == "worse" for b in budgets)),
-                    key=lambda a: (-(mean_delta(a, {"clean"}) or 0.0), changed[a]))
+    strict = sorted(
+        (
+            a
+            for a in per
+            if a != PAPER_KERNEL
+            and all(outcome.get((a, PAPER_KERNEL, "clean", b)) == "better" for b in budgets)
+            and not any(outcome.get((a, PAPER_KERNEL, "noisy", b)) == "worse" for b in budgets)
+        ),
+        key=lambda a: (-(mean_delta(a, {"clean"}) or 0.0), changed[a]),
+    )
     strict_decided = "clean" in final and (not strict or pools <= final)
     comparisons = (len(variants) - 1) * len(cols)
-    return {"variants": per, "default": (candidates[0] if candidates else PAPER_KERNEL) if pools <= final else None,
-            "config_default": config_default_kernel(),
-            "comparisons_per_variant": comparisons,
-            # Each comparison calls an equal variant worse with chance 0.025; independence assumed.
-            "chance_out_if_equal": round(1 - 0.975 ** comparisons, 3),
-            "stricter_rule_default": (strict[0] if strict else PAPER_KERNEL) if strict_decided else None}
+    return {
+        "variants": per,
+        "default": (candidates[0] if candidates else PAPER_KERNEL) if pools <= final else None,
+        "config_default": config_default_kernel(),
+        "comparisons_per_variant": comparisons,
+        # Each comparison calls an equal variant worse with chance 0.025; independence assumed.
+        "chance_out_if_equal": round(1 - 0.975**comparisons, 3),
+        "stricter_rule_default": (strict[0] if strict else PAPER_KERNEL) if strict_decided else None,
+    }
 
 
 def twin_arms(arms: dict[str, dict[int, dict]]) -> dict[str, str]:
@@ -244,8 +279,9 @@ def summarise(units: dict[str, dict], *, args: dict, meta: dict, total: int, pla
     train, other = _group(units)
     final = {pool for pool, names in planned.items() if all(n in units for n in names)}
     variant_tags = [f"-delift_{v.strip()}-s" for v in str(args["variants"]).split(",") if v.strip()]
-    kernel_final = {pool for pool, names in planned.items()
-                    if all(n in units for n in names if any(t in n for t in variant_tags))}
+    kernel_final = {
+        pool for pool, names in planned.items() if all(n in units for n in names if any(t in n for t in variant_tags))
+    }
     rows: list[dict] = []
     families: dict[str, list] = defaultdict(list)
     twin_rows = []
@@ -254,18 +290,32 @@ def summarise(units: dict[str, dict], *, args: dict, meta: dict, total: int, pla
         rand = arms.get("random", {})
         Y = np.array([rand[s]["nll"] for s in sorted(rand)]) if rand else None
         rshare = [rand[s]["swapped_share"] for s in sorted(rand) if rand[s].get("swapped_share") is not None]
-        rows.append({"pool": pool, "budget": budget, "arm": "random", "seeds": len(rand),
-                     "nll": float(Y.mean()) if Y is not None else None,
-                     "nll_sd": float(Y.mean(axis=1).std(ddof=1)) if Y is not None and len(Y) > 1 else None,
-                     "swapped_share": float(np.mean(rshare)) if rshare else None})
+        rows.append(
+            {
+                "pool": pool,
+                "budget": budget,
+                "arm": "random",
+                "seeds": len(rand),
+                "nll": float(Y.mean()) if Y is not None else None,
+                "nll_sd": float(Y.mean(axis=1).std(ddof=1)) if Y is not None and len(Y) > 1 else None,
+                "swapped_share": float(np.mean(rshare)) if rshare else None,
+            }
+        )
         for arm in sorted(a for a in arms if a != "random"):
             runs = arms[arm]
             X = np.array([runs[s]["nll"] for s in sorted(runs)])
             share = [runs[s]["swapped_share"] for s in sorted(runs) if runs[s].get("swapped_share") is not None]
-            row = {"pool": pool, "budget": budget, "arm": arm, "seeds": len(runs), "interim": pool not in final,
-                   "nll": float(X.mean()),
-                   "nll_sd": float(X.mean(axis=1).std(ddof=1)) if len(X) > 1 else None,
-                   "swapped_share": float(np.mean(share)) if share else None, "comparison": None}
+            row = {
+                "pool": pool,
+                "budget": budget,
+                "arm": arm,
+                "seeds": len(runs),
+                "interim": pool not in final,
+                "nll": float(X.mean()),
+                "nll_sd": float(X.mean(axis=1).std(ddof=1)) if len(X) > 1 else None,
+                "swapped_share": float(np.mean(share)) if share else None,
+                "comparison": None,
+            }
             if arm in twins:
                 row["same_subset_as"] = twins[arm]
                 twin_rows.append(row)
@@ -277,13 +327,19 @@ def summarise(units: dict[str, dict], *, args: dict, meta: dict, total: int, pla
     for comps in families.values():
         decide(comps, alpha=ALPHA, eq_bound_sd=EQ_BOUND_SD)
     for row in twin_rows:
-        row["comparison"] = next((r["comparison"] for r in rows if (r["pool"], r["budget"], r["arm"])
-                                  == (row["pool"], row["budget"], row["same_subset_as"])), None)
+        row["comparison"] = next(
+            (
+                r["comparison"]
+                for r in rows
+                if (r["pool"], r["budget"], r["arm"]) == (row["pool"], row["budget"], row["same_subset_as"])
+            ),
+            None,
+        )
     variants_vs_keep, variants_vs_each_other, variants_vs_ranking = [], [], []
     kernel_variants = [f"delift:{v.strip()}" for v in str(args["variants"]).split(",") if v.strip()]
     for (pool, budget), arms in train.items():
         for i, ref in enumerate(kernel_variants):
-            for arm in kernel_variants[i + 1:]:
+            for arm in kernel_variants[i + 1 :]:
                 if PAPER_KERNEL not in (ref, arm) and (d := arm_vs_reference(arms, arm, ref)) is not None:
                     variants_vs_each_other.append({"pool": pool, "budget": budget, **d})
         for arm in sorted(a for a in arms if a.startswith("delift:") and a != PAPER_KERNEL):
@@ -300,14 +356,21 @@ def summarise(units: dict[str, dict], *, args: dict, meta: dict, total: int, pla
     walls = [r["wall_s"] for arms in train.values() for runs in arms.values() for r in runs.values() if "wall_s" in r]
     fixed = ("score-clean", "score-noisy", "selections-clean", "selections-noisy", "eval-initial")
     n_done = done_train + sum(1 for k in other if k in fixed)
-    overlaps = {pool: ov for pool in ("clean", "noisy")
-                if (ov := rank_overlaps(other.get(f"selections-{pool}", {}).get("results")))}
+    overlaps = {
+        pool: ov
+        for pool in ("clean", "noisy")
+        if (ov := rank_overlaps(other.get(f"selections-{pool}", {}).get("results")))
+    }
     # Units the study will copy from a twin instead of training.
-    twins_left = sum((len(g) - 1) * int(args["train_seeds"]) for per in overlaps.values() for v in per.values()
-                     for g in v["same_subset"]) - sum(1 for u in units.values() if "same_subset_as" in u["results"])
+    twins_left = sum(
+        (len(g) - 1) * int(args["train_seeds"])
+        for per in overlaps.values()
+        for v in per.values()
+        for g in v["same_subset"]
+    ) - sum(1 for u in units.values() if "same_subset_as" in u["results"])
     remaining_train = total - len(fixed) - done_train - twins_left
     scoring = {k: other[k]["results"] for k in ("score-clean", "score-noisy") if k in other}
-    eta_s = (float(np.mean(walls)) * remaining_train if walls else None)
+    eta_s = float(np.mean(walls)) * remaining_train if walls else None
     if eta_s is not None and "score-noisy" not in scoring and "score-clean" in scoring:
         eta_s += 0.75 * scoring["score-clean"]["wall_s"]  # 3/4 of the noisy pairs are new
     machine = next((d.get("machine") for d in units.values() if d.get("machine")), None)
@@ -316,23 +379,60 @@ def summarise(units: dict[str, dict], *, args: dict, meta: dict, total: int, pla
 
         machine = this_machine()
     summary = {
-        "design": {k: args.get(k) for k in ("n_pool", "n_eval", "max_tokens", "budgets", "randoms", "train_seeds",
-                                           "variants", "steps", "batch_size", "lr", "max_length", "dtype", "noise_share",
-                                           "min_prompt_gain")},
-        "statistics": {"primary_metric": "held-out response NLL (nats/token, mean over items)", "alpha": ALPHA,
-                       "equivalence_bound_sd": EQ_BOUND_SD, "bootstrap_resamples": RESAMPLES,
-                       "holm_family": "every arm x budget of one pool"},
-        "progress": {"units_done": n_done, "units_total": total, "train_wall_s_mean": round(float(np.mean(walls)), 1) if walls else None,
-                     "wall_s_total": round(sum(walls) + sum(s.get("wall_s", 0) for s in scoring.values())
-                                           + other.get("eval-initial", {}).get("results", {}).get("wall_s", 0), 1),
-                     "eta_s": round(eta_s) if eta_s is not None else None,
-                     "eta_counts_scoring": "score-clean" in scoring},
-        "scoring": {k: {"wall_s": v["wall_s"], "pairs_per_s": v["timings"].get("pairs_per_s"),
-                        "pairs_scored": v["counts"].get("pairs_scored"), "pairs_reused": v["counts"].get("pairs_reused")}
-                    for k, v in scoring.items()},
+        "design": {
+            k: args.get(k)
+            for k in (
+                "n_pool",
+                "n_eval",
+                "max_tokens",
+                "budgets",
+                "randoms",
+                "train_seeds",
+                "variants",
+                "steps",
+                "batch_size",
+                "lr",
+                "max_length",
+                "dtype",
+                "noise_share",
+                "min_prompt_gain",
+            )
+        },
+        "statistics": {
+            "primary_metric": "held-out response NLL (nats/token, mean over items)",
+            "alpha": ALPHA,
+            "equivalence_bound_sd": EQ_BOUND_SD,
+            "bootstrap_resamples": RESAMPLES,
+            "holm_family": "every arm x budget of one pool",
+        },
+        "progress": {
+            "units_done": n_done,
+            "units_total": total,
+            "train_wall_s_mean": round(float(np.mean(walls)), 1) if walls else None,
+            "wall_s_total": round(
+                sum(walls)
+                + sum(s.get("wall_s", 0) for s in scoring.values())
+                + other.get("eval-initial", {}).get("results", {}).get("wall_s", 0),
+                1,
+            ),
+            "eta_s": round(eta_s) if eta_s is not None else None,
+            "eta_counts_scoring": "score-clean" in scoring,
+        },
+        "scoring": {
+            k: {
+                "wall_s": v["wall_s"],
+                "pairs_per_s": v["timings"].get("pairs_per_s"),
+                "pairs_scored": v["counts"].get("pairs_scored"),
+                "pairs_reused": v["counts"].get("pairs_reused"),
+            }
+            for k, v in scoring.items()
+        },
         "initial_nll": other.get("eval-initial", {}).get("results", {}).get("nll_mean"),
-        "rechecks": [{**doc["results"], "date": doc.get("date")} for name, doc in sorted(other.items())
-                     if name.startswith("recheck-")],
+        "rechecks": [
+            {**doc["results"], "date": doc.get("date")}
+            for name, doc in sorted(other.items())
+            if name.startswith("recheck-")
+        ],
         "noisy_selections": noisy_selections(other.get("selections-noisy", {}).get("results")),
         "noisy_default_prompt_gain": other.get("selections-noisy-default-mpg", {}).get("results"),
         "rank_overlaps": overlaps,
@@ -342,17 +442,25 @@ def summarise(units: dict[str, dict], *, args: dict, meta: dict, total: int, pla
         "variants_vs_keep_minmax": variants_vs_keep,
         "variants_vs_simplest_ranking": variants_vs_ranking,
         "variants_vs_each_other": variants_vs_each_other,
-        "kernel_evidence": kernel_evidence(variants_vs_keep, variants_vs_each_other,
-                                           [float(b) for b in str(args["budgets"]).split(",")], kernel_final,
-                                           str(args["variants"]).split(","), set(planned)),
+        "kernel_evidence": kernel_evidence(
+            variants_vs_keep,
+            variants_vs_each_other,
+            [float(b) for b in str(args["budgets"]).split(",")],
+            kernel_final,
+            str(args["variants"]).split(","),
+            set(planned),
+        ),
     }
     npz = Path(__file__).resolve().parent / "results" / "quality" / "score-noisy_utilities.npz"
     if npz.exists() and meta.get("swapped_ids"):
         z = np.load(npz)
         ids = [str(x) for x in z["ids"]]
         swapped = np.array([i in set(meta["swapped_ids"]) for i in ids])
-        summary["noise_signals"] = {"n": len(ids), "swapped": int(swapped.sum()),
-                                    "auroc": noise_signals(z["uf"], z["d_base"], swapped)}
+        summary["noise_signals"] = {
+            "n": len(ids),
+            "swapped": int(swapped.sum()),
+            "auroc": noise_signals(z["uf"], z["d_base"], swapped),
+        }
     return summary
 
 
@@ -468,12 +576,16 @@ def render_plot(summary: dict, path: Path) -> bool:
     if not groups:
         return False
     fig, axes = plt.subplots(1, len(groups), figsize=(5 * len(groups), 4), squeeze=False)
-    for ax, ((pool, budget), rows) in zip(axes[0], sorted(groups.items(), key=lambda kv: (kv[0][0] != "clean", -kv[0][1]))):
+    for ax, ((pool, budget), rows) in zip(
+        axes[0], sorted(groups.items(), key=lambda kv: (kv[0][0] != "clean", -kv[0][1]))
+    ):
         arms = [r for r in rows if r["arm"] != "random" and r.get("comparison") and not r.get("same_subset_as")]
         rnd = next((r for r in rows if r["arm"] == "random"), None)
         for y, r in enumerate(arms):
             c = r["comparison"]
-            ax.errorbar([c["delta"]], [y], xerr=[[c["delta"] - c["ci_low"]], [c["ci_high"] - c["delta"]]], fmt="o", capsize=3)
+            ax.errorbar(
+                [c["delta"]], [y], xerr=[[c["delta"] - c["ci_low"]], [c["ci_high"] - c["delta"]]], fmt="o", capsize=3
+            )
         ax.axvline(0, color="k", lw=0.8)
         if rnd and rnd.get("nll_sd"):
             ax.axvspan(-rnd["nll_sd"], rnd["nll_sd"], color="0.9", zorder=0)
@@ -518,8 +630,14 @@ def answer_lines(summary: dict) -> list[str]:
     rows = sorted((r for r in summary.get("rows", []) if r.get("comparison")), key=lambda r: (r["pool"], -r["budget"]))
     pr = summary.get("progress") or {}
     complete = not any_interim(summary) and pr.get("units_done", 0) >= pr.get("units_total", 0)
-    L = ["## Answer", "", "Every unit is in; each line below is read from the tables that follow (95% intervals, "
-         "nats/token)." if complete else "Interim: some units are not in, so these can still move.", ""]
+    L = [
+        "## Answer",
+        "",
+        "Every unit is in; each line below is read from the tables that follow (95% intervals, nats/token)."
+        if complete
+        else "Interim: some units are not in, so these can still move.",
+        "",
+    ]
 
     def against_random(arm: str) -> str:
         mine = [r for r in rows if r["arm"] == arm]
@@ -530,46 +648,74 @@ def answer_lines(summary: dict) -> list[str]:
 
     applied = ke.get("config_default") == default
     name = f"`{default.split(':', 1)[1]}`"
-    L.append(f"* {name}, the kernel the evidence supports (\"Which kernel?\"; "
-             f"{'the config' if applied else '**not yet** the config'}'s default), against random subsets of the same "
-             f"size: {against_random(default)}.")
+    L.append(
+        f'* {name}, the kernel the evidence supports ("Which kernel?"; '
+        f"{'the config' if applied else '**not yet** the config'}'s default), against random subsets of the same "
+        f"size: {against_random(default)}."
+    )
     if default != PAPER_KERNEL and any(r["arm"] == PAPER_KERNEL for r in rows):
         L.append(f"* The paper's kernel, `{PAPER_KERNEL.split(':', 1)[1]}`: {against_random(PAPER_KERNEL)}.")
     for arm in sorted({r["arm"] for r in rows if r["arm"].startswith("delift:min-prompt-gain")}):
-        L.append(f"* `{arm.split(':', 1)[1]}` (`selection.min_prompt_gain`, trained on `{PAPER_KERNEL.split(':', 1)[1]}`, "
-                 f"the default when the study ran): {against_random(arm)}.")
-    simplest = sorted((v for v in summary.get("variants_vs_simplest_ranking") or [] if v["arm"] == default),
-                      key=lambda v: (v["pool"], -v["budget"]))
+        L.append(
+            f"* `{arm.split(':', 1)[1]}` (`selection.min_prompt_gain`, trained on `{PAPER_KERNEL.split(':', 1)[1]}`, "
+            f"the default when the study ran): {against_random(arm)}."
+        )
+    simplest = sorted(
+        (v for v in summary.get("variants_vs_simplest_ranking") or [] if v["arm"] == default),
+        key=lambda v: (v["pool"], -v["budget"]),
+    )
     if simplest:
         ranking = simplest[0]["reference"]
-        outcomes = [(_cell(v["pool"], v["budget"]), "the greedy better" if v["ci_low"] > 0 else
-                     f"`{ranking}` better" if v["ci_high"] < 0 else "inconclusive") for v in simplest]
-        L.append(f"* {name} against `{ranking}`, the simplest ranking it could reduce to: "
-                 + _tally(outcomes, ("the greedy better", f"`{ranking}` better", "inconclusive")) + ": "
-                 + ", ".join(f"{_cell(v['pool'], v['budget'])} {_interval(v)}" for v in simplest) + ".")
+        outcomes = [
+            (
+                _cell(v["pool"], v["budget"]),
+                "the greedy better"
+                if v["ci_low"] > 0
+                else f"`{ranking}` better"
+                if v["ci_high"] < 0
+                else "inconclusive",
+            )
+            for v in simplest
+        ]
+        L.append(
+            f"* {name} against `{ranking}`, the simplest ranking it could reduce to: "
+            + _tally(outcomes, ("the greedy better", f"`{ranking}` better", "inconclusive"))
+            + ": "
+            + ", ".join(f"{_cell(v['pool'], v['budget'])} {_interval(v)}" for v in simplest)
+            + "."
+        )
     ns = summary.get("noisy_selections") or {}
     budgets = sorted(ns, key=float, reverse=True)
     if budgets and all(ns[b].get("random") for b in budgets):
+
         def shares(arm: str) -> str:
             return " / ".join(_pct(ns[b]["arms"].get(arm)) for b in budgets)
 
         sizes = " / ".join(f"{100 * float(b):g}%" for b in budgets)
         others = [a for a in ns[budgets[0]]["arms"] if a == "example_utility" or a.startswith("delift:min-prompt-gain")]
-        line = (f"* The noisy pool (half its responses swapped), share of swapped samples kept at {sizes}: {name} "
-                f"{shares(default)}, random {' / '.join(_pct(ns[b]['random']['mean']) for b in budgets)}"
-                + "".join(f", `{a.split(':', 1)[-1]}` {shares(a)}" for a in others))
+        line = (
+            f"* The noisy pool (half its responses swapped), share of swapped samples kept at {sizes}: {name} "
+            f"{shares(default)}, random {' / '.join(_pct(ns[b]['random']['mean']) for b in budgets)}"
+            + "".join(f", `{a.split(':', 1)[-1]}` {shares(a)}" for a in others)
+        )
         dpg = summary.get("noisy_default_prompt_gain") or {}
         if dpg.get("kernel") == default.split(":", 1)[1] and all(b in dpg.get("budgets", {}) for b in budgets):
-            line += (f"; {name} with `selection.min_prompt_gain: {dpg['min_prompt_gain']:g}` "
-                     + " / ".join(_pct(dpg["budgets"][b]["swapped_share"]) for b in budgets) + " (selection only, not trained)")
+            line += (
+                f"; {name} with `selection.min_prompt_gain: {dpg['min_prompt_gain']:g}` "
+                + " / ".join(_pct(dpg["budgets"][b]["swapped_share"]) for b in budgets)
+                + " (selection only, not trained)"
+            )
         line += "."
         if all(ns[b]["arms"].get(default, 0) >= ns[b]["random"]["mean"] for b in budgets):
             line += f" Without that option, {name} keeps at least random's share of swapped samples at every budget."
         L.append(line)
     d = summary.get("design", {})
-    L += [f"* Scale: a 135M-parameter model, a pool of {d.get('n_pool')} samples, {d.get('steps')} LoRA steps per "
-          "arm. The effects are small in absolute terms; whether they hold for larger models and pools was not "
-          "measured here.", ""]
+    L += [
+        f"* Scale: a 135M-parameter model, a pool of {d.get('n_pool')} samples, {d.get('steps')} LoRA steps per "
+        "arm. The effects are small in absolute terms; whether they hold for larger models and pools was not "
+        "measured here.",
+        "",
+    ]
     return L
 
 
@@ -578,68 +724,122 @@ def write_docs(summary: dict, docs: Path) -> Path:
     plotted = render_plot(summary, docs / "quality.png")
     d, pr, st = summary["design"], summary["progress"], summary["statistics"]
     m = summary.get("machine") or {}
-    L = ["# Does the subset beat random? (the quality study)", "",
-         "<!-- generated by benchmarks/quality_report.py from benchmarks/results/quality_study.json; do not edit -->", "",
-         "DELIFT is worth its cost only if its subset trains a better model than a random subset of the same size. "
-         "`benchmarks/quality_study.py` measures that on the demo model (SmolLM2-135M-Instruct) and real ShareGPT "
-         "first turns, resumably; this page is generated from its stored results.", "",
-         "## Status", ""]
+    L = [
+        "# Does the subset beat random? (the quality study)",
+        "",
+        "<!-- generated by benchmarks/quality_report.py from benchmarks/results/quality_study.json; do not edit -->",
+        "",
+        "DELIFT is worth its cost only if its subset trains a better model than a random subset of the same size. "
+        "`benchmarks/quality_study.py` measures that on the demo model (SmolLM2-135M-Instruct) and real ShareGPT "
+        "first turns, resumably; this page is generated from its stored results.",
+        "",
+        "## Status",
+        "",
+    ]
     complete = pr["units_done"] >= pr["units_total"]
-    L.append(f"**{'Complete' if complete else 'In progress'}: {pr['units_done']} of {pr['units_total']} units stored.** "
-             + ("" if complete else (f"Estimated time to finish at the measured pace: {pr['eta_s'] / 3600:.1f} h"
-                                 + ("" if pr.get("eta_counts_scoring") else " of training, plus the scoring runs still to finish")
-                                 + ". " if pr.get("eta_s") else ""))
-             + f"Compute{'' if complete else ' so far'}: {pr['wall_s_total'] / 3600:.2f} h"
-             + (f" (a training unit, fine-tuning plus held-out NLL, takes {pr['train_wall_s_mean']:.0f} s on average)" if pr.get("train_wall_s_mean") else "")
-             + ".")
-    L += ["", f"Machine: {m.get('cpu') or '?'}, {m.get('cpus') or '?'} CPUs, {m.get('memory_gib') or '?'} GiB, "
-               f"accelerator: {m.get('accelerator') or 'none'}; the study runs at `nice 19`, so its wall "
-               "times are upper bounds.", ""]
+    L.append(
+        f"**{'Complete' if complete else 'In progress'}: {pr['units_done']} of {pr['units_total']} units stored.** "
+        + (
+            ""
+            if complete
+            else (
+                f"Estimated time to finish at the measured pace: {pr['eta_s'] / 3600:.1f} h"
+                + ("" if pr.get("eta_counts_scoring") else " of training, plus the scoring runs still to finish")
+                + ". "
+                if pr.get("eta_s")
+                else ""
+            )
+        )
+        + f"Compute{'' if complete else ' so far'}: {pr['wall_s_total'] / 3600:.2f} h"
+        + (
+            f" (a training unit, fine-tuning plus held-out NLL, takes {pr['train_wall_s_mean']:.0f} s on average)"
+            if pr.get("train_wall_s_mean")
+            else ""
+        )
+        + "."
+    )
+    L += [
+        "",
+        f"Machine: {m.get('cpu') or '?'}, {m.get('cpus') or '?'} CPUs, {m.get('memory_gib') or '?'} GiB, "
+        f"accelerator: {m.get('accelerator') or 'none'}; the study runs at `nice 19`, so its wall "
+        "times are upper bounds.",
+        "",
+    ]
     for rc in summary.get("rechecks") or []:
-        L.append(f"* Recheck ({(rc.get('date') or '')[:10]}, `--recheck {rc['unit']}`): trained again, the unit's "
-                 f"{rc['items']} held-out NLLs came out " + ("identical, bit for bit" if rc["identical"] else
-                 f"different (max |difference| {rc['max_abs_diff']:.3g}); arms with the same subset are then not "
-                 "exact twins") + ".")
+        L.append(
+            f"* Recheck ({(rc.get('date') or '')[:10]}, `--recheck {rc['unit']}`): trained again, the unit's "
+            f"{rc['items']} held-out NLLs came out "
+            + (
+                "identical, bit for bit"
+                if rc["identical"]
+                else f"different (max |difference| {rc['max_abs_diff']:.3g}); arms with the same subset are then not "
+                "exact twins"
+            )
+            + "."
+        )
     for k, v in summary.get("scoring", {}).items():
-        L.append(f"* `{k}`: {v['pairs_scored']} pairs scored, {v['pairs_reused']} reused, {v['wall_s'] / 60:.0f} min "
-                 f"({v['pairs_per_s']} pairs/s).")
+        L.append(
+            f"* `{k}`: {v['pairs_scored']} pairs scored, {v['pairs_reused']} reused, {v['wall_s'] / 60:.0f} min "
+            f"({v['pairs_per_s']} pairs/s)."
+        )
     if summary.get("initial_nll") is not None:
         L.append(f"* Untuned model: held-out NLL {summary['initial_nll']:.4f}.")
-    L += [""] + answer_lines(summary) + ["## Design", "",
-          f"* Pool: {d['n_pool']} ShareGPT samples (prompt + response at most {d['max_tokens']} tokens), scored densely "
-          f"({d['n_pool']}^2 pairs). Held-out: {d['n_eval']} samples, disjoint from the pool.",
-          f"* Budgets: {', '.join(f'{100 * float(b):g}%' for b in str(d['budgets']).split(','))} of the pool. Random subsets: {d['randoms']} per budget (subset r drawn and trained with seed r). "
-          f"Deterministic arms: {d['train_seeds']} training seeds each.",
-          f"* Arms: DELIFT (facility location) with kernel variants `{d['variants']}` (`kernel.diagonal`-`kernel.scaling`), "
-          "`self_utility` (top k by UF(i <- i)), `hardness` (top k by d(i, no example)), `example_utility` (top k by "
-          "the mean UF(i <- j) over i != j, how much j helps the others as an example: the first-pick "
-          "score of the drop-minmax variant), random"
-          + (f", and `delift:min-prompt-gain-{d['min_prompt_gain']:g}`: the job's selection "
-             f"(`delift-ray select`, kernel keep-minmax, the default when the study ran) with `selection.min_prompt_gain: {d['min_prompt_gain']:g}`, so a sample "
-             "its own prompt barely helps is never picked (the value the noise probe below pointed to; the "
-             "probe's 48 samples are the first 48 of this pool, with another swap)"
-             if d.get("min_prompt_gain") is not None else "") + ".",
-          f"* Training: LoRA (r 8, alpha 32, all linear layers), {d['steps']} optimiser steps of batch {d['batch_size']} for "
-          f"every arm and budget, lr {d['lr']}, sequences cut to {d['max_length']} tokens, {d['dtype']}.",
-          f"* Primary metric, fixed before the runs: {st['primary_metric']}.",
-          f"* Noisy pool: the same pool with {_pct(d['noise_share'])} of its samples' responses swapped among themselves.",
-          "", "## Statistics", "",
-          "For each arm and budget (see `delift_ray/evaluate/statistics.py`): the exact one-sided rank p of the arm's "
-          "NLL among the random subsets' NLLs; the effect size delta = mean NLL(random) - NLL(arm) and z = delta / sd(random); "
-          f"a hierarchical bootstrap ({st['bootstrap_resamples']} resamples of held-out items, training seeds and random subsets "
-          "together) giving the 95% interval of delta and a one-sided p; Holm across "
-          f"{st['holm_family']}. Verdict: **better than random** when the Holm-adjusted bootstrap p <= {st['alpha']}; "
-          f"**no better than random** when the interval's upper end is below the equivalence bound of "
-          f"{st['equivalence_bound_sd']} sd of the random subsets' NLL (any advantage is smaller than that); else **inconclusive**. "
-          "With R random subsets the rank p cannot go below 1/(R+1) (0.048 for R = 20), so it cannot pass Holm for "
-          "several tests; it is shown as the assumption-free check next to the bootstrap.", "",
-          "## Results", ""]
+    L += (
+        [""]
+        + answer_lines(summary)
+        + [
+            "## Design",
+            "",
+            f"* Pool: {d['n_pool']} ShareGPT samples (prompt + response at most {d['max_tokens']} tokens), scored densely "
+            f"({d['n_pool']}^2 pairs). Held-out: {d['n_eval']} samples, disjoint from the pool.",
+            f"* Budgets: {', '.join(f'{100 * float(b):g}%' for b in str(d['budgets']).split(','))} of the pool. Random subsets: {d['randoms']} per budget (subset r drawn and trained with seed r). "
+            f"Deterministic arms: {d['train_seeds']} training seeds each.",
+            f"* Arms: DELIFT (facility location) with kernel variants `{d['variants']}` (`kernel.diagonal`-`kernel.scaling`), "
+            "`self_utility` (top k by UF(i <- i)), `hardness` (top k by d(i, no example)), `example_utility` (top k by "
+            "the mean UF(i <- j) over i != j, how much j helps the others as an example: the first-pick "
+            "score of the drop-minmax variant), random"
+            + (
+                f", and `delift:min-prompt-gain-{d['min_prompt_gain']:g}`: the job's selection "
+                f"(`delift-ray select`, kernel keep-minmax, the default when the study ran) with `selection.min_prompt_gain: {d['min_prompt_gain']:g}`, so a sample "
+                "its own prompt barely helps is never picked (the value the noise probe below pointed to; the "
+                "probe's 48 samples are the first 48 of this pool, with another swap)"
+                if d.get("min_prompt_gain") is not None
+                else ""
+            )
+            + ".",
+            f"* Training: LoRA (r 8, alpha 32, all linear layers), {d['steps']} optimiser steps of batch {d['batch_size']} for "
+            f"every arm and budget, lr {d['lr']}, sequences cut to {d['max_length']} tokens, {d['dtype']}.",
+            f"* Primary metric, fixed before the runs: {st['primary_metric']}.",
+            f"* Noisy pool: the same pool with {_pct(d['noise_share'])} of its samples' responses swapped among themselves.",
+            "",
+            "## Statistics",
+            "",
+            "For each arm and budget (see `delift_ray/evaluate/statistics.py`): the exact one-sided rank p of the arm's "
+            "NLL among the random subsets' NLLs; the effect size delta = mean NLL(random) - NLL(arm) and z = delta / sd(random); "
+            f"a hierarchical bootstrap ({st['bootstrap_resamples']} resamples of held-out items, training seeds and random subsets "
+            "together) giving the 95% interval of delta and a one-sided p; Holm across "
+            f"{st['holm_family']}. Verdict: **better than random** when the Holm-adjusted bootstrap p <= {st['alpha']}; "
+            f"**no better than random** when the interval's upper end is below the equivalence bound of "
+            f"{st['equivalence_bound_sd']} sd of the random subsets' NLL (any advantage is smaller than that); else **inconclusive**. "
+            "With R random subsets the rank p cannot go below 1/(R+1) (0.048 for R = 20), so it cannot pass Holm for "
+            "several tests; it is shown as the assumption-free check next to the bootstrap.",
+            "",
+            "## Results",
+            "",
+        ]
+    )
     if plotted:
-        L += ["![delta with 95% intervals per arm](quality.png)", "",
-              "Each arm's delta with its 95% hierarchical bootstrap interval; grey band: one standard deviation of the "
-              "random subsets' NLL either side of 0.", ""]
-    hdr = ("| pool | budget | arm | seeds | NLL | delta vs random [95% CI] | z | rank | p rank (Holm) | p boot (Holm) | "
-           "swapped share | verdict |")
+        L += [
+            "![delta with 95% intervals per arm](quality.png)",
+            "",
+            "Each arm's delta with its 95% hierarchical bootstrap interval; grey band: one standard deviation of the "
+            "random subsets' NLL either side of 0.",
+            "",
+        ]
+    hdr = (
+        "| pool | budget | arm | seeds | NLL | delta vs random [95% CI] | z | rank | p rank (Holm) | p boot (Holm) | "
+        "swapped share | verdict |"
+    )
     L += [hdr, "|" + "---|" * 12]
     for r in summary["rows"]:
         c = r.get("comparison")
@@ -647,109 +847,171 @@ def write_docs(summary: dict, docs: Path) -> Path:
         nll = _f(r["nll"]) + (f" ± {_f(r['nll_sd'])}" if r.get("nll_sd") is not None else "")
         share = _pct(r.get("swapped_share")) if r["pool"] == "noisy" else ""
         if c:
-            L.append(f"| {r['pool']} | {b} | {r['arm']} | {r['seeds']} | {nll} | {_f(c['delta'])} [{_f(c['ci_low'])}, "
-                     f"{_f(c['ci_high'])}] | {_f(c['z'], 2)} | {c['rank']} of {c['n_random'] + 1} | {_f(c['p_rank'], 3)} "
-                     f"({_f(c['p_rank_holm'], 3)}) | {_f(c['p_boot'], 4)} ({_f(c['p_boot_holm'], 4)}) | {share} | "
-                     + (f"same subsets as `{r['same_subset_as']}` |" if r.get("same_subset_as") else
-                        f"interim: {c['verdict']} |" if r.get("interim") else f"**{c['verdict']}** |"))
+            L.append(
+                f"| {r['pool']} | {b} | {r['arm']} | {r['seeds']} | {nll} | {_f(c['delta'])} [{_f(c['ci_low'])}, "
+                f"{_f(c['ci_high'])}] | {_f(c['z'], 2)} | {c['rank']} of {c['n_random'] + 1} | {_f(c['p_rank'], 3)} "
+                f"({_f(c['p_rank_holm'], 3)}) | {_f(c['p_boot'], 4)} ({_f(c['p_boot_holm'], 4)}) | {share} | "
+                + (
+                    f"same subsets as `{r['same_subset_as']}` |"
+                    if r.get("same_subset_as")
+                    else f"interim: {c['verdict']} |"
+                    if r.get("interim")
+                    else f"**{c['verdict']}** |"
+                )
+            )
         else:
             L.append(f"| {r['pool']} | {b} | {r['arm']} | {r['seeds']} | {nll} | | | | | | {share} | |")
-    L += ["", "NLL: mean over held-out items and seeds (± sd over seeds; for random, sd over the random subsets). "
-          "rank: 1 + the number of random subsets at least as good as the arm."
-          + (" interim: the pool's units are not all in (random subsets, seeds, or the other budget, which is in the "
-             "same Holm family), so the numbers and the verdict can still move; a verdict is final when it is shown "
-             "in bold." if any_interim(summary) else " Every verdict is final."), ""]
+    L += [
+        "",
+        "NLL: mean over held-out items and seeds (± sd over seeds; for random, sd over the random subsets). "
+        "rank: 1 + the number of random subsets at least as good as the arm."
+        + (
+            " interim: the pool's units are not all in (random subsets, seeds, or the other budget, which is in the "
+            "same Holm family), so the numbers and the verdict can still move; a verdict is final when it is shown "
+            "in bold."
+            if any_interim(summary)
+            else " Every verdict is final."
+        ),
+        "",
+    ]
     ov = summary.get("rank_overlaps") or {}
     if ov:
-        L += ["## Against the simplest rankings", "",
-              "How many of each arm's k picks the top k by self-utility UF(i <- i) (`self_utility`), by "
-              "d(i, no example) (`hardness`) and by mean utility as an example (`example_utility`) also pick; chance "
-              "is k^2 / n. An arm that shares nearly all its picks with one of them is that ranking, whatever its NLL.", "",
-              "| pool | budget | arm | " + " | ".join(f"shared with {r}" for r in SIMPLE_RANKINGS) + " | chance |",
-              "|" + "---|" * (3 + len(SIMPLE_RANKINGS) + 1)]
+        L += [
+            "## Against the simplest rankings",
+            "",
+            "How many of each arm's k picks the top k by self-utility UF(i <- i) (`self_utility`), by "
+            "d(i, no example) (`hardness`) and by mean utility as an example (`example_utility`) also pick; chance "
+            "is k^2 / n. An arm that shares nearly all its picks with one of them is that ranking, whatever its NLL.",
+            "",
+            "| pool | budget | arm | " + " | ".join(f"shared with {r}" for r in SIMPLE_RANKINGS) + " | chance |",
+            "|" + "---|" * (3 + len(SIMPLE_RANKINGS) + 1),
+        ]
         for pool, per in ov.items():
             for b, v in per.items():
                 for arm, sh in v["arms"].items():
-                    L.append(f"| {pool} | {100 * float(b):g}% | {arm} | "
-                             + " | ".join(f"{sh[r]} of {v['k']}" if r in sh else "" for r in SIMPLE_RANKINGS)
-                             + f" | {v['chance']:.1f} |")
+                    L.append(
+                        f"| {pool} | {100 * float(b):g}% | {arm} | "
+                        + " | ".join(f"{sh[r]} of {v['k']}" if r in sh else "" for r in SIMPLE_RANKINGS)
+                        + f" | {v['chance']:.1f} |"
+                    )
         L.append("")
-        same = [f"{pool} {100 * float(b):g}%: " + " = ".join(f"`{a}`" for a in g)
-                for pool, per in ov.items() for b, v in per.items() for g in v.get("same_subset", [])]
+        same = [
+            f"{pool} {100 * float(b):g}%: " + " = ".join(f"`{a}`" for a in g)
+            for pool, per in ov.items()
+            for b, v in per.items()
+            for g in v.get("same_subset", [])
+        ]
         if same:
-            L += ["Arms that picked the same set (in another order) train the same model, so the study trains "
-                  "such a set once per seed and the others' units record `same_subset_as`: " + "; ".join(same) + ".",
-                  "Facility location is unchanged by an affine map of the kernel (Σ_i max_{j∈S} (a K_ij + b) = "
-                  "a f(S) + b n), and global min-max scaling is one; `clip` differs from it only in rows where no pick "
-                  "so far has UF > 0 (at the first pick, every row), so the two part only when such rows decide a pick.", ""]
+            L += [
+                "Arms that picked the same set (in another order) train the same model, so the study trains "
+                "such a set once per seed and the others' units record `same_subset_as`: " + "; ".join(same) + ".",
+                "Facility location is unchanged by an affine map of the kernel (Σ_i max_{j∈S} (a K_ij + b) = "
+                "a f(S) + b n), and global min-max scaling is one; `clip` differs from it only in rows where no pick "
+                "so far has UF > 0 (at the first pick, every row), so the two part only when such rows decide a pick.",
+                "",
+            ]
     vv = summary.get("variants_vs_keep_minmax") or []
     ns = summary.get("noisy_selections")
     L += ["## Noisy pool: which samples does each arm keep?", ""]
     if ns:
         budgets = list(ns)
-        L += [f"Share of swapped samples in each arm's subset of the noisy pool ({_pct(d['noise_share'])} swapped), "
-              "from the selections the training units train; no training needed. Random: mean [min, max] over "
-              f"its {ns[budgets[0]]['random']['n']} subsets.", "",
-              "| arm | " + " | ".join(f"{100 * float(b):g}% (k {ns[b]['k']})" for b in budgets) + " |",
-              "|---|" + "---|" * len(budgets)]
-        L.append("| random | " + " | ".join(f"{_pct(ns[b]['random']['mean'])} [{_pct(ns[b]['random']['min'])}, "
-                                            f"{_pct(ns[b]['random']['max'])}]" for b in budgets) + " |")
+        L += [
+            f"Share of swapped samples in each arm's subset of the noisy pool ({_pct(d['noise_share'])} swapped), "
+            "from the selections the training units train; no training needed. Random: mean [min, max] over "
+            f"its {ns[budgets[0]]['random']['n']} subsets.",
+            "",
+            "| arm | " + " | ".join(f"{100 * float(b):g}% (k {ns[b]['k']})" for b in budgets) + " |",
+            "|---|" + "---|" * len(budgets),
+        ]
+        L.append(
+            "| random | "
+            + " | ".join(
+                f"{_pct(ns[b]['random']['mean'])} [{_pct(ns[b]['random']['min'])}, {_pct(ns[b]['random']['max'])}]"
+                for b in budgets
+            )
+            + " |"
+        )
         for arm in ns[budgets[0]]["arms"]:
             L.append(f"| {arm} | " + " | ".join(_pct(ns[b]["arms"].get(arm)) for b in budgets) + " |")
         dpg = summary.get("noisy_default_prompt_gain")
         if dpg:
-            L.append(f"| delift:{dpg['kernel']} + min-prompt-gain-{dpg['min_prompt_gain']:g} (not trained) | "
-                     + " | ".join(f"{_pct(dpg['budgets'][b]['swapped_share'])} ({dpg['budgets'][b]['excluded']} excluded)"
-                                  if b in dpg["budgets"] else "--" for b in budgets) + " |")
-            L += ["", f"The last row is the config's default kernel when it ran (`{dpg['kernel']}`) with `selection.min_prompt_gain: "
-                  f"{dpg['min_prompt_gain']:g}`: `delift-ray select` over the same cache, added after the default "
-                  "changed; its subsets are not trained (a new trained arm would join the Holm family after the "
-                  "others' results were seen). The trained `min-prompt-gain` arm uses `keep-minmax`."]
+            L.append(
+                f"| delift:{dpg['kernel']} + min-prompt-gain-{dpg['min_prompt_gain']:g} (not trained) | "
+                + " | ".join(
+                    f"{_pct(dpg['budgets'][b]['swapped_share'])} ({dpg['budgets'][b]['excluded']} excluded)"
+                    if b in dpg["budgets"]
+                    else "--"
+                    for b in budgets
+                )
+                + " |"
+            )
+            L += [
+                "",
+                f"The last row is the config's default kernel when it ran (`{dpg['kernel']}`) with `selection.min_prompt_gain: "
+                f"{dpg['min_prompt_gain']:g}`: `delift-ray select` over the same cache, added after the default "
+                "changed; its subsets are not trained (a new trained arm would join the Holm family after the "
+                "others' results were seen). The trained `min-prompt-gain` arm uses `keep-minmax`.",
+            ]
         L.append("")
     else:
         L += ["Not yet measured: the noisy pool's utilities are scored once the clean pool's budgets are in.", ""]
     L += ["## Which kernel? (section 5: defaults follow the evidence)", ""]
     pairs = vv + (summary.get("variants_vs_each_other") or [])
     if pairs:
-        L += ["Each DELIFT arm against `keep-minmax`, the paper's kernel and the default while the study ran (the `min-prompt-gain` arm too: a selection "
-              "option, not a kernel variant, so it is not in the rule below), and the other kernel variants against "
-              "each other (delta = NLL(against) - NLL(arm), > 0: the arm is better; hierarchical bootstrap over items "
-              "and both arms' seeds, 95%):", "",
-              "| pool | budget | arm | against | delta [95% CI] |", "|---|---|---|---|---|"]
+        L += [
+            "Each DELIFT arm against `keep-minmax`, the paper's kernel and the default while the study ran (the `min-prompt-gain` arm too: a selection "
+            "option, not a kernel variant, so it is not in the rule below), and the other kernel variants against "
+            "each other (delta = NLL(against) - NLL(arm), > 0: the arm is better; hierarchical bootstrap over items "
+            "and both arms' seeds, 95%):",
+            "",
+            "| pool | budget | arm | against | delta [95% CI] |",
+            "|---|---|---|---|---|",
+        ]
         for v in sorted(pairs, key=lambda v: (v["pool"] != "clean", -v["budget"], v["reference"], v["arm"])):
-            L.append(f"| {v['pool']} | {int(round(v['budget'] * 100))}% | {v['arm']} | {v['reference']} | "
-                     f"{_f(v['delta'])} [{_f(v['ci_low'])}, {_f(v['ci_high'])}] |")
+            L.append(
+                f"| {v['pool']} | {int(round(v['budget'] * 100))}% | {v['arm']} | {v['reference']} | "
+                f"{_f(v['delta'])} [{_f(v['ci_low'])}, {_f(v['ci_high'])}] |"
+            )
         L.append("")
     else:
         L += ["No variant has been trained yet.", ""]
     vr = summary.get("variants_vs_simplest_ranking") or []
     if vr:
-        L += ["Each variant against the simplest ranking it could reduce to (`self_utility` for `keep`, "
-              "`example_utility` for `drop`; delta = NLL(ranking) - NLL(variant), > 0: the greedy adds something "
-              "beyond the ranking; same bootstrap):", "",
-              "| pool | budget | variant | ranking | delta [95% CI] |", "|---|---|---|---|---|"]
+        L += [
+            "Each variant against the simplest ranking it could reduce to (`self_utility` for `keep`, "
+            "`example_utility` for `drop`; delta = NLL(ranking) - NLL(variant), > 0: the greedy adds something "
+            "beyond the ranking; same bootstrap):",
+            "",
+            "| pool | budget | variant | ranking | delta [95% CI] |",
+            "|---|---|---|---|---|",
+        ]
         for v in vr:
-            L.append(f"| {v['pool']} | {int(round(v['budget'] * 100))}% | {v['arm']} | {v['reference']} | "
-                     f"{_f(v['delta'])} [{_f(v['ci_low'])}, {_f(v['ci_high'])}] |")
+            L.append(
+                f"| {v['pool']} | {int(round(v['budget'] * 100))}% | {v['arm']} | {v['reference']} | "
+                f"{_f(v['delta'])} [{_f(v['ci_low'])}, {_f(v['ci_high'])}] |"
+            )
         L.append("")
     ke = summary.get("kernel_evidence") or {}
     pools_txt = "both pools" if "noisy" in summary.get("pools", ("clean", "noisy")) else "the pool"
-    L += ["The criterion is the issue's (section 5), written before any unit ran: whichever kernel variant is best, "
-          "or no worse than the others, becomes the default. How it is read here was written on 2026-12-01, after the "
-          "clean pool was complete: a variant is *worse* than another at a pool and budget when the 95% interval of "
-          "their difference lies wholly on the other's side. Candidates: the variants worse than no other at any "
-          f"budget of {'either pool' if pools_txt == 'both pools' else 'the pool'}; among them the largest mean delta against `keep-minmax` over every cell, then the "
-          "fewest options changed from it; if none qualifies, the default falls back to `keep-minmax`, the paper's kernel. Cells: no worse, worse, not yet "
-          "(a comparison not trained). The rule compares only the kernel variants' own units (each comparison "
-          "resamples the held-out items and the two variants' seeds, nothing else), so once a pool's variant units "
-          "are all in, its random subsets and baselines still to run cannot change it: a variant worse somewhere on "
-          f"such a pool is out for good, and the default is decided once {pools_txt}' variant units are all in. "
-          "(Until 2026-12-02 the page waited for every unit of both pools; it was changed after the noisy 15% "
-          "variant units were in and before any noisy 5% unit had run, and it changes when the default is read, "
-          "not what it is.) Each comparison calls a variant worse that is "
-          "not with a chance of 2.5%; a variant faces "
-          f"{ke.get('comparisons_per_variant', 0)} of them, so one no different from the others is ruled out with a "
-          f"chance of about {100 * ke.get('chance_out_if_equal', 0):.0f}% (comparisons taken as independent).", ""]
+    L += [
+        "The criterion is the issue's (section 5), written before any unit ran: whichever kernel variant is best, "
+        "or no worse than the others, becomes the default. How it is read here was written on 2026-12-01, after the "
+        "clean pool was complete: a variant is *worse* than another at a pool and budget when the 95% interval of "
+        "their difference lies wholly on the other's side. Candidates: the variants worse than no other at any "
+        f"budget of {'either pool' if pools_txt == 'both pools' else 'the pool'}; among them the largest mean delta against `keep-minmax` over every cell, then the "
+        "fewest options changed from it; if none qualifies, the default falls back to `keep-minmax`, the paper's kernel. Cells: no worse, worse, not yet "
+        "(a comparison not trained). The rule compares only the kernel variants' own units (each comparison "
+        "resamples the held-out items and the two variants' seeds, nothing else), so once a pool's variant units "
+        "are all in, its random subsets and baselines still to run cannot change it: a variant worse somewhere on "
+        f"such a pool is out for good, and the default is decided once {pools_txt}' variant units are all in. "
+        "(Until 2026-12-02 the page waited for every unit of both pools; it was changed after the noisy 15% "
+        "variant units were in and before any noisy 5% unit had run, and it changes when the default is read, "
+        "not what it is.) Each comparison calls a variant worse that is "
+        "not with a chance of 2.5%; a variant faces "
+        f"{ke.get('comparisons_per_variant', 0)} of them, so one no different from the others is ruled out with a "
+        f"chance of about {100 * ke.get('chance_out_if_equal', 0):.0f}% (comparisons taken as independent).",
+        "",
+    ]
     if ke.get("variants"):
         cols = list(next(iter(ke["variants"].values()))["cells"])
         L += ["| variant | " + " | ".join(cols) + " | standing |", "|---|" + "---|" * (len(cols) + 1)]
@@ -757,23 +1019,35 @@ def write_docs(summary: dict, docs: Path) -> Path:
             interim = "" if v["final"] or v["status"] == "pending" else " (interim)"
             L.append(f"| {arm} | " + " | ".join(v["cells"][c] for c in cols) + f" | {v['status']}{interim} |")
         L.append("")
-    L.append(f"Default the evidence supports: `{ke['default']}`." if ke.get("default") else
-             f"Default the evidence supports: not decided until {pools_txt}' variant units are all in.")
+    L.append(
+        f"Default the evidence supports: `{ke['default']}`."
+        if ke.get("default")
+        else f"Default the evidence supports: not decided until {pools_txt}' variant units are all in."
+    )
     current = ke.get("config_default") or config_default_kernel()
     if ke.get("default"):
-        L.append(f"The config's default (delift_ray/config.py) is `{current}`: "
-                 + ("applied." if current == ke["default"] else "**not applied yet**."))
+        L.append(
+            f"The config's default (delift_ray/config.py) is `{current}`: "
+            + ("applied." if current == ke["default"] else "**not applied yet**.")
+        )
     else:
         L.append(f"The config's default (delift_ray/config.py) is `{current}`.")
     if ke.get("stricter_rule_default"):
-        L += ["", "For the record: until 2026-12-01 this page applied another rule, written after the clean 15% "
-              "results were in: a variant replaces `keep-minmax` only if its interval against it lies above 0 at "
-              "every clean budget and not below 0 at any noisy budget. It picks "
-              f"`{ke['stricter_rule_default']}`. It is not section 5's criterion: it never compares the variants "
-              "with one another"
-              + (", and here it keeps `keep-minmax`, which is worse than another variant at a budget"
-                 if ke["stricter_rule_default"] == PAPER_KERNEL and ke["variants"].get(PAPER_KERNEL, {}).get("status") == "out"
-                 else "") + "."]
+        L += [
+            "",
+            "For the record: until 2026-12-01 this page applied another rule, written after the clean 15% "
+            "results were in: a variant replaces `keep-minmax` only if its interval against it lies above 0 at "
+            "every clean budget and not below 0 at any noisy budget. It picks "
+            f"`{ke['stricter_rule_default']}`. It is not section 5's criterion: it never compares the variants "
+            "with one another"
+            + (
+                ", and here it keeps `keep-minmax`, which is worse than another variant at a budget"
+                if ke["stricter_rule_default"] == PAPER_KERNEL
+                and ke["variants"].get(PAPER_KERNEL, {}).get("status") == "out"
+                else ""
+            )
+            + ".",
+        ]
     L.append("")
     probe_path = Path(__file__).resolve().parent / "results" / "noise_probe.json"
     if probe_path.exists():
@@ -781,73 +1055,115 @@ def write_docs(summary: dict, docs: Path) -> Path:
 
         doc = json.loads(probe_path.read_text())
         pr_ = doc["results"]
-        L += ["## Noise probe: which samples does each arm keep? (no training needed)", "",
-              f"`benchmarks/noise_probe.py` ({doc['date']}): the first {pr_['n']} samples of the study's pool, "
-              f"{pr_['swapped']} of them with their responses swapped among themselves, scored densely "
-              f"({pr_['counts']['pairs_scored']:,} pairs scored and {pr_['counts']['pairs_reused']:,} read from the "
-              f"cache in {pr_['scoring_wall_s'] / 60:.1f} min). Share of swapped samples in each subset (random: 50% expected; "
-              "a selector worth its cost keeps it far below):", ""]
+        L += [
+            "## Noise probe: which samples does each arm keep? (no training needed)",
+            "",
+            f"`benchmarks/noise_probe.py` ({doc['date']}): the first {pr_['n']} samples of the study's pool, "
+            f"{pr_['swapped']} of them with their responses swapped among themselves, scored densely "
+            f"({pr_['counts']['pairs_scored']:,} pairs scored and {pr_['counts']['pairs_reused']:,} read from the "
+            f"cache in {pr_['scoring_wall_s'] / 60:.1f} min). Share of swapped samples in each subset (random: 50% expected; "
+            "a selector worth its cost keeps it far below):",
+            "",
+        ]
         budgets = list(pr_["swapped_share"])
         L += ["| arm | " + " | ".join(f"budget {b}" for b in budgets) + " |", "|---|" + "---|" * len(budgets)]
         for arm in pr_["swapped_share"][budgets[0]]:
             L.append(f"| {arm} | " + " | ".join(_pct(pr_["swapped_share"][b].get(arm)) for b in budgets) + " |")
         u = pr_["uf"]
-        L += ["", f"Utilities: UF(i <- i) averages {u['diag_mean']:.3f}; off the diagonal {u['offdiag_mean']:.4f} ± "
-              f"{u['offdiag_sd']:.4f}. As in-context examples, swapped samples average {u['offdiag_mean_swapped_as_example']:.4f} "
-              f"and intact ones {u['offdiag_mean_intact_as_example']:.4f}.", "",
-              "Scores computed from the stored utilities alone, as detectors of swapped samples (AUROC: 0.5 no signal, "
-              "1 perfect):", "", "| score | AUROC |", "|---|---|"]
+        L += [
+            "",
+            f"Utilities: UF(i <- i) averages {u['diag_mean']:.3f}; off the diagonal {u['offdiag_mean']:.4f} ± "
+            f"{u['offdiag_sd']:.4f}. As in-context examples, swapped samples average {u['offdiag_mean_swapped_as_example']:.4f} "
+            f"and intact ones {u['offdiag_mean_intact_as_example']:.4f}.",
+            "",
+            "Scores computed from the stored utilities alone, as detectors of swapped samples (AUROC: 0.5 no signal, "
+            "1 perfect):",
+            "",
+            "| score | AUROC |",
+            "|---|---|",
+        ]
         for k, v in sorted(pr_["noise_signal_auroc"].items(), key=lambda kv: -kv[1]):
             L.append(f"| {k} | {_f(v, 3)} |")
-        L += ["", "An AUROC below 0.5 means the opposite ranking detects: a swapped sample tends to have a *high* "
-              "self-utility (the model cannot predict its response from the prompt, so seeing the response once "
-              "helps a lot).", ""]
+        L += [
+            "",
+            "An AUROC below 0.5 means the opposite ranking detects: a swapped sample tends to have a *high* "
+            "self-utility (the model cannot predict its response from the prompt, so seeing the response once "
+            "helps a lot).",
+            "",
+        ]
         pmi = pr_.get("pmi")
         if pmi:
             ex = pr_["delift_keep_minmax_swapped_share_with_exclusion"]
             cols = list(next(iter(ex.values())))
-            L += ["A signal outside the utilities: the pointwise mutual information of prompt and response, "
-                  "PMI = d(response | no prompt) - d(response | its prompt), one more forward pass per sample "
-                  f"({pmi['wall_s']:.0f} s for {pr_['n']} samples here). Low PMI flags a swapped sample with AUROC "
-                  f"{_f(pmi['auroc_low_pmi'], 3)} (mean PMI {pmi['mean_swapped']:.2f} nats/token for swapped samples, "
-                  f"{pmi['mean_intact']:.2f} for intact ones). Swapped share of the keep-minmax DELIFT subset when the "
-                  "most suspect samples may not be picked (their kernel columns set to 0):", "",
-                  "| excluded | " + " | ".join(f"budget {b}" for b in cols) + " |", "|---|" + "---|" * len(cols)]
+            L += [
+                "A signal outside the utilities: the pointwise mutual information of prompt and response, "
+                "PMI = d(response | no prompt) - d(response | its prompt), one more forward pass per sample "
+                f"({pmi['wall_s']:.0f} s for {pr_['n']} samples here). Low PMI flags a swapped sample with AUROC "
+                f"{_f(pmi['auroc_low_pmi'], 3)} (mean PMI {pmi['mean_swapped']:.2f} nats/token for swapped samples, "
+                f"{pmi['mean_intact']:.2f} for intact ones). Swapped share of the keep-minmax DELIFT subset when the "
+                "most suspect samples may not be picked (their kernel columns set to 0):",
+                "",
+                "| excluded | " + " | ".join(f"budget {b}" for b in cols) + " |",
+                "|---|" + "---|" * len(cols),
+            ]
             for name, row in ex.items():
                 L.append(f"| {name} | " + " | ".join(_pct(row[b]) for b in cols) + " |")
             L.append("")
         pg = pr_.get("min_prompt_gain")
         if pg:
-            L += ["The job's option for it, `selection.min_prompt_gain`: the prompt's gain d(r | empty prompt) - "
-                  "d(r | its prompt) in the utility's own distance, from one more baseline per pool sample. Low gain "
-                  f"flags a swapped sample with AUROC {_f(pg['auroc_low_gain'], 3)}; swapped samples' gains run from "
-                  f"{min(pg['gain_swapped']):.3f} to {max(pg['gain_swapped']):.3f}, intact ones' from "
-                  f"{min(pg['gain_intact']):.3f} to {max(pg['gain_intact']):.3f}. `delift-ray select` over the same cache "
-                  "at each threshold (kernel keep-minmax, the default when the probe ran):", "",
-                  "| min_prompt_gain @ budget | excluded | swapped share of the subset |", "|---|---|---|"]
+            L += [
+                "The job's option for it, `selection.min_prompt_gain`: the prompt's gain d(r | empty prompt) - "
+                "d(r | its prompt) in the utility's own distance, from one more baseline per pool sample. Low gain "
+                f"flags a swapped sample with AUROC {_f(pg['auroc_low_gain'], 3)}; swapped samples' gains run from "
+                f"{min(pg['gain_swapped']):.3f} to {max(pg['gain_swapped']):.3f}, intact ones' from "
+                f"{min(pg['gain_intact']):.3f} to {max(pg['gain_intact']):.3f}. `delift-ray select` over the same cache "
+                "at each threshold (kernel keep-minmax, the default when the probe ran):",
+                "",
+                "| min_prompt_gain @ budget | excluded | swapped share of the subset |",
+                "|---|---|---|",
+            ]
             for name, row in pg["runs"].items():
                 L.append(f"| {name} | {row['excluded']} of {pr_['n']} | {_pct(row['swapped_share'])} |")
-            L += ["", "These thresholds were looked at on the same 48 samples they are reported on, so the table shows "
-                  "what the signal can do, not a tuned result; the study's noisy pool (240 samples, another swap) is "
-                  "where the option is tested. No stored-utility signal and no kernel variant keeps swapped samples "
-                  "out: each keeps them above their share.", ""]
+            L += [
+                "",
+                "These thresholds were looked at on the same 48 samples they are reported on, so the table shows "
+                "what the signal can do, not a tuned result; the study's noisy pool (240 samples, another swap) is "
+                "where the option is tested. No stored-utility signal and no kernel variant keeps swapped samples "
+                "out: each keeps them above their share.",
+                "",
+            ]
     ns = summary.get("noise_signals")
     L += ["## Noise: can the stored utilities flag swapped responses? (the study's noisy pool)", ""]
     if ns:
-        L += [f"On the noisy pool ({ns['swapped']} of {ns['n']} samples swapped), each score below is computed from the "
-              "stored utilities only; AUROC is the chance that a swapped sample scores higher than an intact one "
-              "(0.5: no signal, 1: perfect).", "", "| score | AUROC |", "|---|---|"]
+        L += [
+            f"On the noisy pool ({ns['swapped']} of {ns['n']} samples swapped), each score below is computed from the "
+            "stored utilities only; AUROC is the chance that a swapped sample scores higher than an intact one "
+            "(0.5: no signal, 1: perfect).",
+            "",
+            "| score | AUROC |",
+            "|---|---|",
+        ]
         for k, v in sorted(ns["auroc"].items(), key=lambda kv: -kv[1]):
             L.append(f"| {k} | {_f(v, 3)} |")
     else:
         L.append("Not yet measured: the noisy pool's utilities are scored once the clean pool's budgets are in.")
-    L += ["", STATIC_SECTIONS, "", "## Reproduce or resume", "", "```",
-          "PYTHONPATH=$PWD OMP_WAIT_POLICY=PASSIVE nice -n 19 .venv/bin/python benchmarks/quality_study.py",
-          "PYTHONPATH=$PWD .venv/bin/python benchmarks/quality_study.py --report   # only this page", "```", "",
-          "Each finished unit (a scoring run, one arm x seed trained and evaluated) is stored as JSON under "
-          "`benchmarks/results/quality/units/` as soon as it ends; a re-run skips it, so the study survives interruptions. "
-          "The scoring runs' shards go to `benchmarks/results/quality/cache/` (committed, a few MB), so a "
-          "scoring run interrupted on one machine resumes from its stored blocks on another.", ""]
+    L += [
+        "",
+        STATIC_SECTIONS,
+        "",
+        "## Reproduce or resume",
+        "",
+        "```",
+        "PYTHONPATH=$PWD OMP_WAIT_POLICY=PASSIVE nice -n 19 .venv/bin/python benchmarks/quality_study.py",
+        "PYTHONPATH=$PWD .venv/bin/python benchmarks/quality_study.py --report   # only this page",
+        "```",
+        "",
+        "Each finished unit (a scoring run, one arm x seed trained and evaluated) is stored as JSON under "
+        "`benchmarks/results/quality/units/` as soon as it ends; a re-run skips it, so the study survives interruptions. "
+        "The scoring runs' shards go to `benchmarks/results/quality/cache/` (committed, a few MB), so a "
+        "scoring run interrupted on one machine resumes from its stored blocks on another.",
+        "",
+    ]
     path = docs / "quality.md"
     tmp = path.with_suffix(".md.tmp")
     tmp.write_text("\n".join(L))

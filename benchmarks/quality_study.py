@@ -82,13 +82,14 @@ def prepare_data(work: Path, n_pool: int, n_eval: int, max_tokens: int, noise_sh
     model = assets.demo_model_dir()
     tok = AutoTokenizer.from_pretrained(model)
     work.mkdir(parents=True, exist_ok=True)
-    both = assets.write_demo_dataset(work / "all.jsonl", n=n_pool + n_eval, tokenizer=tok, max_tokens=max_tokens,
-                                     seed=seed, pool_factor=3)
+    both = assets.write_demo_dataset(
+        work / "all.jsonl", n=n_pool + n_eval, tokenizer=tok, max_tokens=max_tokens, seed=seed, pool_factor=3
+    )
     rows = [json.loads(x) for x in both.read_text().splitlines()]
     order = list(range(len(rows)))
     random.Random(seed).shuffle(order)
     pool = [rows[i] for i in sorted(order[:n_pool])]
-    held = [rows[i] for i in sorted(order[n_pool:n_pool + n_eval])]
+    held = [rows[i] for i in sorted(order[n_pool : n_pool + n_eval])]
     # Noisy pool: the responses of a seeded half are rotated among themselves (a derangement).
     swapped = sorted(random.Random(seed + 1).sample(range(n_pool), int(round(noise_share * n_pool))))
     noisy = [dict(r) for r in pool]
@@ -101,10 +102,15 @@ def prepare_data(work: Path, n_pool: int, n_eval: int, max_tokens: int, noise_sh
     write("pool.jsonl", pool)
     write("heldout.jsonl", held)
     write("noisy_pool.jsonl", noisy)
-    meta = {"model": str(model), "n_pool": len(pool), "n_eval": len(held), "max_tokens": max_tokens,
-            "swapped_rows": swapped,
-            "swapped_ids": [sample_id(noisy[i]["prompt"], noisy[i]["response"]) for i in swapped],
-            "seed": seed}
+    meta = {
+        "model": str(model),
+        "n_pool": len(pool),
+        "n_eval": len(held),
+        "max_tokens": max_tokens,
+        "swapped_rows": swapped,
+        "swapped_ids": [sample_id(noisy[i]["prompt"], noisy[i]["response"]) for i in swapped],
+        "seed": seed,
+    }
     meta_path.write_text(json.dumps(meta))
     return meta
 
@@ -146,11 +152,37 @@ def select_run(out: Path, data: Path, budget: float, args, meta: dict, *extra: s
 
     ``diagonal`` keep: keep-minmax, the default when the study ran (the scoring runs and the
     min-prompt-gain arm were made with it, and their run dirs must resume as they were)."""
-    cmd = [sys.executable, "-c", PATIENT_RAY_CLI, "select", "--data", str(data), "--model", meta["model"],
-           "--out", str(out), "--cache", args.cache, "--stage", "instruction", "--budget", str(budget),
-           "--engine.dtype", args.score_dtype, "--engine.max-model-len", "512", "--engine.max-num-batched-tokens", "4096",
-           "--engine.kv-cache-space-gib", "1", "--scoring.block-size", str(args.block_size),
-           "--kernel.diagonal", diagonal, *extra]
+    cmd = [
+        sys.executable,
+        "-c",
+        PATIENT_RAY_CLI,
+        "select",
+        "--data",
+        str(data),
+        "--model",
+        meta["model"],
+        "--out",
+        str(out),
+        "--cache",
+        args.cache,
+        "--stage",
+        "instruction",
+        "--budget",
+        str(budget),
+        "--engine.dtype",
+        args.score_dtype,
+        "--engine.max-model-len",
+        "512",
+        "--engine.max-num-batched-tokens",
+        "4096",
+        "--engine.kv-cache-space-gib",
+        "1",
+        "--scoring.block-size",
+        str(args.block_size),
+        "--kernel.diagonal",
+        diagonal,
+        *extra,
+    ]
     log(f"{out.name}: delift-ray {' '.join(cmd[3:])}")
     # A re-run resumes from the stored shards. On a loaded machine at nice 19 the embedded
     # Ray node can miss its fixed 30 s start-up window, so a failed attempt is retried.
@@ -184,15 +216,26 @@ def score_unit(units: Units, name: str, args, work: Path, data: Path, meta: dict
         # The run dir is not committed (a fresh machine has none): rebuilt from the committed
         # cache, it must reproduce the stored utilities exactly, and the unit keeps its timings.
         with np.load(stored) as z:
-            same = list(z["ids"]) == run.pool.sample_ids and np.array_equal(z["uf"], K, equal_nan=True) \
+            same = (
+                list(z["ids"]) == run.pool.sample_ids
+                and np.array_equal(z["uf"], K, equal_nan=True)
                 and np.array_equal(z["d_base"], d, equal_nan=True)
+            )
         if not same:
             raise SystemExit(f"{out}: rebuilt from the cache, its utilities differ from {stored.name}")
         log(f"{name}: run dir rebuilt from the cache in {wall:.0f} s; utilities identical to {stored.name}")
         return
     np.savez_compressed(stored, ids=np.array(run.pool.sample_ids), uf=K, d_base=d)
-    units.save(name, {"counts": run_json["counts"], "timings": run_json["timings"], "wall_s": round(wall, 1),
-                      "n_pool": len(run.pool), "run_dir": str(out)})
+    units.save(
+        name,
+        {
+            "counts": run_json["counts"],
+            "timings": run_json["timings"],
+            "wall_s": round(wall, 1),
+            "n_pool": len(run.pool),
+            "run_dir": str(out),
+        },
+    )
     log(f"{name}: done in {wall:.0f} s ({run_json['timings'].get('pairs_per_s')} pairs/s)")
 
 
@@ -254,8 +297,9 @@ class Trainer:
         self.dtype = resolve_dtype(args.dtype, "cpu")
         ev = load_eval_data(work / "heldout.jsonl")
         self.eval_items = [self.enc.pair(p, r) for p, r in zip(ev.prompts, ev.responses)]
-        self.settings = TrainSettings(epochs=1, steps=args.steps, lr=args.lr, batch_size=args.batch_size,
-                                      max_length=args.max_length)
+        self.settings = TrainSettings(
+            epochs=1, steps=args.steps, lr=args.lr, batch_size=args.batch_size, max_length=args.max_length
+        )
 
     def nll(self, model) -> np.ndarray:
         from delift_ray.evaluate.metrics import response_nll
@@ -275,13 +319,27 @@ class Trainer:
 
         t0 = time.time()
         items = [self.enc.pair(p, r, add_eos=True) for p, r in pairs]
-        model, stats = fine_tune(self.model, items, self.settings, seed=seed, pad_id=self.tok.pad_token_id,
-                                 dtype=self.dtype, device="cpu", progress=False)
+        model, stats = fine_tune(
+            self.model,
+            items,
+            self.settings,
+            seed=seed,
+            pad_id=self.tok.pad_token_id,
+            dtype=self.dtype,
+            device="cpu",
+            progress=False,
+        )
         t1 = time.time()
         nll = self.nll(model)
         del model
-        return {"nll": nll.tolist(), "nll_mean": float(nll.mean()), "train": stats.to_dict(),
-                "train_s": round(t1 - t0, 1), "eval_s": round(time.time() - t1, 1), "wall_s": round(time.time() - t0, 1)}
+        return {
+            "nll": nll.tolist(),
+            "nll_mean": float(nll.mean()),
+            "train": stats.to_dict(),
+            "train_s": round(t1 - t0, 1),
+            "eval_s": round(time.time() - t1, 1),
+            "wall_s": round(time.time() - t0, 1),
+        }
 
 
 def random_subset(n: int, k: int, r: int) -> list[int]:
@@ -360,8 +418,11 @@ def selections_unit(units: Units, pool: str, args, work: Path, meta: dict, budge
             raise SystemExit(f"{name}: budget {budget:g} wants {k} samples per arm; got {short}")
         randoms = [random_subset(n, k, r) for r in range(args.randoms)]
         out["budgets"][f"{budget:g}"] = {
-            "k": k, "arms": arms, "swapped_share": {a: share(idx) for a, idx in arms.items()},
-            "random_swapped_share": [share(idx) for idx in randoms] if pool == "noisy" else None}
+            "k": k,
+            "arms": arms,
+            "swapped_share": {a: share(idx) for a, idx in arms.items()},
+            "random_swapped_share": [share(idx) for idx in randoms] if pool == "noisy" else None,
+        }
     units.save(name, out)
     log(f"{name}: stored the subsets of {len(out['budgets'])} budget(s)")
     write_summary(units, args, meta)
@@ -384,26 +445,54 @@ def default_prompt_gain_unit(units: Units, args, work: Path, meta: dict, budgets
     default = config_default_options()
     ids = load_run(work / "score-noisy").pool.sample_ids
     swapped = set(meta["swapped_ids"])
-    res: dict = {"kernel": f"{default['diagonal']}-{default['scaling']}", "min_prompt_gain": args.min_prompt_gain,
-                 "budgets": {}}
+    res: dict = {
+        "kernel": f"{default['diagonal']}-{default['scaling']}",
+        "min_prompt_gain": args.min_prompt_gain,
+        "budgets": {},
+    }
     for budget in budgets:
         out = work / f"select-noisy-b{int(round(budget * 100)):02d}-mpg{args.min_prompt_gain:g}-{res['kernel']}"
         if not (out / "run.json").exists():
-            select_run(out, work / "noisy_pool.jsonl", budget, args, meta,
-                       f"--selection.min-prompt-gain={args.min_prompt_gain}", diagonal=default["diagonal"])
+            select_run(
+                out,
+                work / "noisy_pool.jsonl",
+                budget,
+                args,
+                meta,
+                f"--selection.min-prompt-gain={args.min_prompt_gain}",
+                diagonal=default["diagonal"],
+            )
         run = load_run(out)
-        if (run.pool.sample_ids != ids or {f: run.config["kernel"][f] for f in default} != default
-                or run.config["selection"]["min_prompt_gain"] != args.min_prompt_gain):
+        if (
+            run.pool.sample_ids != ids
+            or {f: run.config["kernel"][f] for f in default} != default
+            or run.config["selection"]["min_prompt_gain"] != args.min_prompt_gain
+        ):
             raise SystemExit(f"{out}: not the noisy pool's run with the default kernel and min_prompt_gain")
-        res["budgets"][f"{budget:g}"] = {"k": len(run.selected), "subset": run.selected,
-                                         "excluded": run.meta["counts"]["excluded_low_prompt_gain"],
-                                         "swapped_share": swapped_share(ids, run.selected, swapped)}
+        res["budgets"][f"{budget:g}"] = {
+            "k": len(run.selected),
+            "subset": run.selected,
+            "excluded": run.meta["counts"]["excluded_low_prompt_gain"],
+            "swapped_share": swapped_share(ids, run.selected, swapped),
+        }
     units.save(name, res)
-    log(f"{name}: swapped share " + ", ".join(f"{100 * v['swapped_share']:.0f}% at {b}" for b, v in res["budgets"].items()))
+    log(
+        f"{name}: swapped share "
+        + ", ".join(f"{100 * v['swapped_share']:.0f}% at {b}" for b, v in res["budgets"].items())
+    )
 
 
-def run_pool(units: Units, trainer, pool: str, args, work: Path, meta: dict, selections: dict, budget: float,
-             only: Optional[set[str]] = None) -> None:
+def run_pool(
+    units: Units,
+    trainer,
+    pool: str,
+    args,
+    work: Path,
+    meta: dict,
+    selections: dict,
+    budget: float,
+    only: Optional[set[str]] = None,
+) -> None:
     """Train and evaluate every (arm, seed) of one pool and budget not stored yet (of ``only``'s arms, if given)."""
     from delift_ray.evaluate.inputs import load_run
 
@@ -428,10 +517,23 @@ def run_pool(units: Units, trainer, pool: str, args, work: Path, meta: dict, sel
         else:
             res = trainer.train_eval(run.pool.pairs(idx), seed)
             res.update(settings=train_settings(args), load_avg_1m=round(os.getloadavg()[0], 2))
-        res.update({"pool": pool, "budget": budget, "k": k, "arm": arm, "seed": seed, "subset": idx,
-                    "swapped_share": swapped_share(ids, idx, swapped) if pool == "noisy" else None})
+        res.update(
+            {
+                "pool": pool,
+                "budget": budget,
+                "k": k,
+                "arm": arm,
+                "seed": seed,
+                "subset": idx,
+                "swapped_share": swapped_share(ids, idx, swapped) if pool == "noisy" else None,
+            }
+        )
         units.save(name, res)
-        how = f"same subset and seed as {twin}, not retrained" if twin else f"train {res['train_s']} s, eval {res['eval_s']} s"
+        how = (
+            f"same subset and seed as {twin}, not retrained"
+            if twin
+            else f"train {res['train_s']} s, eval {res['eval_s']} s"
+        )
         log(f"{name}: NLL {res['nll_mean']:.4f} ({how})")
         write_summary(units, args, meta)
 
@@ -452,9 +554,17 @@ def recheck_unit(units: Units, trainer, name: str, work: Path) -> dict:
     run = load_run(work / f"score-{stored['pool']}")
     res = trainer.train_eval(run.pool.pairs(stored["subset"]), stored["seed"])
     diff = np.abs(np.array(res["nll"]) - np.array(stored["nll"]))
-    out = {"unit": name, "items": int(diff.size), "max_abs_diff": float(diff.max()), "identical": bool(diff.max() == 0),
-           "settings": train_settings(trainer.args), "stored_settings": stored.get("settings"),
-           "nll_mean": res["nll_mean"], "stored_nll_mean": stored["nll_mean"], "wall_s": res["wall_s"]}
+    out = {
+        "unit": name,
+        "items": int(diff.size),
+        "max_abs_diff": float(diff.max()),
+        "identical": bool(diff.max() == 0),
+        "settings": train_settings(trainer.args),
+        "stored_settings": stored.get("settings"),
+        "nll_mean": res["nll_mean"],
+        "stored_nll_mean": stored["nll_mean"],
+        "wall_s": res["wall_s"],
+    }
     units.save(f"recheck-{name}", out)
     log(f"recheck-{name}: max |NLL difference| {out['max_abs_diff']:.3g} over {out['items']} items")
     return out
@@ -466,7 +576,9 @@ TWIN_KEYS = ("nll", "nll_mean", "train", "settings")
 
 def train_settings(args) -> dict:
     """What, besides the subset and the seed, a training unit's NLLs depend on."""
-    return {k: getattr(args, k) for k in ("steps", "batch_size", "lr", "max_length", "dtype", "eval_batch_size", "threads")}
+    return {
+        k: getattr(args, k) for k in ("steps", "batch_size", "lr", "max_length", "dtype", "eval_batch_size", "threads")
+    }
 
 
 def trained_twin(units: Units, pool: str, budget: float, seed: int, idx: list[int], settings: dict) -> Optional[str]:
@@ -474,9 +586,15 @@ def trained_twin(units: Units, pool: str, budget: float, seed: int, idx: list[in
     training settings (a unit that recorded no settings is never a twin)."""
     for name, doc in units.all().items():
         res = doc.get("results", {})
-        if (name.startswith("train-") and res.get("pool") == pool and res.get("budget") == budget
-                and res.get("seed") == seed and res.get("subset") == idx and "same_subset_as" not in res
-                and res.get("settings") == settings):
+        if (
+            name.startswith("train-")
+            and res.get("pool") == pool
+            and res.get("budget") == budget
+            and res.get("seed") == seed
+            and res.get("subset") == idx
+            and "same_subset_as" not in res
+            and res.get("settings") == settings
+        ):
             return name
     return None
 
@@ -484,8 +602,14 @@ def trained_twin(units: Units, pool: str, budget: float, seed: int, idx: list[in
 def planned_units(args) -> dict[str, list[str]]:
     """Pool -> the names of its training units in the design (both budgets)."""
     pools = ["clean"] + ([] if args.no_noisy else ["noisy"])
-    return {pool: [unit_name(pool, float(b), arm, seed) for b in args.budgets.split(",")
-                   for arm, seed in plan_arms(pool, float(b), args)] for pool in pools}
+    return {
+        pool: [
+            unit_name(pool, float(b), arm, seed)
+            for b in args.budgets.split(",")
+            for arm, seed in plan_arms(pool, float(b), args)
+        ]
+        for pool in pools
+    }
 
 
 # --------------------------------------------------------------------------- summary
@@ -501,8 +625,7 @@ def write_summary(units: Units, args, meta: dict) -> dict:
     sys.path.insert(0, str(ROOT / "benchmarks"))
     from quality_report import summarise, write_docs
 
-    summary = summarise(units.all(), args=vars(args), meta=meta, total=total_units(args),
-                        planned=planned_units(args))
+    summary = summarise(units.all(), args=vars(args), meta=meta, total=total_units(args), planned=planned_units(args))
     write_result("quality_study", summary, command="python benchmarks/quality_study.py " + " ".join(sys.argv[1:]))
     write_docs(summary, ROOT / "docs")
     return summary
@@ -513,11 +636,16 @@ def write_summary(units: Units, args, meta: dict) -> dict:
 
 def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    p.add_argument("--work", default=str(ROOT / "runs" / "quality_study"), help="Run dirs and the shard cache (not committed).")
+    p.add_argument(
+        "--work", default=str(ROOT / "runs" / "quality_study"), help="Run dirs and the shard cache (not committed)."
+    )
     p.add_argument("--results", default=str(ROOT / "benchmarks" / "results" / "quality"), help="Unit JSON (committed).")
-    p.add_argument("--cache", default=str(ROOT / "benchmarks" / "results" / "quality" / "cache"),
-                   help="The scoring runs' shard cache. Committed, so scoring resumes on another machine "
-                        "(a few MB: one small Parquet file per block).")
+    p.add_argument(
+        "--cache",
+        default=str(ROOT / "benchmarks" / "results" / "quality" / "cache"),
+        help="The scoring runs' shard cache. Committed, so scoring resumes on another machine "
+        "(a few MB: one small Parquet file per block).",
+    )
     p.add_argument("--n-pool", type=int, default=240)
     p.add_argument("--n-eval", type=int, default=400)
     p.add_argument("--max-tokens", type=int, default=128, help="Longest prompt+response of a sample (tokens).")
@@ -526,10 +654,16 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--randoms", type=int, default=20)
     p.add_argument("--train-seeds", type=int, default=3)
     p.add_argument("--variants", default=VARIANTS)
-    p.add_argument("--min-prompt-gain", type=lambda v: None if v.lower() == "none" else float(v), default=0.01,
-                   help="One more arm: the job's keep-minmax selection with selection.min_prompt_gain at this value "
-                        "(none: no such arm). 0.01 is the value the noise probe pointed to.")
-    p.add_argument("--steps", type=int, default=18, help="Optimiser steps of every training run (all arms, all budgets).")
+    p.add_argument(
+        "--min-prompt-gain",
+        type=lambda v: None if v.lower() == "none" else float(v),
+        default=0.01,
+        help="One more arm: the job's keep-minmax selection with selection.min_prompt_gain at this value "
+        "(none: no such arm). 0.01 is the value the noise probe pointed to.",
+    )
+    p.add_argument(
+        "--steps", type=int, default=18, help="Optimiser steps of every training run (all arms, all budgets)."
+    )
     p.add_argument("--batch-size", type=int, default=4)
     p.add_argument("--lr", type=float, default=3e-4)
     p.add_argument("--max-length", type=int, default=128)
@@ -545,8 +679,12 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--no-noisy", action="store_true", help="Skip the noisy-pool half.")
     p.add_argument("--stop-after-scoring", action="store_true")
     p.add_argument("--report", action="store_true", help="Only rewrite the summary JSON and docs/quality.md.")
-    p.add_argument("--recheck", metavar="UNIT", help="Only train a stored training unit again and store whether its "
-                                                    "held-out NLLs came out identical (recheck-UNIT).")
+    p.add_argument(
+        "--recheck",
+        metavar="UNIT",
+        help="Only train a stored training unit again and store whether its "
+        "held-out NLLs came out identical (recheck-UNIT).",
+    )
     return p
 
 

@@ -52,13 +52,7 @@ from benchmarks.results import write_result  # noqa: E402
 for _var in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS"):
     os.environ.setdefault(_var, "1")
 
-LAZY = dict(
-    optimizer="LazyGreedy",
-    stopIfZeroGain=False,
-    stopIfNegativeGain=False,
-    verbose=False,
-    show_progress=False,
-)
+LAZY = dict(optimizer="LazyGreedy", stopIfZeroGain=False, stopIfNegativeGain=False, verbose=False, show_progress=False)
 
 DEFAULTS = {
     "dense_fl": dict(n=20_000),
@@ -304,9 +298,7 @@ def main(argv=None) -> int:
                 sub["note"] = "kernels differ between the two children; comparison void"
             row.update(sub)
             row["speedup"] = round(sub["submodlib_seconds"] / max(res["seconds"], 1e-9), 2)
-            row["cpu_speedup"] = round(
-                sub["submodlib_cpu_seconds"] / max(res["cpu_seconds"], 1e-9), 2
-            )
+            row["cpu_speedup"] = round(sub["submodlib_cpu_seconds"] / max(res["cpu_seconds"], 1e-9), 2)
         row["loadavg_1min"] = [round(load0, 1), round(os.getloadavg()[0], 1)]
         print(json.dumps(row), flush=True)
         write_result(f"reducer_{case}", row)

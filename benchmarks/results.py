@@ -64,7 +64,8 @@ def write_result(name: str, results: dict, *, command: str | None = None, out_di
     doc = {
         "benchmark": name,
         "date": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
-        "command": command or "python " + " ".join(shlex.quote(a) for a in [os.path.relpath(sys.argv[0])] + sys.argv[1:]),
+        "command": command
+        or "python " + " ".join(shlex.quote(a) for a in [os.path.relpath(sys.argv[0])] + sys.argv[1:]),
         "machine": machine(),
         "results": results,
     }

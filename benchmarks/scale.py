@@ -60,10 +60,15 @@ def write_jsonl(path: str, n: int) -> None:
 def job_config(args) -> dict:
     from delift_ray import assets
 
-    return {"data": os.path.join(args.work, f"pool-{args.n}.jsonl"), "model": str(assets.demo_model_dir()),
-            "out": os.path.join(args.work, "run"), "cache": os.path.join(args.work, "cache"),
-            "kernel": {"type": "knn", "k": args.k, "random": args.random},
-            "scoring": {"block_size": args.block_size}, "budget": 0.3}
+    return {
+        "data": os.path.join(args.work, f"pool-{args.n}.jsonl"),
+        "model": str(assets.demo_model_dir()),
+        "out": os.path.join(args.work, "run"),
+        "cache": os.path.join(args.work, "cache"),
+        "kernel": {"type": "knn", "k": args.k, "random": args.random},
+        "scoring": {"block_size": args.block_size},
+        "budget": 0.3,
+    }
 
 
 def cpu_seconds() -> float:
@@ -100,8 +105,9 @@ def fill_embedding_store(cfg, n: int, dim: int, shard: int = 1024) -> int:
     source = embeddings.resolve_source(kc.embedding, cfg.model)
     backend = embeddings.resolve_backend(kc.embedding_backend, kc.embedding)
     dtype = cfg.engine.dtype if backend == "vllm" else "float32"
-    store = embeddings.EmbeddingStore(cfg.cache or cfg.out,
-                                      embeddings.embedding_fingerprint(source, kc.embedding_max_length, backend, dtype))
+    store = embeddings.EmbeddingStore(
+        cfg.cache or cfg.out, embeddings.embedding_fingerprint(source, kc.embedding_max_length, backend, dtype)
+    )
     if len(store.shards.list_shards(EMBEDDING)) == -(-n // shard):
         return 0
     rng = np.random.default_rng(1)
@@ -128,9 +134,18 @@ def write_utility_shards(cfg, sets, plan) -> dict:
     ids = {n: pa.array(s.samples.sample_ids, pa.string()) for n, s in sets.items()}
     for b in plan.blocks:
         uf = rng.normal(size=b.size).astype(np.float32)
-        store.write(UTILITY, b.key, pa.table({"helped_id": ids[b.helped_set].take(pa.array(b.h_idx)),
-                                              "example_id": ids[b.example_set].take(pa.array(b.e_idx)),
-                                              "utility": uf, "distance": np.abs(uf)}))
+        store.write(
+            UTILITY,
+            b.key,
+            pa.table(
+                {
+                    "helped_id": ids[b.helped_set].take(pa.array(b.h_idx)),
+                    "example_id": ids[b.example_set].take(pa.array(b.e_idx)),
+                    "utility": uf,
+                    "distance": np.abs(uf),
+                }
+            ),
+        )
     return {"shards": len(plan.blocks), "pairs": int(plan.pairs_to_score)}
 
 
@@ -138,15 +153,24 @@ def markdown(doc: dict) -> str:
     """The docs' table of a committed result (benchmarks/results/scale_1m.json)."""
     r = doc["results"]
     rows = ["| step | wall s | CPU s | peak RSS GiB | what it did |", "|---|---|---|---|---|"]
-    what = {"ingest": "read, normalise, hash, de-dup, tokenise, length check",
-            "embed": "read the stored vectors (embedded 0)", "neighbours": "faiss IVF, k + r candidates per sample",
-            "plan": "store lookups, blocks", "estimate": "tokens of the planned pairs",
-            "assemble": "stream the shards into the CSR kernel", "select": "facility location, budget 30 %"}
+    what = {
+        "ingest": "read, normalise, hash, de-dup, tokenise, length check",
+        "embed": "read the stored vectors (embedded 0)",
+        "neighbours": "faiss IVF, k + r candidates per sample",
+        "plan": "store lookups, blocks",
+        "estimate": "tokens of the planned pairs",
+        "assemble": "stream the shards into the CSR kernel",
+        "select": "facility location, budget 30 %",
+    }
     for s in r["dry_run"]["steps"] + (r.get("after_scoring") or {}).get("steps", []):
-        rows.append(f"| {s['name']} | {s['seconds']:.1f} | {s.get('cpu_s') or ''} | {s['peak_rss_gib']:.2f} | {what.get(s['name'], '')} |")
+        rows.append(
+            f"| {s['name']} | {s['seconds']:.1f} | {s.get('cpu_s') or ''} | {s['peak_rss_gib']:.2f} | {what.get(s['name'], '')} |"
+        )
     d = r["dry_run"]
-    rows.append(f"| **dry run** (`job.run(dry_run=True)`, tokenizer load included) | **{d['wall_s']:.1f}** | {d['cpu_s']} "
-                f"| **{d['peak_rss_gib']:.2f}** | |")
+    rows.append(
+        f"| **dry run** (`job.run(dry_run=True)`, tokenizer load included) | **{d['wall_s']:.1f}** | {d['cpu_s']} "
+        f"| **{d['peak_rss_gib']:.2f}** | |"
+    )
     m = doc["machine"]
     from figures import recorded_kernel
 
@@ -154,11 +178,18 @@ def markdown(doc: dict) -> str:
     assemble = [s for s in (r.get("after_scoring") or {}).get("steps", []) if s["name"] == "assemble"]
     nnz = assemble[0].get("kernel_nnz", {}).get("K") if assemble else None
     # minmax maps the smallest stored utility to 0, which the CSR kernel does not store.
-    rows.append(f"\nKernel: `kernel.diagonal: {kernel['diagonal']}`, `kernel.scaling: {kernel['scaling']}`"
-                + (f"; K stores {nnz:,} nonzero entries of the {r['n'] * (r['k'] + r['random']):,} candidate pairs."
-                   if nnz else "."))
-    return ("\n".join(rows) + f"\n\nMeasured {doc['date']} on {m.get('cpu')} ({m.get('cpus')} cores, "
-            f"{m.get('memory_gib')} GiB); load average {m.get('load_avg_1m')} at the end: `{doc['command']}`.")
+    rows.append(
+        f"\nKernel: `kernel.diagonal: {kernel['diagonal']}`, `kernel.scaling: {kernel['scaling']}`"
+        + (
+            f"; K stores {nnz:,} nonzero entries of the {r['n'] * (r['k'] + r['random']):,} candidate pairs."
+            if nnz
+            else "."
+        )
+    )
+    return (
+        "\n".join(rows) + f"\n\nMeasured {doc['date']} on {m.get('cpu')} ({m.get('cpus')} cores, "
+        f"{m.get('memory_gib')} GiB); load average {m.get('load_avg_1m')} at the end: `{doc['command']}`."
+    )
 
 
 def main() -> None:
@@ -170,8 +201,12 @@ def main() -> None:
     p.add_argument("--block-size", type=int, default=128, help="scoring.block_size: pairs per shard = block_size**2.")
     p.add_argument("--tokens-per-s", type=float, default=None, help="For the dry run's estimate (hours).")
     p.add_argument("--work", default="/tmp/delift-scale")
-    p.add_argument("--dry-run-only", action="store_true", help="Stop after the dry run (no shards, assembly, selection).")
-    p.add_argument("--write", action="store_true", help="Write benchmarks/results/scale_1m.json (only for --n 1000000).")
+    p.add_argument(
+        "--dry-run-only", action="store_true", help="Stop after the dry run (no shards, assembly, selection)."
+    )
+    p.add_argument(
+        "--write", action="store_true", help="Write benchmarks/results/scale_1m.json (only for --n 1000000)."
+    )
     args = p.parse_args()
     os.makedirs(args.work, exist_ok=True)
 
@@ -202,14 +237,24 @@ def main() -> None:
     dry_wall, dry_cpu = time.perf_counter() - t0, cpu_seconds() - c0
     dry_steps = [{**s, "cpu_s": cpu_log.cpu.get(s["name"])} for s in dry.steps]
     print(json.dumps({"dry_run_wall_s": round(dry_wall, 1), "steps": dry_steps}), flush=True)
-    out = {"n": args.n, "k": args.k, "random": args.random, "embedding_dim": args.dim, "block_size": args.block_size,
-           "kernel": {"diagonal": cfg.kernel.diagonal, "scaling": cfg.kernel.scaling},
-           "embeddings": f"synthetic: {args.dim}-d unit vectors, n/1000 Gaussian clusters, written to the job's "
-                         "embedding store before the run; the embed step reads them (embedded 0)",
-           "setup": setup,
-           "dry_run": {"wall_s": round(dry_wall, 1), "cpu_s": round(dry_cpu, 1),
-                       "peak_rss_gib": max(s["peak_rss_gib"] for s in dry_steps),
-                       "steps": dry_steps, "report": dry.report.as_dict()}}
+    out = {
+        "n": args.n,
+        "k": args.k,
+        "random": args.random,
+        "embedding_dim": args.dim,
+        "block_size": args.block_size,
+        "kernel": {"diagonal": cfg.kernel.diagonal, "scaling": cfg.kernel.scaling},
+        "embeddings": f"synthetic: {args.dim}-d unit vectors, n/1000 Gaussian clusters, written to the job's "
+        "embedding store before the run; the embed step reads them (embedded 0)",
+        "setup": setup,
+        "dry_run": {
+            "wall_s": round(dry_wall, 1),
+            "cpu_s": round(dry_cpu, 1),
+            "peak_rss_gib": max(s["peak_rss_gib"] for s in dry_steps),
+            "steps": dry_steps,
+            "report": dry.report.as_dict(),
+        },
+    }
 
     if not args.dry_run_only:
         steps = StepLog()

@@ -27,8 +27,11 @@ def demo_rows(n: int) -> list[dict]:
     sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
     from conftest import ALPACA_ROWS  # the test suite's rows: no download
 
-    return [{**r, "instruction": f"{r['instruction']} (variant {k})"}
-            for k in range(n // len(ALPACA_ROWS) + 1) for r in ALPACA_ROWS][:n]
+    return [
+        {**r, "instruction": f"{r['instruction']} (variant {k})"}
+        for k in range(n // len(ALPACA_ROWS) + 1)
+        for r in ALPACA_ROWS
+    ][:n]
 
 
 def main(argv=None) -> dict:
@@ -55,15 +58,26 @@ def main(argv=None) -> dict:
         with open(data, "w") as f:
             for r in demo_rows(args.n):
                 f.write(json.dumps(r) + "\n")
-    ray.init(address="local", num_cpus=os.cpu_count(), object_store_memory=200 * 1024**2, include_dashboard=False,
-             logging_level="WARNING")
+    ray.init(
+        address="local",
+        num_cpus=os.cpu_count(),
+        object_store_memory=200 * 1024**2,
+        include_dashboard=False,
+        logging_level="WARNING",
+    )
     out: dict = {"model": Path(model).name, "n": args.n, "cores": os.cpu_count()}
     try:
         for k in [int(x) for x in args.scorers.split(",")]:
-            cfg = {"data": data, "model": model, "out": str(tmp / f"out{k}"), "budget": 3, "max_samples": args.n,
-                   "engine": {"dtype": "float32", "max_model_len": 256, "block_size": 32, "kv_cache_space_gib": 1},
-                   "scoring": {"block_size": args.block_size},
-                   "ray": {"num_scorers": k}}
+            cfg = {
+                "data": data,
+                "model": model,
+                "out": str(tmp / f"out{k}"),
+                "budget": 3,
+                "max_samples": args.n,
+                "engine": {"dtype": "float32", "max_model_len": 256, "block_size": 32, "kv_cache_space_gib": 1},
+                "scoring": {"block_size": args.block_size},
+                "ray": {"num_scorers": k},
+            }
             r = run(cfg, progress=not args.json)
             out[f"scorers{k}_pairs"] = r.counts["pairs_scored"]
             out[f"scorers{k}_score_s"] = r.timings["score_s"]

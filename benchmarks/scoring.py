@@ -58,10 +58,15 @@ from pathlib import Path
 
 import numpy as np
 
-
 # Timed scoring phases: (on the generating full-path engine?, prefix reuse?).
-PHASES = {"naive": (True, False), "reuse": (False, True), "nocache": (False, False), "reuse_full": (True, True),
-          "reuse_head_engine": (False, True), "reuse_engine_float32": (False, True)}
+PHASES = {
+    "naive": (True, False),
+    "reuse": (False, True),
+    "nocache": (False, False),
+    "reuse_full": (True, True),
+    "reuse_head_engine": (False, True),
+    "reuse_engine_float32": (False, True),
+}
 
 
 def prefill_seconds(llm, request_batches, read_cache: bool) -> float:
@@ -110,15 +115,27 @@ def parse_args(argv=None) -> argparse.Namespace:
     ap.add_argument("--max-num-batched-tokens", type=int, default=None)
     ap.add_argument("--max-model-len", type=int, default=1024)
     ap.add_argument("--dtype", default="auto", help="engine.dtype (default auto)")
-    ap.add_argument("--checkpoint-dtype", choices=["float32", "float16", "bfloat16"],
-                    help="save the model in this dtype first and score that checkpoint")
+    ap.add_argument(
+        "--checkpoint-dtype",
+        choices=["float32", "float16", "bfloat16"],
+        help="save the model in this dtype first and score that checkpoint",
+    )
     ap.add_argument("--write-result", metavar="NAME", help="write the JSON to benchmarks/results/NAME.json")
-    ap.add_argument("--logprob-path", default=None, choices=["auto", "hidden", "full", "suffix"],
-                    help="engine.logprob_path (default: config default)")
-    ap.add_argument("--phases", default="naive,reuse,raw",
-                    help="comma list of naive, reuse, nocache, reuse_full, reuse_nolp, raw")
-    ap.add_argument("--repeat", type=int, default=1,
-                    help="run the phases this many times, interleaved; each phase reports its fastest run")
+    ap.add_argument(
+        "--logprob-path",
+        default=None,
+        choices=["auto", "hidden", "full", "suffix"],
+        help="engine.logprob_path (default: config default)",
+    )
+    ap.add_argument(
+        "--phases", default="naive,reuse,raw", help="comma list of naive, reuse, nocache, reuse_full, reuse_nolp, raw"
+    )
+    ap.add_argument(
+        "--repeat",
+        type=int,
+        default=1,
+        help="run the phases this many times, interleaved; each phase reports its fastest run",
+    )
     ap.add_argument("--json", action="store_true", help="print only the JSON line")
     return ap.parse_args(argv)
 
@@ -146,8 +163,13 @@ def main(argv=None) -> dict:
         model = checkpoint_in_dtype(model, args.checkpoint_dtype)
     data = str(CODE_DATA) if args.data == "code" else args.data
     data = data or str(assets.write_demo_dataset(tmp / "demo.jsonl", n=args.n, tokenizer=model))
-    tree = {"data": data, "model": model, "out": str(tmp / "out"), "max_samples": args.n,
-            "engine": {"dtype": args.dtype, "max_model_len": args.max_model_len}}
+    tree = {
+        "data": data,
+        "model": model,
+        "out": str(tmp / "out"),
+        "max_samples": args.n,
+        "engine": {"dtype": args.dtype, "max_model_len": args.max_model_len},
+    }
     if args.kv_block_size:
         tree["engine"]["block_size"] = args.kv_block_size
     if args.logprob_path:
@@ -182,16 +204,16 @@ def main(argv=None) -> dict:
     from delift_ray.prompts import baseline_sequence, take
     from delift_ray.scoring.actor import BaselineBlock, PairBlock
     from delift_ray.scoring.engine import ScoreRequest
-    from delift_ray.utility import distance
-
     from delift_ray.steps.ingest import ingest, load_tokenizer
+    from delift_ray.utility import distance
 
     tokenizer = load_tokenizer(cfg)
     pool = ingest(cfg, tokenizer)[0]["pool"]
     n = len(pool.samples)
     ids = {"pool": pool.samples.sample_ids}
-    plan = planning.plan_blocks(stages.STAGE_MATRICES["instruction"], ids, set(), set(),
-                                fingerprint="bench", block_size=cfg.scoring.block_size)
+    plan = planning.plan_blocks(
+        stages.STAGE_MATRICES["instruction"], ids, set(), set(), fingerprint="bench", block_size=cfg.scoring.block_size
+    )
 
     scorer = bs.scorer
     log = (lambda *a: None) if args.json else (lambda *a: print(*a, file=sys.stderr, flush=True))
@@ -209,8 +231,18 @@ def main(argv=None) -> dict:
     for b in plan.blocks:
         hu, h_local = np.unique(b.h_idx, return_inverse=True)
         eu, e_local = np.unique(b.e_idx, return_inverse=True)
-        blocks.append(PairBlock(b.key, [ids["pool"][i] for i in hu], take(pool.tokens, hu), d_without[hu],
-                                [ids["pool"][i] for i in eu], take(pool.tokens, eu), h_local, e_local))
+        blocks.append(
+            PairBlock(
+                b.key,
+                [ids["pool"][i] for i in hu],
+                take(pool.tokens, hu),
+                d_without[hu],
+                [ids["pool"][i] for i in eu],
+                take(pool.tokens, eu),
+                h_local,
+                e_local,
+            )
+        )
     pairs = sum(b.size for b in blocks)
 
     # Token accounting over the requests as the job builds them.
@@ -247,14 +279,22 @@ def main(argv=None) -> dict:
 
     res: dict = {}
     out: dict = {
-        "model": Path(model).name, "n": n, "pairs": pairs, "blocks": len(blocks),
-        "block_size": cfg.scoring.block_size, "kv_block_size": cfg.engine.block_size,
+        "model": Path(model).name,
+        "n": n,
+        "pairs": pairs,
+        "blocks": len(blocks),
+        "block_size": cfg.scoring.block_size,
+        "kv_block_size": cfg.engine.block_size,
         "max_num_batched_tokens": cfg.engine.max_num_batched_tokens,
-        "checkpoint_dtype": args.checkpoint_dtype or "as saved", "dtype_requested": cfg.engine.dtype,
-        "dtype": scorer.dtype, "naive_dtype": generating.dtype, "logprob_path": scorer.path,
+        "checkpoint_dtype": args.checkpoint_dtype or "as saved",
+        "dtype_requested": cfg.engine.dtype,
+        "dtype": scorer.dtype,
+        "naive_dtype": generating.dtype,
+        "logprob_path": scorer.path,
         "head_dtype": scorer.head_dtype,
         "data": "code" if args.data == "code" else (Path(args.data).name if args.data else "demo"),
-        "prompt_tokens": prompt_tokens, "needed_tokens": needed,
+        "prompt_tokens": prompt_tokens,
+        "needed_tokens": needed,
         "mean_pair_tokens": round(prompt_tokens / max(pairs, 1), 1),
     }
     for ph in phases * args.repeat:
@@ -275,8 +315,9 @@ def main(argv=None) -> dict:
             engine = generating if on_generating else (float32_engine if ph == "reuse_engine_float32" else scorer)
             secs, uf, st = run_phase(reuse, engine, head)
             if ph in res:  # a repeat: keep the fastest run, check the results did not move
-                out[f"{ph}_repeat_max_abs_diff"] = max(out.get(f"{ph}_repeat_max_abs_diff", 0.0),
-                                                       float(max(abs(res[ph][k] - uf[k]) for k in uf)))
+                out[f"{ph}_repeat_max_abs_diff"] = max(
+                    out.get(f"{ph}_repeat_max_abs_diff", 0.0), float(max(abs(res[ph][k] - uf[k]) for k in uf))
+                )
                 secs = min(secs, out[f"{ph}_s"])
             res[ph] = uf
             out[f"{ph}_s"] = round(secs, 3)

@@ -87,8 +87,15 @@ def main(argv=None) -> dict:
     def stored(ts) -> int:
         return int(sum(seg.flat.size for seg in (ts.no_example, ts.tail, ts.head, ts.response)))
 
-    out: dict = {"model": Path(model).name, "samples": len(prompts), "chars": chars, "plan": plan.describe(),
-                 "tokens_stored": stored(sets["spliced"]), "threads": 1, "load_avg_1m_before": load0}
+    out: dict = {
+        "model": Path(model).name,
+        "samples": len(prompts),
+        "chars": chars,
+        "plan": plan.describe(),
+        "tokens_stored": stored(sets["spliced"]),
+        "threads": 1,
+        "load_avg_1m_before": load0,
+    }
     for name, run in best.items():
         for key, val in run.items():
             out[f"{name}_{key}"] = round(val, 3)
@@ -107,12 +114,14 @@ def main(argv=None) -> dict:
             j = (i + 1) % check
             seq, first = pair_sequence(ts, i, ts, j, -1, 10**9)
             ctx = t.with_example.format(example_prompt=prompts[j], example_response=responses[j], query=prompts[i])
-            bad += (ts.no_example[i] != whole_ids(t.no_example.format(query=prompts[i]))
-                    or seq[:first - 1] != whole_ids(ctx))
+            bad += ts.no_example[i] != whole_ids(t.no_example.format(query=prompts[i])) or seq[
+                : first - 1
+            ] != whole_ids(ctx)
         out[f"{name}_inexact_samples"] = bad
     out["checked_samples"] = check
-    out["same_tokens_as_whole"] = all(list(getattr(sets["whole"], f)) == list(getattr(sets["spliced"], f))
-                                      for f in ("no_example", "response"))
+    out["same_tokens_as_whole"] = all(
+        list(getattr(sets["whole"], f)) == list(getattr(sets["spliced"], f)) for f in ("no_example", "response")
+    )
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
     from benchmarks.results import emit
 

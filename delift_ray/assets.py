@@ -372,13 +372,7 @@ def _token_counter(tokenizer: Any, max_tokens: int) -> Callable[[str, str], bool
 
 
 def write_demo_dataset(
-    path: PathLike,
-    n: int = 40,
-    tokenizer: Any = None,
-    max_tokens: int = 192,
-    seed: int = 0,
-    *,
-    pool_factor: int = 5,
+    path: PathLike, n: int = 40, tokenizer: Any = None, max_tokens: int = 192, seed: int = 0, *, pool_factor: int = 5
 ) -> Path:
     """Write ``n`` short English ShareGPT pairs as JSONL (fields ``prompt``, ``response``).
 
@@ -404,9 +398,7 @@ def write_demo_dataset(
         if len(pool) >= want:
             break
     if len(pool) < n:
-        raise DataError(
-            f"only {len(pool)} English ShareGPT pairs fit {max_tokens} tokens; asked for {n}"
-        )
+        raise DataError(f"only {len(pool)} English ShareGPT pairs fit {max_tokens} tokens; asked for {n}")
     chosen = sorted(random.Random(seed).sample(range(len(pool)), n))
     out = Path(path)
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -414,8 +406,10 @@ def write_demo_dataset(
 
     from delift_ray.storage import atomic_write
 
-    text = "".join(json.dumps({"prompt": pool[i]["prompt"], "response": pool[i]["response"]}, ensure_ascii=False) + "\n"
-                   for i in chosen)
+    text = "".join(
+        json.dumps({"prompt": pool[i]["prompt"], "response": pool[i]["response"]}, ensure_ascii=False) + "\n"
+        for i in chosen
+    )
     atomic_write(pafs.LocalFileSystem(), str(out.absolute()), text.encode("utf-8"))
     return out
 

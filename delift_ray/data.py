@@ -120,7 +120,9 @@ def _check_readable(files: list[Path]) -> None:
             with open(f, "rb") as fh:
                 fh.read(1)
         except OSError as exc:
-            raise DataError(f"cannot read data file {f}: {exc.strerror or exc}; check that it is a readable file") from None
+            raise DataError(
+                f"cannot read data file {f}: {exc.strerror or exc}; check that it is a readable file"
+            ) from None
 
 
 def _only_object_lines(files: list[Path]) -> bool:
@@ -187,7 +189,9 @@ class DatasetRows:
                 yield dict(zip(names, values))
 
 
-def read_records(source: str, split: str = "train", max_rows: Optional[int] = None) -> tuple[list[str], Iterable[dict | BadRow]]:
+def read_records(
+    source: str, split: str = "train", max_rows: Optional[int] = None
+) -> tuple[list[str], Iterable[dict | BadRow]]:
     """Open a dataset; return (column names, the rows or BadRow markers, sized).
 
     Local files and folders go through HF ``datasets`` (json/parquet/csv builders). JSON
@@ -220,7 +224,9 @@ def read_records(source: str, split: str = "train", max_rows: Optional[int] = No
         try:
             ds = datasets.load_dataset(source, split=split)
         except Exception as exc:
-            raise DataError(f"cannot load dataset {source!r} (not a local path; hub load failed: {one_line(exc, 160)})") from None
+            raise DataError(
+                f"cannot load dataset {source!r} (not a local path; hub load failed: {one_line(exc, 160)})"
+            ) from None
     if max_rows is not None:
         ds = ds.select(range(min(max_rows, len(ds))))
     return list(ds.column_names), DatasetRows(ds)
@@ -232,8 +238,11 @@ def _tolerant_records(source: str, files: list[Path], max_rows: Optional[int]) -
         raise DataError(f"{source} is empty: no rows")
     if not any(isinstance(r, dict) for r in rows):
         reasons = Counter(r.reason for r in rows if isinstance(r, BadRow))
-        raise DataError(f"{source}: no readable rows ({len(rows)} read; "
-                        + ", ".join(f"{k}={v}" for k, v in sorted(reasons.items())) + ")")
+        raise DataError(
+            f"{source}: no readable rows ({len(rows)} read; "
+            + ", ".join(f"{k}={v}" for k, v in sorted(reasons.items()))
+            + ")"
+        )
     if max_rows is not None:
         rows = rows[:max_rows]
     columns = sorted({k for r in rows if isinstance(r, dict) for k in r})
@@ -245,8 +254,10 @@ def _read_error_text(exc: BaseException) -> str:
     seen = exc
     while seen is not None:
         if isinstance(seen, UnicodeDecodeError):
-            return (f"not UTF-8 text (byte 0x{seen.object[seen.start]:02x} at offset {seen.start} of a chunk); "
-                    "re-encode the file as UTF-8")
+            return (
+                f"not UTF-8 text (byte 0x{seen.object[seen.start]:02x} at offset {seen.start} of a chunk); "
+                "re-encode the file as UTF-8"
+            )
         seen = seen.__cause__ or seen.__context__
     return one_line(exc)
 
@@ -382,8 +393,15 @@ def load_samples(
     cols = resolve_columns(found, columns)
     out = SampleSet(name)
     index: dict[str, int] = {}
-    rows = tqdm(records, total=len(records), unit="row", desc=f"reading {name}", disable=not progress,
-                dynamic_ncols=True, mininterval=0.5)
+    rows = tqdm(
+        records,
+        total=len(records),
+        unit="row",
+        desc=f"reading {name}",
+        disable=not progress,
+        dynamic_ncols=True,
+        mininterval=0.5,
+    )
     for row_no, rec in enumerate(rows):
         out.rows_read += 1
         try:
@@ -440,7 +458,9 @@ def exceeds_tokens(tokenizer, texts: Iterable[str], max_tokens: int, piece_chars
                 return True
             end = min(start + piece_chars, size)
             if end < size:
-                space = max(text.rfind(" ", start + piece_chars // 2, end), text.rfind("\n", start + piece_chars // 2, end))
+                space = max(
+                    text.rfind(" ", start + piece_chars // 2, end), text.rfind("\n", start + piece_chars // 2, end)
+                )
                 end = space if space > start else end
             n += len(tokenizer(text[start:end], add_special_tokens=False)["input_ids"])
             pieces += 1
@@ -461,5 +481,8 @@ def too_long_rows(tokenizer, prompts: list[str], responses: list[str], max_token
     of white space) goes on to the exact check.
     """
     piece = (max_tokens + 1) * CHARS_PER_TOKEN
-    return [k for k, (p, r) in enumerate(zip(prompts, responses))
-            if len(p) + len(r) > piece and exceeds_tokens(tokenizer, (p, r), max_tokens, piece)]
+    return [
+        k
+        for k, (p, r) in enumerate(zip(prompts, responses))
+        if len(p) + len(r) > piece and exceeds_tokens(tokenizer, (p, r), max_tokens, piece)
+    ]

@@ -29,7 +29,9 @@ from delift_ray.scoring.engine import cpu_engine_env
 log = logging.getLogger(__name__)
 
 DRAIN_TIMEOUT_S = 120.0  # how long a stopping job waits for its in-flight blocks
-NODE_VERDICT_S = 45.0  # longest wait for the GCS to say whether a silent actor's node is dead (Ray's default check: ~30 s)
+NODE_VERDICT_S = (
+    45.0  # longest wait for the GCS to say whether a silent actor's node is dead (Ray's default check: ~30 s)
+)
 
 
 def connect(cfg: RayConfig) -> bool:
@@ -245,8 +247,11 @@ def probe_here(root: str, driver_probe: str, token: str, accelerator: str) -> di
     name = f"node-{node[:16]}-{os.getpid()}"
     ids = ctx.get_accelerator_ids().get(accelerator, [])
     return {
-        "node_id": node, "node_ip": ray.util.get_node_ip_address(), "pid": os.getpid(),
-        "accelerator": accelerator, "accelerator_ids": [str(i) for i in ids],
+        "node_id": node,
+        "node_ip": ray.util.get_node_ip_address(),
+        "pid": os.getpid(),
+        "accelerator": accelerator,
+        "accelerator_ids": [str(i) for i in ids],
         "resources": {k: v for k, v in ctx.get_assigned_resources().items()},
         "probe": name,
         "error": read_probe(root, driver_probe, token) or write_probe(root, name, f"{token}:{node}"),
@@ -279,7 +284,9 @@ class ActorGroup:
     and the job goes on with the actors left (a pool never waits for a new node).
     """
 
-    def __init__(self, factory: Callable[[], Any], count: int, max_restarts: int, *, probe: Optional[StoreProbe] = None):
+    def __init__(
+        self, factory: Callable[[], Any], count: int, max_restarts: int, *, probe: Optional[StoreProbe] = None
+    ):
         self.factory = factory
         self.max_restarts = max_restarts
         self.probe = probe
@@ -418,6 +425,7 @@ class ActorGroup:
         ray.kill(actor, no_restart=True)
         self.actors[slot] = self._start(slot)
         return self.actors[slot]
+
     def was_recycled(self, actor) -> bool:
         return any(a is actor for a in self.retired)
 
@@ -555,13 +563,14 @@ def dispatch(
                 report.redone += getattr(block, "size", 1)
                 if pool.retire_lost(actor, node):
                     report.node_losses += 1
-                    log.warning("node %s was lost with a scorer; its blocks go to the %d scorer(s) left",
-                                node, len(pool.actors))
+                    log.warning(
+                        "node %s was lost with a scorer; its blocks go to the %d scorer(s) left", node, len(pool.actors)
+                    )
                 if not pool.actors:
                     raise ScoringError(
                         f"every scorer's node was lost (nodes {', '.join(pool.lost_nodes)}); shards already "
                         "written are kept: re-run the same command when the cluster is back to resume."
-                    )
+                    ) from exc
                 continue
             if died_starting(exc):  # its engine did not start: fail now if no retry can help
                 start = engine_start_message(str(exc))
@@ -618,6 +627,8 @@ def task_error_text(exc: BaseException) -> str:
     line = text[-1] if cause is exc and len(text) > 1 else (text[0] if text else "")
     hint = ""
     if isinstance(cause, FloatingPointError) or "non-finite" in line:
-        hint = (" (the model gave NaN/inf for these inputs: check its weights, or, if float16 overflows, "
-                "use --engine.dtype bfloat16 or float32)")
+        hint = (
+            " (the model gave NaN/inf for these inputs: check its weights, or, if float16 overflows, "
+            "use --engine.dtype bfloat16 or float32)"
+        )
     return f"{cause.__class__.__name__}: {line[:300]}{hint}"

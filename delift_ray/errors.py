@@ -44,25 +44,50 @@ class EngineStartError(ScoringError):
 # Engine start failures, by class: (class, patterns found in the error text, the fix).
 # Patterns are lower-case substrings of the messages vLLM / transformers / torch raise.
 ENGINE_START_CLASSES: tuple[tuple[str, tuple[str, ...], str], ...] = (
-    ("missing weights",
-     ("cannot find any model weights", "no model weights", "does not appear to have a file named",
-      "error while deserializing header", "safetensorerror"),
-     "the checkpoint has no (readable) weight files: point `model` at a directory that holds "
-     "config.json and *.safetensors (or pytorch_model*.bin)"),
-    ("remote code required",
-     ("trust_remote_code", "trust-remote-code", "contains custom code", "requires you to execute"),
-     "the checkpoint needs its own Python code: set engine.trust_remote_code true only if you trust it"),
-    ("unsupported architecture",
-     ("are not supported for now", "is not supported anymore", "is not supported in-tree",
-      "does not recognize this architecture", "unrecognized configuration class", "unsupported cpu attention"),
-     "this vLLM build cannot run the model's architecture: use a model that vLLM supports "
-     "(on CPU: head_dim >= 64)"),
-    ("out of memory",
-     ("out of memory", "outofmemoryerror", "cannot allocate memory", "insufficient memory",
-      "no available memory for the cache blocks", "not enough memory", "larger than the available kv cache",
-      "kv cache is needed"),
-     "the engine does not fit in memory: lower engine.max_model_len, engine.max_num_batched_tokens or "
-     "engine.kv_cache_space_gib (CPU) / engine.gpu_memory_utilization (GPU), or use a smaller model"),
+    (
+        "missing weights",
+        (
+            "cannot find any model weights",
+            "no model weights",
+            "does not appear to have a file named",
+            "error while deserializing header",
+            "safetensorerror",
+        ),
+        "the checkpoint has no (readable) weight files: point `model` at a directory that holds "
+        "config.json and *.safetensors (or pytorch_model*.bin)",
+    ),
+    (
+        "remote code required",
+        ("trust_remote_code", "trust-remote-code", "contains custom code", "requires you to execute"),
+        "the checkpoint needs its own Python code: set engine.trust_remote_code true only if you trust it",
+    ),
+    (
+        "unsupported architecture",
+        (
+            "are not supported for now",
+            "is not supported anymore",
+            "is not supported in-tree",
+            "does not recognize this architecture",
+            "unrecognized configuration class",
+            "unsupported cpu attention",
+        ),
+        "this vLLM build cannot run the model's architecture: use a model that vLLM supports (on CPU: head_dim >= 64)",
+    ),
+    (
+        "out of memory",
+        (
+            "out of memory",
+            "outofmemoryerror",
+            "cannot allocate memory",
+            "insufficient memory",
+            "no available memory for the cache blocks",
+            "not enough memory",
+            "larger than the available kv cache",
+            "kv cache is needed",
+        ),
+        "the engine does not fit in memory: lower engine.max_model_len, engine.max_num_batched_tokens or "
+        "engine.kv_cache_space_gib (CPU) / engine.gpu_memory_utilization (GPU), or use a smaller model",
+    ),
 )
 
 
@@ -145,8 +170,11 @@ def environment_error(exc: BaseException) -> str | None:
 
 def message_lines(text: str) -> list[str]:
     """The lines of an error text that are messages, not traceback frames or quoted source."""
-    return [line.strip() for line in text.splitlines()
-            if line.strip() and not line[:1].isspace() and not line.startswith("Traceback (most recent call last)")]
+    return [
+        line.strip()
+        for line in text.splitlines()
+        if line.strip() and not line[:1].isspace() and not line.startswith("Traceback (most recent call last)")
+    ]
 
 
 def cause_line(text: str, limit: int = 200) -> str:

@@ -51,16 +51,26 @@ def set_lengths(scored) -> SetLengths:
     return SetLengths(len(t), t.head.lengths(), t.tail.lengths() + resp + 2, t.no_example.lengths() + resp + 2)
 
 
-def compute_estimate(cfg: DeliftConfig, lengths: dict[str, SetLengths], tokens_per_s: float, *, rate_source: str) -> dict:
+def compute_estimate(
+    cfg: DeliftConfig, lengths: dict[str, SetLengths], tokens_per_s: float, *, rate_source: str
+) -> dict:
     from delift_ray.stages import STAGE_MATRICES
 
     max_len = cfg.engine.max_model_len - 1
     per_row = min(cfg.kernel.k + cfg.kernel.random, 1 << 62)
-    out: dict = {"stage": cfg.stage, "samples": {n: s.n for n, s in lengths.items()}, "k": cfg.kernel.k,
-                 "random": cfg.kernel.random, "tokens_per_s_per_engine": round(tokens_per_s, 1), "rate_source": rate_source}
+    out: dict = {
+        "stage": cfg.stage,
+        "samples": {n: s.n for n, s in lengths.items()},
+        "k": cfg.kernel.k,
+        "random": cfg.kernel.random,
+        "tokens_per_s_per_engine": round(tokens_per_s, 1),
+        "rate_source": rate_source,
+    }
     engines = cfg.ray.num_scorers or 1
     out["engines"] = engines
-    base_tokens = int(sum(lengths[n].baseline.sum() for n in dict.fromkeys(m.helped for m in STAGE_MATRICES[cfg.stage])))
+    base_tokens = int(
+        sum(lengths[n].baseline.sum() for n in dict.fromkeys(m.helped for m in STAGE_MATRICES[cfg.stage]))
+    )
     reuse = cfg.scoring.prefix_reuse and cfg.engine.enable_prefix_caching
     # KV block of the engine's prefix cache (vLLM's CPU default is 128 when unset).
     kv_block = cfg.engine.block_size or 128
@@ -83,14 +93,21 @@ def compute_estimate(cfg: DeliftConfig, lengths: dict[str, SetLengths], tokens_p
                 mem_peak += dense_assembly_bytes(H.n, E.n)
             else:
                 mem += sparse_kernel_bytes(H.n * c, H.n)
-                mem_peak += sparse_kernel_bytes(H.n * c, H.n) * 3  # positions + values and their sort keys, the CSR, the selector's CSC copy
+                mem_peak += (
+                    sparse_kernel_bytes(H.n * c, H.n) * 3
+                )  # positions + values and their sort keys, the CSR, the selector's CSC copy
         tokens += base_tokens
         computed += base_tokens
         hours = computed / tokens_per_s / 3600
-        out[mode] = {"pairs": int(pairs), "prefill_tokens": int(tokens), "computed_tokens": int(computed),
-                     "kernel_bytes": int(mem),
-                     "assembly_peak_bytes": int(mem_peak), "engine_hours": float(f"{hours:.4g}"),
-                     "wall_hours": float(f"{hours / engines:.4g}")}
+        out[mode] = {
+            "pairs": int(pairs),
+            "prefill_tokens": int(tokens),
+            "computed_tokens": int(computed),
+            "kernel_bytes": int(mem),
+            "assembly_peak_bytes": int(mem_peak),
+            "engine_hours": float(f"{hours:.4g}"),
+            "wall_hours": float(f"{hours / engines:.4g}"),
+        }
     return out
 
 
@@ -137,9 +154,14 @@ def calibrate(cfg: DeliftConfig, sets: dict, eos: int, pairs: int = 96) -> float
 
     pool = sets["pool"].tokens
     hs, es = calibration_grid(len(pool), pairs, cfg.seed)
-    reqs = [ScoreRequest(*pair_sequence(pool, int(h), pool, int(e), eos, cfg.engine.max_model_len - 1)) for h, e in zip(hs, es)]
+    reqs = [
+        ScoreRequest(*pair_sequence(pool, int(h), pool, int(e), eos, cfg.engine.max_model_len - 1))
+        for h, e in zip(hs, es)
+    ]
     with multiprocessing.get_context("spawn").Pool(1) as proc:
-        seconds, computed = proc.apply(_time_scoring, (cfg.model, cfg.engine.model_dump(), reqs, cfg.scoring.prefix_reuse))
+        seconds, computed = proc.apply(
+            _time_scoring, (cfg.model, cfg.engine.model_dump(), reqs, cfg.scoring.prefix_reuse)
+        )
     return computed / seconds
 
 
@@ -152,15 +174,26 @@ def fmt_bytes(b: int) -> str:
 
 def format_table(est: dict) -> str:
     rows = [("", "dense", f"knn (k={est['k']}, r={est['random']})")]
-    for key, label, f in (("pairs", "pairs to score", lambda v: f"{v:,}"), ("prefill_tokens", "prompt tokens", lambda v: f"{v:,}"),
-                          ("computed_tokens", "tokens to compute", lambda v: f"{v:,}"),
-                          ("kernel_bytes", "kernel memory", fmt_bytes), ("assembly_peak_bytes", "assembly peak", fmt_bytes),
-                          ("engine_hours", "engine-hours", lambda v: f"{v:,.3g}"),
-                          ("wall_hours", f"wall hours ({est['engines']} engine{'s' if est['engines'] > 1 else ''})", lambda v: f"{v:,.3g}")):
+    for key, label, f in (
+        ("pairs", "pairs to score", lambda v: f"{v:,}"),
+        ("prefill_tokens", "prompt tokens", lambda v: f"{v:,}"),
+        ("computed_tokens", "tokens to compute", lambda v: f"{v:,}"),
+        ("kernel_bytes", "kernel memory", fmt_bytes),
+        ("assembly_peak_bytes", "assembly peak", fmt_bytes),
+        ("engine_hours", "engine-hours", lambda v: f"{v:,.3g}"),
+        (
+            "wall_hours",
+            f"wall hours ({est['engines']} engine{'s' if est['engines'] > 1 else ''})",
+            lambda v: f"{v:,.3g}",
+        ),
+    ):
         rows.append((label, f(est["dense"][key]), f(est["knn"][key])))
     w = [max(len(r[c]) for r in rows) for c in range(3)]
-    lines = [f"stage {est['stage']}, samples " + ", ".join(f"{k}={v:,}" for k, v in est["samples"].items())
-             + f"; {est['tokens_per_s_per_engine']:,} computed tokens/s per engine ({est['rate_source']})"]
+    lines = [
+        f"stage {est['stage']}, samples "
+        + ", ".join(f"{k}={v:,}" for k, v in est["samples"].items())
+        + f"; {est['tokens_per_s_per_engine']:,} computed tokens/s per engine ({est['rate_source']})"
+    ]
     lines += ["  ".join(r[c].ljust(w[c]) if c == 0 else r[c].rjust(w[c]) for c in range(3)) for r in rows]
     return "\n".join(lines)
 
@@ -213,28 +246,46 @@ class DryRunReport(StepStats):
         return {**super().as_dict(), "engine_hours": self.engine_hours, "wall_hours": self.wall_hours}
 
     def summary(self) -> str:
-        return (f"{self.prompt_tokens} prompt tokens, {self.computed_tokens} to compute"
-                + (f", {self.engine_hours:.4g} engine-hours at {self.tokens_per_s:g} tokens/s" if self.tokens_per_s else ""))
+        return f"{self.prompt_tokens} prompt tokens, {self.computed_tokens} to compute" + (
+            f", {self.engine_hours:.4g} engine-hours at {self.tokens_per_s:g} tokens/s" if self.tokens_per_s else ""
+        )
 
     def format(self) -> str:
         """The report's lines (below the dry run's header line)."""
-        lines = ["  samples: " + ", ".join(f"{n} {v:,}" for n, v in self.samples.items())
-                 + (f"; knn k {self.k} + random {self.random}" if self.kernel == "knn" else "; dense")]
-        lines.append(f"  pairs: {self.pairs_total:,} total, {self.pairs_to_score:,} to score, {self.pairs_reused:,} reused "
-                     f"({self.blocks:,} blocks)")
-        lines.append(f"  baselines: {self.baselines_total:,} total, {self.baselines_to_score:,} to score, "
-                     f"{self.baselines_reused:,} reused")
+        lines = [
+            "  samples: "
+            + ", ".join(f"{n} {v:,}" for n, v in self.samples.items())
+            + (f"; knn k {self.k} + random {self.random}" if self.kernel == "knn" else "; dense")
+        ]
+        lines.append(
+            f"  pairs: {self.pairs_total:,} total, {self.pairs_to_score:,} to score, {self.pairs_reused:,} reused "
+            f"({self.blocks:,} blocks)"
+        )
+        lines.append(
+            f"  baselines: {self.baselines_total:,} total, {self.baselines_to_score:,} to score, "
+            f"{self.baselines_reused:,} reused"
+        )
         lines.append(f"  prompt tokens: {self.prompt_tokens:,} (pairs and baselines to score)")
-        lines.append(f"  tokens to compute: {self.computed_tokens:,} ("
-                     + ("prefix reuse: each example head once, per pair its own part and half a KV block"
-                        if self.prefix_reuse else "no prefix reuse") + ")")
+        lines.append(
+            f"  tokens to compute: {self.computed_tokens:,} ("
+            + (
+                "prefix reuse: each example head once, per pair its own part and half a KV block"
+                if self.prefix_reuse
+                else "no prefix reuse"
+            )
+            + ")"
+        )
         if self.tokens_per_s:
             s = "s" if self.engines > 1 else ""
-            lines.append(f"  estimate: {self.engine_hours:,.3g} engine-hours at {self.tokens_per_s:,.0f} computed tokens/s "
-                         f"per engine ({self.rate_source}); {self.wall_hours:,.3g} wall hours on {self.engines} engine{s}")
+            lines.append(
+                f"  estimate: {self.engine_hours:,.3g} engine-hours at {self.tokens_per_s:,.0f} computed tokens/s "
+                f"per engine ({self.rate_source}); {self.wall_hours:,.3g} wall hours on {self.engines} engine{s}"
+            )
         else:
-            lines.append("  estimate: give --tokens-per-s (computed tokens/s of one engine) for hours; "
-                         "`delift-ray estimate` can measure it")
+            lines.append(
+                "  estimate: give --tokens-per-s (computed tokens/s of one engine) for hours; "
+                "`delift-ray estimate` can measure it"
+            )
         return "\n".join(lines)
 
 
@@ -269,8 +320,9 @@ def plan_tokens(plan, lengths: dict[str, SetLengths], max_len: int, kv_block: in
     return prompt, computed
 
 
-def dry_run_report(cfg: DeliftConfig, sets: dict, plan, tokens_per_s: float | None = None, *,
-                   rate_source: str = "given") -> DryRunReport:
+def dry_run_report(
+    cfg: DeliftConfig, sets: dict, plan, tokens_per_s: float | None = None, *, rate_source: str = "given"
+) -> DryRunReport:
     """The dry run's report from the job's ``plan`` and every set it scores (name -> ScoredSet).
 
     ``sets`` includes baseline-only sets (the prompt-free copies of ``selection.min_prompt_gain``):
@@ -281,9 +333,22 @@ def dry_run_report(cfg: DeliftConfig, sets: dict, plan, tokens_per_s: float | No
     prompt, computed = plan_tokens(plan, lengths, cfg.engine.max_model_len - 1, cfg.engine.block_size or 128, reuse)
     knn = cfg.kernel.type == "knn"
     return DryRunReport(
-        stage=cfg.stage, kernel=cfg.kernel.type, samples={n: s.n for n, s in lengths.items()},
-        pairs_total=plan.pairs_total, pairs_to_score=plan.pairs_to_score, pairs_reused=plan.pairs_reused,
-        blocks=len(plan.blocks), baselines_total=plan.baselines_total, baselines_to_score=plan.baselines_to_score,
-        baselines_reused=plan.baselines_reused, prompt_tokens=prompt, computed_tokens=computed, prefix_reuse=reuse,
-        engines=cfg.ray.num_scorers or 1, tokens_per_s=tokens_per_s, rate_source=rate_source if tokens_per_s else "",
-        k=cfg.kernel.k if knn else None, random=cfg.kernel.random if knn else None)
+        stage=cfg.stage,
+        kernel=cfg.kernel.type,
+        samples={n: s.n for n, s in lengths.items()},
+        pairs_total=plan.pairs_total,
+        pairs_to_score=plan.pairs_to_score,
+        pairs_reused=plan.pairs_reused,
+        blocks=len(plan.blocks),
+        baselines_total=plan.baselines_total,
+        baselines_to_score=plan.baselines_to_score,
+        baselines_reused=plan.baselines_reused,
+        prompt_tokens=prompt,
+        computed_tokens=computed,
+        prefix_reuse=reuse,
+        engines=cfg.ray.num_scorers or 1,
+        tokens_per_s=tokens_per_s,
+        rate_source=rate_source if tokens_per_s else "",
+        k=cfg.kernel.k if knn else None,
+        random=cfg.kernel.random if knn else None,
+    )

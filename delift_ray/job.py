@@ -23,8 +23,21 @@ from delift_ray.errors import DeliftError
 from delift_ray.estimate import DryRunReport, dry_run_report
 from delift_ray.lock import RunLock
 from delift_ray.planning import Plan
-from delift_ray.rundir import (RUN_JSON, SAMPLES, SELECTION, SUBSET, RunCounts, RunDir, inputs_digest, json_bytes,
-                               parquet_bytes, run_document, samples_table, selection_table, subset_bytes)
+from delift_ray.rundir import (
+    RUN_JSON,
+    SAMPLES,
+    SELECTION,
+    SUBSET,
+    RunCounts,
+    RunDir,
+    inputs_digest,
+    json_bytes,
+    parquet_bytes,
+    run_document,
+    samples_table,
+    selection_table,
+    subset_bytes,
+)
 from delift_ray.steps.base import StepLog
 from delift_ray.steps.ingest import PROMPT_FREE, ingest, load_tokenizer, prompt_free_sets, stage_sources
 from delift_ray.steps.plan import open_store, sample_ids
@@ -78,9 +91,16 @@ def coerce_config(config: DeliftConfig | dict | str | os.PathLike) -> DeliftConf
     return load_config(config)
 
 
-def run(config: DeliftConfig | dict | str | os.PathLike, *, progress: bool = True, lock: Optional[RunLock] = None,
-        overwrite: bool = False, dry_run: bool = False, finalize: Optional[Finalize] = None,
-        tokens_per_s: Optional[float] = None) -> RunResult | DryRunResult:
+def run(
+    config: DeliftConfig | dict | str | os.PathLike,
+    *,
+    progress: bool = True,
+    lock: Optional[RunLock] = None,
+    overwrite: bool = False,
+    dry_run: bool = False,
+    finalize: Optional[Finalize] = None,
+    tokens_per_s: Optional[float] = None,
+) -> RunResult | DryRunResult:
     """Run a DELIFT selection job; returns the selected ids, counts and output paths.
 
     The job holds the output directory's lock while it runs. ``lock``: that lock, already
@@ -104,7 +124,9 @@ def run(config: DeliftConfig | dict | str | os.PathLike, *, progress: bool = Tru
         return _execute(cfg, out, progress, overwrite, finalize)
 
 
-def _execute(cfg: DeliftConfig, out: RunDir, progress: bool, overwrite: bool, finalize: Optional[Finalize]) -> RunResult:
+def _execute(
+    cfg: DeliftConfig, out: RunDir, progress: bool, overwrite: bool, finalize: Optional[Finalize]
+) -> RunResult:
     out.recover()  # a commit interrupted after its commit point is finished first
     steps = StepLog()
     kernel = kernel_strategy(cfg)
@@ -130,21 +152,44 @@ def _execute(cfg: DeliftConfig, out: RunDir, progress: bool, overwrite: bool, fi
 
     pool = sets["pool"].samples
     selected = [pool.sample_ids[i] for i in selection.indices]
-    counts = RunCounts.from_steps(steps.stats("ingest"), steps.stats("plan"), steps.stats("score"), steps.stats("select"),
-                                  steps.stats("embed"), steps.stats("assemble"))
+    counts = RunCounts.from_steps(
+        steps.stats("ingest"),
+        steps.stats("plan"),
+        steps.stats("score"),
+        steps.stats("select"),
+        steps.stats("embed"),
+        steps.stats("assemble"),
+    )
     timings = run_timings(steps, counts)
-    meta = run_document(config=cfg.model_dump(mode="json"), model=model_record(cfg, store.fingerprint), cache=store.root_uri,
-                        stage=cfg.stage, budget=budget, counts=counts, steps=steps.as_list(), timings=timings,
-                        inputs_digest=digest, scorers=steps.stats("score").scorers)
-    files = {SAMPLES: parquet_bytes(samples_table(sets)),
-             SELECTION: parquet_bytes(selection_table(selected, selection.gains)),
-             SUBSET: subset_bytes([pool.originals[i] for i in selection.indices]),
-             RUN_JSON: json_bytes(meta)}
+    meta = run_document(
+        config=cfg.model_dump(mode="json"),
+        model=model_record(cfg, store.fingerprint),
+        cache=store.root_uri,
+        stage=cfg.stage,
+        budget=budget,
+        counts=counts,
+        steps=steps.as_list(),
+        timings=timings,
+        inputs_digest=digest,
+        scorers=steps.stats("score").scorers,
+    )
+    files = {
+        SAMPLES: parquet_bytes(samples_table(sets)),
+        SELECTION: parquet_bytes(selection_table(selected, selection.gains)),
+        SUBSET: subset_bytes([pool.originals[i] for i in selection.indices]),
+        RUN_JSON: json_bytes(meta),
+    }
     if finalize is not None:
         files = finalize(files)
     written = steps.run("write", write, out, files)
-    paths = {"selection": written[SELECTION], "subset": written[SUBSET], "samples": written[SAMPLES],
-             "utility": store.kind_dir(UTILITY), "run": written[RUN_JSON], **written}
+    paths = {
+        "selection": written[SELECTION],
+        "subset": written[SUBSET],
+        "samples": written[SAMPLES],
+        "utility": store.kind_dir(UTILITY),
+        "run": written[RUN_JSON],
+        **written,
+    }
     return RunResult(cfg.out, selected, [float(g) for g in selection.gains], counts, timings, paths, steps.as_list())
 
 
@@ -173,7 +218,11 @@ def run_timings(steps: StepLog, counts: RunCounts) -> dict:
 
 
 def model_record(cfg: DeliftConfig, fp: str) -> dict:
-    return {"path": cfg.model, "fingerprint": fp, **{k: v for k, v in model_identity(cfg.model).items() if k != "snapshot"}}
+    return {
+        "path": cfg.model,
+        "fingerprint": fp,
+        **{k: v for k, v in model_identity(cfg.model).items() if k != "snapshot"},
+    }
 
 
 def check_out_outside_data(cfg: DeliftConfig) -> None:

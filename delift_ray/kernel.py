@@ -83,8 +83,9 @@ def self_positions(helped_ids: list[str], example_ids: list[str]) -> tuple[np.nd
     return rows, cols
 
 
-def finish_dense(M: np.ndarray, helped_ids: list[str], example_ids: list[str], *,
-                 diagonal: str, scaling: str) -> np.ndarray:
+def finish_dense(
+    M: np.ndarray, helped_ids: list[str], example_ids: list[str], *, diagonal: str, scaling: str
+) -> np.ndarray:
     """Apply the kernel options to a raw dense UF matrix in place and return it.
 
     NaN entries (missing pairs a run was allowed to skip) and, with ``diagonal="drop"``,
@@ -133,8 +134,15 @@ def _locate_batch(table: pa.Table, helped: pa.Array, examples: pa.Array) -> tupl
     return rows, cols, vals
 
 
-def iter_located(tables: Tables, helped_ids: list[str], example_ids: list[str], *, progress: bool = False,
-                 total: int | None = None, desc: str = "assemble") -> Iterator[tuple[np.ndarray, np.ndarray, np.ndarray]]:
+def iter_located(
+    tables: Tables,
+    helped_ids: list[str],
+    example_ids: list[str],
+    *,
+    progress: bool = False,
+    total: int | None = None,
+    desc: str = "assemble",
+) -> Iterator[tuple[np.ndarray, np.ndarray, np.ndarray]]:
     """(rows, cols, values) per table, of the stored pairs inside the requested sets.
 
     Rows and columns are int32 positions in ``helped_ids`` / ``example_ids`` (12 bytes a
@@ -151,7 +159,12 @@ def iter_located(tables: Tables, helped_ids: list[str], example_ids: list[str], 
 
 
 def assemble_dense(
-    tables: Tables, helped_ids: list[str], example_ids: list[str], *, name: str = "K", allow_missing: bool = False,
+    tables: Tables,
+    helped_ids: list[str],
+    example_ids: list[str],
+    *,
+    name: str = "K",
+    allow_missing: bool = False,
     progress: bool = False,
 ) -> np.ndarray:
     """Dense float32 matrix M[h, e] = UF(h <- e), filled table by table.
@@ -163,7 +176,9 @@ def assemble_dense(
     """
     M = np.zeros((len(helped_ids), len(example_ids)), dtype=np.float32)
     seen = np.zeros(M.shape, dtype=bool)
-    for rows, cols, vals in iter_located(tables, helped_ids, example_ids, progress=progress, total=M.size, desc=f"assemble {name}"):
+    for rows, cols, vals in iter_located(
+        tables, helped_ids, example_ids, progress=progress, total=M.size, desc=f"assemble {name}"
+    ):
         M[rows, cols] = vals
         seen[rows, cols] = True
     missing = int(seen.size - np.count_nonzero(seen))
@@ -224,8 +239,14 @@ def sparse_kernel_bytes(nnz: int, n_rows: int) -> int:
 
 
 def assemble_sparse(
-    rows: np.ndarray, cols: np.ndarray, vals: np.ndarray, shape: tuple[int, int], *, drop_diagonal: bool = False,
-    scaling: str = "minmax", drop_keys: np.ndarray | None = None,
+    rows: np.ndarray,
+    cols: np.ndarray,
+    vals: np.ndarray,
+    shape: tuple[int, int],
+    *,
+    drop_diagonal: bool = False,
+    scaling: str = "minmax",
+    drop_keys: np.ndarray | None = None,
 ):
     """CSR float32 kernel from stored entries, scaled over the stored entries only.
 
@@ -279,9 +300,17 @@ def candidate_keys(candidates: np.ndarray, n_cols: int) -> np.ndarray:
     return keys
 
 
-def assemble_sparse_from_tables(tables: Tables, helped_ids: list[str], example_ids: list[str], *,
-                                allowed: np.ndarray | None = None, diagonal: str, scaling: str,
-                                progress: bool = False, name: str = "K"):
+def assemble_sparse_from_tables(
+    tables: Tables,
+    helped_ids: list[str],
+    example_ids: list[str],
+    *,
+    allowed: np.ndarray | None = None,
+    diagonal: str,
+    scaling: str,
+    progress: bool = False,
+    name: str = "K",
+):
     """CSR kernel M[h, e] of the stored pairs inside the requested sets (see :func:`assemble_sparse`).
 
     ``diagonal="drop"`` removes every self pair (:func:`self_positions`).
@@ -295,7 +324,9 @@ def assemble_sparse_from_tables(tables: Tables, helped_ids: list[str], example_i
     n_cols = len(example_ids)
     parts = []
     total = None if allowed is None else int(allowed.size)
-    for rows, cols, vals in iter_located(tables, helped_ids, example_ids, progress=progress, total=total, desc=f"assemble {name}"):
+    for rows, cols, vals in iter_located(
+        tables, helped_ids, example_ids, progress=progress, total=total, desc=f"assemble {name}"
+    ):
         if allowed is not None:
             keep = isin_sorted(rows.astype(np.int64) * n_cols + cols, allowed)
             rows, cols, vals = rows[keep], cols[keep], vals[keep]
@@ -308,13 +339,19 @@ def assemble_sparse_from_tables(tables: Tables, helped_ids: list[str], example_i
     # Ids are unique within a set (ingest merges duplicates), so over one set (K) the self pairs
     # are the positional diagonal: one vectorised pass, where matching ids costs a dict of the
     # set and a set-membership test of every stored key (seconds at 36M pairs).
-    same_set = helped_ids is example_ids or (len(helped_ids) == len(example_ids)
-                                              and list(helped_ids) == list(example_ids))
+    same_set = helped_ids is example_ids or (
+        len(helped_ids) == len(example_ids) and list(helped_ids) == list(example_ids)
+    )
     drop = None
     if diagonal == "drop" and not same_set:
         r, c = self_positions(helped_ids, example_ids)
         drop = r * n_cols + c
-    return assemble_sparse(rows, cols, vals, (len(helped_ids), n_cols),
-                           drop_diagonal=diagonal == "drop" and same_set,
-                           scaling=scaling, drop_keys=drop)
-
+    return assemble_sparse(
+        rows,
+        cols,
+        vals,
+        (len(helped_ids), n_cols),
+        drop_diagonal=diagonal == "drop" and same_set,
+        scaling=scaling,
+        drop_keys=drop,
+    )

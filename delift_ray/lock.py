@@ -146,8 +146,13 @@ class RunLock:
                     f"{held.get('host')}, started {held.get('started')}); wait for it to finish, or, if that "
                     f"run is dead, delete {self.path}"
                 )
-            log.warning("taking over a stale lock in %s (owner pid %s on %s, started %s, is gone)",
-                        self.uri, held.get("pid"), held.get("host"), held.get("started"))
+            log.warning(
+                "taking over a stale lock in %s (owner pid %s on %s, started %s, is gone)",
+                self.uri,
+                held.get("pid"),
+                held.get("host"),
+                held.get("started"),
+            )
             # Move aside rather than delete: of two runs taking over at once, only one move succeeds.
             try:
                 self.fs.move(self.path, f"{self.path}.stale-{uuid.uuid4().hex[:8]}")
@@ -185,4 +190,3 @@ class RunLock:
 
     def __exit__(self, *exc) -> None:
         self.release()
-

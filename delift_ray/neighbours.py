@@ -77,8 +77,15 @@ def build_index(base: np.ndarray, exact_max: int, seed: int = 0):
     return index
 
 
-def nearest(queries: np.ndarray, base: np.ndarray, k: int, exact_max: int, seed: int = 0, batch: int = 16384,
-            progress: bool = False) -> np.ndarray:
+def nearest(
+    queries: np.ndarray,
+    base: np.ndarray,
+    k: int,
+    exact_max: int,
+    seed: int = 0,
+    batch: int = 16384,
+    progress: bool = False,
+) -> np.ndarray:
     """(n_queries, min(k, n_base)) int64 indices of each query's nearest base vectors.
 
     An approximate index may return fewer than k hits for a query; those slots are -1.
@@ -112,8 +119,7 @@ def _distinct_uniform(n_rows: int, m: int, r: int, rng: np.random.Generator) -> 
     return out
 
 
-def random_excluding(exclude: np.ndarray, m: int, r: int, rng: np.random.Generator,
-                     chunk: int = 1 << 16) -> np.ndarray:
+def random_excluding(exclude: np.ndarray, m: int, r: int, rng: np.random.Generator, chunk: int = 1 << 16) -> np.ndarray:
     """(n_rows, r') values in [0, m) avoiding each row's ``exclude`` entries, distinct per row.
 
     ``exclude`` is (n_rows, c) with distinct valid entries per row (or -1 for none);
@@ -130,7 +136,7 @@ def random_excluding(exclude: np.ndarray, m: int, r: int, rng: np.random.Generat
     if c == 0:
         return v
     for s in range(0, n_rows, chunk):
-        v[s:s + chunk] = _skip_excluded(exclude[s:s + chunk], v[s:s + chunk], m)
+        v[s : s + chunk] = _skip_excluded(exclude[s : s + chunk], v[s : s + chunk], m)
     return v
 
 
@@ -148,8 +154,9 @@ def _skip_excluded(exclude: np.ndarray, v: np.ndarray, m: int) -> np.ndarray:
     return v + (pos - (np.arange(n_rows) * c)[:, None])
 
 
-def candidates(queries: np.ndarray, base: np.ndarray, k: int, r: int, *, exact_max: int, seed: int,
-               progress: bool = False) -> np.ndarray:
+def candidates(
+    queries: np.ndarray, base: np.ndarray, k: int, r: int, *, exact_max: int, seed: int, progress: bool = False
+) -> np.ndarray:
     """(n_queries, k' + r') int64 candidate base indices per query; distinct per row.
 
     Slots an approximate index leaves empty (-1) are filled with extra random draws,

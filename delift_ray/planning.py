@@ -122,7 +122,9 @@ def _as_pair_keys(stored, index: "IdIndex") -> np.ndarray:
     if not stored:
         return np.empty(0, np.int64)
     hs, es = zip(*stored)
-    return stored_pair_keys(pa.table({"helped_id": pa.array(hs, pa.string()), "example_id": pa.array(es, pa.string())}), index)
+    return stored_pair_keys(
+        pa.table({"helped_id": pa.array(hs, pa.string()), "example_id": pa.array(es, pa.string())}), index
+    )
 
 
 def _pairs_block_key(fingerprint: str, helped: np.ndarray, example: np.ndarray) -> str:
@@ -135,8 +137,15 @@ def _pairs_block_key(fingerprint: str, helped: np.ndarray, example: np.ndarray) 
     hl, el = np.char.str_len(helped), np.char.str_len(example)
     if helped.size and hl.min() == helped.dtype.itemsize and el.min() == example.dtype.itemsize:
         n = helped.size
-        rows = np.concatenate([helped.view(np.uint8).reshape(n, -1), np.full((n, 1), ord(">"), np.uint8),
-                               example.view(np.uint8).reshape(n, -1), np.full((n, 1), ord(";"), np.uint8)], axis=1)
+        rows = np.concatenate(
+            [
+                helped.view(np.uint8).reshape(n, -1),
+                np.full((n, 1), ord(">"), np.uint8),
+                example.view(np.uint8).reshape(n, -1),
+                np.full((n, 1), ord(";"), np.uint8),
+            ],
+            axis=1,
+        )
         h = hashlib.blake2b(digest_size=12)
         h.update(fingerprint.encode())
         h.update(rows.tobytes())
@@ -162,8 +171,10 @@ class IdIndex:
         arrays = {name: pa.array(v, pa.string()) for name, v in ids.items()}
         self.values = pc.unique(pa.concat_arrays(list(arrays.values()))) if arrays else pa.array([], pa.string())
         self.size = len(self.values)
-        self.gidx = {n: pc.index_in(a, value_set=self.values).to_numpy(zero_copy_only=False).astype(np.int64)
-                     for n, a in arrays.items()}
+        self.gidx = {
+            n: pc.index_in(a, value_set=self.values).to_numpy(zero_copy_only=False).astype(np.int64)
+            for n, a in arrays.items()
+        }
         # Fixed-width bytes of every id, for hashing block contents without Python loops.
         self.raw = {n: np.array(v, dtype="S") if len(v) else np.array([], dtype="S1") for n, v in ids.items()}
 
@@ -292,8 +303,14 @@ def plan_knn(
     return plan
 
 
-def plan_baselines(plan: Plan, matrices: tuple[MatrixSpec, ...], ids: dict[str, list[str]], index: IdIndex,
-                   stored_baselines, baseline_chunk: int) -> None:
+def plan_baselines(
+    plan: Plan,
+    matrices: tuple[MatrixSpec, ...],
+    ids: dict[str, list[str]],
+    index: IdIndex,
+    stored_baselines,
+    baseline_chunk: int,
+) -> None:
     """Baseline chunks for every helped sample (each id once), vectorised.
 
     A set that no matrix names (in ``ids`` only) is baseline-only: its samples get

@@ -19,7 +19,7 @@ def descendants(root: int) -> set[int]:
                 stat = f.read()
         except OSError:
             continue
-        ppid = int(stat[stat.rindex(")") + 2:].split()[1])
+        ppid = int(stat[stat.rindex(")") + 2 :].split()[1])
         children.setdefault(ppid, []).append(int(os.path.basename(d)))
     out, todo = set(), [root]
     while todo:

@@ -156,10 +156,10 @@ ANCHOR = "\n"
 PROBES: tuple[tuple[str, str], ...] = (
     ("What is the capital of France?", "Paris is the capital of France."),
     ("Sort the numbers: 3, 1, 2", "1, 2, 3"),
-    ("Write a Python function that adds two numbers.", "def add(a, b):\n    \"\"\"Return a + b.\"\"\"\n    return a + b"),
+    ("Write a Python function that adds two numbers.", 'def add(a, b):\n    """Return a + b."""\n    return a + b'),
     ("Complete the code:\n\ndef f(x):", "return x * 2\n\n\nprint(f(1))"),
     ("Name it (briefly)", "[done]"),
-    ("\"Quoted\" text", "'single' quotes'"),
+    ('"Quoted" text', "'single' quotes'"),
     ("it's", "don't"),
     ("2024", "42"),
     ("x", "y"),
@@ -198,7 +198,7 @@ def template_runs(template: str) -> list[str]:
         body = literal.rstrip(" ")
         if body:
             runs.append(_escape(body))
-        runs.append(_escape(literal[len(body):]) + "{" + field + "}")
+        runs.append(_escape(literal[len(body) :]) + "{" + field + "}")
     return runs
 
 
@@ -243,9 +243,13 @@ class TokenisationPlan:
         def one(seg: Segment) -> str:
             fields = sum(bool(_fields(r)) for r in seg.runs)
             return ("whole" if len(seg.runs) == 1 else f"{len(seg.runs)} runs ({fields} per sample)") + (
-                ", anchored" if seg.anchored else "")
-        return (f"no_example: {one(self.no_example)}; with_example: {one(self.with_example)}, head = runs[:{self.cut}]"
-                + ("" if self.exact else "; NOT exact at the head|tail cut"))
+                ", anchored" if seg.anchored else ""
+            )
+
+        return (
+            f"no_example: {one(self.no_example)}; with_example: {one(self.with_example)}, head = runs[:{self.cut}]"
+            + ("" if self.exact else "; NOT exact at the head|tail cut")
+        )
 
 
 def split_with_example(template: str) -> tuple[str, str]:
@@ -337,6 +341,7 @@ def _query_cut(seg: Segment) -> Optional[int]:
 
 def probe_values(prompts: Sequence[str] = (), responses: Sequence[str] = ()) -> list[tuple[str, str]]:
     """The (prompt, response) probes: :data:`PROBES` plus the ends of the first data samples."""
+
     def ends(text: str) -> str:
         return text if len(text) <= 2 * PROBE_CHARS else text[:PROBE_CHARS] + text[-PROBE_CHARS:]
 
@@ -344,8 +349,9 @@ def probe_values(prompts: Sequence[str] = (), responses: Sequence[str] = ()) -> 
     return list(PROBES) + data
 
 
-def plan_tokenisation(tokenizer, templates: TemplateConfig, prompts: Sequence[str] = (),
-                      responses: Sequence[str] = ()) -> TokenisationPlan:
+def plan_tokenisation(
+    tokenizer, templates: TemplateConfig, prompts: Sequence[str] = (), responses: Sequence[str] = ()
+) -> TokenisationPlan:
     """The cheapest exact way to tokenise both contexts with this tokenizer (see the module doc).
 
     Tries plain runs and anchored runs and keeps the finer exact one; a template that
@@ -393,7 +399,7 @@ def _encode_run(tokenizer, texts: Sequence[str], anchored: bool, chunk: int, bar
     """
     parts, bad = [], np.zeros(len(texts), dtype=bool)
     for s in range(0, len(texts), chunk):
-        batch = list(texts[s:s + chunk])
+        batch = list(texts[s : s + chunk])
         ids = _encode_anchored(tokenizer, batch) if anchored else _encode(tokenizer, batch)
         for k, row in enumerate(ids):
             if row is None:
@@ -460,9 +466,15 @@ def _assemble(cache: _RunCache, seg: Segment, runs: range, whole: Callable[[np.n
     return out
 
 
-def tokenize_set(tokenizer, prompts: list[str], responses: list[str], templates: TemplateConfig,
-                 plan: Optional[TokenisationPlan] = None, progress: Optional[bool] = None,
-                 chunk: int = 8192) -> TokenizedSet:
+def tokenize_set(
+    tokenizer,
+    prompts: list[str],
+    responses: list[str],
+    templates: TemplateConfig,
+    plan: Optional[TokenisationPlan] = None,
+    progress: Optional[bool] = None,
+    chunk: int = 8192,
+) -> TokenizedSet:
     """Tokenise every sample's segments by ``plan`` (default: :func:`plan_tokenisation` on
     this tokenizer, the templates and the first samples).
 
@@ -474,10 +486,19 @@ def tokenize_set(tokenizer, prompts: list[str], responses: list[str], templates:
     if plan is None:
         plan = plan_tokenisation(tokenizer, templates, prompts, responses)
     n = len(prompts)
-    runs_per_sample = len({seg.key(k) for seg in (plan.no_example, plan.with_example)
-                           for k in range(len(seg.runs)) if _fields(seg.runs[k])} | {("{r}", False)})
+    runs_per_sample = len(
+        {
+            seg.key(k)
+            for seg in (plan.no_example, plan.with_example)
+            for k in range(len(seg.runs))
+            if _fields(seg.runs[k])
+        }
+        | {("{r}", False)}
+    )
     show = progress if progress is not None else n >= PROGRESS_MIN_SAMPLES
-    bar = tqdm(total=n * runs_per_sample, unit="text", desc="tokenise", disable=not show, dynamic_ncols=True, leave=False)
+    bar = tqdm(
+        total=n * runs_per_sample, unit="text", desc="tokenise", disable=not show, dynamic_ncols=True, leave=False
+    )
     try:
         cache = _RunCache(tokenizer, prompts, responses, chunk, bar)
         response, _ = cache.get(("{r}", False))  # tok(r_i): the scored part, by definition alone
@@ -487,16 +508,23 @@ def tokenize_set(tokenizer, prompts: list[str], responses: list[str], templates:
                 texts = [template.format(**role_values(int(i))) for i in idx]
                 ids = _encode_anchored(tokenizer, texts) if anchored else [None] * len(texts)
                 return Ragged.from_lists([a if a is not None else b for a, b in zip(ids, _encode(tokenizer, texts))])
+
             return rows
 
         ne, we = plan.no_example, plan.with_example
-        no_example = _assemble(cache, ne, range(len(ne.runs)),
-                               whole_rows(templates.no_example, lambda i: {"query": prompts[i]}))
-        head_t, tail_t = "".join(we.runs[:plan.cut]), "".join(we.runs[plan.cut:])
-        head = _assemble(cache, we, range(plan.cut),
-                         whole_rows(head_t, lambda i: {"example_prompt": prompts[i], "example_response": responses[i]}))
-        tail = _assemble(cache, we, range(plan.cut, len(we.runs)),
-                         whole_rows(tail_t, lambda i: {"query": prompts[i]}, we.anchored))
+        no_example = _assemble(
+            cache, ne, range(len(ne.runs)), whole_rows(templates.no_example, lambda i: {"query": prompts[i]})
+        )
+        head_t, tail_t = "".join(we.runs[: plan.cut]), "".join(we.runs[plan.cut :])
+        head = _assemble(
+            cache,
+            we,
+            range(plan.cut),
+            whole_rows(head_t, lambda i: {"example_prompt": prompts[i], "example_response": responses[i]}),
+        )
+        tail = _assemble(
+            cache, we, range(plan.cut, len(we.runs)), whole_rows(tail_t, lambda i: {"query": prompts[i]}, we.anchored)
+        )
     finally:
         bar.close()
     keep = 0
@@ -508,7 +536,7 @@ def tokenize_set(tokenizer, prompts: list[str], responses: list[str], templates:
 def template_head_length(tokenizer, templates: TemplateConfig, plan: Optional[TokenisationPlan] = None) -> int:
     """Tokens of the with-example head with an empty example (the least an example can shrink to)."""
     plan = plan or plan_tokenisation(tokenizer, templates)
-    head = "".join(plan.with_example.runs[:plan.cut])
+    head = "".join(plan.with_example.runs[: plan.cut])
     return len(_encode(tokenizer, [head.format(example_prompt="", example_response="")])[0])
 
 
@@ -524,7 +552,9 @@ def baseline_sequence(tok: TokenizedSet, i: int, eos: int) -> tuple[list[int], i
     return ctx + [eos] + tok.response[i] + [eos], len(ctx) + 1
 
 
-def pair_sequence(helped: TokenizedSet, i: int, examples: TokenizedSet, j: int, eos: int, max_len: int) -> tuple[list[int], int]:
+def pair_sequence(
+    helped: TokenizedSet, i: int, examples: TokenizedSet, j: int, eos: int, max_len: int
+) -> tuple[list[int], int]:
     """(tokens, first scored position) of helped i with example j.
 
     A head too long for ``max_len`` loses tokens from its example, right before the
@@ -536,12 +566,17 @@ def pair_sequence(helped: TokenizedSet, i: int, examples: TokenizedSet, j: int, 
     head = examples.head[j]
     if len(head) > room:
         keep = min(examples.head_keep, room)
-        head = head[: room - keep] + (head[len(head) - keep:] if keep else [])
+        head = head[: room - keep] + (head[len(head) - keep :] if keep else [])
     ctx_len = len(head) + len(tail)
     return head + tail + [eos] + resp + [eos], ctx_len + 1
 
 
 def take(tok: TokenizedSet, idx) -> TokenizedSet:
     """The segments of samples ``idx`` only (what one block needs)."""
-    return TokenizedSet(no_example=tok.no_example.take(idx), tail=tok.tail.take(idx),
-                        head=tok.head.take(idx), response=tok.response.take(idx), head_keep=tok.head_keep)
+    return TokenizedSet(
+        no_example=tok.no_example.take(idx),
+        tail=tok.tail.take(idx),
+        head=tok.head.take(idx),
+        response=tok.response.take(idx),
+        head_keep=tok.head_keep,
+    )

@@ -45,8 +45,19 @@ import pyarrow.parquet as pq
 from delift_ray.config import DeliftConfig, validate_config
 from delift_ray.errors import DeliftError
 from delift_ray.lock import RunLock
-from delift_ray.rundir import (RUN_JSON, SAMPLES, SELECTION, SUBSET, RunCounts, RunDir, json_bytes, parquet_bytes,
-                               read_run, selection_table, subset_bytes)
+from delift_ray.rundir import (
+    RUN_JSON,
+    SAMPLES,
+    SELECTION,
+    SUBSET,
+    RunCounts,
+    RunDir,
+    json_bytes,
+    parquet_bytes,
+    read_run,
+    selection_table,
+    subset_bytes,
+)
 from delift_ray.storage import atomic_write, resolve_fs
 
 MODES = ("full", "continual")
@@ -70,8 +81,11 @@ class DataDiff:
 
 def diff_ids(previous: Sequence[str], new: Sequence[str]) -> DataDiff:
     old, cur = set(previous), set(new)
-    return DataDiff(added=[s for s in new if s not in old], removed=[s for s in previous if s not in cur],
-                    unchanged=[s for s in new if s in old])
+    return DataDiff(
+        added=[s for s in new if s not in old],
+        removed=[s for s in previous if s not in cur],
+        unchanged=[s for s in new if s in old],
+    )
 
 
 def selection_diff(before: Sequence[str], after: Sequence[str]) -> pa.Table:
@@ -80,12 +94,14 @@ def selection_diff(before: Sequence[str], after: Sequence[str]) -> pa.Table:
     rank_a = {s: r for r, s in enumerate(after)}
     ids = list(after) + [s for s in before if s not in rank_a]
     change = ["kept" if s in rank_b and s in rank_a else "entered" if s in rank_a else "left" for s in ids]
-    return pa.table({
-        "sample_id": pa.array(ids, pa.string()),
-        "change": pa.array(change, pa.string()),
-        "rank_before": pa.array([rank_b.get(s, -1) for s in ids], pa.int64()),
-        "rank_after": pa.array([rank_a.get(s, -1) for s in ids], pa.int64()),
-    })
+    return pa.table(
+        {
+            "sample_id": pa.array(ids, pa.string()),
+            "change": pa.array(change, pa.string()),
+            "rank_before": pa.array([rank_b.get(s, -1) for s in ids], pa.int64()),
+            "rank_after": pa.array([rank_a.get(s, -1) for s in ids], pa.int64()),
+        }
+    )
 
 
 def continual_budget(budget: Union[int, float], prev_selected: int, prev_samples: int, n_added: int) -> int:
@@ -133,8 +149,9 @@ class ReselectResult:
     paths: dict = field(default_factory=dict)
 
 
-def version_config(prev: PreviousRun, data: str, out: str, *, cache: Optional[str] = None,
-                   budget: Union[int, float, None] = None) -> DeliftConfig:
+def version_config(
+    prev: PreviousRun, data: str, out: str, *, cache: Optional[str] = None, budget: Union[int, float, None] = None
+) -> DeliftConfig:
     """The previous config with the new data, out dir and (shared) cache."""
     tree = dict(prev.config)
     tree.update(data=data, out=out, cache=cache or prev.cache)
@@ -143,9 +160,18 @@ def version_config(prev: PreviousRun, data: str, out: str, *, cache: Optional[st
     return validate_config(tree)
 
 
-def reselect(previous: str, data: str, out: str, *, mode: str = "full", condition_on: str = "selected",
-             budget: Union[int, float, None] = None, cache: Optional[str] = None, progress: bool = True,
-             overwrite: bool = False) -> ReselectResult:
+def reselect(
+    previous: str,
+    data: str,
+    out: str,
+    *,
+    mode: str = "full",
+    condition_on: str = "selected",
+    budget: Union[int, float, None] = None,
+    cache: Optional[str] = None,
+    progress: bool = True,
+    overwrite: bool = False,
+) -> ReselectResult:
     """Select on a new data version, reusing every cached utility; see the module docstring."""
     if mode not in MODES:
         raise DeliftError(f"--mode must be one of {', '.join(MODES)}, got {mode!r}")
@@ -155,18 +181,43 @@ def reselect(previous: str, data: str, out: str, *, mode: str = "full", conditio
     od.create()
     # One writer per output directory: the lock covers the job and the commit of its files.
     with RunLock(od.fs, od.path, out) as lock:
-        return _reselect_locked(previous, data, out, od, lock, mode=mode, condition_on=condition_on, budget=budget,
-                                cache=cache, progress=progress, overwrite=overwrite)
+        return _reselect_locked(
+            previous,
+            data,
+            out,
+            od,
+            lock,
+            mode=mode,
+            condition_on=condition_on,
+            budget=budget,
+            cache=cache,
+            progress=progress,
+            overwrite=overwrite,
+        )
 
 
-def _reselect_locked(previous: str, data: str, out: str, od: RunDir, lock: RunLock, *, mode: str, condition_on: str,
-                     budget: Union[int, float, None], cache: Optional[str], progress: bool, overwrite: bool) -> ReselectResult:
+def _reselect_locked(
+    previous: str,
+    data: str,
+    out: str,
+    od: RunDir,
+    lock: RunLock,
+    *,
+    mode: str,
+    condition_on: str,
+    budget: Union[int, float, None],
+    cache: Optional[str],
+    progress: bool,
+    overwrite: bool,
+) -> ReselectResult:
     from delift_ray.data import load_samples
     from delift_ray.job import run
 
     prev = read_previous(previous)
     cfg = version_config(prev, data, out, cache=cache, budget=budget if mode == "full" else None)
-    new = load_samples(cfg.data, "pool", columns=cfg.columns, split=cfg.split, max_rows=cfg.max_samples, strict=cfg.strict)
+    new = load_samples(
+        cfg.data, "pool", columns=cfg.columns, split=cfg.split, max_rows=cfg.max_samples, strict=cfg.strict
+    )
     diff = diff_ids(prev.pool_ids, new.sample_ids)
     report: dict = {}
 
@@ -178,16 +229,31 @@ def _reselect_locked(previous: str, data: str, out: str, od: RunDir, lock: RunLo
         ids = sdiff.column("sample_id").to_pylist()
         by_change = {c: [s for s, x in zip(ids, changes) if x == c] for c in ("entered", "left", "kept")}
         meta = json.loads(files[RUN_JSON])
-        meta["reselect"] = {"previous": previous, "mode": mode, "condition_on": condition_on if mode == "continual" else None,
-                            "data": diff.counts(), **report["changes"], **extra}
-        return {**files, "selection_diff.parquet": parquet_bytes(sdiff),
-                "selection_diff.json": json_bytes({"previous": previous, "mode": mode, "data": diff.counts(),
-                                                   **report["changes"], **by_change}),
-                RUN_JSON: json_bytes(meta)}
+        meta["reselect"] = {
+            "previous": previous,
+            "mode": mode,
+            "condition_on": condition_on if mode == "continual" else None,
+            "data": diff.counts(),
+            **report["changes"],
+            **extra,
+        }
+        return {
+            **files,
+            "selection_diff.parquet": parquet_bytes(sdiff),
+            "selection_diff.json": json_bytes(
+                {"previous": previous, "mode": mode, "data": diff.counts(), **report["changes"], **by_change}
+            ),
+            RUN_JSON: json_bytes(meta),
+        }
 
     if mode == "full":
-        result = run(cfg, progress=progress, lock=lock, overwrite=overwrite,
-                     finalize=lambda files: add_diff(files, read_selection(files), {}))
+        result = run(
+            cfg,
+            progress=progress,
+            lock=lock,
+            overwrite=overwrite,
+            finalize=lambda files: add_diff(files, read_selection(files), {}),
+        )
         selected, counts, paths = result.selected_ids, result.counts, result.paths
     else:
         selected, counts, paths = _continual(cfg, prev, new, diff, od, condition_on, budget, progress, add_diff)
@@ -198,8 +264,17 @@ def read_selection(files: dict[str, bytes]) -> list[str]:
     return pq.read_table(pa.BufferReader(files[SELECTION])).column("sample_id").to_pylist()
 
 
-def _continual(cfg: DeliftConfig, prev: PreviousRun, new, diff: DataDiff, od: RunDir, condition_on: str,
-               budget: Union[int, float, None], progress: bool, add_diff) -> tuple[list[str], RunCounts, dict]:
+def _continual(
+    cfg: DeliftConfig,
+    prev: PreviousRun,
+    new,
+    diff: DataDiff,
+    od: RunDir,
+    condition_on: str,
+    budget: Union[int, float, None],
+    progress: bool,
+    add_diff,
+) -> tuple[list[str], RunCounts, dict]:
     """FLCG over the added samples conditioned on the previous selection (or all previous data)."""
     from delift_ray.job import run
 
@@ -211,31 +286,51 @@ def _continual(cfg: DeliftConfig, prev: PreviousRun, new, diff: DataDiff, od: Ru
         note = f"{len(diff.added)} added sample(s): nothing to choose between, the previous selection carries over"
     else:
         cond_ids = set(prev.selected) if condition_on == "selected" else set(prev.pool_ids)
-        cond = prev.pool.filter(pc.is_in(prev.pool.column("sample_id"), value_set=pa.array(sorted(cond_ids), pa.string())))
+        cond = prev.pool.filter(
+            pc.is_in(prev.pool.column("sample_id"), value_set=pa.array(sorted(cond_ids), pa.string()))
+        )
         # Inputs of the FLCG run, as prompt/response rows (same content hashes), in its own folder.
         sub = f"{od.uri.rstrip('/')}/continual"
-        added = _write_jsonl(sub, "added.jsonl", [new.prompts[pos[s]] for s in diff.added],
-                             [new.responses[pos[s]] for s in diff.added])
-        existing = _write_jsonl(sub, "condition.jsonl", cond.column("prompt").to_pylist(), cond.column("response").to_pylist())
-        k = budget if budget is not None else continual_budget(prev.config.get("budget", 0.3), len(prev.selected), len(prev.pool_ids), len(diff.added))
+        added = _write_jsonl(
+            sub, "added.jsonl", [new.prompts[pos[s]] for s in diff.added], [new.responses[pos[s]] for s in diff.added]
+        )
+        existing = _write_jsonl(
+            sub, "condition.jsonl", cond.column("prompt").to_pylist(), cond.column("response").to_pylist()
+        )
+        k = (
+            budget
+            if budget is not None
+            else continual_budget(
+                prev.config.get("budget", 0.3), len(prev.selected), len(prev.pool_ids), len(diff.added)
+            )
+        )
         tree = cfg.model_dump(mode="json")
-        tree.update(data=added, existing=existing, stage="continual", budget=k, out=f"{sub}/run", cache=cfg.cache, columns={})
+        tree.update(
+            data=added, existing=existing, stage="continual", budget=k, out=f"{sub}/run", cache=cfg.cache, columns={}
+        )
         result = run(validate_config(tree), progress=progress, overwrite=True)
         picks, gains, counts = result.selected_ids, result.gains, result.counts
     selected = kept + picks
     counts = dataclasses.replace(counts, samples=len(new), selected=len(selected))
     meta = {"config": cfg.model_dump(mode="json"), "cache": cfg.cache, "counts": counts.as_dict()}
-    files = {SAMPLES: parquet_bytes(version_samples(new)),
-             SELECTION: parquet_bytes(selection_table(selected, [np.nan] * len(kept) + list(gains),
-                                                      ["kept"] * len(kept) + ["picked"] * len(picks))),
-             SUBSET: subset_bytes([new.originals[pos[s]] for s in selected]),
-             RUN_JSON: json_bytes(meta)}
+    files = {
+        SAMPLES: parquet_bytes(version_samples(new)),
+        SELECTION: parquet_bytes(
+            selection_table(
+                selected, [np.nan] * len(kept) + list(gains), ["kept"] * len(kept) + ["picked"] * len(picks)
+            )
+        ),
+        SUBSET: subset_bytes([new.originals[pos[s]] for s in selected]),
+        RUN_JSON: json_bytes(meta),
+    }
     paths = od.commit(add_diff(files, selected, {"picked": len(picks), "note": note}))
     return selected, counts, paths
 
 
 def _write_jsonl(folder: str, name: str, prompts: Sequence[str], responses: Sequence[str]) -> str:
-    text = "".join(json.dumps({"prompt": p, "response": r}, ensure_ascii=False) + "\n" for p, r in zip(prompts, responses))
+    text = "".join(
+        json.dumps({"prompt": p, "response": r}, ensure_ascii=False) + "\n" for p, r in zip(prompts, responses)
+    )
     fs, path = resolve_fs(folder)
     atomic_write(fs, f"{path}/{name}", text.encode("utf-8"))
     return f"{folder}/{name}"
@@ -244,6 +339,16 @@ def _write_jsonl(folder: str, name: str, prompts: Sequence[str], responses: Sequ
 def version_samples(new) -> pa.Table:
     """samples.parquet of a whole version (continual mode tokenises only the added part: token counts are -1)."""
     n = len(new)
-    return pa.table({"sample_id": new.sample_ids, "row": new.rows, "set": ["pool"] * n, "prompt": new.prompts,
-                     "response": new.responses, "prompt_tokens": [-1] * n, "response_tokens": [-1] * n,
-                     "copies": new.copies, "status": ["ok"] * n})
+    return pa.table(
+        {
+            "sample_id": new.sample_ids,
+            "row": new.rows,
+            "set": ["pool"] * n,
+            "prompt": new.prompts,
+            "response": new.responses,
+            "prompt_tokens": [-1] * n,
+            "response_tokens": [-1] * n,
+            "copies": new.copies,
+            "status": ["ok"] * n,
+        }
+    )

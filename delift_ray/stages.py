@@ -36,8 +36,14 @@ STAGE_MATRICES: dict[str, tuple[MatrixSpec, ...]] = {
 }
 
 
-def select(stage: str, kernels: dict[str, np.ndarray], budget: int, cfg: DeliftConfig,
-           progress: bool = False, excluded: Optional[np.ndarray] = None) -> tuple[np.ndarray, np.ndarray]:
+def select(
+    stage: str,
+    kernels: dict[str, np.ndarray],
+    budget: int,
+    cfg: DeliftConfig,
+    progress: bool = False,
+    excluded: Optional[np.ndarray] = None,
+) -> tuple[np.ndarray, np.ndarray]:
     """Run the stage's submodular maximisation; (indices into the pool, gains).
 
     ``excluded``: a mask of pool positions that may not be picked. Their columns of K are
@@ -57,15 +63,21 @@ def select(stage: str, kernels: dict[str, np.ndarray], budget: int, cfg: DeliftC
         if budget > allowed:
             from delift_ray.errors import BudgetError
 
-            raise BudgetError(f"budget {budget} exceeds the {allowed} pool samples that may be picked "
-                              f"({int(excluded.sum())} of {excluded.size} excluded by selection.min_prompt_gain)")
+            raise BudgetError(
+                f"budget {budget} exceeds the {allowed} pool samples that may be picked "
+                f"({int(excluded.sum())} of {excluded.size} excluded by selection.min_prompt_gain)"
+            )
         K = zero_columns(K, excluded)
     if stage == "instruction":
         idx, gains = selection.facility_location(K, budget, stop_if_zero_gain=s.stop_if_zero_gain, progress=progress)
     elif stage == "task":
-        idx, gains = selection.fl_mutual_information(K, kernels["Q"], budget, eta=s.eta, stop_if_zero_gain=s.stop_if_zero_gain, progress=progress)
+        idx, gains = selection.fl_mutual_information(
+            K, kernels["Q"], budget, eta=s.eta, stop_if_zero_gain=s.stop_if_zero_gain, progress=progress
+        )
     elif stage == "continual":
-        idx, gains = selection.fl_conditional_gain(K, kernels["P"], budget, nu=s.nu, stop_if_zero_gain=s.stop_if_zero_gain, progress=progress)
+        idx, gains = selection.fl_conditional_gain(
+            K, kernels["P"], budget, nu=s.nu, stop_if_zero_gain=s.stop_if_zero_gain, progress=progress
+        )
     else:
         raise ValueError(f"unknown stage {stage!r}")
     if excluded is not None and excluded[idx].any():
@@ -105,5 +117,7 @@ def budget_count(budget: int | float, n: int) -> int:
     if isinstance(budget, float):
         k = max(k, 1)
     if not 0 < k < n:
-        raise BudgetError(f"budget {budget} gives {k} samples, but it must lie in [1, {n - 1}] for a pool of {n} valid samples")
+        raise BudgetError(
+            f"budget {budget} gives {k} samples, but it must lie in [1, {n - 1}] for a pool of {n} valid samples"
+        )
     return k

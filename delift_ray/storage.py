@@ -160,6 +160,8 @@ def atomic_write(fs: pafs.FileSystem, path: str, data: Union[bytes, Callable[[An
             pass
         raise
     return path
+
+
 def local_copy(uri: str) -> str:
     """A local copy of a file or folder at a URI (a dataset on object storage), made once
     per process in a temporary folder removed at exit; local paths are returned as given."""
@@ -182,8 +184,11 @@ def local_copy(uri: str) -> str:
         files = [(path, dest)]
     else:
         sel = pafs.FileSelector(path, recursive=True)
-        files = [(i.path, os.path.join(dest, os.path.relpath(i.path, path))) for i in fs.get_file_info(sel)
-                 if i.type == pafs.FileType.File]
+        files = [
+            (i.path, os.path.join(dest, os.path.relpath(i.path, path)))
+            for i in fs.get_file_info(sel)
+            if i.type == pafs.FileType.File
+        ]
     try:
         # A plain loop: pyarrow's threaded copy_files once failed here on the empty _SUCCESS object
         # (ENOENT opening its local copy), under load; not reproduced alone.
@@ -321,7 +326,9 @@ class ShardStore:
         }
         meta.update(_id_lists(kind, table))
         table = table.replace_schema_metadata(meta)
-        return atomic_write(self.fs, self.shard_path(kind, key), lambda sink: pq.write_table(table, sink, compression="zstd"))
+        return atomic_write(
+            self.fs, self.shard_path(kind, key), lambda sink: pq.write_table(table, sink, compression="zstd")
+        )
 
     # ------------------------------------------------------------------ read
     def read_valid(self, path: str) -> Optional[pa.Table]:
@@ -374,8 +381,9 @@ class ShardStore:
         tables = list(self.iter_relevant(kind, helped, examples))
         return pa.concat_tables(tables) if tables else SCHEMAS[kind].empty_table()
 
-    def iter_relevant(self, kind: str, helped: Optional[Iterable[str]], examples: Iterable[str] = (), *,
-                      batch_rows: int = 1 << 22) -> Iterator[pa.Table]:
+    def iter_relevant(
+        self, kind: str, helped: Optional[Iterable[str]], examples: Iterable[str] = (), *, batch_rows: int = 1 << 22
+    ) -> Iterator[pa.Table]:
         """Valid shards that may hold a wanted key, chosen from their footers alone,
         yielded as tables of about ``batch_rows`` rows (several shards each).
 

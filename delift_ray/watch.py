@@ -42,11 +42,21 @@ log = logging.getLogger(__name__)
 
 LOCK_NAME = ".watch.lock"
 HISTORY = "history.parquet"
-HISTORY_SCHEMA = pa.schema([
-    ("version", pa.string()), ("time", pa.string()), ("mode", pa.string()), ("samples", pa.int64()),
-    ("pairs_scored", pa.int64()), ("pairs_reused", pa.int64()), ("selected", pa.int64()),
-    ("entered", pa.int64()), ("left", pa.int64()), ("status", pa.string()), ("error", pa.string()),
-])
+HISTORY_SCHEMA = pa.schema(
+    [
+        ("version", pa.string()),
+        ("time", pa.string()),
+        ("mode", pa.string()),
+        ("samples", pa.int64()),
+        ("pairs_scored", pa.int64()),
+        ("pairs_reused", pa.int64()),
+        ("selected", pa.int64()),
+        ("entered", pa.int64()),
+        ("left", pa.int64()),
+        ("status", pa.string()),
+        ("error", pa.string()),
+    ]
+)
 OK, FAILED = "ok", "failed"
 
 
@@ -56,7 +66,9 @@ OK, FAILED = "ok", "failed"
 def WatchLock(out: str) -> RunLock:
     """The watcher's lock: a :class:`~delift_ray.lock.RunLock` on its own file in the out dir."""
     if "://" in out:
-        raise StorageError(f"watch --out must be a local or mounted path (the lock needs an exclusive create), got {out!r}")
+        raise StorageError(
+            f"watch --out must be a local or mounted path (the lock needs an exclusive create), got {out!r}"
+        )
     path = os.path.abspath(out)
     os.makedirs(path, exist_ok=True)
     return RunLock(pafs.LocalFileSystem(), path, out, name=LOCK_NAME, role="watcher")
@@ -76,7 +88,9 @@ def complete_versions(location: str, marker: str = "_SUCCESS") -> list[str]:
         infos = fs.get_file_info(pafs.FileSelector(root, allow_not_found=False))
     except (OSError, FileNotFoundError) as exc:
         raise DeliftError(f"cannot list versions in {location!r}: {one_line(exc, 160)}") from None
-    names = sorted(i.base_name for i in infos if i.type == pafs.FileType.Directory and not i.base_name.startswith((".", "_")))
+    names = sorted(
+        i.base_name for i in infos if i.type == pafs.FileType.Directory and not i.base_name.startswith((".", "_"))
+    )
     return [n for n in names if fs.get_file_info(f"{root}/{n}/{marker}").type == pafs.FileType.File]
 
 
@@ -146,12 +160,19 @@ def process_version(s: WatchSettings, version: str, last: Optional[str]) -> dict
 
 def history_counts(counts, changes: dict) -> dict:
     """The figures of one version in history.parquet, from its run's counts and selection changes."""
-    return {"samples": counts.samples, "pairs_scored": counts.pairs_scored,
-            "pairs_reused": counts.pairs_reused, "selected": counts.selected,
-            "entered": changes["entered"], "left": changes["left"]}
+    return {
+        "samples": counts.samples,
+        "pairs_scored": counts.pairs_scored,
+        "pairs_reused": counts.pairs_reused,
+        "selected": counts.selected,
+        "entered": changes["entered"],
+        "left": changes["left"],
+    }
 
 
-def watch_once(s: WatchSettings, process: Callable[[WatchSettings, str, Optional[str]], dict] = process_version) -> list[dict]:
+def watch_once(
+    s: WatchSettings, process: Callable[[WatchSettings, str, Optional[str]], dict] = process_version
+) -> list[dict]:
     """Process every pending complete version once; returns the history rows written."""
     last, todo = pending_versions(complete_versions(s.location, s.marker), read_history(s.out))
     rows = []
@@ -173,8 +194,13 @@ def watch_once(s: WatchSettings, process: Callable[[WatchSettings, str, Optional
     return rows
 
 
-def watch(s: WatchSettings, *, once: bool = False, interval: float = 300.0,
-          process: Callable[[WatchSettings, str, Optional[str]], dict] = process_version) -> list[dict]:
+def watch(
+    s: WatchSettings,
+    *,
+    once: bool = False,
+    interval: float = 300.0,
+    process: Callable[[WatchSettings, str, Optional[str]], dict] = process_version,
+) -> list[dict]:
     """Hold the lock and process versions: one pass with ``once``, else every ``interval`` seconds."""
     rows: list[dict] = []
     with WatchLock(s.out):

@@ -71,7 +71,9 @@ def stale_files(root: Path = ROOT, results: dict | None = None) -> list[Path]:
     from benchmarks.results import read_results
 
     results = read_results(root / "benchmarks" / "results") if results is None else results
-    return [p for p in markdown_files(root) if p.exists() and regenerate(p.read_text(), p, results, root) != p.read_text()]
+    return [
+        p for p in markdown_files(root) if p.exists() and regenerate(p.read_text(), p, results, root) != p.read_text()
+    ]
 
 
 def main(argv=None) -> int:

@@ -194,7 +194,9 @@ def test_write_demo_dataset_with_tokenizer(tmp_path, tiny_model_dir):
     assert out.read_bytes() == again.read_bytes()
     for line in out.read_text(encoding="utf-8").splitlines():
         r = json.loads(line)
-        n = len(tok.encode(r["prompt"], add_special_tokens=False)) + len(tok.encode(r["response"], add_special_tokens=False))
+        n = len(tok.encode(r["prompt"], add_special_tokens=False)) + len(
+            tok.encode(r["response"], add_special_tokens=False)
+        )
         assert n <= 160
 
 

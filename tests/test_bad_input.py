@@ -33,8 +33,24 @@ def write_rows(path, rows):
 
 
 def select(model, data, out, *extra, timeout=240):
-    cmd = [sys.executable, "-m", "delift_ray.cli", "select", "--data", str(data), "--model", str(model),
-           "--out", str(out), "--budget", "2", "--engine.max-model-len", "256", "--quiet", *extra]
+    cmd = [
+        sys.executable,
+        "-m",
+        "delift_ray.cli",
+        "select",
+        "--data",
+        str(data),
+        "--model",
+        str(model),
+        "--out",
+        str(out),
+        "--budget",
+        "2",
+        "--engine.max-model-len",
+        "256",
+        "--quiet",
+        *extra,
+    ]
     return subprocess.run(cmd, capture_output=True, text=True, timeout=timeout)
 
 
@@ -65,11 +81,14 @@ def _bad_file(tmp_path, kind):
     return p
 
 
-@pytest.mark.parametrize("kind,needles", [
-    ("empty file", ["empty.jsonl is empty: no rows"]),
-    ("only malformed lines", ["no readable rows (2 read; undecodable_line=2)"]),
-    ("latin-1 csv", ["not UTF-8 text (byte 0xe9", "re-encode the file as UTF-8"]),
-])
+@pytest.mark.parametrize(
+    "kind,needles",
+    [
+        ("empty file", ["empty.jsonl is empty: no rows"]),
+        ("only malformed lines", ["no readable rows (2 read; undecodable_line=2)"]),
+        ("latin-1 csv", ["not UTF-8 text (byte 0xe9", "re-encode the file as UTF-8"]),
+    ],
+)
 def test_unreadable_pool_is_one_line(tiny_model_dir, tmp_path, kind, needles):
     p = select(tiny_model_dir, _bad_file(tmp_path, kind), tmp_path / "out")
     assert_one_line_error(p, *needles)
@@ -98,7 +117,9 @@ def test_model_without_tokenizer(tiny_model_dir, pool, tmp_path):
 @pytest.mark.parametrize("address", ["127.0.0.1:1", "ray://127.0.0.1:1"])
 def test_ray_address_that_does_not_answer_fails_fast(tiny_model_dir, pool, tmp_path, address):
     # Ray itself keeps retrying such an address for minutes; the TCP check answers at once.
-    p = select(tiny_model_dir, pool, tmp_path / "out", "--ray.address", address, "--ray.connect-timeout-s", "3", timeout=120)
+    p = select(
+        tiny_model_dir, pool, tmp_path / "out", "--ray.address", address, "--ray.connect-timeout-s", "3", timeout=120
+    )
     assert_one_line_error(p, f"cannot reach the Ray cluster at '{address}'", "nothing answers at 127.0.0.1:1")
 
 
@@ -113,8 +134,15 @@ def test_sample_longer_than_the_context_is_a_counted_skip(tiny_model_dir, tmp_pa
     from delift_ray.steps.ingest import ingest
 
     rows = ROWS + [{"prompt": "Tell a long story.", "response": " ".join(["once upon a time"] * 200)}]
-    cfg = load_config(None, {"data": write_rows(tmp_path / "p.jsonl", rows), "model": str(tiny_model_dir),
-                             "out": str(tmp_path / "o"), "engine.max_model_len": 256})
+    cfg = load_config(
+        None,
+        {
+            "data": write_rows(tmp_path / "p.jsonl", rows),
+            "model": str(tiny_model_dir),
+            "out": str(tmp_path / "o"),
+            "engine.max_model_len": 256,
+        },
+    )
     sets, stats = ingest(cfg, AutoTokenizer.from_pretrained(tiny_model_dir))
     assert len(sets["pool"].samples) == len(ROWS)
     assert sets["pool"].samples.skipped["too_long"] == 1 and sets["pool"].rejected.rows == [len(ROWS)]
@@ -127,11 +155,21 @@ def test_sample_longer_than_the_context_is_a_counted_skip(tiny_model_dir, tmp_pa
 # --------------------------------------------------------------------------- path rule
 
 
-@pytest.mark.parametrize("out,ok", [
-    ("runs/x", True), ("./runs/../runs/x", True), ("/tmp/anywhere/../x", True), ("~/runs/x", True),
-    ("s3://bucket/runs/x", True),
-    ("../x", False), ("runs/../../x", False), ("..", False), ("s3://bucket/runs/../x", False), ("", False),
-])
+@pytest.mark.parametrize(
+    "out,ok",
+    [
+        ("runs/x", True),
+        ("./runs/../runs/x", True),
+        ("/tmp/anywhere/../x", True),
+        ("~/runs/x", True),
+        ("s3://bucket/runs/x", True),
+        ("../x", False),
+        ("runs/../../x", False),
+        ("..", False),
+        ("s3://bucket/runs/../x", False),
+        ("", False),
+    ],
+)
 def test_out_path_rule(out, ok):
     tree = {"data": "d.jsonl", "model": "m", "out": out}
     if ok:
@@ -144,8 +182,13 @@ def test_out_path_rule(out, ok):
 def test_config_file_cannot_point_out_outside(tiny_model_dir, pool, tmp_path):
     job = tmp_path / "job.yaml"
     job.write_text(f"data: {pool}\nmodel: {tiny_model_dir}\nout: ../../escaped\n")
-    p = subprocess.run([sys.executable, "-m", "delift_ray.cli", "select", "--config", str(job), "--quiet"],
-                       capture_output=True, text=True, timeout=120, cwd=tmp_path)
+    p = subprocess.run(
+        [sys.executable, "-m", "delift_ray.cli", "select", "--config", str(job), "--quiet"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        cwd=tmp_path,
+    )
     assert_one_line_error(p, "leaves the working directory through '..'", "give an absolute path")
     assert not (tmp_path.parent.parent / "escaped").exists()
 
@@ -155,8 +198,8 @@ def test_config_file_cannot_point_out_outside(tiny_model_dir, pool, tmp_path):
 
 def test_trust_remote_code_is_off_for_engine_and_tokenizer(tiny_model_dir, tmp_path):
     """A checkpoint whose tokenizer needs its own Python code: nothing of it runs by default."""
-    from delift_ray.steps.ingest import load_tokenizer
     from delift_ray.scoring.engine import engine_kwargs
+    from delift_ray.steps.ingest import load_tokenizer
 
     assert engine_kwargs("m", EngineConfig())["trust_remote_code"] is False
     assert engine_kwargs("m", EngineConfig(trust_remote_code=True))["trust_remote_code"] is True
@@ -166,7 +209,8 @@ def test_trust_remote_code_is_off_for_engine_and_tokenizer(tiny_model_dir, tmp_p
     marker = tmp_path / "code-ran"
     (model / "tokenization_evil.py").write_text(
         f"import pathlib\npathlib.Path({str(marker)!r}).write_text('ran')\n"
-        "from transformers import PreTrainedTokenizerFast\nclass EvilTokenizer(PreTrainedTokenizerFast):\n    pass\n")
+        "from transformers import PreTrainedTokenizerFast\nclass EvilTokenizer(PreTrainedTokenizerFast):\n    pass\n"
+    )
     cfg_path = model / "tokenizer_config.json"
     tok_cfg = json.loads(cfg_path.read_text())
     tok_cfg["auto_map"] = {"AutoTokenizer": [None, "tokenization_evil.EvilTokenizer"]}
@@ -182,9 +226,15 @@ def test_trust_remote_code_is_off_for_engine_and_tokenizer(tiny_model_dir, tmp_p
 def test_nothing_a_run_reads_back_is_pickled_and_yaml_is_safe():
     """Shards, manifests and configs are Parquet / JSON / safe YAML: no pickle, no unsafe loader."""
     root = pathlib.Path(__file__).resolve().parent.parent / "delift_ray"
-    banned = re.compile(r"\bimport (c?pickle|dill|shelve|joblib)\b|\bpickle\.loads?\(|torch\.load\(|allow_pickle=True"
-                        r"|yaml\.(unsafe_)?load\(|yaml\.full_load\(|yaml\.Loader\b")
-    hits = [f"{p.relative_to(root)}:{n}" for p in root.rglob("*.py") for n, line in enumerate(p.read_text().splitlines(), 1)
-            if banned.search(line)]
+    banned = re.compile(
+        r"\bimport (c?pickle|dill|shelve|joblib)\b|\bpickle\.loads?\(|torch\.load\(|allow_pickle=True"
+        r"|yaml\.(unsafe_)?load\(|yaml\.full_load\(|yaml\.Loader\b"
+    )
+    hits = [
+        f"{p.relative_to(root)}:{n}"
+        for p in root.rglob("*.py")
+        for n, line in enumerate(p.read_text().splitlines(), 1)
+        if banned.search(line)
+    ]
     assert hits == []
     assert "yaml.safe_load(" in (root / "config.py").read_text()

@@ -28,23 +28,27 @@ import pytest
 
 from delift_ray.assets import TINY_CORPUS
 from delift_ray.config import TemplateConfig
-from delift_ray.prompts import (PROBES, Ragged, hstack, pair_sequence, plan_tokenisation, tokenize_set,
-                                whole_plan)
+from delift_ray.prompts import PROBES, Ragged, hstack, pair_sequence, plan_tokenisation, tokenize_set, whole_plan
 from delift_ray.scoring import engine as eng
 from delift_ray.storage import UTILITY
 
 # --------------------------------------------------------------------------- tokenizers
 
 # Qwen2's pre-tokenizer pattern (its tokenizer.json): punctuation takes the newlines after it.
-QWEN2_PATTERN = (r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*"
-                 r"|\s*[\r\n]+|\s+(?!\S)|\s+")
-EXTRA_CORPUS = "\n".join([
-    "What is the capital of France?\nParis is the capital of France.",
-    "Is it raining?\n\n\nQuery:\nWhy?\nBecause.",
-    "def add(a, b):\n    \"\"\"Return the sum of a and b.\"\"\"\n    return a + b",
-    "Instruction: Please generate a response to the following query.\n\n\nQuery: What?\n",
-    "Example:\nWho?\nMe.\n\n\nQuery:\nWhere?\nHere.",
-] * 3)
+QWEN2_PATTERN = (
+    r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*"
+    r"|\s*[\r\n]+|\s+(?!\S)|\s+"
+)
+EXTRA_CORPUS = "\n".join(
+    [
+        "What is the capital of France?\nParis is the capital of France.",
+        "Is it raining?\n\n\nQuery:\nWhy?\nBecause.",
+        'def add(a, b):\n    """Return the sum of a and b."""\n    return a + b',
+        "Instruction: Please generate a response to the following query.\n\n\nQuery: What?\n",
+        "Example:\nWho?\nMe.\n\n\nQuery:\nWhere?\nHere.",
+    ]
+    * 3
+)
 SPECIALS = ("<|endoftext|>", "<|im_start|>", "<|im_end|>")
 
 
@@ -57,16 +61,30 @@ def byte_bpe(kind: str, vocab_size: int = 600):
     if kind == "gpt2":
         tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=True)
     else:
-        tok.pre_tokenizer = pre_tokenizers.Sequence([
-            pre_tokenizers.Split(Regex(QWEN2_PATTERN), behavior="isolated"),
-            pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False)])
+        tok.pre_tokenizer = pre_tokenizers.Sequence(
+            [
+                pre_tokenizers.Split(Regex(QWEN2_PATTERN), behavior="isolated"),
+                pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False),
+            ]
+        )
     tok.decoder = decoders.ByteLevel()
-    trainer = trainers.BpeTrainer(vocab_size=vocab_size, min_frequency=1, special_tokens=list(SPECIALS),
-                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False)
+    trainer = trainers.BpeTrainer(
+        vocab_size=vocab_size,
+        min_frequency=1,
+        special_tokens=list(SPECIALS),
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+        show_progress=False,
+    )
     tok.train_from_iterator((TINY_CORPUS + EXTRA_CORPUS).splitlines(keepends=True), trainer=trainer)
     pad, bos, eos = SPECIALS
-    return PreTrainedTokenizerFast(tokenizer_object=tok, bos_token=bos, eos_token=eos, pad_token=pad,
-                                   model_max_length=1024, clean_up_tokenization_spaces=False)
+    return PreTrainedTokenizerFast(
+        tokenizer_object=tok,
+        bos_token=bos,
+        eos_token=eos,
+        pad_token=pad,
+        model_max_length=1024,
+        clean_up_tokenization_spaces=False,
+    )
 
 
 def sentencepiece_tokenizer(workdir: Path, vocab_size: int = 400):
@@ -78,29 +96,48 @@ def sentencepiece_tokenizer(workdir: Path, vocab_size: int = 400):
     corpus = workdir / "corpus.txt"
     corpus.write_text(TINY_CORPUS + EXTRA_CORPUS)
     sentencepiece.SentencePieceTrainer.train(
-        input=str(corpus), model_prefix=str(workdir / "sp"), vocab_size=vocab_size, model_type="bpe",
-        byte_fallback=True, character_coverage=1.0, add_dummy_prefix=True, split_digits=True,
-        allow_whitespace_only_pieces=True, remove_extra_whitespaces=False, normalization_rule_name="identity",
-        unk_id=0, bos_id=1, eos_id=2, pad_id=-1, minloglevel=2)
+        input=str(corpus),
+        model_prefix=str(workdir / "sp"),
+        vocab_size=vocab_size,
+        model_type="bpe",
+        byte_fallback=True,
+        character_coverage=1.0,
+        add_dummy_prefix=True,
+        split_digits=True,
+        allow_whitespace_only_pieces=True,
+        remove_extra_whitespaces=False,
+        normalization_rule_name="identity",
+        unk_id=0,
+        bos_id=1,
+        eos_id=2,
+        pad_id=-1,
+        minloglevel=2,
+    )
     (workdir / "sp.model").rename(workdir / "tokenizer.model")
     return LlamaTokenizer.from_pretrained(workdir)  # converted from the SentencePiece model
 
 
 @pytest.fixture(scope="module")
 def tokenizers(tmp_path_factory):
-    return {"gpt2": byte_bpe("gpt2"), "qwen2": byte_bpe("qwen2"),
-            "sentencepiece": sentencepiece_tokenizer(tmp_path_factory.mktemp("sp"))}
+    return {
+        "gpt2": byte_bpe("gpt2"),
+        "qwen2": byte_bpe("qwen2"),
+        "sentencepiece": sentencepiece_tokenizer(tmp_path_factory.mktemp("sp")),
+    }
 
 
 # Samples none of the probes contain: the exactness must hold beyond the plan's own checks.
 SAMPLES = [
     ("Why is the sky blue?", "Because air scatters blue light more than red light."),
-    ("Write a function that returns the largest item.", "def largest(xs):\n    \"\"\"The largest item.\"\"\"\n    return max(xs)"),
+    (
+        "Write a function that returns the largest item.",
+        'def largest(xs):\n    """The largest item."""\n    return max(xs)',
+    ),
     ("Translate to French: good night", "Bonne nuit."),
     ("List three colours:", "- red\n- green\n- blue"),
     ("Add 17 and 25.", "17 + 25 = 42"),
     ("Was ist das?", "Das ist ein Haus!"),
-    ("Quote it: \"ok\"", "\"ok\""),
+    ('Quote it: "ok"', '"ok"'),
     ("(a) or (b)?", "(b)"),
     ("Give me a URL", "https://example.com/a?b=c"),
     ("x", "y?"),
@@ -123,12 +160,15 @@ def check_exact(tok, templates, plan=None):
         for j, (pj, rj) in enumerate(SAMPLES):
             ctx = templates.with_example.format(example_prompt=pj, example_response=rj, query=p)
             seq, first = pair_sequence(ts, i, ts, j, eos=-1, max_len=10_000)
-            if seq[:first - 1] != whole(tok, ctx):
+            if seq[: first - 1] != whole(tok, ctx):
                 bad.append(("pair", j, i))
     return bad
 
 
-TEMPLATES = [TemplateConfig(), TemplateConfig(no_example="Q: {query} A:", with_example="{example_prompt} => {example_response}; {query} =>")]
+TEMPLATES = [
+    TemplateConfig(),
+    TemplateConfig(no_example="Q: {query} A:", with_example="{example_prompt} => {example_response}; {query} =>"),
+]
 
 
 @pytest.mark.parametrize("family", ["gpt2", "qwen2", "sentencepiece"])
@@ -179,7 +219,7 @@ def test_a_tokenizer_no_cut_keeps_is_tokenised_whole():
 def test_probes_cover_each_character_class():
     ends = {c for p, r in PROBES for c in (p[0], p[-1], r[0], r[-1])}
     assert any(c.isalpha() for c in ends) and any(c.isdigit() for c in ends)
-    assert {"?", ".", ")", "]", "\"", "'", ":"} <= ends
+    assert {"?", ".", ")", "]", '"', "'", ":"} <= ends
     assert any(ord(c) > 0x3000 for c in ends)  # CJK / emoji
 
 
@@ -194,10 +234,10 @@ def test_a_cut_head_keeps_the_literal_that_ends_it(tokenizers):
     t = TemplateConfig()
     ts = tokenize_set(tok, ["Why?", "Long " * 200], ["Yes.", "No."], t)
     assert ts.head_keep > 0
-    tail_literal = ts.head[0][-ts.head_keep:]
+    tail_literal = ts.head[0][-ts.head_keep :]
     seq, first = pair_sequence(ts, 0, ts, 1, eos=-1, max_len=120)
     assert len(seq) == 120 and seq[first:] == ts.response[0] + [-1]
-    assert seq[first - 1 - len(ts.tail[0]) - ts.head_keep:first - 1 - len(ts.tail[0])] == tail_literal
+    assert seq[first - 1 - len(ts.tail[0]) - ts.head_keep : first - 1 - len(ts.tail[0])] == tail_literal
 
 
 def test_progress_bar_on_large_sets(tokenizers, capsys):
@@ -220,17 +260,20 @@ def test_cpu_bf16_detection():
     assert not eng.cpu_has_bf16(INTEL_NO_BF16) and not eng.cpu_has_bf16("")
 
 
-@pytest.mark.parametrize("checkpoint,cpu_bf16,gpu_bf16,on_cpu,want", [
-    ("float32", True, True, True, "bfloat16"),
-    ("float16", True, True, True, "bfloat16"),
-    ("bfloat16", False, True, True, "float32"),
-    ("float16", False, True, True, "float32"),
-    ("float32", False, True, False, "bfloat16"),
-    ("float16", False, True, False, "float16"),
-    ("bfloat16", False, True, False, "bfloat16"),
-    (None, False, True, False, "bfloat16"),
-    ("float32", False, False, False, "float16"),  # a GPU without bfloat16
-])
+@pytest.mark.parametrize(
+    "checkpoint,cpu_bf16,gpu_bf16,on_cpu,want",
+    [
+        ("float32", True, True, True, "bfloat16"),
+        ("float16", True, True, True, "bfloat16"),
+        ("bfloat16", False, True, True, "float32"),
+        ("float16", False, True, True, "float32"),
+        ("float32", False, True, False, "bfloat16"),
+        ("float16", False, True, False, "float16"),
+        ("bfloat16", False, True, False, "bfloat16"),
+        (None, False, True, False, "bfloat16"),
+        ("float32", False, False, False, "float16"),  # a GPU without bfloat16
+    ],
+)
 def test_auto_dtype(checkpoint, cpu_bf16, gpu_bf16, on_cpu, want):
     assert eng.resolve_dtype("auto", checkpoint, on_cpu=on_cpu, cpu_bf16=cpu_bf16, gpu_bf16=gpu_bf16) == want
     assert eng.resolve_dtype("float16", checkpoint, on_cpu=on_cpu, cpu_bf16=cpu_bf16) == "float16"  # asked for
@@ -270,8 +313,10 @@ def test_pin_advice_names_the_setting_that_differs():
 
 DATA = [
     {"prompt": "What is the capital of France?", "response": "Paris is the capital of France."},
-    {"prompt": "Write a function that adds two numbers.",
-     "response": "def add(a, b):\n    \"\"\"Return a + b.\"\"\"\n    return a + b"},
+    {
+        "prompt": "Write a function that adds two numbers.",
+        "response": 'def add(a, b):\n    """Return a + b."""\n    return a + b',
+    },
     {"prompt": "Is it raining?", "response": "No, the sky is clear."},
     {"prompt": "Sort the numbers: 3, 1, 2", "response": "1, 2, 3"},
     {"prompt": "Translate to French: thank you", "response": "Merci."},
@@ -284,17 +329,33 @@ def build_checkpoint(path: Path, arch: str, dtype: str, tied: bool, tok, seed: i
     import torch
     import transformers
 
-    common = dict(vocab_size=-(-len(tok) // 64) * 64, hidden_size=256, intermediate_size=512, num_hidden_layers=2,
-                  num_attention_heads=4, num_key_value_heads=2, head_dim=64, max_position_embeddings=1024,
-                  initializer_range=0.1, tie_word_embeddings=tied, bos_token_id=tok.bos_token_id,
-                  eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id if tok.pad_token_id is not None else 0)
+    common = dict(
+        vocab_size=-(-len(tok) // 64) * 64,
+        hidden_size=256,
+        intermediate_size=512,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        head_dim=64,
+        max_position_embeddings=1024,
+        initializer_range=0.1,
+        tie_word_embeddings=tied,
+        bos_token_id=tok.bos_token_id,
+        eos_token_id=tok.eos_token_id,
+        pad_token_id=tok.pad_token_id if tok.pad_token_id is not None else 0,
+    )
     if arch == "llama":
         config, cls = transformers.LlamaConfig(**common), transformers.LlamaForCausalLM
     elif arch == "qwen2":
         config, cls = transformers.Qwen2Config(**common, use_sliding_window=False), transformers.Qwen2ForCausalLM
     else:  # gemma2: soft-capped final logits, which the hidden path must refuse
-        config = transformers.Gemma2Config(**common, final_logit_softcapping=5.0, attn_logit_softcapping=None,
-                                           query_pre_attn_scalar=64, sliding_window=4096)
+        config = transformers.Gemma2Config(
+            **common,
+            final_logit_softcapping=5.0,
+            attn_logit_softcapping=None,
+            query_pre_attn_scalar=64,
+            sliding_window=4096,
+        )
         cls = transformers.Gemma2ForCausalLM
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
@@ -346,8 +407,16 @@ CASES = {  # name: (arch, checkpoint dtype, tied head, tokenizer, engine.dtype, 
     "llama-fp32-tied-gpt2bpe-forced-bf16": ("llama", "float32", True, "gpt2", "bfloat16", "hidden", 1e-3),
     # The head as it ran before issue 27 (engine.head_dtype: engine): in bfloat16 where the CPU
     # has bfloat16 instructions, else float32 (head_dtype's rule); held to the same bound.
-    "llama-fp32-tied-gpt2bpe-forced-bf16-head-engine": ("llama", "float32", True, "gpt2", "bfloat16", "hidden", 1e-3,
-                                                        "engine"),
+    "llama-fp32-tied-gpt2bpe-forced-bf16-head-engine": (
+        "llama",
+        "float32",
+        True,
+        "gpt2",
+        "bfloat16",
+        "hidden",
+        1e-3,
+        "engine",
+    ),
 }
 
 
@@ -359,8 +428,13 @@ def ray_local():
 
     for attempt in range(3):
         try:
-            ray.init(address="local", num_cpus=2, object_store_memory=150 * 1024**2, include_dashboard=False,
-                     logging_level="WARNING")
+            ray.init(
+                address="local",
+                num_cpus=2,
+                object_store_memory=150 * 1024**2,
+                include_dashboard=False,
+                logging_level="WARNING",
+            )
             break
         except Exception:  # "The current node timed out during startup"
             ray.shutdown()
@@ -374,9 +448,9 @@ def ray_local():
 @pytest.mark.ray
 @pytest.mark.parametrize("case", list(CASES))
 def test_checkpoint_matrix(case, tokenizers, ray_local, tmp_path):
-    from delift_ray.job import run
-
     import torch
+
+    from delift_ray.job import run
 
     arch, ckpt_dtype, tied, family, dtype, path, tol, *head = CASES[case]
     head = head[0] if head else "auto"
@@ -388,8 +462,17 @@ def test_checkpoint_matrix(case, tokenizers, ray_local, tmp_path):
     data = tmp_path / "data.jsonl"
     data.write_text("".join(json.dumps(r) + "\n" for r in DATA))
     out = tmp_path / "out"
-    run({"data": str(data), "model": model, "out": str(out), "budget": 2,
-         "engine": {**ENGINE, "dtype": dtype, "head_dtype": head}, "scoring": {"block_size": 8}}, progress=False)
+    run(
+        {
+            "data": str(data),
+            "model": model,
+            "out": str(out),
+            "budget": 2,
+            "engine": {**ENGINE, "dtype": dtype, "head_dtype": head},
+            "scoring": {"block_size": 8},
+        },
+        progress=False,
+    )
 
     counts = json.load(open(out / "run.json"))["counts"]
     assert counts["dtypes"] == [want] and counts["logprob_paths"] == [path]
@@ -442,8 +525,14 @@ def test_two_dtypes_never_mix_in_one_store(tmp_path, monkeypatch, first_bf16, se
         actor.BlockScorer("m", EngineConfig(dtype="bfloat16", max_model_len=256), str(tmp_path), "fp1", 0, True)
         # The same body with the head as it ran before (a store written then): refused, the head named.
         with pytest.raises(EngineStartError, match="set engine.head_dtype: float32"):
-            actor.BlockScorer("m", EngineConfig(dtype="bfloat16", head_dtype="engine", max_model_len=256),
-                              str(tmp_path), "fp1", 0, True)
+            actor.BlockScorer(
+                "m",
+                EngineConfig(dtype="bfloat16", head_dtype="engine", max_model_len=256),
+                str(tmp_path),
+                "fp1",
+                0,
+                True,
+            )
     FakeScorer.cpu_bf16 = False
     actor.BlockScorer("m", engine, str(tmp_path), "fp2", 0, True)  # another fingerprint: its own pin
 
@@ -463,6 +552,8 @@ def test_quiet_engine_and_banner(monkeypatch):
     s.requested_dtype, s.dtype, s.path = "auto", "float32", eng.HIDDEN
     s.head = LMHead(torch.zeros(4, 2, dtype=torch.float32), device="cpu")
     line = s.banner("/ckpt/my-model/", "float16")
-    assert line == ("delift-ray scorer engine: model my-model, device cpu, dtype float32 "
-                    "(auto from a float16 checkpoint), logprob path hidden, LM head in float32")
+    assert line == (
+        "delift-ray scorer engine: model my-model, device cpu, dtype float32 "
+        "(auto from a float16 checkpoint), logprob path hidden, LM head in float32"
+    )
     assert "\n" not in line

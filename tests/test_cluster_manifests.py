@@ -48,7 +48,8 @@ def containers(pod_template):
 
 def test_all_manifests_are_covered():
     assert sorted(p.name for p in CLUSTER.glob("*.yaml")) == sorted(
-        ["cronjob-watch.yaml", "ray-cluster-launcher.yaml", "raycluster.yaml", "rayjob.yaml"])
+        ["cronjob-watch.yaml", "ray-cluster-launcher.yaml", "raycluster.yaml", "rayjob.yaml"]
+    )
 
 
 def test_rayjob():

@@ -12,8 +12,20 @@ BASE = {"data": "d.jsonl", "model": "m", "out": "o"}
 def test_defaults_and_keys_other_tools_rely_on():
     cfg = load_config(None, BASE)
     keys = {k for k, _ in iter_leaf_fields()}
-    for key in ("data", "model", "out", "stage", "budget", "target", "existing", "engine.dtype",
-                "engine.max_model_len", "scoring.block_size", "ray.address", "ray.num_scorers"):
+    for key in (
+        "data",
+        "model",
+        "out",
+        "stage",
+        "budget",
+        "target",
+        "existing",
+        "engine.dtype",
+        "engine.max_model_len",
+        "scoring.block_size",
+        "ray.address",
+        "ray.num_scorers",
+    ):
         assert key in keys
     assert cfg.stage == "instruction" and cfg.budget == 0.3
 
@@ -61,8 +73,9 @@ def test_missing_config_file_and_bad_yaml(tmp_path):
 def test_flags_override_the_file(tmp_path):
     f = tmp_path / "c.yaml"
     f.write_text("data: d\nmodel: m\nout: o\nbudget: 0.3\nengine:\n  dtype: bfloat16\n")
-    args = build_parser().parse_args(["select", "--config", str(f), "--budget", "5", "--engine.max-model-len", "300",
-                                      "--scoring.exclude-self"])
+    args = build_parser().parse_args(
+        ["select", "--config", str(f), "--budget", "5", "--engine.max-model-len", "300", "--scoring.exclude-self"]
+    )
     cfg = config_from_args(args)
     assert cfg.budget == 5 and cfg.engine.max_model_len == 300 and cfg.engine.dtype == "bfloat16"
     assert cfg.scoring.exclude_self is True

@@ -17,10 +17,13 @@ def write_jsonl(path, rows):
 
 
 def test_alpaca_input_is_appended(tmp_path):
-    p = write_jsonl(tmp_path / "a.jsonl", [
-        {"instruction": "Add", "input": "2 and 3", "output": "5"},
-        {"instruction": "Say hi", "input": "", "output": "hi"},
-    ])
+    p = write_jsonl(
+        tmp_path / "a.jsonl",
+        [
+            {"instruction": "Add", "input": "2 and 3", "output": "5"},
+            {"instruction": "Say hi", "input": "", "output": "hi"},
+        ],
+    )
     s = load_samples(str(p))
     assert s.prompts == ["Add\n\n2 and 3", "Say hi"] and s.responses == ["5", "hi"]
     assert s.rows == [0, 1]
@@ -37,12 +40,21 @@ def test_prompt_response_and_parquet(tmp_path):
 
 
 def test_chat_messages_first_turn(tmp_path):
-    p = write_jsonl(tmp_path / "c.jsonl", [
-        {"messages": [{"role": "system", "content": "be nice"}, {"role": "user", "content": "Q1"},
-                      {"role": "assistant", "content": "A1"}, {"role": "user", "content": "Q2"},
-                      {"role": "assistant", "content": "A2"}]},
-        {"messages": [{"role": "user", "content": "lonely"}]},
-    ])
+    p = write_jsonl(
+        tmp_path / "c.jsonl",
+        [
+            {
+                "messages": [
+                    {"role": "system", "content": "be nice"},
+                    {"role": "user", "content": "Q1"},
+                    {"role": "assistant", "content": "A1"},
+                    {"role": "user", "content": "Q2"},
+                    {"role": "assistant", "content": "A2"},
+                ]
+            },
+            {"messages": [{"role": "user", "content": "lonely"}]},
+        ],
+    )
     s = load_samples(str(p))
     assert (s.prompts, s.responses) == (["Q1"], ["A1"])
     assert s.skipped["missing_response"] == 1
@@ -51,8 +63,13 @@ def test_chat_messages_first_turn(tmp_path):
 def test_bad_rows_are_counted_by_reason(tmp_path):
     p = tmp_path / "bad.jsonl"
     with open(p, "wb") as f:
-        for r in [{"prompt": "ok", "response": "fine"}, {"prompt": "", "response": "x"}, {"prompt": "p"},
-                  {"prompt": "p", "response": 5}, {"prompt": "p2", "response": "   "}]:
+        for r in [
+            {"prompt": "ok", "response": "fine"},
+            {"prompt": "", "response": "x"},
+            {"prompt": "p"},
+            {"prompt": "p", "response": 5},
+            {"prompt": "p2", "response": "   "},
+        ]:
             f.write(json.dumps(r).encode() + b"\n")
         f.write(b"{not json\n")
         f.write(b'{"prompt": "\xff\xfe", "response": "r"}\n')
@@ -60,8 +77,15 @@ def test_bad_rows_are_counted_by_reason(tmp_path):
         f.write(json.dumps({"prompt": "ok", "response": "fine"}).encode() + b"\n")
     s = load_samples(str(p))
     assert len(s) == 1 and s.copies == [2]
-    assert dict(s.skipped) == {"empty_prompt": 1, "missing_response": 1, "non_string_field": 1,
-                               "empty_response": 1, "undecodable_line": 2, "not_an_object": 1, "duplicate": 1}
+    assert dict(s.skipped) == {
+        "empty_prompt": 1,
+        "missing_response": 1,
+        "non_string_field": 1,
+        "empty_response": 1,
+        "undecodable_line": 2,
+        "not_an_object": 1,
+        "duplicate": 1,
+    }
 
 
 def test_strict_names_the_row(tmp_path):

@@ -55,7 +55,9 @@ def test_readme_is_at_most_250_lines():
 def test_generated_blocks_are_current():
     gen = _generate_module()
     stale = gen.stale_files(ROOT)
-    assert not stale, f"stale generated blocks in {[str(p.relative_to(ROOT)) for p in stale]}: run python docs/generate.py"
+    assert not stale, (
+        f"stale generated blocks in {[str(p.relative_to(ROOT)) for p in stale]}: run python docs/generate.py"
+    )
 
 
 def test_readme_figures_table_is_what_the_json_renders():
@@ -105,9 +107,15 @@ def test_pending_pages_are_still_pending():
 
 
 def test_user_docs_state_no_internal_targets_or_machine_anecdotes():
-    banned = [r"\btargets?\s*(?:>=|≥|<=|≤|of\s+\d|not met|is met|are met)", r"\bengineers?\b",
-              r"machine (?:was )?shared", r"other (?:engineers|agents)", r"\bthe loaded machine\b",
-              r"\bminute budget\b", r"\bbudget of \d+ minutes"]
+    banned = [
+        r"\btargets?\s*(?:>=|≥|<=|≤|of\s+\d|not met|is met|are met)",
+        r"\bengineers?\b",
+        r"machine (?:was )?shared",
+        r"other (?:engineers|agents)",
+        r"\bthe loaded machine\b",
+        r"\bminute budget\b",
+        r"\bbudget of \d+ minutes",
+    ]
     hits = []
     for page in _user_docs():
         for n, line in enumerate(page.read_text().splitlines(), 1):
@@ -119,12 +127,27 @@ def test_user_docs_state_no_internal_targets_or_machine_anecdotes():
 
 
 def _doc(name: str, results: dict) -> dict:
-    return {"benchmark": name, "date": "2026-11-30T10:00:00+00:00", "command": f"python benchmarks/{name}.py",
-            "machine": {"cpus": 2, "memory_gib": 23.4, "accelerator": None, "load_avg_1m": 1.5}, "results": results}
+    return {
+        "benchmark": name,
+        "date": "2026-11-30T10:00:00+00:00",
+        "command": f"python benchmarks/{name}.py",
+        "machine": {"cpus": 2, "memory_gib": 23.4, "accelerator": None, "load_avg_1m": 1.5},
+        "results": results,
+    }
 
 
-CHAOS = {"completed": True, "error": None, "kills": [[1.0, 11], [9.0, 12]], "pairs_total": 256, "pairs_redone": 40,
-         "pairs_missing": 0, "matrix_equal": True, "selection_equal": True, "calm_s": 61.2, "chaos_s": 150.0}
+CHAOS = {
+    "completed": True,
+    "error": None,
+    "kills": [[1.0, 11], [9.0, 12]],
+    "pairs_total": 256,
+    "pairs_redone": 40,
+    "pairs_missing": 0,
+    "matrix_equal": True,
+    "selection_equal": True,
+    "calm_s": 61.2,
+    "chaos_s": 150.0,
+}
 
 
 def test_a_spec_row_carries_the_json_figures_machine_date_and_command(tmp_path):
@@ -143,9 +166,21 @@ def test_a_spec_row_carries_the_json_figures_machine_date_and_command(tmp_path):
 
 
 def test_topic_pages_get_their_rows_and_links_from_docs(tmp_path):
-    results = {"chaos": _doc("chaos", CHAOS),
-               "reducer_sparse_fl": _doc("reducer_sparse_fl", {"case": "sparse_fl", "n": 1000, "k": 8, "budget": 300,
-                                                               "seconds": 0.5, "cpu_seconds": 0.4, "peak_rss_gb": 0.2})}
+    results = {
+        "chaos": _doc("chaos", CHAOS),
+        "reducer_sparse_fl": _doc(
+            "reducer_sparse_fl",
+            {
+                "case": "sparse_fl",
+                "n": 1000,
+                "k": 8,
+                "budget": 300,
+                "seconds": 0.5,
+                "cpu_seconds": 0.4,
+                "peak_rss_gb": 0.2,
+            },
+        ),
+    }
     rel = figures.render_table(results, "reliability", link_prefix="../", warn=pytest.fail)
     assert "chaos" in rel and "sparse FL" not in rel and "(../benchmarks/results/chaos.json)" in rel
     assert "sparse FL" in figures.render_table(results, "scale", warn=pytest.fail)
@@ -154,11 +189,17 @@ def test_topic_pages_get_their_rows_and_links_from_docs(tmp_path):
 
 def test_unknown_or_malformed_results_still_get_a_row_and_a_warning():
     warnings: list[str] = []
-    results = {"brand_new": _doc("brand_new", {"pairs_per_s": 12.5, "nested": {"x": 1}}),
-               "chaos": _doc("chaos", {"completed": True})}  # the spec's keys are missing
+    results = {
+        "brand_new": _doc("brand_new", {"pairs_per_s": 12.5, "nested": {"x": 1}}),
+        "chaos": _doc("chaos", {"completed": True}),
+    }  # the spec's keys are missing
     table = figures.render_table(results, None, warn=warnings.append)
     assert "`brand_new`" in table and "pairs_per_s 12.5" in table and "`chaos`" in table
-    assert len(warnings) == 2 and "chaos.json failed (KeyError" in warnings[0] and "no row spec matches brand_new" in warnings[1]
+    assert (
+        len(warnings) == 2
+        and "chaos.json failed (KeyError" in warnings[0]
+        and "no row spec matches brand_new" in warnings[1]
+    )
     assert table.index("`chaos`") < table.index("`brand_new`")  # spec'd rows first, by topic
 
 
@@ -175,7 +216,8 @@ def test_regenerate_rewrites_only_between_markers(tmp_path):
     text = "intro\n<!-- generated:figures:reliability -->\nold\n<!-- /generated:figures:reliability -->\noutro\n"
     out = gen.regenerate(text, page, {"chaos": _doc("chaos", CHAOS)}, tmp_path)
     assert out.startswith("intro\n<!-- generated:figures:reliability -->\n| what |") and out.endswith(
-        "<!-- /generated:figures:reliability -->\noutro\n")
+        "<!-- /generated:figures:reliability -->\noutro\n"
+    )
     assert "(../benchmarks/results/chaos.json)" in out and "old" not in out
     assert gen.regenerate(out, page, {"chaos": _doc("chaos", CHAOS)}, tmp_path) == out
     with pytest.raises(ValueError, match="unknown generated block"):

@@ -18,8 +18,15 @@ def test_one_line_is_safe_on_empty_and_blank_messages():
     assert one_line(RuntimeError(), with_type=True) == "RuntimeError"
 
 
-@pytest.mark.parametrize("code,words", [(errno.ENOSPC, "no space left"), (errno.EACCES, "permission denied"),
-                                        (errno.EROFS, "read-only file system"), (errno.EDQUOT, "disk quota")])
+@pytest.mark.parametrize(
+    "code,words",
+    [
+        (errno.ENOSPC, "no space left"),
+        (errno.EACCES, "permission denied"),
+        (errno.EROFS, "read-only file system"),
+        (errno.EDQUOT, "disk quota"),
+    ],
+)
 def test_environment_errors_name_the_cause_and_the_path(code, words):
     exc = OSError(code, "os text", "/data/out/run.json")
     assert environment_error(exc).startswith(words)

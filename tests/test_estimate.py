@@ -23,11 +23,28 @@ def ingested(tiny_model_dir, tmp_path_factory):
     words = ["red", "green", "blue", "cyan", "magenta", "yellow"]
     with open(tmp / "p.jsonl", "w") as f:
         for i in range(30):
-            f.write(json.dumps({"prompt": f"{i} " + " ".join(rng.choice(words, rng.integers(1, 40))),
-                                "response": " ".join(rng.choice(words, rng.integers(1, 40)))}) + "\n")
-    cfg = load_config(None, {"data": str(tmp / "p.jsonl"), "model": str(tiny_model_dir), "out": str(tmp / "o"),
-                             "engine.max_model_len": 512, "kernel.type": "knn", "kernel.k": 4, "kernel.random": 2,
-                             "ray.num_scorers": 2})
+            f.write(
+                json.dumps(
+                    {
+                        "prompt": f"{i} " + " ".join(rng.choice(words, rng.integers(1, 40))),
+                        "response": " ".join(rng.choice(words, rng.integers(1, 40))),
+                    }
+                )
+                + "\n"
+            )
+    cfg = load_config(
+        None,
+        {
+            "data": str(tmp / "p.jsonl"),
+            "model": str(tiny_model_dir),
+            "out": str(tmp / "o"),
+            "engine.max_model_len": 512,
+            "kernel.type": "knn",
+            "kernel.k": 4,
+            "kernel.random": 2,
+            "ray.num_scorers": 2,
+        },
+    )
     tok = AutoTokenizer.from_pretrained(tiny_model_dir)
     return cfg, ingest(cfg, tok)[0], tok.eos_token_id
 
@@ -44,12 +61,23 @@ def test_dry_run_tokens_are_the_plans_sequences(ingested, reuse):
     index = planning.IdIndex(ids)
     cand = np.stack([np.random.default_rng(i).choice(n, 6, replace=False) for i in range(n)])
     stored = np.sort(index.gidx["pool"][:3] * index.size + index.gidx["pool"][cand[:3, 0]])  # 3 pairs already stored
-    plan = planning.plan_knn(STAGE_MATRICES["instruction"], {"K": cand}, ids, stored, set(ids["pool"][:5]),
-                             index=index, fingerprint="f", block_size=4)
+    plan = planning.plan_knn(
+        STAGE_MATRICES["instruction"],
+        {"K": cand},
+        ids,
+        stored,
+        set(ids["pool"][:5]),
+        index=index,
+        fingerprint="f",
+        block_size=4,
+    )
     rep = estimate.dry_run_report(cfg, sets, plan, 1000.0)
     max_len = cfg.engine.max_model_len - 1
-    seqs = [pair_sequence(pool.tokens, int(h), pool.tokens, int(e), eos, max_len)[0]
-            for b in plan.blocks for h, e in zip(b.h_idx, b.e_idx)]
+    seqs = [
+        pair_sequence(pool.tokens, int(h), pool.tokens, int(e), eos, max_len)[0]
+        for b in plan.blocks
+        for h, e in zip(b.h_idx, b.e_idx)
+    ]
     bases = [baseline_sequence(pool.tokens, int(i), eos)[0] for c in plan.baseline["pool"] for i in c]
     assert (rep.pairs_total, rep.pairs_reused, rep.pairs_to_score) == (n * 6, 3, n * 6 - 3)
     assert (rep.baselines_total, rep.baselines_reused, rep.baselines_to_score) == (n, 5, n - 5)
@@ -94,8 +122,12 @@ def test_dry_run_counts_the_prompt_free_baselines_of_min_prompt_gain(ingested, t
     from delift_ray.steps.ingest import PROMPT_FREE, prompt_free_sets
 
     cfg, sets, eos = ingested
-    dense = {**cfg.model_dump(mode="json"), "out": str(tmp_path / "o"), "cache": str(tmp_path / "c"),
-             "kernel": {**cfg.kernel.model_dump(mode="json"), "type": "dense"}}
+    dense = {
+        **cfg.model_dump(mode="json"),
+        "out": str(tmp_path / "o"),
+        "cache": str(tmp_path / "c"),
+        "kernel": {**cfg.kernel.model_dump(mode="json"), "type": "dense"},
+    }
     gated_cfg = job.coerce_config({**dense, "selection": {**dense["selection"], "min_prompt_gain": 0.0}})
     plain = job.run(dense, dry_run=True, progress=False)
     gated = job.run(gated_cfg, dry_run=True, progress=False)

@@ -125,7 +125,10 @@ def test_evaluation_uses_the_runs_templates(tmp_path):
 
     from delift_ray.evaluate.runner import run_templates
 
-    custom = {"no_example": "Q: {query}\nA:", "with_example": "E: {example_prompt} / {example_response}\nQ: {query}\nA:"}
+    custom = {
+        "no_example": "Q: {query}\nA:",
+        "with_example": "E: {example_prompt} / {example_response}\nQ: {query}\nA:",
+    }
     run = SimpleNamespace(config={"templates": custom}, run_dir=tmp_path)
     assert run_templates(run).no_example == custom["no_example"]
     run.config = {}
@@ -181,36 +184,73 @@ def _write_run(run_dir, pairs, model, selected):
     ids = [sample_id(p, r) for p, r in pairs]
     n = len(pairs)
     # One row skipped at ingest: it must not count as pool.
-    pq.write_table(pa.table({
-        "sample_id": ids + ["ffffffffffffffff"],
-        "row": np.arange(n + 1, dtype=np.int64),
-        "set": ["pool"] * (n + 1),
-        "prompt": [p for p, _ in pairs] + ["too long"],
-        "response": [r for _, r in pairs] + ["x"],
-        "prompt_tokens": [8] * n + [-1],
-        "response_tokens": [8] * n + [-1],
-        "status": ["ok"] * n + ["too_long"],
-    }), run_dir / "samples.parquet")
-    pq.write_table(pa.table({
-        "sample_id": [ids[i] for i in selected],
-        "rank": np.arange(len(selected), dtype=np.int64),
-        "gain": np.linspace(1.0, 0.1, len(selected)),
-    }), run_dir / "selection.parquet")
-    (run_dir / "run.json").write_text(json.dumps({
-        "config": {"data": "pool.jsonl", "model": str(model), "stage": "instruction", "budget": len(selected), "seed": 0},
-        "counts": {"samples": n, "selected": len(selected)},
-        "selection": {"stage": "instruction", "budget": len(selected)},
-    }))
-    (run_dir / "subset.jsonl").write_text("".join(json.dumps({"prompt": pairs[i][0], "response": pairs[i][1]}) + "\n" for i in selected))
+    pq.write_table(
+        pa.table(
+            {
+                "sample_id": ids + ["ffffffffffffffff"],
+                "row": np.arange(n + 1, dtype=np.int64),
+                "set": ["pool"] * (n + 1),
+                "prompt": [p for p, _ in pairs] + ["too long"],
+                "response": [r for _, r in pairs] + ["x"],
+                "prompt_tokens": [8] * n + [-1],
+                "response_tokens": [8] * n + [-1],
+                "status": ["ok"] * n + ["too_long"],
+            }
+        ),
+        run_dir / "samples.parquet",
+    )
+    pq.write_table(
+        pa.table(
+            {
+                "sample_id": [ids[i] for i in selected],
+                "rank": np.arange(len(selected), dtype=np.int64),
+                "gain": np.linspace(1.0, 0.1, len(selected)),
+            }
+        ),
+        run_dir / "selection.parquet",
+    )
+    (run_dir / "run.json").write_text(
+        json.dumps(
+            {
+                "config": {
+                    "data": "pool.jsonl",
+                    "model": str(model),
+                    "stage": "instruction",
+                    "budget": len(selected),
+                    "seed": 0,
+                },
+                "counts": {"samples": n, "selected": len(selected)},
+                "selection": {"stage": "instruction", "budget": len(selected)},
+            }
+        )
+    )
+    (run_dir / "subset.jsonl").write_text(
+        "".join(json.dumps({"prompt": pairs[i][0], "response": pairs[i][1]}) + "\n" for i in selected)
+    )
 
 
-TOPICS = ["tea", "coffee", "the sea", "Paris", "python lists", "sleep", "exercise", "the sky", "a poem", "French grammar"]
+TOPICS = [
+    "tea",
+    "coffee",
+    "the sea",
+    "Paris",
+    "python lists",
+    "sleep",
+    "exercise",
+    "the sky",
+    "a poem",
+    "French grammar",
+]
 
 
 def _pairs(n, offset=0):
-    return [(f"Tell me about {TOPICS[(i + offset) % len(TOPICS)]}, item {i + offset}.",
-             f"Here is a short answer about {TOPICS[(i + offset) % len(TOPICS)]} number {i + offset}.")
-            for i in range(n)]
+    return [
+        (
+            f"Tell me about {TOPICS[(i + offset) % len(TOPICS)]}, item {i + offset}.",
+            f"Here is a short answer about {TOPICS[(i + offset) % len(TOPICS)]} number {i + offset}.",
+        )
+        for i in range(n)
+    ]
 
 
 @pytest.fixture(scope="module")
@@ -221,7 +261,8 @@ def fake_run(tmp_path_factory, tiny_model):
     held = _pairs(5, offset=100)
     # Alpaca columns; the last row duplicates a pool sample and must be dropped.
     rows = [{"instruction": p, "input": "", "output": r} for p, r in held] + [
-        {"instruction": pool[2][0], "input": "", "output": pool[2][1]}]
+        {"instruction": pool[2][0], "input": "", "output": pool[2][1]}
+    ]
     (root / "heldout.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
     return root
 
@@ -239,9 +280,35 @@ def test_cli_parser_defaults():
     args = _cli_args(["--run", "r", "--eval-data", "h.jsonl"])
     assert args.seeds == 3 and args.max_new_tokens == 64 and not args.full_finetune
     assert args.func.__name__ == "run_evaluate_command"
-    args = _cli_args(["--run", "r", "--eval-data", "h", "--seeds", "2", "--lr", "1e-3", "--full-finetune",
-                      "--max-eval", "4", "--embedding-model", "/x", "--epochs", "1", "--max-length", "64"])
-    assert (args.seeds, args.lr, args.full_finetune, args.max_eval, args.epochs, args.max_length) == (2, 1e-3, True, 4, 1, 64)
+    args = _cli_args(
+        [
+            "--run",
+            "r",
+            "--eval-data",
+            "h",
+            "--seeds",
+            "2",
+            "--lr",
+            "1e-3",
+            "--full-finetune",
+            "--max-eval",
+            "4",
+            "--embedding-model",
+            "/x",
+            "--epochs",
+            "1",
+            "--max-length",
+            "64",
+        ]
+    )
+    assert (args.seeds, args.lr, args.full_finetune, args.max_eval, args.epochs, args.max_length) == (
+        2,
+        1e-3,
+        True,
+        4,
+        1,
+        64,
+    )
     with pytest.raises(SystemExit):
         _cli_args(["--run", "r", "--eval-data", "h", "--seeds", "0"])
 
@@ -250,9 +317,27 @@ def test_evaluate_end_to_end(fake_run, capsys):
     from delift_ray.evaluate.cli import run_evaluate_command
 
     run_dir = fake_run / "run"
-    args = _cli_args(["--run", str(run_dir), "--eval-data", str(fake_run / "heldout.jsonl"), "--seeds", "2",
-                      "--epochs", "1", "--max-length", "48", "--max-new-tokens", "6", "--icl-example-tokens", "16",
-                      "--bootstrap-resamples", "200", "--no-progress"])
+    args = _cli_args(
+        [
+            "--run",
+            str(run_dir),
+            "--eval-data",
+            str(fake_run / "heldout.jsonl"),
+            "--seeds",
+            "2",
+            "--epochs",
+            "1",
+            "--max-length",
+            "48",
+            "--max-new-tokens",
+            "6",
+            "--icl-example-tokens",
+            "16",
+            "--bootstrap-resamples",
+            "200",
+            "--no-progress",
+        ]
+    )
     assert run_evaluate_command(args) == 0
     assert "DELIFT" in capsys.readouterr().out
     out = run_dir / "eval"

@@ -19,11 +19,28 @@ from delift_ray.job import run
 pytestmark = [pytest.mark.engine, pytest.mark.ray]
 
 ENGINE = {"dtype": "float32", "max_model_len": 256, "block_size": 32, "kv_cache_space_gib": 1}
-TOPICS = ["tea", "coffee", "the sea", "Paris", "lists", "sleep", "running", "the sky", "a poem", "grammar", "bread", "rain"]
-POOL = [{"prompt": f"Tell me one fact about {t}.", "response": f"A short fact about {t}: it is item {i}."}
-        for i, t in enumerate(TOPICS)]
-HELD = [{"prompt": f"Say something about {t}.", "response": f"Something about {t}, number {i}."}
-        for i, t in enumerate(["snow", "cats", "maps", "songs"])]
+TOPICS = [
+    "tea",
+    "coffee",
+    "the sea",
+    "Paris",
+    "lists",
+    "sleep",
+    "running",
+    "the sky",
+    "a poem",
+    "grammar",
+    "bread",
+    "rain",
+]
+POOL = [
+    {"prompt": f"Tell me one fact about {t}.", "response": f"A short fact about {t}: it is item {i}."}
+    for i, t in enumerate(TOPICS)
+]
+HELD = [
+    {"prompt": f"Say something about {t}.", "response": f"Something about {t}, number {i}."}
+    for i, t in enumerate(["snow", "cats", "maps", "songs"])
+]
 
 
 @pytest.fixture(scope="module")
@@ -31,15 +48,28 @@ def scored_run(ray_cluster, tiny_model_dir, tmp_path_factory):
     d = tmp_path_factory.mktemp("quality")
     (d / "pool.jsonl").write_text("".join(json.dumps(r) + "\n" for r in POOL))
     (d / "held.jsonl").write_text("".join(json.dumps(r) + "\n" for r in HELD))
-    cfg = {"data": str(d / "pool.jsonl"), "model": str(tiny_model_dir), "out": str(d / "run"), "budget": 4,
-           "engine": ENGINE, "scoring": {"block_size": 6}}
+    cfg = {
+        "data": str(d / "pool.jsonl"),
+        "model": str(tiny_model_dir),
+        "out": str(d / "run"),
+        "budget": 4,
+        "engine": ENGINE,
+        "scoring": {"block_size": 6},
+    }
     res = run(cfg, progress=False)
     return d, cfg, res
 
 
 def test_variants_and_baselines_from_stored_shards(scored_run):
-    from delift_ray.evaluate.arms import (Variant, arm_subsets, baseline_distances, delift_variant, raw_matrix,
-                                          pool_pair_scores, run_store)
+    from delift_ray.evaluate.arms import (
+        Variant,
+        arm_subsets,
+        baseline_distances,
+        delift_variant,
+        pool_pair_scores,
+        raw_matrix,
+        run_store,
+    )
     from delift_ray.evaluate.inputs import load_run
 
     d, cfg, res = scored_run
@@ -53,8 +83,10 @@ def test_variants_and_baselines_from_stored_shards(scored_run):
     assert (r.config["kernel"]["diagonal"], r.config["kernel"]["scaling"]) == ("drop", "minmax")
     assert delift_variant(r, Variant("drop", "minmax"), 4, store) == r.selected
     # A run with other kernel options over the same cache (nothing re-scored) equals that variant.
-    keep = run({**cfg, "out": str(d / "run-keep"), "cache": str(d / "run"), "kernel": {"diagonal": "keep", "scaling": "clip"}},
-               progress=False)
+    keep = run(
+        {**cfg, "out": str(d / "run-keep"), "cache": str(d / "run"), "kernel": {"diagonal": "keep", "scaling": "clip"}},
+        progress=False,
+    )
     assert keep.counts["pairs_scored"] == 0
     where = {sid: i for i, sid in enumerate(r.pool.sample_ids)}
     assert [where[s] for s in keep.selected_ids] == delift_variant(r, Variant("keep", "clip"), 4, store)
@@ -73,28 +105,71 @@ def test_evaluate_with_variants_baselines_and_statistics(scored_run, capsys):
     d, _, _ = scored_run
     parser = argparse.ArgumentParser(prog="delift-ray")
     add_evaluate_parser(parser.add_subparsers(dest="command"))
-    args = parser.parse_args(["evaluate", "--run", str(d / "run"), "--eval-data", str(d / "held.jsonl"),
-                              "--variants", "drop-minmax,keep-clip", "--train-seeds", "2", "--seeds", "3",
-                              "--steps", "2", "--max-length", "48", "--max-new-tokens", "4", "--icl-examples", "2",
-                              "--icl-example-tokens", "16", "--bootstrap-resamples", "200", "--no-progress"])
+    args = parser.parse_args(
+        [
+            "evaluate",
+            "--run",
+            str(d / "run"),
+            "--eval-data",
+            str(d / "held.jsonl"),
+            "--variants",
+            "drop-minmax,keep-clip",
+            "--train-seeds",
+            "2",
+            "--seeds",
+            "3",
+            "--steps",
+            "2",
+            "--max-length",
+            "48",
+            "--max-new-tokens",
+            "4",
+            "--icl-examples",
+            "2",
+            "--icl-example-tokens",
+            "16",
+            "--bootstrap-resamples",
+            "200",
+            "--no-progress",
+        ]
+    )
     assert run_evaluate_command(args) == 0
     rep = json.loads((d / "run" / "eval" / "report.json").read_text())
     rows = {r["selection"]: r for r in rep["rows"]}
-    assert list(rows) == ["initial", "delift", "delift:drop-minmax", "delift:keep-clip", "self_utility", "hardness",
-                          "example_utility", "delift_se", "random", "full"]
+    assert list(rows) == [
+        "initial",
+        "delift",
+        "delift:drop-minmax",
+        "delift:keep-clip",
+        "self_utility",
+        "hardness",
+        "example_utility",
+        "delift_se",
+        "random",
+        "full",
+    ]
     assert rows["delift"]["n_seeds"] == 2 and rows["random"]["n_seeds"] == 3 and rows["hardness"]["n_seeds"] == 2
     assert all(t["steps"] == 2 for r in rows.values() for t in r["train"])
     # drop-minmax is the run's own kernel: the same subset, the same seeds, the same numbers.
     assert len(rep["arms"]["delift:keep-clip"]) == 4 == len(rep["arms"]["self_utility"])
     assert rows["delift:drop-minmax"]["mean"]["nll"] == pytest.approx(rows["delift"]["mean"]["nll"], rel=1e-5)
     vr = {c["selection"]: c for c in rep["vs_random"]}
-    assert set(vr) == {"delift", "delift:drop-minmax", "delift:keep-clip", "self_utility", "hardness", "example_utility",
-                       "delift_se"}
+    assert set(vr) == {
+        "delift",
+        "delift:drop-minmax",
+        "delift:keep-clip",
+        "self_utility",
+        "hardness",
+        "example_utility",
+        "delift_se",
+    }
     for c in vr.values():
         assert c["verdict"] in ("better than random", "no better than random", "inconclusive")
         assert c["ci_low"] <= c["ci_high"] and c["n_random"] == 3 and c["n_items"] == 4
         assert 0 < c["p_rank"] <= 1 and c["p_rank"] >= 1 / 4 and c["p_boot_holm"] >= c["p_boot"]
-        assert math.isclose(c["delta"], rows["random"]["mean"]["nll"] - rows[c["selection"]]["mean"]["nll"], abs_tol=1e-9)
+        assert math.isclose(
+            c["delta"], rows["random"]["mean"]["nll"] - rows[c["selection"]]["mean"]["nll"], abs_tol=1e-9
+        )
     md = (d / "run" / "eval" / "report.md").read_text()
     assert "Against random" in md and "keep-clip" in md
 
@@ -107,8 +182,10 @@ def test_min_prompt_gain_on_a_real_run(scored_run):
 
     d, cfg, res = scored_run
     # A threshold below every gain: the prompt-free baselines are scored (12), nothing else, nothing excluded.
-    low = run({**cfg, "out": str(d / "run-pg-low"), "cache": str(d / "run"), "selection": {"min_prompt_gain": -1e9}},
-              progress=False)
+    low = run(
+        {**cfg, "out": str(d / "run-pg-low"), "cache": str(d / "run"), "selection": {"min_prompt_gain": -1e9}},
+        progress=False,
+    )
     assert (low.counts["pairs_scored"], low.counts["baselines_scored"]) == (0, 12)
     assert low.counts["excluded_low_prompt_gain"] == 0 and low.selected_ids == res.selected_ids
     r = load_run(d / "run")
@@ -116,8 +193,10 @@ def test_min_prompt_gain_on_a_real_run(scored_run):
     assert np.isfinite(gains).all() and len(set(gains.tolist())) == 12
     thr = float(np.sort(gains)[6])  # the six lowest gains fall below it
     excluded = {s for s, g in zip(r.pool.sample_ids, gains) if g < thr}
-    cut = run({**cfg, "out": str(d / "run-pg"), "cache": str(d / "run"), "selection": {"min_prompt_gain": thr}},
-              progress=False)
+    cut = run(
+        {**cfg, "out": str(d / "run-pg"), "cache": str(d / "run"), "selection": {"min_prompt_gain": thr}},
+        progress=False,
+    )
     assert (cut.counts["pairs_scored"], cut.counts["baselines_scored"]) == (0, 0)
     assert cut.counts["excluded_low_prompt_gain"] == len(excluded) == 6
     assert not excluded & set(cut.selected_ids) and len(cut.selected_ids) == 4

@@ -29,14 +29,24 @@ from hypothesis import strategies as st
 from delift_ray import cli
 from delift_ray.config import TemplateConfig, check_write_path, load_config
 from delift_ray.data import UNENCODABLE, load_samples, original_json, too_long_rows
-from delift_ray.errors import (ConfigError, DataError, EngineStartError, classify_engine_start_error,
-                               engine_start_message)
+from delift_ray.errors import (
+    ConfigError,
+    DataError,
+    EngineStartError,
+    classify_engine_start_error,
+    engine_start_message,
+)
 
 ROWS = [{"prompt": f"Question number {k}?", "response": f"Answer number {k}."} for k in range(6)]
 # Derandomised so that CI sees the same examples every run; set derandomize=False locally for
 # a fresh random search (that is how the reader crash below was found).
-HYPO = settings(max_examples=40, deadline=None, derandomize=True, database=None,
-                suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
+HYPO = settings(
+    max_examples=40,
+    deadline=None,
+    derandomize=True,
+    database=None,
+    suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
+)
 
 
 def write_rows(path, rows):
@@ -63,8 +73,14 @@ def cli_run(capsys, *argv):
 
 
 def cli_subprocess(*argv, cwd=None, timeout=180, env=None):
-    p = subprocess.run([sys.executable, "-m", "delift_ray.cli", *map(str, argv)], capture_output=True, text=True,
-                       timeout=timeout, cwd=cwd, env=env)
+    p = subprocess.run(
+        [sys.executable, "-m", "delift_ray.cli", *map(str, argv)],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        cwd=cwd,
+        env=env,
+    )
     return p.returncode, p.stderr
 
 
@@ -127,8 +143,12 @@ def test_50mb_row_is_skipped_in_seconds_and_bounded_memory(tiny_model_dir, tmp_p
     assert data.stat().st_size > 50 * 1024 * 1024
     limit = 2 * 1024**3
     t = time.perf_counter()
-    p = subprocess.run([sys.executable, "-c", BIG_ROW_CHILD, str(data), str(tiny_model_dir), str(limit)],
-                       capture_output=True, text=True, timeout=600)
+    p = subprocess.run(
+        [sys.executable, "-c", BIG_ROW_CHILD, str(data), str(tiny_model_dir), str(limit)],
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     wall = time.perf_counter() - t
     assert p.returncode == 0, (p.returncode, p.stdout[-500:], p.stderr[-2000:])
     res = json.loads(p.stdout.strip().splitlines()[-1])
@@ -167,9 +187,13 @@ def test_screen_leaves_rows_that_fit_to_the_exact_check(tokenizer):
 
 
 @HYPO
-@given(words=st.lists(st.sampled_from(["a", "the", "quick", "éclair", "数据", " ", "\n", "{x}", "🙂", "  "]),
-                      min_size=0, max_size=400),
-       split=st.integers(0, 400), limit=st.integers(8, 40))
+@given(
+    words=st.lists(
+        st.sampled_from(["a", "the", "quick", "éclair", "数据", " ", "\n", "{x}", "🙂", "  "]), min_size=0, max_size=400
+    ),
+    split=st.integers(0, 400),
+    limit=st.integers(8, 40),
+)
 def test_screen_never_rejects_a_row_that_fits(tokenizer, words, split, limit):
     """Property: a row the screen calls too long really has more than ``limit`` tokens."""
     text = "".join(words)
@@ -181,12 +205,24 @@ def test_screen_never_rejects_a_row_that_fits(tokenizer, words, split, limit):
 
 # =========================================================================== §3 one path rule
 
+
 @pytest.mark.parametrize("key", ["out", "cache"])
-@pytest.mark.parametrize("value,ok", [
-    ("runs/x", True), ("/abs/x", True), ("~/x", True), ("s3://b/x", True), ("a/../b", True),
-    ("../elsewhere", False), ("runs/../../x", False), ("..", False), ("s3://b/x/../y", False), ("  ", False),
-    ("runs/\x00x", False),
-])
+@pytest.mark.parametrize(
+    "value,ok",
+    [
+        ("runs/x", True),
+        ("/abs/x", True),
+        ("~/x", True),
+        ("s3://b/x", True),
+        ("a/../b", True),
+        ("../elsewhere", False),
+        ("runs/../../x", False),
+        ("..", False),
+        ("s3://b/x/../y", False),
+        ("  ", False),
+        ("runs/\x00x", False),
+    ],
+)
 def test_every_write_key_follows_the_write_rule(key, value, ok):
     tree = {"data": "d.jsonl", "model": "m", "out": "runs/o", key: value}
     if ok:
@@ -197,11 +233,27 @@ def test_every_write_key_follows_the_write_rule(key, value, ok):
 
 
 @pytest.mark.parametrize("key", ["data", "model", "target", "existing"])
-@pytest.mark.parametrize("value,ok", [("../shared/d.jsonl", True), ("/abs/d", True), ("org/name", True),
-                                      ("s3://b/../d", False), ("", False), ("d\x00.jsonl", False)])
+@pytest.mark.parametrize(
+    "value,ok",
+    [
+        ("../shared/d.jsonl", True),
+        ("/abs/d", True),
+        ("org/name", True),
+        ("s3://b/../d", False),
+        ("", False),
+        ("d\x00.jsonl", False),
+    ],
+)
 def test_every_read_key_follows_the_read_rule(key, value, ok):
-    tree = {"data": "d.jsonl", "model": "m", "out": "o", "stage": "continual", "existing": "e.jsonl",
-            "target": "t.jsonl", key: value}
+    tree = {
+        "data": "d.jsonl",
+        "model": "m",
+        "out": "o",
+        "stage": "continual",
+        "existing": "e.jsonl",
+        "target": "t.jsonl",
+        key: value,
+    }
     if ok:
         assert getattr(load_config(None, tree), key) == value
     else:
@@ -242,13 +294,16 @@ def fake_jobs(monkeypatch):
     return FakeJobs
 
 
-@pytest.mark.parametrize("flags,needles", [
-    (["--out", "runs/x", "--cache", "../elsewhere"], ["'cache'", "leaves the working directory"]),
-    (["--out", "../x"], ["'out'", "leaves the working directory"]),
-    (["--data", "../outside.jsonl", "--out", "runs/x"], ["'data'", "outside the working dir", "submit ships"]),
-    (["--data", "missing.jsonl", "--out", "runs/x"], ["'data'", "does not exist inside the working dir"]),
-    (["--out", "runs/x", "--working-dir", "/no/such/dir"], ["--working-dir /no/such/dir: no such directory"]),
-])
+@pytest.mark.parametrize(
+    "flags,needles",
+    [
+        (["--out", "runs/x", "--cache", "../elsewhere"], ["'cache'", "leaves the working directory"]),
+        (["--out", "../x"], ["'out'", "leaves the working directory"]),
+        (["--data", "../outside.jsonl", "--out", "runs/x"], ["'data'", "outside the working dir", "submit ships"]),
+        (["--data", "missing.jsonl", "--out", "runs/x"], ["'data'", "does not exist inside the working dir"]),
+        (["--out", "runs/x", "--working-dir", "/no/such/dir"], ["--working-dir /no/such/dir: no such directory"]),
+    ],
+)
 def test_submit_applies_the_path_rules_before_shipping(fake_jobs, tmp_path, capsys, monkeypatch, flags, needles):
     monkeypatch.chdir(tmp_path)
     (tmp_path / "outside.jsonl").write_text("{}\n")
@@ -263,11 +318,17 @@ def test_submit_applies_the_path_rules_before_shipping(fake_jobs, tmp_path, caps
     assert fake_jobs.sent == [] and [p.name for p in work.iterdir()] == ["pool.jsonl"]
 
 
-@pytest.mark.parametrize("argv,needles", [
-    (["reselect", "--previous", "p", "--data", "d.jsonl", "--out", "../x"], ["--out:", "leaves the working directory"]),
-    (["reselect", "--previous", "p", "--data", "d.jsonl", "--out", "o", "--cache", "../c"], ["--cache:", "'..'"]),
-    (["watch", "loc", "--out", "../w", "--model", "m", "--once"], ["--out:", "leaves the working directory"]),
-])
+@pytest.mark.parametrize(
+    "argv,needles",
+    [
+        (
+            ["reselect", "--previous", "p", "--data", "d.jsonl", "--out", "../x"],
+            ["--out:", "leaves the working directory"],
+        ),
+        (["reselect", "--previous", "p", "--data", "d.jsonl", "--out", "o", "--cache", "../c"], ["--cache:", "'..'"]),
+        (["watch", "loc", "--out", "../w", "--model", "m", "--once"], ["--out:", "leaves the working directory"]),
+    ],
+)
 def test_command_flags_that_write_follow_the_write_rule(tmp_path, capsys, monkeypatch, argv, needles):
     monkeypatch.chdir(tmp_path)
     code, err = cli_run(capsys, *argv)
@@ -290,6 +351,7 @@ def test_write_rule_property(path):
 
 
 # =========================================================================== §4 one line: config files
+
 
 def _config_file(tmp_path, kind, pool, model):
     p = tmp_path / "job.yaml"
@@ -325,22 +387,25 @@ def _config_file(tmp_path, kind, pool, model):
     return p
 
 
-@pytest.mark.parametrize("kind,needles", [
-    ("latin-1", ["is not UTF-8 text (byte 0xe9", "save it as UTF-8"]),
-    ("utf-16", ["is not UTF-8 text"]),
-    ("binary", ["job.yaml"]),
-    ("list", ["must hold a mapping, found list"]),
-    ("scalar", ["must hold a mapping, found str"]),
-    ("section is a value", ["'engine'"]),
-    ("section is a list", ["'engine'"]),
-    ("python tag", ["is not valid YAML"]),
-    ("tab indent", ["is not valid YAML"]),
-    ("NUL", ["job.yaml"]),
-    ("directory", ["is a directory"]),
-    ("empty", ["missing required key 'data'"]),
-    ("int keys", ["'1'"]),
-    ("huge number", ["is not valid YAML", "4300 digits"]),
-])
+@pytest.mark.parametrize(
+    "kind,needles",
+    [
+        ("latin-1", ["is not UTF-8 text (byte 0xe9", "save it as UTF-8"]),
+        ("utf-16", ["is not UTF-8 text"]),
+        ("binary", ["job.yaml"]),
+        ("list", ["must hold a mapping, found list"]),
+        ("scalar", ["must hold a mapping, found str"]),
+        ("section is a value", ["'engine'"]),
+        ("section is a list", ["'engine'"]),
+        ("python tag", ["is not valid YAML"]),
+        ("tab indent", ["is not valid YAML"]),
+        ("NUL", ["job.yaml"]),
+        ("directory", ["is a directory"]),
+        ("empty", ["missing required key 'data'"]),
+        ("int keys", ["'1'"]),
+        ("huge number", ["is not valid YAML", "4300 digits"]),
+    ],
+)
 def test_config_file_encoding_and_shape(tmp_path, capsys, pool, kind, needles):
     cfg = _config_file(tmp_path, kind, pool, "org/model")
     code, err = cli_run(capsys, "select", "--config", cfg, "--quiet")
@@ -372,22 +437,29 @@ def test_files_without_read_permission(tiny_model_dir, tmp_path):
     data.chmod(0)
     job.chmod(0)
     as_other = os.geteuid() == 0
-    code = (f"import sys; from delift_ray.data import load_samples; from delift_ray import cli\n"
-            f"sys.exit(cli.main(['select', '--config', {str(job)!r}]))")
-    data_code = (f"import sys\nfrom delift_ray.errors import DataError\nfrom delift_ray.data import load_samples\n"
-                 f"try:\n    load_samples({str(data)!r})\nexcept DataError as e:\n    print(e); sys.exit(2)\n")
+    code = (
+        f"import sys; from delift_ray.data import load_samples; from delift_ray import cli\n"
+        f"sys.exit(cli.main(['select', '--config', {str(job)!r}]))"
+    )
+    data_code = (
+        f"import sys\nfrom delift_ray.errors import DataError\nfrom delift_ray.data import load_samples\n"
+        f"try:\n    load_samples({str(data)!r})\nexcept DataError as e:\n    print(e); sys.exit(2)\n"
+    )
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([os.getcwd(), *sys.path]), "HOME": str(tmp_path)}
     pre = (lambda: os.setuid(65534)) if as_other else None
     try:
         try:
-            p = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, preexec_fn=pre, env=env,
-                               timeout=120)
+            p = subprocess.run(
+                [sys.executable, "-c", code], capture_output=True, text=True, preexec_fn=pre, env=env, timeout=120
+            )
         except PermissionError as exc:
             pytest.skip(f"running as root, and user nobody may not run this interpreter: {exc}")
         if as_other and "delift-ray" not in p.stderr:
             pytest.skip(f"running as root, and user nobody cannot import the package here: {p.stderr[-300:]}")
         one_line_error(p.returncode, p.stderr, "cannot read config file", "Permission denied")
-        p = subprocess.run([sys.executable, "-c", data_code], capture_output=True, text=True, preexec_fn=pre, env=env, timeout=120)
+        p = subprocess.run(
+            [sys.executable, "-c", data_code], capture_output=True, text=True, preexec_fn=pre, env=env, timeout=120
+        )
         assert p.returncode == 2 and "Traceback" not in p.stderr, p.stderr[-2000:]
         assert "cannot read data file" in p.stdout and "Permission denied" in p.stdout
     finally:
@@ -412,13 +484,31 @@ json_values = st.recursive(
     lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=8), inner, max_size=4),
     max_leaves=12,
 )
-CONFIG_KEYS = ["data", "model", "out", "cache", "budget", "stage", "engine", "engine.max_model_len", "templates",
-               "templates.no_example", "columns", "scoring.block_size", "seed", "ray", "kernel.type", "strict"]
+CONFIG_KEYS = [
+    "data",
+    "model",
+    "out",
+    "cache",
+    "budget",
+    "stage",
+    "engine",
+    "engine.max_model_len",
+    "templates",
+    "templates.no_example",
+    "columns",
+    "scoring.block_size",
+    "seed",
+    "ray",
+    "kernel.type",
+    "strict",
+]
 
 
 @HYPO
-@given(tree=st.dictionaries(st.sampled_from(CONFIG_KEYS) | st.text(max_size=6), json_values, max_size=6),
-       overrides=st.dictionaries(st.sampled_from(CONFIG_KEYS), st.text(max_size=10), max_size=3))
+@given(
+    tree=st.dictionaries(st.sampled_from(CONFIG_KEYS) | st.text(max_size=6), json_values, max_size=6),
+    overrides=st.dictionaries(st.sampled_from(CONFIG_KEYS), st.text(max_size=10), max_size=3),
+)
 def test_config_loader_random_trees(tmp_path, tree, overrides):
     """Property: random JSON values under real and random keys, as a file plus flags, give a
     config or one ConfigError line, never another exception."""
@@ -432,32 +522,49 @@ def test_config_loader_random_trees(tmp_path, tree, overrides):
 
 # =========================================================================== §4 one line: templates
 
-@pytest.mark.parametrize("template,needles", [
-    ('Answer as JSON like {"a": 1}. {query}', ['a field {"a"} of its own', "{{ and }}"]),
-    ("Query {query} with a lone { brace", ["unmatched brace", "{{ and }}"]),
-    ("Query {query} with a lone } brace", ["unmatched brace"]),
-    ("Query {query!r}", ["without a format spec or conversion"]),
-    ("Query {query:>10}", ["without a format spec or conversion"]),
-    ("Query {0} {query}", ["a field {0} of its own"]),
-    ("Query {{query}}", ["must contain {query}"]),
-])
+
+@pytest.mark.parametrize(
+    "template,needles",
+    [
+        ('Answer as JSON like {"a": 1}. {query}', ['a field {"a"} of its own', "{{ and }}"]),
+        ("Query {query} with a lone { brace", ["unmatched brace", "{{ and }}"]),
+        ("Query {query} with a lone } brace", ["unmatched brace"]),
+        ("Query {query!r}", ["without a format spec or conversion"]),
+        ("Query {query:>10}", ["without a format spec or conversion"]),
+        ("Query {0} {query}", ["a field {0} of its own"]),
+        ("Query {{query}}", ["must contain {query}"]),
+    ],
+)
 def test_templates_with_braces_of_their_own(capsys, pool, tmp_path, template, needles):
-    code, err = cli_run(capsys, "select", "--data", pool, "--model", "org/model", "--out", tmp_path / "o",
-                        "--templates.no-example", template)
+    code, err = cli_run(
+        capsys,
+        "select",
+        "--data",
+        pool,
+        "--model",
+        "org/model",
+        "--out",
+        tmp_path / "o",
+        "--templates.no-example",
+        template,
+    )
     one_line_error(code, err, "templates.no_example", *needles)
 
 
 def test_escaped_braces_in_a_template_are_text(tokenizer):
     from delift_ray.prompts import tokenize_set
 
-    t = TemplateConfig(no_example='JSON like {{"a": 1}}.\n{query}\n',
-                       with_example='Example {{x}}:\n{example_prompt}\n{example_response}\n{{y}} Query:\n{query}\n')
+    t = TemplateConfig(
+        no_example='JSON like {{"a": 1}}.\n{query}\n',
+        with_example="Example {{x}}:\n{example_prompt}\n{example_response}\n{{y}} Query:\n{query}\n",
+    )
     tok = tokenize_set(tokenizer, ["What {is} this?"], ["{}"], t)  # braces in the data are text too
     decoded = tokenizer.decode(tok.no_example[0])
     assert decoded.startswith('JSON like {"a": 1}.') and "What {is} this?" in decoded
 
 
 # =========================================================================== §4 one line / counted skip: rows
+
 
 def test_row_with_lone_surrogates_is_a_counted_skip(tmp_path):
     lines = [json.dumps(r) for r in ROWS] + [
@@ -486,12 +593,16 @@ def test_nul_and_control_characters_are_text(tmp_path):
 
 def _random_unicode():
     return st.text(alphabet=st.characters(codec=None, exclude_categories=()), max_size=20) | st.sampled_from(
-        ["\ud800", "a\udfffb", "\x00", "\u2028", "\ufeff", "\r\n", "  "])
+        ["\ud800", "a\udfffb", "\x00", "\u2028", "\ufeff", "\r\n", "  "]
+    )
 
 
 @HYPO
-@given(rows=st.lists(st.fixed_dictionaries({"prompt": _random_unicode(), "response": _random_unicode()}),
-                     min_size=1, max_size=8))
+@given(
+    rows=st.lists(
+        st.fixed_dictionaries({"prompt": _random_unicode(), "response": _random_unicode()}), min_size=1, max_size=8
+    )
+)
 def test_data_reader_random_unicode(tmp_path, rows):
     """Property: random Unicode (lone surrogates, NUL) in prompt/response: each row a sample
     or a counted skip, and every kept text encodes as UTF-8."""
@@ -507,8 +618,13 @@ def test_data_reader_random_unicode(tmp_path, rows):
         text.encode("utf-8")
 
 
-CRASHERS = ["null\n{row}\n", "{row}\n" * 3 + "null\n{row}\n", "[{row}, null]\n", "\ufeff{row}\n{row}\n",
-            "  null \n{row}\n"]
+CRASHERS = [
+    "null\n{row}\n",
+    "{row}\n" * 3 + "null\n{row}\n",
+    "[{row}, null]\n",
+    "\ufeff{row}\n{row}\n",
+    "  null \n{row}\n",
+]
 
 
 def test_json_lines_that_crashed_the_reader(tmp_path):
@@ -520,9 +636,11 @@ def test_json_lines_that_crashed_the_reader(tmp_path):
     for k, text in enumerate(CRASHERS):
         paths.append(tmp_path / f"n{k}.jsonl")
         paths[-1].write_text(text.replace("{row}", row), encoding="utf-8")
-    code = ("import sys\nfrom delift_ray.data import load_samples\nfor p in sys.argv[1:]:\n"
-            "    print(p, end=' ', flush=True); s = load_samples(p)\n"
-            "    print(len(s), sum(s.skipped.values()), s.rows_read, flush=True)\n")
+    code = (
+        "import sys\nfrom delift_ray.data import load_samples\nfor p in sys.argv[1:]:\n"
+        "    print(p, end=' ', flush=True); s = load_samples(p)\n"
+        "    print(len(s), sum(s.skipped.values()), s.rows_read, flush=True)\n"
+    )
     p = subprocess.run([sys.executable, "-c", code, *map(str, paths)], capture_output=True, text=True, timeout=300)
     assert p.returncode == 0, (p.returncode, p.stdout[-500:], p.stderr[-1500:])
     for line in p.stdout.splitlines():
@@ -560,11 +678,24 @@ def test_data_reader_random_bytes(tmp_path, raw, suffix):
 
 # =========================================================================== §4 one line: submit, status, logs
 
+
 def test_submit_to_a_working_dir_it_cannot_write(fake_jobs, tmp_path, capsys):
     blocker = tmp_path / "file"
     blocker.write_text("")
-    code, err = cli_run(capsys, "submit", "--address", "http://h:8265", "--working-dir", blocker,
-                        "--data", "/d.jsonl", "--model", "m", "--out", "s3://b/o")
+    code, err = cli_run(
+        capsys,
+        "submit",
+        "--address",
+        "http://h:8265",
+        "--working-dir",
+        blocker,
+        "--data",
+        "/d.jsonl",
+        "--model",
+        "m",
+        "--out",
+        "s3://b/o",
+    )
     one_line_error(code, err, "--working-dir", "no such directory")
 
 
@@ -613,6 +744,7 @@ def test_jobs_address_where_nothing_answers(capsys, command):
 
 # =========================================================================== §4 one line: -v and bugs
 
+
 def test_verbose_shows_the_traceback_and_plain_does_not(tmp_path):
     bad = tmp_path / "bad.yaml"
     bad.write_bytes(b"data: \xff\n")
@@ -638,10 +770,14 @@ def test_an_unexpected_error_is_one_line_exit_1(monkeypatch, capsys):
 
 VLLM_LIKE = {
     "missing weights": "RuntimeError: Cannot find any model weights with `/models/bare`",
-    "remote code required": ("ValueError: The repository /m contains custom code which must be executed to correctly "
-                             "load the model. Please pass the argument `trust_remote_code=True`"),
-    "unsupported architecture": ("ValueError: Model architectures ['FooForCausalLM'] are not supported for now. "
-                                 "Supported architectures: dict_keys([...])"),
+    "remote code required": (
+        "ValueError: The repository /m contains custom code which must be executed to correctly "
+        "load the model. Please pass the argument `trust_remote_code=True`"
+    ),
+    "unsupported architecture": (
+        "ValueError: Model architectures ['FooForCausalLM'] are not supported for now. "
+        "Supported architectures: dict_keys([...])"
+    ),
     "out of memory": "torch.OutOfMemoryError: CUDA out of memory. Tried to allocate 20.00 GiB",
 }
 
@@ -654,19 +790,25 @@ def test_engine_start_failures_are_classified(kind):
 
 
 def test_missing_weights_are_never_blamed_on_memory():
-    cascade = ("Traceback (most recent call last):\n  File \"x.py\", line 1, in <module>\n    load(out_of_memory=True)\n"
-               "RuntimeError: Cannot find any model weights with `/m`\n\nDuring handling of the above exception, "
-               "another exception occurred:\nRuntimeError: Engine core initialization failed; not enough memory?\n")
+    cascade = (
+        'Traceback (most recent call last):\n  File "x.py", line 1, in <module>\n    load(out_of_memory=True)\n'
+        "RuntimeError: Cannot find any model weights with `/m`\n\nDuring handling of the above exception, "
+        "another exception occurred:\nRuntimeError: Engine core initialization failed; not enough memory?\n"
+    )
     assert classify_engine_start_error(cascade)[0] == "missing weights"
 
 
 def test_unknown_start_failures_and_quoted_source_are_not_classified():
     assert classify_engine_start_error("RuntimeError: something else broke") is None
     # a frame quoting source that mentions trust_remote_code is not a remote-code error
-    tb = "Traceback (most recent call last):\n  File \"e.py\", line 3\n    LLM(trust_remote_code=False)\nKeyError: 'x'\n"
+    tb = (
+        "Traceback (most recent call last):\n  File \"e.py\", line 3\n    LLM(trust_remote_code=False)\nKeyError: 'x'\n"
+    )
     assert classify_engine_start_error(tb) is None
-    assert engine_start_message("ray::A.__init__()\nEngineStartError: the scoring engine could not start: x") \
+    assert (
+        engine_start_message("ray::A.__init__()\nEngineStartError: the scoring engine could not start: x")
         == "the scoring engine could not start: x"
+    )
 
 
 @pytest.mark.ray
@@ -708,8 +850,21 @@ def test_checkpoint_without_weights_fails_once_in_one_line(tiny_model_dir, pool,
     bare = tmp_path / "no-weights"
     shutil.copytree(tiny_model_dir, bare, ignore=shutil.ignore_patterns("*.safetensors", "*.bin"))
     t = time.perf_counter()
-    code, err = cli_subprocess("select", "--data", pool, "--model", bare, "--out", tmp_path / "o", "--budget", "2",
-                               "--engine.max-model-len", "256", "--quiet", timeout=600)
+    code, err = cli_subprocess(
+        "select",
+        "--data",
+        pool,
+        "--model",
+        bare,
+        "--out",
+        tmp_path / "o",
+        "--budget",
+        "2",
+        "--engine.max-model-len",
+        "256",
+        "--quiet",
+        timeout=600,
+    )
     wall = time.perf_counter() - t
     print(f"no-weights select: {wall:.1f} s, {len(err.splitlines())} stderr lines")
     line = one_line_error(code, err, "could not start", "missing weights")

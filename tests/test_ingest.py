@@ -21,18 +21,47 @@ def write_rows(path, rows):
 
 def reference_samples_table(sets) -> pa.Table:
     """samples.parquet built row by row, as the per-row loop it replaced did."""
-    cols = {k: [] for k in ("sample_id", "row", "set", "prompt", "response", "prompt_tokens", "response_tokens", "copies", "status")}
+    cols = {
+        k: []
+        for k in (
+            "sample_id",
+            "row",
+            "set",
+            "prompt",
+            "response",
+            "prompt_tokens",
+            "response_tokens",
+            "copies",
+            "status",
+        )
+    }
     for name, s in sets.items():
         smp, tok, bad = s.samples, s.tokens, s.rejected
         for k in range(len(smp)):
-            for key, val in (("sample_id", smp.sample_ids[k]), ("row", smp.rows[k]), ("set", name), ("prompt", smp.prompts[k]),
-                             ("response", smp.responses[k]), ("prompt_tokens", len(tok.no_example[k])),
-                             ("response_tokens", len(tok.response[k])), ("copies", smp.copies[k]), ("status", "ok")):
+            for key, val in (
+                ("sample_id", smp.sample_ids[k]),
+                ("row", smp.rows[k]),
+                ("set", name),
+                ("prompt", smp.prompts[k]),
+                ("response", smp.responses[k]),
+                ("prompt_tokens", len(tok.no_example[k])),
+                ("response_tokens", len(tok.response[k])),
+                ("copies", smp.copies[k]),
+                ("status", "ok"),
+            ):
                 cols[key].append(val)
         for k in range(len(bad)):
-            for key, val in (("sample_id", bad.sample_ids[k]), ("row", bad.rows[k]), ("set", name), ("prompt", bad.prompts[k]),
-                             ("response", bad.responses[k]), ("prompt_tokens", -1), ("response_tokens", -1), ("copies", 1),
-                             ("status", "too_long")):
+            for key, val in (
+                ("sample_id", bad.sample_ids[k]),
+                ("row", bad.rows[k]),
+                ("set", name),
+                ("prompt", bad.prompts[k]),
+                ("response", bad.responses[k]),
+                ("prompt_tokens", -1),
+                ("response_tokens", -1),
+                ("copies", 1),
+                ("status", "too_long"),
+            ):
                 cols[key].append(val)
     return pa.table(cols)
 
@@ -46,13 +75,26 @@ def test_ingest_keeps_what_fits_and_the_table_matches_the_row_loop(tiny_model_di
 
     rng = np.random.default_rng(0)
     words = ["alpha", "beta", "gamma", "delta", "epsilon"]
-    rows = [{"prompt": " ".join(rng.choice(words, rng.integers(1, 60))), "response": " ".join(rng.choice(words, rng.integers(1, 60)))}
-            for _ in range(40)]
+    rows = [
+        {
+            "prompt": " ".join(rng.choice(words, rng.integers(1, 60))),
+            "response": " ".join(rng.choice(words, rng.integers(1, 60))),
+        }
+        for _ in range(40)
+    ]
     rows += [rows[3], rows[5]]  # duplicates: copies > 1
     target = [{"prompt": f"target {i}", "response": " ".join(rng.choice(words, rng.integers(1, 90)))} for i in range(9)]
-    cfg = load_config(None, {"data": write_rows(tmp_path / "p.jsonl", rows), "target": write_rows(tmp_path / "t.jsonl", target),
-                             "stage": "task", "model": str(tiny_model_dir), "out": str(tmp_path / "o"),
-                             "engine.max_model_len": 160})
+    cfg = load_config(
+        None,
+        {
+            "data": write_rows(tmp_path / "p.jsonl", rows),
+            "target": write_rows(tmp_path / "t.jsonl", target),
+            "stage": "task",
+            "model": str(tiny_model_dir),
+            "out": str(tmp_path / "o"),
+            "engine.max_model_len": 160,
+        },
+    )
     tok = AutoTokenizer.from_pretrained(tiny_model_dir)
     sets, _ = ingest(cfg, tok)
     min_head = template_head_length(tok, cfg.templates)
@@ -74,8 +116,14 @@ def test_ingest_keeps_what_fits_and_the_table_matches_the_row_loop(tiny_model_di
 def test_dataset_rows_equal_row_by_row_iteration(tmp_path):
     import datasets
 
-    rows = [{"messages": [{"role": "user", "content": f"q{i}"}, {"role": "assistant", "content": f"a{i}"}],
-             "extra": None if i % 3 else i, "text": f"t{i}"} for i in range(11)]
+    rows = [
+        {
+            "messages": [{"role": "user", "content": f"q{i}"}, {"role": "assistant", "content": f"a{i}"}],
+            "extra": None if i % 3 else i,
+            "text": f"t{i}",
+        }
+        for i in range(11)
+    ]
     ds = datasets.load_dataset("json", data_files=write_rows(tmp_path / "c.jsonl", rows), split="train")
     assert len(DatasetRows(ds, batch=4)) == 11
     assert list(DatasetRows(ds, batch=4)) == list(iter(ds))

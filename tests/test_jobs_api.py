@@ -31,7 +31,6 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
-
 from conftest import ALPACA_ROWS
 
 pytestmark = [pytest.mark.ray, pytest.mark.engine]
@@ -96,8 +95,11 @@ class Head:
     def env(self, token: str | None = "cluster", mode: str | None = "token", **extra) -> dict:
         """A client's environment; token: "cluster" (the right one), a path, or None."""
         env = {k: v for k, v in os.environ.items() if not k.startswith("RAY_")}
-        env.update(HOME=str(self.home), PATH=f"{BIN}{os.pathsep}{env.get('PATH', '')}",
-                   PYTHONPATH=os.pathsep.join([str(REPO)] + [p for p in [env.get("PYTHONPATH")] if p]))
+        env.update(
+            HOME=str(self.home),
+            PATH=f"{BIN}{os.pathsep}{env.get('PATH', '')}",
+            PYTHONPATH=os.pathsep.join([str(REPO)] + [p for p in [env.get("PYTHONPATH")] if p]),
+        )
         if mode:
             env["RAY_AUTH_MODE"] = mode
         if token == "cluster":
@@ -114,8 +116,9 @@ class Head:
         return subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, cwd=cwd, env=self.env(**env))
 
     def api(self, path: str) -> dict:
-        req = urllib.request.Request(self.address + path,
-                                     headers={"Authorization": "Bearer " + self.token_path.read_text().strip()})
+        req = urllib.request.Request(
+            self.address + path, headers={"Authorization": "Bearer " + self.token_path.read_text().strip()}
+        )
         with urllib.request.urlopen(req, timeout=30) as r:
             return json.loads(r.read())
 
@@ -125,21 +128,43 @@ def _start_head(root: Path, token_path: Path, home: Path) -> Head:
     temp_dir = root / "r"
     env = {k: v for k, v in os.environ.items() if not k.startswith("RAY_")}
     env.update(
-        RAY_AUTH_MODE="token", RAY_AUTH_TOKEN_PATH=str(token_path), HOME=str(home),
-        PATH=f"{BIN}{os.pathsep}{env.get('PATH', '')}", RAY_USAGE_STATS_ENABLED="0",
+        RAY_AUTH_MODE="token",
+        RAY_AUTH_TOKEN_PATH=str(token_path),
+        HOME=str(home),
+        PATH=f"{BIN}{os.pathsep}{env.get('PATH', '')}",
+        RAY_USAGE_STATS_ENABLED="0",
         PYTHONPATH=os.pathsep.join([str(REPO)] + [p for p in [env.get("PYTHONPATH")] if p]),
         VLLM_CPU_KVCACHE_SPACE="1",
     )
-    cmd = [str(BIN / "ray"), "start", "--head", "--block", "--node-ip-address=127.0.0.1",
-           f"--port={ports[0]}", "--include-dashboard=true", "--dashboard-host=127.0.0.1", f"--dashboard-port={ports[1]}",
-           f"--ray-client-server-port={ports[2]}", f"--dashboard-agent-listen-port={ports[3]}",
-           f"--dashboard-agent-grpc-port={ports[4]}", f"--runtime-env-agent-port={ports[5]}",
-           f"--metrics-export-port={ports[6]}", f"--node-manager-port={ports[7]}", f"--object-manager-port={ports[8]}",
-           "--min-worker-port=0", "--max-worker-port=0", "--num-cpus=2", f"--object-store-memory={150 * 1024**2}",
-           f"--temp-dir={temp_dir}", "--include-log-monitor=false", "--disable-usage-stats"]
+    cmd = [
+        str(BIN / "ray"),
+        "start",
+        "--head",
+        "--block",
+        "--node-ip-address=127.0.0.1",
+        f"--port={ports[0]}",
+        "--include-dashboard=true",
+        "--dashboard-host=127.0.0.1",
+        f"--dashboard-port={ports[1]}",
+        f"--ray-client-server-port={ports[2]}",
+        f"--dashboard-agent-listen-port={ports[3]}",
+        f"--dashboard-agent-grpc-port={ports[4]}",
+        f"--runtime-env-agent-port={ports[5]}",
+        f"--metrics-export-port={ports[6]}",
+        f"--node-manager-port={ports[7]}",
+        f"--object-manager-port={ports[8]}",
+        "--min-worker-port=0",
+        "--max-worker-port=0",
+        "--num-cpus=2",
+        f"--object-store-memory={150 * 1024**2}",
+        f"--temp-dir={temp_dir}",
+        "--include-log-monitor=false",
+        "--disable-usage-stats",
+    ]
     log = open(root / "ray-start.log", "w")
-    proc = subprocess.Popen(cmd, env=env, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                            start_new_session=True)
+    proc = subprocess.Popen(
+        cmd, env=env, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True
+    )
     head = Head(f"http://127.0.0.1:{ports[1]}", token_path, home, temp_dir, proc)
     deadline = time.monotonic() + HEAD_START_TIMEOUT_S
     while time.monotonic() < deadline and proc.poll() is None:
@@ -209,8 +234,15 @@ def workdir(tmp_path) -> Path:
     w = tmp_path / "project"
     (w / "jobs").mkdir(parents=True)
     (w / "jobs" / "notes.yaml").write_text("budget: 2\n")
-    for junk in (".venv/lib/big.bin", "env311/lib/big.bin", "runs/old/big.bin", "__pycache__/x.pyc",
-                 ".pytest_cache/v/big.bin", ".git/objects/big.bin", "pkg/__pycache__/m.cpython-311.pyc"):
+    for junk in (
+        ".venv/lib/big.bin",
+        "env311/lib/big.bin",
+        "runs/old/big.bin",
+        "__pycache__/x.pyc",
+        ".pytest_cache/v/big.bin",
+        ".git/objects/big.bin",
+        "pkg/__pycache__/m.cpython-311.pyc",
+    ):
         (w / junk).parent.mkdir(parents=True, exist_ok=True)
         (w / junk).write_bytes(os.urandom(5 * 1024**2 if junk.endswith("big.bin") else 1024))
     (w / "env311" / "pyvenv.cfg").write_text("home = /usr/bin\n")  # a virtualenv under another name
@@ -219,9 +251,26 @@ def workdir(tmp_path) -> Path:
 
 
 def job_args(model, pool, out) -> list[str]:
-    return ["--data", str(pool), "--model", str(model), "--out", str(out), "--budget", "2",
-            "--engine.dtype", "float32", "--engine.max-model-len", "256", "--engine.block-size", "32",
-            "--engine.kv-cache-space-gib", "1", "--scoring.block-size", "4"]
+    return [
+        "--data",
+        str(pool),
+        "--model",
+        str(model),
+        "--out",
+        str(out),
+        "--budget",
+        "2",
+        "--engine.dtype",
+        "float32",
+        "--engine.max-model-len",
+        "256",
+        "--engine.block-size",
+        "32",
+        "--engine.kv-cache-space-gib",
+        "1",
+        "--scoring.block-size",
+        "4",
+    ]
 
 
 def leftovers(workdir: Path) -> list[str]:
@@ -262,7 +311,9 @@ def test_missing_or_wrong_token_is_refused_in_one_line(head, tiny_model_dir, poo
 
 
 def test_relative_out_is_refused_before_upload(head, tiny_model_dir, pool, workdir):
-    p = head.cli("submit", "--working-dir", str(workdir), *job_args(tiny_model_dir, pool, "runs/x"), timeout=120, cwd=workdir)
+    p = head.cli(
+        "submit", "--working-dir", str(workdir), *job_args(tiny_model_dir, pool, "runs/x"), timeout=120, cwd=workdir
+    )
     assert_one_line_error(p, "out 'runs/x' is relative", "temporary copy of the working dir")
     assert leftovers(workdir) == [] and head.api("/api/jobs/") == []
 
@@ -284,7 +335,9 @@ def test_submit_status_logs_and_the_run_lock(head, tiny_model_dir, pool, workdir
     deadline = time.monotonic() + 300
     while not (lock.exists() and lock.stat().st_size):  # created, then its owner record written
         assert time.monotonic() < deadline, "job A never took the run lock: " + head.cli("logs", job_a).stdout[-3000:]
-        assert head.api(f"/api/jobs/{job_a}")["status"] in ("PENDING", "RUNNING"), head.cli("logs", job_a).stdout[-3000:]
+        assert head.api(f"/api/jobs/{job_a}")["status"] in ("PENDING", "RUNNING"), head.cli("logs", job_a).stdout[
+            -3000:
+        ]
         time.sleep(1.0)
     held_by_a = lock.read_text()
     p = head.cli("submit", *args, "--wait", timeout=600)

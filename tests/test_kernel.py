@@ -15,8 +15,14 @@ def ids_of(prefix, n):
 
 
 def pairs_table(h, e, u):
-    return pa.table({"helped_id": h, "example_id": e, "utility": np.asarray(u, np.float32),
-                     "distance": np.zeros(len(u), np.float32)})
+    return pa.table(
+        {
+            "helped_id": h,
+            "example_id": e,
+            "utility": np.asarray(u, np.float32),
+            "distance": np.zeros(len(u), np.float32),
+        }
+    )
 
 
 def test_assemble_sparse_scales_over_stored_entries_only():
@@ -63,9 +69,18 @@ def test_streamed_sparse_assembly_and_stored_keys_equal_one_table(tmp_path):
     store = ShardStore(str(tmp_path), "fp")
     for b in range(5):
         h, e = rng.integers(0, 20, 30), rng.integers(0, 20, 30)
-        store.write(UTILITY, f"b{b}", pa.table({"helped_id": [ids[i] for i in h], "example_id": [ids[i] for i in e],
-                                                "utility": rng.normal(size=30).astype(np.float32),
-                                                "distance": np.zeros(30, np.float32)}))
+        store.write(
+            UTILITY,
+            f"b{b}",
+            pa.table(
+                {
+                    "helped_id": [ids[i] for i in h],
+                    "example_id": [ids[i] for i in e],
+                    "utility": rng.normal(size=30).astype(np.float32),
+                    "distance": np.zeros(30, np.float32),
+                }
+            ),
+        )
     whole = store.read_relevant(UTILITY, ids, ids)
     options = {"diagonal": "keep", "scaling": "minmax"}
     M1 = assemble_sparse_from_tables(store.iter_relevant(UTILITY, ids, ids, batch_rows=40), ids, ids, **options)
@@ -77,7 +92,9 @@ def test_streamed_sparse_assembly_and_stored_keys_equal_one_table(tmp_path):
     cand = np.full((20, 2), -1, dtype=np.int64)
     cand[:, 0] = (np.arange(20) + 1) % 20
     allowed = candidate_keys(cand, 20)
-    M3 = assemble_sparse_from_tables(store.iter_relevant(UTILITY, ids, ids, batch_rows=40), ids, ids, allowed=allowed, **options)
+    M3 = assemble_sparse_from_tables(
+        store.iter_relevant(UTILITY, ids, ids, batch_rows=40), ids, ids, allowed=allowed, **options
+    )
     r3, c3 = M3.nonzero()
     assert M3.nnz > 0 and np.all(c3 == (r3 + 1) % 20)
     index = planning.IdIndex({"pool": ids})

@@ -105,9 +105,14 @@ def test_sparse_options_match_dense():
 def test_sparse_from_tables_drops_self_pairs_by_id():
     import pyarrow as pa
 
-    t = pa.table({"helped_id": ["a", "a", "b", "b"], "example_id": ["a", "b", "a", "b"],
-                  "utility": pa.array([5.0, 1.0, -1.0, 2.0], pa.float32()),
-                  "distance": pa.array([0.0] * 4, pa.float32())})
+    t = pa.table(
+        {
+            "helped_id": ["a", "a", "b", "b"],
+            "example_id": ["a", "b", "a", "b"],
+            "utility": pa.array([5.0, 1.0, -1.0, 2.0], pa.float32()),
+            "distance": pa.array([0.0] * 4, pa.float32()),
+        }
+    )
     M = assemble_sparse_from_tables(t, ["a", "b"], ["a", "b"], diagonal="drop", scaling="clip")
     assert np.allclose(M.toarray(), [[0.0, 1.0], [0.0, 0.0]])
     M = assemble_sparse_from_tables(t, ["a", "b"], ["a", "b"], diagonal="keep", scaling="clip")
@@ -135,7 +140,10 @@ def test_config_keys_defaults_and_the_deprecated_alias():
         with pytest.raises(ConfigError, match="contradicts kernel.diagonal"):
             load_config(None, {**BASE, "scoring.exclude_self": True, "kernel.diagonal": "keep"})
         # Consistent: both say drop.
-        assert load_config(None, {**BASE, "scoring.exclude_self": True, "kernel.diagonal": "drop"}).kernel.diagonal == "drop"
+        assert (
+            load_config(None, {**BASE, "scoring.exclude_self": True, "kernel.diagonal": "drop"}).kernel.diagonal
+            == "drop"
+        )
     with pytest.raises(ConfigError, match="kernel.scaling"):
         load_config(None, {**BASE, "kernel.scaling": "zscore"})
     # A dumped config (run.json) validates again to the same options, so a run made with the
@@ -165,14 +173,17 @@ def test_reselect_keeps_the_previous_runs_kernel_options():
     old = {k: v for k, v in made.items() if k != "kernel"}
     old["scoring"] = {**old["scoring"], "exclude_self": False}
     with pytest.warns(DeprecationWarning):
-        assert version_config(PreviousRun("v0", old, prev.pool, [], "cache"), "v2.jsonl", "out2").kernel.diagonal == "keep"
+        assert (
+            version_config(PreviousRun("v0", old, prev.pool, [], "cache"), "v2.jsonl", "out2").kernel.diagonal == "keep"
+        )
 
 
 def test_cli_flags():
     from delift_ray.cli import build_parser, config_from_args
 
-    args = build_parser().parse_args(["select", "--data", "d", "--model", "m", "--out", "o",
-                                      "--kernel.diagonal", "drop", "--kernel.scaling", "clip"])
+    args = build_parser().parse_args(
+        ["select", "--data", "d", "--model", "m", "--out", "o", "--kernel.diagonal", "drop", "--kernel.scaling", "clip"]
+    )
     cfg = config_from_args(args)
     assert (cfg.kernel.diagonal, cfg.kernel.scaling) == ("drop", "clip")
     with pytest.raises(SystemExit):
@@ -183,8 +194,7 @@ def test_arms_from_a_shard_store(tmp_path):
     """evaluate's arms read the stored utilities: variants, self-utility, hardness and example utility by hand."""
     import pyarrow as pa
 
-    from delift_ray.evaluate.arms import (Variant, arm_subsets, delift_variant, parse_variants, pool_pair_scores,
-                                          top_k)
+    from delift_ray.evaluate.arms import Variant, arm_subsets, delift_variant, parse_variants, pool_pair_scores, top_k
     from delift_ray.evaluate.inputs import Pool, RunData
     from delift_ray.storage import BASELINE, UTILITY, ShardStore
 
@@ -193,13 +203,29 @@ def test_arms_from_a_shard_store(tmp_path):
     store = ShardStore(str(tmp_path / "cache"), "fp0")
     h, e = np.meshgrid(np.arange(4), np.arange(4), indexing="ij")
     for half in (slice(0, 8), slice(8, 16)):  # two shards
-        store.write(UTILITY, f"u{half.start}", pa.table({
-            "helped_id": [ids[i] for i in h.ravel()[half]], "example_id": [ids[j] for j in e.ravel()[half]],
-            "utility": uf.ravel()[half], "distance": np.zeros(8, np.float32)}))
+        store.write(
+            UTILITY,
+            f"u{half.start}",
+            pa.table(
+                {
+                    "helped_id": [ids[i] for i in h.ravel()[half]],
+                    "example_id": [ids[j] for j in e.ravel()[half]],
+                    "utility": uf.ravel()[half],
+                    "distance": np.zeros(8, np.float32),
+                }
+            ),
+        )
     store.write(BASELINE, "b", pa.table({"sample_id": ids, "distance": [0.5, 0.9, 0.7, 0.9]}))
-    run = RunData(run_dir=tmp_path, config={"selection": {}}, stage="instruction", budget=2,
-                  pool=Pool(ids, ["p"] * 4, ["r"] * 4), selected=[0, 1], others={},
-                  meta={"cache": str(tmp_path / "cache"), "model": {"fingerprint": "fp0"}})
+    run = RunData(
+        run_dir=tmp_path,
+        config={"selection": {}},
+        stage="instruction",
+        budget=2,
+        pool=Pool(ids, ["p"] * 4, ["r"] * 4),
+        selected=[0, 1],
+        others={},
+        meta={"cache": str(tmp_path / "cache"), "model": {"fingerprint": "fp0"}},
+    )
     assert delift_variant(run, Variant("keep", "minmax"), 2) == [0, 1]  # the known answer above
     assert delift_variant(run, Variant("drop", "minmax"), 1) == [2]
     arms = arm_subsets(run, 2, parse_variants("drop-clip"), ("self_utility", "hardness", "example_utility"))
@@ -227,13 +253,29 @@ def _sparse_run(tmp_path, pairs: dict[tuple[str, str], float], cache: str = "cac
 
     ids = list("abcd")
     store = ShardStore(str(tmp_path / "cache"), "fp0")
-    store.write(UTILITY, "u", pa.table({"helped_id": [h for h, _ in pairs], "example_id": [e for _, e in pairs],
-                                       "utility": np.array(list(pairs.values()), np.float32),
-                                       "distance": np.zeros(len(pairs), np.float32)}))
+    store.write(
+        UTILITY,
+        "u",
+        pa.table(
+            {
+                "helped_id": [h for h, _ in pairs],
+                "example_id": [e for _, e in pairs],
+                "utility": np.array(list(pairs.values()), np.float32),
+                "distance": np.zeros(len(pairs), np.float32),
+            }
+        ),
+    )
     store.write(BASELINE, "b", pa.table({"sample_id": ids, "distance": [0.5, 0.9, 0.7, 0.9]}))
-    return RunData(run_dir=tmp_path, config={"selection": {}}, stage="instruction", budget=1,
-                   pool=Pool(ids, ["p"] * 4, ["r"] * 4), selected=[1], others={},
-                   meta={"cache": str(tmp_path / cache), "model": {"fingerprint": "fp0"}})
+    return RunData(
+        run_dir=tmp_path,
+        config={"selection": {}},
+        stage="instruction",
+        budget=1,
+        pool=Pool(ids, ["p"] * 4, ["r"] * 4),
+        selected=[1],
+        others={},
+        meta={"cache": str(tmp_path / cache), "model": {"fingerprint": "fp0"}},
+    )
 
 
 def test_example_utility_is_the_drop_minmax_first_pick_on_sparse_pairs(tmp_path):
@@ -241,8 +283,10 @@ def test_example_utility_is_the_drop_minmax_first_pick_on_sparse_pairs(tmp_path)
     so b (three pairs of 0.3) beats c (one pair of 0.5), which the mean over stored pairs would pick."""
     from delift_ray.evaluate.arms import Variant, delift_variant, pool_pair_scores
 
-    run = _sparse_run(tmp_path, {("a", "b"): 0.3, ("c", "b"): 0.3, ("d", "b"): 0.3, ("a", "c"): 0.5,
-                                 ("b", "d"): -0.1, ("a", "a"): 9.0})
+    run = _sparse_run(
+        tmp_path,
+        {("a", "b"): 0.3, ("c", "b"): 0.3, ("d", "b"): 0.3, ("a", "c"): 0.5, ("b", "d"): -0.1, ("a", "a"): 9.0},
+    )
     own, helps = pool_pair_scores(run)
     assert helps.tolist() == pytest.approx([0.0, 1.2, 0.6, 0.0])  # lo = -0.1; a's 9.0 is its own
     assert np.isnan(own[1:]).all() and own[0] == pytest.approx(9.0)  # only a's self pair is stored
@@ -275,7 +319,9 @@ def test_baselines_read_the_pool_utilities_once(tmp_path, monkeypatch):
 
     reads = []
     real = ShardStore.iter_relevant
-    monkeypatch.setattr(ShardStore, "iter_relevant", lambda self, kind, *a, **k: reads.append(kind) or real(self, kind, *a, **k))
+    monkeypatch.setattr(
+        ShardStore, "iter_relevant", lambda self, kind, *a, **k: reads.append(kind) or real(self, kind, *a, **k)
+    )
     run = _sparse_run(tmp_path, {("a", "b"): 0.3, ("b", "a"): 0.1, ("a", "a"): 0.5})
     assert set(extra_arms(run, None, "auto")) == {"self_utility", "hardness", "example_utility"}
     assert reads.count(UTILITY) == 1

@@ -94,8 +94,16 @@ def test_plan_knn_counts_blocks_and_dedup_across_matrices():
     candQ = np.stack([rng.choice(30, 6, replace=False) for _ in range(5)])
     index = planning.IdIndex(ids)
     assert index.size == 33
-    plan = planning.plan_knn(STAGE_MATRICES["task"], {"K": candK, "Q": candQ}, ids, np.empty(0, np.int64), set(),
-                             index=index, fingerprint="fp", block_size=4)
+    plan = planning.plan_knn(
+        STAGE_MATRICES["task"],
+        {"K": candK, "Q": candQ},
+        ids,
+        np.empty(0, np.int64),
+        set(),
+        index=index,
+        fingerprint="fp",
+        block_size=4,
+    )
     want = {(pool_ids[h], pool_ids[e]) for h in range(30) for e in candK[h]}
     want |= {(target_ids[q], pool_ids[e]) for q in range(5) for e in candQ[q]}
     got = [(ids[b.helped_set][h], ids[b.example_set][e]) for b in plan.blocks for h, e in zip(b.h_idx, b.e_idx)]
@@ -113,28 +121,64 @@ def test_plan_knn_reuses_stored_pairs_and_is_deterministic():
     rng = np.random.default_rng(1)
     cand = np.stack([rng.choice(20, 5, replace=False) for _ in range(20)])
     index = planning.IdIndex(ids)
-    first = planning.plan_knn(STAGE_MATRICES["instruction"], {"K": cand}, ids, np.empty(0, np.int64), set(),
-                              index=index, fingerprint="fp", block_size=3)
+    first = planning.plan_knn(
+        STAGE_MATRICES["instruction"],
+        {"K": cand},
+        ids,
+        np.empty(0, np.int64),
+        set(),
+        index=index,
+        fingerprint="fp",
+        block_size=3,
+    )
     stored_blocks = first.blocks[::2]
-    table = pa.table({"helped_id": [ids["pool"][h] for b in stored_blocks for h in b.h_idx] + ["x", ids["pool"][0]],
-                      "example_id": [ids["pool"][e] for b in stored_blocks for e in b.e_idx] + [ids["pool"][0], "y"]})
+    table = pa.table(
+        {
+            "helped_id": [ids["pool"][h] for b in stored_blocks for h in b.h_idx] + ["x", ids["pool"][0]],
+            "example_id": [ids["pool"][e] for b in stored_blocks for e in b.e_idx] + [ids["pool"][0], "y"],
+        }
+    )
     keys = planning.stored_pair_keys(table, index)
     assert keys.size == sum(b.size for b in stored_blocks)  # ids outside the run are ignored
-    again = planning.plan_knn(STAGE_MATRICES["instruction"], {"K": cand}, ids, keys, set(ids["pool"][:7]),
-                              index=index, fingerprint="fp", block_size=3)
+    again = planning.plan_knn(
+        STAGE_MATRICES["instruction"],
+        {"K": cand},
+        ids,
+        keys,
+        set(ids["pool"][:7]),
+        index=index,
+        fingerprint="fp",
+        block_size=3,
+    )
     assert again.pairs_total == first.pairs_total == 100
     assert again.pairs_reused == keys.size and again.pairs_to_score == 100 - keys.size
     assert again.baselines_reused == 7 and again.baselines_to_score == 13
-    same = planning.plan_knn(STAGE_MATRICES["instruction"], {"K": cand}, ids, np.empty(0, np.int64), set(),
-                             index=index, fingerprint="fp", block_size=3)
+    same = planning.plan_knn(
+        STAGE_MATRICES["instruction"],
+        {"K": cand},
+        ids,
+        np.empty(0, np.int64),
+        set(),
+        index=index,
+        fingerprint="fp",
+        block_size=3,
+    )
     assert [b.key for b in same.blocks] == [b.key for b in first.blocks]
 
 
 def test_plan_knn_drops_empty_slots():
     ids = {"pool": ids_of("p", 4)}
     cand = np.array([[0, 1], [1, -1], [2, 3], [-1, -1]])
-    plan = planning.plan_knn(STAGE_MATRICES["instruction"], {"K": cand}, ids, np.empty(0, np.int64), set(),
-                             index=planning.IdIndex(ids), fingerprint="fp", block_size=8)
+    plan = planning.plan_knn(
+        STAGE_MATRICES["instruction"],
+        {"K": cand},
+        ids,
+        np.empty(0, np.int64),
+        set(),
+        index=planning.IdIndex(ids),
+        fingerprint="fp",
+        block_size=8,
+    )
     assert plan.pairs_total == 5 and plan.pairs_to_score == 5
 
 
@@ -156,16 +200,27 @@ def test_sparse_kernel_selects_with_the_selection_module():
 # --------------------------------------------------------------------------- real end to end
 
 
-POOL16 = [{"prompt": p, "response": r} for p, r in [
-    ("What is two plus two?", "Two plus two is four."), ("What is three plus five?", "Three plus five is eight."),
-    ("What is ten minus one?", "Ten minus one is nine."), ("What is six times two?", "Six times two is twelve."),
-    ("Name a primary colour.", "Red is a primary colour."), ("Name a warm colour.", "Orange is a warm colour."),
-    ("Name a cold colour.", "Blue is a cold colour."), ("What colour is grass?", "Grass is green."),
-    ("Translate to French: good morning", "Bonjour."), ("Translate to French: thank you", "Merci."),
-    ("Translate to German: thank you", "Danke."), ("Translate to Spanish: hello", "Hola."),
-    ("Name a mammal that swims.", "A dolphin."), ("Name a bird that cannot fly.", "A penguin."),
-    ("Name a large cat.", "A tiger."), ("Name an insect that makes honey.", "A bee."),
-]]
+POOL16 = [
+    {"prompt": p, "response": r}
+    for p, r in [
+        ("What is two plus two?", "Two plus two is four."),
+        ("What is three plus five?", "Three plus five is eight."),
+        ("What is ten minus one?", "Ten minus one is nine."),
+        ("What is six times two?", "Six times two is twelve."),
+        ("Name a primary colour.", "Red is a primary colour."),
+        ("Name a warm colour.", "Orange is a warm colour."),
+        ("Name a cold colour.", "Blue is a cold colour."),
+        ("What colour is grass?", "Grass is green."),
+        ("Translate to French: good morning", "Bonjour."),
+        ("Translate to French: thank you", "Merci."),
+        ("Translate to German: thank you", "Danke."),
+        ("Translate to Spanish: hello", "Hola."),
+        ("Name a mammal that swims.", "A dolphin."),
+        ("Name a bird that cannot fly.", "A penguin."),
+        ("Name a large cat.", "A tiger."),
+        ("Name an insect that makes honey.", "A bee."),
+    ]
+]
 
 
 @pytest.mark.engine
@@ -175,9 +230,15 @@ def test_knn_job_end_to_end_and_resume(ray_cluster, tiny_model_dir, tmp_path):
 
     data = tmp_path / "pool.jsonl"
     data.write_text("".join(json.dumps(r) + "\n" for r in POOL16))
-    cfg = {"data": str(data), "model": str(tiny_model_dir), "out": str(tmp_path / "out"), "budget": 4,
-           "engine": {"dtype": "float32", "max_model_len": 256, "block_size": 32, "kv_cache_space_gib": 1},
-           "scoring": {"block_size": 4}, "kernel": {"type": "knn", "k": 4, "random": 1}}
+    cfg = {
+        "data": str(data),
+        "model": str(tiny_model_dir),
+        "out": str(tmp_path / "out"),
+        "budget": 4,
+        "engine": {"dtype": "float32", "max_model_len": 256, "block_size": 32, "kv_cache_space_gib": 1},
+        "scoring": {"block_size": 4},
+        "kernel": {"type": "knn", "k": 4, "random": 1},
+    }
     r = run(cfg, progress=False)
     c = r.counts
     assert c["samples"] == 16 and c["kernel"] == "knn"
@@ -198,10 +259,13 @@ def test_knn_job_end_to_end_and_resume(ray_cluster, tiny_model_dir, tmp_path):
 
     samples = pq.read_table(os.path.join(r.out, "samples.parquet")).to_pylist()
     fp = embeddings.embedding_fingerprint(str(tiny_model_dir), 256, "vllm", "float32")
+
     def nothing_missing(todo):
         raise AssertionError(f"{todo.size} embeddings were not stored by the job")
 
-    got, _ = embeddings.embed_samples([x["sample_id"] for x in samples], embeddings.EmbeddingStore(r.out, fp), nothing_missing)
+    got, _ = embeddings.embed_samples(
+        [x["sample_id"] for x in samples], embeddings.EmbeddingStore(r.out, fp), nothing_missing
+    )
     texts = [embeddings.sample_text(x["prompt"], x["response"]) for x in samples]
     want = embeddings.MeanPoolEncoder(str(tiny_model_dir), 256).encode(texts)
     assert got.shape == want.shape and np.abs(got - want).max() < 1e-4
@@ -212,19 +276,26 @@ def test_knn_job_end_to_end_and_resume(ray_cluster, tiny_model_dir, tmp_path):
     assert again.selected_ids == r.selected_ids
 
     # selection.min_prompt_gain on the sparse kernel: prompt-free baselines only, never embedded or paired.
-    from delift_ray.storage import ShardStore
     from delift_ray.steps.ingest import prompt_free_id
     from delift_ray.steps.select import prompt_gains
+    from delift_ray.storage import ShardStore
 
-    low = run({**cfg, "out": str(tmp_path / "pg-low"), "cache": r.out, "selection": {"min_prompt_gain": -1e9}}, progress=False)
+    low = run(
+        {**cfg, "out": str(tmp_path / "pg-low"), "cache": r.out, "selection": {"min_prompt_gain": -1e9}}, progress=False
+    )
     assert (low.counts["pairs_scored"], low.counts["baselines_scored"], low.counts["embedded"]) == (0, 16, 0)
     assert low.counts["excluded_low_prompt_gain"] == 0 and low.selected_ids == r.selected_ids
     pool = [x for x in samples if x["set"] == "pool"]
-    gains = prompt_gains([x["sample_id"] for x in pool], [prompt_free_id(x["response"]) for x in pool],
-                         ShardStore(r.out, meta["model"]["fingerprint"]))
+    gains = prompt_gains(
+        [x["sample_id"] for x in pool],
+        [prompt_free_id(x["response"]) for x in pool],
+        ShardStore(r.out, meta["model"]["fingerprint"]),
+    )
     thr = float(np.sort(gains)[8])
     excluded = {x["sample_id"] for x, g in zip(pool, gains) if g < thr}
-    cut = run({**cfg, "out": str(tmp_path / "pg"), "cache": r.out, "selection": {"min_prompt_gain": thr}}, progress=False)
+    cut = run(
+        {**cfg, "out": str(tmp_path / "pg"), "cache": r.out, "selection": {"min_prompt_gain": thr}}, progress=False
+    )
     assert cut.counts["excluded_low_prompt_gain"] == len(excluded) == 8 and cut.counts["baselines_scored"] == 0
     assert len(cut.selected_ids) == 4 and not excluded & set(cut.selected_ids)
 
@@ -238,8 +309,22 @@ def test_estimate_cli_table_and_json(tiny_model_dir, tmp_path):
 
     data = tmp_path / "pool.jsonl"
     data.write_text("".join(json.dumps(r) + "\n" for r in POOL16))
-    base = [sys.executable, "-m", "delift_ray.cli", "estimate", "--data", str(data), "--model", str(tiny_model_dir),
-            "--kernel.k", "4", "--kernel.random", "1", "--tokens-per-s", "100"]
+    base = [
+        sys.executable,
+        "-m",
+        "delift_ray.cli",
+        "estimate",
+        "--data",
+        str(data),
+        "--model",
+        str(tiny_model_dir),
+        "--kernel.k",
+        "4",
+        "--kernel.random",
+        "1",
+        "--tokens-per-s",
+        "100",
+    ]
     p = subprocess.run(base + ["--json"], capture_output=True, text=True, timeout=300)
     assert p.returncode == 0, p.stderr
     est = json.loads(p.stdout)
@@ -250,7 +335,9 @@ def test_estimate_cli_table_and_json(tiny_model_dir, tmp_path):
     for mode in ("dense", "knn"):
         assert est[mode]["computed_tokens"] < est[mode]["prefill_tokens"]
     assert np.isclose(est["dense"]["engine_hours"], est["dense"]["computed_tokens"] / 100 / 3600, rtol=1e-3)
-    off = subprocess.run(base + ["--scoring.prefix-reuse", "false", "--json"], capture_output=True, text=True, timeout=300)
+    off = subprocess.run(
+        base + ["--scoring.prefix-reuse", "false", "--json"], capture_output=True, text=True, timeout=300
+    )
     assert off.returncode == 0, off.stderr
     est_off = json.loads(off.stdout)
     assert est_off["dense"]["computed_tokens"] == est_off["dense"]["prefill_tokens"] == est["dense"]["prefill_tokens"]
@@ -291,8 +378,14 @@ def test_estimate_calibration_measures_the_engine(tiny_model_dir, tmp_path):
 
     data = tmp_path / "pool.jsonl"
     data.write_text("".join(json.dumps(r) + "\n" for r in POOL16))
-    cfg = validate_config({"data": str(data), "model": str(tiny_model_dir), "out": str(tmp_path),
-                           "engine": {"dtype": "float32", "max_model_len": 256, "block_size": 32, "kv_cache_space_gib": 1}})
+    cfg = validate_config(
+        {
+            "data": str(data),
+            "model": str(tiny_model_dir),
+            "out": str(tmp_path),
+            "engine": {"dtype": "float32", "max_model_len": 256, "block_size": 32, "kv_cache_space_gib": 1},
+        }
+    )
     tok = load_tokenizer(cfg)
     sets, _ = ingest(cfg, tok)
     rate = estimate.calibrate(cfg, sets, tok.eos_token_id, pairs=16)
@@ -309,7 +402,9 @@ def test_transformers_embeddings_are_stored_and_only_missing_ones_computed(tiny_
 
     def write(todo):
         written.append(todo.tolist())
-        embeddings.write_missing_locally(store, ids, texts, todo, source=str(tiny_model_dir), max_length=64, batch_size=4, chunk=2)
+        embeddings.write_missing_locally(
+            store, ids, texts, todo, source=str(tiny_model_dir), max_length=64, batch_size=4, chunk=2
+        )
 
     v5, c5 = embeddings.embed_samples(ids[:5], store, write)
     v6, c6 = embeddings.embed_samples(ids, store, write)
@@ -319,10 +414,15 @@ def test_transformers_embeddings_are_stored_and_only_missing_ones_computed(tiny_
     assert np.allclose(v6, want, atol=1e-6) and np.array_equal(v6[:5], v5)
     assert np.allclose(np.linalg.norm(v6, axis=1), 1, atol=1e-5)
     # another backend or dtype is another fingerprint: its vectors are never mixed in
-    fps = {embeddings.embedding_fingerprint(str(tiny_model_dir), 64, b, d)
-           for b, d in [("transformers", "float32"), ("vllm", "float32"), ("vllm", "bfloat16")]}
+    fps = {
+        embeddings.embedding_fingerprint(str(tiny_model_dir), 64, b, d)
+        for b, d in [("transformers", "float32"), ("vllm", "float32"), ("vllm", "bfloat16")]
+    }
     assert len(fps) == 3
-    assert embeddings.resolve_backend("auto", "model") == "vllm" and embeddings.resolve_backend("auto", "minilm") == "transformers"
+    assert (
+        embeddings.resolve_backend("auto", "model") == "vllm"
+        and embeddings.resolve_backend("auto", "minilm") == "transformers"
+    )
 
 
 def test_faiss_index_moves_to_gpus_only_when_faiss_sees_some(monkeypatch):

@@ -34,12 +34,18 @@ pytestmark = [pytest.mark.engine, pytest.mark.ray]
 MIN_OBJECT_STORE = 78643200
 ENGINE = {"dtype": "float32", "max_model_len": 256, "block_size": 32, "kv_cache_space_gib": 1}
 # 20 x 20 pairs in 100 blocks: after the first shard, most blocks are still queued when a node goes.
-POOL = [{"prompt": f"Spell the number {k} in words.", "response": f"The number {k} is written {k * 'i'}."} for k in range(20)]
+POOL = [
+    {"prompt": f"Spell the number {k} in words.", "response": f"The number {k} is written {k * 'i'}."}
+    for k in range(20)
+]
 N = len(POOL)
 # A killed raylet is declared dead after a few seconds instead of Ray's default tens of
 # seconds (tighter ones, 500 ms, failed the head's own start on a loaded 2-core machine).
-HEALTH = {"RAY_health_check_period_ms": "1000", "RAY_health_check_failure_threshold": "3",
-          "RAY_health_check_timeout_ms": "2000"}
+HEALTH = {
+    "RAY_health_check_period_ms": "1000",
+    "RAY_health_check_failure_threshold": "3",
+    "RAY_health_check_timeout_ms": "2000",
+}
 
 
 @pytest.fixture(scope="module")
@@ -50,8 +56,10 @@ def cluster():
 
     saved = {k: os.environ.get(k) for k in HEALTH}
     os.environ.update(HEALTH)
-    c = Cluster(initialize_head=True, head_node_args={"num_cpus": 1, "object_store_memory": MIN_OBJECT_STORE,
-                                                      "include_dashboard": False})
+    c = Cluster(
+        initialize_head=True,
+        head_node_args={"num_cpus": 1, "object_store_memory": MIN_OBJECT_STORE, "include_dashboard": False},
+    )
     try:
         workers = [c.add_node(num_cpus=1, num_gpus=1, object_store_memory=MIN_OBJECT_STORE) for _ in range(2)]
         c.wait_for_nodes()
@@ -76,12 +84,23 @@ def pool_file(tmp_path_factory):
 
 def config(cluster, model, out, data, **ray_extra):
     c, _ = cluster
-    return {"data": data, "model": str(model), "out": str(out), "budget": 3, "engine": ENGINE,
-            "scoring": {"block_size": 2}, "ray": {"address": c.address, **ray_extra}}
+    return {
+        "data": data,
+        "model": str(model),
+        "out": str(out),
+        "budget": 3,
+        "engine": ENGINE,
+        "scoring": {"block_size": 2},
+        "ray": {"address": c.address, **ray_extra},
+    }
 
 
 def utilities(out):
-    files = [f for f in glob.glob(os.path.join(str(out), UTILITY, "*", "*.parquet")) if not os.path.basename(f).startswith(TMP_PREFIX)]
+    files = [
+        f
+        for f in glob.glob(os.path.join(str(out), UTILITY, "*", "*.parquet"))
+        if not os.path.basename(f).startswith(TMP_PREFIX)
+    ]
     t = pa.concat_tables([pq.read_table(f) for f in files]).to_pandas()
     return t.set_index(["helped_id", "example_id"]).sort_index()
 
@@ -170,8 +189,10 @@ def test_a_store_one_node_cannot_see_fails_at_once_naming_node_and_path(cluster,
     store = tmp_path / "store"
     store.mkdir()
     ray_cli = os.path.join(os.path.dirname(sys.executable), "ray")
-    script = (f"mount -t tmpfs tmpfs {store} && exec {ray_cli} start --address={c.address} --num-cpus=1 "
-              f"--resources='{{\"isolated\": 1}}' --object-store-memory={MIN_OBJECT_STORE} --block")
+    script = (
+        f"mount -t tmpfs tmpfs {store} && exec {ray_cli} start --address={c.address} --num-cpus=1 "
+        f"--resources='{{\"isolated\": 1}}' --object-store-memory={MIN_OBJECT_STORE} --block"
+    )
     node = subprocess.Popen(["unshare", "-m", "sh", "-c", script], stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
     try:
         deadline = time.monotonic() + 120
@@ -181,7 +202,9 @@ def test_a_store_one_node_cannot_see_fails_at_once_naming_node_and_path(cluster,
         isolated = next(n["NodeID"] for n in ray.nodes() if n["Alive"] and n["Resources"].get("isolated"))
         t0 = time.perf_counter()
         with pytest.raises(StorageError) as err:
-            run(config(cluster, tiny_model_dir, store, pool_file, accelerator="isolated", num_scorers=1), progress=False)
+            run(
+                config(cluster, tiny_model_dir, store, pool_file, accelerator="isolated", num_scorers=1), progress=False
+            )
         wall = time.perf_counter() - t0
         msg = str(err.value)
         assert "\n" not in msg and isolated in msg and str(store) in msg, msg

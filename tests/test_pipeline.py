@@ -35,32 +35,53 @@ POOL = [
     {"instruction": "What is two plus three?", "input": "", "output": "Two plus three is five."},
     {"instruction": "Translate to French.", "input": "Good morning", "output": "Bonjour."},
     {"instruction": "Give a synonym.", "input": "happy", "output": "Joyful."},
-    {"instruction": "Write a haiku about rain.", "input": "", "output": "Soft rain on the roof,\nquiet drums in the dark night,\nthe garden drinks deep."},
+    {
+        "instruction": "Write a haiku about rain.",
+        "input": "",
+        "output": "Soft rain on the roof,\nquiet drums in the dark night,\nthe garden drinks deep.",
+    },
     {"instruction": "What is the capital of Italy?", "input": "", "output": "Rome is the capital of Italy."},
     {"instruction": "Sort the numbers.", "input": "3, 1, 2", "output": "1, 2, 3"},
-    {"instruction": "Explain gravity in one sentence.", "input": "", "output": "Gravity pulls masses toward each other."},
+    {
+        "instruction": "Explain gravity in one sentence.",
+        "input": "",
+        "output": "Gravity pulls masses toward each other.",
+    },
     {"instruction": "Name a mammal that swims.", "input": "", "output": "A dolphin."},
     {"instruction": "What is ten minus four?", "input": "", "output": "Ten minus four is six."},
     {"instruction": "", "input": "", "output": "an empty prompt is skipped"},
     {"instruction": "Name a primary colour.", "input": "", "output": "Red is a primary colour."},
 ]
-TARGET = [{"prompt": "What is five plus one?", "response": "Five plus one is six."},
-          {"prompt": "What is the capital of Spain?", "response": "Madrid is the capital of Spain."}]
-EXISTING = [{"prompt": "Name a colour of the sky.", "response": "Blue."},
-            {"prompt": "What is one plus one?", "response": "One plus one is two."},
-            {"prompt": "Translate to German.\n\nThank you", "response": "Danke."}]
+TARGET = [
+    {"prompt": "What is five plus one?", "response": "Five plus one is six."},
+    {"prompt": "What is the capital of Spain?", "response": "Madrid is the capital of Spain."},
+]
+EXISTING = [
+    {"prompt": "Name a colour of the sky.", "response": "Blue."},
+    {"prompt": "What is one plus one?", "response": "One plus one is two."},
+    {"prompt": "Translate to German.\n\nThank you", "response": "Danke."},
+]
 
 
 @pytest.fixture(scope="module")
 def datasets_dir(tmp_path_factory):
     d = tmp_path_factory.mktemp("data")
-    return {"pool": write_rows(d / "pool.jsonl", POOL), "target": write_rows(d / "target.jsonl", TARGET),
-            "existing": write_rows(d / "existing.jsonl", EXISTING)}
+    return {
+        "pool": write_rows(d / "pool.jsonl", POOL),
+        "target": write_rows(d / "target.jsonl", TARGET),
+        "existing": write_rows(d / "existing.jsonl", EXISTING),
+    }
 
 
 def job(tiny_model_dir, out, data, **extra):
-    cfg = {"data": data["pool"], "model": str(tiny_model_dir), "out": str(out), "budget": 3,
-           "engine": ENGINE, "scoring": {"block_size": 4}}
+    cfg = {
+        "data": data["pool"],
+        "model": str(tiny_model_dir),
+        "out": str(out),
+        "budget": 3,
+        "engine": ENGINE,
+        "scoring": {"block_size": 4},
+    }
     cfg.update(extra)
     return run(cfg, progress=False)
 
@@ -118,8 +139,10 @@ def test_vllm_utilities_equal_transformers_teacher_forcing(instruction_run, tiny
     samples = samples[samples.status == "ok"].set_index("sample_id")
     shards = pq.read_table(os.path.join(instruction_run.out, UTILITY)).to_pandas()
     assert len(shards) == 100 and not shards.duplicated(["helped_id", "example_id"]).any()
-    base = {sid: reference_distance(model, tok, t.no_example.format(query=row.prompt), row.response)
-            for sid, row in samples.iterrows()}
+    base = {
+        sid: reference_distance(model, tok, t.no_example.format(query=row.prompt), row.response)
+        for sid, row in samples.iterrows()
+    }
     worst = 0.0
     for row in shards.itertuples():
         h, e = samples.loc[row.helped_id], samples.loc[row.example_id]
@@ -166,19 +189,41 @@ def test_refused_run_never_touches_a_finished_run(instruction_run, tiny_model_di
         job(tiny_model_dir, out, {"pool": other})
     assert run_files(out) == before
     # The same data with another kernel option: the error names it (so does a default that changed).
-    with pytest.raises(DeliftError, match=r"\(settings that differ \(stored -> now\): kernel.diagonal: 'drop' -> 'keep'\)"):
+    with pytest.raises(
+        DeliftError, match=r"\(settings that differ \(stored -> now\): kernel.diagonal: 'drop' -> 'keep'\)"
+    ):
         job(tiny_model_dir, out, datasets_dir, kernel={"diagonal": "keep"})
     assert run_files(out) == before
     # An engine that cannot start (no weights) fails the run before anything is written.
     broken = tmp_path / "no-weights"
     shutil.copytree(tiny_model_dir, broken, ignore=shutil.ignore_patterns("*.safetensors", "*.bin"))
     fresh = tmp_path / "fresh"
-    with pytest.raises(Exception):
-        run({"data": datasets_dir["pool"], "model": str(broken), "out": str(fresh), "budget": 3, "engine": ENGINE,
-             "scoring": {"block_size": 4, "max_retries": 0}, "ray": {"max_actor_restarts": 0}}, progress=False)
+    with pytest.raises(DeliftError):
+        run(
+            {
+                "data": datasets_dir["pool"],
+                "model": str(broken),
+                "out": str(fresh),
+                "budget": 3,
+                "engine": ENGINE,
+                "scoring": {"block_size": 4, "max_retries": 0},
+                "ray": {"max_actor_restarts": 0},
+            },
+            progress=False,
+        )
     assert [n for n in os.listdir(fresh) if not n.startswith("utility") and not n.startswith("baseline")] == []
-    replaced = run({"data": other, "model": str(tiny_model_dir), "out": str(out), "budget": 2, "engine": ENGINE,
-                    "scoring": {"block_size": 4}}, progress=False, overwrite=True)
+    replaced = run(
+        {
+            "data": other,
+            "model": str(tiny_model_dir),
+            "out": str(out),
+            "budget": 2,
+            "engine": ENGINE,
+            "scoring": {"block_size": 4},
+        },
+        progress=False,
+        overwrite=True,
+    )
     samples = pq.read_table(out / "samples.parquet").column("sample_id").to_pylist()
     assert set(replaced.selected_ids) <= set(samples) and len(samples) == 7
     assert json.loads((out / "run.json").read_text())["counts"]["samples"] == 7
@@ -199,9 +244,29 @@ def test_continual_stage(ray_cluster, tiny_model_dir, datasets_dir, tmp_path):
 
 def test_cli_select_reuses_every_shard(instruction_run, tiny_model_dir, datasets_dir):
     """The CLI on a finished run dir scores nothing and reproduces the selection."""
-    cmd = [sys.executable, "-m", "delift_ray.cli", "select", "--data", datasets_dir["pool"], "--model", str(tiny_model_dir),
-           "--out", instruction_run.out, "--budget", "3", "--engine.dtype", "float32", "--engine.max-model-len", "256",
-           "--engine.block-size", "32", "--scoring.block-size", "4", "--quiet"]
+    cmd = [
+        sys.executable,
+        "-m",
+        "delift_ray.cli",
+        "select",
+        "--data",
+        datasets_dir["pool"],
+        "--model",
+        str(tiny_model_dir),
+        "--out",
+        instruction_run.out,
+        "--budget",
+        "3",
+        "--engine.dtype",
+        "float32",
+        "--engine.max-model-len",
+        "256",
+        "--engine.block-size",
+        "32",
+        "--scoring.block-size",
+        "4",
+        "--quiet",
+    ]
     p = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
     assert p.returncode == 0, p.stderr
     assert "0 scored, 100 reused" in p.stdout
@@ -209,16 +274,31 @@ def test_cli_select_reuses_every_shard(instruction_run, tiny_model_dir, datasets
     assert sel == instruction_run.selected_ids
 
 
-@pytest.mark.parametrize("extra,message", [
-    (["--stage", "task"], "needs a target set"),
-    (["--budget", "10"], "budget 10 gives 10 samples"),
-    (["--budget", "abc"], "must be a number"),
-    (["--engine.max-model-lenn", "3"], "unrecognized arguments"),
-    (["--model", "/nonexistent/model"], "model path does not exist"),
-])
+@pytest.mark.parametrize(
+    "extra,message",
+    [
+        (["--stage", "task"], "needs a target set"),
+        (["--budget", "10"], "budget 10 gives 10 samples"),
+        (["--budget", "abc"], "must be a number"),
+        (["--engine.max-model-lenn", "3"], "unrecognized arguments"),
+        (["--model", "/nonexistent/model"], "model path does not exist"),
+    ],
+)
 def test_cli_bad_input_is_one_line(tiny_model_dir, datasets_dir, tmp_path, extra, message):
-    cmd = [sys.executable, "-m", "delift_ray.cli", "select", "--data", datasets_dir["pool"], "--model", str(tiny_model_dir),
-           "--out", str(tmp_path / "x"), "--quiet", *extra]
+    cmd = [
+        sys.executable,
+        "-m",
+        "delift_ray.cli",
+        "select",
+        "--data",
+        datasets_dir["pool"],
+        "--model",
+        str(tiny_model_dir),
+        "--out",
+        str(tmp_path / "x"),
+        "--quiet",
+        *extra,
+    ]
     p = subprocess.run(cmd, capture_output=True, text=True, timeout=120)
     assert p.returncode == 2
     assert message in p.stderr and "Traceback" not in p.stderr

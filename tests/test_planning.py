@@ -36,7 +36,9 @@ def reference_plan_blocks(matrices, ids, stored, stored_baselines, *, fingerprin
                         es.append(e)
                 if hs:
                     key = planning.block_key(fingerprint, [H[h] for h in hs], [E[e] for e in es])
-                    plan.blocks.append(planning.PlannedBlock(key, m.helped, m.example, np.array(hs), np.array(es), (m.example, e0)))
+                    plan.blocks.append(
+                        planning.PlannedBlock(key, m.helped, m.example, np.array(hs), np.array(es), (m.example, e0))
+                    )
     seen = set()
     for set_name, idx in needs_baseline.items():
         todo = []
@@ -55,8 +57,12 @@ def reference_plan_blocks(matrices, ids, stored, stored_baselines, *, fingerprin
 
 
 def assert_same_plan(a, b):
-    assert (a.pairs_total, a.pairs_reused, a.baselines_total, a.baselines_reused) == \
-        (b.pairs_total, b.pairs_reused, b.baselines_total, b.baselines_reused)
+    assert (a.pairs_total, a.pairs_reused, a.baselines_total, a.baselines_reused) == (
+        b.pairs_total,
+        b.pairs_reused,
+        b.baselines_total,
+        b.baselines_reused,
+    )
     assert len(a.blocks) == len(b.blocks)
     for x, y in zip(a.blocks, b.blocks):
         assert (x.key, x.helped_set, x.example_set, x.group) == (y.key, y.helped_set, y.example_set, y.group)
@@ -76,7 +82,11 @@ def test_dense_plan_equals_the_per_pair_loop(stage):
     pool = hex_ids("p", 23)
     # Sets that share samples with the pool: their shared pairs are planned once.
     ids = {"pool": pool, "target": pool[:4] + hex_ids("t", 6), "existing": pool[5:8] + hex_ids("e", 5)}
-    ids = {n: v for n, v in ids.items() if n in {m.helped for m in STAGE_MATRICES[stage]} | {m.example for m in STAGE_MATRICES[stage]}}
+    ids = {
+        n: v
+        for n, v in ids.items()
+        if n in {m.helped for m in STAGE_MATRICES[stage]} | {m.example for m in STAGE_MATRICES[stage]}
+    }
     every = [(h, e) for m in STAGE_MATRICES[stage] for h in ids[m.helped] for e in ids[m.example]]
     stored = {every[i] for i in rng.choice(len(every), len(every) // 3, replace=False)}
     stored.add(("not-in-run", pool[0]))  # a cache may hold pairs of other runs
@@ -87,13 +97,17 @@ def test_dense_plan_equals_the_per_pair_loop(stage):
     hs, es = zip(*sorted(stored))
     keys = planning.stored_pair_keys(pa.table({"helped_id": list(hs), "example_id": list(es)}), index)
     assert_same_plan(planning.plan_blocks(STAGE_MATRICES[stage], ids, keys, stored_base, index=index, **args), want)
-    assert_same_plan(planning.plan_blocks(STAGE_MATRICES[stage], ids, stored, stored_base, **args), want)  # a set of pairs
+    assert_same_plan(
+        planning.plan_blocks(STAGE_MATRICES[stage], ids, stored, stored_base, **args), want
+    )  # a set of pairs
 
 
 def test_block_keys_of_ids_of_unequal_length_equal_block_key():
     ids = {"pool": ["a", "bb", "ccc", "d", "eeeee"]}
     want = reference_plan_blocks((MatrixSpec("K", "pool", "pool"),), ids, set(), set(), fingerprint="f", block_size=2)
-    assert_same_plan(planning.plan_blocks((MatrixSpec("K", "pool", "pool"),), ids, set(), set(), fingerprint="f", block_size=2), want)
+    assert_same_plan(
+        planning.plan_blocks((MatrixSpec("K", "pool", "pool"),), ids, set(), set(), fingerprint="f", block_size=2), want
+    )
 
 
 def reference_plan_knn(matrices, candidates, ids, stored_keys, stored_baselines, *, index, fingerprint, block_size):
@@ -124,7 +138,9 @@ def reference_plan_knn(matrices, candidates, ids, stored_keys, stored_baselines,
         h, e = h[order], e[order]
         for s in range(0, h.size, block_size**2):
             bh, be = h[s : s + block_size**2], e[s : s + block_size**2]
-            key = planning._array_block_key(fingerprint, f"{m.helped}>{m.example}", index.raw[m.helped][bh], index.raw[m.example][be])
+            key = planning._array_block_key(
+                fingerprint, f"{m.helped}>{m.example}", index.raw[m.helped][bh], index.raw[m.example][be]
+            )
             plan.blocks.append(planning.PlannedBlock(key, m.helped, m.example, bh, be))
     planning.plan_baselines(plan, matrices, ids, index, stored_baselines, 256)
     return plan
@@ -136,8 +152,10 @@ def test_knn_plan_equals_the_reference(stage, repeat):
     pool = hex_ids("p", 40)
     ids = {"pool": pool, "target": pool[:5] + hex_ids("t", 7)}
     ids = {n: ids[n] for n in {m.helped for m in STAGE_MATRICES[stage]} | {m.example for m in STAGE_MATRICES[stage]}}
-    cand = {m.name: np.stack([rng.choice(len(ids[m.example]), 6, replace=False) for _ in ids[m.helped]])
-            for m in STAGE_MATRICES[stage]}
+    cand = {
+        m.name: np.stack([rng.choice(len(ids[m.example]), 6, replace=False) for _ in ids[m.helped]])
+        for m in STAGE_MATRICES[stage]
+    }
     cand["K"][3, 2] = -1  # an empty slot
     if repeat:
         cand["K"][7, 1] = cand["K"][7, 0]  # a pair named twice in one row

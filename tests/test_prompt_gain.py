@@ -51,7 +51,9 @@ def test_zero_gain_picks_go_to_samples_not_excluded():
     K[0, 0] = 1.0
     # Without exclusion the greedy fills with zero-gain picks by index: [0, 1, 2].
     assert list(stages.select("instruction", {"K": K.copy()}, 3, _cfg())[0]) == [0, 1, 2]
-    idx, gains = stages.select("instruction", {"K": K.copy()}, 3, _cfg(), excluded=np.array([False, True, False, False]))
+    idx, gains = stages.select(
+        "instruction", {"K": K.copy()}, 3, _cfg(), excluded=np.array([False, True, False, False])
+    )
     assert list(idx) == [0, 2, 3] and list(gains) == [1.0, 0.0, 0.0]
 
 

@@ -30,7 +30,7 @@ def test_sequences_follow_the_definition():
     assert seq == ctx + [eos] + [ord(c) for c in "resp1"] + [eos] and first == len(ctx) + 1
     seq, first = pair_sequence(tok, 1, tok, 0, eos, 10_000)
     ctx = [ord(c) for c in t.with_example.format(example_prompt="p0", example_response="r0", query="p1")]
-    assert seq[:first - 1] == ctx and seq[first - 1:] == [eos] + [ord(c) for c in "resp1"] + [eos]
+    assert seq[: first - 1] == ctx and seq[first - 1 :] == [eos] + [ord(c) for c in "resp1"] + [eos]
     assert len(seq) - first == len("resp1") + 1  # response tokens plus EOS are scored
 
 

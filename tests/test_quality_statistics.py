@@ -19,7 +19,9 @@ def test_rank_p_by_hand():
 
 def test_effect_size_by_hand():
     delta, sd, z = st.effect_size(1.0, [1.1, 1.3])
-    assert delta == pytest.approx(0.2) and sd == pytest.approx(np.sqrt(0.02)) and z == pytest.approx(0.2 / np.sqrt(0.02))
+    assert (
+        delta == pytest.approx(0.2) and sd == pytest.approx(np.sqrt(0.02)) and z == pytest.approx(0.2 / np.sqrt(0.02))
+    )
     assert st.effect_size(1.0, [1.0, 1.0]) == (0.0, 0.0, 0.0)
     with pytest.raises(ValueError):
         st.effect_size(1.0, [1.0])
@@ -81,8 +83,7 @@ def test_verdicts():
     rand = item + subset_effect[:, None] + rng.normal(0, 0.05, size=(R, n))
     good = item - 0.1 + rng.normal(0, 0.05, size=(3, n))
     same = item + rng.normal(0, 0.05, size=(3, n))
-    comps = st.decide([st.compare(good, rand, resamples=1000), st.compare(same, rand, resamples=1000)],
-                      eq_bound_sd=1.0)
+    comps = st.decide([st.compare(good, rand, resamples=1000), st.compare(same, rand, resamples=1000)], eq_bound_sd=1.0)
     c_good, c_same = comps
     assert c_good.verdict == st.BETTER and c_good.rank == 1 and c_good.p_rank == pytest.approx(1 / 21)
     assert c_good.ci_low > 0 and c_good.z > 3

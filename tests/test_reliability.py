@@ -39,7 +39,10 @@ POOL = [
     {"prompt": "What is two plus three?", "response": "Two plus three is five."},
     {"prompt": "Translate to French: Good morning", "response": "Bonjour."},
     {"prompt": "Give a synonym of happy.", "response": "Joyful."},
-    {"prompt": "Write a haiku about rain.", "response": "Soft rain on the roof,\nquiet drums in the dark night,\nthe garden drinks deep."},
+    {
+        "prompt": "Write a haiku about rain.",
+        "response": "Soft rain on the roof,\nquiet drums in the dark night,\nthe garden drinks deep.",
+    },
     {"prompt": "What is the capital of Italy?", "response": "Rome is the capital of Italy."},
     {"prompt": "Sort the numbers 3, 1, 2.", "response": "1, 2, 3"},
     {"prompt": "Explain gravity in one sentence.", "response": "Gravity pulls masses toward each other."},
@@ -65,8 +68,14 @@ def pool_file(tmp_path_factory):
 
 
 def config(model, out, data, **extra):
-    cfg = {"data": data, "model": str(model), "out": str(out), "budget": 3, "engine": ENGINE,
-           "scoring": {"block_size": BLOCK, "max_retries": 2}}
+    cfg = {
+        "data": data,
+        "model": str(model),
+        "out": str(out),
+        "budget": 3,
+        "engine": ENGINE,
+        "scoring": {"block_size": BLOCK, "max_retries": 2},
+    }
     for k, v in extra.items():
         if isinstance(v, dict):
             cfg.setdefault(k, {}).update(v)
@@ -83,7 +92,11 @@ def reference(ray_cluster, tiny_model_dir, pool_file, tmp_path_factory):
 
 
 def utility_table(out):
-    files = [f for f in glob.glob(os.path.join(str(out), UTILITY, "*", "*.parquet")) if not os.path.basename(f).startswith(TMP_PREFIX)]
+    files = [
+        f
+        for f in glob.glob(os.path.join(str(out), UTILITY, "*", "*.parquet"))
+        if not os.path.basename(f).startswith(TMP_PREFIX)
+    ]
     return pa.concat_tables([pq.read_table(f) for f in files]).to_pandas()
 
 
@@ -92,8 +105,6 @@ def assert_complete_matrix(out):
     assert len(t) == N * N, len(t)
     assert not t.duplicated(["helped_id", "example_id"]).any()
     return t
-
-
 
 
 def alive(pid: int) -> bool:
@@ -152,10 +163,34 @@ def test_scorer_actor_killed_mid_run(ray_cluster, tiny_model_dir, pool_file, ref
 
 
 def cli_select(model, out, data, *extra):
-    return [sys.executable, "-m", "delift_ray.cli", "select", "--data", data, "--model", str(model), "--out", str(out),
-            "--budget", "3", "--engine.dtype", "float32", "--engine.max-model-len", "256", "--engine.block-size", "32",
-            "--engine.kv-cache-space-gib", "1", "--scoring.block-size", str(BLOCK),
-            "--ray.object-store-memory", str(MIN_OBJECT_STORE), "--quiet", *extra]
+    return [
+        sys.executable,
+        "-m",
+        "delift_ray.cli",
+        "select",
+        "--data",
+        data,
+        "--model",
+        str(model),
+        "--out",
+        str(out),
+        "--budget",
+        "3",
+        "--engine.dtype",
+        "float32",
+        "--engine.max-model-len",
+        "256",
+        "--engine.block-size",
+        "32",
+        "--engine.kv-cache-space-gib",
+        "1",
+        "--scoring.block-size",
+        str(BLOCK),
+        "--ray.object-store-memory",
+        str(MIN_OBJECT_STORE),
+        "--quiet",
+        *extra,
+    ]
 
 
 def test_driver_killed_mid_run_resumes(tiny_model_dir, pool_file, reference, tmp_path):
@@ -174,8 +209,11 @@ def test_driver_killed_mid_run_resumes(tiny_model_dir, pool_file, reference, tmp
     finally:
         if first.poll() is None:
             first.kill()
-    done_before = sum(pq.read_metadata(f).num_rows for f in glob.glob(os.path.join(str(out), UTILITY, "*", "*.parquet"))
-                      if not os.path.basename(f).startswith(TMP_PREFIX))
+    done_before = sum(
+        pq.read_metadata(f).num_rows
+        for f in glob.glob(os.path.join(str(out), UTILITY, "*", "*.parquet"))
+        if not os.path.basename(f).startswith(TMP_PREFIX)
+    )
     assert os.path.exists(os.path.join(out, LOCK_NAME))  # the dead driver's lock is left behind
     # Its embedded Ray's raylet, GCS and scorer share the driver's fate: nothing keeps writing
     # into the out dir. (Ray 2.60 leaves its DashboardAgent and RuntimeEnvAgent running: ours
@@ -197,7 +235,9 @@ def test_driver_killed_mid_run_resumes(tiny_model_dir, pool_file, reference, tmp
     assert pq.read_table(out / "selection.parquet").column("sample_id").to_pylist() == reference.selected_ids
 
 
-def test_corrupt_shards_are_quarantined_and_recomputed(ray_cluster, tiny_model_dir, pool_file, reference, tmp_path, caplog):
+def test_corrupt_shards_are_quarantined_and_recomputed(
+    ray_cluster, tiny_model_dir, pool_file, reference, tmp_path, caplog
+):
     out = tmp_path / "corrupt"
     shutil.copytree(reference.out, out)
     shards = sorted(glob.glob(os.path.join(str(out), UTILITY, "*", "*.parquet")))
@@ -243,7 +283,11 @@ def poisoned(tiny_model_dir, tmp_path_factory):
     t = TemplateConfig()
     others = [r["prompt"] + "\n" + r["response"] for r in POOL] + [t.no_example, t.with_example]
     common = {i for text in others for i in tok(text, add_special_tokens=False)["input_ids"]}
-    own = [i for i in tok(bad_row["prompt"] + "\n" + bad_row["response"], add_special_tokens=False)["input_ids"] if i not in common]
+    own = [
+        i
+        for i in tok(bad_row["prompt"] + "\n" + bad_row["response"], add_special_tokens=False)["input_ids"]
+        if i not in common
+    ]
     assert own, "the poison sample shares every token with the rest"
     model = AutoModelForCausalLM.from_pretrained(tiny_model_dir, dtype=torch.float32)
     emb = model.get_input_embeddings().weight.data
@@ -256,7 +300,7 @@ def poisoned(tiny_model_dir, tmp_path_factory):
     model.save_pretrained(d)
     tok.save_pretrained(d)
     data = write_rows(tmp_path_factory.mktemp("poisoned-data") / "pool.jsonl", POOL + [bad_row])
-    from delift_ray.data import sample_id, normalise_text
+    from delift_ray.data import normalise_text, sample_id
 
     return d, data, sample_id(normalise_text(bad_row["prompt"]), normalise_text(bad_row["response"]))
 
@@ -280,12 +324,15 @@ def test_skip_failed_blocks_reports_missing_pairs(ray_cluster, poisoned, tmp_pat
     model, data, bad_id = poisoned
     out = tmp_path / "skips"
     b = 5
-    r = run(config(model, out, data, scoring={"block_size": b, "max_retries": 0, "skip_failed_blocks": True}), progress=False)
+    r = run(
+        config(model, out, data, scoring={"block_size": b, "max_retries": 0, "skip_failed_blocks": True}),
+        progress=False,
+    )
     c = r.counts
     n = N + 1
     ids = pq.read_table(os.path.join(out, "samples.parquet")).column("sample_id").to_pylist()
     col = ids.index(bad_id) // b  # the example-column block of the bad sample
-    col_width = len(ids[col * b:(col + 1) * b])
+    col_width = len(ids[col * b : (col + 1) * b])
     # Its own row (no baseline) and every block where it is the example (other rows) are missing.
     assert c["pairs_missing"] == n + (n - 1) * col_width, c
     assert c["pairs_scored"] == n * n - c["pairs_missing"]

@@ -21,9 +21,9 @@ import pytest
 from delift_ray.config import validate_config
 from delift_ray.errors import DeliftError
 from delift_ray.job import run
-from delift_ray.steps.plan import fingerprint
 from delift_ray.lock import LOCK_NAME
 from delift_ray.reselect import continual_budget, diff_ids, reselect, selection_diff
+from delift_ray.steps.plan import fingerprint
 from delift_ray.storage import BASELINE, UTILITY, ShardStore, model_identity
 
 ENGINE = {"dtype": "float32", "max_model_len": 256, "block_size": 32, "kv_cache_space_gib": 1}
@@ -45,7 +45,9 @@ def test_selection_diff_entered_left_kept():
     assert t["rank_before"] == [2, -1, 0, 1] and t["rank_after"] == [0, 1, 2, -1]
 
 
-@pytest.mark.parametrize("budget,sel,n,added,expect", [(0.3, 6, 20, 10, 3), (0.3, 6, 20, 2, 1), (5, 5, 10, 8, 4), (0.9, 9, 10, 4, 3)])
+@pytest.mark.parametrize(
+    "budget,sel,n,added,expect", [(0.3, 6, 20, 10, 3), (0.3, 6, 20, 2, 1), (5, 5, 10, 8, 4), (0.9, 9, 10, 4, 3)]
+)
 def test_continual_budget(budget, sel, n, added, expect):
     assert continual_budget(budget, sel, n, added) == expect
 
@@ -54,8 +56,14 @@ def test_continual_budget(budget, sel, n, added, expect):
 
 
 def pairs(h, e):
-    return pa.table({"helped_id": h, "example_id": e, "utility": np.arange(len(h), dtype=np.float32),
-                     "distance": np.zeros(len(h), np.float32)})
+    return pa.table(
+        {
+            "helped_id": h,
+            "example_id": e,
+            "utility": np.arange(len(h), dtype=np.float32),
+            "distance": np.zeros(len(h), np.float32),
+        }
+    )
 
 
 def test_footer_index_reads_only_relevant_shards(tmp_path, monkeypatch):
@@ -133,7 +141,11 @@ def test_fingerprint_follows_hub_id_and_revision(tmp_path, monkeypatch):
     (repo / "snapshots" / "rev1" / "config.json").write_text("{}")
     uncached = fingerprint(cfg_for("org/m"))
     (repo / "refs" / "main").write_text("rev1")
-    assert model_identity("org/m") == {"hub_id": "org/m", "revision": "rev1", "snapshot": str(repo / "snapshots" / "rev1")}
+    assert model_identity("org/m") == {
+        "hub_id": "org/m",
+        "revision": "rev1",
+        "snapshot": str(repo / "snapshots" / "rev1"),
+    }
     rev1 = fingerprint(cfg_for("org/m"))
     (repo / "snapshots" / "rev2").mkdir()
     (repo / "snapshots" / "rev2" / "config.json").write_text("{}")
@@ -182,7 +194,12 @@ def make_rows(n):
             rows.append({"prompt": f"What is {k} plus {k + 3}?", "response": f"{k} plus {k + 3} is {2 * k + 3}."})
         else:
             c = COLOURS[(k // 2) % len(COLOURS)]
-            rows.append({"prompt": f"Name a thing that is {c}.", "response": f"A {c} {['ball', 'car', 'hat'][k % 3]} number {k}."})
+            rows.append(
+                {
+                    "prompt": f"Name a thing that is {c}.",
+                    "response": f"A {c} {['ball', 'car', 'hat'][k % 3]} number {k}.",
+                }
+            )
     return rows
 
 
@@ -198,11 +215,23 @@ def write_rows(path, rows):
 def v1_run(ray_cluster, tiny_model_dir, tmp_path_factory):
     """Version 1: 20 samples, budget 0.3 (6 picks); its out dir is its cache."""
     d = tmp_path_factory.mktemp("versions")
-    data = {"v1": write_rows(d / "v1.jsonl", make_rows(20)), "v2": write_rows(d / "v2.jsonl", make_rows(22)),
-            "same": write_rows(d / "v1-again.jsonl", make_rows(20))}
+    data = {
+        "v1": write_rows(d / "v1.jsonl", make_rows(20)),
+        "v2": write_rows(d / "v2.jsonl", make_rows(22)),
+        "same": write_rows(d / "v1-again.jsonl", make_rows(20)),
+    }
     out = d / "run-v1"
-    r = run({"data": data["v1"], "model": str(tiny_model_dir), "out": str(out), "budget": 0.3,
-             "engine": ENGINE, "scoring": {"block_size": 8}}, progress=False)
+    r = run(
+        {
+            "data": data["v1"],
+            "model": str(tiny_model_dir),
+            "out": str(out),
+            "budget": 0.3,
+            "engine": ENGINE,
+            "scoring": {"block_size": 8},
+        },
+        progress=False,
+    )
     assert r.counts["pairs_scored"] == 400
     return {"dir": str(out), "result": r, "data": data, "tmp": d}
 
@@ -216,8 +245,17 @@ def test_ten_percent_more_scores_only_new_pairs_and_matches_scratch(v1_run, tiny
     assert r.diff.counts() == {"added": 2, "removed": 0, "unchanged": 20}
     assert c["pairs_total"] == 22 * 22 and c["pairs_scored"] == 22 * 22 - 20 * 20 and c["pairs_reused"] == 400
     assert c["pairs_scored"] <= 0.25 * 22 * 22
-    scratch = run({"data": v1_run["data"]["v2"], "model": str(tiny_model_dir), "out": str(d / "scratch-v2"), "budget": 0.3,
-                   "engine": ENGINE, "scoring": {"block_size": 8}}, progress=False)
+    scratch = run(
+        {
+            "data": v1_run["data"]["v2"],
+            "model": str(tiny_model_dir),
+            "out": str(d / "scratch-v2"),
+            "budget": 0.3,
+            "engine": ENGINE,
+            "scoring": {"block_size": 8},
+        },
+        progress=False,
+    )
     assert scratch.counts["pairs_scored"] == 22 * 22  # its own cache: nothing reused
     assert r.selected_ids == scratch.selected_ids and len(r.selected_ids) == 7
     meta = json.load(open(d / "re-v2" / "run.json"))
@@ -286,8 +324,14 @@ def test_continual_picks_from_added_conditioned_on_previous(v1_run, condition_on
 def test_shared_cache_reuses_across_runs_and_never_reuses_stale(v1_run, tiny_model_dir):
     """A different run over a subset reuses the shared cache; a changed template reuses nothing."""
     data = write_rows(v1_run["tmp"] / "six.jsonl", make_rows(6))
-    base = {"data": data, "model": str(tiny_model_dir), "budget": 2, "engine": ENGINE, "scoring": {"block_size": 8},
-            "cache": v1_run["dir"]}
+    base = {
+        "data": data,
+        "model": str(tiny_model_dir),
+        "budget": 2,
+        "engine": ENGINE,
+        "scoring": {"block_size": 8},
+        "cache": v1_run["dir"],
+    }
     r = run({**base, "out": str(v1_run["tmp"] / "six")}, progress=False)
     assert r.counts["pairs_scored"] == 0 and r.counts["pairs_reused"] == 36
     t = {"no_example": "Please answer.\n\nQuery: {query}\n"}
@@ -300,10 +344,23 @@ def test_shared_cache_reuses_across_runs_and_never_reuses_stale(v1_run, tiny_mod
 @pytest.mark.engine
 @pytest.mark.ray
 def test_cli_reselect_unchanged(v1_run, tmp_path):
-    cmd = [sys.executable, "-m", "delift_ray.cli", "reselect", "--previous", v1_run["dir"], "--data", v1_run["data"]["same"],
-           "--out", str(tmp_path / "cli"), "--quiet"]
+    cmd = [
+        sys.executable,
+        "-m",
+        "delift_ray.cli",
+        "reselect",
+        "--previous",
+        v1_run["dir"],
+        "--data",
+        v1_run["data"]["same"],
+        "--out",
+        str(tmp_path / "cli"),
+        "--quiet",
+    ]
     p = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
     assert p.returncode == 0, p.stderr
     assert "0 scored, 400 reused" in p.stdout and "0 entered, 0 left, 6 kept" in p.stdout
-    bad = subprocess.run(cmd[:-3] + ["--out", str(tmp_path / "x"), "--mode", "sideways"], capture_output=True, text=True, timeout=60)
+    bad = subprocess.run(
+        cmd[:-3] + ["--out", str(tmp_path / "x"), "--mode", "sideways"], capture_output=True, text=True, timeout=60
+    )
     assert bad.returncode == 2 and "invalid choice" in bad.stderr

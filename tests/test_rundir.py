@@ -7,17 +7,39 @@ import pyarrow as pa
 import pytest
 
 from delift_ray.errors import DeliftError
-from delift_ray.rundir import (COMMIT_MARKER, RUN_JSON, SAMPLES, SELECTION, SUBSET, RunCounts, RunDir, inputs_digest,
-                               json_bytes, parquet_bytes, read_run, selection_table)
+from delift_ray.rundir import (
+    COMMIT_MARKER,
+    RUN_JSON,
+    SAMPLES,
+    SELECTION,
+    SUBSET,
+    RunCounts,
+    RunDir,
+    inputs_digest,
+    json_bytes,
+    parquet_bytes,
+    read_run,
+    selection_table,
+)
 
 
 def run_files(tag: str, ids=("a", "b", "c"), selected=("b",)) -> dict[str, bytes]:
-    samples = pa.table({"sample_id": list(ids), "row": list(range(len(ids))), "set": ["pool"] * len(ids),
-                        "prompt": [f"{tag} p{i}" for i in ids], "response": [f"r{i}" for i in ids],
-                        "status": ["ok"] * len(ids)})
-    return {SAMPLES: parquet_bytes(samples), SELECTION: parquet_bytes(selection_table(list(selected), [1.0] * len(selected))),
-            SUBSET: b"".join(f'{{"tag": "{tag}"}}\n'.encode() for _ in selected),
-            RUN_JSON: json_bytes({"config": {"tag": tag}, "inputs_digest": tag})}
+    samples = pa.table(
+        {
+            "sample_id": list(ids),
+            "row": list(range(len(ids))),
+            "set": ["pool"] * len(ids),
+            "prompt": [f"{tag} p{i}" for i in ids],
+            "response": [f"r{i}" for i in ids],
+            "status": ["ok"] * len(ids),
+        }
+    )
+    return {
+        SAMPLES: parquet_bytes(samples),
+        SELECTION: parquet_bytes(selection_table(list(selected), [1.0] * len(selected))),
+        SUBSET: b"".join(f'{{"tag": "{tag}"}}\n'.encode() for _ in selected),
+        RUN_JSON: json_bytes({"config": {"tag": tag}, "inputs_digest": tag}),
+    }
 
 
 def test_commit_writes_every_file_with_a_manifest_and_leaves_no_transaction(tmp_path):
@@ -56,6 +78,7 @@ def test_interrupted_commit_rolls_forward_after_its_commit_point_and_back_before
     files = run_files("three", selected=("a", "c"))
     meta = json.loads(files[RUN_JSON])
     from delift_ray.rundir import digest
+
     meta["files"] = {n: {"bytes": len(d), "blake2b": digest(d)} for n, d in files.items() if n != RUN_JSON}
     files[RUN_JSON] = json_bytes(meta)
     txn.mkdir()
@@ -93,16 +116,32 @@ def test_settings_changed_names_nested_keys():
     assert settings_changed(old, new) == ["kernel.diagonal: 'keep' -> 'drop'"]
     # A setting newer than the stored run is named even when its value is None; a section the
     # stored run.json holds as null is compared, not a crash.
-    assert settings_changed({"kernel": {"k": 1}}, {"kernel": {"k": 1, "seed": None}}) == ["kernel.seed: <absent> -> None"]
-    assert settings_changed({"engine": None}, {"engine": {"dtype": "x"}}) == ["engine: None -> <absent>",
-                                                                             "engine.dtype: <absent> -> 'x'"]
+    assert settings_changed({"kernel": {"k": 1}}, {"kernel": {"k": 1, "seed": None}}) == [
+        "kernel.seed: <absent> -> None"
+    ]
+    assert settings_changed({"engine": None}, {"engine": {"dtype": "x"}}) == [
+        "engine: None -> <absent>",
+        "engine.dtype: <absent> -> 'x'",
+    ]
 
 
 def test_inputs_digest_ignores_operational_settings_only():
-    cfg = {"data": "d", "out": "a", "budget": 3, "ray": {"num_scorers": 1}, "engine": {"dtype": "float32", "max_num_seqs": 8}}
+    cfg = {
+        "data": "d",
+        "out": "a",
+        "budget": 3,
+        "ray": {"num_scorers": 1},
+        "engine": {"dtype": "float32", "max_num_seqs": 8},
+    }
     base = inputs_digest(cfg, "fp", {"pool": ["a", "b"]})
-    assert inputs_digest({**cfg, "out": "b", "ray": {"num_scorers": 4}, "engine": {"dtype": "float32", "max_num_seqs": 64}},
-                         "fp", {"pool": ["a", "b"]}) == base
+    assert (
+        inputs_digest(
+            {**cfg, "out": "b", "ray": {"num_scorers": 4}, "engine": {"dtype": "float32", "max_num_seqs": 64}},
+            "fp",
+            {"pool": ["a", "b"]},
+        )
+        == base
+    )
     assert inputs_digest({**cfg, "budget": 4}, "fp", {"pool": ["a", "b"]}) != base
     assert inputs_digest(cfg, "fp2", {"pool": ["a", "b"]}) != base
     assert inputs_digest(cfg, "fp", {"pool": ["b", "a"]}) != base

@@ -53,6 +53,7 @@ def s3(tmp_path_factory):
     Ray started after this fixture); yields the endpoint URL. Stops only its own server."""
     # This interpreter's moto (a `moto_server` found on PATH may belong to another Python).
     import moto.server  # noqa: F401  (moto[server], a dev dependency: missing means a failed test, not a skip)
+
     port = free_port()
     logs = tmp_path_factory.mktemp("logs")
     log = open(logs / "moto.log", "w")
@@ -63,12 +64,27 @@ def s3(tmp_path_factory):
     old_level = logging.getLogger().level
     logging.getLogger().setLevel(logging.DEBUG)
     LOG_FILES.extend([str(logs / "moto.log"), str(logs / "driver.log")])
-    proc = subprocess.Popen([sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)], stdout=log, stderr=subprocess.STDOUT)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)], stdout=log, stderr=subprocess.STDOUT
+    )
     endpoint = f"http://127.0.0.1:{port}"
-    saved = {k: os.environ.get(k) for k in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_DEFAULT_REGION",
-                                            "AWS_EC2_METADATA_DISABLED", "AWS_ENDPOINT_URL", "AWS_ENDPOINT_URL_S3")}
-    os.environ.update(AWS_ACCESS_KEY_ID="delift-test", AWS_SECRET_ACCESS_KEY=SECRET, AWS_DEFAULT_REGION="us-east-1",
-                      AWS_EC2_METADATA_DISABLED="true")
+    saved = {
+        k: os.environ.get(k)
+        for k in (
+            "AWS_ACCESS_KEY_ID",
+            "AWS_SECRET_ACCESS_KEY",
+            "AWS_DEFAULT_REGION",
+            "AWS_EC2_METADATA_DISABLED",
+            "AWS_ENDPOINT_URL",
+            "AWS_ENDPOINT_URL_S3",
+        )
+    }
+    os.environ.update(
+        AWS_ACCESS_KEY_ID="delift-test",
+        AWS_SECRET_ACCESS_KEY=SECRET,
+        AWS_DEFAULT_REGION="us-east-1",
+        AWS_EC2_METADATA_DISABLED="true",
+    )
     for k in ("AWS_ENDPOINT_URL", "AWS_ENDPOINT_URL_S3"):
         os.environ.pop(k, None)
     try:
@@ -124,8 +140,15 @@ def write_rows(path, rows):
 
 
 def config(model, out, data, endpoint=None, **extra):
-    cfg = {"data": data, "model": str(model), "out": out, "budget": 3, "engine": ENGINE,
-           "scoring": {"block_size": 2}, "ray": {"object_store_memory": MIN_OBJECT_STORE}}
+    cfg = {
+        "data": data,
+        "model": str(model),
+        "out": out,
+        "budget": 3,
+        "engine": ENGINE,
+        "scoring": {"block_size": 2},
+        "ray": {"object_store_memory": MIN_OBJECT_STORE},
+    }
     if endpoint:
         cfg["storage"] = {"endpoint": endpoint}
     cfg.update(extra)
@@ -133,8 +156,11 @@ def config(model, out, data, endpoint=None, **extra):
 
 
 def objects(endpoint, prefix):
-    return [i for i in s3fs(endpoint).get_file_info(pafs.FileSelector(prefix, allow_not_found=True, recursive=True))
-            if i.type == pafs.FileType.File]
+    return [
+        i
+        for i in s3fs(endpoint).get_file_info(pafs.FileSelector(prefix, allow_not_found=True, recursive=True))
+        if i.type == pafs.FileType.File
+    ]
 
 
 def read_json(endpoint, path):
@@ -145,9 +171,11 @@ def read_json(endpoint, path):
 @pytest.fixture(scope="module")
 def data(tmp_path_factory):
     d = tmp_path_factory.mktemp("data")
-    return {"pool": write_rows(d / "pool.jsonl", POOL),
-            "fewer": write_rows(d / "fewer.jsonl", POOL[:-1]),
-            "more": write_rows(d / "more.jsonl", POOL + [{"prompt": "Name a colour.", "response": "Blue."}])}
+    return {
+        "pool": write_rows(d / "pool.jsonl", POOL),
+        "fewer": write_rows(d / "fewer.jsonl", POOL[:-1]),
+        "more": write_rows(d / "more.jsonl", POOL + [{"prompt": "Name a colour.", "response": "Blue."}]),
+    }
 
 
 @pytest.fixture(scope="module")
@@ -168,7 +196,9 @@ def test_full_run_on_s3(full, s3):
     assert meta["cache"] == f"s3://{BUCKET}/runs/full"
     shards = objects(s3, f"{BUCKET}/runs/full/{UTILITY}")
     assert sum(pq.read_metadata(s3fs(s3).open_input_file(i.path)).num_rows for i in shards) == N * N
-    sel = pq.read_table(s3fs(s3).open_input_file(f"{BUCKET}/runs/full/selection.parquet")).column("sample_id").to_pylist()
+    sel = (
+        pq.read_table(s3fs(s3).open_input_file(f"{BUCKET}/runs/full/selection.parquet")).column("sample_id").to_pylist()
+    )
     assert sel == full.selected_ids and len(sel) == 3
     # Where the scorer ran, and nothing left behind: no lock, no probe objects.
     (scorer,) = meta["scorers"]
@@ -181,8 +211,10 @@ def test_full_run_on_s3(full, s3):
 
 
 def hold_lock_code(uri):
-    return ("import time; from delift_ray.storage import resolve_fs; from delift_ray.lock import RunLock; "
-            f"fs, p = resolve_fs({uri!r}); RunLock(fs, p, {uri!r}).acquire(); print('locked', flush=True); time.sleep(300)")
+    return (
+        "import time; from delift_ray.storage import resolve_fs; from delift_ray.lock import RunLock; "
+        f"fs, p = resolve_fs({uri!r}); RunLock(fs, p, {uri!r}).acquire(); print('locked', flush=True); time.sleep(300)"
+    )
 
 
 def test_s3_lock_refuses_a_second_run_and_is_taken_over_when_stale(cluster, env_endpoint, tiny_model_dir, data):
@@ -206,13 +238,17 @@ def test_s3_lock_refuses_a_second_run_and_is_taken_over_when_stale(cluster, env_
 
 def test_s3_lock_of_runs_started_together_has_one_winner(s3, env_endpoint, tmp_path):
     uri = f"s3://{BUCKET}/runs/race"
-    code = ("import sys, time; from delift_ray.storage import resolve_fs; from delift_ray.lock import RunLock, LockError\n"
-            f"fs, p = resolve_fs({uri!r}); t = float(sys.argv[1])\n"
-            "time.sleep(max(0, t - time.time()))\n"
-            f"try:\n    RunLock(fs, p, {uri!r}).acquire(); print('won', flush=True); time.sleep(5)\n"
-            "except LockError as e:\n    print('lost', flush=True)\n")
+    code = (
+        "import sys, time; from delift_ray.storage import resolve_fs; from delift_ray.lock import RunLock, LockError\n"
+        f"fs, p = resolve_fs({uri!r}); t = float(sys.argv[1])\n"
+        "time.sleep(max(0, t - time.time()))\n"
+        f"try:\n    RunLock(fs, p, {uri!r}).acquire(); print('won', flush=True); time.sleep(5)\n"
+        "except LockError as e:\n    print('lost', flush=True)\n"
+    )
     start = time.time() + 3  # every process past its imports, then all at once
-    procs = [subprocess.Popen([sys.executable, "-c", code, str(start)], stdout=subprocess.PIPE, text=True) for _ in range(4)]
+    procs = [
+        subprocess.Popen([sys.executable, "-c", code, str(start)], stdout=subprocess.PIPE, text=True) for _ in range(4)
+    ]
     outs = [p.communicate(timeout=60)[0].strip() for p in procs]
     assert sorted(outs) == ["lost", "lost", "lost", "won"], outs
 
@@ -227,12 +263,40 @@ def test_resume_on_s3_after_the_driver_is_killed(cluster, env_endpoint, tiny_mod
 
     uri = f"s3://{BUCKET}/runs/killed"
     prefix = f"{BUCKET}/runs/killed/{UTILITY}"
-    cmd = [sys.executable, "-m", "delift_ray.cli", "select", "--data", data["pool"], "--model", str(tiny_model_dir),
-           "--out", uri, "--budget", "3", "--engine.dtype", "float32", "--engine.max-model-len", "256",
-           "--engine.block-size", "32", "--engine.kv-cache-space-gib", "1", "--scoring.block-size", "2",
-           "--ray.address", ray.get_runtime_context().gcs_address, "--quiet"]
-    first = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                             env={**os.environ, "RAY_AUTH_MODE": os.environ.get("RAY_AUTH_MODE", "token")})
+    cmd = [
+        sys.executable,
+        "-m",
+        "delift_ray.cli",
+        "select",
+        "--data",
+        data["pool"],
+        "--model",
+        str(tiny_model_dir),
+        "--out",
+        uri,
+        "--budget",
+        "3",
+        "--engine.dtype",
+        "float32",
+        "--engine.max-model-len",
+        "256",
+        "--engine.block-size",
+        "32",
+        "--engine.kv-cache-space-gib",
+        "1",
+        "--scoring.block-size",
+        "2",
+        "--ray.address",
+        ray.get_runtime_context().gcs_address,
+        "--quiet",
+    ]
+    first = subprocess.Popen(
+        cmd,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env={**os.environ, "RAY_AUTH_MODE": os.environ.get("RAY_AUTH_MODE", "token")},
+    )
     try:
         deadline = time.monotonic() + 400
         while len(objects(env_endpoint, prefix)) < 3 and first.poll() is None and time.monotonic() < deadline:
@@ -285,7 +349,9 @@ def test_watch_over_an_s3_location(cluster, env_endpoint, tiny_model_dir, data, 
             o.write(b"")
     base = config(tiny_model_dir, "unused", "unused", cache=f"s3://{BUCKET}/runs/full")
     rows = watch(WatchSettings(f"s3://{BUCKET}/incoming", str(tmp_path / "watch"), base, progress=False), once=True)
-    assert [(r["version"], r["status"], r["mode"]) for r in rows] == [("v1", "ok", "select"), ("v2", "ok", "full")], rows
+    assert [(r["version"], r["status"], r["mode"]) for r in rows] == [("v1", "ok", "select"), ("v2", "ok", "full")], (
+        rows
+    )
     assert rows[0]["pairs_scored"] == 0 and rows[0]["pairs_reused"] == N * N  # v1 is the full run's data
     assert rows[1]["samples"] == N + 1 and rows[1]["pairs_scored"] == (N + 1) ** 2 - N * N  # written to the s3:// cache
     assert rows[1]["pairs_reused"] == N * N
@@ -318,8 +384,10 @@ def test_secret_never_written(cluster, s3, tiny_model_dir, data, full, tmp_path)
     errors = []
     set_endpoint(s3)
     try:
-        for call in (lambda: reselect(f"s3://{BUCKET}/no-such-run", str(data["pool"]), str(tmp_path / "x"), progress=False),
-                     lambda: run(config(tiny_model_dir, "s3://no-such-bucket/x", data["pool"], endpoint=s3), progress=False)):
+        for call in (
+            lambda: reselect(f"s3://{BUCKET}/no-such-run", str(data["pool"]), str(tmp_path / "x"), progress=False),
+            lambda: run(config(tiny_model_dir, "s3://no-such-bucket/x", data["pool"], endpoint=s3), progress=False),
+        ):
             with pytest.raises(DeliftError) as err:
                 call()
             errors.append(str(err.value))

@@ -57,15 +57,17 @@ class FakeLLM:
                 rows = np.asarray(sp.prompt_logprob_token_ids)
                 assert len(rows) == len(toks) - 1 - start  # vLLM's own row-count rule
                 if cached <= start:  # vLLM gives None once a cache hit passes the first row
-                    assert [int(r[0]) for r in rows] == toks[start + 1:]
+                    assert [int(r[0]) for r in rows] == toks[start + 1 :]
                     out.prompt_token_id_logprobs = np.array(
-                        [[fake_lp(toks, start + 1 + i)] for i in range(len(rows))], dtype=np.float32)
+                        [[fake_lp(toks, start + 1 + i)] for i in range(len(rows))], dtype=np.float32
+                    )
             else:
                 assert sp.prompt_logprobs == 0 and sp.flat_logprobs
                 # Positions at or before the cache hit hold garbage, as in vLLM.
                 out.prompt_logprobs = [None] + [
                     {tok: SimpleNamespace(logprob=(fake_lp(toks, t) if t > cached else 99.0))}
-                    for t, tok in enumerate(toks) if t > 0
+                    for t, tok in enumerate(toks)
+                    if t > 0
                 ]
             outs.append(out)
         return outs
@@ -85,9 +87,16 @@ def expected(req):
     return np.array([fake_lp(req.tokens, t) for t in range(req.first_scored, len(req.tokens))])
 
 
-@pytest.mark.parametrize("supported,wanted,path", [
-    (True, "auto", SUFFIX), (False, "auto", FULL), (True, "full", FULL), (False, "full", FULL), (True, "suffix", SUFFIX),
-])
+@pytest.mark.parametrize(
+    "supported,wanted,path",
+    [
+        (True, "auto", SUFFIX),
+        (False, "auto", FULL),
+        (True, "full", FULL),
+        (False, "full", FULL),
+        (True, "suffix", SUFFIX),
+    ],
+)
 def test_path_choice(supported, wanted, path):
     llm = FakeLLM(suffix=supported)
     assert make_scorer(llm, logprob_path=wanted).path == path
@@ -300,8 +309,12 @@ def test_hidden_required_but_unsupported_is_one_line_error(monkeypatch):
 
     from delift_ray.scoring import lm_head
 
-    monkeypatch.setattr(lm_head, "load_hf_config", lambda model, trc=False: Gemma2Config(architectures=["Gemma2ForCausalLM"]))
-    with pytest.raises(DeliftError, match="logprob_path='hidden' is not supported for m: architecture Gemma2ForCausalLM"):
+    monkeypatch.setattr(
+        lm_head, "load_hf_config", lambda model, trc=False: Gemma2Config(architectures=["Gemma2ForCausalLM"])
+    )
+    with pytest.raises(
+        DeliftError, match="logprob_path='hidden' is not supported for m: architecture Gemma2ForCausalLM"
+    ):
         Scorer.hidden_head("m", EngineConfig(logprob_path="hidden"))
     monkeypatch.setattr(eng, "vllm_on_cpu", lambda: True)
     assert Scorer.hidden_head("m", EngineConfig(logprob_path="auto")) is None  # auto falls back to full
@@ -345,11 +358,13 @@ def test_head_weight_from_a_sharded_checkpoint(tmp_path):
     head = torch.arange(12, dtype=torch.float32).reshape(3, 4)
     save_file({"model.embed_tokens.weight": -head}, str(tmp_path / "a.safetensors"))
     save_file({"lm_head.weight": head}, str(tmp_path / "b.safetensors"))
-    (tmp_path / "model.safetensors.index.json").write_text(_json.dumps(
-        {"weight_map": {"model.embed_tokens.weight": "a.safetensors", "lm_head.weight": "b.safetensors"}}))
+    (tmp_path / "model.safetensors.index.json").write_text(
+        _json.dumps({"weight_map": {"model.embed_tokens.weight": "a.safetensors", "lm_head.weight": "b.safetensors"}})
+    )
     assert torch.equal(load_head_weight(str(tmp_path), tied=False), head)  # untied: lm_head
-    (tmp_path / "model.safetensors.index.json").write_text(_json.dumps(
-        {"weight_map": {"model.embed_tokens.weight": "a.safetensors"}}))
+    (tmp_path / "model.safetensors.index.json").write_text(
+        _json.dumps({"weight_map": {"model.embed_tokens.weight": "a.safetensors"}})
+    )
     assert torch.equal(load_head_weight(str(tmp_path), tied=True), -head)  # tied: the input embedding
     with pytest.raises(DeliftError, match="no LM-head weight"):
         load_head_weight(str(tmp_path), tied=False)
@@ -371,9 +386,27 @@ def test_benchmark_on_tiny_model_reuse_equals_naive(tiny_model_dir, alpaca_jsonl
     """benchmarks/scoring.py on the real CPU engines: the job's hidden path with cache hits
     equals vLLM's own prompt logprobs (the full path), with and without cache reads."""
     env = dict(os.environ, PYTHONPATH=f"{ROOT}{os.pathsep}{os.environ.get('PYTHONPATH', '')}")
-    cmd = [sys.executable, str(ROOT / "benchmarks" / "scoring.py"), "--model", str(tiny_model_dir),
-           "--data", str(alpaca_jsonl), "--n", "6", "--dtype", "float32", "--max-model-len", "256",
-           "--kv-block-size", "32", "--block-size", "4", "--phases", "naive,reuse,reuse_full", "--json"]
+    cmd = [
+        sys.executable,
+        str(ROOT / "benchmarks" / "scoring.py"),
+        "--model",
+        str(tiny_model_dir),
+        "--data",
+        str(alpaca_jsonl),
+        "--n",
+        "6",
+        "--dtype",
+        "float32",
+        "--max-model-len",
+        "256",
+        "--kv-block-size",
+        "32",
+        "--block-size",
+        "4",
+        "--phases",
+        "naive,reuse,reuse_full",
+        "--json",
+    ]
     p = subprocess.run(cmd, capture_output=True, text=True, timeout=600, env=env, cwd=tmp_path)
     assert p.returncode == 0, p.stderr[-3000:]
     r = json.loads(p.stdout.strip().splitlines()[-1])
@@ -421,11 +454,22 @@ def test_job_records_cache_hits_and_rescored_in_run_json(tiny_model_dir, alpaca_
 
     from delift_ray.job import run
 
-    ray.init(address="local", num_cpus=2, object_store_memory=150 * 1024**2, include_dashboard=False, logging_level="WARNING")
+    ray.init(
+        address="local", num_cpus=2, object_store_memory=150 * 1024**2, include_dashboard=False, logging_level="WARNING"
+    )
     try:
-        r = run({"data": str(alpaca_jsonl), "model": str(tiny_model_dir), "out": str(tmp_path / "o"), "budget": 2,
-                 "max_samples": 6, "engine": {"dtype": "float32", "max_model_len": 256, "kv_cache_space_gib": 1},
-                 "scoring": {"block_size": 3}}, progress=False)
+        r = run(
+            {
+                "data": str(alpaca_jsonl),
+                "model": str(tiny_model_dir),
+                "out": str(tmp_path / "o"),
+                "budget": 2,
+                "max_samples": 6,
+                "engine": {"dtype": "float32", "max_model_len": 256, "kv_cache_space_gib": 1},
+                "scoring": {"block_size": 3},
+            },
+            progress=False,
+        )
     finally:
         ray.shutdown()
     meta = json.load(open(tmp_path / "o" / "run.json"))["counts"]

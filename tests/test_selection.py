@@ -9,20 +9,10 @@ import scipy.sparse as sp
 from numba import njit
 
 from delift_ray.errors import BudgetError
-from delift_ray.selection import (
-    facility_location,
-    fl_conditional_gain,
-    fl_mutual_information,
-)
+from delift_ray.selection import facility_location, fl_conditional_gain, fl_mutual_information
 from delift_ray.selection import greedy as _greedy
 
-LAZY = dict(
-    optimizer="LazyGreedy",
-    stopIfZeroGain=False,
-    stopIfNegativeGain=False,
-    verbose=False,
-    show_progress=False,
-)
+LAZY = dict(optimizer="LazyGreedy", stopIfZeroGain=False, stopIfNegativeGain=False, verbose=False, show_progress=False)
 
 
 # --------------------------------------------------------------------------- helpers
@@ -409,9 +399,7 @@ def test_dtypes_and_layouts():
     np.testing.assert_array_equal(facility_location(np.asfortranarray(K32), 20)[0], ref[0])
     np.testing.assert_array_equal(facility_location(K64, 20)[0], ref[0])
     Ki = rng.integers(0, 5, size=(n, n))
-    np.testing.assert_array_equal(
-        facility_location(Ki, 20)[0], facility_location(Ki.astype(np.float64), 20)[0]
-    )
+    np.testing.assert_array_equal(facility_location(Ki, 20)[0], facility_location(Ki.astype(np.float64), 20)[0])
     np.testing.assert_array_equal(facility_location(K32.tolist(), 20)[0], facility_location(K64, 20)[0])
 
 

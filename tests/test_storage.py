@@ -12,8 +12,14 @@ from delift_ray.storage import BASELINE, UTILITY, ShardStore
 
 
 def pairs_table(h, e, u):
-    return pa.table({"helped_id": h, "example_id": e, "utility": np.asarray(u, np.float32),
-                     "distance": np.zeros(len(u), np.float32)})
+    return pa.table(
+        {
+            "helped_id": h,
+            "example_id": e,
+            "utility": np.asarray(u, np.float32),
+            "distance": np.zeros(len(u), np.float32),
+        }
+    )
 
 
 def test_write_read_and_validate(tmp_path):

@@ -32,14 +32,17 @@ class FakeClient:
 
     def get_job_info(self, job_id):
         failed = job_id.endswith(("failed", "crashed"))
-        return SimpleNamespace(status="FAILED" if failed else "RUNNING",
-                               message="Job entrypoint command failed with exit code 2" if failed else "")
+        return SimpleNamespace(
+            status="FAILED" if failed else "RUNNING",
+            message="Job entrypoint command failed with exit code 2" if failed else "",
+        )
 
     def get_job_logs(self, job_id):
         if job_id.endswith("crashed"):
-            return "Traceback (most recent call last):\n  File \"x.py\", line 1\nValueError: something broke\n"
-        return f"logs of {job_id}\n" + ("delift-ray: error: output directory x is in use by another run\n"
-                                         if job_id.endswith("failed") else "")
+            return 'Traceback (most recent call last):\n  File "x.py", line 1\nValueError: something broke\n'
+        return f"logs of {job_id}\n" + (
+            "delift-ray: error: output directory x is in use by another run\n" if job_id.endswith("failed") else ""
+        )
 
 
 @pytest.fixture
@@ -52,10 +55,25 @@ def fake_jobs(monkeypatch):
 
 
 def test_submit_sends_a_validated_job_file(fake_jobs, tmp_path, capsys):
-    code = cli.main(["submit", "--address", "http://head:8265", "--working-dir", str(tmp_path),
-                     "--data", "/data/pool.jsonl", "--model", "org/model", "--out", "s3://bucket/run", "--budget", "100"])
+    code = cli.main(
+        [
+            "submit",
+            "--address",
+            "http://head:8265",
+            "--working-dir",
+            str(tmp_path),
+            "--data",
+            "/data/pool.jsonl",
+            "--model",
+            "org/model",
+            "--out",
+            "s3://bucket/run",
+            "--budget",
+            "100",
+        ]
+    )
     assert code == 0 and capsys.readouterr().out.strip() == "raysubmit_123"
-    (address, entrypoint, env, text), = fake_jobs.submitted
+    ((address, entrypoint, env, text),) = fake_jobs.submitted
     assert address == "http://head:8265" and env["working_dir"] == str(tmp_path)
     assert {".venv", "/runs", "__pycache__"} <= set(env["excludes"])
     args = cli.build_parser().parse_args(shlex.split(entrypoint)[1:])
@@ -67,8 +85,21 @@ def test_submit_sends_a_validated_job_file(fake_jobs, tmp_path, capsys):
 
 
 def test_submit_refuses_a_relative_out(fake_jobs, tmp_path, capsys):
-    code = cli.main(["submit", "--address", "http://head:8265", "--working-dir", str(tmp_path),
-                     "--data", "/data/pool.jsonl", "--model", "org/model", "--out", "runs/x"])
+    code = cli.main(
+        [
+            "submit",
+            "--address",
+            "http://head:8265",
+            "--working-dir",
+            str(tmp_path),
+            "--data",
+            "/data/pool.jsonl",
+            "--model",
+            "org/model",
+            "--out",
+            "runs/x",
+        ]
+    )
     assert code == 2 and "out 'runs/x' is relative" in capsys.readouterr().err
     assert fake_jobs.submitted == [] and os.listdir(tmp_path) == []
 
@@ -81,8 +112,23 @@ def test_upload_excludes_virtualenvs_by_their_marker(tmp_path):
 
 
 def test_submit_validates_before_sending(fake_jobs, tmp_path, capsys):
-    code = cli.main(["submit", "--address", "http://head:8265", "--working-dir", str(tmp_path),
-                     "--data", "d", "--model", "m", "--out", "o", "--stage", "task"])
+    code = cli.main(
+        [
+            "submit",
+            "--address",
+            "http://head:8265",
+            "--working-dir",
+            str(tmp_path),
+            "--data",
+            "d",
+            "--model",
+            "m",
+            "--out",
+            "o",
+            "--stage",
+            "task",
+        ]
+    )
     assert code == 2 and "needs a target set" in capsys.readouterr().err
     assert fake_jobs.submitted == []
 
@@ -122,10 +168,15 @@ def test_a_job_driver_joins_ray_address(monkeypatch):
 
 def test_a_server_traceback_becomes_its_error_line():
     """Ray's Jobs API answers a refused submit (HTTP 400/500) with Python tracebacks, nested."""
-    body = ("Request failed with status code 500: Traceback (most recent call last):\n  File \"job_head.py\", line 1\n"
-            "RuntimeError: Request failed with status code 400: Traceback (most recent call last):\n  File \"job_manager.py\"\n"
-            "ValueError: Job with submission_id raysubmit_1 already exists. Please use a different submission_id.\n.")
-    assert cli._error_line(body) == ("ValueError: Job with submission_id raysubmit_1 already exists. "
-                                     "Please use a different submission_id.")
-    assert cli._error_line("Failed to connect to Ray at address: http://x:8265.\nmore") == \
-        "Failed to connect to Ray at address: http://x:8265."
+    body = (
+        'Request failed with status code 500: Traceback (most recent call last):\n  File "job_head.py", line 1\n'
+        'RuntimeError: Request failed with status code 400: Traceback (most recent call last):\n  File "job_manager.py"\n'
+        "ValueError: Job with submission_id raysubmit_1 already exists. Please use a different submission_id.\n."
+    )
+    assert cli._error_line(body) == (
+        "ValueError: Job with submission_id raysubmit_1 already exists. Please use a different submission_id."
+    )
+    assert (
+        cli._error_line("Failed to connect to Ray at address: http://x:8265.\nmore")
+        == "Failed to connect to Ray at address: http://x:8265."
+    )

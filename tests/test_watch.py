@@ -10,7 +10,15 @@ import pyarrow.parquet as pq
 import pytest
 
 from delift_ray.errors import DeliftError
-from delift_ray.watch import LOCK_NAME, WatchLock, WatchSettings, complete_versions, pending_versions, read_history, watch
+from delift_ray.watch import (
+    LOCK_NAME,
+    WatchLock,
+    WatchSettings,
+    complete_versions,
+    pending_versions,
+    read_history,
+    watch,
+)
 
 ENGINE = {"dtype": "float32", "max_model_len": 256, "block_size": 32, "kv_cache_space_gib": 1}
 
@@ -27,7 +35,9 @@ def add_version(root, name, rows, marker=True):
 
 
 def rows(n, start=0):
-    return [{"prompt": f"What is {k} times two?", "response": f"{k} times two is {2 * k}."} for k in range(start, start + n)]
+    return [
+        {"prompt": f"What is {k} times two?", "response": f"{k} times two is {2 * k}."} for k in range(start, start + n)
+    ]
 
 
 def fake_process(calls, fail=()):
@@ -36,6 +46,7 @@ def fake_process(calls, fail=()):
         if version in fail:
             raise ValueError(f"bad data in {version}\nsecond line")
         return {"samples": 1, "pairs_scored": 1, "pairs_reused": 0, "selected": 1, "entered": 1, "left": 0}
+
     return process
 
 
@@ -65,7 +76,11 @@ def test_failed_version_is_recorded_never_done_and_the_next_goes_on(tmp_path):
     assert calls == [("v1", None), ("v2", "v1"), ("v3", "v1")]  # v3 reselects against the last success
     assert [(r["version"], r["status"]) for r in got] == [("v1", "ok"), ("v2", "failed"), ("v3", "ok")]
     h = read_history(str(out)).to_pydict()
-    assert h["status"] == ["ok", "failed", "ok"] and h["error"][1] == "ValueError: bad data in v2" and h["error"][0] is None
+    assert (
+        h["status"] == ["ok", "failed", "ok"]
+        and h["error"][1] == "ValueError: bad data in v2"
+        and h["error"][0] is None
+    )
     assert h["mode"] == ["select", "full", "full"] and all(h["time"])
     # Nothing new: a second pass processes nothing (v2 is older than the last success and stays failed).
     calls.clear()
@@ -83,7 +98,9 @@ def test_second_watcher_refuses_and_stale_lock_is_taken(tmp_path):
     out = tmp_path / "out"
     first = WatchLock(str(out))
     first.acquire()
-    with pytest.raises(DeliftError, match=f"in use by another watcher .pid {os.getpid()} on host {socket.gethostname()}"):
+    with pytest.raises(
+        DeliftError, match=f"in use by another watcher .pid {os.getpid()} on host {socket.gethostname()}"
+    ):
         WatchLock(str(out)).acquire()
     s = WatchSettings(str(tmp_path), str(out), {})
     with pytest.raises(DeliftError, match="in use by another watcher"):
@@ -105,9 +122,23 @@ def test_cli_second_watcher_refuses(tmp_path):
     out = tmp_path / "out"
     out.mkdir()
     (out / LOCK_NAME).write_text(json.dumps({"pid": os.getpid(), "host": socket.gethostname(), "time": "t"}))
-    p = subprocess.run([sys.executable, "-m", "delift_ray.cli", "watch", str(tmp_path), "--out", str(out), "--once",
-                        "--model", str(tmp_path)],
-                       capture_output=True, text=True, timeout=120)
+    p = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "delift_ray.cli",
+            "watch",
+            str(tmp_path),
+            "--out",
+            str(out),
+            "--once",
+            "--model",
+            str(tmp_path),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert p.returncode == 2 and "in use by another watcher" in p.stderr and "Traceback" not in p.stderr
 
 
@@ -118,7 +149,9 @@ def test_cli_watch_rejects_a_bad_config_before_any_version(tmp_path):
     p = subprocess.run(base, capture_output=True, text=True, timeout=120)
     assert p.returncode == 2 and "missing required key 'model'" in p.stderr and "Traceback" not in p.stderr
     assert not (tmp_path / "out").exists()  # nothing was processed or recorded
-    p = subprocess.run(base + ["--model", str(tmp_path), "--interval", "0"], capture_output=True, text=True, timeout=120)
+    p = subprocess.run(
+        base + ["--model", str(tmp_path), "--interval", "0"], capture_output=True, text=True, timeout=120
+    )
     assert p.returncode == 2 and "--interval must be > 0" in p.stderr
 
 
@@ -141,14 +174,27 @@ def test_watch_real_versions(ray_cluster, tiny_model_dir, tmp_path):
     assert h["2026-01-01"]["pairs_scored"] == 64 and h["2026-01-01"]["mode"] == "select"
     assert h["2026-01-02"]["pairs_scored"] == 81 - 64 and h["2026-01-02"]["pairs_reused"] == 64
     assert h["2026-01-03"]["status"] == "failed" and "no valid row" in h["2026-01-03"]["error"]
-    assert h["2026-01-04"]["status"] == "ok" and h["2026-01-04"]["pairs_scored"] == 0 and h["2026-01-04"]["samples"] == 8
+    assert (
+        h["2026-01-04"]["status"] == "ok" and h["2026-01-04"]["pairs_scored"] == 0 and h["2026-01-04"]["samples"] == 8
+    )
     prev = pq.read_table(out / "versions" / "2026-01-02" / "selection.parquet").column("sample_id").to_pylist()
     now = pq.read_table(out / "versions" / "2026-01-04" / "selection.parquet").column("sample_id").to_pylist()
     assert h["2026-01-04"]["left"] == len(set(prev) - set(now))
     assert os.path.isdir(out / "cache" / "utility")  # one shared cache for every version
     assert pq.read_table(out / "history.parquet").num_rows == 4
     # cron: the next --once run (CLI) finds nothing new until 01-05's marker lands.
-    cmd = [sys.executable, "-m", "delift_ray.cli", "watch", str(loc), "--out", str(out), "--once", "--quiet",
-           "--model", str(tiny_model_dir)]  # a cron entry names its model; watch checks the config up front
+    cmd = [
+        sys.executable,
+        "-m",
+        "delift_ray.cli",
+        "watch",
+        str(loc),
+        "--out",
+        str(out),
+        "--once",
+        "--quiet",
+        "--model",
+        str(tiny_model_dir),
+    ]  # a cron entry names its model; watch checks the config up front
     p = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
     assert p.returncode == 0 and "no new complete version" in p.stdout, p.stderr

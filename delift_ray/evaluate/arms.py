@@ -54,8 +54,10 @@ def parse_variants(text: Optional[str]) -> list[Variant]:
             continue
         d, _, s = part.partition("-")
         if d not in DIAGONALS or s not in SCALINGS:
-            raise DeliftError(f"unknown kernel variant {part!r}: use <diagonal>-<scaling> with diagonal in "
-                              f"{'|'.join(DIAGONALS)} and scaling in {'|'.join(SCALINGS)}, e.g. drop-clip")
+            raise DeliftError(
+                f"unknown kernel variant {part!r}: use <diagonal>-<scaling> with diagonal in "
+                f"{'|'.join(DIAGONALS)} and scaling in {'|'.join(SCALINGS)}, e.g. drop-clip"
+            )
         if Variant(d, s) not in out:
             out.append(Variant(d, s))
     return out
@@ -142,8 +144,9 @@ def top_k(scores: np.ndarray, k: int) -> list[int]:
     return [int(i) for i in order[:k]]
 
 
-def delift_variant(run: RunData, variant: Variant, budget: int, store=None,
-                   raw: Optional[dict[str, np.ndarray]] = None) -> list[int]:
+def delift_variant(
+    run: RunData, variant: Variant, budget: int, store=None, raw: Optional[dict[str, np.ndarray]] = None
+) -> list[int]:
     """The run's stage selection on kernels built with ``variant``'s options.
 
     Dense kernels over the run's sets from the stored shards. For a knn run, pairs that were
@@ -160,8 +163,9 @@ def delift_variant(run: RunData, variant: Variant, budget: int, store=None,
     for m in stages.STAGE_MATRICES[run.stage]:
         M = (raw or {}).get(m.name)
         M = raw_matrix(run, m.helped, m.example, store) if M is None else M
-        M = finish_dense(M.copy(), _ids(run, m.helped), _ids(run, m.example),
-                         diagonal=variant.diagonal, scaling=variant.scaling)
+        M = finish_dense(
+            M.copy(), _ids(run, m.helped), _ids(run, m.example), diagonal=variant.diagonal, scaling=variant.scaling
+        )
         kernels[m.name] = np.ascontiguousarray(M.T) if m.transpose else M
     # stages.select reads only cfg.selection (eta, nu, stop_if_zero_gain, min_prompt_gain).
     cfg = SimpleNamespace(selection=SelectionConfig(**((run.config or {}).get("selection") or {})))
@@ -188,7 +192,9 @@ def raw_matrices(run: RunData, store=None) -> dict[str, np.ndarray]:
     return {m.name: raw_matrix(run, m.helped, m.example, store) for m in stages.STAGE_MATRICES[run.stage]}
 
 
-def arm_subsets(run: RunData, budget: int, variants: list[Variant], baselines: tuple[str, ...] = BASELINE_ARMS) -> dict[str, list[int]]:
+def arm_subsets(
+    run: RunData, budget: int, variants: list[Variant], baselines: tuple[str, ...] = BASELINE_ARMS
+) -> dict[str, list[int]]:
     """name -> pool indices of every requested arm at ``budget``."""
     store = run_store(run)
     out: dict[str, list[int]] = {}
@@ -226,6 +232,8 @@ class BaselineScores:
         scores = self[name]
         stored = int(np.isfinite(scores).sum())
         if stored < budget:
-            raise DeliftError(f"baseline {name}: the run's cache holds its scores for {stored} of {len(scores)} pool "
-                              f"samples, fewer than the {budget} to pick; is the cache named in run.json still there?")
+            raise DeliftError(
+                f"baseline {name}: the run's cache holds its scores for {stored} of {len(scores)} pool "
+                f"samples, fewer than the {budget} to pick; is the cache named in run.json still there?"
+            )
         return top_k(scores, budget)

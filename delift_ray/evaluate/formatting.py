@@ -50,7 +50,12 @@ class IclFormat:
 
 
 DEFAULT_ICL = IclFormat()
-ICL_HEADER, ICL_BLOCK, ICL_TAIL, ICL_SEPARATOR = DEFAULT_ICL.header, DEFAULT_ICL.block, DEFAULT_ICL.tail, DEFAULT_ICL.separator
+ICL_HEADER, ICL_BLOCK, ICL_TAIL, ICL_SEPARATOR = (
+    DEFAULT_ICL.header,
+    DEFAULT_ICL.block,
+    DEFAULT_ICL.tail,
+    DEFAULT_ICL.separator,
+)
 
 
 def no_example_context(query: str, template: str = DEFAULT_NO_EXAMPLE_TEMPLATE) -> str:
@@ -66,8 +71,15 @@ def icl_context(examples: Sequence[tuple[str, str]], query: str) -> str:
 class PromptEncoder:
     """Token ids of contexts and responses, with the module's truncation rules."""
 
-    def __init__(self, tokenizer, max_length: int, example_tokens: int = 128, *,
-                 no_example: str = DEFAULT_NO_EXAMPLE_TEMPLATE, with_example: str = DEFAULT_WITH_EXAMPLE_TEMPLATE):
+    def __init__(
+        self,
+        tokenizer,
+        max_length: int,
+        example_tokens: int = 128,
+        *,
+        no_example: str = DEFAULT_NO_EXAMPLE_TEMPLATE,
+        with_example: str = DEFAULT_WITH_EXAMPLE_TEMPLATE,
+    ):
         if max_length < 8:
             raise ValueError("max_length must be at least 8")
         self.no_example = no_example
@@ -139,12 +151,7 @@ class PromptEncoder:
 
     # -- public
     def pair(
-        self,
-        prompt: str,
-        response: str,
-        *,
-        examples: Optional[Sequence[tuple[str, str]]] = None,
-        add_eos: bool = False,
+        self, prompt: str, response: str, *, examples: Optional[Sequence[tuple[str, str]]] = None, add_eos: bool = False
     ) -> tuple[list[int], list[int]]:
         """(context ids, response ids) for scoring or training; response ids end with EOS
         when ``add_eos``. The response keeps at least ``max_length // 2`` tokens."""

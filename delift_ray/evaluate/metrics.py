@@ -89,12 +89,7 @@ class BootstrapResult:
 
 
 def paired_bootstrap(
-    a: Sequence[float],
-    b: Sequence[float],
-    *,
-    resamples: int = 1000,
-    confidence: float = 0.95,
-    seed: int = 0,
+    a: Sequence[float], b: Sequence[float], *, resamples: int = 1000, confidence: float = 0.95, seed: int = 0
 ) -> BootstrapResult:
     """Paired bootstrap over samples of ``mean(a - b)``.
 

@@ -19,9 +19,16 @@ METRIC_INFO = {
     "icl_nll": {"label": "ICL NLL", "better": "lower", "mode": "in-context", "scale": 1.0},
     "icl_rouge_l": {"label": "ICL ROUGE-L F1", "better": "higher", "mode": "in-context", "scale": 100.0},
 }
-DISPLAY = {"initial": "initial (untuned)", "delift": "DELIFT", "delift_se": "DELIFT-SE",
-           "random": "random", "full": "full pool", "self_utility": "self-utility top k",
-           "hardness": "hardness top k", "example_utility": "example-utility top k"}
+DISPLAY = {
+    "initial": "initial (untuned)",
+    "delift": "DELIFT",
+    "delift_se": "DELIFT-SE",
+    "random": "random",
+    "full": "full pool",
+    "self_utility": "self-utility top k",
+    "hardness": "hardness top k",
+    "example_utility": "example-utility top k",
+}
 COMPARISONS = (("delift", "random"), ("delift", "full"), ("delift", "delift_se"))
 
 
@@ -67,23 +74,31 @@ def build_report(
             per_sample_mean[name][m] = np.mean(np.stack(arrays), axis=0)
         if len(slots) > 1:
             for s in slots:
-                per_seed.append({"seed": s.get("seed"),
-                                 **{m: _finite(np.mean(s[m])) if s.get(m) is not None else None for m in METRICS}})
-        rows.append({
-            "selection": name,
-            "n_train": 0 if name == "initial" else len(subsets[name][0]),
-            "n_seeds": len(slots),
-            "mean": mean,
-            "std": std,
-            "per_seed": per_seed or None,
-            "context_tokens": {
-                "finetuned": _finite(np.mean([s["context_tokens"] for s in slots if "context_tokens" in s]))
-                if any("context_tokens" in s for s in slots) else None,
-                "icl": _finite(np.mean([s["icl_context_tokens"] for s in slots if "icl_context_tokens" in s]))
-                if any("icl_context_tokens" in s for s in slots) else None,
-            },
-            "train": train_stats.get(name) or [],
-        })
+                per_seed.append(
+                    {
+                        "seed": s.get("seed"),
+                        **{m: _finite(np.mean(s[m])) if s.get(m) is not None else None for m in METRICS},
+                    }
+                )
+        rows.append(
+            {
+                "selection": name,
+                "n_train": 0 if name == "initial" else len(subsets[name][0]),
+                "n_seeds": len(slots),
+                "mean": mean,
+                "std": std,
+                "per_seed": per_seed or None,
+                "context_tokens": {
+                    "finetuned": _finite(np.mean([s["context_tokens"] for s in slots if "context_tokens" in s]))
+                    if any("context_tokens" in s for s in slots)
+                    else None,
+                    "icl": _finite(np.mean([s["icl_context_tokens"] for s in slots if "icl_context_tokens" in s]))
+                    if any("icl_context_tokens" in s for s in slots)
+                    else None,
+                },
+                "train": train_stats.get(name) or [],
+            }
+        )
     by_name = {r["selection"]: r for r in rows}
     full = by_name.get("full")
     for r in rows:
@@ -108,11 +123,16 @@ def build_report(
                 better = (res.diff < 0) if METRIC_INFO[m]["better"] == "lower" else (res.diff > 0)
                 verdict = f"{DISPLAY[a]} better" if better else f"{DISPLAY[a]} worse"
             nb = by_name[b]["n_seeds"]
-            boot.append({
-                "a": a, "b": b, "metric": m,
-                "b_label": f"{DISPLAY[b]}" + (f" (mean of {nb} seeds)" if nb > 1 else ""),
-                **res.to_dict(), "verdict": verdict,
-            })
+            boot.append(
+                {
+                    "a": a,
+                    "b": b,
+                    "metric": m,
+                    "b_label": f"{DISPLAY[b]}" + (f" (mean of {nb} seeds)" if nb > 1 else ""),
+                    **res.to_dict(),
+                    "verdict": verdict,
+                }
+            )
     return {
         "version": 1,
         **meta,
@@ -123,8 +143,9 @@ def build_report(
     }
 
 
-def vs_random(results: dict[str, list[dict]], *, resamples: int, seed: int, alpha: float = 0.05,
-              eq_bound_sd: float = 0.5) -> list[dict]:
+def vs_random(
+    results: dict[str, list[dict]], *, resamples: int, seed: int, alpha: float = 0.05, eq_bound_sd: float = 0.5
+) -> list[dict]:
     """Each fine-tuned arm against the random subsets on the primary metric (held-out NLL):
     rank p, effect size, hierarchical bootstrap interval, Holm across the arms, verdict
     (:mod:`delift_ray.evaluate.statistics`). Empty with fewer than two random subsets."""
@@ -200,8 +221,11 @@ def render_markdown(report: dict) -> str:
         f"- random subsets: {len(report.get('seeds', []))} seeds ({', '.join(str(x) for x in report.get('seeds', []))})",
     ]
     if s:
-        ft = ("LoRA r={r}, alpha={alpha}, dropout={dropout}, all linear layers".format(**s["lora"])
-              if s.get("lora") else "full fine-tuning")
+        ft = (
+            "LoRA r={r}, alpha={alpha}, dropout={dropout}, all linear layers".format(**s["lora"])
+            if s.get("lora")
+            else "full fine-tuning"
+        )
         lines += [
             f"- fine-tuning: {ft}; {s.get('epochs')} epochs, lr {s.get('lr'):g}, batch {s.get('batch_size')}, "
             f"max length {s.get('max_length')}, {s.get('dtype')} on {s.get('device')}; loss on response tokens only",
@@ -209,9 +233,13 @@ def render_markdown(report: dict) -> str:
             f"{s.get('icl_examples')} most similar samples of the selection as examples (embedding cosine, "
             f"`{report.get('embedding_model')}`)",
         ]
-    lines += ["", "| selection | train samples | " + " | ".join(
-        METRIC_INFO[m]["label"] + (" ↓" if METRIC_INFO[m]["better"] == "lower" else " ↑") for m in METRICS) + " |",
-        "|---|---:|" + "---:|" * len(METRICS)]
+    lines += [
+        "",
+        "| selection | train samples | "
+        + " | ".join(METRIC_INFO[m]["label"] + (" ↓" if METRIC_INFO[m]["better"] == "lower" else " ↑") for m in METRICS)
+        + " |",
+        "|---|---:|" + "---:|" * len(METRICS),
+    ]
     for r in report["rows"]:
         name = DISPLAY.get(r["selection"], r["selection"])
         if r["n_seeds"] > 1:
@@ -250,7 +278,7 @@ def render_markdown(report: dict) -> str:
             )
         lines += [
             "",
-            "\"within noise\": the interval contains 0, so these held-out samples cannot tell the two apart. "
+            '"within noise": the interval contains 0, so these held-out samples cannot tell the two apart. '
             "The bootstrap covers the choice of held-out samples only: DELIFT, DELIFT-SE and the full pool are "
             "trained once (one seed), so training randomness is not in the interval; the spread of the random "
             "rows over seeds shows its size.",
@@ -276,9 +304,9 @@ def render_markdown(report: dict) -> str:
             "",
             "Δ > 0: the selection's fine-tuned model predicts the held-out responses better than the random subsets' "
             "on average; z: Δ in units of the random subsets' spread. The interval is a hierarchical bootstrap over "
-            "held-out samples, training seeds and random subsets together. Verdicts: \"better than random\" when the "
-            "Holm-adjusted bootstrap p ≤ 0.05; \"no better than random\" when the interval's upper end lies below "
-            "half a standard deviation of the random subsets (the equivalence bound); otherwise \"inconclusive\". "
+            'held-out samples, training seeds and random subsets together. Verdicts: "better than random" when the '
+            'Holm-adjusted bootstrap p ≤ 0.05; "no better than random" when the interval\'s upper end lies below '
+            'half a standard deviation of the random subsets (the equivalence bound); otherwise "inconclusive". '
             "With R random subsets the exact rank p cannot go below 1/(R+1).",
         ]
     notes = []
@@ -324,8 +352,15 @@ def render_plot(report: dict, path: Path) -> None:
                 ax.errorbar(xi, v, yerr=e, color="black", capsize=4, linewidth=1)
         digits = 3 if METRIC_INFO[m]["scale"] == 1.0 else 1
         for b, v, e in zip(bars, vals, errs):
-            ax.annotate(f"{v:.{digits}f}", (b.get_x() + b.get_width() / 2, v + e), ha="center", va="bottom",
-                        fontsize=7, xytext=(0, 2), textcoords="offset points")
+            ax.annotate(
+                f"{v:.{digits}f}",
+                (b.get_x() + b.get_width() / 2, v + e),
+                ha="center",
+                va="bottom",
+                fontsize=7,
+                xytext=(0, 2),
+                textcoords="offset points",
+            )
         ax.set_xticks(x)
         ax.set_xticklabels(names, rotation=30, ha="right", fontsize=8)
         arrow = "lower is better" if METRIC_INFO[m]["better"] == "lower" else "higher is better"
@@ -338,8 +373,11 @@ def render_plot(report: dict, path: Path) -> None:
             ax.set_ylim(bottom, hi + pad)
             if bottom > 0:
                 ax.set_ylabel("axis does not start at 0", fontsize=7)
-    fig.suptitle(f"{report.get('n_eval')} held-out samples; subset {report.get('budget')} of {report.get('n_pool')}; "
-                 f"random: mean ± std over {len(report.get('seeds', []))} seeds", fontsize=9)
+    fig.suptitle(
+        f"{report.get('n_eval')} held-out samples; subset {report.get('budget')} of {report.get('n_pool')}; "
+        f"random: mean ± std over {len(report.get('seeds', []))} seeds",
+        fontsize=9,
+    )
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
@@ -353,7 +391,9 @@ def _atomic_write(path: Path, text: str) -> None:
     atomic_write(pafs.LocalFileSystem(), str(path.absolute()), text.encode("utf-8"))
 
 
-def write_report(report: dict, out: Path, *, generations: Optional[list[dict]] = None, eval_set=None) -> dict[str, Path]:
+def write_report(
+    report: dict, out: Path, *, generations: Optional[list[dict]] = None, eval_set=None
+) -> dict[str, Path]:
     """Write report.json, report.md, report.png (and generations.jsonl) into ``out``."""
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)

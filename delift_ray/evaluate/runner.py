@@ -125,8 +125,18 @@ def run_templates(run: RunData) -> TemplateConfig:
         raise DeliftError(f"{run.run_dir}/run.json has invalid templates: {one_line(exc, 500)}") from None
 
 
-def _evaluate_model(model, tok, enc: PromptEncoder, ev: EvalSet, *, examples, max_new_tokens: int,
-                    batch_size: int, desc: str, progress: bool) -> dict:
+def _evaluate_model(
+    model,
+    tok,
+    enc: PromptEncoder,
+    ev: EvalSet,
+    *,
+    examples,
+    max_new_tokens: int,
+    batch_size: int,
+    desc: str,
+    progress: bool,
+) -> dict:
     """Per-sample NLL and ROUGE-L F1 (and generations) of one model in one mode."""
     from tqdm.auto import tqdm
 
@@ -141,10 +151,17 @@ def _evaluate_model(model, tok, enc: PromptEncoder, ev: EvalSet, *, examples, ma
     gens = greedy_generate(model, tok, ctxs, max_new_tokens=max_new_tokens, batch_size=batch_size, progress=bar.update)
     bar.close()
     rouge = np.array([rouge_l_f1(g, r) for g, r in zip(gens, ev.responses)], dtype=np.float64)
-    _log(progress, f"{desc}: NLL {np.mean(nll):.3f}, ROUGE-L F1 {100 * np.mean(rouge):.2f} "
-                   f"({n} samples, {time.perf_counter() - t0:.0f} s)")
-    return {"nll": nll, "rouge_l": rouge, "generations": gens,
-            "context_tokens": float(np.mean([len(c) for c, _ in items]))}
+    _log(
+        progress,
+        f"{desc}: NLL {np.mean(nll):.3f}, ROUGE-L F1 {100 * np.mean(rouge):.2f} "
+        f"({n} samples, {time.perf_counter() - t0:.0f} s)",
+    )
+    return {
+        "nll": nll,
+        "rouge_l": rouge,
+        "generations": gens,
+        "context_tokens": float(np.mean([len(c) for c, _ in items])),
+    }
 
 
 def evaluate_run(
@@ -225,8 +242,9 @@ def evaluate_run(
         raise DeliftError(f"cannot create the output directory {out}: {exc}") from None
     dev = device or ("cuda" if torch.cuda.is_available() else "cpu")
     torch_dtype = resolve_dtype(dtype, dev)
-    settings = TrainSettings(epochs=epochs, steps=steps, lr=lr, batch_size=batch_size, max_length=max_length,
-                             full_finetune=full_finetune)
+    settings = TrainSettings(
+        epochs=epochs, steps=steps, lr=lr, batch_size=batch_size, max_length=max_length, full_finetune=full_finetune
+    )
     n_pool, budget = len(run.pool), run.budget
     tok = load_tokenizer(model_path)  # a bad --model fails here, before any embedding work
 
@@ -242,9 +260,12 @@ def evaluate_run(
     gc.collect()
     timings["embeddings_s"] = time.perf_counter() - t
     overlap = len(set(run.selected) & set(se_idx))
-    _log(progress, f"pool {n_pool}, subset {budget}, held-out {len(ev)}"
-                   + (f" ({ev.dropped_overlap} dropped: also in the pool)" if ev.dropped_overlap else "")
-                   + f"; DELIFT-SE ({se_fn}) shares {overlap} samples with DELIFT")
+    _log(
+        progress,
+        f"pool {n_pool}, subset {budget}, held-out {len(ev)}"
+        + (f" ({ev.dropped_overlap} dropped: also in the pool)" if ev.dropped_overlap else "")
+        + f"; DELIFT-SE ({se_fn}) shares {overlap} samples with DELIFT",
+    )
 
     subsets: dict[str, list[list[int]]] = {
         "delift": [list(run.selected)],
@@ -259,8 +280,13 @@ def evaluate_run(
         rng = np.random.default_rng(s)
         subsets["random"].append(sorted(int(i) for i in rng.choice(n_pool, size=budget, replace=False)))
 
-    enc = PromptEncoder(tok, max_length, example_tokens=icl_example_tokens,
-                        no_example=templates.no_example, with_example=templates.with_example)
+    enc = PromptEncoder(
+        tok,
+        max_length,
+        example_tokens=icl_example_tokens,
+        no_example=templates.no_example,
+        with_example=templates.with_example,
+    )
     train_items = {i: enc.pair(p, r, add_eos=True) for i, (p, r) in enumerate(run.pool.pairs())}
     ekw = dict(max_new_tokens=max_new_tokens, batch_size=eval_batch_size, progress=progress)
 
@@ -276,15 +302,30 @@ def evaluate_run(
         slot[prefix + "rouge_l"] = r["rouge_l"]
         slot[prefix + "context_tokens"] = r["context_tokens"]
         for k in range(len(ev)):
-            generations.append({"selection": name, "seed": seed_, "mode": mode, "index": k,
-                                "sample_id": ev.sample_ids[k], "generation": r["generations"][k],
-                                "nll": float(r["nll"][k]), "rouge_l": float(r["rouge_l"][k])})
+            generations.append(
+                {
+                    "selection": name,
+                    "seed": seed_,
+                    "mode": mode,
+                    "index": k,
+                    "sample_id": ev.sample_ids[k],
+                    "generation": r["generations"][k],
+                    "nll": float(r["nll"][k]),
+                    "rouge_l": float(r["rouge_l"][k]),
+                }
+            )
 
     # -- the untuned model: "initial" row and every in-context row
     t = time.perf_counter()
     base = load_model(model_path, dtype=torch_dtype, device=dev)
     slot: dict = {}
-    keep("initial", None, "finetuned", _evaluate_model(base, tok, enc, ev, examples=None, desc="eval initial", **ekw), slot)
+    keep(
+        "initial",
+        None,
+        "finetuned",
+        _evaluate_model(base, tok, enc, ev, examples=None, desc="eval initial", **ekw),
+        slot,
+    )
     results["initial"].append(slot)
     timings["eval_initial_s"] = time.perf_counter() - t
     t = time.perf_counter()
@@ -305,23 +346,43 @@ def evaluate_run(
 
     # -- fine-tuned rows
     t_train = t_eval = 0.0
-    runs = [(name, j, idx, seed_) for name in ("delift", *extra_subsets, "delift_se", "random", "full")
-            for j, idx in enumerate(subsets[name])
-            for seed_ in ([seed_list[j]] if name == "random" else det_seeds)]
+    runs = [
+        (name, j, idx, seed_)
+        for name in ("delift", *extra_subsets, "delift_se", "random", "full")
+        for j, idx in enumerate(subsets[name])
+        for seed_ in ([seed_list[j]] if name == "random" else det_seeds)
+    ]
     for name, j, idx, seed_ in runs:
         label = name + (f" seed {seed_}" if name == "random" or train_seeds > 1 else "")
         t = time.perf_counter()
-        tuned, stats = fine_tune(model_path, [train_items[i] for i in idx], settings, seed=seed_,
-                                 pad_id=tok.pad_token_id, dtype=torch_dtype, device=dev,
-                                 desc=f"train {label}", progress=progress)
+        tuned, stats = fine_tune(
+            model_path,
+            [train_items[i] for i in idx],
+            settings,
+            seed=seed_,
+            pad_id=tok.pad_token_id,
+            dtype=torch_dtype,
+            device=dev,
+            desc=f"train {label}",
+            progress=progress,
+        )
         t_train += time.perf_counter() - t
-        _log(progress, f"train {label}: {stats.samples} samples, {stats.steps} steps, loss "
-                       f"{stats.first_loss:.3f} -> {stats.last_loss:.3f} ({stats.seconds:.0f} s)")
+        _log(
+            progress,
+            f"train {label}: {stats.samples} samples, {stats.steps} steps, loss "
+            f"{stats.first_loss:.3f} -> {stats.last_loss:.3f} ({stats.seconds:.0f} s)",
+        )
         t = time.perf_counter()
         # The in-context rows belong to the first training seed of each subset.
         first = seed_ == (seed_list[j] if name == "random" else det_seeds[0])
         slot = icl_slots[name][j] if name in icl_slots and first else {}
-        keep(name, seed_, "finetuned", _evaluate_model(tuned, tok, enc, ev, examples=None, desc=f"eval {label}", **ekw), slot)
+        keep(
+            name,
+            seed_,
+            "finetuned",
+            _evaluate_model(tuned, tok, enc, ev, examples=None, desc=f"eval {label}", **ekw),
+            slot,
+        )
         t_eval += time.perf_counter() - t
         results[name].append(slot)
         train_stats[name].append({"seed": seed_, **stats.to_dict()})
@@ -353,13 +414,26 @@ def evaluate_run(
             "delift_se_overlap": overlap,
             "settings": {
                 "finetune": "full" if full_finetune else "lora",
-                "lora": None if full_finetune else {"r": settings.lora_r, "alpha": settings.lora_alpha,
-                                                    "dropout": settings.lora_dropout, "target_modules": "all-linear"},
-                "epochs": epochs, "steps": steps, "lr": settings.learning_rate, "batch_size": batch_size,
-                "max_length": max_length, "max_new_tokens": max_new_tokens,
-                "icl_examples": icl_examples, "icl_example_tokens": icl_example_tokens,
-                "dtype": str(torch_dtype).replace("torch.", ""), "device": dev,
-                "bootstrap_resamples": bootstrap_resamples, "bootstrap_confidence": 0.95,
+                "lora": None
+                if full_finetune
+                else {
+                    "r": settings.lora_r,
+                    "alpha": settings.lora_alpha,
+                    "dropout": settings.lora_dropout,
+                    "target_modules": "all-linear",
+                },
+                "epochs": epochs,
+                "steps": steps,
+                "lr": settings.learning_rate,
+                "batch_size": batch_size,
+                "max_length": max_length,
+                "max_new_tokens": max_new_tokens,
+                "icl_examples": icl_examples,
+                "icl_example_tokens": icl_example_tokens,
+                "dtype": str(torch_dtype).replace("torch.", ""),
+                "device": dev,
+                "bootstrap_resamples": bootstrap_resamples,
+                "bootstrap_confidence": 0.95,
                 "bootstrap_seed": base_seed,
                 "templates": templates.model_dump(),
             },

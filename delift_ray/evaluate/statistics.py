@@ -57,7 +57,9 @@ def _as_2d(x, name: str) -> np.ndarray:
     if a.ndim == 1:
         a = a[None, :]
     if a.ndim != 2 or a.shape[0] < 1 or a.shape[1] < 1:
-        raise ValueError(f"{name} must be a (runs, items) array with at least one run and one item, got shape {a.shape}")
+        raise ValueError(
+            f"{name} must be a (runs, items) array with at least one run and one item, got shape {a.shape}"
+        )
     if not np.all(np.isfinite(a)):
         raise ValueError(f"{name} holds non-finite values")
     return a
@@ -169,11 +171,20 @@ def compare(arm, rand, *, resamples: int = 2000, confidence: float = 0.95, seed:
     tail = (1 - confidence) / 2
     lo, hi = np.quantile(boot, [tail, 1 - tail])
     return Comparison(
-        arm_nll=a, random_nll_mean=float(y.mean()), random_nll_sd=sd, delta=delta, z=z,
-        rank=int(1 + np.count_nonzero(y <= a)), n_random=int(y.size), n_seeds=int(X.shape[0]),
-        n_items=int(X.shape[1]), p_rank=rank_p(a, y),
+        arm_nll=a,
+        random_nll_mean=float(y.mean()),
+        random_nll_sd=sd,
+        delta=delta,
+        z=z,
+        rank=int(1 + np.count_nonzero(y <= a)),
+        n_random=int(y.size),
+        n_seeds=int(X.shape[0]),
+        n_items=int(X.shape[1]),
+        p_rank=rank_p(a, y),
         p_boot=float((1 + np.count_nonzero(boot <= 0)) / (boot.size + 1)),
-        ci_low=float(lo), ci_high=float(hi), confidence=confidence,
+        ci_low=float(lo),
+        ci_high=float(hi),
+        confidence=confidence,
     )
 
 

@@ -63,8 +63,12 @@ class TrainStats:
 
     def to_dict(self) -> dict:
         return {
-            "samples": self.samples, "steps": self.steps, "seconds": round(self.seconds, 3),
-            "tokens": self.tokens, "first_loss": self.first_loss, "last_loss": self.last_loss,
+            "samples": self.samples,
+            "steps": self.steps,
+            "seconds": round(self.seconds, 3),
+            "tokens": self.tokens,
+            "first_loss": self.first_loss,
+            "last_loss": self.last_loss,
         }
 
 
@@ -146,8 +150,11 @@ def fine_tune(
         from peft import LoraConfig, get_peft_model
 
         cfg = LoraConfig(
-            r=settings.lora_r, lora_alpha=settings.lora_alpha, lora_dropout=settings.lora_dropout,
-            target_modules="all-linear", task_type="CAUSAL_LM",
+            r=settings.lora_r,
+            lora_alpha=settings.lora_alpha,
+            lora_dropout=settings.lora_dropout,
+            target_modules="all-linear",
+            task_type="CAUSAL_LM",
         )
         model = get_peft_model(model, cfg)
     model.train()

@@ -80,7 +80,9 @@ def pin_advice(pinned: str, dtype: str) -> str:
 class BlockScorer:
     """Scores blocks with one engine and writes their shards (plain Python; the actor wraps it)."""
 
-    def __init__(self, model: str, engine: EngineConfig, store_root: str, fingerprint: str, eos: int, prefix_reuse: bool):
+    def __init__(
+        self, model: str, engine: EngineConfig, store_root: str, fingerprint: str, eos: int, prefix_reuse: bool
+    ):
         self.scorer = Scorer(model, engine)
         self.store = ShardStore(store_root, fingerprint)
         pinned = self.store.pin_dtype(self.scorer.precision)
@@ -89,7 +91,8 @@ class BlockScorer:
                 f"this scorer computes utilities in {self.scorer.precision} (engine.dtype {engine.dtype}, "
                 f"engine.head_dtype {engine.head_dtype}), but the store {store_root} holds utilities of this model "
                 f"computed in {pinned}; set {pin_advice(pinned, self.scorer.dtype)} (or use another cache) so that "
-                "two precisions never mix in one selection")
+                "two precisions never mix in one selection"
+            )
         self.max_len = engine.max_model_len - 1  # one position is kept for the sampled token
         self.eos = eos
         self.prefix_reuse = prefix_reuse
@@ -107,8 +110,14 @@ class BlockScorer:
         d = np.array([distance(lp) for lp in lps], dtype=np.float64)
         table = pa.table({"sample_id": block.sample_ids, "distance": d})
         self.store.write(BASELINE, block.key, table)
-        return BlockResult(block.key, block.size, self.scorer.stats.delta(before), self.scorer.path,
-                           self.scorer.dtype, self.scorer.head_dtype)
+        return BlockResult(
+            block.key,
+            block.size,
+            self.scorer.stats.delta(before),
+            self.scorer.path,
+            self.scorer.dtype,
+            self.scorer.head_dtype,
+        )
 
     def pair_requests(self, block: PairBlock) -> tuple[np.ndarray, np.ndarray, list[ScoreRequest]]:
         """(h_idx, e_idx, requests) of a block in example-major order.
@@ -143,8 +152,14 @@ class BlockScorer:
             }
         )
         self.store.write(UTILITY, block.key, table)
-        return BlockResult(block.key, block.size, self.scorer.stats.delta(before), self.scorer.path,
-                           self.scorer.dtype, self.scorer.head_dtype)
+        return BlockResult(
+            block.key,
+            block.size,
+            self.scorer.stats.delta(before),
+            self.scorer.path,
+            self.scorer.dtype,
+            self.scorer.head_dtype,
+        )
 
     def shutdown(self) -> None:
         self.scorer.shutdown()

@@ -159,7 +159,7 @@ def hidden_rows(data, req: ScoreRequest) -> tuple[object, int]:
         raise RuntimeError(f"engine returned {data.shape[0]} hidden rows for a {n}-token prompt")
     if cached > req.first_scored - 1:
         return None, cached
-    return data[req.first_scored - 1 - cached: n - 1 - cached], cached
+    return data[req.first_scored - 1 - cached : n - 1 - cached], cached
 
 
 def batches_under(requests: Sequence[ScoreRequest], max_rows: int) -> list[list[int]]:
@@ -206,7 +206,7 @@ def suffix_params_kwargs(req: ScoreRequest, read_cache: bool) -> dict:
     return dict(
         max_tokens=1,
         detokenize=False,
-        prompt_logprob_token_ids=[[int(t)] for t in req.tokens[req.first_scored:]],
+        prompt_logprob_token_ids=[[int(t)] for t in req.tokens[req.first_scored :]],
         prompt_logprob_start=req.first_scored - 1,
         skip_reading_prefix_cache=not read_cache,
     )
@@ -214,8 +214,9 @@ def suffix_params_kwargs(req: ScoreRequest, read_cache: bool) -> dict:
 
 def full_params_kwargs(read_cache: bool) -> dict:
     """SamplingParams arguments of a full prompt-logprob request (every vLLM build)."""
-    return dict(max_tokens=1, prompt_logprobs=0, detokenize=False, flat_logprobs=True,
-                skip_reading_prefix_cache=not read_cache)
+    return dict(
+        max_tokens=1, prompt_logprobs=0, detokenize=False, flat_logprobs=True, skip_reading_prefix_cache=not read_cache
+    )
 
 
 def suffix_logprobs(out, req: ScoreRequest) -> np.ndarray | None:
@@ -262,8 +263,9 @@ def checkpoint_dtype(hf_config) -> str | None:
     return name if name in DTYPES else None
 
 
-def resolve_dtype(requested: str, checkpoint: str | None, *, on_cpu: bool, cpu_bf16: bool = False,
-                  gpu_bf16: bool = True) -> str:
+def resolve_dtype(
+    requested: str, checkpoint: str | None, *, on_cpu: bool, cpu_bf16: bool = False, gpu_bf16: bool = True
+) -> str:
     """The engine's model dtype for ``engine.dtype`` (see the module doc); explicit values pass through.
 
     * CPU: bfloat16 where the CPU has it, else float32 (never float16: no fast matmul);
@@ -295,7 +297,9 @@ def engine_dtype(model: str, cfg: EngineConfig) -> tuple[str, str | None]:
         import torch
 
         gpu_bf16 = bool(torch.cuda.is_available() and torch.cuda.is_bf16_supported())
-    return resolve_dtype("auto", checkpoint, on_cpu=on_cpu, cpu_bf16=on_cpu and cpu_has_bf16(), gpu_bf16=gpu_bf16), checkpoint
+    return resolve_dtype(
+        "auto", checkpoint, on_cpu=on_cpu, cpu_bf16=on_cpu and cpu_has_bf16(), gpu_bf16=gpu_bf16
+    ), checkpoint
 
 
 def head_dtype(model_dtype, on_cpu: bool, cpu_bf16: bool = True, requested: str = "auto"):
@@ -356,8 +360,9 @@ class Scorer:
         if self.head is not None:
             self.llm = start_llm(LLM, hidden_engine_kwargs(model, cfg))
             on_cpu = vllm_on_cpu()
-            self.head.to_dtype(head_dtype(self.llm.llm_engine.model_config.dtype, on_cpu, on_cpu and cpu_has_bf16(),
-                                          cfg.head_dtype))
+            self.head.to_dtype(
+                head_dtype(self.llm.llm_engine.model_config.dtype, on_cpu, on_cpu and cpu_has_bf16(), cfg.head_dtype)
+            )
             self.path = HIDDEN
         else:
             self.llm = start_llm(LLM, engine_kwargs(model, cfg))
@@ -380,10 +385,16 @@ class Scorer:
     def banner(self, model: str, checkpoint: str | None) -> str:
         """The one line an engine prints at start (vLLM's own start-up log is quiet unless ``-v``)."""
         device = "cpu" if vllm_on_cpu() else "gpu"
-        how = f"auto from a {checkpoint or 'unknown-dtype'} checkpoint" if self.requested_dtype == "auto" else "as configured"
+        how = (
+            f"auto from a {checkpoint or 'unknown-dtype'} checkpoint"
+            if self.requested_dtype == "auto"
+            else "as configured"
+        )
         head = f", LM head in {self.head_dtype}" if self.head is not None else ""
-        return (f"delift-ray scorer engine: model {os.path.basename(model.rstrip('/')) or model}, device {device}, "
-                f"dtype {self.dtype} ({how}), logprob path {self.path}{head}")
+        return (
+            f"delift-ray scorer engine: model {os.path.basename(model.rstrip('/')) or model}, device {device}, "
+            f"dtype {self.dtype} ({how}), logprob path {self.path}{head}"
+        )
 
     @staticmethod
     def hidden_head(model: str, cfg: EngineConfig):
@@ -419,9 +430,14 @@ class Scorer:
         tokens = engine_kwargs("", self.cfg)["max_num_batched_tokens"]
         need = logprob_step_bytes(tokens, vocab)
         if need > LOGPROB_WARN_BYTES:
-            log.warning("prompt logprobs of one engine step need about %.1f GiB (%d tokens x %d vocab x %d B) "
-                        "that vLLM does not reserve; lower engine.max_num_batched_tokens if the scorer runs out of memory",
-                        need / 1024**3, tokens, vocab, LOGPROB_BYTES)
+            log.warning(
+                "prompt logprobs of one engine step need about %.1f GiB (%d tokens x %d vocab x %d B) "
+                "that vLLM does not reserve; lower engine.max_num_batched_tokens if the scorer runs out of memory",
+                need / 1024**3,
+                tokens,
+                vocab,
+                LOGPROB_BYTES,
+            )
 
     def choose_path(self, wanted: str) -> str:
         """``full`` or ``suffix`` on a generating engine: ``auto`` takes suffix when the probe works."""
@@ -512,9 +528,12 @@ class Scorer:
         for batch in batches_under([requests[k] for k in idx], max_rows):
             ks = [idx[b] for b in batch]
             reqs = [requests[k] for k in ks]
-            outs = self.llm.encode([TokensPrompt(prompt_token_ids=r.tokens) for r in reqs],
-                                   pooling_params=hidden_params(read_cache), pooling_task="token_embed",
-                                   use_tqdm=False)
+            outs = self.llm.encode(
+                [TokensPrompt(prompt_token_ids=r.tokens) for r in reqs],
+                pooling_params=hidden_params(read_cache),
+                pooling_task="token_embed",
+                use_tqdm=False,
+            )
             rows, golds, done = [], [], []
             for k, req, out in zip(ks, reqs, outs):
                 h, cached = hidden_rows(out.outputs.data, req)
@@ -523,7 +542,7 @@ class Scorer:
                     left.append(k)
                     continue
                 rows.append(h)
-                golds.append(np.asarray(req.tokens[req.first_scored:], dtype=np.int64))
+                golds.append(np.asarray(req.tokens[req.first_scored :], dtype=np.int64))
                 done.append(k)
             if not done:
                 continue

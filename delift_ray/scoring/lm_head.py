@@ -26,9 +26,7 @@ import numpy as np
 from delift_ray.errors import DeliftError
 
 # Families whose vLLM implementation computes logits as lm_head(h) with nothing else.
-PLAIN_HEAD_ARCHITECTURES = frozenset({
-    "LlamaForCausalLM", "MistralForCausalLM", "Qwen2ForCausalLM", "Qwen3ForCausalLM",
-})
+PLAIN_HEAD_ARCHITECTURES = frozenset({"LlamaForCausalLM", "MistralForCausalLM", "Qwen2ForCausalLM", "Qwen3ForCausalLM"})
 # HF config fields that would change the logits after the matmul.
 _LOGIT_TRANSFORMS = ("logit_scale", "logits_scaling", "final_logit_softcapping")
 LM_HEAD_KEYS = ("lm_head.weight",)
@@ -45,8 +43,10 @@ def unsupported_reason(hf_config) -> Optional[str]:
     """None when logits are ``W h`` for this config's model, else why the hidden path cannot run."""
     archs = list(getattr(hf_config, "architectures", None) or [])
     if not archs or archs[0] not in PLAIN_HEAD_ARCHITECTURES:
-        return (f"architecture {archs[0] if archs else '(none)'} is not one with a plain LM head "
-                f"({', '.join(sorted(PLAIN_HEAD_ARCHITECTURES))})")
+        return (
+            f"architecture {archs[0] if archs else '(none)'} is not one with a plain LM head "
+            f"({', '.join(sorted(PLAIN_HEAD_ARCHITECTURES))})"
+        )
     if getattr(hf_config, "quantization_config", None):
         return "the checkpoint is quantized (its LM head may not be a plain float matrix)"
     for name in _LOGIT_TRANSFORMS:
@@ -93,8 +93,10 @@ def load_head_weight(model: str, tied: bool):
     ckpt = checkpoint_dir(model)
     found = _weight_file(ckpt, LM_HEAD_KEYS) or (_weight_file(ckpt, TIED_KEYS) if tied else None)
     if found is None:
-        raise DeliftError(f"no LM-head weight ({', '.join(LM_HEAD_KEYS + (TIED_KEYS if tied else ()))}) "
-                          f"in the safetensors files of {model}")
+        raise DeliftError(
+            f"no LM-head weight ({', '.join(LM_HEAD_KEYS + (TIED_KEYS if tied else ()))}) "
+            f"in the safetensors files of {model}"
+        )
     path, key = found
     with safe_open(path, framework="pt") as f:
         return f.get_tensor(key)
@@ -188,15 +190,15 @@ class LMHead:
         out = torch.empty(hidden.shape[0], dtype=torch.float64)
         with torch.inference_mode():
             for s in range(0, hidden.shape[0], self.chunk_rows):
-                h = hidden[s:s + self.chunk_rows].to(self.device, self.weight_t.dtype)
-                g = gold[s:s + self.chunk_rows].to(self.device)
+                h = hidden[s : s + self.chunk_rows].to(self.device, self.weight_t.dtype)
+                g = gold[s : s + self.chunk_rows].to(self.device)
                 z = self._logits(h)
                 gold_z = z.gather(1, g[:, None])[:, 0]
                 # logsumexp in place: the chunk's logits are the largest buffer here, and
                 # torch.logsumexp writes two more of that size (same values, less memory traffic).
                 m = z.amax(dim=1, keepdim=True)
                 lse = z.sub_(m).exp_().sum(dim=1).log_() + m[:, 0]
-                out[s:s + self.chunk_rows] = (gold_z - lse).double().cpu()
+                out[s : s + self.chunk_rows] = (gold_z - lse).double().cpu()
         return out.numpy()
 
     def _logits(self, h):

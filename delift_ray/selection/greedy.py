@@ -20,15 +20,10 @@ def _shape_str(shape) -> str:
 def check_budget(budget, n: int) -> int:
     """Return ``budget`` as an int, or raise BudgetError unless 0 < budget < n."""
     if isinstance(budget, (bool, np.bool_)) or not isinstance(budget, numbers.Integral):
-        raise BudgetError(
-            f"budget must be an integer number of samples, got {budget!r} "
-            f"({type(budget).__name__})"
-        )
+        raise BudgetError(f"budget must be an integer number of samples, got {budget!r} ({type(budget).__name__})")
     b = int(budget)
     if b <= 0 or b >= n:
-        raise BudgetError(
-            f"budget {b} does not fit a pool of {n} samples: need 0 < budget < {n}"
-        )
+        raise BudgetError(f"budget {b} does not fit a pool of {n} samples: need 0 < budget < {n}")
     return b
 
 
@@ -52,9 +47,7 @@ class Kernel:
         if sp.issparse(K):
             shape = K.shape
             if len(shape) != 2 or shape[0] != shape[1]:
-                raise ValueError(
-                    f"{name} must be a square n x n kernel, got shape {_shape_str(shape)}"
-                )
+                raise ValueError(f"{name} must be a square n x n kernel, got shape {_shape_str(shape)}")
             # One copy of the sparse structure, column-major: column j lists the
             # samples that j helps, which is what the gain of j and the coverage
             # update after picking j need.
@@ -70,9 +63,7 @@ class Kernel:
         else:
             A = np.asarray(K)
             if A.ndim != 2 or A.shape[0] != A.shape[1]:
-                raise ValueError(
-                    f"{name} must be a square n x n kernel, got shape {_shape_str(A.shape)}"
-                )
+                raise ValueError(f"{name} must be a square n x n kernel, got shape {_shape_str(A.shape)}")
             if A.dtype not in _FLOATS:
                 A = A.astype(np.float64)
             if not A.flags.c_contiguous:
@@ -88,8 +79,7 @@ def row_max(M, n: int, name: str, kernel_name: str, allow_no_columns: bool) -> n
     shape = M.shape if sp.issparse(M) else np.shape(M)
     if len(shape) != 2 or shape[0] != n:
         raise ValueError(
-            f"{name} must have shape {n} x m to match {kernel_name} ({n} x {n}), "
-            f"got shape {_shape_str(shape)}"
+            f"{name} must have shape {n} x m to match {kernel_name} ({n} x {n}), got shape {_shape_str(shape)}"
         )
     m = int(shape[1])
     if m == 0:
@@ -135,8 +125,20 @@ def run(kernel: Kernel, cap, cur0, budget: int, desc: bool, stop_if_zero: bool, 
     cur = np.zeros(n, dtype=dtype) if cur0 is None else np.array(cur0, dtype=dtype, copy=True)
     if kernel.dense is not None:
         counters = np.zeros(5, dtype=np.int64)
-        idx, gains, ok = _with_progress(progress, budget, counters, 4, _kernels.dense_greedy,
-                                        kernel.dense, cap, cur, budget, bool(desc), bool(stop_if_zero), counters)
+        idx, gains, ok = _with_progress(
+            progress,
+            budget,
+            counters,
+            4,
+            _kernels.dense_greedy,
+            kernel.dense,
+            cap,
+            cur,
+            budget,
+            bool(desc),
+            bool(stop_if_zero),
+            counters,
+        )
         if stats is not None:
             names = ("scans", "exact_evals", "rows_walked", "row_updates")
             stats.update(zip(names, counters.tolist()))
@@ -145,9 +147,23 @@ def run(kernel: Kernel, cap, cur0, budget: int, desc: bool, stop_if_zero: bool, 
     else:
         c = kernel.csc
         counters = np.zeros(3, dtype=np.int64)
-        idx, gains = _with_progress(progress, budget, counters, 2, _kernels.sparse_greedy,
-                                    c.indptr, c.indices, c.data, n, cap, cur, budget, bool(desc), bool(stop_if_zero),
-                                    counters)
+        idx, gains = _with_progress(
+            progress,
+            budget,
+            counters,
+            2,
+            _kernels.sparse_greedy,
+            c.indptr,
+            c.indices,
+            c.data,
+            n,
+            cap,
+            cur,
+            budget,
+            bool(desc),
+            bool(stop_if_zero),
+            counters,
+        )
         if stats is not None:
             stats.update(zip(("exact_evals", "entries_read"), counters.tolist()))
     return np.asarray(idx, dtype=np.int64), np.asarray(gains, dtype=np.float64)

@@ -73,7 +73,9 @@ class StepLog:
         start = time.perf_counter()
         out = fn(*args, **kwargs)
         seconds = round(time.perf_counter() - start, 3)
-        result, stats = out if isinstance(out, tuple) and len(out) == 2 and isinstance(out[1], StepStats) else (out, out)
+        result, stats = (
+            out if isinstance(out, tuple) and len(out) == 2 and isinstance(out[1], StepStats) else (out, out)
+        )
         if not isinstance(stats, StepStats):
             raise TypeError(f"step {name} returned no StepStats")
         report = StepReport(name, seconds, round(peak_rss_bytes() / 2**30, 3), stats)

@@ -40,22 +40,36 @@ def embed(cfg: DeliftConfig, sets: dict[str, IngestedSet], progress: bool) -> tu
     kc = cfg.kernel
     names = list(sets)
     all_ids = [sid for n in names for sid in sets[n].samples.sample_ids]
-    texts = [embeddings.sample_text(p, r) for n in names for p, r in zip(sets[n].samples.prompts, sets[n].samples.responses)]
+    texts = [
+        embeddings.sample_text(p, r) for n in names for p, r in zip(sets[n].samples.prompts, sets[n].samples.responses)
+    ]
     source = embeddings.resolve_source(kc.embedding, cfg.model)
     backend = embeddings.resolve_backend(kc.embedding_backend, kc.embedding)
     dtype = cfg.engine.dtype if backend == "vllm" else "float32"
     # In the content-keyed cache, like the utilities: a later run or reselect over the same
     # samples reuses the vectors.
-    store = embeddings.EmbeddingStore(cfg.cache or cfg.out,
-                                      embeddings.embedding_fingerprint(source, kc.embedding_max_length, backend, dtype))
+    store = embeddings.EmbeddingStore(
+        cfg.cache or cfg.out, embeddings.embedding_fingerprint(source, kc.embedding_max_length, backend, dtype)
+    )
     if backend == "vllm":
+
         def write_missing(todo):
             embed_on_actors(cfg, source, store, all_ids, texts, todo, progress)
     else:
+
         def write_missing(todo):
-            embeddings.write_missing_locally(store, all_ids, texts, todo, source=source, max_length=kc.embedding_max_length,
-                                             batch_size=kc.embedding_batch_size, trust_remote_code=cfg.engine.trust_remote_code,
-                                             progress=progress)
+            embeddings.write_missing_locally(
+                store,
+                all_ids,
+                texts,
+                todo,
+                source=source,
+                max_length=kc.embedding_max_length,
+                batch_size=kc.embedding_batch_size,
+                trust_remote_code=cfg.engine.trust_remote_code,
+                progress=progress,
+            )
+
     vec, counts = embeddings.embed_samples(all_ids, store, write_missing, progress=progress)
     by_set, start = {}, 0
     for n in names:
@@ -64,21 +78,27 @@ def embed(cfg: DeliftConfig, sets: dict[str, IngestedSet], progress: bool) -> tu
     return by_set, EmbedStats(counts["embedded"], counts["embeddings_reused"], backend)
 
 
-def neighbours(cfg: DeliftConfig, vectors: dict[str, np.ndarray], progress: bool = False) -> tuple[dict[str, np.ndarray], NeighbourStats]:
+def neighbours(
+    cfg: DeliftConfig, vectors: dict[str, np.ndarray], progress: bool = False
+) -> tuple[dict[str, np.ndarray], NeighbourStats]:
     """Each matrix's (n_helped, k + r) candidate examples (-1 marks an empty slot)."""
     from delift_ray import neighbours as nb
     from delift_ray.stages import STAGE_MATRICES
 
     kc = cfg.kernel
     seed = cfg.seed if kc.seed is None else kc.seed
-    candidates = {m.name: nb.candidates(vectors[m.helped], vectors[m.example], kc.k, kc.random, exact_max=kc.exact_max, seed=seed,
-                                       progress=progress)
-                  for m in STAGE_MATRICES[cfg.stage]}
+    candidates = {
+        m.name: nb.candidates(
+            vectors[m.helped], vectors[m.example], kc.k, kc.random, exact_max=kc.exact_max, seed=seed, progress=progress
+        )
+        for m in STAGE_MATRICES[cfg.stage]
+    }
     return candidates, NeighbourStats(kc.k, kc.random, {m: int((c >= 0).sum()) for m, c in candidates.items()})
 
 
-def embed_on_actors(cfg: DeliftConfig, source: str, store, ids: list[str], texts: list[str], todo: np.ndarray,
-                    progress: bool) -> None:
+def embed_on_actors(
+    cfg: DeliftConfig, source: str, store, ids: list[str], texts: list[str], todo: np.ndarray, progress: bool
+) -> None:
     """Embed the samples at ``todo`` with vLLM pooling engines on Ray actors (one per scorer slot).
 
     The actors write embedding shards themselves and are gone before the scorers start, so
@@ -90,13 +110,22 @@ def embed_on_actors(cfg: DeliftConfig, source: str, store, ids: list[str], texts
     from delift_ray.scoring.embedder import BlockEmbedder, EmbedBlock
 
     per_block = 32 * cfg.kernel.embedding_batch_size
-    blocks = [EmbedBlock(f"embed-{s}", [ids[i] for i in todo[s : s + per_block]], [texts[i] for i in todo[s : s + per_block]])
-              for s in range(0, todo.size, per_block)]
+    blocks = [
+        EmbedBlock(f"embed-{s}", [ids[i] for i in todo[s : s + per_block]], [texts[i] for i in todo[s : s + per_block]])
+        for s in range(0, todo.size, per_block)
+    ]
     model = os.path.abspath(source) if os.path.isdir(source) else source
-    with dispatch.actor_pool(cfg, BlockEmbedder, model, cfg.engine, store.root_uri, store.fingerprint,
-                             cfg.kernel.embedding_max_length) as pool, \
-            tqdm(total=int(todo.size), unit="sample", desc="embeddings", disable=not progress, dynamic_ncols=True) as bar:
-        dispatch.dispatch(pool, blocks, "embed_block", max_retries=cfg.scoring.max_retries,
-                          on_done=lambda block, n: bar.update(n),
-                          describe=lambda b: f"{b.key} (embeddings of samples {id_list(b.sample_ids)})")
-
+    with (
+        dispatch.actor_pool(
+            cfg, BlockEmbedder, model, cfg.engine, store.root_uri, store.fingerprint, cfg.kernel.embedding_max_length
+        ) as pool,
+        tqdm(total=int(todo.size), unit="sample", desc="embeddings", disable=not progress, dynamic_ncols=True) as bar,
+    ):
+        dispatch.dispatch(
+            pool,
+            blocks,
+            "embed_block",
+            max_retries=cfg.scoring.max_retries,
+            on_done=lambda block, n: bar.update(n),
+            describe=lambda b: f"{b.key} (embeddings of samples {id_list(b.sample_ids)})",
+        )

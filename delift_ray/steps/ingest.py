@@ -75,14 +75,26 @@ def ingest(cfg: DeliftConfig, tokenizer, progress: bool = False) -> tuple[dict[s
     stats = IngestStats()
     skipped: Counter = Counter()
     for name, src in stage_sources(cfg).items():
-        s = load_samples(src, name, columns=cfg.columns, split=cfg.split, max_rows=cfg.max_samples, strict=cfg.strict,
-                         progress=progress)
+        s = load_samples(
+            src,
+            name,
+            columns=cfg.columns,
+            split=cfg.split,
+            max_rows=cfg.max_samples,
+            strict=cfg.strict,
+            progress=progress,
+        )
         # Rows far too long are screened out before full tokenisation (bounded memory and time).
         screened = too_long_rows(tokenizer, s.prompts, s.responses, max_len)
         cand = np.setdiff1d(np.arange(len(s)), np.asarray(screened, dtype=np.int64))
         if screened:
-            tok = tokenize_set(tokenizer, [s.prompts[k] for k in cand], [s.responses[k] for k in cand], cfg.templates,
-                               progress=progress)
+            tok = tokenize_set(
+                tokenizer,
+                [s.prompts[k] for k in cand],
+                [s.responses[k] for k in cand],
+                cfg.templates,
+                progress=progress,
+            )
         else:
             tok = tokenize_set(tokenizer, s.prompts, s.responses, cfg.templates, progress=progress)
         ok = fits_mask(tok, max_len, min_head)
@@ -90,7 +102,9 @@ def ingest(cfg: DeliftConfig, tokenizer, progress: bool = False) -> tuple[dict[s
         keep = cand[ok]
         dropped = np.setdiff1d(np.arange(len(s)), keep)
         if dropped.size and cfg.strict:
-            raise DeliftError(f"{name} data {src}: row {s.rows[dropped[0]]} does not fit max_model_len={cfg.engine.max_model_len}")
+            raise DeliftError(
+                f"{name} data {src}: row {s.rows[dropped[0]]} does not fit max_model_len={cfg.engine.max_model_len}"
+            )
         if not keep.size:
             raise DeliftError(f"{name} data {src}: no sample fits max_model_len={cfg.engine.max_model_len}")
         kept = s.subset(keep)
@@ -123,9 +137,15 @@ def prompt_free_sets(cfg: DeliftConfig, sets: dict[str, IngestedSet], tokenizer)
         return {}
     pool = sets["pool"].samples
     empty = [""] * len(pool)
-    free = SampleSet(PROMPT_FREE, sample_ids=[prompt_free_id(r) for r in pool.responses], rows=list(pool.rows),
-                     prompts=empty, responses=list(pool.responses), originals=list(pool.originals),
-                     copies=list(pool.copies), rows_read=pool.rows_read)
+    free = SampleSet(
+        PROMPT_FREE,
+        sample_ids=[prompt_free_id(r) for r in pool.responses],
+        rows=list(pool.rows),
+        prompts=empty,
+        responses=list(pool.responses),
+        originals=list(pool.originals),
+        copies=list(pool.copies),
+        rows_read=pool.rows_read,
+    )
     tok = tokenize_set(tokenizer, empty, free.responses, cfg.templates, progress=False)
     return {PROMPT_FREE: IngestedSet(free, tok, free.subset([]))}
-

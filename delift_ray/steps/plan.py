@@ -28,12 +28,21 @@ class PlanStats(StepStats):
 
     @classmethod
     def of(cls, plan: planning.Plan) -> "PlanStats":
-        return cls(plan.pairs_total, plan.pairs_to_score, plan.pairs_reused, plan.baselines_total,
-                   plan.baselines_to_score, plan.baselines_reused, len(plan.blocks))
+        return cls(
+            plan.pairs_total,
+            plan.pairs_to_score,
+            plan.pairs_reused,
+            plan.baselines_total,
+            plan.baselines_to_score,
+            plan.baselines_reused,
+            len(plan.blocks),
+        )
 
     def summary(self) -> str:
-        return (f"{self.pairs_to_score} of {self.pairs_total} pairs to score ({self.pairs_reused} reused) in "
-                f"{self.blocks} blocks; {self.baselines_to_score} of {self.baselines_total} baselines to score")
+        return (
+            f"{self.pairs_to_score} of {self.pairs_total} pairs to score ({self.pairs_reused} reused) in "
+            f"{self.blocks} blocks; {self.baselines_to_score} of {self.baselines_total} baselines to score"
+        )
 
 
 def fingerprint(cfg: DeliftConfig) -> str:
@@ -67,29 +76,51 @@ def stored_baselines(store: ShardStore, ids: dict[str, list[str]]) -> set[str]:
     return set(store.read_relevant(BASELINE, all_ids).column("sample_id").to_pylist())
 
 
-def plan_dense(cfg: DeliftConfig, sets: dict[str, IngestedSet], store: ShardStore,
-               candidates: Optional[dict[str, np.ndarray]] = None) -> tuple[planning.Plan, PlanStats]:
+def plan_dense(
+    cfg: DeliftConfig,
+    sets: dict[str, IngestedSet],
+    store: ShardStore,
+    candidates: Optional[dict[str, np.ndarray]] = None,
+) -> tuple[planning.Plan, PlanStats]:
     """Every pair of every matrix of the stage, less what the store holds."""
     from delift_ray.kernel import check_dense_fits
 
     # The memory guard runs before hours of scoring, not after.
-    check_dense_fits({m.name: (len(sets[m.helped].samples), len(sets[m.example].samples)) for m in STAGE_MATRICES[cfg.stage]})
+    check_dense_fits(
+        {m.name: (len(sets[m.helped].samples), len(sets[m.example].samples)) for m in STAGE_MATRICES[cfg.stage]}
+    )
     ids = sample_ids(sets)
     all_ids = {sid for v in ids.values() for sid in v}
     index = planning.IdIndex(ids)
     stored = planning.stored_pair_keys(store.iter_relevant(UTILITY, all_ids, all_ids), index)
-    plan = planning.plan_blocks(STAGE_MATRICES[cfg.stage], ids, stored, stored_baselines(store, ids), index=index,
-                                fingerprint=store.fingerprint, block_size=cfg.scoring.block_size)
+    plan = planning.plan_blocks(
+        STAGE_MATRICES[cfg.stage],
+        ids,
+        stored,
+        stored_baselines(store, ids),
+        index=index,
+        fingerprint=store.fingerprint,
+        block_size=cfg.scoring.block_size,
+    )
     return plan, PlanStats.of(plan)
 
 
-def plan_knn(cfg: DeliftConfig, sets: dict[str, IngestedSet], store: ShardStore,
-             candidates: dict[str, np.ndarray]) -> tuple[planning.Plan, PlanStats]:
+def plan_knn(
+    cfg: DeliftConfig, sets: dict[str, IngestedSet], store: ShardStore, candidates: dict[str, np.ndarray]
+) -> tuple[planning.Plan, PlanStats]:
     """The candidate pairs of every matrix of the stage, less what the store holds."""
     ids = sample_ids(sets)
     all_ids = {sid for v in ids.values() for sid in v}
     index = planning.IdIndex(ids)
     stored = planning.stored_pair_keys(store.iter_relevant(UTILITY, all_ids, all_ids), index)
-    plan = planning.plan_knn(STAGE_MATRICES[cfg.stage], candidates, ids, stored, stored_baselines(store, ids),
-                             index=index, fingerprint=store.fingerprint, block_size=cfg.scoring.block_size)
+    plan = planning.plan_knn(
+        STAGE_MATRICES[cfg.stage],
+        candidates,
+        ids,
+        stored,
+        stored_baselines(store, ids),
+        index=index,
+        fingerprint=store.fingerprint,
+        block_size=cfg.scoring.block_size,
+    )
     return plan, PlanStats.of(plan)

@@ -42,15 +42,23 @@ class ScoreStats(StepStats):
     scorers: list[dict] = field(default_factory=list)
 
     def summary(self) -> str:
-        extra = "".join(f", {v} {k.replace('_', ' ')}" for k, v in (("pairs_missing", self.pairs_missing),
-                        ("block_retries", self.block_retries), ("actor_deaths", self.actor_deaths),
-                        ("node_losses", self.node_losses)) if v)
+        extra = "".join(
+            f", {v} {k.replace('_', ' ')}"
+            for k, v in (
+                ("pairs_missing", self.pairs_missing),
+                ("block_retries", self.block_retries),
+                ("actor_deaths", self.actor_deaths),
+                ("node_losses", self.node_losses),
+            )
+            if v
+        )
         how = "/".join(self.logprob_paths + self.dtypes + [f"LM head {d}" for d in self.head_dtypes]) or "no engine"
         return f"{self.pairs_scored} pairs scored ({how}){extra}"
 
 
-def score(cfg: DeliftConfig, sets: dict[str, IngestedSet], store: ShardStore, plan: planning.Plan, eos: int,
-          progress: bool) -> ScoreStats:
+def score(
+    cfg: DeliftConfig, sets: dict[str, IngestedSet], store: ShardStore, plan: planning.Plan, eos: int, progress: bool
+) -> ScoreStats:
     """Score the plan's baseline and pair blocks on scorer actors."""
     if not (plan.blocks or plan.baselines_to_score):
         return ScoreStats()
@@ -70,19 +78,41 @@ def score(cfg: DeliftConfig, sets: dict[str, IngestedSet], store: ShardStore, pl
         for name, value in zip(resolved, (result.logprob_path, result.dtype, result.head_dtype)):
             if value:
                 resolved[name].add(value)
-    with dispatch.actor_pool(cfg, BlockScorer, model, cfg.engine, store.root_uri, store.fingerprint, eos,
-                             cfg.scoring.prefix_reuse, probe_root=store.root_uri) as pool:
+
+    with dispatch.actor_pool(
+        cfg,
+        BlockScorer,
+        model,
+        cfg.engine,
+        store.root_uri,
+        store.fingerprint,
+        eos,
+        cfg.scoring.prefix_reuse,
+        probe_root=store.root_uri,
+    ) as pool:
         base_src = [(n, chunk) for n, chunks in plan.baseline.items() for chunk in chunks]
-        bar = tqdm(total=plan.baselines_to_score, unit="sample", desc="baselines", disable=not progress or not base_src, dynamic_ncols=True)
+        bar = tqdm(
+            total=plan.baselines_to_score,
+            unit="sample",
+            desc="baselines",
+            disable=not progress or not base_src,
+            dynamic_ncols=True,
+        )
 
         def base_done(block, result):
             bar.update(block.size)
             record(result)
 
         def base_dispatch(src, skip_failed):
-            rep = dispatch.dispatch(pool, [baseline_block(sets, store, n, c) for n, c in src], "score_baseline",
-                                    max_retries=cfg.scoring.max_retries, skip_failed=skip_failed, on_done=base_done,
-                                    describe=lambda b: f"{b.key} (baselines of samples {id_list(b.sample_ids)})")
+            rep = dispatch.dispatch(
+                pool,
+                [baseline_block(sets, store, n, c) for n, c in src],
+                "score_baseline",
+                max_retries=cfg.scoring.max_retries,
+                skip_failed=skip_failed,
+                on_done=base_done,
+                describe=lambda b: f"{b.key} (baselines of samples {id_list(b.sample_ids)})",
+            )
             counters["block_retries"] += rep.retries
             counters["actor_deaths"] += rep.actor_deaths
             return rep
@@ -93,7 +123,9 @@ def score(cfg: DeliftConfig, sets: dict[str, IngestedSet], store: ShardStore, pl
         if rep.failed:
             by_key = {baseline_block(sets, store, n, c).key: (n, c) for n, c in base_src}
             singles = [(n, c[k : k + 1]) for b, _ in rep.failed for n, c in [by_key[b.key]] for k in range(len(c))]
-            log.warning("%d baseline block(s) failed; scoring their %d samples one by one", len(rep.failed), len(singles))
+            log.warning(
+                "%d baseline block(s) failed; scoring their %d samples one by one", len(rep.failed), len(singles)
+            )
             rep = base_dispatch(singles, skip_failed=cfg.scoring.skip_failed_blocks)
             counters["failed_blocks"] += len(rep.failed)
         bar.close()
@@ -113,20 +145,40 @@ def score(cfg: DeliftConfig, sets: dict[str, IngestedSet], store: ShardStore, pl
             hu, h_local = np.unique(b.h_idx, return_inverse=True)
             eu, e_local = np.unique(b.e_idx, return_inverse=True)
             helped_ids = [H.samples.sample_ids[i] for i in hu]
-            pair_blocks.append(PairBlock(
-                b.key, helped_ids, take(H.tokens, hu), np.array([d_base[s] for s in helped_ids]),
-                [E.samples.sample_ids[i] for i in eu], take(E.tokens, eu), h_local, e_local,
-            ))
-        bar = tqdm(total=plan.pairs_to_score, unit="pair", desc="pairs", disable=not progress or not pair_blocks, dynamic_ncols=True)
+            pair_blocks.append(
+                PairBlock(
+                    b.key,
+                    helped_ids,
+                    take(H.tokens, hu),
+                    np.array([d_base[s] for s in helped_ids]),
+                    [E.samples.sample_ids[i] for i in eu],
+                    take(E.tokens, eu),
+                    h_local,
+                    e_local,
+                )
+            )
+        bar = tqdm(
+            total=plan.pairs_to_score,
+            unit="pair",
+            desc="pairs",
+            disable=not progress or not pair_blocks,
+            dynamic_ncols=True,
+        )
 
         def pair_done(block, result):
             bar.update(block.size)
             counters["pairs_scored"] += block.size
             record(result)
 
-        rep = dispatch.dispatch(pool, pair_blocks, "score_pairs", max_retries=cfg.scoring.max_retries,
-                                skip_failed=cfg.scoring.skip_failed_blocks, on_done=pair_done,
-                                describe=lambda b: f"{b.key} ({b.size} pairs; samples {id_list(b.sample_ids())})")
+        rep = dispatch.dispatch(
+            pool,
+            pair_blocks,
+            "score_pairs",
+            max_retries=cfg.scoring.max_retries,
+            skip_failed=cfg.scoring.skip_failed_blocks,
+            on_done=pair_done,
+            describe=lambda b: f"{b.key} ({b.size} pairs; samples {id_list(b.sample_ids())})",
+        )
         bar.close()
         counters["block_retries"] += rep.retries
         counters["actor_deaths"] += rep.actor_deaths
@@ -137,17 +189,33 @@ def score(cfg: DeliftConfig, sets: dict[str, IngestedSet], store: ShardStore, pl
         counters["pairs_missing"] += sum(b.size for b, _ in rep.failed)
         counters["failed_blocks"] += len(rep.failed)
     return ScoreStats(
-        **{k: int(counters.get(k, 0)) for k in ("pairs_scored", "pairs_missing", "pairs_redone", "block_retries",
-                                                 "failed_blocks", "actor_deaths", "node_losses", "blocks_requeued")},
-        rescored=int(engine.get("rescored", 0)), cached_prompt_tokens=int(engine.get("cached_tokens", 0)),
-        **{name: sorted(values) for name, values in resolved.items()}, scorers=scorers)
+        **{
+            k: int(counters.get(k, 0))
+            for k in (
+                "pairs_scored",
+                "pairs_missing",
+                "pairs_redone",
+                "block_retries",
+                "failed_blocks",
+                "actor_deaths",
+                "node_losses",
+                "blocks_requeued",
+            )
+        },
+        rescored=int(engine.get("rescored", 0)),
+        cached_prompt_tokens=int(engine.get("cached_tokens", 0)),
+        **{name: sorted(values) for name, values in resolved.items()},
+        scorers=scorers,
+    )
 
 
 def baseline_block(sets: dict[str, IngestedSet], store: ShardStore, set_name: str, chunk: np.ndarray):
     from delift_ray.scoring.actor import BaselineBlock
 
     ids = [sets[set_name].samples.sample_ids[i] for i in chunk]
-    return BaselineBlock(planning.block_key(store.fingerprint, ids, ["-"] * len(ids)), ids, take(sets[set_name].tokens, chunk))
+    return BaselineBlock(
+        planning.block_key(store.fingerprint, ids, ["-"] * len(ids)), ids, take(sets[set_name].tokens, chunk)
+    )
 
 
 def baseline_lookup(store: ShardStore, wanted: Optional[set] = None) -> dict[str, float]:

@@ -31,7 +31,9 @@ class SelectStats(StepStats):
 
     def summary(self) -> str:
         left_out = f"; {self.excluded} excluded by min_prompt_gain" if self.excluded is not None else ""
-        return f"{self.selected} of budget {self.budget} picked ({self.stage}), total gain {self.total_gain:.4g}{left_out}"
+        return (
+            f"{self.selected} of budget {self.budget} picked ({self.stage}), total gain {self.total_gain:.4g}{left_out}"
+        )
 
 
 def prompt_gains(pool_ids: list[str], free_ids: list[str], store: ShardStore) -> np.ndarray:
@@ -52,11 +54,13 @@ def low_prompt_gain(min_gain: float, gains: np.ndarray) -> np.ndarray:
         return gains < min_gain
 
 
-def select(cfg: DeliftConfig, kernels: dict, budget: int, excluded: Optional[np.ndarray] = None,
-           progress: bool = False) -> tuple[Selection, SelectStats]:
+def select(
+    cfg: DeliftConfig, kernels: dict, budget: int, excluded: Optional[np.ndarray] = None, progress: bool = False
+) -> tuple[Selection, SelectStats]:
     """The stage's greedy over ``kernels``; ``excluded`` pool samples are never picked."""
     indices, gains = stages.select(cfg.stage, kernels, budget, cfg, progress, excluded=excluded)
     gains = np.asarray(gains, dtype=np.float64)
-    stats = SelectStats(cfg.stage, budget, len(indices), float(gains.sum()),
-                        None if excluded is None else int(excluded.sum()))
+    stats = SelectStats(
+        cfg.stage, budget, len(indices), float(gains.sum()), None if excluded is None else int(excluded.sum())
+    )
     return Selection(np.asarray(indices, dtype=np.int64), gains), stats

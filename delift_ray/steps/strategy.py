@@ -24,7 +24,9 @@ class KernelStrategy:
     plan: Callable
     assemble: Callable
 
-    def candidates(self, steps: StepLog, cfg: DeliftConfig, sets: dict, progress: bool) -> Optional[dict[str, np.ndarray]]:
+    def candidates(
+        self, steps: StepLog, cfg: DeliftConfig, sets: dict, progress: bool
+    ) -> Optional[dict[str, np.ndarray]]:
         """knn: the embed and neighbours steps; dense: every pair is a candidate (None)."""
         if not self.needs_candidates:
             return None
