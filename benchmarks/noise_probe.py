@@ -176,7 +176,7 @@ def job_prompt_gain(cmd: list[str], out: Path, is_swapped: np.ndarray, ids: list
             subprocess.run(sel + [f"--selection.min-prompt-gain={t}"], check=True)
             r = load_run(run_dir)
             if "auroc_low_gain" not in res:
-                from delift_ray.steps.select import prompt_gains
+                from delift_ray.steps.gate import prompt_gains
 
                 g = prompt_gains(r.pool.sample_ids, [prompt_free_id(x) for x in r.pool.responses], run_store(r))
                 sw = np.array([s in swapped for s in r.pool.sample_ids])

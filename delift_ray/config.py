@@ -223,6 +223,23 @@ class SelectionConfig(_Section):
         "empty one, d(r | empty prompt) - d(r | prompt) < this, are not picked (a response swapped in from another "
         "sample gains about 0). One more baseline pass per pool sample. None: off. See docs/quality.md.",
     )
+    noise_gate: Literal["off", "contrastive"] = Field(
+        "off",
+        description="contrastive: a pool sample is picked only if its own prompt predicts its response better than "
+        "other samples' prompts do, tested against a null from the same run (selection.gate_prompts mismatched "
+        "prompts per sample, false-discovery rate selection.gate_fdr). No threshold in distance units. gate_prompts "
+        "more baselines per pool sample. See docs/noise-gate.md.",
+    )
+    gate_prompts: int = Field(
+        4, ge=2, le=64, description="noise_gate: mismatched prompts each pool sample is scored after (its null)."
+    )
+    gate_fdr: float = Field(
+        0.05,
+        gt=0,
+        lt=1,
+        description="noise_gate: the largest expected share of kept samples whose prompt does not predict their "
+        "response (Storey's adaptive Benjamini-Hochberg).",
+    )
 
 
 class KernelConfig(_Section):

@@ -39,10 +39,11 @@ from delift_ray.rundir import (
     subset_bytes,
 )
 from delift_ray.steps.base import StepLog
-from delift_ray.steps.ingest import PROMPT_FREE, ingest, load_tokenizer, prompt_free_sets, stage_sources
+from delift_ray.steps.gate import gate
+from delift_ray.steps.ingest import baseline_only_sets, ingest, load_tokenizer, stage_sources
 from delift_ray.steps.plan import open_store, sample_ids
 from delift_ray.steps.score import score
-from delift_ray.steps.select import low_prompt_gain, prompt_gains, select
+from delift_ray.steps.select import select
 from delift_ray.steps.strategy import kernel_strategy
 from delift_ray.steps.write import write
 from delift_ray.storage import UTILITY, model_identity, set_endpoint
@@ -139,16 +140,13 @@ def _execute(
     out.check_reusable(digest, overwrite, settings)  # before any work, let alone any write
 
     candidates = kernel.candidates(steps, cfg, sets, progress)
-    # Baseline-only sets (selection.min_prompt_gain) are planned and scored, never paired or embedded.
-    scored = {**sets, **prompt_free_sets(cfg, sets, tokenizer)}
+    # Baseline-only sets (the gate's) are planned and scored, never paired or embedded.
+    scored = {**sets, **baseline_only_sets(cfg, sets, tokenizer)}
     plan = steps.run("plan", kernel.plan, cfg, scored, store, candidates)
     steps.run("score", score, cfg, scored, store, plan, tokenizer.eos_token_id, progress)
     kernels = steps.run("assemble", kernel.assemble, cfg, sets, store, candidates, progress=progress)
-    excluded = None
-    if PROMPT_FREE in scored:
-        gains = prompt_gains(sets["pool"].samples.sample_ids, scored[PROMPT_FREE].samples.sample_ids, store)
-        excluded = low_prompt_gain(cfg.selection.min_prompt_gain, gains)
-    selection = steps.run("select", select, cfg, kernels, budget, excluded, progress=progress)
+    excluded = steps.run("gate", gate, cfg.selection, sets["pool"].samples, store)
+    selection = steps.run("select", select, cfg, kernels, budget, excluded.mask, excluded.noise_gate, progress=progress)
 
     pool = sets["pool"].samples
     selected = [pool.sample_ids[i] for i in selection.indices]
@@ -159,6 +157,7 @@ def _execute(
         steps.stats("select"),
         steps.stats("embed"),
         steps.stats("assemble"),
+        steps.stats("gate"),
     )
     timings = run_timings(steps, counts)
     meta = run_document(
@@ -174,7 +173,7 @@ def _execute(
         scorers=steps.stats("score").scorers,
     )
     files = {
-        SAMPLES: parquet_bytes(samples_table(sets)),
+        SAMPLES: parquet_bytes(samples_table(sets, excluded)),
         SELECTION: parquet_bytes(selection_table(selected, selection.gains)),
         SUBSET: subset_bytes([pool.originals[i] for i in selection.indices]),
         RUN_JSON: json_bytes(meta),
@@ -202,7 +201,7 @@ def _dry_run(cfg: DeliftConfig, out: RunDir, progress: bool, tokens_per_s: Optio
     stages.budget_count(cfg.budget, len(sets["pool"].samples))
     store = open_store(cfg)
     candidates = kernel.candidates(steps, cfg, sets, progress)
-    scored = {**sets, **prompt_free_sets(cfg, sets, tokenizer)}
+    scored = {**sets, **baseline_only_sets(cfg, sets, tokenizer)}
     plan = steps.run("plan", kernel.plan, cfg, scored, store, candidates)
     report = steps.run("estimate", dry_run_report, cfg, scored, plan, tokens_per_s)
     return DryRunResult(cfg.out, steps.stats("plan").as_dict(), steps.as_list(), report, sets, plan, candidates)

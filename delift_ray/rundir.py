@@ -164,10 +164,14 @@ class RunCounts:
     embedding_backend: Optional[str] = None
     kernel_nnz: Optional[dict[str, int]] = None
     excluded_low_prompt_gain: Optional[int] = None  # selection.min_prompt_gain's exclusions
+    excluded_noise_gate: Optional[int] = None  # selection.noise_gate's exclusions
+    untested_noise_gate: Optional[int] = None  # no mismatched prompt fitted: kept untested
+    noise_gate_null_share: Optional[float] = None  # Storey's estimate of the pool share the null explains
 
     @classmethod
-    def from_steps(cls, ingest, plan, score, select, embed=None, assemble=None) -> "RunCounts":
-        """From the stats of the steps (:mod:`delift_ray.steps`); ``embed``/``assemble`` add the knn figures."""
+    def from_steps(cls, ingest, plan, score, select, embed=None, assemble=None, gate=None) -> "RunCounts":
+        """From the stats of the steps (:mod:`delift_ray.steps`); ``embed``/``assemble`` add the knn
+        figures, ``gate`` the exclusions."""
         c = cls(
             samples=ingest.samples_by_set.get("pool", 0),
             samples_by_set=dict(ingest.samples_by_set),
@@ -179,8 +183,12 @@ class RunCounts:
             baselines_scored=plan.baselines_to_score,
             baselines_reused=plan.baselines_reused,
             selected=select.selected,
-            excluded_low_prompt_gain=select.excluded,
         )
+        if gate is not None:
+            c.excluded_low_prompt_gain = gate.excluded_low_prompt_gain
+            c.excluded_noise_gate = gate.excluded_noise_gate
+            c.untested_noise_gate = gate.untested_noise_gate
+            c.noise_gate_null_share = gate.null_share
         for name in (
             "pairs_scored",
             "pairs_missing",
@@ -222,15 +230,31 @@ class RunCounts:
 # --------------------------------------------------------------------------- file formats
 
 
-def samples_table(sets: dict) -> pa.Table:
+# samples.parquet ``status`` of a pool sample the selection may pick, and of those the gate
+# excluded (still pool samples: they count as samples to cover).
+OK = "ok"
+LOW_PROMPT_GAIN = "excluded_low_prompt_gain"
+NOISE_GATE = "excluded_noise_gate"
+POOL_STATUSES = (OK, LOW_PROMPT_GAIN, NOISE_GATE)
+
+
+def samples_table(sets: dict, gate=None) -> pa.Table:
     """samples.parquet: every ingested sample of every set, then its too-long rows.
 
     ``sets`` maps a set name to an ingested set (``samples``, ``tokens``, ``rejected``).
+    ``gate`` (:class:`delift_ray.steps.gate.Exclusions`): the pool's status (``ok`` or why
+    the gate excluded it) and, with the noise gate, columns ``gate_gain`` and ``gate_q``.
     """
     parts = []
     for name, s in sets.items():
         ok, bad = s.samples, s.rejected
         n, m = len(ok), len(bad)
+        status = list(gate.status) if gate is not None and name == "pool" else [OK] * n
+        extra = {}
+        if gate is not None and gate.noise_gate:
+            pool = name == "pool"
+            for col, values in (("gate_gain", gate.gate_gain), ("gate_q", gate.gate_q)):
+                extra[col] = np.concatenate([values if pool else np.full(n, np.nan), np.full(m, np.nan)])
         parts.append(
             pa.table(
                 {
@@ -242,7 +266,8 @@ def samples_table(sets: dict) -> pa.Table:
                     "prompt_tokens": np.concatenate([s.tokens.no_example.lengths(), np.full(m, -1)]).astype(np.int64),
                     "response_tokens": np.concatenate([s.tokens.response.lengths(), np.full(m, -1)]).astype(np.int64),
                     "copies": pa.array(ok.copies + [1] * m, pa.int64()),
-                    "status": pa.array(["ok"] * n + [TOO_LONG] * m, pa.string()),
+                    "status": pa.array(status + [TOO_LONG] * m, pa.string()),
+                    **extra,
                 }
             )
         )

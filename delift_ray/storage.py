@@ -551,3 +551,9 @@ def scorer_fingerprint(model_hash: str, fields: dict) -> str:
     h.update(model_hash.encode())
     h.update(json.dumps(fields, sort_keys=True).encode())
     return h.hexdigest()
+
+
+def baseline_lookup(store: ShardStore, wanted: Optional[set] = None) -> dict[str, float]:
+    """Sample id -> d(i, no example) of the stored baselines (all, or those ``wanted``)."""
+    t = store.read_all(BASELINE) if wanted is None else store.read_relevant(BASELINE, wanted)
+    return dict(zip(t.column("sample_id").to_pylist(), t.column("distance").to_pylist()))

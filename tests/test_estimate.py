@@ -119,7 +119,7 @@ def test_dry_run_counts_the_prompt_free_baselines_of_min_prompt_gain(ingested, t
 
     from delift_ray import job
     from delift_ray.prompts import baseline_sequence
-    from delift_ray.steps.ingest import PROMPT_FREE, prompt_free_sets
+    from delift_ray.steps.ingest import PROMPT_FREE, baseline_only_sets
 
     cfg, sets, eos = ingested
     dense = {
@@ -134,7 +134,7 @@ def test_dry_run_counts_the_prompt_free_baselines_of_min_prompt_gain(ingested, t
     n = len(sets["pool"].samples)
     assert (plain.report.baselines_total, gated.report.baselines_total) == (n, 2 * n)
     assert gated.report.pairs_total == plain.report.pairs_total == n * n
-    free = prompt_free_sets(gated_cfg, sets, AutoTokenizer.from_pretrained(gated_cfg.model))[PROMPT_FREE]
+    free = baseline_only_sets(gated_cfg, sets, AutoTokenizer.from_pretrained(gated_cfg.model))[PROMPT_FREE]
     extra = sum(len(baseline_sequence(free.tokens, i, eos)[0]) for i in range(n))
     assert extra > 0
     assert gated.report.prompt_tokens - plain.report.prompt_tokens == extra

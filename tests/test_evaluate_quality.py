@@ -14,6 +14,7 @@ import math
 import numpy as np
 import pytest
 
+from delift_ray.errors import DeliftError
 from delift_ray.job import run
 
 pytestmark = [pytest.mark.engine, pytest.mark.ray]
@@ -177,8 +178,8 @@ def test_evaluate_with_variants_baselines_and_statistics(scored_run, capsys):
 def test_min_prompt_gain_on_a_real_run(scored_run):
     from delift_ray.evaluate.arms import Variant, delift_variant, run_store
     from delift_ray.evaluate.inputs import load_run
+    from delift_ray.steps.gate import prompt_gains
     from delift_ray.steps.ingest import prompt_free_id
-    from delift_ray.steps.select import prompt_gains
 
     d, cfg, res = scored_run
     # A threshold below every gain: the prompt-free baselines are scored (12), nothing else, nothing excluded.
@@ -206,3 +207,56 @@ def test_min_prompt_gain_on_a_real_run(scored_run):
     rc = load_run(d / "run-pg")
     where = {sid: i for i, sid in enumerate(rc.pool.sample_ids)}
     assert delift_variant(rc, Variant("drop", "minmax"), 4, run_store(rc)) == [where[s] for s in cut.selected_ids]
+
+
+def test_noise_gate_on_a_real_run(scored_run):
+    """selection.noise_gate on the tiny model: only the mismatched baselines are new, the
+    exclusions are what the pure gate computes from the stored distances, samples.parquet
+    says why, nothing excluded is picked, and evaluate re-selects as the job did."""
+    import pyarrow.parquet as pq
+
+    from delift_ray.evaluate.arms import Variant, delift_variant, run_store
+    from delift_ray.evaluate.inputs import load_run
+    from delift_ray.gate import contrastive_gate
+    from delift_ray.steps.ingest import mismatched_ids
+    from delift_ray.storage import baseline_lookup
+
+    d, cfg, res = scored_run
+    # A random model's prompts predict nothing: at the default fdr the gate excludes every
+    # sample, and the job says so (after scoring the 12 x 4 mismatched baselines).
+    with pytest.raises(DeliftError, match="the noise gate excluded all 12 pool samples"):
+        run(
+            {**cfg, "out": str(d / "run-gate-0"), "cache": str(d / "run"), "selection": {"noise_gate": "contrastive"}},
+            progress=False,
+        )
+    r0 = load_run(d / "run")
+    dist = baseline_lookup(run_store(r0))
+    mm = mismatched_ids(r0.pool, 4)
+    assert len(set(mm.ravel()) & set(dist)) == 12 * 4
+    d_own, d_mm = np.array([dist[s] for s in r0.pool.sample_ids]), np.vectorize(dist.get, otypes=[float])(mm)
+    # q-values do not depend on the fdr: a lenient fdr between the two lowest q levels keeps some, not all.
+    levels = np.unique(contrastive_gate(d_own, d_mm, fdr=0.5).q_value)
+    assert levels.size >= 2
+    fdr = float(levels[:2].mean())
+    want = contrastive_gate(d_own, d_mm, fdr=fdr)
+    excluded = {s for s, k in zip(r0.pool.sample_ids, want.keep) if not k}
+    assert 0 < len(excluded) < 12
+
+    gated = {
+        **cfg,
+        "out": str(d / "run-gate"),
+        "cache": str(d / "run"),
+        "selection": {"noise_gate": "contrastive", "gate_fdr": fdr},
+    }
+    g = run(gated, progress=False)
+    assert (g.counts["pairs_scored"], g.counts["baselines_scored"]) == (0, 0)  # scored by the refused run
+    assert g.counts["excluded_noise_gate"] == len(excluded) and g.counts["untested_noise_gate"] == 0
+    r = load_run(d / "run-gate")
+    assert len(r.pool) == 12  # excluded samples stay pool samples
+    samples = pq.read_table(d / "run-gate" / "samples.parquet").to_pylist()
+    by_id = {x["sample_id"]: x for x in samples if x["set"] == "pool"}
+    assert {s for s, x in by_id.items() if x["status"] == "excluded_noise_gate"} == excluded
+    assert np.allclose([by_id[s]["gate_gain"] for s in r.pool.sample_ids], want.gain)
+    assert not excluded & set(g.selected_ids) and len(g.selected_ids) == min(4, 12 - len(excluded))
+    where = {sid: i for i, sid in enumerate(r.pool.sample_ids)}
+    assert delift_variant(r, Variant("drop", "minmax"), 4, run_store(r)) == [where[s] for s in g.selected_ids]

@@ -16,7 +16,7 @@ from delift_ray import planning, stages
 from delift_ray.config import SelectionConfig, load_config
 from delift_ray.errors import BudgetError
 from delift_ray.stages import STAGE_MATRICES
-from delift_ray.steps.select import low_prompt_gain
+from delift_ray.steps.gate import low_prompt_gain
 
 
 def _cfg(**kw):

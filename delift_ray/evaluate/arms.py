@@ -157,6 +157,8 @@ def delift_variant(
     from delift_ray import stages
     from delift_ray.config import SelectionConfig
     from delift_ray.kernel import finish_dense
+    from delift_ray.steps.gate import gate
+    from delift_ray.steps.select import select
 
     store = store or run_store(run)
     kernels = {}
@@ -167,21 +169,11 @@ def delift_variant(
             M.copy(), _ids(run, m.helped), _ids(run, m.example), diagonal=variant.diagonal, scaling=variant.scaling
         )
         kernels[m.name] = np.ascontiguousarray(M.T) if m.transpose else M
-    # stages.select reads only cfg.selection (eta, nu, stop_if_zero_gain, min_prompt_gain).
-    cfg = SimpleNamespace(selection=SelectionConfig(**((run.config or {}).get("selection") or {})))
-    idx, _ = stages.select(run.stage, kernels, budget, cfg, excluded=prompt_gain_exclusions(run, cfg.selection, store))
-    return [int(i) for i in idx]
-
-
-def prompt_gain_exclusions(run: RunData, selection, store) -> Optional[np.ndarray]:
-    """The pool samples the run's ``selection.min_prompt_gain`` excludes, from its stored baselines."""
-    if selection.min_prompt_gain is None:
-        return None
-    from delift_ray.steps.ingest import prompt_free_id
-    from delift_ray.steps.select import low_prompt_gain, prompt_gains
-
-    free = [prompt_free_id(r) for r in run.pool.responses]
-    return low_prompt_gain(selection.min_prompt_gain, prompt_gains(run.pool.sample_ids, free, store))
+    # The select step reads only cfg.stage and cfg.selection (eta, nu, stop_if_zero_gain, the gate's options).
+    cfg = SimpleNamespace(stage=run.stage, selection=SelectionConfig(**((run.config or {}).get("selection") or {})))
+    excluded, _ = gate(cfg.selection, run.pool, store)
+    chosen, _ = select(cfg, kernels, budget, excluded.mask, excluded.noise_gate)
+    return [int(i) for i in chosen.indices]
 
 
 def raw_matrices(run: RunData, store=None) -> dict[str, np.ndarray]:

@@ -51,8 +51,10 @@ def load_run(run_dir: str | Path) -> RunData:
     if not need <= set(run.samples.column_names):
         raise DeliftError(f"{d}/samples.parquet lacks columns {sorted(need - set(run.samples.column_names))}")
     sets: dict[str, Pool] = {}
+    from delift_ray.rundir import POOL_STATUSES
+
     for row in run.samples.select(sorted(need)).to_pylist():
-        if row["status"] != "ok":
+        if row["status"] not in POOL_STATUSES:  # too long or otherwise never scored
             continue
         p = sets.setdefault(row["set"], Pool())
         p.sample_ids.append(row["sample_id"])

@@ -118,8 +118,11 @@ def ingest(cfg: DeliftConfig, tokenizer, progress: bool = False) -> tuple[dict[s
     return sets, stats
 
 
-# The baseline-only set of ``selection.min_prompt_gain``: every pool sample with its prompt left empty.
+# The baseline-only sets: scored for their baselines only, never paired or embedded.
+# selection.min_prompt_gain: every pool sample with its prompt left empty.
 PROMPT_FREE = "prompt_free"
+# selection.noise_gate: every pool response after gate_prompts other samples' prompts.
+MISMATCHED = "mismatched"
 
 
 def prompt_free_id(response: str) -> str:
@@ -127,25 +130,70 @@ def prompt_free_id(response: str) -> str:
     return sample_id("", response)
 
 
-def prompt_free_sets(cfg: DeliftConfig, sets: dict[str, IngestedSet], tokenizer) -> dict[str, IngestedSet]:
-    """{PROMPT_FREE: the pool's responses after an empty prompt} when ``selection.min_prompt_gain``
-    is set, else {}. Scored for their baselines only: d(r_i | empty prompt) beside d(r_i | p_i).
+def baseline_only_sets(cfg: DeliftConfig, sets: dict[str, IngestedSet], tokenizer) -> dict[str, IngestedSet]:
+    """The baseline-only sets the selection options need ({} when both are off)."""
+    out = {}
+    if cfg.selection.min_prompt_gain is not None:
+        out[PROMPT_FREE] = prompt_free_set(cfg, sets["pool"].samples, tokenizer)
+    if cfg.selection.noise_gate == "contrastive":
+        out[MISMATCHED] = mismatched_set(cfg, sets["pool"].samples, tokenizer)
+    return out
+
+
+def prompt_free_set(cfg: DeliftConfig, pool: SampleSet, tokenizer) -> IngestedSet:
+    """The pool's responses after an empty prompt: d(r_i | empty prompt) beside d(r_i | p_i).
 
     Position k is pool sample k; a prompt-free copy is never longer than its sample, so all fit.
     """
-    if cfg.selection.min_prompt_gain is None:
-        return {}
-    pool = sets["pool"].samples
     empty = [""] * len(pool)
-    free = SampleSet(
-        PROMPT_FREE,
-        sample_ids=[prompt_free_id(r) for r in pool.responses],
-        rows=list(pool.rows),
-        prompts=empty,
-        responses=list(pool.responses),
-        originals=list(pool.originals),
-        copies=list(pool.copies),
+    free = _copies(PROMPT_FREE, pool, [prompt_free_id(r) for r in pool.responses], empty, list(pool.responses))
+    tok = tokenize_set(tokenizer, empty, free.responses, cfg.templates, progress=False)
+    return IngestedSet(free, tok, free.subset([]))
+
+
+def mismatched_pairs(pool_ids: list[str], m: int) -> list[tuple[int, int]]:
+    """(pool position i, donor position) for each of the gate's m mismatched prompts of each sample."""
+    from delift_ray.gate import derangements
+
+    donors = derangements(pool_ids, m)
+    return [(i, int(donors[k, i])) for i in range(len(pool_ids)) for k in range(m)]
+
+
+def mismatched_ids(pool: SampleSet, m: int) -> np.ndarray:
+    """(n, m) sample ids of d(r_i | p_donor): where the gate finds each sample's mismatched baselines."""
+    ids = [sample_id(pool.prompts[d], pool.responses[i]) for i, d in mismatched_pairs(pool.sample_ids, m)]
+    return np.array(ids, dtype=object).reshape(len(pool), m)
+
+
+def mismatched_set(cfg: DeliftConfig, pool: SampleSet, tokenizer) -> IngestedSet:
+    """Every pool response after each of its ``selection.gate_prompts`` donors' prompts, where it fits.
+
+    A copy that does not fit max_model_len is left out (the gate uses the sample's other
+    mismatches); copies that coincide (duplicate prompts) are scored once.
+    """
+    seen: dict[str, tuple[int, int]] = {}
+    for i, d in mismatched_pairs(pool.sample_ids, cfg.selection.gate_prompts):
+        seen.setdefault(sample_id(pool.prompts[d], pool.responses[i]), (i, d))
+    ids = list(seen)
+    prompts = [pool.prompts[d] for _, d in seen.values()]
+    responses = [pool.responses[i] for i, _ in seen.values()]
+    tok = tokenize_set(tokenizer, prompts, responses, cfg.templates, progress=False)
+    fits = tok.no_example.lengths() + tok.response.lengths() + 2 <= cfg.engine.max_model_len - 1
+    keep = np.flatnonzero(fits)
+    copies = _copies(MISMATCHED, pool, ids, prompts, responses, [i for i, _ in seen.values()])
+    return IngestedSet(copies.subset(keep), take(tok, keep) if not fits.all() else tok, copies.subset([]))
+
+
+def _copies(name: str, pool: SampleSet, ids: list[str], prompts: list[str], responses: list[str], of=None) -> SampleSet:
+    """A baseline-only set built from pool samples (``of``: the pool position of each; default 0..n-1)."""
+    of = range(len(pool)) if of is None else of
+    return SampleSet(
+        name,
+        sample_ids=ids,
+        rows=[pool.rows[i] for i in of],
+        prompts=prompts,
+        responses=responses,
+        originals=[pool.originals[i] for i in of],
+        copies=[pool.copies[i] for i in of],
         rows_read=pool.rows_read,
     )
-    tok = tokenize_set(tokenizer, empty, free.responses, cfg.templates, progress=False)
-    return {PROMPT_FREE: IngestedSet(free, tok, free.subset([]))}

@@ -6,7 +6,6 @@ import logging
 import os
 from collections import Counter
 from dataclasses import dataclass, field
-from typing import Optional
 
 import numpy as np
 
@@ -15,7 +14,7 @@ from delift_ray.config import DeliftConfig
 from delift_ray.prompts import take
 from delift_ray.steps.base import StepStats, id_list
 from delift_ray.steps.ingest import IngestedSet
-from delift_ray.storage import BASELINE, ShardStore
+from delift_ray.storage import ShardStore, baseline_lookup
 
 log = logging.getLogger("delift_ray")
 
@@ -216,9 +215,3 @@ def baseline_block(sets: dict[str, IngestedSet], store: ShardStore, set_name: st
     return BaselineBlock(
         planning.block_key(store.fingerprint, ids, ["-"] * len(ids)), ids, take(sets[set_name].tokens, chunk)
     )
-
-
-def baseline_lookup(store: ShardStore, wanted: Optional[set] = None) -> dict[str, float]:
-    """Sample id -> d(i, no example) of the stored baselines (all, or those ``wanted``)."""
-    t = store.read_all(BASELINE) if wanted is None else store.read_relevant(BASELINE, wanted)
-    return dict(zip(t.column("sample_id").to_pylist(), t.column("distance").to_pylist()))

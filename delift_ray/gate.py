@@ -1,0 +1,134 @@
+r"""The contrastive noise gate: keep a sample only if its own prompt predicts its response
+better than other samples' prompts do, judged against a null built from the same run.
+
+Pure computation (numpy); no Ray, no vLLM.
+
+For pool sample i with response r_i and prompt p_i, let ``d0_i = d(r_i | p_i)`` (its
+baseline distance, mean response NLL) and ``D_ik = d(r_i | p_{pi_k(i)})`` the same
+response after the prompt of another sample, for m fixed derangements pi_1..pi_m. The
+contrastive gain is
+
+    g_i = mean_k D_ik - d0_i.
+
+Format effects cancel: any question makes "a short answer" likely; only the right one
+makes the right answer likely. A response swapped in from another sample is no better
+predicted by its nominal prompt than by a random one, so under that null d0_i is
+exchangeable with the D_ik and g_i is distributed like
+
+    h_ia = mean_{k != a} D_ik - D_ia      (a mismatched prompt playing "own"),
+
+rescaled by sqrt((1 + 1/c) / (1 + 1/(c - 1))) for c available mismatches, which makes
+its variance that of g under exchangeability (equal variances and pairwise covariances).
+Every sample contributes its h_ia to one pooled null. The p-value of g_i is
+``(1 + #{h >= g_i}) / (1 + #h)``, and the gate keeps the samples that Storey's adaptive
+Benjamini-Hochberg procedure rejects at the false-discovery rate ``fdr``: among the kept
+samples, the expected share whose prompt does not predict the response is at most
+``fdr``. No constant in distance units: the threshold comes from the run's own null.
+
+A sample with no usable mismatch (none fitted the context, or its baseline is missing)
+is untested and kept.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+# Storey's lambda: p-values above it estimate the share of null samples.
+STOREY_LAMBDA = 0.5
+
+
+def derangements(sample_ids: list[str], m: int) -> np.ndarray:
+    """(m, n) donors: row k maps pool position i to the position whose prompt it is scored after.
+
+    The samples are ordered by id (a content hash, so the order is random-looking yet
+    independent of input order and seedless); row k maps each sample to the one k places
+    after it in that cycle. Each row is a derangement, and the m donors of a sample are
+    distinct, for n > m.
+    """
+    n = len(sample_ids)
+    if not 0 < m < n:
+        raise ValueError(f"the noise gate needs more pool samples ({n}) than mismatched prompts per sample ({m})")
+    order = np.argsort(np.asarray(sample_ids), kind="stable")
+    donors = np.empty((m, n), dtype=np.int64)
+    for k in range(1, m + 1):
+        donors[k - 1, order] = order[(np.arange(n) + k) % n]
+    return donors
+
+
+@dataclass
+class GateResult:
+    """Per pool sample: the contrastive gain, its p-value and q-value, and whether it is kept."""
+
+    gain: np.ndarray  # g_i; NaN when untested
+    p_value: np.ndarray  # NaN when untested
+    q_value: np.ndarray  # NaN when untested
+    keep: np.ndarray  # bool
+    null_size: int  # mismatched-against-mismatched draws in the null
+    null_share: float  # Storey's estimate of the share of samples the null explains
+
+    @property
+    def untested(self) -> np.ndarray:
+        return np.isnan(self.gain)
+
+
+def null_gains(d_mismatched: np.ndarray) -> np.ndarray:
+    """The pooled null: every sample's h_ia, rescaled to the variance of g (see the module)."""
+    D = np.asarray(d_mismatched, dtype=np.float64)
+    ok = ~np.isnan(D)
+    c = ok.sum(axis=1)
+    rows = c >= 2
+    D, ok, c = D[rows], ok[rows], c[rows]
+    if not D.size:
+        return np.empty(0)
+    total = np.where(ok, D, 0.0).sum(axis=1, keepdims=True)
+    others = (total - np.where(ok, D, 0.0)) / (c[:, None] - 1)
+    scale = np.sqrt((1 + 1 / c) / (1 + 1 / (c - 1)))[:, None]
+    return ((others - D) * scale)[ok]
+
+
+def p_values(gain: np.ndarray, null: np.ndarray) -> np.ndarray:
+    """One-sided empirical p-values, (1 + #{null >= g}) / (1 + #null); NaN for NaN gains."""
+    null = np.sort(null)
+    above = null.size - np.searchsorted(null, gain, side="left")
+    p = (1.0 + above) / (1.0 + null.size)
+    return np.where(np.isnan(gain), np.nan, p)
+
+
+def storey_bh(p: np.ndarray, lam: float = STOREY_LAMBDA) -> tuple[np.ndarray, float]:
+    """Adaptive Benjamini-Hochberg q-values (NaN stays NaN) and the estimated null share pi0."""
+    q = np.full(p.shape, np.nan)
+    tested = np.flatnonzero(~np.isnan(p))
+    n = tested.size
+    if not n:
+        return q, 1.0
+    pt = p[tested]
+    pi0 = float(min(1.0, (np.count_nonzero(pt > lam) + 1) / ((1 - lam) * n)))
+    order = np.argsort(pt, kind="stable")
+    ranked = pt[order] * pi0 * n / np.arange(1, n + 1)
+    ranked = np.minimum.accumulate(ranked[::-1])[::-1]
+    q[tested[order]] = np.minimum(ranked, 1.0)
+    return q, pi0
+
+
+def contrastive_gate(d_own: np.ndarray, d_mismatched: np.ndarray, fdr: float) -> GateResult:
+    """The gate over a pool: ``d_own`` (n,) baselines, ``d_mismatched`` (n, m) with NaN where missing."""
+    if not 0 < fdr < 1:
+        raise ValueError(f"fdr must lie in (0, 1), got {fdr}")
+    d_own = np.asarray(d_own, dtype=np.float64)
+    D = np.asarray(d_mismatched, dtype=np.float64)
+    if D.ndim != 2 or D.shape[0] != d_own.shape[0]:
+        raise ValueError(f"d_mismatched must be (n, m) for n = {d_own.shape[0]}, got {D.shape}")
+    have = (~np.isnan(D)).any(axis=1) & ~np.isnan(d_own)
+    gain = np.full(d_own.shape, np.nan)
+    with np.errstate(invalid="ignore"):
+        gain[have] = np.nanmean(D[have], axis=1) - d_own[have]
+    null = null_gains(D)
+    if not null.size:  # nothing to compare with: every sample is untested and kept
+        nan = np.full(d_own.shape, np.nan)
+        return GateResult(np.full(d_own.shape, np.nan), nan, nan.copy(), np.ones(d_own.shape, bool), 0, 1.0)
+    p = p_values(gain, null)
+    q, pi0 = storey_bh(p)
+    keep = np.isnan(q) | (q <= fdr)
+    return GateResult(gain, p, q, keep, int(null.size), pi0)
