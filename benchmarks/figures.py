@@ -345,6 +345,25 @@ def _hostile_rows(r: dict, doc: dict) -> Cells:
     ]
 
 
+def _noise_gate(r: dict, doc: dict) -> Cells:
+    # benchmarks/noise_gate.py: swapped share of the default subset without and with the gate.
+    cells = []
+    for name, pool in r["pools"].items():
+        if not pool["swapped"]:
+            continue
+        rows = pool["budgets"]
+        tags = sorted({k.split("-")[0] for k in rows})
+        fig = "swapped share, default / with selection.noise_gate: " + ", ".join(
+            f"{_pct(rows[f'{t}-default']['swapped_share'])} / {_pct(rows[f'{t}-gate']['swapped_share'])} at "
+            f"{int(t[1:])}%"
+            for t in tags
+        )
+        g = rows[f"{tags[0]}-gate"]
+        fig += f"; gain AUROC {num(g['gain_auroc'], 3)}; intact samples excluded {_pct(g['intact_excluded_share'])}"
+        cells.append((f"noise gate, {name} pool, {pool['n']} samples, {pool['swapped']} swapped", fig))
+    return cells
+
+
 def _noise_probe(r: dict, doc: dict) -> Cells:
     # benchmarks/noise_probe.py: swapped responses kept by each arm, and detectors of them.
     share = r["swapped_share"]
@@ -454,6 +473,7 @@ ROWS: list[Row] = [
     Row("chaos", "reliability", _chaos),
     Row("hostile_rows", "reliability", _hostile_rows),
     Row("noise_probe", "evaluation", _noise_probe),
+    Row("noise_gate", "evaluation", _noise_gate),
     Row("quality_study", "evaluation", _quality_study),
     # Fallbacks by topic for result files without a spec of their own yet.
     Row("scale*", "scale", lambda r, doc: _fallback(doc)),

@@ -15,7 +15,9 @@ NAME is one of:
 * ``figures:TOPIC``: the rows of one topic page (``scoring``, ``scale``, ``versions``, ...);
 * ``config``: the config reference, from the schema in ``delift_ray/config.py``;
 * ``scale-steps``: the per-step table of the 1M run (``benchmarks/results/scale_1m.json``,
-  rendered by ``benchmarks/scale.py``).
+  rendered by ``benchmarks/scale.py``);
+* ``precision``: bfloat16 against float32 (``benchmarks/precision.py``);
+* ``noise-gate``: the noise gate's swapped shares (``benchmarks/noise_gate.py``).
 """
 
 from __future__ import annotations
@@ -58,6 +60,10 @@ def render_block(name: str, path: Path, results: dict, root: Path = ROOT) -> str
         from benchmarks.precision import markdown
 
         return markdown(results["precision_bf16"]) + "\n"
+    if name == "noise-gate":
+        from benchmarks.noise_gate import markdown
+
+        return markdown(results["noise_gate"]) + "\n"
     raise ValueError(f"{path}: unknown generated block {name!r}")
 
 

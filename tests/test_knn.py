@@ -299,6 +299,21 @@ def test_knn_job_end_to_end_and_resume(ray_cluster, tiny_model_dir, tmp_path):
     assert cut.counts["excluded_low_prompt_gain"] == len(excluded) == 8 and cut.counts["baselines_scored"] == 0
     assert len(cut.selected_ids) == 4 and not excluded & set(cut.selected_ids)
 
+    # selection.noise_gate on the sparse kernel: 4 mismatched baselines per sample, never embedded or paired.
+    gated = run(
+        {
+            **cfg,
+            "out": str(tmp_path / "gate"),
+            "cache": r.out,
+            "selection": {"noise_gate": "contrastive", "gate_fdr": 0.99},
+        },
+        progress=False,
+    )
+    assert (gated.counts["pairs_scored"], gated.counts["baselines_scored"], gated.counts["embedded"]) == (0, 64, 0)
+    gate_status = pq.read_table(tmp_path / "gate" / "samples.parquet").to_pylist()
+    shut = {x["sample_id"] for x in gate_status if x["set"] == "pool" and x["status"] == "excluded_noise_gate"}
+    assert gated.counts["excluded_noise_gate"] == len(shut) and not shut & set(gated.selected_ids)
+
 
 # --------------------------------------------------------------------------- estimate
 
