@@ -161,7 +161,7 @@ def job_prompt_gain(cmd: list[str], out: Path, is_swapped: np.ndarray, ids: list
 
     from delift_ray.evaluate.arms import run_store
     from delift_ray.evaluate.inputs import load_run
-    from delift_ray.steps.ingest import prompt_free_id
+    from delift_ray.gate import prompt_free_id
 
     swapped = {s for s, w in zip(ids, is_swapped) if w}
     res: dict = {"runs": {}}

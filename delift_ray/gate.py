@@ -35,6 +35,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from delift_ray.data import sample_id
+
 # Storey's lambda: p-values above it estimate the share of null samples.
 STOREY_LAMBDA = 0.5
 
@@ -55,6 +57,23 @@ def derangements(sample_ids: list[str], m: int) -> np.ndarray:
     for k in range(1, m + 1):
         donors[k - 1, order] = order[(np.arange(n) + k) % n]
     return donors
+
+
+def prompt_free_id(response: str) -> str:
+    """The sample id of a response after an empty prompt."""
+    return sample_id("", response)
+
+
+def mismatched_pairs(pool_ids: list[str], m: int) -> list[tuple[int, int]]:
+    """(pool position i, donor position) for each of the gate's m mismatched prompts of each sample."""
+    donors = derangements(pool_ids, m)
+    return [(i, int(donors[k, i])) for i in range(len(pool_ids)) for k in range(m)]
+
+
+def mismatched_ids(pool, m: int) -> np.ndarray:
+    """(n, m) sample ids of d(r_i | p_donor): where the gate finds each sample's mismatched baselines."""
+    ids = [sample_id(pool.prompts[d], pool.responses[i]) for i, d in mismatched_pairs(pool.sample_ids, m)]
+    return np.array(ids, dtype=object).reshape(len(pool), m)
 
 
 @dataclass

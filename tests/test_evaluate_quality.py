@@ -178,8 +178,8 @@ def test_evaluate_with_variants_baselines_and_statistics(scored_run, capsys):
 def test_min_prompt_gain_on_a_real_run(scored_run):
     from delift_ray.evaluate.arms import Variant, delift_variant, run_store
     from delift_ray.evaluate.inputs import load_run
+    from delift_ray.gate import prompt_free_id
     from delift_ray.steps.gate import prompt_gains
-    from delift_ray.steps.ingest import prompt_free_id
 
     d, cfg, res = scored_run
     # A threshold below every gain: the prompt-free baselines are scored (12), nothing else, nothing excluded.
@@ -217,8 +217,7 @@ def test_noise_gate_on_a_real_run(scored_run):
 
     from delift_ray.evaluate.arms import Variant, delift_variant, run_store
     from delift_ray.evaluate.inputs import load_run
-    from delift_ray.gate import contrastive_gate
-    from delift_ray.steps.ingest import mismatched_ids
+    from delift_ray.gate import contrastive_gate, mismatched_ids
     from delift_ray.storage import baseline_lookup
 
     d, cfg, res = scored_run

@@ -276,8 +276,8 @@ def test_knn_job_end_to_end_and_resume(ray_cluster, tiny_model_dir, tmp_path):
     assert again.selected_ids == r.selected_ids
 
     # selection.min_prompt_gain on the sparse kernel: prompt-free baselines only, never embedded or paired.
+    from delift_ray.gate import prompt_free_id
     from delift_ray.steps.gate import prompt_gains
-    from delift_ray.steps.ingest import prompt_free_id
     from delift_ray.storage import ShardStore
 
     low = run(

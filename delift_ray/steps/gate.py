@@ -78,8 +78,7 @@ def low_prompt_gain(min_gain: float, gains: np.ndarray) -> np.ndarray:
 
 def gate(selection: SelectionConfig, pool: SampleSet, store: ShardStore) -> tuple[Exclusions, GateStats]:
     """What each selection option excludes from ``pool``, read from ``store``'s baselines."""
-    from delift_ray.gate import contrastive_gate
-    from delift_ray.steps.ingest import mismatched_ids, prompt_free_id
+    from delift_ray.gate import contrastive_gate, mismatched_ids, prompt_free_id
 
     n = len(pool)
     status = np.full(n, OK, dtype=object)

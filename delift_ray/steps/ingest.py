@@ -11,6 +11,7 @@ import numpy as np
 from delift_ray.config import DeliftConfig
 from delift_ray.data import SampleSet, load_samples, sample_id, too_long_rows
 from delift_ray.errors import DeliftError, one_line
+from delift_ray.gate import mismatched_pairs, prompt_free_id
 from delift_ray.prompts import TOO_LONG, TokenizedSet, take, template_head_length, tokenize_set
 from delift_ray.steps.base import StepStats
 
@@ -125,11 +126,6 @@ PROMPT_FREE = "prompt_free"
 MISMATCHED = "mismatched"
 
 
-def prompt_free_id(response: str) -> str:
-    """The sample id of a response after an empty prompt."""
-    return sample_id("", response)
-
-
 def baseline_only_sets(cfg: DeliftConfig, sets: dict[str, IngestedSet], tokenizer) -> dict[str, IngestedSet]:
     """The baseline-only sets the selection options need ({} when both are off)."""
     out = {}
@@ -149,20 +145,6 @@ def prompt_free_set(cfg: DeliftConfig, pool: SampleSet, tokenizer) -> IngestedSe
     free = _copies(PROMPT_FREE, pool, [prompt_free_id(r) for r in pool.responses], empty, list(pool.responses))
     tok = tokenize_set(tokenizer, empty, free.responses, cfg.templates, progress=False)
     return IngestedSet(free, tok, free.subset([]))
-
-
-def mismatched_pairs(pool_ids: list[str], m: int) -> list[tuple[int, int]]:
-    """(pool position i, donor position) for each of the gate's m mismatched prompts of each sample."""
-    from delift_ray.gate import derangements
-
-    donors = derangements(pool_ids, m)
-    return [(i, int(donors[k, i])) for i in range(len(pool_ids)) for k in range(m)]
-
-
-def mismatched_ids(pool: SampleSet, m: int) -> np.ndarray:
-    """(n, m) sample ids of d(r_i | p_donor): where the gate finds each sample's mismatched baselines."""
-    ids = [sample_id(pool.prompts[d], pool.responses[i]) for i, d in mismatched_pairs(pool.sample_ids, m)]
-    return np.array(ids, dtype=object).reshape(len(pool), m)
 
 
 def mismatched_set(cfg: DeliftConfig, pool: SampleSet, tokenizer) -> IngestedSet:
