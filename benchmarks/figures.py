@@ -345,6 +345,20 @@ def _hostile_rows(r: dict, doc: dict) -> Cells:
     ]
 
 
+def _knn_default(r: dict, doc: dict) -> Cells:
+    # benchmarks/knn_default.py: knn's subsets against dense, on the dense drop-minmax kernel.
+    cells = []
+    for name, rows in r["pools"].items():
+        tags = sorted({k.split("-")[0] for k in rows})
+        fig = "FL knn k 32 / FL dense (random subsets): " + ", ".join(
+            f"{rows[f'{t}-knn32']['fl_ratio_on_dense_kernel']:.3f} ({rows[f'{t}-random']['fl_ratio_on_dense_kernel']:.3f})"
+            f" at {int(t[1:])}%"
+            for t in tags
+        )
+        cells.append((f"knn under {r['kernel']}, study's {name} pool, k 32 + r {r['random']}", fig))
+    return cells
+
+
 def _noise_gate(r: dict, doc: dict) -> Cells:
     # benchmarks/noise_gate.py: swapped share of the default subset without and with the gate.
     cells = []
@@ -468,6 +482,7 @@ ROWS: list[Row] = [
     Row("pruning_synthetic", "scale", _pruning_synthetic),
     Row("pruning_real", "scale", _pruning_real),
     Row("knn_job", "scale", _knn_job),
+    Row("knn_default", "scale", _knn_default),
     Row("scale_1m", "scale", _scale_1m),
     Row("reselect_versions", "versions", _reselect),
     Row("chaos", "reliability", _chaos),

@@ -281,7 +281,7 @@ def _continual(
     present = set(new.sample_ids)
     kept = [s for s in prev.selected if s in present]
     pos = {s: k for k, s in enumerate(new.sample_ids)}
-    picks, gains, counts, note = [], [], RunCounts(), None
+    picks, gains, counts, note, status = [], [], RunCounts(), None, {}
     if len(diff.added) < 2:
         note = f"{len(diff.added)} added sample(s): nothing to choose between, the previous selection carries over"
     else:
@@ -310,11 +310,17 @@ def _continual(
         )
         result = run(validate_config(tree), progress=progress, overwrite=True)
         picks, gains, counts = result.selected_ids, result.gains, result.counts
+        inner = read_run(f"{sub}/run", what="the continual run").samples
+        status = {
+            sid: st
+            for sid, st, name in zip(*(inner.column(c).to_pylist() for c in ("sample_id", "status", "set")))
+            if name == "pool" and st != "ok"
+        }
     selected = kept + picks
     counts = dataclasses.replace(counts, samples=len(new), selected=len(selected))
     meta = {"config": cfg.model_dump(mode="json"), "cache": cfg.cache, "counts": counts.as_dict()}
     files = {
-        SAMPLES: parquet_bytes(version_samples(new)),
+        SAMPLES: parquet_bytes(version_samples(new, status)),
         SELECTION: parquet_bytes(
             selection_table(
                 selected, [np.nan] * len(kept) + list(gains), ["kept"] * len(kept) + ["picked"] * len(picks)
@@ -336,9 +342,13 @@ def _write_jsonl(folder: str, name: str, prompts: Sequence[str], responses: Sequ
     return f"{folder}/{name}"
 
 
-def version_samples(new) -> pa.Table:
-    """samples.parquet of a whole version (continual mode tokenises only the added part: token counts are -1)."""
+def version_samples(new, status: Optional[dict[str, str]] = None) -> pa.Table:
+    """samples.parquet of a whole version (continual mode tokenises only the added part: token counts are -1).
+
+    ``status``: sample id -> the status the FLCG run gave an added sample (why its gate excluded it).
+    """
     n = len(new)
+    status = status or {}
     return pa.table(
         {
             "sample_id": new.sample_ids,
@@ -349,6 +359,6 @@ def version_samples(new) -> pa.Table:
             "prompt_tokens": [-1] * n,
             "response_tokens": [-1] * n,
             "copies": new.copies,
-            "status": ["ok"] * n,
+            "status": [status.get(sid, "ok") for sid in new.sample_ids],
         }
     )

@@ -17,7 +17,8 @@ NAME is one of:
 * ``scale-steps``: the per-step table of the 1M run (``benchmarks/results/scale_1m.json``,
   rendered by ``benchmarks/scale.py``);
 * ``precision``: bfloat16 against float32 (``benchmarks/precision.py``);
-* ``noise-gate``: the noise gate's swapped shares (``benchmarks/noise_gate.py``).
+* ``noise-gate``: the noise gate's swapped shares (``benchmarks/noise_gate.py``);
+* ``knn-default``: knn against dense under the default kernel (``benchmarks/knn_default.py``).
 """
 
 from __future__ import annotations
@@ -60,6 +61,10 @@ def render_block(name: str, path: Path, results: dict, root: Path = ROOT) -> str
         from benchmarks.precision import markdown
 
         return markdown(results["precision_bf16"]) + "\n"
+    if name == "knn-default":
+        from benchmarks.knn_default import markdown
+
+        return markdown(results["knn_default"]) + "\n"
     if name == "noise-gate":
         from benchmarks.noise_gate import markdown
 
