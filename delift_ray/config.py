@@ -217,6 +217,14 @@ class SelectionConfig(_Section):
     eta: float = Field(1.0, ge=0, description="FLMI magnificationEta (task stage).")
     nu: float = Field(1.0, ge=0, description="FLCG privacyHardness (continual stage).")
     stop_if_zero_gain: bool = Field(False, description="Stop early when the best gain is zero (the paper does not).")
+    curve_horizon: float = Field(
+        2.0,
+        ge=1,
+        le=10,
+        description="The greedy goes on past the budget to this multiple of it (at most the pool), for the gain "
+        "curve of `delift-ray report`: where picks stop adding. Those picks are never in the subset; they cost "
+        "select time only. 1: stop at the budget.",
+    )
     min_prompt_gain: Optional[float] = Field(
         None,
         description="Pool samples whose response is barely more predictable after their own prompt than after an "

@@ -45,8 +45,20 @@ def connect(cfg: RayConfig) -> bool:
     """
     import ray
 
+    from delift_ray import terminal
+
     if ray.is_initialized():
         return False
+    terminal.quiet_library_loggers()  # Ray's notices at start (token auth) go to the log file
+    try:
+        return _init(cfg)
+    finally:
+        terminal.route_worker_output()
+
+
+def _init(cfg: RayConfig) -> bool:
+    import ray
+
     kwargs: dict[str, Any] = dict(logging_level=logging.WARNING, log_to_driver=True)
     address = cluster_address(cfg)
     if address:

@@ -1,6 +1,6 @@
 """The job: a DELIFT selection from corpus to subset, as named steps run top to bottom.
 
-    ingest -> embed (knn) -> plan -> score -> assemble -> select -> write
+    ingest -> embed (knn) -> plan -> score -> assemble -> gate -> select -> profile -> write
 
 :func:`run` is a thin executor: each step is a function of :mod:`delift_ray.steps` that
 returns its result and typed stats; :class:`~delift_ray.steps.base.StepLog` logs one line
@@ -24,6 +24,8 @@ from delift_ray.estimate import DryRunReport, dry_run_report
 from delift_ray.lock import RunLock
 from delift_ray.planning import Plan
 from delift_ray.rundir import (
+    CURVE,
+    MAP,
     RUN_JSON,
     SAMPLES,
     SELECTION,
@@ -42,6 +44,7 @@ from delift_ray.steps.base import StepLog
 from delift_ray.steps.gate import gate
 from delift_ray.steps.ingest import baseline_only_sets, ingest, load_tokenizer, stage_sources
 from delift_ray.steps.plan import open_store, sample_ids
+from delift_ray.steps.profile import profile
 from delift_ray.steps.score import score
 from delift_ray.steps.select import select
 from delift_ray.steps.strategy import kernel_strategy
@@ -139,7 +142,7 @@ def _execute(
     digest = inputs_digest(settings, store.fingerprint, sample_ids(sets))
     out.check_reusable(digest, overwrite, settings)  # before any work, let alone any write
 
-    candidates = kernel.candidates(steps, cfg, sets, progress)
+    candidates, vectors = kernel.candidates(steps, cfg, sets, progress)
     # Baseline-only sets (the gate's) are planned and scored, never paired or embedded.
     scored = {**sets, **baseline_only_sets(cfg, sets, tokenizer)}
     plan = steps.run("plan", kernel.plan, cfg, scored, store, candidates)
@@ -147,6 +150,8 @@ def _execute(
     kernels = steps.run("assemble", kernel.assemble, cfg, sets, store, candidates, progress=progress)
     excluded = steps.run("gate", gate, cfg.selection, sets["pool"].samples, store)
     selection = steps.run("select", select, cfg, kernels, budget, excluded.mask, excluded.noise_gate, progress=progress)
+    pool_vectors = vectors["pool"] if vectors else None
+    shown = steps.run("profile", profile, cfg, sets, store, kernels, selection, excluded.mask, candidates, pool_vectors)
 
     pool = sets["pool"].samples
     selected = [pool.sample_ids[i] for i in selection.indices]
@@ -176,6 +181,8 @@ def _execute(
         SAMPLES: parquet_bytes(samples_table(sets, excluded)),
         SELECTION: parquet_bytes(selection_table(selected, selection.gains)),
         SUBSET: subset_bytes([pool.originals[i] for i in selection.indices]),
+        MAP: parquet_bytes(shown.map),
+        CURVE: parquet_bytes(shown.curve),
         RUN_JSON: json_bytes(meta),
     }
     if finalize is not None:
@@ -200,7 +207,7 @@ def _dry_run(cfg: DeliftConfig, out: RunDir, progress: bool, tokens_per_s: Optio
     sets = steps.run("ingest", ingest, cfg, tokenizer, progress=progress)
     stages.budget_count(cfg.budget, len(sets["pool"].samples))
     store = open_store(cfg)
-    candidates = kernel.candidates(steps, cfg, sets, progress)
+    candidates, _ = kernel.candidates(steps, cfg, sets, progress)
     scored = {**sets, **baseline_only_sets(cfg, sets, tokenizer)}
     plan = steps.run("plan", kernel.plan, cfg, scored, store, candidates)
     report = steps.run("estimate", dry_run_report, cfg, scored, plan, tokens_per_s)

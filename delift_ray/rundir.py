@@ -1,6 +1,6 @@
 """The run directory: the formats of a finished run, the one way to write them, the one way to read them.
 
-A finished run under ``out`` (a local path or a URI) is four files::
+A finished run under ``out`` (a local path or a URI) is six files::
 
     run.json            config, versions, model, counts, steps, timings, the inputs digest and a
                         manifest (size and blake2b of every other file of the run)
@@ -8,6 +8,10 @@ A finished run under ``out`` (a local path or a URI) is four files::
                         copies, status (ok or the reason it was skipped)
     selection.parquet   sample_id, rank, gain (reselect adds origin)
     subset.jsonl        the selected rows exactly as read, in rank order
+    map.parquet         sample_id, x, y, rank: a 2-D map of a stated sample of the pool
+                        (every selected sample included), for the report
+    curve.parquet       rank, sample_id, gain, in_subset, covers: every pick the greedy made,
+                        the budget's and those after it (selection.curve_horizon)
 
 plus the files a caller adds to the same commit (``selection_diff.*`` of a reselect).
 
@@ -52,7 +56,9 @@ RUN_JSON = "run.json"
 SAMPLES = "samples.parquet"
 SELECTION = "selection.parquet"
 SUBSET = "subset.jsonl"
-RUN_FILES = (SAMPLES, SELECTION, SUBSET, RUN_JSON)
+MAP = "map.parquet"
+CURVE = "curve.parquet"
+RUN_FILES = (SAMPLES, SELECTION, SUBSET, MAP, CURVE, RUN_JSON)
 
 TXN_PREFIX = ".txn-"
 COMMIT_MARKER = "COMMIT"
@@ -73,6 +79,7 @@ OPERATIONAL_KEYS = (
     "engine.kv_cache_space_gib",
     "engine.logprob_path",
     "kernel.embedding_batch_size",
+    "selection.curve_horizon",
 )
 
 
@@ -519,3 +526,22 @@ def read_run(uri: str, *, what: str = "run") -> FinishedRun:
                 "there, or was interrupted mid-commit); wait for it or run it again"
             )
     return FinishedRun(uri, meta, samples, selection.column("sample_id").to_pylist(), selection)
+
+
+def read_run_table(run: FinishedRun, name: str) -> Optional[pa.Table]:
+    """A Parquet file of a finished run (``map.parquet``, ``curve.parquet``,
+    ``selection_diff.parquet``), checked against its manifest; None when the run has none
+    (an older run, or a run of another kind)."""
+    want = (run.meta.get("files") or {}).get(name)
+    if want is None:
+        return None
+    try:
+        data = read_file(run.uri, name)
+    except OSError:
+        raise DeliftError(f"run {run.uri}: {name} is listed in run.json but missing") from None
+    if want.get("blake2b") != digest(data):
+        raise DeliftError(f"run {run.uri}: {name} does not belong to its run.json (a commit is in progress there)")
+    try:
+        return pq.read_table(pa.BufferReader(data))
+    except pa.ArrowException as exc:
+        raise DeliftError(f"run {run.uri}: unreadable {name} ({exc.__class__.__name__})") from None

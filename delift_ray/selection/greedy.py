@@ -190,7 +190,8 @@ def _with_progress(progress: bool, budget: int, counters: np.ndarray, slot: int,
         worker.start()
         while worker.is_alive():
             worker.join(0.25)
-            bar.update(int(counters[slot]) - bar.n)
+            if int(counters[slot]) > bar.n:  # no redraw while nothing moved (the first call compiles)
+                bar.update(int(counters[slot]) - bar.n)
         bar.update(int(counters[slot]) - bar.n)
     if "error" in done:
         raise done["error"]

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Optional
 
 import numpy as np
@@ -18,10 +18,14 @@ log = logging.getLogger("delift_ray")
 
 @dataclass
 class Selection:
-    """Pool positions in pick order and the marginal gain of each pick."""
+    """Pool positions in pick order and the marginal gain of each pick; ``next_indices``
+    and ``next_gains``: the picks the greedy makes after the budget (the report's gain
+    curve, ``selection.curve_horizon``), never part of the subset."""
 
     indices: np.ndarray
     gains: np.ndarray
+    next_indices: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=np.int64))
+    next_gains: np.ndarray = field(default_factory=lambda: np.zeros(0))
 
 
 @dataclass
@@ -31,11 +35,14 @@ class SelectStats(StepStats):
     selected: int = 0
     total_gain: float = 0.0
     excluded: Optional[int] = None  # pool samples the gate left out of the picks (None: no gate option on)
+    curve_picks: int = 0  # picks made in all, the budget's and those after it (selection.curve_horizon)
 
     def summary(self) -> str:
         left_out = f"; {self.excluded} excluded by the gate" if self.excluded is not None else ""
+        after = f"; gain curve continued to {self.curve_picks} picks" if self.curve_picks > self.selected else ""
         return (
-            f"{self.selected} of budget {self.budget} picked ({self.stage}), total gain {self.total_gain:.4g}{left_out}"
+            f"{self.selected} of budget {self.budget} picked ({self.stage}), total gain {self.total_gain:.4g}"
+            f"{left_out}{after}"
         )
 
 
@@ -66,9 +73,25 @@ def select(
                 kept,
             )
             picks = kept
-    indices, gains = stages.select(cfg.stage, kernels, picks, cfg, progress, excluded=excluded)
-    gains = np.asarray(gains, dtype=np.float64)
+    n = kernels["K"].shape[0]
+    pickable = n - 1 if excluded is None else min(n - 1, int((~excluded).sum()))
+    horizon = curve_horizon(picks, cfg.selection.curve_horizon, pickable)
+    # The greedy's picks do not depend on its budget, so the subset is the first ``picks``.
+    indices, gains = stages.select(cfg.stage, kernels, horizon, cfg, progress, excluded=excluded)
+    indices, gains = np.asarray(indices, dtype=np.int64), np.asarray(gains, dtype=np.float64)
+    chosen = min(picks, indices.size)
     stats = SelectStats(
-        cfg.stage, budget, len(indices), float(gains.sum()), None if excluded is None else int(excluded.sum())
+        cfg.stage,
+        budget,
+        chosen,
+        float(gains[:chosen].sum()),
+        None if excluded is None else int(excluded.sum()),
+        int(indices.size),
     )
-    return Selection(np.asarray(indices, dtype=np.int64), gains), stats
+    return Selection(indices[:chosen], gains[:chosen], indices[chosen:], gains[chosen:]), stats
+
+
+def curve_horizon(picks: int, factor: float, pickable: int) -> int:
+    """Picks to make for the gain curve: ``factor`` times the budget's, within what may be
+    picked (never fewer than the budget's own picks, which the greedy checks)."""
+    return max(picks, min(int(np.ceil(picks * factor)), pickable))

@@ -26,12 +26,13 @@ class KernelStrategy:
 
     def candidates(
         self, steps: StepLog, cfg: DeliftConfig, sets: dict, progress: bool
-    ) -> Optional[dict[str, np.ndarray]]:
-        """knn: the embed and neighbours steps; dense: every pair is a candidate (None)."""
+    ) -> tuple[Optional[dict[str, np.ndarray]], Optional[dict[str, np.ndarray]]]:
+        """(candidates, vectors). knn: the embed and neighbours steps; dense: every pair is a
+        candidate and nothing is embedded (None, None)."""
         if not self.needs_candidates:
-            return None
+            return None, None
         vectors = steps.run("embed", embed.embed, cfg, sets, progress)
-        return steps.run("neighbours", embed.neighbours, cfg, vectors, progress=progress)
+        return steps.run("neighbours", embed.neighbours, cfg, vectors, progress=progress), vectors
 
 
 DENSE = KernelStrategy("dense", False, plan.plan_dense, assemble.assemble_dense)
