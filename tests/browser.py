@@ -131,3 +131,13 @@ class Chromium:
                 except subprocess.TimeoutExpired:
                     os.killpg(self.proc.pid, signal.SIGKILL)
                     self.proc.wait()
+
+
+def report_sections(run_uri: str) -> list[str]:
+    """The section ids of the report of ``run_uri``, rendered by the report's own functions."""
+    import re
+
+    from delift_ray.report.data import load
+    from delift_ray.report.page import render
+
+    return re.findall(r"<section id='([\w-]+)'", render(load(run_uri)))

@@ -298,6 +298,17 @@ def test_knn_job_end_to_end_and_resume(ray_cluster, tiny_model_dir, tmp_path):
     )
     assert cut.counts["excluded_low_prompt_gain"] == len(excluded) == 8 and cut.counts["baselines_scored"] == 0
     assert len(cut.selected_ids) == 4 and not excluded & set(cut.selected_ids)
+    # The report of a knn run: the map from the embedder's vectors, where each best helper came
+    # from, and the gate's exclusions.
+    from browser import report_sections
+
+    from delift_ray.report.data import load
+
+    assert report_sections(cut.out) == ["summary", "curve", "utilities", "map", "selected", "left-out"]
+    shown = load(cut.out)
+    assert shown.profile["map_source"] == "embeddings" and shown.map.num_rows == 16
+    assert sum(shown.profile["best_helper"].values()) == 16
+    assert shown.excluded_total == 8 and {e["sample_id"] for e in shown.excluded} == excluded
 
     # selection.noise_gate on the sparse kernel: 4 mismatched baselines per sample, never embedded or paired.
     gated = run(

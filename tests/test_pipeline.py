@@ -235,11 +235,26 @@ def test_task_stage(ray_cluster, tiny_model_dir, datasets_dir, tmp_path):
     # K: 10 x 10 pool pairs; Q: 2 targets helped by 10 pool examples.
     assert r.counts["pairs_total"] == 100 + 20 and r.counts["pairs_scored"] == 120
     assert len(r.selected_ids) == 3
+    check_report(r)
+
+
+def check_report(r):
+    """The report of a finished run: every section, the picks in order, each with what it covers."""
+    from browser import report_sections
+
+    from delift_ray.report.data import load
+
+    assert report_sections(r.out) == ["summary", "curve", "utilities", "map", "selected", "left-out"]
+    shown = load(r.out)
+    assert [p["sample_id"] for p in shown.picks] == r.selected_ids
+    assert shown.curve.budget == 3 and shown.curve.gains.size == 6  # curve_horizon 2
+    assert all(p["covers"] for p in shown.picks[:1]) and shown.map.num_rows == 10
 
 
 def test_continual_stage(ray_cluster, tiny_model_dir, datasets_dir, tmp_path):
     r = job(tiny_model_dir, tmp_path / "cont", datasets_dir, stage="continual", existing=datasets_dir["existing"])
     assert r.counts["pairs_total"] == 100 + 30 and len(r.selected_ids) == 3
+    check_report(r)
 
 
 def test_cli_select_reuses_every_shard(instruction_run, tiny_model_dir, datasets_dir):

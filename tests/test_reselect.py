@@ -17,11 +17,13 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
+from browser import report_sections
 
 from delift_ray.config import validate_config
 from delift_ray.errors import DeliftError
 from delift_ray.job import run
 from delift_ray.lock import LOCK_NAME
+from delift_ray.report.data import load
 from delift_ray.reselect import continual_budget, diff_ids, reselect, selection_diff
 from delift_ray.steps.plan import fingerprint
 from delift_ray.storage import BASELINE, UTILITY, ShardStore, model_identity
@@ -30,6 +32,9 @@ ENGINE = {"dtype": "float32", "max_model_len": 256, "block_size": 32, "kv_cache_
 
 
 # --------------------------------------------------------------------------- pure parts
+
+
+REPORT_SECTIONS = ["summary", "curve", "utilities", "map", "selected", "left-out"]
 
 
 def test_diff_ids_by_hash():
@@ -265,6 +270,10 @@ def test_ten_percent_more_scores_only_new_pairs_and_matches_scratch(v1_run, tiny
     sd = json.load(open(d / "re-v2" / "selection_diff.json"))
     assert set(sd["entered"] + sd["kept"]) == set(r.selected_ids)
     assert set(sd["kept"] + sd["left"]) == set(v1_run["result"].selected_ids)
+    # The report of a reselect shows what changed against the previous version.
+    assert report_sections(str(d / "re-v2")) == [*REPORT_SECTIONS, "changes"]
+    shown = load(str(d / "re-v2"))
+    assert shown.diff["counts"] == r.changes and set(shown.diff["first"]["entered"]) == set(sd["entered"])
 
 
 @pytest.mark.engine
@@ -317,6 +326,10 @@ def test_continual_picks_from_added_conditioned_on_previous(v1_run, condition_on
     assert sel["origin"] == ["kept"] * 6 + ["picked"] * 2
     # The result chains: a later reselect diffs against this whole version.
     assert pq.read_table(out / "samples.parquet").num_rows == 26
+    # Its report: the changes, and the FLCG run over the added samples has a report of its own.
+    assert report_sections(str(out)) == [*REPORT_SECTIONS, "changes"]
+    assert report_sections(str(out / "continual" / "run")) == REPORT_SECTIONS
+    assert load(str(out)).curve.gains.size == 8  # kept picks (no gain) and the 2 new ones
 
 
 @pytest.mark.engine

@@ -12,6 +12,7 @@ import glob
 import json
 import logging
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -322,7 +323,7 @@ def test_resume_on_s3_after_the_driver_is_killed(cluster, env_endpoint, tiny_mod
     assert r.selected_ids == full.selected_ids
 
 
-def test_reselect_against_an_s3_cache(cluster, env_endpoint, data, full):
+def test_reselect_against_an_s3_cache(cluster, env_endpoint, data, full, tmp_path):
     """A version without one sample: everything comes from the s3:// cache, no engine starts
     (the watcher below scores new pairs into that cache)."""
     from delift_ray.reselect import reselect
@@ -333,6 +334,19 @@ def test_reselect_against_an_s3_cache(cluster, env_endpoint, data, full):
     assert meta["cache"] == f"s3://{BUCKET}/runs/full"
     assert r.diff.counts() == {"added": 0, "removed": 1, "unchanged": N - 1}
     assert len(r.selected_ids) == r.counts["selected"] and not set(r.selected_ids) & set(r.diff.removed)
+    # The report reads the run from the S3 server (the CLI, as a user runs it).
+    page = tmp_path / "fewer.html"
+    p = subprocess.run(
+        [sys.executable, "-m", "delift_ray.cli", "report", f"s3://{BUCKET}/runs/fewer", "--out", str(page)],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert p.returncode == 0, p.stderr
+    html = page.read_text()
+    sections = re.findall(r"<section id='([\w-]+)'", html)
+    assert sections == ["summary", "curve", "utilities", "map", "selected", "left-out", "changes"]
+    assert f"s3://{BUCKET}/runs/fewer" in html and "removed 1" in html
 
 
 def test_watch_over_an_s3_location(cluster, env_endpoint, tiny_model_dir, data, full, tmp_path):

@@ -95,7 +95,8 @@ def load(uri: str) -> ReportData:
         shown = curve_t.slice(0, min(TABLE_ROWS, curve.budget))
         covers = shown.column("covers").to_pylist()
     else:  # a run made before the profile step: the subset's own gains only
-        curve = Curve(sel.column("gain").to_numpy(), sel.num_rows, len(ids))
+        # (a continual reselect's kept picks carry no gain: NaN, drawn as 0)
+        curve = Curve(np.nan_to_num(sel.column("gain").to_numpy(zero_copy_only=False)), sel.num_rows, len(ids))
         shown, covers = sel.slice(0, TABLE_ROWS), [None] * min(TABLE_ROWS, sel.num_rows)
     picks = []
     for r, (sid, gain, cov) in enumerate(
