@@ -41,6 +41,7 @@ class Chromium:
                 "--headless",
                 "--no-sandbox",
                 "--disable-gpu",
+                "--enable-unsafe-swiftshader",  # software WebGL for the large maps (a page we wrote)
                 "--no-first-run",
                 "--remote-debugging-port=0",
                 f"--user-data-dir={self.profile}",

@@ -160,7 +160,7 @@ def _summary(data: ReportData) -> str:
         ]
         for s in meta.get("steps") or []
     ]
-    total = (meta.get("timings") or {}).get("total_s")
+    total = (meta.get("timings") or {}).get("total_s") or sum(s.get("seconds", 0) for s in meta.get("steps") or [])
     return _section(
         "summary",
         "Summary",

@@ -70,7 +70,7 @@ def profile(
     K = kernels["K"]
     n = len(ids)
     rng_seed = cfg.seed
-    helped = np.sort(np.random.default_rng(rng_seed).choice(n, size=min(n, HELPED_SAMPLE), replace=False))
+    helped = helped_sample(n, rng_seed)
     stats = ProfileStats(helped_sampled=int(helped.size), pool=n)
     _utility_histograms(stats, store, [ids[i] for i in helped], ids)
     stats.kernel = pf.histogram(_kernel_values(K, helped, excluded))
@@ -111,6 +111,12 @@ def profile(
     )
     stats.curve_picks = int(picks.size)
     return Profile(map_table, curve), stats
+
+
+def helped_sample(n: int, seed: int) -> np.ndarray:
+    """Sorted pool positions whose stored utilities make the distributions (all of them up to
+    HELPED_SAMPLE)."""
+    return np.sort(np.random.default_rng(seed).choice(n, size=min(n, HELPED_SAMPLE), replace=False))
 
 
 def _utility_histograms(stats: ProfileStats, store: ShardStore, helped: list[str], pool: list[str]) -> None:
