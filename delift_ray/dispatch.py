@@ -22,6 +22,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any, Callable, Optional, Sequence
 
+from delift_ray import metrics
 from delift_ray.config import DeliftConfig, RayConfig
 from delift_ray.errors import DeliftError, EngineStartError, ScoringError, StorageError, engine_start_message, one_line
 from delift_ray.scoring.engine import cpu_engine_env
@@ -575,6 +576,7 @@ def dispatch(
                 report.redone += getattr(block, "size", 1)
                 if pool.retire_lost(actor, node):
                     report.node_losses += 1
+                    metrics.node_lost(method)
                     log.warning(
                         "node %s was lost with a scorer; its blocks go to the %d scorer(s) left", node, len(pool.actors)
                     )
@@ -593,6 +595,7 @@ def dispatch(
             new = pool.handle_death(actor)  # None: an earlier failure already replaced it
             if new is not None:
                 report.actor_deaths += 1
+                metrics.actor_died(method)
                 load[id(new)] = 0
         except Exception as exc:  # an error raised inside the block's task
             error = task_error_text(exc)
@@ -602,12 +605,14 @@ def dispatch(
                 load[id(new)] = 0
         else:
             report.done.append(block)
+            metrics.block_done(method, getattr(block, "size", 1))
             on_done(block, result)
             continue
         n = attempts[id(block)] = attempts.get(id(block), 0) + 1
         if n <= max_retries:
             report.retries += 1
             report.redone += getattr(block, "size", 1)
+            metrics.block_retried(method)
             log.warning("block %s failed (%s); retry %d of %d", describe(block), error, n, max_retries)
             queue.push(block)
         elif skip_failed:

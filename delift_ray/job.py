@@ -17,7 +17,7 @@ import os
 from dataclasses import dataclass, field
 from typing import Callable, Optional
 
-from delift_ray import stages
+from delift_ray import metrics, stages
 from delift_ray.config import DeliftConfig, load_config, validate_config
 from delift_ray.errors import DeliftError
 from delift_ray.estimate import DryRunReport, dry_run_report
@@ -132,6 +132,7 @@ def _execute(
     cfg: DeliftConfig, out: RunDir, progress: bool, overwrite: bool, finalize: Optional[Finalize]
 ) -> RunResult:
     out.recover()  # a commit interrupted after its commit point is finished first
+    metrics.set_run(cfg.out)
     steps = StepLog()
     kernel = kernel_strategy(cfg)
     tokenizer = load_tokenizer(cfg)

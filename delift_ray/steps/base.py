@@ -9,6 +9,8 @@ import time
 from dataclasses import dataclass
 from typing import Any, Callable, TypeVar
 
+from delift_ray import metrics
+
 log = logging.getLogger("delift_ray")
 
 T = TypeVar("T")
@@ -71,7 +73,11 @@ class StepLog:
     def run(self, name: str, fn: Callable[..., Any], *args, **kwargs) -> Any:
         reset_peak_rss()
         start = time.perf_counter()
-        out = fn(*args, **kwargs)
+        metrics.step(name, True)
+        try:
+            out = fn(*args, **kwargs)
+        finally:
+            metrics.step(name, False)
         seconds = round(time.perf_counter() - start, 3)
         result, stats = (
             out if isinstance(out, tuple) and len(out) == 2 and isinstance(out[1], StepStats) else (out, out)
