@@ -359,6 +359,19 @@ def _knn_default(r: dict, doc: dict) -> Cells:
     return cells
 
 
+def _report_1m(r: dict, doc: dict) -> Cells:
+    # benchmarks/report_1m.py: the report of a synthetic 1M-sample knn run.
+    return [
+        (
+            f"`delift-ray report` of a synthetic {num(r['n'])}-sample knn run, k {r['k']} + r {r['random']}, "
+            f"{num(r['picks'])} picks",
+            f"{secs(r['report_s'])}, peak RSS {num(r['report_peak_rss_gib'], 2)} GiB, page {num(r['page_mib'], 1)} MiB, "
+            f"{num(r['map_points'])} map points; the job's select with the gain curve to {num(r['curve_picks'])} picks "
+            f"{secs(r['select_s'])}, profile {secs(r['profile_s'])}",
+        )
+    ]
+
+
 def _noise_gate(r: dict, doc: dict) -> Cells:
     # benchmarks/noise_gate.py: swapped share of the default subset without and with the gate.
     cells = []
@@ -484,6 +497,7 @@ ROWS: list[Row] = [
     Row("knn_job", "scale", _knn_job),
     Row("knn_default", "scale", _knn_default),
     Row("scale_1m", "scale", _scale_1m),
+    Row("report_1m", "scale", _report_1m),
     Row("reselect_versions", "versions", _reselect),
     Row("chaos", "reliability", _chaos),
     Row("hostile_rows", "reliability", _hostile_rows),

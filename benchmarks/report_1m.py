@@ -136,6 +136,7 @@ def build_run(out: str, n: int, k: int = 32, r: int = 4, budget: float = 0.3, se
     }
     RunDir(out).commit(files)
     t.update({f"{s['name']}_s": s["seconds"] for s in steps.as_list()})
+    t.update(picks=int(chosen.size), curve_picks=int(shown.curve.num_rows), map_points=int(shown.map.num_rows))
     return t
 
 
@@ -147,7 +148,28 @@ def render(run: str, page: str) -> dict:
     )
     if p.returncode:
         raise RuntimeError(p.stderr)
-    return {"report_s": round(time.perf_counter() - start, 1), "page_mib": round(os.path.getsize(page) / 2**20, 1)}
+    import resource
+
+    return {
+        "report_s": round(time.perf_counter() - start, 1),
+        "report_peak_rss_gib": round(resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 2**20, 2),
+        "page_mib": round(os.path.getsize(page) / 2**20, 1),
+    }
+
+
+def markdown(doc: dict) -> str:
+    """The generated block of docs/report.md."""
+    r, m = doc["results"], doc["machine"]
+    return (
+        f"Measured {doc['date'][:10]} on {m.get('cpu')} ({m.get('cpus')} cores, "
+        f"{', '.join(m.get('cpu_flags') or []) or 'no listed CPU flags'}, load {m.get('load_avg_1m')}), "
+        f"`{doc['command']}`:\n\n"
+        "| N | kernel | picks (curve) | select | profile | `delift-ray report` | report peak RSS | page | map points |\n"
+        "|---|---|---|---|---|---|---|---|---|\n"
+        f"| {r['n']:,} | knn k {r['k']} + r {r['random']} (synthetic) | {r['picks']:,} ({r['curve_picks']:,}) | "
+        f"{r['select_s']:.1f} s | {r['profile_s']:.1f} s | {r['report_s']:.1f} s | {r['report_peak_rss_gib']:.2f} GiB | "
+        f"{r['page_mib']:.1f} MiB | {r['map_points']:,} |"
+    )
 
 
 def main() -> None:

@@ -18,7 +18,8 @@ NAME is one of:
   rendered by ``benchmarks/scale.py``);
 * ``precision``: bfloat16 against float32 (``benchmarks/precision.py``);
 * ``noise-gate``: the noise gate's swapped shares (``benchmarks/noise_gate.py``);
-* ``knn-default``: knn against dense under the default kernel (``benchmarks/knn_default.py``).
+* ``knn-default``: knn against dense under the default kernel (``benchmarks/knn_default.py``);
+* ``report-1m``: the report of a synthetic 1M-sample run (``benchmarks/report_1m.py``).
 """
 
 from __future__ import annotations
@@ -65,6 +66,10 @@ def render_block(name: str, path: Path, results: dict, root: Path = ROOT) -> str
         from benchmarks.knn_default import markdown
 
         return markdown(results["knn_default"]) + "\n"
+    if name == "report-1m":
+        from benchmarks.report_1m import markdown
+
+        return markdown(results["report_1m"]) + "\n"
     if name == "noise-gate":
         from benchmarks.noise_gate import markdown
 

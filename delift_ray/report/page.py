@@ -199,7 +199,7 @@ def _curve(data: ReportData) -> str:
     fig.add_vline(x=c.budget / max(c.pool, 1) * 100, line_dash="dash", annotation_text=f"budget ({c.budget:,})")
     fig.update_xaxes(title_text="picks (% of the pool)")
     fig.update_yaxes(title_text="marginal gain", secondary_y=False)
-    fig.update_yaxes(title_text="objective, % of the last pick's", secondary_y=True)
+    fig.update_yaxes(title_text="objective, % of the last pick's", range=[0, 102], secondary_y=True)
     flat, after = c.flat_from(), c.after_budget_share()
     words = []
     if c.gains.size > c.budget:
