@@ -13,12 +13,15 @@ prefix and a ``run`` tag (the out dir):
 
 from __future__ import annotations
 
+import logging
 import sys
 import threading
 from typing import Optional
 
+log = logging.getLogger(__name__)
 _lock = threading.Lock()
 _metrics: Optional[dict] = None
+_session: Optional[str] = None  # the Ray node the metric objects were made on
 _run = ""
 _current: Optional[str] = None
 
@@ -30,13 +33,15 @@ def set_run(out: str) -> None:
 
 
 def _get() -> Optional[dict]:
-    """The metric objects, made on first use once Ray is initialised; None before."""
-    global _metrics
+    """The metric objects, made once per Ray session; None while Ray is not up."""
+    global _metrics, _session
     ray = sys.modules.get("ray")  # never imports Ray: a job that has not started it exports nothing
     if ray is None or not ray.is_initialized():
         return None
     with _lock:
-        if _metrics is None:
+        node = ray.get_runtime_context().get_node_id()
+        if _metrics is None or node != _session:  # a new Ray (ray.shutdown, then ray.init)
+            _session = node
             from ray.util.metrics import Counter, Gauge
 
             def counter(name: str, what: str, tags: tuple = ()):
@@ -57,27 +62,34 @@ def _get() -> Optional[dict]:
         return _metrics
 
 
+def _record(fn) -> None:
+    """Progress reporting never fails the job: an error of Ray's metrics is logged and dropped."""
+    try:
+        m = _get()
+        if m is not None:
+            fn(m)
+    except Exception as exc:  # noqa: BLE001 (any failure of the metrics path)
+        log.debug("Ray metrics not recorded: %s", exc)
+
+
 def step(name: str, running: bool) -> None:
     """A step starts (``running``) or ends."""
     global _current
     _current = name if running else None
-    m = _get()
-    if m is not None:
-        m["step"].set(1 if running else 0, tags={"run": _run, "step": name})
+    _record(lambda m: m["step"].set(1 if running else 0, tags={"run": _run, "step": name}))
 
 
 def block_done(work: str, units: int) -> None:
-    m = _get()
-    if m is not None:
+    def record(m):
         tags = {"run": _run, "work": work}
         m["blocks"].inc(1, tags=tags)
         m["units"].inc(max(int(units), 0), tags=tags)
 
+    _record(record)
+
 
 def _count(key: str, work: str) -> None:
-    m = _get()
-    if m is not None:
-        m[key].inc(1, tags={"run": _run, "work": work})
+    _record(lambda m: m[key].inc(1, tags={"run": _run, "work": work}))
 
 
 def block_retried(work: str) -> None:

@@ -62,8 +62,11 @@ def project_2d(X, seed: int, oversample: int = 8, power_iters: int = 3) -> np.nd
     m = X.shape[0]
     if m == 0:
         return np.zeros((0, 2))
-    sparse = sp.issparse(X)
-    X = X.tocsr().astype(np.float64) if sparse else np.asarray(X, dtype=np.float64)
+    # float32 rows stay float32 (a dense map of 10,000 samples is 10,000^2 entries); the
+    # products with the (d, 10) test matrices come out in float64.
+    X = X.tocsr() if sp.issparse(X) else np.asarray(X)
+    if X.dtype not in (np.float32, np.float64):
+        X = X.astype(np.float64)
     mu = np.asarray(X.mean(axis=0)).ravel()
 
     def times(M: np.ndarray) -> np.ndarray:  # (X - 1 mu^T) M without forming the centred X
