@@ -19,6 +19,7 @@ from typing import Any, Iterator, Literal, Optional, Union, get_args, get_origin
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from delift_ray import scalings
 from delift_ray.errors import ConfigError
 
 DEFAULT_NO_EXAMPLE_TEMPLATE = "Instruction: Please generate a response to the following query.\n\n\nQuery: {query}\n"
@@ -294,11 +295,17 @@ class KernelConfig(_Section):
         "default: in the quality study it was no worse than any other kernel variant anywhere, and keep was "
         "worse than it at three of four pool x budget cells; see docs/quality.md.",
     )
-    scaling: Literal["minmax", "clip"] = Field(
+    scaling: str = Field(
         "minmax",
-        description="minmax: (UF - min) / (max - min) over the whole kernel (UF = 0 lands above 0); "
-        "clip: max(UF, 0) / max UF, so a harmful example covers nothing. See docs/quality.md.",
+        description="; ".join(f"{s}: {scalings.get(s).description}" for s in scalings.names())
+        + ". One module each in delift_ray/scalings/. See docs/quality.md.",
     )
+
+    @field_validator("scaling")
+    @classmethod
+    def _known_scaling(cls, v: str) -> str:
+        scalings.get(v)  # ValueError naming the registered ones
+        return v
 
 
 class DeliftConfig(_Section):

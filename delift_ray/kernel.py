@@ -36,38 +36,27 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from delift_ray import scalings
 from delift_ray.errors import ScoringError
 from delift_ray.planning import isin_sorted, table_stream
 
 BYTES_PER_ENTRY = 4  # float32
 
 DIAGONALS = ("keep", "drop")
-SCALINGS = ("minmax", "clip")
+SCALINGS = scalings.names()  # one module each in delift_ray/scalings/
 
 
 def _check_options(diagonal: str, scaling: str) -> None:
     if diagonal not in DIAGONALS:
         raise ValueError(f"kernel diagonal must be one of {DIAGONALS}, got {diagonal!r}")
-    if scaling not in SCALINGS:
-        raise ValueError(f"kernel scaling must be one of {SCALINGS}, got {scaling!r}")
+    scalings.get(scaling)
 
 
 def scale_values(vals: np.ndarray, scaling: str) -> np.ndarray:
-    """Scale a 1-d array of utilities (float32 out).
-
-    minmax: (v - min) / (max - min), a constant array -> 0;
-    clip:   max(v, 0) / max(v), all zeros when max(v) <= 0.
-    """
-    vals = np.asarray(vals, dtype=np.float32)
-    if not vals.size:
-        return vals
-    hi = float(vals.max())
-    if scaling == "clip":
-        return (np.maximum(vals, 0) / hi).astype(np.float32) if hi > 0 else np.zeros_like(vals)
-    if scaling != "minmax":
-        raise ValueError(f"kernel scaling must be one of {SCALINGS}, got {scaling!r}")
-    lo = float(vals.min())
-    return ((vals - lo) / (hi - lo)).astype(np.float32) if hi > lo else np.zeros_like(vals)
+    """A scaled float32 copy of a 1-d array of utilities (:mod:`delift_ray.scalings`)."""
+    out = np.array(vals, dtype=np.float32, copy=True)
+    scalings.get(scaling).scale(out)
+    return out
 
 
 def self_positions(helped_ids: list[str], example_ids: list[str]) -> tuple[np.ndarray, np.ndarray]:
@@ -90,29 +79,15 @@ def finish_dense(
 
     NaN entries (missing pairs a run was allowed to skip) and, with ``diagonal="drop"``,
     the self pairs take no part in scaling and end as 0; everything else is scaled over
-    the whole matrix (never per block) with :func:`scale_values`.
+    the whole matrix (never per block) by the registered scaling (:mod:`delift_ray.scalings`).
     """
     _check_options(diagonal, scaling)
     if diagonal == "drop":
         r, c = self_positions(helped_ids, example_ids)
         M[r, c] = np.nan
-    missing = np.isnan(M)
     # In place, no copy of the kernel: at 20k x 20k a copy is 1.6 GB.
-    if missing.all():
-        M[...] = 0.0
-        return M
-    lo, hi = (float(np.nanmin(M)), float(np.nanmax(M))) if missing.any() else (float(M.min()), float(M.max()))
-    if scaling == "clip":
-        if hi > 0:
-            np.maximum(M, 0, out=M)
-            M /= np.float32(hi)
-        else:
-            M[...] = 0.0
-    elif hi > lo:
-        M -= np.float32(lo)
-        M /= np.float32(hi - lo)
-    else:
-        M[...] = 0.0
+    missing = np.isnan(M)
+    scalings.get(scaling).scale(M)
     M[missing] = 0.0
     return M
 

@@ -32,25 +32,3 @@ def distance(gold_logprobs: np.ndarray) -> float:
 def utility(d_without: np.ndarray, d_with: np.ndarray) -> np.ndarray:
     """UF = d(i, no example) - d(i, with example j), element-wise."""
     return np.asarray(d_without, dtype=np.float64) - np.asarray(d_with, dtype=np.float64)
-
-
-def minmax_scale(K: np.ndarray, mask: np.ndarray | None = None) -> np.ndarray:
-    """Scale K in place to [0, 1] over all its (masked) entries; a constant K becomes 0.
-
-    With ``mask`` (sparse kernels stored dense) only entries where mask is True take part,
-    and the rest stay 0.
-    """
-    vals = K if mask is None else K[mask]
-    if vals.size == 0:
-        return K
-    lo, hi = float(vals.min()), float(vals.max())
-    span = hi - lo
-    if span <= 0:
-        K[...] = 0
-        return K
-    if mask is None:
-        K -= lo
-        K /= span
-    else:
-        K[mask] = (K[mask] - lo) / span
-    return K

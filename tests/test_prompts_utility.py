@@ -4,8 +4,9 @@ import numpy as np
 import pytest
 
 from delift_ray.config import TemplateConfig
+from delift_ray.kernel import finish_dense
 from delift_ray.prompts import baseline_sequence, fits, pair_sequence, split_with_example, tokenize_set
-from delift_ray.utility import distance, minmax_scale, utility
+from delift_ray.utility import distance, utility
 
 
 class CharTokenizer:
@@ -56,10 +57,13 @@ def test_distance_and_utility():
 
 
 def test_minmax_is_global_not_per_block():
-    K = np.array([[0.0, 1.0], [2.0, 4.0]])
-    out = minmax_scale(K.copy())
+    ids = ["a", "b"]
+    out = finish_dense(
+        np.array([[0.0, 1.0], [2.0, 4.0]], np.float32), ids, ["c", "d"], diagonal="keep", scaling="minmax"
+    )
     assert out.min() == 0 and out.max() == 1 and out[0, 1] == pytest.approx(0.25)
-    K = np.array([[np.nan, 1.0], [3.0, 5.0]])
-    mask = ~np.isnan(K)
-    out = minmax_scale(K, mask=mask)
-    assert out[1, 1] == 1 and out[0, 1] == 0 and np.isnan(out[0, 0])
+    # A missing pair (NaN) takes no part in the range and ends as 0.
+    out = finish_dense(
+        np.array([[np.nan, 1.0], [3.0, 5.0]], np.float32), ids, ["c", "d"], diagonal="keep", scaling="minmax"
+    )
+    assert out[1, 1] == 1 and out[0, 1] == 0 and out[0, 0] == 0
