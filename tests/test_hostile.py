@@ -123,11 +123,19 @@ BIG_ROW_CHILD = textwrap.dedent(r"""
     cfg = load_config(None, {"data": data, "model": model, "out": "unused", "engine.max_model_len": 256})
     tok = AutoTokenizer.from_pretrained(model)
     res = {"peak_after_imports": peak()}
+    import delift_ray.prompts as prompts
+    longest, encode = [0], prompts._encode
+
+    def counted(tokenizer, texts):  # the longest text that reaches the tokenizer
+        longest[0] = max([longest[0], *map(len, texts)])
+        return encode(tokenizer, texts)
+
+    prompts._encode = counted
     t = time.perf_counter()
     sets, _ = ingest(cfg, tok)  # reads (data.load_samples), screens, tokenises
     s = sets["pool"].samples
     res.update(ingest_s=time.perf_counter() - t, peak_after_ingest=peak(), samples=len(s), read_rows=s.rows_read,
-               skipped=dict(s.skipped))
+               skipped=dict(s.skipped), longest_tokenised=longest[0])
     print(json.dumps(res), flush=True)
 """)
 
@@ -156,7 +164,8 @@ def test_50mb_row_is_skipped_in_seconds_and_bounded_memory(tiny_model_dir, tmp_p
     assert res["read_rows"] == len(ROWS) + 1
     assert res["samples"] == len(ROWS) and res["skipped"] == {"too_long": 1}
     assert res["peak_after_ingest"] < limit
-    assert res["ingest_s"] < 60, res  # seconds, not minutes, on a loaded 2-core machine
+    # The screen set the row aside before tokenising: no text near its size reached the tokenizer.
+    assert 0 < res["longest_tokenised"] < 100_000, res
 
 
 class CountingTokenizer:
@@ -735,11 +744,19 @@ def test_job_id_that_does_not_exist(jobs_api, capsys, command):
 
 
 @pytest.mark.parametrize("command", ["status", "logs"])
-def test_jobs_address_where_nothing_answers(capsys, command):
-    t = time.perf_counter()
+def test_jobs_address_where_nothing_answers(capsys, monkeypatch, command):
+    import requests
+
+    calls, request = [], requests.Session.request
+
+    def counted(self, method, url, *a, **k):
+        calls.append(url)
+        return request(self, method, url, *a, **k)
+
+    monkeypatch.setattr(requests.Session, "request", counted)
     code, err = cli_run(capsys, command, "raysubmit_1", "--address", "http://127.0.0.1:1")
     one_line_error(code, err, "127.0.0.1:1")
-    assert time.perf_counter() - t < 60
+    assert 1 <= len(calls) <= 2, calls  # refused at once: no retry loop
 
 
 # =========================================================================== §4 one line: -v and bugs
