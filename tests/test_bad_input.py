@@ -18,18 +18,12 @@ import subprocess
 import sys
 
 import pytest
+from helpers import one_line_error, write_rows
 
 from delift_ray.config import EngineConfig, load_config
 from delift_ray.errors import ConfigError, DeliftError
 
 ROWS = [{"prompt": f"Question number {k}?", "response": f"Answer number {k}."} for k in range(6)]
-
-
-def write_rows(path, rows):
-    with open(path, "w") as f:
-        for r in rows:
-            f.write(json.dumps(r) + "\n")
-    return str(path)
 
 
 def select(model, data, out, *extra, timeout=240):
@@ -55,12 +49,7 @@ def select(model, data, out, *extra, timeout=240):
 
 
 def assert_one_line_error(p, *needles):
-    assert p.returncode == 2, (p.returncode, p.stderr[-2000:])
-    assert "Traceback" not in p.stderr
-    lines = [line for line in p.stderr.splitlines() if line.startswith("delift-ray: error:")]
-    assert len(lines) == 1, p.stderr[-2000:]
-    for n in needles:
-        assert n in lines[0], lines[0]
+    return one_line_error(p.returncode, p.stderr, *needles)
 
 
 @pytest.fixture

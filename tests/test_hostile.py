@@ -23,6 +23,7 @@ import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
+from helpers import one_line_error, write_rows
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -47,24 +48,6 @@ HYPO = settings(
     database=None,
     suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
 )
-
-
-def write_rows(path, rows):
-    with open(path, "w", encoding="utf-8") as f:
-        for r in rows:
-            f.write((r if isinstance(r, str) else json.dumps(r)) + "\n")
-    return str(path)
-
-
-def one_line_error(code, err, *needles):
-    """The CLI contract: exit 2, one error line holding every needle, no traceback."""
-    assert code == 2, (code, err[-2000:])
-    assert "Traceback" not in err, err[-2000:]
-    lines = [line for line in err.splitlines() if line.startswith("delift-ray: error:")]
-    assert len(lines) == 1, err[-2000:]
-    for n in needles:
-        assert n in lines[0], lines[0]
-    return lines[0]
 
 
 def cli_run(capsys, *argv):

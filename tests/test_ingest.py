@@ -2,21 +2,13 @@
 
 from __future__ import annotations
 
-import json
-
 import numpy as np
 import pyarrow as pa
+from helpers import write_rows
 
 from delift_ray.config import load_config
 from delift_ray.data import DatasetRows, load_samples
 from delift_ray.prompts import fits, template_head_length
-
-
-def write_rows(path, rows):
-    with open(path, "w", encoding="utf-8") as f:
-        for r in rows:
-            f.write(json.dumps(r) + "\n")
-    return str(path)
 
 
 def reference_samples_table(sets) -> pa.Table:

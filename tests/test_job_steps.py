@@ -1,20 +1,15 @@
 """The job's steps without an engine: ingest, plan and the dry run that stops before scoring."""
 
-import json
 import os
 import subprocess
 import sys
 
 import pytest
+from helpers import write_rows
 
 from delift_ray.config import validate_config
 
 ROWS = [{"prompt": f"Question {i}: what is {i} plus {i}?", "response": f"It is {2 * i}."} for i in range(12)]
-
-
-def write_rows(path, rows):
-    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
-    return str(path)
 
 
 def test_ingest_keeps_what_fits_and_sets_the_rest_aside(tiny_model_dir, tmp_path):

@@ -13,6 +13,7 @@ import sys
 
 import pyarrow.parquet as pq
 import pytest
+from helpers import write_rows
 
 from delift_ray.config import TemplateConfig
 from delift_ray.job import run
@@ -21,13 +22,6 @@ from delift_ray.storage import UTILITY
 pytestmark = [pytest.mark.engine, pytest.mark.ray]
 
 ENGINE = {"dtype": "float32", "max_model_len": 256, "block_size": 32, "kv_cache_space_gib": 1}
-
-
-def write_rows(path, rows):
-    with open(path, "w") as f:
-        for r in rows:
-            f.write(json.dumps(r) + "\n")
-    return str(path)
 
 
 POOL = [

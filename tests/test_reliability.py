@@ -22,6 +22,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
+from helpers import write_rows
 
 from delift_ray.errors import ScoringError
 from delift_ray.job import run
@@ -50,13 +51,6 @@ POOL = [
     {"prompt": "What is ten minus four?", "response": "Ten minus four is six."},
 ]
 N = len(POOL)
-
-
-def write_rows(path, rows):
-    with open(path, "w") as f:
-        for r in rows:
-            f.write(json.dumps(r) + "\n")
-    return str(path)
 
 
 RAY_OBJECT_STORE = MIN_OBJECT_STORE  # read by the ray_cluster fixture (conftest.py)

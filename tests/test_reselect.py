@@ -18,6 +18,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 from browser import report_sections
+from helpers import write_rows
 
 from delift_ray.config import validate_config
 from delift_ray.errors import DeliftError
@@ -206,14 +207,6 @@ def make_rows(n):
                 }
             )
     return rows
-
-
-def write_rows(path, rows):
-    os.makedirs(os.path.dirname(path), exist_ok=True)
-    with open(path, "w") as f:
-        for r in rows:
-            f.write(json.dumps(r) + "\n")
-    return str(path)
 
 
 @pytest.fixture(scope="module")

@@ -23,6 +23,7 @@ import uuid
 import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 import pytest
+from helpers import write_rows
 
 from delift_ray.errors import StorageError
 from delift_ray.job import run
@@ -131,13 +132,6 @@ def cluster(s3, ray_cluster):
 
 def s3fs(endpoint):
     return pafs.S3FileSystem(endpoint_override=endpoint)
-
-
-def write_rows(path, rows):
-    with open(path, "w") as f:
-        for r in rows:
-            f.write(json.dumps(r) + "\n")
-    return str(path)
 
 
 def config(model, out, data, endpoint=None, **extra):
