@@ -701,6 +701,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         return 1
     finally:
         kept = terminal.keep_log(rc == 0)
+        terminal.restore()
         if kept is not None and rc != 0:
             print(f"delift-ray: other libraries' output of this command: {kept}", file=sys.stderr)
 

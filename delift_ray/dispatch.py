@@ -24,15 +24,13 @@ from typing import Any, Callable, Optional, Sequence
 
 from delift_ray import metrics
 from delift_ray.config import DeliftConfig, RayConfig
+from delift_ray.dispatch_policy import Action, Outcome, decide, node_verdict
 from delift_ray.errors import DeliftError, EngineStartError, ScoringError, StorageError, engine_start_message, one_line
 from delift_ray.scoring.engine import cpu_engine_env
 
 log = logging.getLogger(__name__)
 
 DRAIN_TIMEOUT_S = 120.0  # how long a stopping job waits for its in-flight blocks
-NODE_VERDICT_S = (
-    45.0  # longest wait for the GCS to say whether a silent actor's node is dead (Ray's default check: ~30 s)
-)
 
 
 def connect(cfg: RayConfig) -> bool:
@@ -373,26 +371,7 @@ class ActorGroup:
         Ray says so in the error ("The actor died because its node has died"); the node's
         state in the GCS confirms it when the message does not.
         """
-        import time
-
-        rec = self._resolve(actor, 0)
-        node = rec.get("node_id")
-        text = str(exc)
-        if "its node has died" in text:
-            if node is None and "Node Id: " in text:
-                node = text.split("Node Id: ", 1)[1].split()[0]
-            return node or "unknown"
-        if node is None or "worker process has died" in text:
-            return None  # its raylet reported the death, so the node is up
-        # No cause yet (the connection to the actor broke): a node that is going away is
-        # declared dead by the GCS health check within NODE_VERDICT_S. Replacing the actor
-        # before that verdict would ask for an accelerator that may never come back.
-        deadline = time.monotonic() + NODE_VERDICT_S
-        while node_alive(node):
-            if time.monotonic() > deadline:
-                return None
-            time.sleep(0.5)
-        return node
+        return node_verdict(str(exc), self._resolve(actor, 0).get("node_id"), node_alive)
 
     def retire_lost(self, actor, node: str) -> bool:
         """Drop an actor lost with ``node``; True the first time that node is reported."""
@@ -560,20 +539,49 @@ def dispatch(
         ref = ready[0]
         block, actor = running.pop(ref)
         load[id(actor)] -= 1
+        # Ray's side: how the task ended (an Outcome), with what the pool does about it.
+        node = start = None
         try:
             result = ray.get(ref)
+            outcome = Outcome.DONE
         except (RayActorError, ActorDiedError, ActorUnavailableError) as exc:
-            if pool.was_recycled(actor):
-                queue.push(block)  # lost to a recycle we caused: not this block's fault
-                report.redone += getattr(block, "size", 1)
-                continue
-            node = pool.lost_node(actor, exc)
-            if node is not None:
-                # Lost with its node (pre-emption, a dead host): not the block's fault either.
+            error = f"scorer actor died ({exc.__class__.__name__})"
+            if pool.was_recycled(actor):  # lost to a recycle we caused
+                outcome = Outcome.RECYCLED
+            elif (node := pool.lost_node(actor, exc)) is not None:
+                outcome = Outcome.NODE_LOST
+            elif died_starting(exc) and (start := engine_start_message(str(exc))):
+                outcome = Outcome.ENGINE_START_FAILED
+            else:
+                outcome = Outcome.ACTOR_DIED
+                queue.forget(id(actor))  # its engine's prefix cache is gone
+                new = pool.handle_death(actor)  # None: an earlier failure already replaced it
+                if new is not None:
+                    report.actor_deaths += 1
+                    metrics.actor_died(method)
+                    load[id(new)] = 0
+        except Exception as exc:  # an error raised inside the block's task
+            outcome, error = Outcome.TASK_ERROR, task_error_text(exc)
+            queue.forget(id(actor))
+            new = pool.recycle(actor)
+            if new is not None:
+                load[id(new)] = 0
+
+        # The policy's side (delift_ray.dispatch_policy): what happens to the block.
+        decision = decide(outcome, attempts.get(id(block), 0), max_retries, skip_failed)
+        n = attempts[id(block)] = decision.attempts
+        if decision.action is Action.DONE:
+            report.done.append(block)
+            metrics.block_done(method, getattr(block, "size", 1))
+            on_done(block, result)
+        elif outcome is Outcome.ENGINE_START_FAILED:
+            raise EngineStartError(start) from None
+        elif decision.action is Action.REQUEUE:
+            queue.push(block)
+            report.redone += getattr(block, "size", 1)
+            if outcome is Outcome.NODE_LOST:
                 queue.forget(id(actor))
-                queue.push(block)
                 report.requeued += 1
-                report.redone += getattr(block, "size", 1)
                 if pool.retire_lost(actor, node):
                     report.node_losses += 1
                     metrics.node_lost(method)
@@ -584,38 +592,14 @@ def dispatch(
                     raise ScoringError(
                         f"every scorer's node was lost (nodes {', '.join(pool.lost_nodes)}); shards already "
                         "written are kept: re-run the same command when the cluster is back to resume."
-                    ) from exc
-                continue
-            if died_starting(exc):  # its engine did not start: fail now if no retry can help
-                start = engine_start_message(str(exc))
-                if start:
-                    raise EngineStartError(start) from None
-            error = f"scorer actor died ({exc.__class__.__name__})"
-            queue.forget(id(actor))  # its engine's prefix cache is gone
-            new = pool.handle_death(actor)  # None: an earlier failure already replaced it
-            if new is not None:
-                report.actor_deaths += 1
-                metrics.actor_died(method)
-                load[id(new)] = 0
-        except Exception as exc:  # an error raised inside the block's task
-            error = task_error_text(exc)
-            queue.forget(id(actor))
-            new = pool.recycle(actor)
-            if new is not None:
-                load[id(new)] = 0
-        else:
-            report.done.append(block)
-            metrics.block_done(method, getattr(block, "size", 1))
-            on_done(block, result)
-            continue
-        n = attempts[id(block)] = attempts.get(id(block), 0) + 1
-        if n <= max_retries:
+                    )
+        elif decision.action is Action.RETRY:
             report.retries += 1
             report.redone += getattr(block, "size", 1)
             metrics.block_retried(method)
             log.warning("block %s failed (%s); retry %d of %d", describe(block), error, n, max_retries)
             queue.push(block)
-        elif skip_failed:
+        elif decision.action is Action.SKIP:
             log.error("block %s failed %d times (%s); going on without it", describe(block), n, error)
             report.failed.append((block, error))
         else:

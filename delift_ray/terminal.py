@@ -32,29 +32,62 @@ LOG_NAME = "delift-ray.log"
 _log_path: Optional[str] = None
 _log_file = None
 _out: Optional[str] = None
+_saved: Optional[dict] = None  # what quiet() changed, for restore()
 _lock = threading.Lock()
 
 
 def quiet() -> str:
-    """Route everything but delift-ray's own lines to a temporary log file; its path."""
-    global _log_path, _log_file
+    """Route everything but delift-ray's own lines to a temporary log file; its path.
+
+    :func:`restore` undoes it (the CLI calls it when the command ends), so a process that
+    runs several commands (tests, a notebook) gets its logging back between them.
+    """
+    global _log_path, _log_file, _saved
+    restore()
     fd, _log_path = tempfile.mkstemp(prefix="delift-ray-", suffix=".log")
     _log_file = os.fdopen(fd, "a", buffering=1)
     to_file = logging.StreamHandler(_log_file)
     to_file.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
     to_terminal = logging.StreamHandler(sys.stderr)
     to_terminal.setFormatter(logging.Formatter("%(levelname)s %(name)s: %(message)s"))
-    root = logging.getLogger()
+    root, own = logging.getLogger(), logging.getLogger(OWN)
+    _saved = {"root": (list(root.handlers), root.level), "own": (own.level, to_terminal), "libraries": {}}
     for h in list(root.handlers):
         root.removeHandler(h)
     root.addHandler(to_file)
     root.setLevel(logging.WARNING)
-    own = logging.getLogger(OWN)
     own.setLevel(logging.INFO)
     own.addHandler(to_terminal)  # and, through the root, the file
     logging.captureWarnings(True)  # warnings.warn(...) -> the "py.warnings" logger -> the file
     quiet_library_loggers()
     return _log_path
+
+
+def restore() -> None:
+    """Undo :func:`quiet`: the logging configuration as it was, the log file closed."""
+    global _log_path, _log_file, _saved, _out
+    if _saved is None:
+        return
+    root, own = logging.getLogger(), logging.getLogger(OWN)
+    for h in list(root.handlers):
+        root.removeHandler(h)
+    handlers, level = _saved["root"]
+    for h in handlers:
+        root.addHandler(h)
+    root.setLevel(level)
+    own_level, to_terminal = _saved["own"]
+    own.removeHandler(to_terminal)
+    own.setLevel(own_level)
+    for name, (lib_handlers, propagate) in _saved["libraries"].items():
+        lg = logging.getLogger(name)
+        for h in lib_handlers:
+            lg.addHandler(h)
+        lg.propagate = propagate
+    logging.captureWarnings(False)
+    with _lock:
+        if _log_file is not None:
+            _log_file.close()
+    _log_path = _log_file = _saved = _out = None
 
 
 def log_path() -> Optional[str]:
@@ -63,13 +96,19 @@ def log_path() -> Optional[str]:
 
 def quiet_library_loggers() -> None:
     """(Quiet terminal only.) Libraries that attach their own terminal handlers (Ray, vLLM) write to the file instead."""
-    if _log_file is None:
+    if _saved is None:
         return
     for name in ("ray", "vllm"):
         lg = logging.getLogger(name)
-        for h in list(lg.handlers):
-            if isinstance(h, logging.StreamHandler) and getattr(h, "stream", None) in (sys.stderr, sys.stdout):
-                lg.removeHandler(h)
+        gone = [
+            h
+            for h in lg.handlers
+            if isinstance(h, logging.StreamHandler) and getattr(h, "stream", None) in (sys.stderr, sys.stdout)
+        ]
+        for h in gone:
+            lg.removeHandler(h)
+        kept, propagate = _saved["libraries"].get(name, ([], lg.propagate))
+        _saved["libraries"][name] = (kept + gone, propagate)
         lg.propagate = True
 
 
@@ -99,6 +138,11 @@ def route_worker_output() -> None:
 
 
 def _worker_lines(data: dict) -> None:
+    if _log_file is None:  # the quiet command ended (restore): Ray's own printing again
+        from ray._private.worker import print_to_stdstream
+
+        print_to_stdstream(data, ignore_prefix=False)
+        return
     if data.get("pid") == "autoscaler":  # Ray's own status; its session logs keep it
         return
     who = data.get("actor_name") or data.get("task_name") or ""
@@ -131,7 +175,7 @@ def keep_log(succeeded: bool) -> Optional[str]:
     Failed: left in the temporary file when other libraries wrote to it (the refused run's
     out dir stays untouched), else removed.
     """
-    if _log_path is None:
+    if _log_path is None or not os.path.exists(_log_path):
         return None
     with _lock:
         _log_file.flush()
