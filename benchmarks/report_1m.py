@@ -107,7 +107,7 @@ def build_run(out: str, n: int, k: int = 32, r: int = 4, budget: float = 0.3, se
     steps = StepLog()
     pool = SimpleNamespace(samples=SimpleNamespace(sample_ids=ids))
     picks = budget_count(cfg.budget, n)
-    selection = steps.run("select", select, cfg, {"K": K}, picks)
+    selection = steps.run("select", select, cfg, {"K": K}, picks, curve=True)  # as the job runs it
     shown = steps.run("profile", profile, cfg, {"pool": pool}, store, {"K": K}, selection, None, {"K": cand}, vectors)
     samples = pa.table(
         {

@@ -268,7 +268,7 @@ def main() -> None:
         store = open_store(cfg)
         kernels = steps.run("assemble", KNN.assemble, cfg, sets, store, candidates)
         budget = stages.budget_count(cfg.budget, len(sets["pool"].samples))
-        steps.run("select", select, cfg, kernels, budget)
+        steps.run("select", select, cfg, kernels, budget, curve=True)  # as the job runs it
         out["synthetic_scoring"] = shards
         out["after_scoring"] = {"steps": [{**s, "cpu_s": cpu_log.cpu.get(s["name"])} for s in steps.as_list()]}
         print(json.dumps(out["after_scoring"]), flush=True)

@@ -150,7 +150,9 @@ def _execute(
     steps.run("score", score, cfg, scored, store, plan, tokenizer.eos_token_id, progress)
     kernels = steps.run("assemble", kernel.assemble, cfg, sets, store, candidates, progress=progress)
     excluded = steps.run("gate", gate, cfg.selection, sets["pool"].samples, store)
-    selection = steps.run("select", select, cfg, kernels, budget, excluded.mask, excluded.noise_gate, progress=progress)
+    selection = steps.run(
+        "select", select, cfg, kernels, budget, excluded.mask, excluded.noise_gate, progress=progress, curve=True
+    )
     pool_vectors = vectors["pool"] if vectors else None
     shown = steps.run("profile", profile, cfg, sets, store, kernels, selection, excluded.mask, candidates, pool_vectors)
 

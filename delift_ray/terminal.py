@@ -172,8 +172,9 @@ def keep_log(succeeded: bool) -> Optional[str]:
     own lines, which the terminal showed).
 
     Succeeded with a local out dir (:func:`log_into`): appended to ``<out>/delift-ray.log``.
-    Failed: left in the temporary file when other libraries wrote to it (the refused run's
-    out dir stays untouched), else removed.
+    Succeeded with a URI out: kept in the temporary file (the summary names it). Otherwise
+    (failed, or no out dir): left in the temporary file when other libraries wrote to it
+    (a refused run's out dir stays untouched), else removed.
     """
     if _log_path is None or not os.path.exists(_log_path):
         return None
@@ -185,8 +186,8 @@ def keep_log(succeeded: bool) -> Optional[str]:
             shutil.copyfileobj(src, dst)
         os.unlink(_log_path)
         return target
-    if succeeded or _has_other_output(_log_path):
-        return _log_path
+    if (succeeded and _out is not None) or _has_other_output(_log_path):
+        return _log_path  # (a URI out's log, which the summary named; or other libraries' output)
     os.unlink(_log_path)
     return None
 

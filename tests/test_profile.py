@@ -86,11 +86,11 @@ def test_select_goes_on_past_the_budget_without_changing_the_subset(stage):
         if k not in {"instruction": ("target", "existing"), "task": ("existing",), "continual": ("target",)}[stage]
     }
     cfg = validate_config(base)
-    sel, stats = select(cfg, {k: v.copy() for k, v in kernels.items()}, 8)
+    sel, stats = select(cfg, {k: v.copy() for k, v in kernels.items()}, 8, curve=True)
     assert sel.indices.size == 8 and sel.next_indices.size == 8 and stats.curve_picks == 16
     assert not set(sel.indices.tolist()) & set(sel.next_indices.tolist())
     only = validate_config({**base, "selection": {"curve_horizon": 1}})
-    alone, _ = select(only, {k: v.copy() for k, v in kernels.items()}, 8)
+    alone, _ = select(only, {k: v.copy() for k, v in kernels.items()}, 8, curve=True)
     assert np.array_equal(alone.indices, sel.indices) and np.allclose(alone.gains, sel.gains)
     assert alone.next_indices.size == 0
     if stage == "instruction":

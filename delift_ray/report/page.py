@@ -290,7 +290,10 @@ def _map(data: ReportData) -> str:
     ):
         if points <= ID_TEXT_POINTS:
             text = [
-                f"{ids[i]}{' (pick ' + str(rank[i] + 1) + ')' if rank[i] >= 0 else ''}: {data.hover.get(ids[i], '')}"
+                # plotly reads tags in hover text: the sample's own text is escaped
+                html.escape(
+                    f"{ids[i]}{' (pick ' + str(rank[i] + 1) + ')' if rank[i] >= 0 else ''}: {data.hover.get(ids[i], '')}"
+                )
                 for i in np.flatnonzero(mask)
             ]
         else:

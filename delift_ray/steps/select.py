@@ -53,9 +53,12 @@ def select(
     excluded: Optional[np.ndarray] = None,
     cap_to_kept: bool = False,
     progress: bool = False,
+    curve: bool = False,
 ) -> tuple[Selection, SelectStats]:
     """The stage's greedy over ``kernels``; ``excluded`` pool samples are never picked.
 
+    ``curve``: go on past the budget to ``selection.curve_horizon`` times it, for the job's
+    gain curve (:class:`Selection` ``next_*``); the subset is the same either way.
     ``cap_to_kept`` (the noise gate): when fewer samples may be picked than the budget,
     the subset holds those (a wrong answer is not picked to fill a quota); the log says so.
     """
@@ -75,7 +78,8 @@ def select(
             picks = kept
     n = kernels["K"].shape[0]
     pickable = n - 1 if excluded is None else min(n - 1, int((~excluded).sum()))
-    horizon = curve_horizon(picks, cfg.selection.curve_horizon, pickable)
+    # The job's gain curve (curve=True) only: other callers (evaluate's arms) pay for the subset alone.
+    horizon = curve_horizon(picks, cfg.selection.curve_horizon, pickable) if curve else picks
     # The greedy's picks do not depend on its budget, so the subset is the first ``picks``.
     indices, gains = stages.select(cfg.stage, kernels, horizon, cfg, progress, excluded=excluded)
     indices, gains = np.asarray(indices, dtype=np.int64), np.asarray(gains, dtype=np.float64)
