@@ -250,8 +250,46 @@ def probe_location(root: str, name: str) -> str:
     return f"{absolute_location(root).rstrip('/')}/{PROBE_DIR}/{name}"
 
 
+COLUMNAR = "col:"  # the prefix of a columnar checksum; a bare digest is the legacy one
+
+
 def table_checksum(table: pa.Table) -> str:
-    """blake2b over every column's values, in order: detects truncation and bit rot."""
+    """blake2b over every column's Arrow buffers, in order: detects truncation and bit rot.
+
+    A string column is hashed as its value lengths and its character data, sliced to the
+    column's own rows, so the digest depends on the values alone (not on chunking or on
+    the buffers' offsets); no value becomes a Python object. Prefixed ``col:``.
+    """
+    h = hashlib.blake2b(digest_size=16)
+    for name in table.column_names:
+        for part in _column_parts(table.column(name).combine_chunks()):
+            h.update(part)
+        h.update(b"\x1e")
+    return COLUMNAR + h.hexdigest()
+
+
+def _column_parts(arr: pa.Array) -> Iterator:
+    if arr.null_count:
+        yield np.packbits(arr.is_null().to_numpy(zero_copy_only=False)).tobytes()
+    if len(arr) == 0:
+        return
+    if pa.types.is_string(arr.type):
+        offsets = np.frombuffer(arr.buffers()[1], dtype=np.int32)[arr.offset : arr.offset + len(arr) + 1]
+        yield (offsets - offsets[0]).tobytes()
+        data = arr.buffers()[2]
+        if data is not None:
+            yield memoryview(data)[int(offsets[0]) : int(offsets[-1])]
+    elif pa.types.is_fixed_size_list(arr.type):
+        yield np.ascontiguousarray(arr.flatten().to_numpy()).tobytes()
+    else:
+        yield np.ascontiguousarray(arr.to_numpy(zero_copy_only=False)).tobytes()
+
+
+def legacy_checksum(table: pa.Table) -> str:
+    """The checksum shards written before the columnar one record: every string a Python object.
+
+    Kept so that a store written by an earlier version validates rather than being rescored.
+    """
     h = hashlib.blake2b(digest_size=16)
     for name in table.column_names:
         col = table.column(name)
@@ -263,6 +301,12 @@ def table_checksum(table: pa.Table) -> str:
             h.update(np.ascontiguousarray(col.to_numpy()).tobytes())
         h.update(b"\x1e")
     return h.hexdigest()
+
+
+def checksum_matches(table: pa.Table, recorded: str) -> bool:
+    """Whether ``table`` has the checksum its footer recorded, in the scheme it was written with."""
+    scheme = table_checksum if recorded.startswith(COLUMNAR) else legacy_checksum
+    return scheme(table) == recorded
 
 
 @dataclass
@@ -342,7 +386,7 @@ class ShardStore:
                 reason = "fingerprint mismatch"
             elif int(meta.get(b"delift.rows", b"-1")) != table.num_rows:
                 reason = f"row count {table.num_rows} != recorded {meta.get(b'delift.rows', b'?').decode()}"
-            elif meta.get(b"delift.checksum", b"").decode() != table_checksum(table.replace_schema_metadata(None)):
+            elif not checksum_matches(table.replace_schema_metadata(None), meta.get(b"delift.checksum", b"").decode()):
                 reason = "checksum mismatch"
         except (OSError, pa.ArrowException, ValueError) as exc:
             reason = f"unreadable ({exc.__class__.__name__}: {str(exc)[:100]})"

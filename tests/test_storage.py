@@ -8,7 +8,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from delift_ray.kernel import assemble_dense
-from delift_ray.storage import BASELINE, UTILITY, ShardStore
+from delift_ray.storage import BASELINE, EMBEDDING, UTILITY, ShardStore, legacy_checksum, table_checksum
 
 
 def pairs_table(h, e, u):
@@ -34,7 +34,7 @@ def test_write_read_and_validate(tmp_path):
     assert ShardStore(str(tmp_path), "fp2").read_all(UTILITY).num_rows == 0
 
 
-@pytest.mark.parametrize("damage", ["truncate", "rows", "tmp"])
+@pytest.mark.parametrize("damage", ["truncate", "rows", "value", "tmp"])
 def test_corrupt_shards_are_quarantined_not_read(tmp_path, damage):
     store = ShardStore(str(tmp_path), "fp")
     path = store.write(UTILITY, "good", pairs_table(["a", "b"], ["b", "a"], [1, 2]))
@@ -44,11 +44,49 @@ def test_corrupt_shards_are_quarantined_not_read(tmp_path, damage):
     elif damage == "rows":  # same metadata, one row fewer
         t = pq.read_table(path)
         pq.write_table(t.slice(0, 1).replace_schema_metadata(t.schema.metadata), path)
+    elif damage == "value":  # same metadata, one example id changed
+        t = pq.read_table(path)
+        pq.write_table(t.set_column(1, t.schema.field(1), pa.array(["b", "c"])), path)
     else:
         os.rename(path, os.path.join(os.path.dirname(path), "_tmp-good-1234.parquet"))
     assert store.read_all(UTILITY).num_rows == 0
     assert os.listdir(tmp_path / "quarantine")
     assert not os.listdir(store.kind_dir(UTILITY))
+
+
+def test_checksum_depends_on_the_values_alone():
+    t = pairs_table(["a", "bb", "", "ccc"], ["x", "y", "z", "w"], [1, 2, 3, 4])
+    rechunked = pa.concat_tables([t.slice(0, 1), t.slice(1, 3)])
+    sliced = pa.concat_tables([pairs_table(["q"], ["q"], [9]), t]).slice(1)  # buffers start mid-way
+    assert table_checksum(t) == table_checksum(rechunked) == table_checksum(sliced)
+    assert table_checksum(t).startswith("col:") and table_checksum(t.slice(0, 0)) != table_checksum(t)
+    # One value changed, or characters moved across a boundary ("bb","" vs "b","b"): another digest.
+    assert table_checksum(pairs_table(["a", "bb", "", "ccc"], ["x", "y", "z", "w"], [1, 2, 3, 5])) != table_checksum(t)
+    assert table_checksum(pairs_table(["a", "b", "b", "ccc"], ["x", "y", "z", "w"], [1, 2, 3, 4])) != table_checksum(t)
+    vectors = pa.table(
+        {"sample_id": ["a", "b"], "vector": pa.array([[1.0, 2.0], [3.0, 4.0]], pa.list_(pa.float32(), 2))}
+    )
+    assert table_checksum(vectors) != table_checksum(vectors.slice(1))
+
+
+def test_a_store_written_with_the_legacy_checksum_still_validates(tmp_path):
+    """Shards of an earlier version record the per-string checksum: read, not rescored."""
+    store = ShardStore(str(tmp_path), "fp")
+    for kind, table in [
+        (UTILITY, pairs_table(["a", "b"], ["b", "a"], [1, 2])),
+        (BASELINE, pa.table({"sample_id": ["a"], "distance": [0.5]})),
+        (EMBEDDING, pa.table({"sample_id": ["a"], "vector": pa.array([[1.0, 2.0]], pa.list_(pa.float32(), 2))})),
+    ]:
+        path = store.write(kind, "old", table)
+        t = pq.read_table(path)
+        meta = {**t.schema.metadata, b"delift.checksum": legacy_checksum(t.replace_schema_metadata(None)).encode()}
+        pq.write_table(t.replace_schema_metadata(meta), path)
+        assert store.read_all(kind).num_rows == table.num_rows
+        # A legacy checksum that does not match is still a mismatch.
+        t2 = t.set_column(0, t.schema.field(0), pa.array(["z"] * t.num_rows))
+        pq.write_table(t2.replace_schema_metadata(meta), path)
+        assert store.read_all(kind).num_rows == 0
+    assert len(os.listdir(tmp_path / "quarantine")) == 3
 
 
 def test_streamed_reads_cover_every_shard_once_in_batches(tmp_path):
