@@ -372,6 +372,20 @@ def _report_1m(r: dict, doc: dict) -> Cells:
     ]
 
 
+def _assembly_checksum(r: dict, doc: dict) -> Cells:
+    # benchmarks/assembly_checksum.py: 1M knn assembly, legacy against columnar shard checksums.
+    med = r["assemble_median_s"]
+    return [
+        (
+            f"the job's assemble step at N = {num(r['n'])}, knn k {r['k']} + r {r['random']} "
+            f"({num(r['pairs'])} pairs, {num(r['shards']['shards'])} shards), shard checksum per-string (before) "
+            f"against columnar (after), side by side ({_cpu_flags(doc)})",
+            f"before {secs(med['legacy'])}, after {secs(med['columnar'])} (median of {len(r['assemble_runs']['legacy'])} "
+            f"each): {r['speedup']:.2f}x; the same kernel ({num(r['kernel_nnz'])} entries)",
+        )
+    ]
+
+
 def _noise_gate(r: dict, doc: dict) -> Cells:
     # benchmarks/noise_gate.py: swapped share of the default subset without and with the gate.
     cells = []
@@ -498,6 +512,7 @@ ROWS: list[Row] = [
     Row("knn_default", "scale", _knn_default),
     Row("scale_1m", "scale", _scale_1m),
     Row("report_1m", "scale", _report_1m),
+    Row("assembly_checksum_1m", "scale", _assembly_checksum),
     Row("reselect_versions", "versions", _reselect),
     Row("chaos", "reliability", _chaos),
     Row("hostile_rows", "reliability", _hostile_rows),

@@ -18,7 +18,6 @@ already in the cache, so only the embedding pass is new. Reported per pool, k an
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import sys
 import time
@@ -100,6 +99,7 @@ def main(argv=None) -> int:
     args = p.parse_args(argv)
     from delift_ray import assets
     from delift_ray.evaluate.inputs import load_run
+    from delift_ray.rundir import read_run_document
 
     work = Path(args.work)
     meta = {"model": str(assets.demo_model_dir())}
@@ -122,7 +122,7 @@ def main(argv=None) -> int:
                 run = load_run(d)
                 ids = run.pool.sample_ids
                 K = dense_kernel(name, ids) if K is None else K
-                picked[arm] = (list(run.selected), json.loads((d / "run.json").read_text())["counts"])
+                picked[arm] = (list(run.selected), read_run_document(str(d)).counts)
             dense_picks = picked["dense"][0]
             base = fl_value(K, dense_picks)
             for arm, (picks, counts) in picked.items():

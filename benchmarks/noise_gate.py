@@ -86,6 +86,7 @@ def measure_pool(name: str, data: Path, swapped: set[str], args, work: Path, met
     import pyarrow.parquet as pq
 
     from delift_ray.evaluate.inputs import load_run
+    from delift_ray.rundir import read_run_document
 
     rows = {}
     t0 = time.perf_counter()
@@ -105,7 +106,7 @@ def measure_pool(name: str, data: Path, swapped: set[str], args, work: Path, met
                 "swapped_share_first_half": round(float(np.mean([s in swapped for s in half])), 4),
             }
             if arm == "gate":
-                counts = json.loads((out / "run.json").read_text())["counts"]
+                counts = read_run_document(str(out)).counts
                 samples = pq.read_table(out / "samples.parquet").to_pylist()
                 pool = [x for x in samples if x["set"] == "pool"]
                 gain = np.array([x["gate_gain"] for x in pool])
@@ -119,7 +120,7 @@ def measure_pool(name: str, data: Path, swapped: set[str], args, work: Path, met
                     kept_swapped_share=round(float(is_sw[~excluded].mean()), 4) if (~excluded).any() else None,
                     intact_excluded_share=round(float(excluded[~is_sw].mean()), 4),
                     baselines_scored=counts["baselines_scored"],
-                    score_s=json.loads((out / "run.json").read_text())["timings"].get("score_s", 0.0),
+                    score_s=read_run_document(str(out)).timings.get("score_s", 0.0),
                     # The swapped samples the gate let through, by contrastive gain.
                     kept_swapped=[
                         {

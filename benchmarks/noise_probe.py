@@ -111,6 +111,7 @@ def main(argv=None) -> int:
 
     from delift_ray.evaluate.arms import arm_subsets, baseline_distances, parse_variants, raw_matrix, run_store
     from delift_ray.evaluate.inputs import load_run
+    from delift_ray.rundir import read_run_document
 
     run = load_run(out / "run")
     store = run_store(run)
@@ -148,7 +149,7 @@ def main(argv=None) -> int:
         "noise_signal_auroc": noise_signals(uf, d, is_swapped),
         **prior_signal(run, meta["model"], uf, is_swapped, args.budgets),
         "min_prompt_gain": job_prompt_gain(cmd, out, is_swapped, run.pool.sample_ids, args),
-        "counts": json.loads((out / "run" / "run.json").read_text())["counts"],
+        "counts": read_run_document(str(out / "run")).counts,
     }
     write_result("noise_probe", res)
     print(json.dumps(res, indent=2))
@@ -162,6 +163,7 @@ def job_prompt_gain(cmd: list[str], out: Path, is_swapped: np.ndarray, ids: list
     from delift_ray.evaluate.arms import run_store
     from delift_ray.evaluate.inputs import load_run
     from delift_ray.gate import prompt_free_id
+    from delift_ray.rundir import read_run_document
 
     swapped = {s for s, w in zip(ids, is_swapped) if w}
     res: dict = {"runs": {}}
@@ -187,7 +189,7 @@ def job_prompt_gain(cmd: list[str], out: Path, is_swapped: np.ndarray, ids: list
                         "gain_intact": np.round(np.sort(g[~sw]), 4).tolist(),
                     }
                 )
-            counts = json.loads((run_dir / "run.json").read_text())["counts"]
+            counts = read_run_document(str(run_dir)).counts
             res["runs"][f"{t:g} @ {int(round(100 * b))}%"] = {
                 "excluded": counts["excluded_low_prompt_gain"],
                 "selected": len(r.selected),

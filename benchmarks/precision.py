@@ -209,7 +209,7 @@ def main(argv=None) -> dict:
         )
         fam: dict = {"samples": len(ids), "precisions": {}}
         for name, run in runs.items():
-            counts = run.meta.get("counts", {})
+            counts = run.doc.counts
             row = {
                 "dtypes": counts.get("dtypes"),
                 "head_dtypes": counts.get("head_dtypes"),

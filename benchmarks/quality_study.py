@@ -58,6 +58,7 @@ sys.path.insert(0, str(ROOT / "benchmarks"))
 from results import write_result  # noqa: E402
 
 from delift_ray.evaluate.arms import BASELINE_ARMS  # noqa: E402  (delift-ray evaluate's baselines)
+from delift_ray.rundir import read_run_document  # noqa: E402
 
 VARIANTS = "keep-minmax,drop-minmax,drop-clip"
 
@@ -148,7 +149,7 @@ class Units:
 
 
 def select_run(out: Path, data: Path, budget: float, args, meta: dict, *extra: str, diagonal: str = "keep") -> dict:
-    """``delift-ray select`` (dense, the CLI users run) into ``out``; returns its run.json.
+    """``delift-ray select`` (dense, the CLI users run) into ``out``; returns its run.json (:class:`delift_ray.rundir.RunDocument`).
 
     ``diagonal`` keep: keep-minmax, the default when the study ran (the scoring runs and the
     min-prompt-gain arm were made with it, and their run dirs must resume as they were)."""
@@ -193,7 +194,7 @@ def select_run(out: Path, data: Path, budget: float, args, meta: dict, *extra: s
             raise SystemExit(f"{out.name}: delift-ray select failed {attempt} times; re-run to resume")
         log(f"{out.name}: attempt {attempt} failed; retrying in 60 s (stored shards are kept)")
         time.sleep(60)
-    return json.loads((out / "run.json").read_text())
+    return read_run_document(str(out))
 
 
 def score_unit(units: Units, name: str, args, work: Path, data: Path, meta: dict) -> None:
@@ -229,14 +230,14 @@ def score_unit(units: Units, name: str, args, work: Path, data: Path, meta: dict
     units.save(
         name,
         {
-            "counts": run_json["counts"],
-            "timings": run_json["timings"],
+            "counts": run_json.counts,
+            "timings": run_json.timings,
             "wall_s": round(wall, 1),
             "n_pool": len(run.pool),
             "run_dir": str(out),
         },
     )
-    log(f"{name}: done in {wall:.0f} s ({run_json['timings'].get('pairs_per_s')} pairs/s)")
+    log(f"{name}: done in {wall:.0f} s ({run_json.timings.get('pairs_per_s')} pairs/s)")
 
 
 def prompt_gain_subset(pool: str, budget: float, args, work: Path, meta: dict, pool_ids: list[str]) -> list[int]:
@@ -472,7 +473,7 @@ def default_prompt_gain_unit(units: Units, args, work: Path, meta: dict, budgets
         res["budgets"][f"{budget:g}"] = {
             "k": len(run.selected),
             "subset": run.selected,
-            "excluded": run.meta["counts"]["excluded_low_prompt_gain"],
+            "excluded": run.doc.counts["excluded_low_prompt_gain"],
             "swapped_share": swapped_share(ids, run.selected, swapped),
         }
     units.save(name, res)

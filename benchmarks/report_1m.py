@@ -61,7 +61,6 @@ def build_run(out: str, n: int, k: int = 32, r: int = 4, budget: float = 0.3, se
         SUBSET,
         RunCounts,
         RunDir,
-        json_bytes,
         parquet_bytes,
         run_document,
         selection_table,
@@ -132,7 +131,7 @@ def build_run(out: str, n: int, k: int = 32, r: int = 4, budget: float = 0.3, se
         SUBSET: subset_bytes([json.dumps({"prompt": prompts[i], "response": responses[i]}) for i in chosen]),
         MAP: parquet_bytes(shown.map),
         CURVE: parquet_bytes(shown.curve),
-        RUN_JSON: json_bytes(meta),
+        RUN_JSON: meta.to_bytes(),
     }
     RunDir(out).commit(files)
     t.update({f"{s['name']}_s": s["seconds"] for s in steps.as_list()})

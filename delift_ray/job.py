@@ -33,7 +33,6 @@ from delift_ray.rundir import (
     RunCounts,
     RunDir,
     inputs_digest,
-    json_bytes,
     parquet_bytes,
     run_document,
     samples_table,
@@ -186,7 +185,7 @@ def _execute(
         SUBSET: subset_bytes([pool.originals[i] for i in selection.indices]),
         MAP: parquet_bytes(shown.map),
         CURVE: parquet_bytes(shown.curve),
-        RUN_JSON: json_bytes(meta),
+        RUN_JSON: meta.to_bytes(),
     }
     if finalize is not None:
         files = finalize(files)

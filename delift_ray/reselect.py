@@ -34,6 +34,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import sys
 from dataclasses import dataclass, field
 from typing import Optional, Sequence, Union
 
@@ -52,11 +53,15 @@ from delift_ray.rundir import (
     SUBSET,
     RunCounts,
     RunDir,
+    RunDocument,
+    SelectionRecord,
     json_bytes,
     parquet_bytes,
+    parse_run_document,
     read_run,
     selection_table,
     subset_bytes,
+    versions,
 )
 from delift_ray.storage import atomic_write, resolve_fs
 
@@ -131,7 +136,7 @@ def read_previous(run_dir: str) -> PreviousRun:
     run = read_run(run_dir, what="--previous")
     config = run.config
     # Without a shared cache the previous run's shards live in its own dir.
-    cache = config.get("cache") or run.meta.get("cache") or run_dir
+    cache = run.doc.cache or run_dir
     return PreviousRun(run_dir, config, run.pool, run.selected, cache)
 
 
@@ -228,8 +233,8 @@ def _reselect_locked(
         report["changes"] = {c: changes.count(c) for c in ("entered", "left", "kept")}
         ids = sdiff.column("sample_id").to_pylist()
         by_change = {c: [s for s, x in zip(ids, changes) if x == c] for c in ("entered", "left", "kept")}
-        meta = json.loads(files[RUN_JSON])
-        meta["reselect"] = {
+        doc = parse_run_document(files[RUN_JSON], out)
+        doc.reselect = {
             "previous": previous,
             "mode": mode,
             "condition_on": condition_on if mode == "continual" else None,
@@ -243,7 +248,7 @@ def _reselect_locked(
             "selection_diff.json": json_bytes(
                 {"previous": previous, "mode": mode, "data": diff.counts(), **report["changes"], **by_change}
             ),
-            RUN_JSON: json_bytes(meta),
+            RUN_JSON: doc.to_bytes(),
         }
 
     if mode == "full":
@@ -282,6 +287,8 @@ def _continual(
     kept = [s for s in prev.selected if s in present]
     pos = {s: k for k, s in enumerate(new.sample_ids)}
     picks, gains, counts, note, status = [], [], RunCounts(), None, {}
+    # Without an FLCG run there are no shards of this version: the previous run's store stands.
+    cache, model = prev.cache, {}
     if len(diff.added) < 2:
         note = f"{len(diff.added)} added sample(s): nothing to choose between, the previous selection carries over"
     else:
@@ -310,7 +317,8 @@ def _continual(
         )
         result = run(validate_config(tree), progress=progress, overwrite=True)
         picks, gains, counts = result.selected_ids, result.gains, result.counts
-        inner = read_run(f"{sub}/run", what="the continual run").samples
+        inner_run = read_run(f"{sub}/run", what="the continual run")
+        inner, cache, model = inner_run.samples, inner_run.doc.cache, inner_run.doc.model
         status = {
             sid: st
             for sid, st, name in zip(*(inner.column(c).to_pylist() for c in ("sample_id", "status", "set")))
@@ -318,7 +326,15 @@ def _continual(
         }
     selected = kept + picks
     counts = dataclasses.replace(counts, samples=len(new), selected=len(selected))
-    meta = {"config": cfg.model_dump(mode="json"), "cache": cfg.cache, "counts": counts.as_dict()}
+    meta = RunDocument(
+        config=cfg.model_dump(mode="json"),
+        versions=versions(),
+        model=model,
+        cache=cache,
+        selection=SelectionRecord(stage="continual", budget=len(selected)),
+        counts=counts.as_dict(),
+        argv=sys.argv,
+    )
     files = {
         SAMPLES: parquet_bytes(version_samples(new, status)),
         SELECTION: parquet_bytes(
@@ -327,7 +343,7 @@ def _continual(
             )
         ),
         SUBSET: subset_bytes([new.originals[pos[s]] for s in selected]),
-        RUN_JSON: json_bytes(meta),
+        RUN_JSON: meta.to_bytes(),
     }
     paths = od.commit(add_diff(files, selected, {"picked": len(picks), "note": note}))
     return selected, counts, paths

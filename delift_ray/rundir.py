@@ -45,8 +45,9 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.fs as pafs
 import pyarrow.parquet as pq
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from delift_ray.errors import DeliftError, StorageError
+from delift_ray.errors import DeliftError, StorageError, one_line
 from delift_ray.prompts import TOO_LONG
 from delift_ray.storage import atomic_write, resolve_fs
 
@@ -317,6 +318,94 @@ def versions() -> dict:
     return out
 
 
+RUN_FORMAT = 2  # run.json's format; 1 is a run.json written before the format was recorded
+
+
+class FileEntry(BaseModel):
+    """One file of the run in run.json's manifest."""
+
+    bytes: int
+    blake2b: str
+
+
+class SelectionRecord(BaseModel):
+    stage: str
+    budget: int
+
+
+class RunDocument(BaseModel):
+    """run.json: the one model every writer and reader of it goes through.
+
+    ``cache`` is the shard store's root as an absolute location (every format-2 writer
+    records it; :func:`parse_run_document` fills it for format 1). ``counts`` holds
+    :class:`RunCounts`' fields, ``steps`` each step's :class:`~delift_ray.steps.base.StepReport`.
+    A key this version does not know is kept (extra="allow"), so a reader never drops what a
+    newer minor writer added; a newer ``format`` is refused.
+    """
+
+    model_config = ConfigDict(extra="allow")
+
+    format: int = RUN_FORMAT
+    config: dict[str, Any] = Field(default_factory=dict)
+    versions: dict[str, Optional[str]] = Field(default_factory=dict)
+    model: dict[str, Any] = Field(default_factory=dict)
+    cache: Optional[str] = None
+    scorers: list[dict[str, Any]] = Field(default_factory=list)
+    selection: Optional[SelectionRecord] = None
+    counts: dict[str, Any] = Field(default_factory=dict)
+    steps: list[dict[str, Any]] = Field(default_factory=list)
+    timings: dict[str, Any] = Field(default_factory=dict)
+    inputs_digest: Optional[str] = None
+    argv: list[str] = Field(default_factory=list)
+    files: dict[str, FileEntry] = Field(default_factory=dict)
+    reselect: Optional[dict[str, Any]] = None
+
+    @property
+    def fingerprint(self) -> Optional[str]:
+        """The scorer fingerprint of the run's shards."""
+        fp = self.model.get("fingerprint")
+        return str(fp) if fp else None
+
+    def step(self, name: str) -> dict[str, Any]:
+        """That step's record (``{}`` when the run has none)."""
+        return next((s for s in self.steps if s.get("name") == name), {})
+
+    def to_bytes(self) -> bytes:
+        return json_bytes(self.model_dump(mode="json"))
+
+
+def parse_run_document(data: bytes, where: str) -> RunDocument:
+    """run.json's bytes as a :class:`RunDocument`, migrating format 1; a one-line error otherwise.
+
+    Format 1 (no ``format`` key): ``cache`` may be missing (a reselect's continual commit
+    wrote ``config.cache``, possibly relative, or none); it becomes the recorded cache, else
+    the config's, else the run directory itself (``where``), where a run without a shared
+    cache keeps its shards.
+    """
+    try:
+        raw = json.loads(data)
+    except ValueError as exc:
+        raise DeliftError(f"{where}/{RUN_JSON} is not JSON ({one_line(exc, 120)})") from None
+    if not isinstance(raw, dict):
+        raise DeliftError(f"{where}/{RUN_JSON} is not a JSON object")
+    fmt = raw.get("format", 1)
+    if not isinstance(fmt, int) or fmt > RUN_FORMAT or fmt < 1:
+        raise DeliftError(
+            f"{where}/{RUN_JSON} has format {fmt!r}; this delift-ray reads formats 1 to {RUN_FORMAT} "
+            "(a newer delift-ray wrote it: upgrade to read it)"
+        )
+    if fmt == 1:
+        raw = {**raw, "format": RUN_FORMAT}
+        if not raw.get("cache"):
+            raw["cache"] = (raw.get("config") or {}).get("cache") or where
+    try:
+        return RunDocument.model_validate(raw)
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        at = ".".join(str(p) for p in first["loc"]) or "(top)"
+        raise DeliftError(f"{where}/{RUN_JSON}: {at}: {first['msg']}") from None
+
+
 def run_document(
     *,
     config: dict,
@@ -329,22 +418,22 @@ def run_document(
     timings: dict,
     inputs_digest: str,
     scorers: list[dict],
-) -> dict:
-    """run.json (the manifest of the other files is added at commit). ``scorers``: where each
-    scorer ran (node id, accelerator ids)."""
-    return {
-        "config": config,
-        "versions": versions(),
-        "model": model,
-        "cache": cache,
-        "scorers": scorers,
-        "selection": {"stage": stage, "budget": budget},
-        "counts": counts.as_dict(),
-        "steps": steps,
-        "timings": timings,
-        "inputs_digest": inputs_digest,
-        "argv": sys.argv,
-    }
+) -> RunDocument:
+    """run.json of a job's run (the manifest of the other files is added at commit).
+    ``scorers``: where each scorer ran (node id, accelerator ids)."""
+    return RunDocument(
+        config=config,
+        versions=versions(),
+        model=model,
+        cache=cache,
+        scorers=scorers,
+        selection=SelectionRecord(stage=stage, budget=budget),
+        counts=counts.as_dict(),
+        steps=steps,
+        timings=timings,
+        inputs_digest=inputs_digest,
+        argv=sys.argv,
+    )
 
 
 def parquet_bytes(table: pa.Table) -> bytes:
@@ -386,15 +475,15 @@ class RunDir:
     def exists(self, name: str) -> bool:
         return self.fs.get_file_info(self.file(name)).type == pafs.FileType.File
 
-    def finished_run(self) -> Optional[dict]:
-        """run.json of the finished run this directory holds, or None."""
+    def finished_run(self) -> Optional[RunDocument]:
+        """run.json of the finished run this directory holds, or None; an empty document
+        when it cannot be read (a run to resume, with nothing to compare against)."""
         if not self.exists(RUN_JSON):
             return None
         try:
-            meta = json.loads(_read_bytes(self.fs, self.file(RUN_JSON)))
-        except (OSError, ValueError):
-            return {}
-        return meta if isinstance(meta, dict) else {}
+            return parse_run_document(_read_bytes(self.fs, self.file(RUN_JSON)), self.uri)
+        except (OSError, DeliftError):
+            return RunDocument()
 
     def check_reusable(self, inputs_digest: str, overwrite: bool, config: Optional[dict] = None) -> None:
         """Refuse to replace a finished run of other data or settings unless ``overwrite``.
@@ -404,10 +493,10 @@ class RunDir:
         as before (nothing to compare it with). With ``config`` the error names the settings
         that differ (a default that changed between versions shows up here).
         """
-        meta = self.finished_run()
-        if meta is None or overwrite or meta.get("inputs_digest", inputs_digest) == inputs_digest:
+        doc = self.finished_run()
+        if doc is None or overwrite or doc.inputs_digest in (None, inputs_digest):
             return
-        changed = settings_changed(meta.get("config") or {}, config) if config is not None else []
+        changed = settings_changed(doc.config, config) if config is not None else []
         what = (
             (
                 f"settings that differ (stored -> now): {'; '.join(changed[:6])}"
@@ -424,22 +513,22 @@ class RunDir:
         )
 
     # ------------------------------------------------------------------ transactions
-    def commit(self, files: dict[str, bytes], manifest_into: str = RUN_JSON) -> dict[str, str]:
+    def commit(self, files: dict[str, bytes]) -> dict[str, str]:
         """Replace the run's files together; returns name -> path.
 
-        ``files[manifest_into]`` must be a JSON object: the manifest of the other files is
-        added to it before anything is written.
+        ``files[RUN_JSON]`` is a :class:`RunDocument`'s bytes: the manifest of the other
+        files is added to it before anything is written.
         """
-        meta = json.loads(files[manifest_into])
-        meta["files"] = {
-            name: {"bytes": len(data), "blake2b": digest(data)} for name, data in files.items() if name != manifest_into
+        doc = parse_run_document(files[RUN_JSON], self.uri)
+        doc.files = {
+            name: FileEntry(bytes=len(data), blake2b=digest(data)) for name, data in files.items() if name != RUN_JSON
         }
-        files = {**files, manifest_into: json_bytes(meta)}
+        files = {**files, RUN_JSON: doc.to_bytes()}
         txn = f"{self.path}/{TXN_PREFIX}{uuid.uuid4().hex[:12]}"
         self.create()
         for name, data in files.items():
             atomic_write(self.fs, f"{txn}/{name}", data)
-        atomic_write(self.fs, f"{txn}/{COMMIT_MARKER}", json_bytes({"order": _commit_order(files, manifest_into)}))
+        atomic_write(self.fs, f"{txn}/{COMMIT_MARKER}", json_bytes({"order": _commit_order(files, RUN_JSON)}))
         self._roll_forward(txn)
         return {name: self.file(name) for name in files}
 
@@ -479,14 +568,14 @@ class FinishedRun:
     """A finished run, read and checked against its manifest."""
 
     uri: str
-    meta: dict
+    doc: RunDocument
     samples: pa.Table
     selected: list[str]
     selection: pa.Table
 
     @property
     def config(self) -> dict:
-        return dict(self.meta.get("config") or {})
+        return dict(self.doc.config)
 
     @property
     def pool(self) -> pa.Table:
@@ -510,38 +599,45 @@ def read_run(uri: str, *, what: str = "run") -> FinishedRun:
             files[name] = read_file(uri, name)
         except (OSError, DeliftError):
             raise DeliftError(f"{what} {uri} is not a finished delift-ray run: {name} is missing") from None
+    doc = parse_run_document(files[RUN_JSON], uri)
     try:
-        meta = json.loads(files[RUN_JSON])
-        if not isinstance(meta, dict):
-            raise ValueError("run.json is not an object")
         samples = pq.read_table(pa.BufferReader(files[SAMPLES]))
         selection = pq.read_table(pa.BufferReader(files[SELECTION]))
-    except (ValueError, pa.ArrowException) as exc:
+    except pa.ArrowException as exc:
         raise DeliftError(f"{what} {uri}: unreadable run files ({exc.__class__.__name__}: {str(exc)[:120]})") from None
     for name in (SAMPLES, SELECTION):
-        want = (meta.get("files") or {}).get(name)
-        if want is not None and want.get("blake2b") != digest(files[name]):
+        want = doc.files.get(name)
+        if want is not None and want.blake2b != digest(files[name]):
             raise DeliftError(
                 f"{what} {uri}: {name} does not belong to its run.json (a run is being committed "
                 "there, or was interrupted mid-commit); wait for it or run it again"
             )
-    return FinishedRun(uri, meta, samples, selection.column("sample_id").to_pylist(), selection)
+    return FinishedRun(uri, doc, samples, selection.column("sample_id").to_pylist(), selection)
 
 
 def read_run_table(run: FinishedRun, name: str) -> Optional[pa.Table]:
     """A Parquet file of a finished run (``map.parquet``, ``curve.parquet``,
     ``selection_diff.parquet``), checked against its manifest; None when the run has none
     (an older run, or a run of another kind)."""
-    want = (run.meta.get("files") or {}).get(name)
+    want = run.doc.files.get(name)
     if want is None:
         return None
     try:
         data = read_file(run.uri, name)
     except OSError:
         raise DeliftError(f"run {run.uri}: {name} is listed in run.json but missing") from None
-    if want.get("blake2b") != digest(data):
+    if want.blake2b != digest(data):
         raise DeliftError(f"run {run.uri}: {name} does not belong to its run.json (a commit is in progress there)")
     try:
         return pq.read_table(pa.BufferReader(data))
     except pa.ArrowException as exc:
         raise DeliftError(f"run {run.uri}: unreadable {name} ({exc.__class__.__name__})") from None
+
+
+def read_run_document(uri: str) -> RunDocument:
+    """run.json of the run at ``uri`` alone (no other file is read or checked)."""
+    try:
+        data = read_file(uri, RUN_JSON)
+    except OSError:
+        raise DeliftError(f"{uri} is not a finished delift-ray run: {RUN_JSON} is missing") from None
+    return parse_run_document(data, uri)

@@ -136,22 +136,32 @@ def resolve_fs(uri: str) -> tuple[pafs.FileSystem, str]:
         raise StorageError(f"cannot open storage location {uri!r}: {exc}") from None
 
 
+OBJECT_STORES = ("s3", "gcs", "abfs")  # pyarrow type names whose writes are atomic per object
+
+
 def atomic_write(fs: pafs.FileSystem, path: str, data: Union[bytes, Callable[[Any], None]]) -> str:
-    """Write ``path`` so that no reader ever sees it partial: a temporary sibling, then a rename.
+    """Write ``path`` so that no reader ever sees it partial.
 
     ``data`` is the bytes, or a function that writes to the open output stream (Parquet
-    writers). The temporary name starts with :data:`TMP_PREFIX`, which listings skip. On
-    object stores the rename is a copy, still never a partial object.
+    writers). On a file system: a temporary sibling (its name starts with
+    :data:`TMP_PREFIX`, which listings skip), then a rename. On an object store an object
+    appears only when its upload completes, so the object is written under its final name
+    directly: a rename there is a copy and a delete, and folders are only name prefixes
+    (creating one writes marker objects), which would cost seven more requests a shard.
+    The bytes are complete before the upload starts, so only a finished upload is ever seen.
     """
+    if fs.type_name in OBJECT_STORES:
+        if callable(data):  # serialised first: a writer that fails uploads nothing
+            buf = pa.BufferOutputStream()
+            data(buf)
+            data = buf.getvalue().to_pybytes()
+        _write_stream(fs, path, data)
+        return path
     parent, base = path.rsplit("/", 1)
     tmp = f"{parent}/{TMP_PREFIX}{base}-{uuid.uuid4().hex[:8]}"
     fs.create_dir(parent, recursive=True)
     try:
-        with fs.open_output_stream(tmp) as sink:
-            if callable(data):
-                data(sink)
-            else:
-                sink.write(data)
+        _write_stream(fs, tmp, data)
         fs.move(tmp, path)
     except BaseException:
         try:
@@ -160,6 +170,14 @@ def atomic_write(fs: pafs.FileSystem, path: str, data: Union[bytes, Callable[[An
             pass
         raise
     return path
+
+
+def _write_stream(fs: pafs.FileSystem, path: str, data: Union[bytes, Callable[[Any], None]]) -> None:
+    with fs.open_output_stream(path) as sink:
+        if callable(data):
+            data(sink)
+        else:
+            sink.write(data)
 
 
 def local_copy(uri: str) -> str:
@@ -313,6 +331,13 @@ def checksum_matches(table: pa.Table, recorded: str) -> bool:
 class ShardInfo:
     path: str
     key: str
+    size: Optional[int] = None  # bytes, from the listing
+
+
+# Shards up to this size are read in one request, footer and all. A footer read first costs two
+# round trips (size, then the tail) before the data's own; it pays only for big shards that
+# may turn out irrelevant. A scored block of 128 x 128 pairs is about 0.3 MB.
+WHOLE_READ_BYTES = 4 << 20
 
 
 class ShardStore:
@@ -375,12 +400,17 @@ class ShardStore:
         )
 
     # ------------------------------------------------------------------ read
-    def read_valid(self, path: str) -> Optional[pa.Table]:
-        """The shard's table if it validates, else None (and it is quarantined)."""
+    def read_valid(self, path: str, data: Optional[bytes] = None) -> Optional[pa.Table]:
+        """The shard's table if it validates, else None (and it is quarantined).
+
+        ``data``: the shard's bytes, when the caller has read them already."""
         reason = None
         try:
-            with self.fs.open_input_file(path) as f:
-                table = pq.read_table(f)
+            if data is not None:
+                table = pq.read_table(pa.BufferReader(data))
+            else:
+                with self.fs.open_input_file(path) as f:
+                    table = pq.read_table(f)
             meta = table.schema.metadata or {}
             if meta.get(b"delift.fingerprint", b"").decode() != self.fingerprint:
                 reason = "fingerprint mismatch"
@@ -417,7 +447,7 @@ class ShardStore:
                 self.quarantine(info.path, "left over from an interrupted write")
                 continue
             if name.endswith(".parquet"):
-                out.append(ShardInfo(info.path, name[: -len(".parquet")]))
+                out.append(ShardInfo(info.path, name[: -len(".parquet")], info.size))
         return sorted(out, key=lambda s: s.key)
 
     def read_relevant(self, kind: str, helped: Iterable[str], examples: Iterable[str] = ()) -> pa.Table:
@@ -441,12 +471,17 @@ class ShardStore:
         want_h, want_e = (set(helped) if helped is not None else None), set(examples)
         pending, rows = [], 0
         for shard in self.list_shards(kind):
-            ids = self.footer_ids(shard.path) if want_h is not None else None
-            if ids is not None:
-                h, e = ids
-                if not _names_any(h, want_h) or (kind == UTILITY and not _names_any(e, want_e)):
-                    continue
-            t = self.read_valid(shard.path)
+            data = None
+            if want_h is not None:
+                ids = _FOOTER_MEMO.get((self.root_uri, shard.path))
+                if ids is None and shard.size is not None and shard.size <= WHOLE_READ_BYTES:
+                    data = self.read_bytes(shard.path)
+                ids = ids or self.footer_ids(shard.path, data)
+                if ids is not None:
+                    h, e = ids
+                    if not _names_any(h, want_h) or (kind == UTILITY and not _names_any(e, want_e)):
+                        continue
+            t = self.read_valid(shard.path, data)
             if t is None:
                 continue
             pending.append(t)
@@ -457,7 +492,15 @@ class ShardStore:
         if pending:
             yield pa.concat_tables(pending)
 
-    def footer_ids(self, path: str) -> Optional[tuple[str, str]]:
+    def read_bytes(self, path: str) -> Optional[bytes]:
+        """A shard's bytes in one request; None when unreadable (read_valid then quarantines it)."""
+        try:
+            with self.fs.open_input_stream(path, compression=None) as f:
+                return f.read()
+        except (OSError, pa.ArrowException):
+            return None
+
+    def footer_ids(self, path: str, data: Optional[bytes] = None) -> Optional[tuple[str, str]]:
         """(helped ids, example ids) as listed in a shard's footer (``,``-joined, sorted);
         None when absent or unreadable.
 
@@ -470,8 +513,11 @@ class ShardStore:
         if memo_key in _FOOTER_MEMO:
             return _FOOTER_MEMO[memo_key]
         try:
-            with self.fs.open_input_file(path) as f:
-                meta = pq.read_schema(f).metadata or {}
+            if data is not None:
+                meta = pq.read_schema(pa.BufferReader(data)).metadata or {}
+            else:
+                with self.fs.open_input_file(path) as f:
+                    meta = pq.read_schema(f).metadata or {}
         except (OSError, pa.ArrowException, ValueError):
             return None  # read_valid will quarantine it
         if b"delift.helped" not in meta:

@@ -84,10 +84,10 @@ def restore() -> None:
             lg.addHandler(h)
         lg.propagate = propagate
     logging.captureWarnings(False)
-    with _lock:
+    with _lock:  # a Ray thread may be writing: it sees the file open or None, never closed
         if _log_file is not None:
             _log_file.close()
-    _log_path = _log_file = _saved = _out = None
+        _log_path = _log_file = _saved = _out = None
 
 
 def log_path() -> Optional[str]:
@@ -114,10 +114,9 @@ def quiet_library_loggers() -> None:
 
 def write(text: str) -> None:
     """Append raw text to the log file (no-op when the terminal is not quiet)."""
-    if _log_file is None:
-        return
     with _lock:
-        _log_file.write(text if text.endswith("\n") else text + "\n")
+        if _log_file is not None:
+            _log_file.write(text if text.endswith("\n") else text + "\n")
 
 
 def route_worker_output() -> None:
@@ -179,7 +178,8 @@ def keep_log(succeeded: bool) -> Optional[str]:
     if _log_path is None or not os.path.exists(_log_path):
         return None
     with _lock:
-        _log_file.flush()
+        if _log_file is not None:
+            _log_file.flush()
     target = log_into(_out)
     if succeeded and target != _log_path and os.path.isdir(os.path.dirname(target)):
         with open(_log_path, "rb") as src, open(target, "ab") as dst:

@@ -10,6 +10,7 @@ import pytest
 from delift_ray.config import load_config
 from delift_ray.errors import ConfigError
 from delift_ray.kernel import assemble_sparse, assemble_sparse_from_tables, finish_dense, scale_values, self_positions
+from delift_ray.rundir import RunDocument
 from delift_ray.selection import facility_location
 
 BASE = {"data": "d.jsonl", "model": "m", "out": "o"}
@@ -224,7 +225,7 @@ def test_arms_from_a_shard_store(tmp_path):
         pool=Pool(ids, ["p"] * 4, ["r"] * 4),
         selected=[0, 1],
         others={},
-        meta={"cache": str(tmp_path / "cache"), "model": {"fingerprint": "fp0"}},
+        doc=RunDocument(cache=str(tmp_path / "cache"), model={"fingerprint": "fp0"}),
     )
     assert delift_variant(run, Variant("keep", "minmax"), 2) == [0, 1]  # the known answer above
     assert delift_variant(run, Variant("drop", "minmax"), 1) == [2]
@@ -274,7 +275,7 @@ def _sparse_run(tmp_path, pairs: dict[tuple[str, str], float], cache: str = "cac
         pool=Pool(ids, ["p"] * 4, ["r"] * 4),
         selected=[1],
         others={},
-        meta={"cache": str(tmp_path / cache), "model": {"fingerprint": "fp0"}},
+        doc=RunDocument(cache=str(tmp_path / cache), model={"fingerprint": "fp0"}),
     )
 
 

@@ -183,3 +183,62 @@ def test_step_log_times_each_step_and_keeps_its_stats():
     rows = steps.as_list()
     assert [r["name"] for r in rows] == ["one", "two"] and rows[0]["n"] == 4
     assert all(r["seconds"] >= 0 and r["peak_rss_gib"] > 0 for r in rows)
+
+
+def test_run_json_of_format_1_is_migrated_and_a_newer_format_refused(tmp_path):
+    from delift_ray.rundir import RUN_FORMAT, parse_run_document
+
+    # Format 1: no format key; a reselect's continual commit recorded config.cache or nothing.
+    old = {"config": {"cache": "/shared/cache"}, "counts": {"selected": 2}, "selection": {"stage": "task", "budget": 2}}
+    doc = parse_run_document(json_bytes(old), "s3://b/run")
+    assert (doc.format, doc.cache, doc.selection.stage, doc.counts["selected"]) == (
+        RUN_FORMAT,
+        "/shared/cache",
+        "task",
+        2,
+    )
+    doc = parse_run_document(json_bytes({"config": {}, "cache": None}), "s3://b/run")
+    assert doc.cache == "s3://b/run"  # a run without a shared cache keeps its shards in its own dir
+    doc = parse_run_document(json_bytes({"cache": "/c", "model": {"fingerprint": "fp"}, "future_key": 1}), "r")
+    assert (doc.cache, doc.fingerprint, doc.model_extra) == ("/c", "fp", {"future_key": 1})
+    assert json.loads(doc.to_bytes())["future_key"] == 1  # kept through a rewrite
+    for raw, message in [
+        (json_bytes({"format": RUN_FORMAT + 1}), f"has format {RUN_FORMAT + 1}; this delift-ray reads formats 1 to"),
+        (b"[1, 2]", "is not a JSON object"),
+        (b"{not json", "is not JSON"),
+        (json_bytes({"selection": {"stage": "task"}}), "selection.budget: Field required"),
+        (json_bytes({"files": {"x": {"bytes": "many"}}}), "files.x.bytes"),
+    ]:
+        with pytest.raises(DeliftError, match=message) as exc:
+            parse_run_document(raw, "/r")
+        assert "\n" not in str(exc.value)
+
+
+def test_a_commit_records_the_current_format_and_the_reader_refuses_a_newer_one(tmp_path):
+    from delift_ray.rundir import RUN_FORMAT, read_run_document
+
+    RunDir(str(tmp_path)).commit(run_files("one"))
+    doc = read_run(str(tmp_path)).doc
+    assert doc.format == RUN_FORMAT and read_run_document(str(tmp_path)) == doc
+    assert doc.cache == str(tmp_path)  # format 1 input: the run's own dir
+    raw = json.loads((tmp_path / RUN_JSON).read_text())
+    (tmp_path / RUN_JSON).write_text(json.dumps({**raw, "format": RUN_FORMAT + 1}))
+    with pytest.raises(DeliftError, match="a newer delift-ray wrote it"):
+        read_run(str(tmp_path))
+    with pytest.raises(DeliftError, match="is missing"):
+        read_run_document(str(tmp_path / "nothing"))
+
+
+def test_run_json_is_read_only_through_rundir():
+    """No module parses run.json by hand: each goes through rundir's RunDocument."""
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1]
+    offenders = []
+    for path in [*root.glob("delift_ray/**/*.py"), *root.glob("benchmarks/*.py"), *root.glob("docs/*.py")]:
+        if path.name == "rundir.py":
+            continue
+        for n, line in enumerate(path.read_text().splitlines(), 1):
+            if "json.loads" in line and ("run.json" in line or "RUN_JSON" in line):
+                offenders.append(f"{path.relative_to(root)}:{n}")
+    assert offenders == []

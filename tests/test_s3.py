@@ -416,3 +416,32 @@ def test_secret_never_written(cluster, s3, tiny_model_dir, data, full, tmp_path)
             if SECRET.encode() in f.read():
                 found.append(path)
     assert not found, found
+
+
+def test_a_shard_on_s3_is_one_object_written_once(s3):
+    """No temporary object, no folder markers, and a writer that fails uploads nothing."""
+    import pyarrow as pa
+
+    from delift_ray.storage import ShardStore
+
+    set_endpoint(s3)
+    try:
+        store = ShardStore(f"s3://{BUCKET}/one-object", "fp")
+        table = pa.table({"helped_id": ["a"], "example_id": ["b"], "utility": [0.5], "distance": [0.5]})
+        store.write(UTILITY, "k", table)
+        keys = sorted(i.path for i in objects(s3, f"{BUCKET}/one-object"))
+        assert keys == [f"{BUCKET}/one-object/utility/fp=fp/k.parquet"]
+        assert store.read_relevant(UTILITY, ["a"], ["b"]).num_rows == 1
+
+        def fails(sink):
+            sink.write(b"PAR1 half a shard")
+            raise RuntimeError("the writer died")
+
+        from delift_ray.storage import atomic_write
+
+        fs, base = resolve_fs(f"s3://{BUCKET}/one-object")
+        with pytest.raises(RuntimeError):
+            atomic_write(fs, f"{base}/utility/fp=fp/dead.parquet", fails)
+        assert sorted(i.path for i in objects(s3, f"{BUCKET}/one-object")) == keys
+    finally:
+        set_endpoint(None)

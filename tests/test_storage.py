@@ -113,3 +113,39 @@ def test_footer_lists_are_matched_by_whole_ids():
 
     assert _names_any("a1,b2,c3", {"c3"}) and _names_any("a1,b2,c3", {"a1"}) and _names_any("x", {"x"})
     assert not _names_any("a1,b2,c3", {"a", "b", "2", "c3,"}) and not _names_any("", {"", "a"})
+
+
+class CountingFS:
+    """A file system that counts how each shard is opened (everything else passes through)."""
+
+    def __init__(self, fs):
+        self._fs, self.opens = fs, {"stream": 0, "file": 0}
+
+    def open_input_stream(self, *a, **k):
+        self.opens["stream"] += 1
+        return self._fs.open_input_stream(*a, **k)
+
+    def open_input_file(self, *a, **k):
+        self.opens["file"] += 1
+        return self._fs.open_input_file(*a, **k)
+
+    def __getattr__(self, name):
+        return getattr(self._fs, name)
+
+
+def test_a_small_shard_is_read_once_footer_and_all(tmp_path, monkeypatch):
+    from delift_ray import storage
+
+    ids = [f"s{i}" for i in range(3)]
+    writer = ShardStore(str(tmp_path), "fp")
+    for i, h in enumerate(ids):
+        writer.write(UTILITY, f"k{i}", pairs_table([h] * 3, ids, np.arange(3) + 10 * i))
+    writer.write(UTILITY, "other", pairs_table(["x"], ["y"], [1]))  # names no wanted id: skipped
+    for whole, want in [(storage.WHOLE_READ_BYTES, {"stream": 4, "file": 0}), (0, {"stream": 0, "file": 7})]:
+        monkeypatch.setattr(storage, "WHOLE_READ_BYTES", whole)
+        storage._FOOTER_MEMO.clear()  # a new driver
+        store = ShardStore(str(tmp_path), "fp")
+        store.fs = CountingFS(store.fs)
+        assert store.read_relevant(UTILITY, ids, ids).num_rows == 9
+        # One read per shard; footer-first: the footer of all 4, then the 3 relevant shards.
+        assert store.fs.opens == want

@@ -67,9 +67,7 @@ def run_store(run: RunData):
     """The run's shard store (its ``cache`` and scorer fingerprint from run.json)."""
     from delift_ray.storage import ShardStore
 
-    meta = run.meta or {}
-    root = meta.get("cache") or (run.config or {}).get("cache") or (run.config or {}).get("out")
-    fp = (meta.get("model") or {}).get("fingerprint")
+    root, fp = (run.doc.cache, run.doc.fingerprint) if run.doc is not None else (None, None)
     if not root or not fp:
         raise DeliftError(f"{run.run_dir}/run.json names no cache or fingerprint; cannot read its utilities")
     return ShardStore(str(root), str(fp))

@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import Optional
 
 from delift_ray.errors import DeliftError
+from delift_ray.rundir import RunDocument
 
 
 @dataclass
@@ -34,7 +35,7 @@ class RunData:
     pool: Pool
     selected: list[int]  # indices into pool, in selection order
     others: dict[str, Pool]  # "target" / "existing" sets, where present
-    meta: dict = field(default_factory=dict)  # the whole run.json (cache, model fingerprint, ...)
+    doc: Optional[RunDocument] = None  # run.json (cache, model fingerprint, ...)
 
 
 def load_run(run_dir: str | Path) -> RunData:
@@ -78,16 +79,15 @@ def load_run(run_dir: str | Path) -> RunData:
     if len(set(selected)) != len(selected):
         raise DeliftError(f"{d}/selection.parquet selects a sample twice")
     cfg = run.config
-    sel = run.meta.get("selection") or {}
     return RunData(
         run_dir=d,
         config=cfg,
-        stage=str(sel.get("stage") or cfg.get("stage") or "instruction"),
+        stage=run.doc.selection.stage if run.doc.selection else str(cfg.get("stage") or "instruction"),
         budget=len(selected),
         pool=pool,
         selected=selected,
         others=sets,
-        meta=run.meta,
+        doc=run.doc,
     )
 
 

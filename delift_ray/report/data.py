@@ -15,7 +15,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from delift_ray.rundir import CURVE, MAP, NOISE_GATE, OK, FinishedRun, read_run, read_run_table
+from delift_ray.rundir import CURVE, MAP, NOISE_GATE, OK, FinishedRun, RunDocument, read_run, read_run_table
 
 SNIPPET = 160  # characters of a prompt or response shown in a table
 TABLE_ROWS = 1000  # rows of a table at most (the run's Parquet files hold them all)
@@ -67,8 +67,8 @@ class ReportData:
     hover: dict[str, str] = field(default_factory=dict)  # map hover text by sample id
 
     @property
-    def meta(self) -> dict:
-        return self.run.meta
+    def doc(self) -> RunDocument:
+        return self.run.doc
 
 
 def snippet(text: Optional[str], limit: int = SNIPPET) -> str:
@@ -79,12 +79,11 @@ def snippet(text: Optional[str], limit: int = SNIPPET) -> str:
 def load(uri: str) -> ReportData:
     """The report's data of the finished run at ``uri``."""
     run = read_run(uri)
-    meta = run.meta
     pool = run.pool
     ids = pool.column("sample_id").to_pylist()
     where = {sid: i for i, sid in enumerate(ids)}
     prompts, responses = pool.column("prompt"), pool.column("response")
-    profile = next((s for s in meta.get("steps") or [] if s.get("name") == "profile"), {})
+    profile = run.doc.step("profile")
 
     curve_t = read_run_table(run, CURVE)
     sel = run.selection
@@ -115,7 +114,7 @@ def load(uri: str) -> ReportData:
         )
 
     status = run.samples.column("status").to_pylist()
-    skipped = dict((meta.get("counts") or {}).get("skipped") or {})
+    skipped = dict(run.doc.counts.get("skipped") or {})
     for s in status:  # too-long rows and gate exclusions are rows of samples.parquet too
         if s not in (OK,) and s not in skipped and not s.startswith("excluded_"):
             skipped[s] = status.count(s)
@@ -163,10 +162,11 @@ def _diff(run: FinishedRun) -> Optional[dict]:
     change = t.column("change").to_pylist()
     ids = t.column("sample_id").to_pylist()
     by = {c: [s for s, x in zip(ids, change) if x == c] for c in ("entered", "left", "kept")}
+    reselect = run.doc.reselect or {}
     return {
-        "previous": (run.meta.get("reselect") or {}).get("previous"),
-        "mode": (run.meta.get("reselect") or {}).get("mode"),
-        "data": (run.meta.get("reselect") or {}).get("data") or {},
+        "previous": reselect.get("previous"),
+        "mode": reselect.get("mode"),
+        "data": reselect.get("data") or {},
         "counts": {c: len(v) for c, v in by.items()},
         "first": {c: v[:TABLE_ROWS] for c, v in by.items()},
     }

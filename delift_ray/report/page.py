@@ -43,8 +43,7 @@ def render(data: ReportData) -> str:
     """The whole page."""
     import plotly.offline
 
-    meta = data.meta
-    title = f"delift-ray report: {html.escape(str(meta.get('config', {}).get('data', data.run.uri)))}"
+    title = f"delift-ray report: {html.escape(str(data.doc.config.get('data', data.run.uri)))}"
     body = [
         f"<h1>{title}</h1>",
         f"<p class='muted'>Run <code>{html.escape(data.run.uri)}</code>. "
@@ -117,11 +116,11 @@ def _fmt(x: Optional[float], digits: int = 4) -> str:
 
 
 def _summary(data: ReportData) -> str:
-    meta, counts = data.meta, data.meta.get("counts") or {}
-    cfg, sel = meta.get("config") or {}, meta.get("selection") or {}
+    doc = data.doc
+    counts, cfg, sel = doc.counts, doc.config, doc.selection
     kernel = cfg.get("kernel") or {}
     pool = counts.get("samples", 0)
-    budget = sel.get("budget", data.picks_total)
+    budget = sel.budget if sel else data.picks_total
     kopts = f"{kernel.get('type', 'dense')}, diagonal {kernel.get('diagonal')}, scaling {kernel.get('scaling')}"
     if kernel.get("type") == "knn":
         kopts += f", k {kernel.get('k')} + random {kernel.get('random')}"
@@ -129,8 +128,8 @@ def _summary(data: ReportData) -> str:
     excluded = sum(counts.get(k) or 0 for k in ("excluded_noise_gate", "excluded_low_prompt_gain"))
     rows = [
         ("data", cfg.get("data")),
-        ("model", (meta.get("model") or {}).get("path", cfg.get("model"))),
-        ("stage", sel.get("stage", cfg.get("stage"))),
+        ("model", doc.model.get("path", cfg.get("model"))),
+        ("stage", sel.stage if sel else cfg.get("stage")),
         ("kernel", kopts),
         ("budget", f"{budget:,} of {pool:,} pool samples ({100 * budget / max(pool, 1):.1f}%)"),
         ("selected", f"{data.picks_total:,}"),
@@ -148,9 +147,9 @@ def _summary(data: ReportData) -> str:
             f"{counts.get('baselines_reused', 0):,} reused",
         ),
         ("engine dtype", ", ".join(counts.get("dtypes") or []) or "n/a"),
-        ("versions", ", ".join(f"{k} {v}" for k, v in (meta.get("versions") or {}).items() if v)),
+        ("versions", ", ".join(f"{k} {v}" for k, v in doc.versions.items() if v)),
     ]
-    scorers = max(len(meta.get("scorers") or []), 1)
+    scorers = max(len(doc.scorers), 1)
     steps = [
         [
             html.escape(s.get("name", "")),
@@ -158,9 +157,9 @@ def _summary(data: ReportData) -> str:
             f"{s.get('seconds', 0) * (scorers if s.get('name') == 'score' else 1):.1f}",
             f"{s.get('peak_rss_gib', 0):.2f}",
         ]
-        for s in meta.get("steps") or []
+        for s in doc.steps
     ]
-    total = (meta.get("timings") or {}).get("total_s") or sum(s.get("seconds", 0) for s in meta.get("steps") or [])
+    total = doc.timings.get("total_s") or sum(s.get("seconds", 0) for s in doc.steps)
     return _section(
         "summary",
         "Summary",
