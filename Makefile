@@ -47,7 +47,7 @@ demo: setup
 	$(VENV)/bin/delift-ray demo --out runs/demo
 
 bench: setup
-	$(PY) benchmarks/scoring.py --json
+	$(PY) -m benchmarks.scoring --json
 
 clean:
 	rm -rf runs .pytest_cache

@@ -8,7 +8,7 @@ and block retries the driver saw, the pairs sent again, and whether the selectio
 the utility matrix equal the undisturbed run's. The report is also written to
 ``benchmarks/results/chaos.json``.
 
-    PYTHONPATH=$PWD python benchmarks/chaos.py [--n 16] [--block-size 2] [--every 8] [--kills 3] [--scorers 1]
+    python -m benchmarks.chaos [--n 16] [--block-size 2] [--every 8] [--kills 3] [--scorers 1]
 """
 
 from __future__ import annotations
@@ -28,9 +28,8 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-from benchmarks.results import write_result  # noqa: E402
-from delift_ray.procs import scorer_pids  # noqa: E402
+from benchmarks.results import write_result
+from delift_ray.procs import scorer_pids
 
 WORDS = (
     "red blue green river stone cloud bread music garden window yellow silver quiet rapid gentle "

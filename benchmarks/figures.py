@@ -386,6 +386,24 @@ def _assembly_checksum(r: dict, doc: dict) -> Cells:
     ]
 
 
+def _s3_store(r: dict, doc: dict) -> Cells:
+    # benchmarks/s3_store.py: the shard store on a moto S3 server. The "before" file is shown
+    # on docs/storage.md beside the "after" one; the table row is the current code's.
+    if str(doc.get("benchmark", "")).endswith("_before"):
+        return []
+    s3, local = r["s3"], r["local"]
+    return [
+        (
+            f"the shard store on S3 (moto) at {num(r['shards'])} shards of {r['pairs_per_shard']} pairs: "
+            "requests per shard, write and resume (the plan's stored-pair lookup)",
+            f"write {num(sum(s3['write_requests_per_shard'].values()))} requests, {num(s3['write_ms_per_shard'])} ms; "
+            f"resume {num(sum(s3['resume_requests_per_shard'].values()))} requests, "
+            f"{num(s3['resume_ms_per_shard'])} ms ({num(r['resume_s3_over_local'])}x local disk's "
+            f"{num(local['resume_ms_per_shard'])} ms)",
+        )
+    ]
+
+
 def _noise_gate(r: dict, doc: dict) -> Cells:
     # benchmarks/noise_gate.py: swapped share of the default subset without and with the gate.
     cells = []
@@ -513,6 +531,7 @@ ROWS: list[Row] = [
     Row("scale_1m", "scale", _scale_1m),
     Row("report_1m", "scale", _report_1m),
     Row("assembly_checksum_1m", "scale", _assembly_checksum),
+    Row("s3_store*", "scale", _s3_store),
     Row("reselect_versions", "versions", _reselect),
     Row("chaos", "reliability", _chaos),
     Row("hostile_rows", "reliability", _hostile_rows),

@@ -11,7 +11,7 @@ A JSONL file of normal rows followed by one row of ``--mb`` MB (``{"prompt": "x 
 The child stops itself past ``--limit-gib`` of RSS, so a run of the old code (which
 tokenised the row in full: 16 GB) cannot starve the machine.
 
-    python benchmarks/hostile_rows.py [--mb 50] [--json]
+    python -m benchmarks.hostile_rows [--mb 50] [--json]
 """
 
 from __future__ import annotations
@@ -24,8 +24,7 @@ import sys
 import tempfile
 import time
 
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from results import write_result  # noqa: E402
+from benchmarks.results import write_result
 
 CHILD = r"""
 import json, os, resource, sys, threading, time

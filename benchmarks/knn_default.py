@@ -12,14 +12,13 @@ already in the cache, so only the embedding pass is new. Reported per pool, k an
 * on the noisy pool, the share of swapped samples in each subset;
 * the mean FL ratio of 20 seeded random subsets of the same size (what ignoring the kernel scores).
 
-    .venv/bin/python benchmarks/knn_default.py
+    .venv/bin/python -m benchmarks.knn_default
 """
 
 from __future__ import annotations
 
 import argparse
 import os
-import sys
 import time
 from pathlib import Path
 
@@ -28,10 +27,10 @@ os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")
 
 import numpy as np
 
+from benchmarks.quality_study import prepare_data, select_run
+from benchmarks.results import write_result
+
 ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT / "benchmarks"))
-from quality_study import prepare_data, select_run  # noqa: E402
-from results import write_result  # noqa: E402
 
 BUDGETS = (0.05, 0.15, 0.30)
 KS = (8, 16, 32)

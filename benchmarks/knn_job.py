@@ -1,6 +1,6 @@
 """The whole knn job (Ray + vLLM) with the tiny random test model on N synthetic samples.
 
-    PYTHONPATH=$PWD python benchmarks/knn_job.py --n 10000 --k 8 --random 2 --work /tmp/knn10k
+    python -m benchmarks.knn_job --n 10000 --k 8 --random 2 --work /tmp/knn10k
 
 Writes N arithmetic question/answer pairs, builds the tiny test Llama, runs
 ``delift_ray.run`` with ``kernel.type knn`` (embeddings through vLLM's pooling runner on
@@ -15,14 +15,10 @@ import argparse
 import json
 import os
 import resource
-import sys
 import time
 
-sys.path.insert(0, os.path.dirname(__file__))
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-from scale import write_jsonl  # noqa: E402  (same synthetic data as the 1M stage benchmark)
-
-from benchmarks.results import write_result  # noqa: E402
+from benchmarks.results import write_result
+from benchmarks.scale import write_jsonl  # same synthetic data as the 1M stage benchmark
 
 
 def main() -> None:

@@ -1,6 +1,6 @@
 """The hidden path's LM head in each dtype on this CPU: speed and accuracy, side by side in one process.
 
-    python benchmarks/lm_head_dtype.py [--model DIR] [--rows 64] [--write-result NAME]
+    python -m benchmarks.lm_head_dtype [--model DIR] [--rows 64] [--write-result NAME]
 
 Runs :meth:`delift_ray.scoring.lm_head.LMHead.gold_logprobs` (the job's own LM head) with
 the model's head weight in float32, bfloat16 and float16 on ``rows`` random hidden states,
@@ -15,7 +15,6 @@ bfloat16 on a CPU only where it has bfloat16 instructions
 from __future__ import annotations
 
 import argparse
-import sys
 import time
 from pathlib import Path
 
@@ -69,7 +68,6 @@ def main(argv=None) -> dict:
     out["numpy_blas_over_torch"] = round(out["float32_rows_per_cpu_s"] / out["float32_torch_rows_per_cpu_s"], 2)
     out["float32_over_float16"] = round(out["float32_rows_per_cpu_s"] / out["float16_rows_per_cpu_s"], 1)
     out["float32_over_bfloat16"] = round(out["float32_rows_per_cpu_s"] / out["bfloat16_rows_per_cpu_s"], 1)
-    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
     from benchmarks.results import emit
 
     return emit(out, args.write_result)

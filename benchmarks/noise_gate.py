@@ -16,7 +16,7 @@ pools, the AUROC of the contrastive gain as a detector of swapped samples; on cl
 pools, the share of intact samples the gate excluded. The gate's rule (4 mismatched
 prompts, fdr 0.05, Storey lambda 0.5) was fixed before any of these pools was scored.
 
-    .venv/bin/python benchmarks/noise_gate.py            # resumable: finished pools are kept
+    .venv/bin/python -m benchmarks.noise_gate            # resumable: finished pools are kept
 """
 
 from __future__ import annotations
@@ -25,7 +25,6 @@ import argparse
 import json
 import os
 import random
-import sys
 import time
 from pathlib import Path
 
@@ -34,11 +33,11 @@ os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")
 
 import numpy as np
 
+from benchmarks.quality_report import auroc
+from benchmarks.quality_study import prepare_data, select_run
+from benchmarks.results import write_result
+
 ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT / "benchmarks"))
-from quality_report import auroc  # noqa: E402
-from quality_study import prepare_data, select_run  # noqa: E402
-from results import write_result  # noqa: E402
 
 BUDGETS = (0.05, 0.15, 0.30)
 RESULT = "noise_gate"

@@ -22,7 +22,7 @@ a seeded half among themselves (a derangement), scores the pool densely with
   gain's AUROC, and, from ``delift-ray select`` runs over the same cache at each threshold
   of ``--min-prompt-gains`` and each budget, the samples excluded and the swapped share.
 
-    PYTHONPATH=$PWD .venv/bin/python benchmarks/noise_probe.py --n 48
+    .venv/bin/python -m benchmarks.noise_probe --n 48
 """
 
 from __future__ import annotations
@@ -41,11 +41,11 @@ os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")
 
 import numpy as np
 
+from benchmarks.quality_report import auroc, noise_signals
+from benchmarks.quality_study import PATIENT_RAY_CLI
+from benchmarks.results import write_result
+
 ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT / "benchmarks"))
-from quality_report import noise_signals  # noqa: E402
-from quality_study import PATIENT_RAY_CLI  # noqa: E402
-from results import write_result  # noqa: E402
 
 VARIANTS = "keep-minmax,drop-minmax,keep-clip,drop-clip"
 
@@ -158,8 +158,6 @@ def main(argv=None) -> int:
 
 def job_prompt_gain(cmd: list[str], out: Path, is_swapped: np.ndarray, ids: list[str], args) -> dict:
     """``delift-ray select`` with ``--selection.min-prompt-gain`` per threshold and budget (same cache)."""
-    from quality_report import auroc
-
     from delift_ray.evaluate.arms import run_store
     from delift_ray.evaluate.inputs import load_run
     from delift_ray.gate import prompt_free_id
@@ -218,8 +216,6 @@ def prompt_free_pmi(model_dir: str, prompts: list[str], responses: list[str]) ->
 
 def prior_signal(run, model_dir: str, uf: np.ndarray, is_swapped: np.ndarray, budgets: str) -> dict:
     """PMI's AUROC, and DELIFT's swapped share with the most suspect samples excluded."""
-    from quality_report import auroc
-
     from delift_ray import selection
     from delift_ray.kernel import finish_dense
 

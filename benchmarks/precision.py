@@ -1,6 +1,6 @@
 """bfloat16 against float32 utilities, split into body and LM head, and what it does to the selection.
 
-    python benchmarks/precision.py [--n 48] [--families demo,qa] [--write-result NAME]
+    python -m benchmarks.precision [--n 48] [--families demo,qa] [--write-result NAME]
 
 For each data family (``demo``: the demo's ShareGPT first turns; ``qa``: the 48 short factoid
 questions of ``benchmarks/data/factoid_qa.jsonl``) the whole n x n matrix is scored by
@@ -246,7 +246,6 @@ def main(argv=None) -> dict:
             }
         out["families"][family] = fam
         print(json.dumps({family: fam}, indent=1), file=sys.stderr, flush=True)
-    sys.path.insert(0, str(ROOT))
     from benchmarks.results import emit
 
     return emit(out, args.write_result)

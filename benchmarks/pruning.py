@@ -16,7 +16,7 @@ vs dense FL, both evaluated on the dense kernel.
 One JSON line per case on stdout; each part's cases are also written to
 ``benchmarks/results/pruning_synthetic.json`` and ``pruning_real.json``.
 
-    PYTHONPATH=$PWD python benchmarks/pruning.py --n 32 --out runs/pruning
+    python -m benchmarks.pruning --n 32 --out runs/pruning
 """
 
 from __future__ import annotations
@@ -24,13 +24,11 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import sys
 import time
 
 import numpy as np
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-from benchmarks.results import write_result  # noqa: E402
+from benchmarks.results import write_result
 
 
 def fl_objective(K: np.ndarray, idx) -> float:

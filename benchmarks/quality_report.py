@@ -5,7 +5,7 @@ summary that benchmarks/quality_study.py writes to benchmarks/results/quality_st
 ``write_docs`` renders docs/quality.md and docs/quality.png from that summary. Every number
 on the page comes from these files.
 
-    PYTHONPATH=$PWD .venv/bin/python benchmarks/quality_study.py --report
+    .venv/bin/python -m benchmarks.quality_study --report
 """
 
 from __future__ import annotations
@@ -375,7 +375,7 @@ def summarise(units: dict[str, dict], *, args: dict, meta: dict, total: int, pla
         eta_s += 0.75 * scoring["score-clean"]["wall_s"]  # 3/4 of the noisy pairs are new
     machine = next((d.get("machine") for d in units.values() if d.get("machine")), None)
     if machine is None:
-        from results import machine as this_machine
+        from benchmarks.results import machine as this_machine
 
         machine = this_machine()
     summary = {
@@ -1154,8 +1154,8 @@ def write_docs(summary: dict, docs: Path) -> Path:
         "## Reproduce or resume",
         "",
         "```",
-        "PYTHONPATH=$PWD OMP_WAIT_POLICY=PASSIVE nice -n 19 .venv/bin/python benchmarks/quality_study.py",
-        "PYTHONPATH=$PWD .venv/bin/python benchmarks/quality_study.py --report   # only this page",
+        "OMP_WAIT_POLICY=PASSIVE nice -n 19 .venv/bin/python -m benchmarks.quality_study",
+        ".venv/bin/python -m benchmarks.quality_study --report   # only this page",
         "```",
         "",
         "Each finished unit (a scoring run, one arm x seed trained and evaluated) is stored as JSON under "

@@ -31,7 +31,7 @@ After every unit the summary (delift_ray.evaluate.statistics: rank p, effect siz
 hierarchical bootstrap interval, Holm, verdicts) is rewritten to
 benchmarks/results/quality_study.json and docs/quality.md (``--report`` does only that).
 
-    PYTHONPATH=$PWD OMP_WAIT_POLICY=PASSIVE setsid nice -n 19 .venv/bin/python benchmarks/quality_study.py \\
+    OMP_WAIT_POLICY=PASSIVE setsid nice -n 19 .venv/bin/python -m benchmarks.quality_study \\
         > /work/notes/study.log 2>&1 &
 """
 
@@ -53,12 +53,11 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 import numpy as np
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT / "benchmarks"))
-from results import write_result  # noqa: E402
+from benchmarks.results import write_result
+from delift_ray.evaluate.arms import BASELINE_ARMS  # delift-ray evaluate's baselines
+from delift_ray.rundir import read_run_document
 
-from delift_ray.evaluate.arms import BASELINE_ARMS  # noqa: E402  (delift-ray evaluate's baselines)
-from delift_ray.rundir import read_run_document  # noqa: E402
+ROOT = Path(__file__).resolve().parent.parent
 
 VARIANTS = "keep-minmax,drop-minmax,drop-clip"
 
@@ -438,10 +437,8 @@ def default_prompt_gain_unit(units: Units, args, work: Path, meta: dict, budgets
     name = "selections-noisy-default-mpg"
     if units.done(name) or args.min_prompt_gain is None:
         return
+    from benchmarks.quality_report import config_default_options
     from delift_ray.evaluate.inputs import load_run
-
-    sys.path.insert(0, str(ROOT / "benchmarks"))
-    from quality_report import config_default_options
 
     default = config_default_options()
     ids = load_run(work / "score-noisy").pool.sample_ids
@@ -623,11 +620,10 @@ def total_units(args) -> int:
 
 def write_summary(units: Units, args, meta: dict) -> dict:
     """benchmarks/results/quality_study.json and docs/quality.md from the stored units."""
-    sys.path.insert(0, str(ROOT / "benchmarks"))
-    from quality_report import summarise, write_docs
+    from benchmarks.quality_report import summarise, write_docs
 
     summary = summarise(units.all(), args=vars(args), meta=meta, total=total_units(args), planned=planned_units(args))
-    write_result("quality_study", summary, command="python benchmarks/quality_study.py " + " ".join(sys.argv[1:]))
+    write_result("quality_study", summary, command="python -m benchmarks.quality_study " + " ".join(sys.argv[1:]))
     write_docs(summary, ROOT / "docs")
     return summary
 

@@ -27,9 +27,9 @@ Cases (sizes can be overridden with --n / --k / --budget-frac):
 
 Examples::
 
-    python benchmarks/reducer.py                       # everything, full size
-    python benchmarks/reducer.py --cases dense_fl --n 3000
-    python benchmarks/reducer.py --cases sparse_fl,sparse_flcg --n 50000
+    python -m benchmarks.reducer                       # everything, full size
+    python -m benchmarks.reducer --cases dense_fl --n 3000
+    python -m benchmarks.reducer --cases sparse_fl,sparse_flcg --n 50000
 """
 
 from __future__ import annotations
@@ -41,11 +41,7 @@ import os
 import sys
 import time
 
-_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-if _ROOT not in sys.path:
-    sys.path.insert(0, _ROOT)
-
-from benchmarks.results import write_result  # noqa: E402
+from benchmarks.results import write_result
 
 # One BLAS thread: kernel generation is then bit-reproducible across the children
 # (ours / submodlib) and the benchmark does not fight the selection for the 2 cores.

@@ -13,7 +13,7 @@ Then ``delift-ray report`` (the CLI, in a subprocess) renders the page. The test
 (tests/test_report.py) runs the same build at 1M and checks the page's size and map; this
 script times it and commits the figure::
 
-    python benchmarks/report_1m.py --n 1000000 --write
+    python -m benchmarks.report_1m --n 1000000 --write
 """
 
 from __future__ import annotations
@@ -183,7 +183,7 @@ def main() -> None:
     figures.update(render(run, os.path.join(work, "report.html")))
     print(json.dumps(figures))
     if args.write:
-        from results import write_result
+        from benchmarks.results import write_result
 
         write_result("report_1m", figures)
 

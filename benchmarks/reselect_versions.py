@@ -5,7 +5,7 @@ version v1 has N samples; v2 adds 10%; "same" is v1 again; "minus" removes 10%.
 Prints one JSON line per run (pairs scored / reused / total, wall seconds), then the
 ratios, and writes all of it to ``benchmarks/results/reselect_versions.json``. Usage:
 
-    PYTHONPATH=$PWD python benchmarks/reselect_versions.py [--n 40] [--out /tmp/reselect-bench]
+    python -m benchmarks.reselect_versions [--n 40] [--out /tmp/reselect-bench]
 """
 
 from __future__ import annotations
@@ -14,12 +14,10 @@ import argparse
 import json
 import os
 import shutil
-import sys
 import tempfile
 import time
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-from benchmarks.results import write_result  # noqa: E402
+from benchmarks.results import write_result
 
 
 def rows(n: int) -> list[dict]:

@@ -3,7 +3,7 @@
 Every figure the docs quote comes from such a file, so a figure carries its machine, date
 and command and cannot drift from the measurement. A file holds::
 
-    {"benchmark": NAME, "date": ISO-8601, "command": "python benchmarks/...",
+    {"benchmark": NAME, "date": ISO-8601, "command": "python -m benchmarks.NAME ...",
      "machine": {...}, "results": {...}}
 
 ``write_result`` is the only writer; ``read_results`` the only reader.
@@ -64,8 +64,7 @@ def write_result(name: str, results: dict, *, command: str | None = None, out_di
     doc = {
         "benchmark": name,
         "date": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
-        "command": command
-        or "python " + " ".join(shlex.quote(a) for a in [os.path.relpath(sys.argv[0])] + sys.argv[1:]),
+        "command": command or invocation(),
         "machine": machine(),
         "results": results,
     }
@@ -74,6 +73,14 @@ def write_result(name: str, results: dict, *, command: str | None = None, out_di
     tmp.write_text(json.dumps(doc, indent=2, default=str) + "\n")
     os.replace(tmp, path)
     return path
+
+
+def invocation() -> str:
+    """How this process was started: ``python -m benchmarks.X args`` under ``-m``, else
+    ``python <script, relative to the cwd> args``."""
+    spec = getattr(sys.modules.get("__main__"), "__spec__", None)
+    head = ["-m", spec.name] if spec is not None and spec.name else [os.path.relpath(sys.argv[0])]
+    return "python " + " ".join(shlex.quote(a) for a in head + sys.argv[1:])
 
 
 def read_results(out_dir: Path | str | None = None) -> dict[str, dict]:

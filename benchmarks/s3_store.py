@@ -99,9 +99,9 @@ def shard_table(i: int, pairs: int) -> pa.Table:
 
 
 def measure(root: str, n: int, pairs: int, moto: Moto | None) -> dict:
-    from delift_ray import storage
     from delift_ray.planning import IdIndex, stored_pair_keys
     from delift_ray.storage import UTILITY, ShardStore
+    from delift_ray.storage import shards as storage
 
     tables = [shard_table(i, pairs) for i in range(n)]
     store = ShardStore(root, "fp")
@@ -133,6 +133,43 @@ def measure(root: str, n: int, pairs: int, moto: Moto | None) -> dict:
         "resume_requests": resume_req,
         "resume_requests_per_shard": {k: round(v / n, 2) for k, v in resume_req.items()},
     }
+
+
+def markdown(before: dict, after: dict) -> str:
+    """The before / after table of docs/storage.md, from the two result files."""
+
+    def reqs(per: dict) -> str:
+        return ", ".join(f"{k} {v:.3g}" for k, v in sorted(per.items())) or "n/a"
+
+    rows = ["| | before | after |", "|---|---|---|"]
+    b, a = before["results"], after["results"]
+    for label, key, fmt in [
+        ("requests per shard written (S3)", "write_requests_per_shard", None),
+        ("requests per shard at resume (S3)", "resume_requests_per_shard", None),
+        ("write, ms per shard (S3)", "write_ms_per_shard", "ms"),
+        ("resume, ms per shard (S3)", "resume_ms_per_shard", "ms"),
+    ]:
+        cells = []
+        for r in (b, a):
+            if fmt is None:  # from the totals: a listing is one request per 1,000 shards
+                v = {k: n / r["shards"] for k, n in r["s3"][key.replace("_per_shard", "")].items()}
+                cells.append(f"{sum(v.values()):.3g} ({reqs(v)})")
+            else:
+                cells.append(f"{r['s3'][key]:g}")
+        rows.append(f"| {label} | {cells[0]} | {cells[1]} |")
+    rows.append(
+        f"| resume on local disk, ms per shard | {b['local']['resume_ms_per_shard']:g} | {a['local']['resume_ms_per_shard']:g} |"
+    )
+    rows.append(f"| resume, S3 against local disk | {b['resume_s3_over_local']:g}x | {a['resume_s3_over_local']:g}x |")
+    m = after["machine"]
+    rows.append("")
+    rows.append(
+        f"{a['shards']:,} shards of {a['pairs_per_shard']} pairs; {m.get('cpus')} cores, "
+        f"{', '.join(m.get('cpu_flags') or [])}, load {m.get('load_avg_1m')}; before {before['date'][:10]}, "
+        f"after {after['date'][:10]}, one after the other on the same machine (`{before['command']}` on the "
+        f"previous commit, `{after['command']}`)."
+    )
+    return "\n".join(rows)
 
 
 def main() -> None:

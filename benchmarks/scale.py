@@ -21,7 +21,7 @@ cores), so the set-up writes clustered synthetic vectors (``--dim``, unit length
 n/1000, Gaussian noise, seed 1) into the embedding store under the fingerprint the job's
 embed step looks up. The job then reads them like vectors of an earlier run.
 
-    PYTHONPATH=$PWD python benchmarks/scale.py --n 1000000 --work /tmp/delift-scale --write
+    python -m benchmarks.scale --n 1000000 --work /tmp/delift-scale --write
 """
 
 from __future__ import annotations
@@ -36,9 +36,7 @@ import time
 
 import numpy as np
 
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-
-from results import write_result  # noqa: E402
+from benchmarks.results import write_result
 
 
 def sample_rows(n: int):
@@ -172,7 +170,7 @@ def markdown(doc: dict) -> str:
         f"| **{d['peak_rss_gib']:.2f}** | |"
     )
     m = doc["machine"]
-    from figures import recorded_kernel
+    from benchmarks.figures import recorded_kernel
 
     kernel = recorded_kernel(r.get("kernel"))
     assemble = [s for s in (r.get("after_scoring") or {}).get("steps", []) if s["name"] == "assemble"]
@@ -273,7 +271,7 @@ def main() -> None:
         out["after_scoring"] = {"steps": [{**s, "cpu_s": cpu_log.cpu.get(s["name"])} for s in steps.as_list()]}
         print(json.dumps(out["after_scoring"]), flush=True)
 
-    from results import machine
+    from benchmarks.results import machine
 
     out["load_avg_1m_at_end"] = machine()["load_avg_1m"]
     if args.write and args.n == 1_000_000:

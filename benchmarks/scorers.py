@@ -1,6 +1,6 @@
 """Pairs/s of the whole job with 1 and 2 scorer actors, on the same data, side by side.
 
-    python benchmarks/scorers.py [--model DIR] [--data FILE] [--n 24] [--scorers 1,2] [--json]
+    python -m benchmarks.scorers [--model DIR] [--data FILE] [--n 24] [--scorers 1,2] [--json]
 
 Runs ``delift_ray.job.run`` (instruction stage) once per scorer count, each into a fresh
 output dir (nothing reused), on one local Ray cluster, and prints one JSON line with the
@@ -15,18 +15,14 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import sys
 import tempfile
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from benchmarks.results import write_result  # noqa: E402
+from benchmarks.alpaca import ALPACA_ROWS  # the test suite's rows: no download
+from benchmarks.results import write_result
 
 
 def demo_rows(n: int) -> list[dict]:
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
-    from conftest import ALPACA_ROWS  # the test suite's rows: no download
-
     return [
         {**r, "instruction": f"{r['instruction']} (variant {k})"}
         for k in range(n // len(ALPACA_ROWS) + 1)

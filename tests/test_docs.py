@@ -60,6 +60,22 @@ def test_generated_blocks_are_current():
     )
 
 
+def test_prose_states_only_figures_its_cited_results_hold():
+    gen = _generate_module()
+    results = read_results(ROOT / "benchmarks" / "results")
+    bad = [f"{p.relative_to(ROOT)}: {n}" for p in _user_docs() for n in gen.unsupported_numbers(p.read_text(), results)]
+    assert bad == []
+    # The check itself, on a made-up page: a drifted figure is caught, a held one (as is, as a
+    # percentage, or GiB) passes, a figure inside a generated block or an uncited paragraph is not read.
+    made_up = {"run_x": {"results": {"pairs_per_s": 2.0612, "share": 0.253, "rss": 3 * 2**30}}}
+    page = (
+        "Scoring ran at 27.08 pairs/s ([run_x.json](benchmarks/results/run_x.json)).\n\n"
+        "It ran at 2.06 pairs/s, 25.3% kept, 3.0 GiB ([run_x.json](benchmarks/results/run_x.json)).\n\n"
+        "An uncited 9.99.\n\n<!-- generated:figures -->\n1.23 benchmarks/results/run_x.json\n<!-- /generated:figures -->\n"
+    )
+    assert gen.unsupported_numbers(page, made_up) == ["27.08 (the paragraph cites run_x)"]
+
+
 def test_readme_figures_table_is_what_the_json_renders():
     want = figures.render_table(read_results(), None, link_prefix="", warn=lambda m: None) + "\n"
     assert _block(README.read_text(), "figures") == want

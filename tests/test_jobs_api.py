@@ -31,7 +31,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
-from conftest import ALPACA_ROWS
+
+from benchmarks.alpaca import ALPACA_ROWS
 
 pytestmark = [pytest.mark.ray, pytest.mark.engine]
 

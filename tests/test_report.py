@@ -186,7 +186,8 @@ def test_report_of_a_synthetic_million_sample_knn_run(tmp_path):
     figure (benchmarks/results/report_1m.json), not asserted here."""
     # In a child process: the million-sample kernel must not stay in this test process's memory.
     p = subprocess.run(
-        [sys.executable, str(ROOT / "benchmarks" / "report_1m.py"), "--n", "1000000", "--work", str(tmp_path)],
+        [sys.executable, "-m", "benchmarks.report_1m", "--n", "1000000", "--work", str(tmp_path)],
+        cwd=ROOT,
         capture_output=True,
         text=True,
         timeout=1200,

@@ -388,7 +388,8 @@ def test_benchmark_on_tiny_model_reuse_equals_naive(tiny_model_dir, alpaca_jsonl
     env = dict(os.environ, PYTHONPATH=f"{ROOT}{os.pathsep}{os.environ.get('PYTHONPATH', '')}")
     cmd = [
         sys.executable,
-        str(ROOT / "benchmarks" / "scoring.py"),
+        "-m",
+        "benchmarks.scoring",
         "--model",
         str(tiny_model_dir),
         "--data",

@@ -109,7 +109,7 @@ def test_streamed_reads_cover_every_shard_once_in_batches(tmp_path):
 
 
 def test_footer_lists_are_matched_by_whole_ids():
-    from delift_ray.storage import _names_any
+    from delift_ray.storage.shards import _names_any
 
     assert _names_any("a1,b2,c3", {"c3"}) and _names_any("a1,b2,c3", {"a1"}) and _names_any("x", {"x"})
     assert not _names_any("a1,b2,c3", {"a", "b", "2", "c3,"}) and not _names_any("", {"", "a"})
@@ -134,7 +134,7 @@ class CountingFS:
 
 
 def test_a_small_shard_is_read_once_footer_and_all(tmp_path, monkeypatch):
-    from delift_ray import storage
+    from delift_ray.storage import shards as storage
 
     ids = [f"s{i}" for i in range(3)]
     writer = ShardStore(str(tmp_path), "fp")

@@ -1,0 +1,1 @@
+"""The project's benchmark scripts, run from the repo root as ``python -m benchmarks.<name>``."""
