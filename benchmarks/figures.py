@@ -404,6 +404,21 @@ def _s3_store(r: dict, doc: dict) -> Cells:
     ]
 
 
+def _driver_sim(r: dict, doc: dict) -> Cells:
+    # benchmarks/driver_sim.py: the real dispatcher against stand-in scorers.
+    runs = r["runs"]
+    return [
+        (
+            f"the dispatcher against {', '.join(str(x['standins']) for x in runs)} stand-in H100 scorers "
+            f"({num(r['assumption']['block_s_h100'])} s a block), real shards written",
+            "utilisation "
+            + ", ".join(f"{100 * x['utilisation']:.0f}%" for x in runs)
+            + f"; driver CPU {num(max(x['driver_cpu_ms_per_block'] for x in runs), 1)} ms a block at most: "
+            f"about {num(r['gpus_fed_at_90pct'])} GPUs fed at 90% by one core",
+        )
+    ]
+
+
 def _noise_gate(r: dict, doc: dict) -> Cells:
     # benchmarks/noise_gate.py: swapped share of the default subset without and with the gate.
     cells = []
@@ -532,6 +547,7 @@ ROWS: list[Row] = [
     Row("report_1m", "scale", _report_1m),
     Row("assembly_checksum_1m", "scale", _assembly_checksum),
     Row("s3_store*", "scale", _s3_store),
+    Row("driver_sim", "scale", _driver_sim),
     Row("reselect_versions", "versions", _reselect),
     Row("chaos", "reliability", _chaos),
     Row("hostile_rows", "reliability", _hostile_rows),

@@ -20,6 +20,7 @@ NAME is one of:
 * ``noise-gate``: the noise gate's swapped shares (``benchmarks/noise_gate.py``);
 * ``knn-default``: knn against dense under the default kernel (``benchmarks/knn_default.py``);
 * ``report-1m``: the report of a synthetic 1M-sample run (``benchmarks/report_1m.py``);
+* ``driver-sim``: the dispatcher against stand-in scorers (``benchmarks/driver_sim.py``);
 * ``s3-store``: requests and times of the shard store on S3, before and after (``benchmarks/s3_store.py``).
 """
 
@@ -71,6 +72,10 @@ def render_block(name: str, path: Path, results: dict, root: Path = ROOT) -> str
         from benchmarks.report_1m import markdown
 
         return markdown(results["report_1m"]) + "\n"
+    if name == "driver-sim":
+        from benchmarks.driver_sim import markdown
+
+        return markdown(results["driver_sim"]) + "\n"
     if name == "s3-store":
         from benchmarks.s3_store import markdown
 

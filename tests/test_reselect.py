@@ -80,7 +80,9 @@ def test_footer_index_reads_only_relevant_shards(tmp_path, monkeypatch):
     store.write(BASELINE, "base", pa.table({"sample_id": ["a", "b"], "distance": [0.1, 0.2]}))
     read = []
     orig = ShardStore.read_valid
-    monkeypatch.setattr(ShardStore, "read_valid", lambda self, p: read.append(os.path.basename(p)) or orig(self, p))
+    monkeypatch.setattr(
+        ShardStore, "read_valid", lambda self, p, data=None: read.append(os.path.basename(p)) or orig(self, p, data)
+    )
     t = store.read_relevant(UTILITY, {"a", "b"}, {"a", "b"})
     assert read == ["ab.parquet"] and t.num_rows == 3
     read.clear()

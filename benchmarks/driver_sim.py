@@ -1,0 +1,253 @@
+"""Does the driver keep up with a large cluster? The real dispatcher against stand-in scorers.
+
+A real local Ray and the job's own dispatcher (``dispatch.actor_pool`` placing the actors
+on a declared accelerator resource, ``dispatch.dispatch`` with its affinity queue, retries
+and in-flight limit) send real :class:`~delift_ray.scoring.actor.PairBlock` objects to
+scorer actors that stand in for GPUs. Each stand-in sleeps for the time the block takes
+on an H100, then writes the block's real shard (utilities of the right shape, random
+values) with the job's ``ShardStore.write``, as ``BlockScorer.score_pairs`` does, and
+returns a ``BlockResult``.
+
+Time per block, stated: the 1M synthetic dry run (``scale_1m.json``) plans 2,620,718,138
+computed tokens for 36,000,000 pairs (72.8 a pair, prefix reuse on) in blocks of about
+16,384 pairs; at the 400,000 computed tokens/s per H100 that docs/dry-run.md derives for a
+0.5B scorer, a block takes about 3.0 s. 256 GPUs then ask for about 86 blocks a second.
+
+Measured per stand-in count: the blocks per second the driver sustained, utilisation
+(stand-in busy time, sleep plus shard write, over stand-ins x wall time of the dispatch),
+the driver's CPU seconds per block and its share of one core, and its peak RSS. On a
+machine with fewer cores than stand-ins need for their shard writes, utilisation also
+measures CPU contention; the driver's CPU per block does not, and bounds the cluster it
+can feed: ``blocks/s it can dispatch = 1 / (driver CPU s per block)``.
+
+    python -m benchmarks.driver_sim --standins 8,32,128 --write
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import shutil
+import tempfile
+import time
+import zlib
+
+import numpy as np
+
+from benchmarks.results import write_result
+
+TOKENS_PER_PAIR = 2_620_718_138 / 36_000_000  # scale_1m.json's dry run: computed tokens per pair
+H100_TOKENS_PER_S = 400_000.0  # docs/dry-run.md: a 0.5B scorer on one H100, prefix reuse on
+SIDE = 128  # scoring.block_size: helped x examples per block
+SEGMENT = {"no_example": 40, "tail": 30, "head": 40, "response": 15}  # tokens a sample, per segment
+
+
+class StandInScorer:
+    """An H100's time per block, then the block's real shard; the real actor's interface."""
+
+    def __init__(self, root: str, fingerprint: str, seconds_per_pair: float):
+        from delift_ray.scoring.actor import BlockResult  # imported before the clock starts
+        from delift_ray.storage import ShardStore
+
+        self.result = BlockResult
+        self.store = ShardStore(root, fingerprint)
+        self.seconds_per_pair = seconds_per_pair
+
+    def score_pairs(self, block):
+        import pyarrow as pa
+
+        from delift_ray.storage import UTILITY
+
+        t0 = time.perf_counter()
+        time.sleep(block.size * self.seconds_per_pair)
+        rng = np.random.default_rng(zlib.crc32(block.key.encode()))
+        d_with = rng.random(block.size)
+        table = pa.table(
+            {
+                "helped_id": [block.helped_ids[h] for h in block.h_idx],
+                "example_id": [block.example_ids[e] for e in block.e_idx],
+                "utility": (block.d_without[block.h_idx] - d_with).astype(np.float32),
+                "distance": d_with.astype(np.float32),
+            }
+        )
+        self.store.write(UTILITY, block.key, table)
+        return self.result(block.key, block.size, {"busy_s": time.perf_counter() - t0}, "stand-in", "bfloat16", "")
+
+    def shutdown(self) -> None:
+        pass
+
+
+def blocks_for(n_blocks: int, seed: int = 0) -> list:
+    """``n_blocks`` dense SIDE x SIDE blocks over distinct samples, with token segments of
+    the stated lengths (their values do not matter to the driver)."""
+    from delift_ray.planning import block_key
+    from delift_ray.prompts import Ragged, TokenizedSet
+    from delift_ray.scoring.actor import PairBlock
+
+    rng = np.random.default_rng(seed)
+
+    def tokens(n: int) -> TokenizedSet:
+        segs = {}
+        for name, length in SEGMENT.items():
+            segs[name] = Ragged(rng.integers(0, 50_000, n * length, dtype=np.int32), np.arange(n + 1) * length)
+        return TokenizedSet(**segs)
+
+    h_idx = np.repeat(np.arange(SIDE), SIDE)
+    e_idx = np.tile(np.arange(SIDE), SIDE)
+    out = []
+    for b in range(n_blocks):
+        helped = [f"h{b:06d}-{i:03d}" for i in range(SIDE)]
+        examples = [f"e{b:06d}-{i:03d}" for i in range(SIDE)]
+        out.append(
+            PairBlock(
+                block_key("sim", helped, examples),
+                helped,
+                tokens(SIDE),
+                rng.random(SIDE),
+                examples,
+                tokens(SIDE),
+                h_idx,
+                e_idx,
+            )
+        )
+    return out
+
+
+def driver_cpu_s() -> float:
+    ru = resource.getrusage(resource.RUSAGE_SELF)
+    return ru.ru_utime + ru.ru_stime
+
+
+def run_one(standins: int, blocks_each: int, work: str) -> dict:
+    import ray
+
+    from delift_ray import dispatch
+    from delift_ray.config import validate_config
+    from delift_ray.steps.base import peak_rss_bytes, reset_peak_rss
+
+    seconds_per_pair = TOKENS_PER_PAIR / H100_TOKENS_PER_S
+    root = os.path.join(work, f"store-{standins}")
+    cfg = validate_config(
+        {
+            "data": "unused.jsonl",
+            "model": "unused",
+            "out": os.path.join(work, "out"),
+            "ray": {"accelerator": "SIM_GPU", "num_cpus_per_scorer": 0.001, "object_store_memory": 512 * 2**20},
+            "storage": {"probe": False},
+        }
+    )
+    ray.init(
+        address="local",
+        num_cpus=os.cpu_count(),
+        resources={"SIM_GPU": standins},
+        object_store_memory=cfg.ray.object_store_memory,
+        include_dashboard=False,
+        logging_level="ERROR",
+    )
+    try:
+        blocks = blocks_for(standins * blocks_each)
+        t0 = time.perf_counter()
+        with dispatch.actor_pool(cfg, StandInScorer, root, "sim", seconds_per_pair) as pool:
+            # Every stand-in up before the clock starts: start-up is Ray's cost, not the driver's.
+            ray.get([a.shutdown.remote() for a in pool.actors])
+            start_s = time.perf_counter() - t0
+            busy = []
+            reset_peak_rss()
+            c0, t1 = driver_cpu_s(), time.perf_counter()
+            rep = dispatch.dispatch(
+                pool,
+                blocks,
+                "score_pairs",
+                max_retries=1,
+                on_done=lambda block, result: busy.append(result.stats["busy_s"]),
+            )
+            wall = time.perf_counter() - t1
+            cpu = driver_cpu_s() - c0
+        shards = len(os.listdir(os.path.join(root, "utility", "fp=sim")))
+    finally:
+        ray.shutdown()
+        shutil.rmtree(root, ignore_errors=True)
+    n = len(rep.done)
+    ideal = n * SIDE * SIDE * seconds_per_pair / standins
+    return {
+        "standins": standins,
+        "blocks": n,
+        "shards_written": shards,
+        "block_s_h100": round(SIDE * SIDE * seconds_per_pair, 3),
+        "actor_start_s": round(start_s, 1),
+        "dispatch_wall_s": round(wall, 2),
+        "ideal_wall_s": round(ideal, 2),
+        "blocks_per_s": round(n / wall, 2),
+        "blocks_per_s_needed": round(standins / (SIDE * SIDE * seconds_per_pair), 2),
+        "utilisation": round(sum(busy) / (standins * wall), 3),
+        "driver_cpu_s": round(cpu, 2),
+        "driver_cpu_share": round(cpu / wall, 3),
+        "driver_cpu_ms_per_block": round(1000 * cpu / n, 2),
+        "driver_peak_rss_gib": round(peak_rss_bytes() / 2**30, 3),
+        "retries": rep.retries,
+    }
+
+
+def markdown(doc: dict) -> str:
+    """The docs' table of a committed result (benchmarks/results/driver_sim.json)."""
+    r = doc["results"]
+    rows = [
+        "| stand-ins | blocks | blocks/s needed | blocks/s sustained | utilisation | driver CPU share | "
+        "driver ms CPU per block | driver peak RSS GiB |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    for x in r["runs"]:
+        rows.append(
+            f"| {x['standins']} | {x['blocks']:,} | {x['blocks_per_s_needed']:g} | {x['blocks_per_s']:g} | "
+            f"{100 * x['utilisation']:.0f}% | {100 * x['driver_cpu_share']:.0f}% | {x['driver_cpu_ms_per_block']:g} | "
+            f"{x['driver_peak_rss_gib']:g} |"
+        )
+    a, m = r["assumption"], doc["machine"]
+    rows += [
+        "",
+        f"A block: {a['pairs_per_block']:,} pairs, {a['block_s_h100']:g} s on an H100 ({a['computed_tokens_per_pair']:g} "
+        f"computed tokens a pair at {a['h100_computed_tokens_per_s']:,.0f} tokens/s). At the sweep's worst driver CPU "
+        f"per block, a driver with a core of its own feeds about **{r['gpus_fed_at_90pct']:,} GPUs** at 90%. "
+        f"{m.get('cpus')} cores ({', '.join(m.get('cpu_flags') or [])}), load {m.get('load_avg_1m')} at the end; "
+        f"{doc['date'][:10]}; `{doc['command']}`.",
+    ]
+    return "\n".join(rows)
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--standins", default="8,32,128", help="Comma-separated stand-in counts.")
+    p.add_argument("--blocks-each", type=int, default=8, help="Blocks per stand-in.")
+    p.add_argument("--write", action="store_true", help="Write benchmarks/results/driver_sim.json.")
+    args = p.parse_args()
+    work = tempfile.mkdtemp(prefix="delift-driver-sim-")
+    runs = []
+    try:
+        for n in [int(x) for x in args.standins.split(",")]:
+            runs.append(run_one(n, args.blocks_each, work))
+            print(json.dumps(runs[-1]), flush=True)
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+    per_block = max(r["driver_cpu_ms_per_block"] for r in runs) / 1000
+    block_s = runs[0]["block_s_h100"]
+    out = {
+        "assumption": {
+            "computed_tokens_per_pair": round(TOKENS_PER_PAIR, 1),
+            "h100_computed_tokens_per_s": H100_TOKENS_PER_S,
+            "pairs_per_block": SIDE * SIDE,
+            "block_s_h100": block_s,
+        },
+        "runs": runs,
+        # A driver with a core of its own dispatches 1 / (CPU s per block) blocks a second; at
+        # 90% of that it feeds this many GPUs (the worst CPU per block of the sweep).
+        "gpus_fed_at_90pct": int(0.9 * block_s / per_block),
+    }
+    print(json.dumps(out, indent=1))
+    if args.write:
+        print(write_result("driver_sim", out))
+
+
+if __name__ == "__main__":
+    main()
