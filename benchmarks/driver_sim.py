@@ -15,12 +15,14 @@ computed tokens for 36,000,000 pairs (72.8 a pair, prefix reuse on) in blocks of
 
 Measured per stand-in count: the blocks per second the driver sustained, utilisation
 (stand-in busy time, sleep plus shard write, over stand-ins x wall time of the dispatch),
-the driver's CPU seconds per block and its share of one core, and its peak RSS. On a
+the driver's CPU seconds per block and its share of one core, and its peak RSS. The GPU
+time share is the stand-ins' sleeps over stand-ins x wall time (what the GPUs would be
+busy); the busy share adds their shard writes. On a
 machine with fewer cores than stand-ins need for their shard writes, utilisation also
 measures CPU contention; the driver's CPU per block does not, and bounds the cluster it
 can feed: ``blocks/s it can dispatch = 1 / (driver CPU s per block)``.
 
-    python -m benchmarks.driver_sim --standins 8,32,128 --write
+    python -m benchmarks.driver_sim --standins 8,32,128 --no-shards-at 128 --write
 """
 
 from __future__ import annotations
@@ -47,13 +49,14 @@ SEGMENT = {"no_example": 40, "tail": 30, "head": 40, "response": 15}  # tokens a
 class StandInScorer:
     """An H100's time per block, then the block's real shard; the real actor's interface."""
 
-    def __init__(self, root: str, fingerprint: str, seconds_per_pair: float):
+    def __init__(self, root: str, fingerprint: str, seconds_per_pair: float, write: bool = True):
         from delift_ray.scoring.actor import BlockResult  # imported before the clock starts
         from delift_ray.storage import ShardStore
 
         self.result = BlockResult
         self.store = ShardStore(root, fingerprint)
         self.seconds_per_pair = seconds_per_pair
+        self.write = write
 
     def score_pairs(self, block):
         import pyarrow as pa
@@ -62,6 +65,8 @@ class StandInScorer:
 
         t0 = time.perf_counter()
         time.sleep(block.size * self.seconds_per_pair)
+        if not self.write:
+            return self.result(block.key, block.size, {"busy_s": time.perf_counter() - t0}, "stand-in", "", "")
         rng = np.random.default_rng(zlib.crc32(block.key.encode()))
         d_with = rng.random(block.size)
         table = pa.table(
@@ -120,7 +125,7 @@ def driver_cpu_s() -> float:
     return ru.ru_utime + ru.ru_stime
 
 
-def run_one(standins: int, blocks_each: int, work: str) -> dict:
+def run_one(standins: int, blocks_each: int, work: str, write: bool = True) -> dict:
     import ray
 
     from delift_ray import dispatch
@@ -149,7 +154,7 @@ def run_one(standins: int, blocks_each: int, work: str) -> dict:
     try:
         blocks = blocks_for(standins * blocks_each)
         t0 = time.perf_counter()
-        with dispatch.actor_pool(cfg, StandInScorer, root, "sim", seconds_per_pair) as pool:
+        with dispatch.actor_pool(cfg, StandInScorer, root, "sim", seconds_per_pair, write) as pool:
             # Every stand-in up before the clock starts: start-up is Ray's cost, not the driver's.
             ray.get([a.shutdown.remote() for a in pool.actors])
             start_s = time.perf_counter() - t0
@@ -165,7 +170,7 @@ def run_one(standins: int, blocks_each: int, work: str) -> dict:
             )
             wall = time.perf_counter() - t1
             cpu = driver_cpu_s() - c0
-        shards = len(os.listdir(os.path.join(root, "utility", "fp=sim")))
+        shards = len(os.listdir(os.path.join(root, "utility", "fp=sim"))) if write else 0
     finally:
         ray.shutdown()
         shutil.rmtree(root, ignore_errors=True)
@@ -173,6 +178,7 @@ def run_one(standins: int, blocks_each: int, work: str) -> dict:
     ideal = n * SIDE * SIDE * seconds_per_pair / standins
     return {
         "standins": standins,
+        "shards": write,
         "blocks": n,
         "shards_written": shards,
         "block_s_h100": round(SIDE * SIDE * seconds_per_pair, 3),
@@ -190,19 +196,24 @@ def run_one(standins: int, blocks_each: int, work: str) -> dict:
     }
 
 
+def gpu_share(run: dict) -> float:
+    """The stand-ins' H100 time (their sleeps) over stand-ins x wall: what a GPU would be busy."""
+    return run["ideal_wall_s"] / run["dispatch_wall_s"]
+
+
 def markdown(doc: dict) -> str:
     """The docs' table of a committed result (benchmarks/results/driver_sim.json)."""
     r = doc["results"]
     rows = [
-        "| stand-ins | blocks | blocks/s needed | blocks/s sustained | utilisation | driver CPU share | "
-        "driver ms CPU per block | driver peak RSS GiB |",
-        "|---|---|---|---|---|---|---|---|",
+        "| stand-ins | blocks | blocks/s needed | blocks/s sustained | GPU time share | busy share | "
+        "driver CPU share | driver ms CPU per block | driver peak RSS GiB |",
+        "|---|---|---|---|---|---|---|---|---|",
     ]
     for x in r["runs"]:
         rows.append(
-            f"| {x['standins']} | {x['blocks']:,} | {x['blocks_per_s_needed']:g} | {x['blocks_per_s']:g} | "
-            f"{100 * x['utilisation']:.0f}% | {100 * x['driver_cpu_share']:.0f}% | {x['driver_cpu_ms_per_block']:g} | "
-            f"{x['driver_peak_rss_gib']:g} |"
+            f"| {x['standins']}{'' if x.get('shards', True) else ', no shards'} | {x['blocks']:,} | {x['blocks_per_s_needed']:g} | {x['blocks_per_s']:g} | "
+            f"{100 * gpu_share(x):.0f}% | {100 * x['utilisation']:.0f}% | {100 * x['driver_cpu_share']:.1f}% | "
+            f"{x['driver_cpu_ms_per_block']:g} | {x['driver_peak_rss_gib']:g} |"
         )
     a, m = r["assumption"], doc["machine"]
     rows += [
@@ -220,13 +231,21 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--standins", default="8,32,128", help="Comma-separated stand-in counts.")
     p.add_argument("--blocks-each", type=int, default=8, help="Blocks per stand-in.")
+    p.add_argument(
+        "--no-shards-at",
+        default="",
+        help="Comma-separated stand-in counts run again without shard writes: the driver alone, "
+        "when the machine has too few cores for the stand-ins' writes.",
+    )
     p.add_argument("--write", action="store_true", help="Write benchmarks/results/driver_sim.json.")
     args = p.parse_args()
     work = tempfile.mkdtemp(prefix="delift-driver-sim-")
     runs = []
     try:
-        for n in [int(x) for x in args.standins.split(",")]:
-            runs.append(run_one(n, args.blocks_each, work))
+        todo = [(int(x), True) for x in args.standins.split(",")]
+        todo += [(int(x), False) for x in args.no_shards_at.split(",") if x]
+        for n, write in todo:
+            runs.append(run_one(n, args.blocks_each, work, write))
             print(json.dumps(runs[-1]), flush=True)
     finally:
         shutil.rmtree(work, ignore_errors=True)

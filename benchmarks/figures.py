@@ -411,8 +411,8 @@ def _driver_sim(r: dict, doc: dict) -> Cells:
         (
             f"the dispatcher against {', '.join(str(x['standins']) for x in runs)} stand-in H100 scorers "
             f"({num(r['assumption']['block_s_h100'])} s a block), real shards written",
-            "utilisation "
-            + ", ".join(f"{100 * x['utilisation']:.0f}%" for x in runs)
+            "GPU time share "
+            + ", ".join(f"{100 * x['ideal_wall_s'] / x['dispatch_wall_s']:.0f}%" for x in runs)
             + f"; driver CPU {num(max(x['driver_cpu_ms_per_block'] for x in runs), 1)} ms a block at most: "
             f"about {num(r['gpus_fed_at_90pct'])} GPUs fed at 90% by one core",
         )
