@@ -37,7 +37,7 @@ from benchmarks.scale import cpu_seconds, fill_embedding_store, job_config, writ
 
 def legacy_copy(src: str, dst: str) -> int:
     """``src``'s store copied to ``dst``, every utility shard's footer recording the legacy checksum."""
-    from delift_ray.storage import legacy_checksum
+    from delift_ray.storage import COLUMNAR_KEY, legacy_checksum
 
     shutil.rmtree(dst, ignore_errors=True)
     shutil.copytree(src, dst)
@@ -48,7 +48,8 @@ def legacy_copy(src: str, dst: str) -> int:
                 continue
             path = os.path.join(dirpath, name)
             t = pq.read_table(path)
-            meta = {**t.schema.metadata, b"delift.checksum": legacy_checksum(t.replace_schema_metadata(None)).encode()}
+            meta = {k: v for k, v in t.schema.metadata.items() if k != COLUMNAR_KEY}  # as an earlier version wrote it
+            meta[b"delift.checksum"] = legacy_checksum(t.replace_schema_metadata(None)).encode()
             pq.write_table(t.replace_schema_metadata(meta), path, compression="zstd")
             n += 1
     return n

@@ -331,7 +331,8 @@ def _continual(
         versions=versions(),
         model=model,
         cache=cache,
-        selection=SelectionRecord(stage="continual", budget=len(selected)),
+        # The version's selection serves the base config's stage (kept + FLCG picks), as before.
+        selection=SelectionRecord(stage=cfg.stage, budget=len(selected)),
         counts=counts.as_dict(),
         argv=sys.argv,
     )

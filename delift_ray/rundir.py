@@ -371,7 +371,8 @@ class RunDocument(BaseModel):
         return next((s for s in self.steps if s.get("name") == name), {})
 
     def to_bytes(self) -> bytes:
-        return json_bytes(self.model_dump(mode="json"))
+        # A numpy scalar among the stats is written as its number, never fails the commit.
+        return json_bytes(self.model_dump(mode="json", fallback=lambda v: v.item() if hasattr(v, "item") else str(v)))
 
 
 def parse_run_document(data: bytes, where: str) -> RunDocument:
@@ -477,13 +478,17 @@ class RunDir:
 
     def finished_run(self) -> Optional[RunDocument]:
         """run.json of the finished run this directory holds, or None; an empty document
-        when it cannot be read (a run to resume, with nothing to compare against)."""
+        when it is not JSON (a run to resume, with nothing to compare against). A run.json
+        of a newer format, or one that fails the model, raises: it is not ours to resume."""
         if not self.exists(RUN_JSON):
             return None
         try:
-            return parse_run_document(_read_bytes(self.fs, self.file(RUN_JSON)), self.uri)
-        except (OSError, DeliftError):
+            data = _read_bytes(self.fs, self.file(RUN_JSON))
+            if not isinstance(json.loads(data), dict):
+                return RunDocument()
+        except (OSError, ValueError):
             return RunDocument()
+        return parse_run_document(data, self.uri)
 
     def check_reusable(self, inputs_digest: str, overwrite: bool, config: Optional[dict] = None) -> None:
         """Refuse to replace a finished run of other data or settings unless ``overwrite``.
@@ -493,8 +498,16 @@ class RunDir:
         as before (nothing to compare it with). With ``config`` the error names the settings
         that differ (a default that changed between versions shows up here).
         """
-        doc = self.finished_run()
-        if doc is None or overwrite or doc.inputs_digest in (None, inputs_digest):
+        if overwrite:
+            return
+        try:
+            doc = self.finished_run()
+        except DeliftError as exc:
+            raise DeliftError(
+                f"{self.uri} holds a run this delift-ray cannot resume ({exc}); choose another --out, "
+                "or pass --overwrite to replace it"
+            ) from None
+        if doc is None or doc.inputs_digest in (None, inputs_digest):
             return
         changed = settings_changed(doc.config, config) if config is not None else []
         what = (
@@ -533,7 +546,12 @@ class RunDir:
         return {name: self.file(name) for name in files}
 
     def _roll_forward(self, txn: str) -> None:
-        order = json.loads(_read_bytes(self.fs, f"{txn}/{COMMIT_MARKER}"))["order"]
+        try:
+            order = json.loads(_read_bytes(self.fs, f"{txn}/{COMMIT_MARKER}"))["order"]
+        except (ValueError, KeyError, TypeError):  # a marker cut short: the commit point was never reached
+            log.warning("dropping an interrupted commit of the run in %s (unreadable marker)", self.uri)
+            self.fs.delete_dir(txn)
+            return
         for name in order:
             src = f"{txn}/{name}"
             if self.fs.get_file_info(src).type == pafs.FileType.File:  # moved already by an earlier attempt

@@ -84,7 +84,9 @@ def test_job_progress_reaches_the_prometheus_endpoint(metrics_cluster, tiny_mode
     wanted = {"score", "assemble", "select", "profile", "write"}
 
     def exported() -> bool:  # the agent exports every few seconds, the later steps in a later round
-        return units.get("score_pairs") == 64 and wanted <= set(steps) and not any(steps.values())
+        return (
+            units == {"score_pairs": 64.0, "score_baseline": 8.0} and wanted <= set(steps) and not any(steps.values())
+        )
 
     deadline, units, steps = time.monotonic() + 120, {}, {}
     while time.monotonic() < deadline and not exported():

@@ -242,3 +242,37 @@ def test_run_json_is_read_only_through_rundir():
             if "json.loads" in line and ("run.json" in line or "RUN_JSON" in line):
                 offenders.append(f"{path.relative_to(root)}:{n}")
     assert offenders == []
+
+
+def test_a_run_json_this_version_cannot_read_is_not_resumed_over(tmp_path):
+    """A newer format (or one that fails the model) is refused unless --overwrite; a file that
+    is not JSON at all resumes as before (nothing to compare against)."""
+    import numpy as np
+
+    from delift_ray.rundir import RUN_FORMAT, RunDocument
+
+    out = RunDir(str(tmp_path))
+    out.commit(run_files("one"))
+    raw = json.loads((tmp_path / RUN_JSON).read_text())
+    (tmp_path / RUN_JSON).write_text(json.dumps({**raw, "format": RUN_FORMAT + 1}))
+    with pytest.raises(DeliftError, match="cannot resume .*pass --overwrite") as exc:
+        out.check_reusable("one", overwrite=False)
+    assert "\n" not in str(exc.value)
+    out.check_reusable("one", overwrite=True)
+    (tmp_path / RUN_JSON).write_text("{cut sh")
+    out.check_reusable("other", overwrite=False)
+    # A numpy scalar among the stats is written as its number.
+    doc = json.loads(RunDocument(counts={"n": np.int64(3), "share": np.float32(0.5)}).to_bytes())
+    assert doc["counts"] == {"n": 3, "share": 0.5}
+
+
+def test_a_commit_marker_cut_short_drops_that_commit(tmp_path):
+    out = RunDir(str(tmp_path))
+    out.commit(run_files("one"))
+    before = (tmp_path / SELECTION).read_bytes()
+    txn = tmp_path / ".txn-cut"
+    txn.mkdir()
+    (txn / SELECTION).write_bytes(b"half")
+    (txn / COMMIT_MARKER).write_text('{"order": [')  # an object store's writer killed mid-marker
+    out.recover()
+    assert not txn.exists() and (tmp_path / SELECTION).read_bytes() == before

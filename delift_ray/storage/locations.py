@@ -92,7 +92,9 @@ def resolve_fs(uri: str) -> tuple[pafs.FileSystem, str]:
         raise StorageError(f"cannot open storage location {uri!r}: {exc}") from None
 
 
-OBJECT_STORES = ("s3", "gcs", "abfs")  # pyarrow type names whose writes are atomic per object
+# pyarrow type names whose objects appear only when their upload completes. Not abfs: Arrow's Azure
+# stream creates an empty blob under the name first, so Azure keeps the temporary name and rename.
+OBJECT_STORES = ("s3", "gcs")
 
 
 def atomic_write(fs: pafs.FileSystem, path: str, data: Union[bytes, Callable[[Any], None]]) -> str:

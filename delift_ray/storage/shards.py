@@ -90,8 +90,9 @@ def _column_parts(arr: pa.Array) -> Iterator:
         yield np.packbits(arr.is_null().to_numpy(zero_copy_only=False)).tobytes()
     if len(arr) == 0:
         return
-    if pa.types.is_string(arr.type):
-        offsets = np.frombuffer(arr.buffers()[1], dtype=np.int32)[arr.offset : arr.offset + len(arr) + 1]
+    if pa.types.is_string(arr.type) or pa.types.is_binary(arr.type) or _is_large_var(arr.type):
+        width = np.int64 if _is_large_var(arr.type) else np.int32
+        offsets = np.frombuffer(arr.buffers()[1], dtype=width)[arr.offset : arr.offset + len(arr) + 1]
         yield (offsets - offsets[0]).tobytes()
         data = arr.buffers()[2]
         if data is not None:
@@ -99,7 +100,14 @@ def _column_parts(arr: pa.Array) -> Iterator:
     elif pa.types.is_fixed_size_list(arr.type):
         yield np.ascontiguousarray(arr.flatten().to_numpy()).tobytes()
     else:
-        yield np.ascontiguousarray(arr.to_numpy(zero_copy_only=False)).tobytes()
+        values = np.ascontiguousarray(arr.to_numpy(zero_copy_only=False))
+        if values.dtype == object:  # pointers, not values: a type the schemas never hold
+            raise TypeError(f"no columnar checksum for Arrow type {arr.type}")
+        yield values.tobytes()
+
+
+def _is_large_var(t: pa.DataType) -> bool:
+    return pa.types.is_large_string(t) or pa.types.is_large_binary(t)
 
 
 def legacy_checksum(table: pa.Table) -> str:
@@ -120,8 +128,13 @@ def legacy_checksum(table: pa.Table) -> str:
     return h.hexdigest()
 
 
-def checksum_matches(table: pa.Table, recorded: str) -> bool:
-    """Whether ``table`` has the checksum its footer recorded, in the scheme it was written with."""
+COLUMNAR_KEY = b"delift.checksum.columnar"  # read by this version; b"delift.checksum" by every version
+
+
+def checksum_matches(table: pa.Table, meta: dict) -> bool:
+    """Whether ``table`` has the checksum its footer records: the columnar one when present
+    (fast), else the legacy one (a shard of an earlier version)."""
+    recorded = (meta.get(COLUMNAR_KEY) or meta.get(b"delift.checksum", b"")).decode()
     scheme = table_checksum if recorded.startswith(COLUMNAR) else legacy_checksum
     return scheme(table) == recorded
 
@@ -184,11 +197,14 @@ class ShardStore:
 
     # ------------------------------------------------------------------ write
     def write(self, kind: str, key: str, table: pa.Table) -> str:
-        """Write a shard atomically (temporary name, then rename); returns its path."""
+        """Write a shard atomically (:func:`~delift_ray.storage.locations.atomic_write`); returns its path."""
         table = conform(kind, table)
         meta = {
             b"delift.rows": str(table.num_rows).encode(),
-            b"delift.checksum": table_checksum(table).encode(),
+            # Both: an earlier version reading this store (a rollback, a mixed cluster) checks the
+            # legacy digest and keeps the shard, instead of quarantining every new one.
+            b"delift.checksum": legacy_checksum(table).encode(),
+            COLUMNAR_KEY: table_checksum(table).encode(),
             b"delift.fingerprint": self.fingerprint.encode(),
             b"delift.kind": kind.encode(),
         }
@@ -215,7 +231,7 @@ class ShardStore:
                 reason = "fingerprint mismatch"
             elif int(meta.get(b"delift.rows", b"-1")) != table.num_rows:
                 reason = f"row count {table.num_rows} != recorded {meta.get(b'delift.rows', b'?').decode()}"
-            elif not checksum_matches(table.replace_schema_metadata(None), meta.get(b"delift.checksum", b"").decode()):
+            elif not checksum_matches(table.replace_schema_metadata(None), meta):
                 reason = "checksum mismatch"
         except (OSError, pa.ArrowException, ValueError) as exc:
             reason = f"unreadable ({exc.__class__.__name__}: {str(exc)[:100]})"
@@ -271,15 +287,18 @@ class ShardStore:
         pending, rows = [], 0
         for shard in self.list_shards(kind):
             data = None
+            small = shard.size is not None and shard.size <= WHOLE_READ_BYTES
             if want_h is not None:
                 ids = _FOOTER_MEMO.get((self.root_uri, shard.path))
-                if ids is None and shard.size is not None and shard.size <= WHOLE_READ_BYTES:
+                if ids is None and small:
                     data = self.read_bytes(shard.path)
                 ids = ids or self.footer_ids(shard.path, data)
                 if ids is not None:
                     h, e = ids
                     if not _names_any(h, want_h) or (kind == UTILITY and not _names_any(e, want_e)):
                         continue
+            if data is None and small:  # a memoised footer, or no footer filter: still one request
+                data = self.read_bytes(shard.path)
             t = self.read_valid(shard.path, data)
             if t is None:
                 continue
