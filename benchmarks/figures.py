@@ -409,8 +409,9 @@ def _driver_sim(r: dict, doc: dict) -> Cells:
     runs = r["runs"]
     return [
         (
-            f"the dispatcher against {', '.join(str(x['standins']) for x in runs)} stand-in H100 scorers "
-            f"({num(r['assumption']['block_s_h100'])} s a block), real shards written",
+            "the dispatcher against "
+            + ", ".join(f"{x['standins']}{'' if x.get('shards', True) else ' (no shard writes)'}" for x in runs)
+            + f" stand-in H100 scorers ({num(r['assumption']['block_s_h100'])} s a block), real shards written",
             "GPU time share "
             + ", ".join(f"{100 * x['ideal_wall_s'] / x['dispatch_wall_s']:.0f}%" for x in runs)
             + f"; driver CPU {num(max(x['driver_cpu_ms_per_block'] for x in runs), 1)} ms a block at most: "
