@@ -389,6 +389,11 @@ def parse_run_document(data: bytes, where: str) -> RunDocument:
         raise DeliftError(f"{where}/{RUN_JSON} is not JSON ({one_line(exc, 120)})") from None
     if not isinstance(raw, dict):
         raise DeliftError(f"{where}/{RUN_JSON} is not a JSON object")
+    return _document(raw, where)
+
+
+def _document(raw: dict, where: str) -> RunDocument:
+    """A parsed run.json object as a :class:`RunDocument` (format 1 migrated)."""
     fmt = raw.get("format", 1)
     if not isinstance(fmt, int) or fmt > RUN_FORMAT or fmt < 1:
         raise DeliftError(
@@ -483,12 +488,10 @@ class RunDir:
         if not self.exists(RUN_JSON):
             return None
         try:
-            data = _read_bytes(self.fs, self.file(RUN_JSON))
-            if not isinstance(json.loads(data), dict):
-                return RunDocument()
+            raw = json.loads(_read_bytes(self.fs, self.file(RUN_JSON)))
         except (OSError, ValueError):
             return RunDocument()
-        return parse_run_document(data, self.uri)
+        return _document(raw, self.uri) if isinstance(raw, dict) else RunDocument()
 
     def check_reusable(self, inputs_digest: str, overwrite: bool, config: Optional[dict] = None) -> None:
         """Refuse to replace a finished run of other data or settings unless ``overwrite``.

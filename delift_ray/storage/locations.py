@@ -97,7 +97,7 @@ def resolve_fs(uri: str) -> tuple[pafs.FileSystem, str]:
 OBJECT_STORES = ("s3", "gcs")
 
 
-def atomic_write(fs: pafs.FileSystem, path: str, data: Union[bytes, Callable[[Any], None]]) -> str:
+def atomic_write(fs: pafs.FileSystem, path: str, data: Union[bytes, pa.Buffer, Callable[[Any], None]]) -> str:
     """Write ``path`` so that no reader ever sees it partial.
 
     ``data`` is the bytes, or a function that writes to the open output stream (Parquet
@@ -112,7 +112,7 @@ def atomic_write(fs: pafs.FileSystem, path: str, data: Union[bytes, Callable[[An
         if callable(data):  # serialised first: a writer that fails uploads nothing
             buf = pa.BufferOutputStream()
             data(buf)
-            data = buf.getvalue().to_pybytes()
+            data = buf.getvalue()  # an Arrow buffer: written as is, not copied into bytes
         _write_stream(fs, path, data)
         return path
     parent, base = path.rsplit("/", 1)
@@ -130,7 +130,7 @@ def atomic_write(fs: pafs.FileSystem, path: str, data: Union[bytes, Callable[[An
     return path
 
 
-def _write_stream(fs: pafs.FileSystem, path: str, data: Union[bytes, Callable[[Any], None]]) -> None:
+def _write_stream(fs: pafs.FileSystem, path: str, data: Union[bytes, pa.Buffer, Callable[[Any], None]]) -> None:
     with fs.open_output_stream(path) as sink:
         if callable(data):
             data(sink)
