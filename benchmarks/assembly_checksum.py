@@ -13,7 +13,7 @@ One process, side by side, on the same synthetic 1M case as ``benchmarks/scale.p
    (columnar checksums);
 2. a copy of that store whose shards record the legacy checksum instead (footer rewritten;
    the same Parquet data otherwise);
-3. the job's own assemble step (``steps.strategy.KNN.assemble``) in a ``StepLog``, on the
+3. the job's own assemble step (``steps.assemble.assemble``) in a ``StepLog``, on the
    two stores in turn, A B A B, and the two kernels compared entry for entry.
 
     python -m benchmarks.assembly_checksum --n 1000000 --work /tmp/delift-checksum --write
@@ -70,9 +70,9 @@ def main() -> None:
 
     from delift_ray import job
     from delift_ray.config import validate_config
+    from delift_ray.steps.assemble import assemble
     from delift_ray.steps.base import StepLog
     from delift_ray.steps.plan import open_store
-    from delift_ray.steps.strategy import KNN
 
     scale_args = SimpleNamespace(work=args.work, n=args.n, k=args.k, random=args.random, block_size=args.block_size)
     cfg = validate_config(job_config(scale_args))
@@ -98,7 +98,7 @@ def main() -> None:
         for name, c in stores.items():
             steps = StepLog()
             c0 = cpu_seconds()
-            kernels = steps.run("assemble", KNN.assemble, c, sets, open_store(c), candidates)
+            kernels = steps.run("assemble", assemble, c, sets, open_store(c), candidates)
             step = steps.as_list()[0]
             runs[name].append({**step, "cpu_s": round(cpu_seconds() - c0, 2)})
             K = kernels["K"]

@@ -40,7 +40,7 @@ def real_case(args) -> list[dict]:
 
     from delift_ray import assets
     from delift_ray.job import coerce_config, run
-    from delift_ray.steps.assemble import assemble_dense
+    from delift_ray.steps.assemble import assemble
     from delift_ray.steps.ingest import ingest, load_tokenizer
     from delift_ray.steps.plan import open_store
 
@@ -77,7 +77,7 @@ def real_case(args) -> list[dict]:
     dense_s = time.perf_counter() - t0
     cfg = coerce_config(base)
     sets, _ = ingest(cfg, load_tokenizer(cfg))
-    K = assemble_dense(cfg, sets, open_store(cfg))[0]["K"]
+    K = assemble(cfg, sets, open_store(cfg))[0]["K"]
     ids = sets["pool"].samples.sample_ids
     pos = {s: i for i, s in enumerate(ids)}
     dense_idx = [pos[s] for s in dense.selected_ids]

@@ -6,7 +6,7 @@ store, through the job's own functions:
 1. write: ``ShardStore.write`` per shard, as a scorer actor writes its block;
 2. resume: what the plan step does at a resume to learn which pairs are stored
    (``planning.stored_pair_keys(store.iter_relevant(UTILITY, ids, ids), index)``, as
-   ``steps.plan.plan_dense`` / ``plan_knn`` call it): list the store, read the footers,
+   ``steps.plan.plan`` calls it): list the store, read the footers,
    read and validate the relevant shards.
 
 Requests are counted from the moto server's own request log (one line per HTTP request),

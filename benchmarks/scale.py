@@ -14,7 +14,7 @@ before every step), including what earlier steps still hold:
 3. The rest of the job without an engine: a synthetic utility shard for every planned
    block, written with ``ShardStore.write`` as the scorer actors write theirs (random
    utilities; this stands in for scoring), then the job's own assemble and select steps
-   (``steps.strategy.KNN.assemble``, ``steps.select.select``) in a ``StepLog``.
+   (``steps.assemble.assemble``, ``steps.select.select``) in a ``StepLog``.
 
 Embeddings: computing 1M embeddings with the model is GPU work (hours on these two CPU
 cores), so the set-up writes clustered synthetic vectors (``--dim``, unit length; centres
@@ -95,17 +95,11 @@ def fill_embedding_store(cfg, n: int, dim: int, shard: int = 1024) -> int:
     """Synthetic unit vectors for every sample, written where the job's embed step reads
     (its store and fingerprint), ``shard`` samples a shard as the job writes them. A store
     already filled (an earlier run of this benchmark) is kept."""
-    from delift_ray import embeddings
+    from delift_ray import embedder
     from delift_ray.data import normalise_text, sample_id
     from delift_ray.storage import EMBEDDING
 
-    kc = cfg.kernel
-    source = embeddings.resolve_source(kc.embedding, cfg.model)
-    backend = embeddings.resolve_backend(kc.embedding_backend, kc.embedding)
-    dtype = cfg.engine.dtype if backend == "vllm" else "float32"
-    store = embeddings.EmbeddingStore(
-        cfg.cache or cfg.out, embeddings.embedding_fingerprint(source, kc.embedding_max_length, backend, dtype)
-    )
+    store = embedder.EmbeddingStore(cfg.cache or cfg.out, embedder.knn_spec(cfg).fingerprint)
     if len(store.shards.list_shards(EMBEDDING)) == -(-n // shard):
         return 0
     rng = np.random.default_rng(1)
@@ -210,10 +204,10 @@ def main() -> None:
 
     from delift_ray import job, stages
     from delift_ray.config import validate_config
+    from delift_ray.steps.assemble import assemble
     from delift_ray.steps.base import StepLog, peak_rss_bytes
     from delift_ray.steps.plan import open_store
     from delift_ray.steps.select import select
-    from delift_ray.steps.strategy import KNN
 
     cfg = validate_config(job_config(args))
     cpu_log = StepCPU()
@@ -264,7 +258,7 @@ def main() -> None:
         shards["peak_rss_gib"] = round(peak_rss_bytes() / 2**30, 3)
         del plan, dry
         store = open_store(cfg)
-        kernels = steps.run("assemble", KNN.assemble, cfg, sets, store, candidates)
+        kernels = steps.run("assemble", assemble, cfg, sets, store, candidates)
         budget = stages.budget_count(cfg.budget, len(sets["pool"].samples))
         steps.run("select", select, cfg, kernels, budget, curve=True)  # as the job runs it
         out["synthetic_scoring"] = shards

@@ -19,7 +19,7 @@ from typing import Any, Iterator, Literal, Optional, Union, get_args, get_origin
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from delift_ray import scalings
+from delift_ray import kernel_types, scalings
 from delift_ray.errors import ConfigError
 
 DEFAULT_NO_EXAMPLE_TEMPLATE = "Instruction: Please generate a response to the following query.\n\n\nQuery: {query}\n"
@@ -254,9 +254,10 @@ class SelectionConfig(_Section):
 class KernelConfig(_Section):
     """Which pairs are scored: all of them (dense) or k nearest neighbours plus random ones (knn)."""
 
-    type: Literal["dense", "knn"] = Field(
+    type: str = Field(
         "dense",
-        description="dense: score every pair (N^2). knn: score each helped sample's k nearest examples plus `random` random ones (N*(k+r)); the kernel is sparse.",
+        description="; ".join(f"{t.name}: {t.description}" for t in kernel_types.all_types())
+        + ". One module each in delift_ray/kernel_types/.",
     )
     k: int = Field(
         32,
@@ -305,6 +306,12 @@ class KernelConfig(_Section):
     @classmethod
     def _known_scaling(cls, v: str) -> str:
         scalings.get(v)  # ValueError naming the registered ones
+        return v
+
+    @field_validator("type")
+    @classmethod
+    def _known_type(cls, v: str) -> str:
+        kernel_types.get(v)  # ValueError naming the registered ones
         return v
 
 
@@ -382,13 +389,9 @@ class DeliftConfig(_Section):
         return self
 
     @model_validator(mode="after")
-    def _knn_keeps_a_pair(self) -> "DeliftConfig":
-        k = self.kernel
-        if k.type == "knn" and k.diagonal == "drop" and k.k == 1 and k.random == 0:
-            raise ValueError(
-                "kernel.k 1 with kernel.random 0 and kernel.diagonal drop leaves K no pair (a sample is its "
-                "own nearest neighbour): raise kernel.k or kernel.random, or set kernel.diagonal keep"
-            )
+    def _kernel_type_rules(self) -> "DeliftConfig":
+        # After the exclude_self alias has settled kernel.diagonal.
+        kernel_types.get(self.kernel.type).validate(self.kernel)
         return self
 
     @model_validator(mode="after")

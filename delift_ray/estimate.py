@@ -32,8 +32,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from delift_ray import kernel_types
 from delift_ray.config import DeliftConfig
-from delift_ray.kernel import dense_assembly_bytes, kernel_bytes, sparse_kernel_bytes
 from delift_ray.steps.base import StepStats
 
 
@@ -57,7 +57,7 @@ def compute_estimate(
     from delift_ray.stages import STAGE_MATRICES
 
     max_len = cfg.engine.max_model_len - 1
-    per_row = min(cfg.kernel.k + cfg.kernel.random, 1 << 62)
+    out_kernel = cfg.kernel.model_dump()
     out: dict = {
         "stage": cfg.stage,
         "samples": {n: s.n for n, s in lengths.items()},
@@ -74,11 +74,11 @@ def compute_estimate(
     reuse = cfg.scoring.prefix_reuse and cfg.engine.enable_prefix_caching
     # KV block of the engine's prefix cache (vLLM's CPU default is 128 when unset).
     kv_block = cfg.engine.block_size or 128
-    for mode in ("dense", "knn"):
+    for kind in kernel_types.all_types():
         pairs = tokens = computed = mem = mem_peak = 0
         for m in STAGE_MATRICES[cfg.stage]:
             H, E = lengths[m.helped], lengths[m.example]
-            c = E.n if mode == "dense" else min(per_row, E.n)
+            c = kind.candidates_per_row(cfg.kernel, E.n)
             pairs += H.n * c
             # mean pair length per helped row, capped at the engine limit
             row_tokens = np.minimum(H.tail_resp + float(E.head.mean()), max_len)
@@ -88,18 +88,13 @@ def compute_estimate(
                 computed += int(c * row_own.sum() + E.head.sum())
             else:
                 computed += int(c * row_tokens.sum())
-            if mode == "dense":
-                mem += kernel_bytes(H.n, E.n)
-                mem_peak += dense_assembly_bytes(H.n, E.n)
-            else:
-                mem += sparse_kernel_bytes(H.n * c, H.n)
-                mem_peak += (
-                    sparse_kernel_bytes(H.n * c, H.n) * 3
-                )  # positions + values and their sort keys, the CSR, the selector's CSC copy
+            mem += kind.kernel_bytes(H.n, E.n, c)
+            mem_peak += kind.assembly_peak_bytes(H.n, E.n, c)
         tokens += base_tokens
         computed += base_tokens
         hours = computed / tokens_per_s / 3600
-        out[mode] = {
+        out[kind.name] = {
+            "label": kind.label(out_kernel),
             "pairs": int(pairs),
             "prefill_tokens": int(tokens),
             "computed_tokens": int(computed),
@@ -173,7 +168,8 @@ def fmt_bytes(b: int) -> str:
 
 
 def format_table(est: dict) -> str:
-    rows = [("", "dense", f"knn (k={est['k']}, r={est['random']})")]
+    kinds = [n for n in kernel_types.names() if n in est]
+    rows = [("", *(est[n].get("label", n) for n in kinds))]
     for key, label, f in (
         ("pairs", "pairs to score", lambda v: f"{v:,}"),
         ("prefill_tokens", "prompt tokens", lambda v: f"{v:,}"),
@@ -187,14 +183,14 @@ def format_table(est: dict) -> str:
             lambda v: f"{v:,.3g}",
         ),
     ):
-        rows.append((label, f(est["dense"][key]), f(est["knn"][key])))
-    w = [max(len(r[c]) for r in rows) for c in range(3)]
+        rows.append((label, *(f(est[n][key]) for n in kinds)))
+    w = [max(len(r[c]) for r in rows) for c in range(len(rows[0]))]
     lines = [
         f"stage {est['stage']}, samples "
         + ", ".join(f"{k}={v:,}" for k, v in est["samples"].items())
         + f"; {est['tokens_per_s_per_engine']:,} computed tokens/s per engine ({est['rate_source']})"
     ]
-    lines += ["  ".join(r[c].ljust(w[c]) if c == 0 else r[c].rjust(w[c]) for c in range(3)) for r in rows]
+    lines += ["  ".join(r[c].ljust(w[c]) if c == 0 else r[c].rjust(w[c]) for c in range(len(r))) for r in rows]
     return "\n".join(lines)
 
 
@@ -230,8 +226,7 @@ class DryRunReport(StepStats):
     engines: int
     tokens_per_s: float | None = None
     rate_source: str = ""
-    k: int | None = None
-    random: int | None = None
+    kernel_label: str = ""  # the kernel type's options in one phrase (kernel_types.KernelType.label)
 
     @property
     def engine_hours(self) -> float | None:
@@ -252,11 +247,7 @@ class DryRunReport(StepStats):
 
     def format(self) -> str:
         """The report's lines (below the dry run's header line)."""
-        lines = [
-            "  samples: "
-            + ", ".join(f"{n} {v:,}" for n, v in self.samples.items())
-            + (f"; knn k {self.k} + random {self.random}" if self.kernel == "knn" else "; dense")
-        ]
+        lines = ["  samples: " + ", ".join(f"{n} {v:,}" for n, v in self.samples.items()) + f"; {self.kernel_label}"]
         lines.append(
             f"  pairs: {self.pairs_total:,} total, {self.pairs_to_score:,} to score, {self.pairs_reused:,} reused "
             f"({self.blocks:,} blocks)"
@@ -331,7 +322,6 @@ def dry_run_report(
     lengths = {n: set_lengths(s) for n, s in sets.items()}
     reuse = bool(cfg.scoring.prefix_reuse and cfg.engine.enable_prefix_caching)
     prompt, computed = plan_tokens(plan, lengths, cfg.engine.max_model_len - 1, cfg.engine.block_size or 128, reuse)
-    knn = cfg.kernel.type == "knn"
     return DryRunReport(
         stage=cfg.stage,
         kernel=cfg.kernel.type,
@@ -349,6 +339,5 @@ def dry_run_report(
         engines=cfg.ray.num_scorers or 1,
         tokens_per_s=tokens_per_s,
         rate_source=rate_source if tokens_per_s else "",
-        k=cfg.kernel.k if knn else None,
-        random=cfg.kernel.random if knn else None,
+        kernel_label=kernel_types.get(cfg.kernel.type).label(cfg.kernel.model_dump()),
     )

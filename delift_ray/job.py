@@ -17,7 +17,7 @@ import os
 from dataclasses import dataclass, field
 from typing import Callable, Optional
 
-from delift_ray import metrics, stages
+from delift_ray import kernel_types, metrics, stages
 from delift_ray.config import DeliftConfig, load_config, validate_config
 from delift_ray.errors import DeliftError
 from delift_ray.estimate import DryRunReport, dry_run_report
@@ -39,14 +39,15 @@ from delift_ray.rundir import (
     selection_table,
     subset_bytes,
 )
+from delift_ray.steps.assemble import assemble
 from delift_ray.steps.base import StepLog
+from delift_ray.steps.embed import embed, neighbours
 from delift_ray.steps.gate import gate
 from delift_ray.steps.ingest import baseline_only_sets, ingest, load_tokenizer, stage_sources
-from delift_ray.steps.plan import open_store, sample_ids
+from delift_ray.steps.plan import open_store, plan, sample_ids
 from delift_ray.steps.profile import profile
 from delift_ray.steps.score import score
 from delift_ray.steps.select import select
-from delift_ray.steps.strategy import kernel_strategy
 from delift_ray.steps.write import write
 from delift_ray.storage import UTILITY, model_identity, set_endpoint
 
@@ -127,13 +128,21 @@ def run(
         return _execute(cfg, out, progress, overwrite, finalize)
 
 
+def _candidates(steps: StepLog, cfg: DeliftConfig, sets: dict, progress: bool) -> tuple[Optional[dict], Optional[dict]]:
+    """(candidates, vectors): the embed and neighbours steps for a kernel type that needs
+    candidate pairs (knn); (None, None) when it scores every pair."""
+    if not kernel_types.get(cfg.kernel.type).needs_candidates:
+        return None, None
+    vectors = steps.run("embed", embed, cfg, sets, progress)
+    return steps.run("neighbours", neighbours, cfg, vectors, progress=progress), vectors
+
+
 def _execute(
     cfg: DeliftConfig, out: RunDir, progress: bool, overwrite: bool, finalize: Optional[Finalize]
 ) -> RunResult:
     out.recover()  # a commit interrupted after its commit point is finished first
     metrics.set_run(cfg.out)
     steps = StepLog()
-    kernel = kernel_strategy(cfg)
     tokenizer = load_tokenizer(cfg)
     sets = steps.run("ingest", ingest, cfg, tokenizer, progress=progress)
     budget = stages.budget_count(cfg.budget, len(sets["pool"].samples))
@@ -142,12 +151,12 @@ def _execute(
     digest = inputs_digest(settings, store.fingerprint, sample_ids(sets))
     out.check_reusable(digest, overwrite, settings)  # before any work, let alone any write
 
-    candidates, vectors = kernel.candidates(steps, cfg, sets, progress)
+    candidates, vectors = _candidates(steps, cfg, sets, progress)
     # Baseline-only sets (the gate's) are planned and scored, never paired or embedded.
     scored = {**sets, **baseline_only_sets(cfg, sets, tokenizer)}
-    plan = steps.run("plan", kernel.plan, cfg, scored, store, candidates)
-    steps.run("score", score, cfg, scored, store, plan, tokenizer.eos_token_id, progress)
-    kernels = steps.run("assemble", kernel.assemble, cfg, sets, store, candidates, progress=progress)
+    planned = steps.run("plan", plan, cfg, scored, store, candidates)
+    steps.run("score", score, cfg, scored, store, planned, tokenizer.eos_token_id, progress)
+    kernels = steps.run("assemble", assemble, cfg, sets, store, candidates, progress=progress)
     excluded = steps.run("gate", gate, cfg.selection, sets["pool"].samples, store)
     selection = steps.run(
         "select", select, cfg, kernels, budget, excluded.mask, excluded.noise_gate, progress=progress, curve=True
@@ -204,16 +213,15 @@ def _execute(
 def _dry_run(cfg: DeliftConfig, out: RunDir, progress: bool, tokens_per_s: Optional[float] = None) -> DryRunResult:
     """ingest -> embed -> plan (with the memory guard) -> estimate; nothing is scored or written."""
     steps = StepLog()
-    kernel = kernel_strategy(cfg)
     tokenizer = load_tokenizer(cfg)
     sets = steps.run("ingest", ingest, cfg, tokenizer, progress=progress)
     stages.budget_count(cfg.budget, len(sets["pool"].samples))
     store = open_store(cfg)
-    candidates, _ = kernel.candidates(steps, cfg, sets, progress)
+    candidates, _ = _candidates(steps, cfg, sets, progress)
     scored = {**sets, **baseline_only_sets(cfg, sets, tokenizer)}
-    plan = steps.run("plan", kernel.plan, cfg, scored, store, candidates)
-    report = steps.run("estimate", dry_run_report, cfg, scored, plan, tokens_per_s)
-    return DryRunResult(cfg.out, steps.stats("plan").as_dict(), steps.as_list(), report, sets, plan, candidates)
+    planned = steps.run("plan", plan, cfg, scored, store, candidates)
+    report = steps.run("estimate", dry_run_report, cfg, scored, planned, tokens_per_s)
+    return DryRunResult(cfg.out, steps.stats("plan").as_dict(), steps.as_list(), report, sets, planned, candidates)
 
 
 def run_timings(steps: StepLog, counts: RunCounts) -> dict:

@@ -178,8 +178,9 @@ class RunCounts:
 
     @classmethod
     def from_steps(cls, ingest, plan, score, select, embed=None, assemble=None, gate=None) -> "RunCounts":
-        """From the stats of the steps (:mod:`delift_ray.steps`); ``embed``/``assemble`` add the knn
-        figures, ``gate`` the exclusions."""
+        """From the stats of the steps (:mod:`delift_ray.steps`): ``assemble`` names the kernel type
+        and its stored entries (a sparse type), ``embed`` adds the embedding figures, ``gate`` the
+        exclusions."""
         c = cls(
             samples=ingest.samples_by_set.get("pool", 0),
             samples_by_set=dict(ingest.samples_by_set),
@@ -214,10 +215,11 @@ class RunCounts:
         ):
             setattr(c, name, getattr(score, name))
         if embed is not None:
-            c.kernel, c.embedded, c.embeddings_reused = "knn", embed.embedded, embed.embeddings_reused
+            c.embedded, c.embeddings_reused = embed.embedded, embed.embeddings_reused
             c.embedding_backend = embed.embedding_backend
-        if assemble is not None and assemble.kernel_nnz:
-            c.kernel, c.kernel_nnz = assemble.kernel, dict(assemble.kernel_nnz)
+        if assemble is not None:
+            c.kernel = assemble.kernel
+            c.kernel_nnz = dict(assemble.kernel_nnz) or None
         return c
 
     def as_dict(self) -> dict:

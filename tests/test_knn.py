@@ -368,7 +368,7 @@ def test_estimate_cli_table_and_json(tiny_model_dir, tmp_path):
     est_off = json.loads(off.stdout)
     assert est_off["dense"]["computed_tokens"] == est_off["dense"]["prefill_tokens"] == est["dense"]["prefill_tokens"]
     t = subprocess.run(base, capture_output=True, text=True, timeout=300)
-    assert t.returncode == 0 and "pairs to score" in t.stdout and "knn (k=4, r=1)" in t.stdout
+    assert t.returncode == 0 and "pairs to score" in t.stdout and "knn k 4 + random 1" in t.stdout
     bad = subprocess.run(base[:-1] + ["0"], capture_output=True, text=True, timeout=300)
     assert bad.returncode == 2 and "tokens-per-s" in bad.stderr and "Traceback" not in bad.stderr
 

@@ -12,6 +12,7 @@ from typing import Iterable, Optional
 
 import numpy as np
 
+from delift_ray import kernel_types
 from delift_ray.report.data import FLAT_SHARE, HOVER_TEXT_POINTS, TABLE_ROWS, ReportData
 
 CURVE_POINTS = 2000  # points a curve is drawn with at most (the picks are thinned evenly)
@@ -121,9 +122,7 @@ def _summary(data: ReportData) -> str:
     kernel = cfg.get("kernel") or {}
     pool = counts.get("samples", 0)
     budget = sel.budget if sel else data.picks_total
-    kopts = f"{kernel.get('type', 'dense')}, diagonal {kernel.get('diagonal')}, scaling {kernel.get('scaling')}"
-    if kernel.get("type") == "knn":
-        kopts += f", k {kernel.get('k')} + random {kernel.get('random')}"
+    kopts = f"{kernel_types.label(kernel)}, diagonal {kernel.get('diagonal')}, scaling {kernel.get('scaling')}"
     gate = (cfg.get("selection") or {}).get("noise_gate", "off")
     excluded = sum(counts.get(k) or 0 for k in ("excluded_noise_gate", "excluded_low_prompt_gain"))
     rows = [

@@ -5,7 +5,8 @@
 Each step is a function of its inputs that returns its result and a typed stats object
 (:class:`~delift_ray.steps.base.StepStats`); :class:`~delift_ray.steps.base.StepLog`
 times it, logs one line when it ends and keeps the figures for ``run.json["steps"]``.
-Dense and knn kernels differ only in :mod:`delift_ray.steps.strategy`.
+Kernel types (dense, knn) differ only in :mod:`delift_ray.kernel_types`, which the plan and
+assemble steps ask; a type that needs candidate pairs adds the embed step.
 
 * :mod:`.ingest`: read every dataset the stage needs, tokenise, set aside what cannot fit;
 * :mod:`.embed`: (knn) sample embeddings and each helped sample's candidate examples;

@@ -7,6 +7,7 @@ from typing import Optional
 
 import numpy as np
 
+from delift_ray import kernel_types
 from delift_ray.config import DeliftConfig
 from delift_ray.stages import STAGE_MATRICES
 from delift_ray.steps.base import StepStats
@@ -29,60 +30,33 @@ class AssembleStats(StepStats):
         )
 
 
-def assemble_dense(
+def assemble(
     cfg: DeliftConfig,
     sets: dict[str, IngestedSet],
     store: ShardStore,
     candidates: Optional[dict[str, np.ndarray]] = None,
     progress: bool = False,
-) -> tuple[dict[str, np.ndarray], AssembleStats]:
-    """Dense UF matrices of the stage with the kernel options (``kernel.diagonal``,
-    ``kernel.scaling``) applied over each whole matrix (:func:`delift_ray.kernel.finish_dense`)."""
-    from delift_ray.kernel import assemble_dense as assemble
-    from delift_ray.kernel import finish_dense
-
-    kernels, stats = {}, AssembleStats("dense")
+) -> tuple[dict, AssembleStats]:
+    """The stage's kernels from the stored utilities, in the kernel type's representation,
+    with ``kernel.diagonal`` and ``kernel.scaling`` applied over each whole kernel
+    (:mod:`delift_ray.kernel_types`)."""
+    kind = kernel_types.get(cfg.kernel.type)
+    kernels, stats = {}, AssembleStats(kind.name)
     for m in STAGE_MATRICES[cfg.stage]:
         H, E = sets[m.helped].samples.sample_ids, sets[m.example].samples.sample_ids
-        M = assemble(
+        M = kind.assemble_matrix(
             store.iter_relevant(UTILITY, H, E),
             H,
             E,
-            name=m.name,
+            None if candidates is None else candidates[m.name],
+            cfg.kernel,
             allow_missing=cfg.scoring.skip_failed_blocks,
             progress=progress,
-        )
-        M = finish_dense(M, H, E, diagonal=cfg.kernel.diagonal, scaling=cfg.kernel.scaling)
-        kernels[m.name] = M.T.copy() if m.transpose else M
-        stats.shapes[m.name] = list(kernels[m.name].shape)
-    return kernels, stats
-
-
-def assemble_knn(
-    cfg: DeliftConfig,
-    sets: dict[str, IngestedSet],
-    store: ShardStore,
-    candidates: dict[str, np.ndarray],
-    progress: bool = False,
-) -> tuple[dict, AssembleStats]:
-    """CSR kernels of the stage over exactly the run's candidate pairs, scaled over the
-    stored entries (:func:`delift_ray.kernel.assemble_sparse`)."""
-    from delift_ray.kernel import assemble_sparse_from_tables, candidate_keys
-
-    kernels, stats = {}, AssembleStats("knn")
-    for m in STAGE_MATRICES[cfg.stage]:
-        H, E = sets[m.helped].samples.sample_ids, sets[m.example].samples.sample_ids
-        M = assemble_sparse_from_tables(
-            store.iter_relevant(UTILITY, H, E),
-            H,
-            E,
-            allowed=candidate_keys(candidates[m.name], len(E)),
-            diagonal=cfg.kernel.diagonal,
-            scaling=cfg.kernel.scaling,
-            progress=progress,
             name=m.name,
         )
-        kernels[m.name] = M.T.tocsr() if m.transpose else M
+        kernels[m.name] = kind.transpose(M) if m.transpose else M
         stats.shapes[m.name] = list(kernels[m.name].shape)
-        stats.kernel_nnz[m.name] = int(M.nnz)
+        stored = kind.stored_entries(M)
+        if stored is not None:
+            stats.kernel_nnz[m.name] = stored
     return kernels, stats

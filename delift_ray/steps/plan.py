@@ -8,7 +8,7 @@ from typing import Optional
 
 import numpy as np
 
-from delift_ray import planning
+from delift_ray import kernel_types, planning
 from delift_ray.config import DeliftConfig
 from delift_ray.stages import STAGE_MATRICES
 from delift_ray.steps.base import StepStats
@@ -76,45 +76,27 @@ def stored_baselines(store: ShardStore, ids: dict[str, list[str]]) -> set[str]:
     return set(store.read_relevant(BASELINE, all_ids).column("sample_id").to_pylist())
 
 
-def plan_dense(
+def plan(
     cfg: DeliftConfig,
     sets: dict[str, IngestedSet],
     store: ShardStore,
     candidates: Optional[dict[str, np.ndarray]] = None,
 ) -> tuple[planning.Plan, PlanStats]:
-    """Every pair of every matrix of the stage, less what the store holds."""
-    from delift_ray.kernel import check_dense_fits
-
+    """The pairs of every matrix of the stage that the kernel type scores (every pair, or the
+    candidates), less what the store holds; the type's memory guard runs first."""
+    kind = kernel_types.get(cfg.kernel.type)
+    matrices = STAGE_MATRICES[cfg.stage]
     # The memory guard runs before hours of scoring, not after.
-    check_dense_fits(
-        {m.name: (len(sets[m.helped].samples), len(sets[m.example].samples)) for m in STAGE_MATRICES[cfg.stage]}
+    kind.check_fits(
+        {m.name: (len(sets[m.helped].samples), len(sets[m.example].samples)) for m in matrices},
+        cfg.kernel.k + cfg.kernel.random,
     )
     ids = sample_ids(sets)
     all_ids = {sid for v in ids.values() for sid in v}
     index = planning.IdIndex(ids)
     stored = planning.stored_pair_keys(store.iter_relevant(UTILITY, all_ids, all_ids), index)
-    plan = planning.plan_blocks(
-        STAGE_MATRICES[cfg.stage],
-        ids,
-        stored,
-        stored_baselines(store, ids),
-        index=index,
-        fingerprint=store.fingerprint,
-        block_size=cfg.scoring.block_size,
-    )
-    return plan, PlanStats.of(plan)
-
-
-def plan_knn(
-    cfg: DeliftConfig, sets: dict[str, IngestedSet], store: ShardStore, candidates: dict[str, np.ndarray]
-) -> tuple[planning.Plan, PlanStats]:
-    """The candidate pairs of every matrix of the stage, less what the store holds."""
-    ids = sample_ids(sets)
-    all_ids = {sid for v in ids.values() for sid in v}
-    index = planning.IdIndex(ids)
-    stored = planning.stored_pair_keys(store.iter_relevant(UTILITY, all_ids, all_ids), index)
-    plan = planning.plan_knn(
-        STAGE_MATRICES[cfg.stage],
+    plan = kind.plan_pairs(
+        matrices,
         candidates,
         ids,
         stored,
