@@ -6,7 +6,7 @@ command). Nothing else is a figure, so a figure cannot go stale: re-run the benc
 commit its JSON, regenerate the docs::
 
     python docs/generate.py            # rewrite every generated block in README.md and docs/
-    python docs/generate.py --check    # exit 1 if a committed block differs (tests/test_docs.py)
+    python docs/generate.py --check    # exit 1 if a committed block differs (tests/docs/test_docs.py)
 
 Each table sits between markers in a Markdown file (``<!-- generated:figures begin -->``
 in README.md, ``<!-- generated:figures:scoring begin -->`` in docs/scoring.md, ...);

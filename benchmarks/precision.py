@@ -8,7 +8,7 @@ questions of ``benchmarks/data/factoid_qa.jsonl``) the whole n x n matrix is sco
 into its own run and cache:
 
 * ``float32``: ``engine.dtype: float32`` (the reference; it matched transformers teacher
-  forcing to 1e-4 in tests/test_checkpoints.py);
+  forcing to 1e-4 in tests/scoring/test_checkpoints.py);
 * ``bf16_head_f32``: ``engine.dtype: bfloat16``, ``engine.head_dtype: float32`` (the default
   since issue 27): the transformer body in bfloat16, the LM head and log-sum-exp in float32;
 * ``bf16``: ``engine.dtype: bfloat16``, ``engine.head_dtype: engine`` (the default before):

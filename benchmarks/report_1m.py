@@ -10,7 +10,7 @@ A synthetic run goes through the job's own select, profile and write steps:
 * utility shards for the helped samples the profile step reads (its own seeded sample).
 
 Then ``delift-ray report`` (the CLI, in a subprocess) renders the page. The test
-(tests/test_report.py) runs the same build at 1M and checks the page's size and map; this
+(tests/report/test_report.py) runs the same build at 1M and checks the page's size and map; this
 script times it and commits the figure::
 
     python -m benchmarks.report_1m --n 1000000 --write

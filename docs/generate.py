@@ -1,7 +1,7 @@
 """Regenerate the generated blocks of README.md and docs/*.md; ``--check`` only compares.
 
     python docs/generate.py            # rewrite them in place
-    python docs/generate.py --check    # exit 1 and name the stale blocks (what tests/test_docs.py asserts)
+    python docs/generate.py --check    # exit 1 and name the stale blocks (what tests/docs/test_docs.py asserts)
 
 A generated block sits between two markers and is never edited by hand::
 

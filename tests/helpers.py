@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import json
 import os
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent  # the repository: delift_ray/, benchmarks/, docs/ ...
 
 
 def write_rows(path, rows) -> str:

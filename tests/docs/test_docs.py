@@ -16,8 +16,8 @@ import yaml
 
 from benchmarks import figures
 from benchmarks.results import read_results
+from tests.helpers import ROOT
 
-ROOT = Path(__file__).resolve().parent.parent
 README = ROOT / "README.md"
 
 # Pages other branches of this round write; README links them before they land. Shrink this

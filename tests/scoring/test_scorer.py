@@ -12,7 +12,6 @@ import json
 import os
 import subprocess
 import sys
-from pathlib import Path
 from types import SimpleNamespace
 
 import numpy as np
@@ -23,8 +22,7 @@ from delift_ray.errors import DeliftError
 from delift_ray.scoring import engine as eng
 from delift_ray.scoring.engine import FULL, HIDDEN, SUFFIX, EngineStats, Scorer, ScoreRequest
 from delift_ray.scoring.lm_head import LMHead, load_head_weight, unsupported_reason
-
-ROOT = Path(__file__).resolve().parents[1]
+from tests.helpers import ROOT
 
 
 def fake_lp(tokens, t):

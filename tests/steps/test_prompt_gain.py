@@ -1,7 +1,7 @@
 """selection.min_prompt_gain: excluded samples are never picked, in every stage, dense and sparse.
 
 Known answers on small kernels, the planner's baseline-only set, and the gain rule. The
-real-engine run is tests/test_evaluate_quality.py::test_min_prompt_gain_on_a_real_run.
+real-engine run is tests/evaluate/test_quality.py::test_min_prompt_gain_on_a_real_run.
 """
 
 from __future__ import annotations

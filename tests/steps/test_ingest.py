@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import numpy as np
 import pyarrow as pa
-from helpers import write_rows
 
 from delift_ray.config import load_config
 from delift_ray.data import DatasetRows, load_samples
 from delift_ray.prompts import fits, template_head_length
+from tests.helpers import write_rows
 
 
 def reference_samples_table(sets) -> pa.Table:

@@ -1,6 +1,6 @@
 """The dispatcher's failure policy (delift_ray/dispatch_policy.py), every outcome, with fake
-outcomes and a fake clock: no Ray. The real-cluster tests (test_dispatch.py, test_reliability.py,
-test_multinode.py) exercise the same policy through Ray."""
+outcomes and a fake clock: no Ray. The real-cluster tests beside it (test_reliability.py,
+test_multinode.py in tests/cluster/) exercise the same policy through Ray."""
 
 import itertools
 

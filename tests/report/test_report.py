@@ -10,18 +10,16 @@ import re
 import shutil
 import subprocess
 import sys
-from pathlib import Path
 
 import numpy as np
 import pyarrow.parquet as pq
 import pytest
-from browser import Chromium
 
 from delift_ray.report.data import Curve, load
 from delift_ray.report.page import SECTIONS, render
 from delift_ray.rundir import CURVE, MAP, RUN_JSON, SAMPLES, SELECTION, SUBSET, RunDir, json_bytes, read_file
-
-ROOT = Path(__file__).resolve().parents[1]
+from tests.browser import Chromium
+from tests.helpers import ROOT
 
 POOL = [
     {"instruction": f"Question {i}: what is {i} plus {i % 5}?", "input": "", "output": f"It is {i + i % 5}."}

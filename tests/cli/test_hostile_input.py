@@ -4,7 +4,7 @@ The invariant of every case: the CLI exits 2 with exactly one ``delift-ray: erro
 that names the input (no traceback), or the step skips and counts the row; a finished run
 is never touched by a refused one. Property-based cases (hypothesis) throw random bytes,
 random JSON values and random Unicode (lone surrogates and NUL included) at the data
-reader and the config loader. tests/test_bad_input.py holds the older bad-input cases;
+reader and the config loader. tests/cli/test_bad_input.py holds the older bad-input cases;
 this file does not repeat them.
 
 Only ``test_checkpoint_without_weights_fails_once_in_one_line`` starts an engine.
@@ -23,7 +23,6 @@ import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
-from helpers import one_line_error, write_rows
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -37,6 +36,7 @@ from delift_ray.errors import (
     classify_engine_start_error,
     engine_start_message,
 )
+from tests.helpers import one_line_error, write_rows
 
 ROWS = [{"prompt": f"Question number {k}?", "response": f"Answer number {k}."} for k in range(6)]
 # Derandomised so that CI sees the same examples every run; set derandomize=False locally for

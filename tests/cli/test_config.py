@@ -5,6 +5,7 @@ import pytest
 from delift_ray.cli import build_parser, config_from_args
 from delift_ray.config import DeliftConfig, iter_leaf_fields, load_config
 from delift_ray.errors import ConfigError
+from tests.helpers import ROOT
 
 BASE = {"data": "d.jsonl", "model": "m", "out": "o"}
 
@@ -87,9 +88,8 @@ def test_templates_need_their_placeholders():
 
 
 def test_every_job_file_validates():
-    import pathlib
 
-    jobs = sorted(pathlib.Path(__file__).parent.parent.joinpath("jobs").glob("*.yaml"))
+    jobs = sorted(ROOT.joinpath("jobs").glob("*.yaml"))
     assert jobs, "jobs/ holds example configs"
     for path in jobs:
         load_config(path, {"data": "d", "model": "m", "out": "o"} if "demo" in path.name else None)

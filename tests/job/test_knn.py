@@ -1,8 +1,9 @@
-"""kernel.type knn: candidates, planning, embeddings, estimate, and one real run (assembly: test_kernel.py).
+"""kernel.type knn: candidates, planning, embeddings, estimate, and one real run.
 
 The end-to-end test goes through a real local Ray cluster, the real vLLM CPU engine and
 the tiny random Llama (embeddings from the same model, mean-pooled by vLLM's pooling
-runner on a Ray actor, checked against the transformers route).
+runner on a Ray actor, checked against the transformers route). The kernel's assembly from
+shards is tested in tests/kernel/test_assembly.py.
 """
 
 import json

@@ -7,15 +7,15 @@ flag or subcommand fails here rather than on a cluster.
 
 import re
 import shlex
-from pathlib import Path
 
 import pytest
 import yaml
 
 from delift_ray.cli import build_parser
 from delift_ray.config import load_config
+from tests.helpers import ROOT
 
-CLUSTER = Path(__file__).resolve().parent.parent / "cluster"
+CLUSTER = ROOT / "cluster"
 
 
 def load(name):

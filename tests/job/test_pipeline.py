@@ -13,11 +13,11 @@ import sys
 
 import pyarrow.parquet as pq
 import pytest
-from helpers import write_rows
 
 from delift_ray.config import TemplateConfig
 from delift_ray.job import run
 from delift_ray.storage import UTILITY
+from tests.helpers import write_rows
 
 pytestmark = [pytest.mark.engine, pytest.mark.ray]
 

@@ -2,26 +2,25 @@
 
 Each case is a one-line error (exit status 2, no traceback) or a counted skip. Cases
 that fail before any engine starts go through the real CLI in a subprocess; the rest
-call the step that handles them. Rows covered elsewhere: tests/test_data.py (malformed
+call the step that handles them. Rows covered elsewhere: tests/data/test_data.py (malformed
 JSON lines, non-UTF-8 lines, wrong or missing columns, rows without valid fields,
-duplicates), tests/test_config.py (budget <= 0, non-numeric, unknown keys),
-tests/test_pipeline.py::test_cli_bad_input_is_one_line (budget >= N, missing model path,
-missing target), tests/test_reliability.py (NaN from the engine, a locked out dir).
+duplicates), tests/cli/test_config.py (budget <= 0, non-numeric, unknown keys),
+tests/job/test_pipeline.py::test_cli_bad_input_is_one_line (budget >= N, missing model path,
+missing target), tests/cluster/test_reliability.py (NaN from the engine, a locked out dir).
 """
 
 import json
 import os
-import pathlib
 import re
 import shutil
 import subprocess
 import sys
 
 import pytest
-from helpers import one_line_error, write_rows
 
 from delift_ray.config import EngineConfig, load_config
 from delift_ray.errors import ConfigError, DeliftError
+from tests.helpers import ROOT, one_line_error, write_rows
 
 ROWS = [{"prompt": f"Question number {k}?", "response": f"Answer number {k}."} for k in range(6)]
 
@@ -214,7 +213,7 @@ def test_trust_remote_code_is_off_for_engine_and_tokenizer(tiny_model_dir, tmp_p
 
 def test_nothing_a_run_reads_back_is_pickled_and_yaml_is_safe():
     """Shards, manifests and configs are Parquet / JSON / safe YAML: no pickle, no unsafe loader."""
-    root = pathlib.Path(__file__).resolve().parent.parent / "delift_ray"
+    root = ROOT / "delift_ray"
     banned = re.compile(
         r"\bimport (c?pickle|dill|shelve|joblib)\b|\bpickle\.loads?\(|torch\.load\(|allow_pickle=True"
         r"|yaml\.(unsafe_)?load\(|yaml\.full_load\(|yaml\.Loader\b"

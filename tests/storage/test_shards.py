@@ -1,4 +1,4 @@
-"""Shard storage: atomic writes, validation, quarantine (kernel assembly: test_kernel.py)."""
+"""Shard storage: atomic writes, validation, quarantine (kernel assembly: tests/kernel/test_assembly.py)."""
 
 import os
 

@@ -5,9 +5,9 @@ import subprocess
 import sys
 
 import pytest
-from helpers import write_rows
 
 from delift_ray.config import validate_config
+from tests.helpers import write_rows
 
 ROWS = [{"prompt": f"Question {i}: what is {i} plus {i}?", "response": f"It is {2 * i}."} for i in range(12)]
 

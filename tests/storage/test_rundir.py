@@ -231,9 +231,8 @@ def test_a_commit_records_the_current_format_and_the_reader_refuses_a_newer_one(
 
 def test_run_json_is_read_only_through_rundir():
     """No module parses run.json by hand: each goes through rundir's RunDocument."""
-    from pathlib import Path
+    from tests.helpers import ROOT as root
 
-    root = Path(__file__).resolve().parents[1]
     offenders = []
     for path in [*root.glob("delift_ray/**/*.py"), *root.glob("benchmarks/*.py"), *root.glob("docs/*.py")]:
         if path.name == "rundir.py":

@@ -1,6 +1,6 @@
 """`delift-ray submit/status/logs`: the job sent through the Ray Jobs API.
 
-The client is faked here (tests/test_jobs_api.py runs the same commands against a real
+The client is faked here (tests/cli/test_jobs_api.py runs the same commands against a real
 Ray head with the Jobs API); what is checked is what a cluster would receive: a validated
 job file inside the uploaded working dir and an entrypoint that the real CLI parses back
 into the same config.

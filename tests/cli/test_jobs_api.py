@@ -33,10 +33,10 @@ from pathlib import Path
 import pytest
 
 from benchmarks.alpaca import ALPACA_ROWS
+from tests.helpers import ROOT
 
 pytestmark = [pytest.mark.ray, pytest.mark.engine]
 
-REPO = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
 HEAD_START_ATTEMPTS = 3
 HEAD_START_TIMEOUT_S = 240
@@ -99,7 +99,7 @@ class Head:
         env.update(
             HOME=str(self.home),
             PATH=f"{BIN}{os.pathsep}{env.get('PATH', '')}",
-            PYTHONPATH=os.pathsep.join([str(REPO)] + [p for p in [env.get("PYTHONPATH")] if p]),
+            PYTHONPATH=os.pathsep.join([str(ROOT)] + [p for p in [env.get("PYTHONPATH")] if p]),
         )
         if mode:
             env["RAY_AUTH_MODE"] = mode
@@ -134,7 +134,7 @@ def _start_head(root: Path, token_path: Path, home: Path) -> Head:
         HOME=str(home),
         PATH=f"{BIN}{os.pathsep}{env.get('PATH', '')}",
         RAY_USAGE_STATS_ENABLED="0",
-        PYTHONPATH=os.pathsep.join([str(REPO)] + [p for p in [env.get("PYTHONPATH")] if p]),
+        PYTHONPATH=os.pathsep.join([str(ROOT)] + [p for p in [env.get("PYTHONPATH")] if p]),
         VLLM_CPU_KVCACHE_SPACE="1",
     )
     cmd = [

@@ -17,8 +17,6 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
-from browser import report_sections
-from helpers import write_rows
 
 from delift_ray.config import validate_config
 from delift_ray.errors import DeliftError
@@ -28,6 +26,8 @@ from delift_ray.report.data import load
 from delift_ray.reselect import continual_budget, diff_ids, reselect, selection_diff
 from delift_ray.steps.plan import fingerprint
 from delift_ray.storage import BASELINE, UTILITY, ShardStore, model_identity
+from tests.browser import report_sections
+from tests.helpers import write_rows
 
 ENGINE = {"dtype": "float32", "max_model_len": 256, "block_size": 32, "kv_cache_space_gib": 1}
 

@@ -23,13 +23,13 @@ import uuid
 import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 import pytest
-from helpers import write_rows
 
 from delift_ray.errors import StorageError
 from delift_ray.job import run
 from delift_ray.lock import LOCK_NAME, LockError, RunLock
 from delift_ray.procs import scorer_pids
 from delift_ray.storage import PROBE_DIR, UTILITY, resolve_fs, set_endpoint
+from tests.helpers import write_rows
 
 pytestmark = [pytest.mark.engine, pytest.mark.ray]
 
