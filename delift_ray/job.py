@@ -44,12 +44,12 @@ from delift_ray.steps.base import StepLog
 from delift_ray.steps.embed import embed, neighbours
 from delift_ray.steps.gate import gate
 from delift_ray.steps.ingest import baseline_only_sets, ingest, load_tokenizer, stage_sources
-from delift_ray.steps.plan import open_store, plan, sample_ids
+from delift_ray.steps.plan import open_store, plan, sample_ids, scorer_identity
 from delift_ray.steps.profile import profile
 from delift_ray.steps.score import score
 from delift_ray.steps.select import select
 from delift_ray.steps.write import write
-from delift_ray.storage import UTILITY, model_identity, set_endpoint
+from delift_ray.storage import UTILITY, set_endpoint
 
 log = logging.getLogger("delift_ray")
 
@@ -146,7 +146,8 @@ def _execute(
     tokenizer = load_tokenizer(cfg)
     sets = steps.run("ingest", ingest, cfg, tokenizer, progress=progress)
     budget = stages.budget_count(cfg.budget, len(sets["pool"].samples))
-    store = open_store(cfg)
+    scorer = scorer_identity(cfg)
+    store = open_store(cfg, scorer)
     settings = cfg.model_dump(mode="json")
     digest = inputs_digest(settings, store.fingerprint, sample_ids(sets))
     out.check_reusable(digest, overwrite, settings)  # before any work, let alone any write
@@ -178,7 +179,7 @@ def _execute(
     timings = run_timings(steps, counts)
     meta = run_document(
         config=cfg.model_dump(mode="json"),
-        model=model_record(cfg, store.fingerprint),
+        model=scorer.record,
         cache=store.root_uri,
         stage=cfg.stage,
         budget=budget,
@@ -231,14 +232,6 @@ def run_timings(steps: StepLog, counts: RunCounts) -> dict:
     if timings.get("score_s", 0) > 0 and counts.pairs_scored:
         timings["pairs_per_s"] = round(counts.pairs_scored / timings["score_s"], 3)
     return timings
-
-
-def model_record(cfg: DeliftConfig, fp: str) -> dict:
-    return {
-        "path": cfg.model,
-        "fingerprint": fp,
-        **{k: v for k, v in model_identity(cfg.model).items() if k != "snapshot"},
-    }
 
 
 def check_out_outside_data(cfg: DeliftConfig) -> None:

@@ -45,6 +45,7 @@ from typing import Callable, Optional, Sequence
 import numpy as np
 
 from delift_ray.config import TemplateConfig
+from delift_ray.data import SampleSet
 
 log = logging.getLogger(__name__)
 
@@ -175,6 +176,16 @@ PROBES: tuple[tuple[str, str], ...] = (
 DATA_PROBES = 64
 PROBE_CHARS = 48
 _ROLE = {"query": "{p}", "example_prompt": "{p}", "example_response": "{r}"}
+
+
+@dataclass
+class IngestedSet:
+    """One dataset after ingest: the samples that fit with their token segments, and
+    the too-long ones set aside (``rejected``, reported in samples.parquet)."""
+
+    samples: SampleSet
+    tokens: TokenizedSet
+    rejected: SampleSet
 
 
 def _escape(text: str) -> str:

@@ -9,9 +9,9 @@ import numpy as np
 
 from delift_ray import kernel_types
 from delift_ray.config import DeliftConfig
+from delift_ray.prompts import IngestedSet
 from delift_ray.stages import STAGE_MATRICES
 from delift_ray.steps.base import StepStats
-from delift_ray.steps.ingest import IngestedSet
 from delift_ray.storage import UTILITY, ShardStore
 
 

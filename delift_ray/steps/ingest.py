@@ -12,18 +12,8 @@ from delift_ray.config import DeliftConfig
 from delift_ray.data import SampleSet, load_samples, sample_id, too_long_rows
 from delift_ray.errors import DeliftError, one_line
 from delift_ray.gate import mismatched_pairs, prompt_free_id
-from delift_ray.prompts import TOO_LONG, TokenizedSet, take, template_head_length, tokenize_set
+from delift_ray.prompts import TOO_LONG, IngestedSet, TokenizedSet, take, template_head_length, tokenize_set
 from delift_ray.steps.base import StepStats
-
-
-@dataclass
-class IngestedSet:
-    """One dataset after ingest: the samples that fit with their token segments, and
-    the too-long ones set aside (``rejected``, reported in samples.parquet)."""
-
-    samples: SampleSet
-    tokens: TokenizedSet
-    rejected: SampleSet
 
 
 @dataclass

@@ -10,9 +10,9 @@ import numpy as np
 
 from delift_ray import kernel_types, planning
 from delift_ray.config import DeliftConfig
+from delift_ray.prompts import IngestedSet
 from delift_ray.stages import STAGE_MATRICES
 from delift_ray.steps.base import StepStats
-from delift_ray.steps.ingest import IngestedSet
 from delift_ray.storage import BASELINE, UTILITY, ShardStore, model_digest, model_identity, scorer_fingerprint
 
 
@@ -45,8 +45,17 @@ class PlanStats(StepStats):
         )
 
 
-def fingerprint(cfg: DeliftConfig) -> str:
-    """Scorer fingerprint: the model's files and every setting that changes a utility."""
+@dataclass(frozen=True)
+class ScorerIdentity:
+    """Who scores, computed once per run: ``fingerprint`` keys the shard store, ``record`` is
+    run.json's ``model`` (the path, the fingerprint and the checkpoint's hub id and revision)."""
+
+    fingerprint: str
+    record: dict
+
+
+def scorer_identity(cfg: DeliftConfig) -> ScorerIdentity:
+    """The scorer fingerprint covers the model's files and every setting that changes a utility."""
     ident = model_identity(cfg.model)
     fields = {
         "model": os.path.abspath(cfg.model) if os.path.isdir(cfg.model) else cfg.model,
@@ -59,12 +68,18 @@ def fingerprint(cfg: DeliftConfig) -> str:
         "scoring": {"eos_after_context": True, "eos_after_response": True, "tokenize_special": False},
         "utility": "d=sqrt(mean((1-p)^2)); teacher forcing; v1",
     }
-    return scorer_fingerprint(model_digest(cfg.model), fields)
+    fp = scorer_fingerprint(model_digest(cfg.model), fields)
+    record = {"path": cfg.model, "fingerprint": fp, **{k: v for k, v in ident.items() if k != "snapshot"}}
+    return ScorerIdentity(fp, record)
 
 
-def open_store(cfg: DeliftConfig) -> ShardStore:
+def fingerprint(cfg: DeliftConfig) -> str:
+    return scorer_identity(cfg).fingerprint
+
+
+def open_store(cfg: DeliftConfig, identity: Optional[ScorerIdentity] = None) -> ShardStore:
     """The content-keyed shard store of this scorer: the shared ``cache``, or the out dir."""
-    return ShardStore(cfg.cache or cfg.out, fingerprint(cfg))
+    return ShardStore(cfg.cache or cfg.out, (identity or scorer_identity(cfg)).fingerprint)
 
 
 def sample_ids(sets: dict[str, IngestedSet]) -> dict[str, list[str]]:

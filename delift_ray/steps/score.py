@@ -11,9 +11,8 @@ import numpy as np
 
 from delift_ray import planning
 from delift_ray.config import DeliftConfig
-from delift_ray.prompts import take
+from delift_ray.prompts import IngestedSet, take
 from delift_ray.steps.base import StepStats, id_list
-from delift_ray.steps.ingest import IngestedSet
 from delift_ray.storage import ShardStore, baseline_lookup
 
 log = logging.getLogger("delift_ray")
