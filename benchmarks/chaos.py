@@ -28,8 +28,8 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from benchmarks.fixtures import scorer_pids
 from benchmarks.results import write_result
-from delift_ray.procs import scorer_pids
 
 WORDS = (
     "red blue green river stone cloud bread music garden window yellow silver quiet rapid gentle "
@@ -77,7 +77,7 @@ def main(argv=None) -> int:
 
     import ray
 
-    from delift_ray.assets import build_tiny_model
+    from benchmarks.fixtures import build_tiny_model
     from delift_ray.job import run
 
     work = args.work or tempfile.mkdtemp(prefix="delift-chaos-")

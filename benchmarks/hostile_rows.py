@@ -100,7 +100,7 @@ def main() -> None:
     ap.add_argument("--limit-gib", type=float, default=3.0)
     ap.add_argument("--json", action="store_true", help="Write benchmarks/results/hostile_rows.json.")
     args = ap.parse_args()
-    from delift_ray.assets import build_tiny_model
+    from benchmarks.fixtures import build_tiny_model
 
     with tempfile.TemporaryDirectory() as tmp:
         model = str(build_tiny_model(os.path.join(tmp, "model"), seed=0))

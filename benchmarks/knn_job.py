@@ -30,8 +30,8 @@ def main() -> None:
     p.add_argument("--work", default="/tmp/delift-knn-job")
     args = p.parse_args()
 
+    from benchmarks.fixtures import build_tiny_model
     from delift_ray import run
-    from delift_ray.assets import build_tiny_model
     from delift_ray.config import validate_config
 
     os.makedirs(args.work, exist_ok=True)

@@ -38,6 +38,7 @@ def fl_objective(K: np.ndarray, idx) -> float:
 def real_case(args) -> list[dict]:
     from transformers import AutoTokenizer
 
+    from benchmarks.fixtures import build_tiny_model
     from delift_ray import assets
     from delift_ray.job import coerce_config, run
     from delift_ray.steps.assemble import assemble
@@ -52,7 +53,7 @@ def real_case(args) -> list[dict]:
             {"dtype": args.dtype, "max_model_len": 512},
         )
     else:
-        model = str(assets.build_tiny_model(os.path.join(args.out, "tiny-model"), seed=0))
+        model = str(build_tiny_model(os.path.join(args.out, "tiny-model"), seed=0))
         label, engine = (
             "tiny random Llama (test model, fp32)",
             {"dtype": "float32", "max_model_len": 512, "block_size": 32},

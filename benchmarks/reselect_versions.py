@@ -40,7 +40,7 @@ def main() -> None:
     args = ap.parse_args()
     import ray
 
-    from delift_ray.assets import build_tiny_model
+    from benchmarks.fixtures import build_tiny_model
     from delift_ray.job import run
     from delift_ray.reselect import reselect
 

@@ -43,7 +43,7 @@ def main(argv=None) -> dict:
 
     import ray
 
-    from delift_ray.assets import build_tiny_model
+    from benchmarks.fixtures import build_tiny_model
     from delift_ray.job import run
 
     tmp = Path(tempfile.mkdtemp(prefix="delift-scorers-"))

@@ -12,7 +12,7 @@ from benchmarks.alpaca import ALPACA_ROWS
 @pytest.fixture(scope="session")
 def tiny_model_dir(tmp_path_factory):
     """A tiny random Llama (float32) with a local byte-level BPE tokenizer, built once."""
-    from delift_ray.assets import build_tiny_model
+    from benchmarks.fixtures import build_tiny_model
 
     return build_tiny_model(tmp_path_factory.mktemp("tiny-model"), seed=0)
 

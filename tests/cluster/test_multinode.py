@@ -24,9 +24,9 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
+from benchmarks.fixtures import descendants
 from delift_ray.errors import StorageError
 from delift_ray.job import run
-from delift_ray.procs import descendants
 from delift_ray.storage import PROBE_DIR, TMP_PREFIX, UTILITY
 
 pytestmark = [pytest.mark.engine, pytest.mark.ray]

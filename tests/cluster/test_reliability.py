@@ -23,10 +23,10 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
+from benchmarks.fixtures import descendants, scorer_pids
 from delift_ray.errors import ScoringError
 from delift_ray.job import run
 from delift_ray.lock import LOCK_NAME
-from delift_ray.procs import descendants, scorer_pids
 from delift_ray.storage import BASELINE, TMP_PREFIX, UTILITY
 from tests.helpers import write_rows
 

@@ -1,4 +1,5 @@
-"""Tests of delift_ray.assets: the offline demo model, demo data and tiny test model.
+"""Tests of delift_ray.assets (the offline demo model and demo data) and of the tiny test model
+(benchmarks/fixtures.py).
 
 No vLLM engine is started here.
 """
@@ -11,6 +12,7 @@ import json
 
 import pytest
 
+from benchmarks.fixtures import build_tiny_model
 from delift_ray import assets
 from delift_ray.errors import DeliftError
 
@@ -83,8 +85,8 @@ def test_tiny_tokenizer_special_tokens(tiny_model_dir):
 
 
 def test_tiny_model_is_deterministic(tmp_path, tiny_model_dir):
-    a = assets.build_tiny_model(tmp_path / "a", seed=0)
-    b = assets.build_tiny_model(tmp_path / "b", seed=1)
+    a = build_tiny_model(tmp_path / "a", seed=0)
+    b = build_tiny_model(tmp_path / "b", seed=1)
     assert _digest(a) == _digest(tiny_model_dir)
     da, db = _digest(a), _digest(b)
     assert da["model.safetensors"] != db["model.safetensors"]
@@ -94,7 +96,7 @@ def test_tiny_model_is_deterministic(tmp_path, tiny_model_dir):
 def test_tiny_model_vocab_corpus(tmp_path):
     from transformers import AutoTokenizer
 
-    path = assets.build_tiny_model(tmp_path / "m", vocab_corpus=["zyxwv zyxwv zyxwv qqqqjjjj"] * 20)
+    path = build_tiny_model(tmp_path / "m", vocab_corpus=["zyxwv zyxwv zyxwv qqqqjjjj"] * 20)
     tok = AutoTokenizer.from_pretrained(path)
     assert len(tok.encode(" zyxwv", add_special_tokens=False)) == 1
     assert tok.decode(tok.encode(UNICODE_TEXT)) == UNICODE_TEXT

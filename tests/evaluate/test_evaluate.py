@@ -144,7 +144,7 @@ def tiny_model(request, tmp_path_factory):
     try:
         return request.getfixturevalue("tiny_model_dir")
     except pytest.FixtureLookupError:
-        from delift_ray.assets import build_tiny_model
+        from benchmarks.fixtures import build_tiny_model
 
         return build_tiny_model(tmp_path_factory.mktemp("tiny-eval-model"))
 

@@ -26,7 +26,7 @@ import numpy as np
 import pyarrow.parquet as pq
 import pytest
 
-from delift_ray.assets import TINY_CORPUS
+from benchmarks.fixtures import TINY_CORPUS
 from delift_ray.config import TemplateConfig
 from delift_ray.prompts import PROBES, Ragged, hstack, pair_sequence, plan_tokenisation, tokenize_set, whole_plan
 from delift_ray.scoring import engine as eng

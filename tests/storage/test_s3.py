@@ -24,10 +24,10 @@ import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 import pytest
 
+from benchmarks.fixtures import scorer_pids
 from delift_ray.errors import StorageError
 from delift_ray.job import run
 from delift_ray.lock import LOCK_NAME, LockError, RunLock
-from delift_ray.procs import scorer_pids
 from delift_ray.storage import PROBE_DIR, UTILITY, resolve_fs, set_endpoint
 from tests.helpers import write_rows
 
