@@ -1,16 +1,22 @@
-"""The quality study's summary and report page, generated from its unit JSON files.
+"""The quality study's summary, and the generated blocks of its page, from its unit JSON files.
 
 ``summarise`` turns the stored units (benchmarks/results/quality/units/*.json) into the
-summary that benchmarks/quality_study.py writes to benchmarks/results/quality_study.json;
-``write_docs`` renders docs/quality.md and docs/quality.png from that summary. Every number
+summary that benchmarks/quality_study.py writes to benchmarks/results/quality_study.json.
+docs/quality.md is written by hand; ``render_block`` renders each of its
+``<!-- generated:quality:NAME -->`` blocks from that summary (docs/generate.py calls it for
+every page), and ``write_docs`` fills them in place and draws docs/quality.png. Every number
 on the page comes from these files.
 
-    .venv/bin/python -m benchmarks.quality_study --report
+    .venv/bin/python -m benchmarks.quality_study --report   # the summary, the blocks and the plot
+    .venv/bin/python docs/generate.py                       # the blocks, from the committed summary
 """
 
 from __future__ import annotations
 
+import json
 import math
+import re
+import sys
 from collections import defaultdict
 from pathlib import Path
 from typing import Optional
@@ -465,87 +471,22 @@ def summarise(units: dict[str, dict], *, args: dict, meta: dict, total: int, pla
 
 
 # --------------------------------------------------------------------------- docs
+#
+# docs/quality.md is written by hand. Everything on it computed from the study's results sits in
+# blocks, each between ``<!-- generated:quality:NAME -->`` and ``<!-- /generated:quality:NAME -->``,
+# whose body ``render_block(NAME, summary, probe)`` renders: ``summary`` is the "results" of
+# benchmarks/results/quality_study.json, ``probe`` the document benchmarks/results/noise_probe.json.
+# docs/generate.py renders them with every other page's blocks (``--check`` compares them);
+# ``write_docs`` fills them in place and draws docs/quality.png after a study run.
 
-STATIC_SECTIONS = """## The kernel options
-
-Both act on the stored utilities, so switching them never re-scores anything
-(`delift-ray select` with the new option over the same cache reuses every shard).
-
-* `kernel.diagonal: keep | drop` (default `drop`). UF(i <- i) is a sample shown as its own example.
-  It is always scored and stored; `drop` leaves it out of the kernel (0, and out of the scaling).
-  On the demo it averages 0.43 against 0.0006 off the diagonal, is the largest entry of every row,
-  and the `keep` selection shares 9 of 10 samples with the 10 largest self-utilities: with `keep`
-  (the paper's kernel, and this project's default until 2026-12-02), facility location mostly
-  ranks samples by self-utility, which tracks response length. `drop` removes every self pair,
-  also in Q and P when a sample is both in the pool and in the target or existing set. The
-  default changed because of this study ("Which kernel?" above), which measured the instruction
-  stage (facility location); the task and continual stages take the same key for their K and
-  were not measured separately. A run keeps the options it was
-  made with: `run.json` stores them, and `delift-ray reselect` carries them into the next
-  version ([versions.md](versions.md)). `delift-ray select --kernel.diagonal keep` gives the
-  paper's kernel. `scoring.exclude_self` is the
-  deprecated alias (`true` = `drop`).
-* `kernel.scaling: minmax | clip`. `minmax` maps [min UF, max UF] to [0, 1] over the whole kernel,
-  so UF = 0 lands above 0 (about 0.115 on the demo) and an example that makes a prediction worse
-  still counts as coverage. `clip` is max(UF, 0) / max UF: a harmful or useless example covers
-  nothing. Sparse (knn) kernels scale over their stored entries the same way; unscored pairs are 0.
-
-## Responses that do not belong to their prompt: `selection.min_prompt_gain`
-
-No kernel option keeps a wrongly paired response out of the subset (the noise probe and the
-noisy-pool table above): with `keep`, such a sample is unpredictable from its prompt, so seeing
-it once helps it a lot and its self-utility is high; with `drop` its share is no lower than in
-random subsets (the table above). `selection.min_prompt_gain: g` (off by default) asks the model instead:
-each pool sample also gets a baseline with its prompt left empty, and a sample whose response
-its own prompt makes less than g more predictable,
-
-    d(r_i | empty prompt) - d(r_i | p_i) < g,
-
-is never picked (its kernel column is 0, so it adds nothing to any of the three objectives; it
-still counts among the samples to cover). The cost is one more baseline per pool sample, N forward
-passes beside the N^2 or N(k+r) pairs. A missing baseline excludes nothing. `run.json` counts the
-excluded samples (`excluded_low_prompt_gain`); `delift-ray evaluate` re-selects with the same
-exclusion. A budget above the samples left is refused in one line. On the command line a
-negative value needs `=`: `--selection.min-prompt-gain=-0.01`. Every figure of it here (the
-probe and the study's `min-prompt-gain` arm) was measured with the `keep-minmax` kernel; with
-`drop`, the default now, only its subsets' share of swapped samples has been measured (the
-noisy-pool table above), not the model they train.
-
-## Asking the question of your own run: `delift-ray evaluate`
-
-* `--variants keep-minmax,drop-minmax,drop-clip` adds one DELIFT row per kernel variant, selected
-  again from the run's stored shards (no re-scoring).
-* `--baselines auto` (default) adds `self_utility` (top k by UF(i <- i)), `hardness` (top k by
-  d(i, no example)) and `example_utility` (top k by how much a sample helps the others as an
-  example: the `drop-minmax` kernel's first-pick gain, the mean UF(i <- j) over i != j on a
-  dense run; the simplest ranking a `drop` kernel could reduce to, as `self_utility` is for
-  `keep`), each one the run's stored utilities can rank; `none` or a comma list choose. Every
-  added row joins the Holm family of the verdicts.
-* `--train-seeds N` trains every deterministic row with N seeds; `--seeds R` draws R random
-  subsets; `--steps S` gives every training run the same number of optimiser steps.
-* With R >= 2 the report gains "Against random": for each row the rank p, delta and z, the
-  hierarchical bootstrap interval, Holm-adjusted p-values and the verdict, as defined above.
-  Use R >= 20 and 3 training seeds before reading a verdict; the defaults (R = 3, one seed) are
-  sized for a quick look.
-
-## The task stage's direction (Q[i][q] = UF(q <- i))
-
-The task stage (FLMI) uses Q[i][q] = UF(q <- i): pool sample i is the in-context example and
-target q is the sample whose reference response gets more predictable. The authors' code computes
-the reverse, UF(i <- q): the target as the example for the pool sample. We keep our direction
-because:
-
-* it measures what the stage is for: whether pool sample i carries what the target task needs.
-  UF(i <- q) measures whether the target makes pool sample i predictable, which rewards pool
-  samples that merely resemble the target's format and can be high for a pool sample that
-  teaches the target nothing;
-* it matches every other kernel of the project: K[i][j] = UF(i <- j) and P[i][e] = UF(i <- e)
-  keep the candidate being valued in the example role, so in FLMI's
-  min(max_{j in A} K[i][j], eta * max_q Q[i][q]) both terms value pool samples as examples;
-* it costs the same: |pool| x |target| pairs either way.
-
-Selections from the authors' code and from delift-ray therefore differ on the task stage even on
-identical utilities; that difference is deliberate."""
+SUMMARY_JSON = "benchmarks/results/quality_study.json"
+PROBE_JSON = "benchmarks/results/noise_probe.json"
+BLOCK = re.compile(
+    r"(<!-- generated:quality:(?P<name>[\w.-]+) -->\n)(?P<body>.*?)(<!-- /generated:quality:(?P=name) -->)", re.S
+)
+NOT_YET_NOISY = "Not yet measured: the noisy pool's utilities are scored once the clean pool's budgets are in."
+NO_VARIANT = "No variant has been trained yet."
+NO_PROBE = f"Not measured: `{PROBE_JSON}` is missing (`python -m benchmarks.noise_probe` writes it)."
 
 
 def _f(x: Optional[float], nd: int = 4) -> str:
@@ -558,9 +499,19 @@ def _pct(x: Optional[float]) -> str:
     return "--" if x is None else f"{100 * x:.0f}%"
 
 
+def plot_panels(summary: dict) -> dict[tuple[str, float], list[dict]]:
+    """(pool, budget) -> its rows, for each panel of docs/quality.png: a panel needs at least one
+    arm compared with random (an empty panel would read as "no effect")."""
+    groups = defaultdict(list)
+    for r in summary["rows"]:
+        groups[(r["pool"], r["budget"])].append(r)
+    return {k: rows for k, rows in groups.items() if any(r["arm"] != "random" and r.get("comparison") for r in rows)}
+
+
 def render_plot(summary: dict, path: Path) -> bool:
-    """docs/quality.png: delta and interval per arm; removes a stale plot when there is nothing to draw."""
-    path.unlink(missing_ok=True)
+    """docs/quality.png: delta and interval per arm; removes a stale plot when there is nothing to
+    draw. Without matplotlib it leaves the file as it is and returns False (the page's results
+    block links the plot whenever ``plot_panels`` has a panel, whatever is installed)."""
     try:
         import matplotlib
 
@@ -568,11 +519,8 @@ def render_plot(summary: dict, path: Path) -> bool:
         import matplotlib.pyplot as plt
     except ImportError:
         return False
-    groups = defaultdict(list)
-    for r in summary["rows"]:
-        groups[(r["pool"], r["budget"])].append(r)
-    # A panel needs at least one arm compared with random; an empty panel would read as "no effect".
-    groups = {k: rows for k, rows in groups.items() if any(r["arm"] != "random" and r.get("comparison") for r in rows)}
+    path.unlink(missing_ok=True)
+    groups = plot_panels(summary)
     if not groups:
         return False
     fig, axes = plt.subplots(1, len(groups), figsize=(5 * len(groups), 4), squeeze=False)
@@ -618,10 +566,10 @@ def _tally(outcomes: list[tuple[str, str]], order: tuple[str, ...]) -> str:
 
 
 def answer_lines(summary: dict) -> list[str]:
-    """The page's answer in a few lines, read from the verdicts below it: the kernel the evidence
-    supports and the paper's against random, the former against the simplest ranking it could
-    reduce to, and what each keeps of the noisy pool's swapped samples. Empty until the default
-    is decided."""
+    """The page's answer (the body of its "Answer" section) in a few lines, read from the verdicts
+    below it: the kernel the evidence supports and the paper's against random, the former against
+    the simplest ranking it could reduce to, and what each keeps of the noisy pool's swapped
+    samples. Empty until the default is decided."""
     ke = summary.get("kernel_evidence") or {}
     default = ke.get("default")
     if not default:
@@ -631,8 +579,6 @@ def answer_lines(summary: dict) -> list[str]:
     pr = summary.get("progress") or {}
     complete = not any_interim(summary) and pr.get("units_done", 0) >= pr.get("units_total", 0)
     L = [
-        "## Answer",
-        "",
         "Every unit is in; each line below is read from the tables that follow (95% intervals, nats/token)."
         if complete
         else "Interim: some units are not in, so these can still move.",
@@ -719,25 +665,15 @@ def answer_lines(summary: dict) -> list[str]:
     return L
 
 
-def write_docs(summary: dict, docs: Path) -> Path:
-    docs.mkdir(parents=True, exist_ok=True)
-    plotted = render_plot(summary, docs / "quality.png")
-    d, pr, st = summary["design"], summary["progress"], summary["statistics"]
+# --------------------------------------------------------------------------- the page's blocks
+# Each returns the lines of one block of docs/quality.md; the prose around it is in the page.
+
+
+def _status(summary: dict, probe: Optional[dict]) -> list[str]:
+    pr = summary["progress"]
     m = summary.get("machine") or {}
-    L = [
-        "# Does the subset beat random? (the quality study)",
-        "",
-        "<!-- generated by benchmarks/quality_report.py from benchmarks/results/quality_study.json; do not edit -->",
-        "",
-        "DELIFT is worth its cost only if its subset trains a better model than a random subset of the same size. "
-        "`benchmarks/quality_study.py` measures that on the demo model (SmolLM2-135M-Instruct) and real ShareGPT "
-        "first turns, resumably; this page is generated from its stored results.",
-        "",
-        "## Status",
-        "",
-    ]
     complete = pr["units_done"] >= pr["units_total"]
-    L.append(
+    L = [
         f"**{'Complete' if complete else 'In progress'}: {pr['units_done']} of {pr['units_total']} units stored.** "
         + (
             ""
@@ -756,9 +692,7 @@ def write_docs(summary: dict, docs: Path) -> Path:
             if pr.get("train_wall_s_mean")
             else ""
         )
-        + "."
-    )
-    L += [
+        + ".",
         "",
         f"Machine: {m.get('cpu') or '?'}, {m.get('cpus') or '?'} CPUs, {m.get('memory_gib') or '?'} GiB, "
         f"accelerator: {m.get('accelerator') or 'none'}; the study runs at `nice 19`, so its wall "
@@ -784,51 +718,62 @@ def write_docs(summary: dict, docs: Path) -> Path:
         )
     if summary.get("initial_nll") is not None:
         L.append(f"* Untuned model: held-out NLL {summary['initial_nll']:.4f}.")
-    L += (
-        [""]
-        + answer_lines(summary)
-        + [
-            "## Design",
-            "",
-            f"* Pool: {d['n_pool']} ShareGPT samples (prompt + response at most {d['max_tokens']} tokens), scored densely "
-            f"({d['n_pool']}^2 pairs). Held-out: {d['n_eval']} samples, disjoint from the pool.",
-            f"* Budgets: {', '.join(f'{100 * float(b):g}%' for b in str(d['budgets']).split(','))} of the pool. Random subsets: {d['randoms']} per budget (subset r drawn and trained with seed r). "
-            f"Deterministic arms: {d['train_seeds']} training seeds each.",
-            f"* Arms: DELIFT (facility location) with kernel variants `{d['variants']}` (`kernel.diagonal`-`kernel.scaling`), "
-            "`self_utility` (top k by UF(i <- i)), `hardness` (top k by d(i, no example)), `example_utility` (top k by "
-            "the mean UF(i <- j) over i != j, how much j helps the others as an example: the first-pick "
-            "score of the drop-minmax variant), random"
-            + (
-                f", and `delift:min-prompt-gain-{d['min_prompt_gain']:g}`: the job's selection "
-                f"(`delift-ray select`, kernel keep-minmax, the default when the study ran) with `selection.min_prompt_gain: {d['min_prompt_gain']:g}`, so a sample "
-                "its own prompt barely helps is never picked (the value the noise probe below pointed to; the "
-                "probe's 48 samples are the first 48 of this pool, with another swap)"
-                if d.get("min_prompt_gain") is not None
-                else ""
-            )
-            + ".",
-            f"* Training: LoRA (r 8, alpha 32, all linear layers), {d['steps']} optimiser steps of batch {d['batch_size']} for "
-            f"every arm and budget, lr {d['lr']}, sequences cut to {d['max_length']} tokens, {d['dtype']}.",
-            f"* Primary metric, fixed before the runs: {st['primary_metric']}.",
-            f"* Noisy pool: the same pool with {_pct(d['noise_share'])} of its samples' responses swapped among themselves.",
-            "",
-            "## Statistics",
-            "",
-            "For each arm and budget (see `delift_ray/evaluate/statistics.py`): the exact one-sided rank p of the arm's "
-            "NLL among the random subsets' NLLs; the effect size delta = mean NLL(random) - NLL(arm) and z = delta / sd(random); "
-            f"a hierarchical bootstrap ({st['bootstrap_resamples']} resamples of held-out items, training seeds and random subsets "
-            "together) giving the 95% interval of delta and a one-sided p; Holm across "
-            f"{st['holm_family']}. Verdict: **better than random** when the Holm-adjusted bootstrap p <= {st['alpha']}; "
-            f"**no better than random** when the interval's upper end is below the equivalence bound of "
-            f"{st['equivalence_bound_sd']} sd of the random subsets' NLL (any advantage is smaller than that); else **inconclusive**. "
-            "With R random subsets the rank p cannot go below 1/(R+1) (0.048 for R = 20), so it cannot pass Holm for "
-            "several tests; it is shown as the assumption-free check next to the bootstrap.",
-            "",
-            "## Results",
-            "",
-        ]
-    )
-    if plotted:
+    return L
+
+
+def _answer(summary: dict, probe: Optional[dict]) -> list[str]:
+    return answer_lines(summary) or [
+        'Not decided yet: the answer is read once the evidence supports a default kernel ("Which kernel?" below).'
+    ]
+
+
+def _design(summary: dict, probe: Optional[dict]) -> list[str]:
+    d, st = summary["design"], summary["statistics"]
+    return [
+        f"* Pool: {d['n_pool']} ShareGPT samples (prompt + response at most {d['max_tokens']} tokens), scored densely "
+        f"({d['n_pool']}^2 pairs). Held-out: {d['n_eval']} samples, disjoint from the pool.",
+        f"* Budgets: {', '.join(f'{100 * float(b):g}%' for b in str(d['budgets']).split(','))} of the pool. "
+        f"Random subsets: {d['randoms']} per budget (subset r drawn and trained with seed r). "
+        f"Deterministic arms: {d['train_seeds']} training seeds each.",
+        f"* Arms: DELIFT (facility location) with kernel variants `{d['variants']}` (`kernel.diagonal`-`kernel.scaling`), "
+        "`self_utility` (top k by UF(i <- i)), `hardness` (top k by d(i, no example)), `example_utility` (top k by "
+        "the mean UF(i <- j) over i != j, how much j helps the others as an example: the first-pick "
+        "score of the drop-minmax variant), random"
+        + (
+            f", and `delift:min-prompt-gain-{d['min_prompt_gain']:g}`: the job's selection "
+            "(`delift-ray select`, kernel keep-minmax, the default when the study ran) with "
+            f"`selection.min_prompt_gain: {d['min_prompt_gain']:g}`, so a sample "
+            "its own prompt barely helps is never picked (the value the noise probe below pointed to; the "
+            "probe's 48 samples are the first 48 of this pool, with another swap)"
+            if d.get("min_prompt_gain") is not None
+            else ""
+        )
+        + ".",
+        f"* Training: LoRA (r 8, alpha 32, all linear layers), {d['steps']} optimiser steps of batch {d['batch_size']} "
+        f"for every arm and budget, lr {d['lr']}, sequences cut to {d['max_length']} tokens, {d['dtype']}.",
+        f"* Primary metric, fixed before the runs: {st['primary_metric']}.",
+        f"* Noisy pool: the same pool with {_pct(d['noise_share'])} of its samples' responses swapped among themselves.",
+    ]
+
+
+def _statistics(summary: dict, probe: Optional[dict]) -> list[str]:
+    st = summary["statistics"]
+    return [
+        "For each arm and budget (see `delift_ray/evaluate/statistics.py`): the exact one-sided rank p of the arm's "
+        "NLL among the random subsets' NLLs; the effect size delta = mean NLL(random) - NLL(arm) and z = delta / "
+        f"sd(random); a hierarchical bootstrap ({st['bootstrap_resamples']} resamples of held-out items, training "
+        "seeds and random subsets together) giving the 95% interval of delta and a one-sided p; Holm across "
+        f"{st['holm_family']}. Verdict: **better than random** when the Holm-adjusted bootstrap p <= {st['alpha']}; "
+        f"**no better than random** when the interval's upper end is below the equivalence bound of "
+        f"{st['equivalence_bound_sd']} sd of the random subsets' NLL (any advantage is smaller than that); else "
+        "**inconclusive**. With R random subsets the rank p cannot go below 1/(R+1) (0.048 for R = 20), so it "
+        "cannot pass Holm for several tests; it is shown as the assumption-free check next to the bootstrap.",
+    ]
+
+
+def _results(summary: dict, probe: Optional[dict]) -> list[str]:
+    L = []
+    if plot_panels(summary):
         L += [
             "![delta with 95% intervals per arm](quality.png)",
             "",
@@ -872,142 +817,115 @@ def write_docs(summary: dict, docs: Path) -> Path:
             if any_interim(summary)
             else " Every verdict is final."
         ),
-        "",
     ]
+    return L
+
+
+def _simplest_rankings(summary: dict, probe: Optional[dict]) -> list[str]:
     ov = summary.get("rank_overlaps") or {}
-    if ov:
+    if not ov:
+        return ["Not yet measured: every arm's subset is stored before any training."]
+    L = [
+        "| pool | budget | arm | " + " | ".join(f"shared with {r}" for r in SIMPLE_RANKINGS) + " | chance |",
+        "|" + "---|" * (3 + len(SIMPLE_RANKINGS) + 1),
+    ]
+    for pool, per in ov.items():
+        for b, v in per.items():
+            for arm, sh in v["arms"].items():
+                L.append(
+                    f"| {pool} | {100 * float(b):g}% | {arm} | "
+                    + " | ".join(f"{sh[r]} of {v['k']}" if r in sh else "" for r in SIMPLE_RANKINGS)
+                    + f" | {v['chance']:.1f} |"
+                )
+    same = [
+        f"{pool} {100 * float(b):g}%: " + " = ".join(f"`{a}`" for a in g)
+        for pool, per in ov.items()
+        for b, v in per.items()
+        for g in v.get("same_subset", [])
+    ]
+    if same:
         L += [
-            "## Against the simplest rankings",
             "",
-            "How many of each arm's k picks the top k by self-utility UF(i <- i) (`self_utility`), by "
-            "d(i, no example) (`hardness`) and by mean utility as an example (`example_utility`) also pick; chance "
-            "is k^2 / n. An arm that shares nearly all its picks with one of them is that ranking, whatever its NLL.",
-            "",
-            "| pool | budget | arm | " + " | ".join(f"shared with {r}" for r in SIMPLE_RANKINGS) + " | chance |",
-            "|" + "---|" * (3 + len(SIMPLE_RANKINGS) + 1),
+            "Arms that picked the same set (in another order) train the same model, so the study trains "
+            "such a set once per seed and the others' units record `same_subset_as`: " + "; ".join(same) + ".",
         ]
-        for pool, per in ov.items():
-            for b, v in per.items():
-                for arm, sh in v["arms"].items():
-                    L.append(
-                        f"| {pool} | {100 * float(b):g}% | {arm} | "
-                        + " | ".join(f"{sh[r]} of {v['k']}" if r in sh else "" for r in SIMPLE_RANKINGS)
-                        + f" | {v['chance']:.1f} |"
-                    )
-        L.append("")
-        same = [
-            f"{pool} {100 * float(b):g}%: " + " = ".join(f"`{a}`" for a in g)
-            for pool, per in ov.items()
-            for b, v in per.items()
-            for g in v.get("same_subset", [])
-        ]
-        if same:
-            L += [
-                "Arms that picked the same set (in another order) train the same model, so the study trains "
-                "such a set once per seed and the others' units record `same_subset_as`: " + "; ".join(same) + ".",
-                "Facility location is unchanged by an affine map of the kernel (Σ_i max_{j∈S} (a K_ij + b) = "
-                "a f(S) + b n), and global min-max scaling is one; `clip` differs from it only in rows where no pick "
-                "so far has UF > 0 (at the first pick, every row), so the two part only when such rows decide a pick.",
-                "",
-            ]
-    vv = summary.get("variants_vs_keep_minmax") or []
+    return L
+
+
+def _noisy_selections(summary: dict, probe: Optional[dict]) -> list[str]:
     ns = summary.get("noisy_selections")
-    L += ["## Noisy pool: which samples does each arm keep?", ""]
-    if ns:
-        budgets = list(ns)
-        L += [
-            f"Share of swapped samples in each arm's subset of the noisy pool ({_pct(d['noise_share'])} swapped), "
-            "from the selections the training units train; no training needed. Random: mean [min, max] over "
-            f"its {ns[budgets[0]]['random']['n']} subsets.",
-            "",
-            "| arm | " + " | ".join(f"{100 * float(b):g}% (k {ns[b]['k']})" for b in budgets) + " |",
-            "|---|" + "---|" * len(budgets),
-        ]
+    if not ns:
+        return [NOT_YET_NOISY]
+    budgets = list(ns)
+    L = [
+        f"Share of swapped samples in each arm's subset of the noisy pool ({_pct(summary['design']['noise_share'])} "
+        "swapped), from the selections the training units train; no training needed. Random: mean [min, max] over "
+        f"its {ns[budgets[0]]['random']['n']} subsets.",
+        "",
+        "| arm | " + " | ".join(f"{100 * float(b):g}% (k {ns[b]['k']})" for b in budgets) + " |",
+        "|---|" + "---|" * len(budgets),
+        "| random | "
+        + " | ".join(
+            f"{_pct(ns[b]['random']['mean'])} [{_pct(ns[b]['random']['min'])}, {_pct(ns[b]['random']['max'])}]"
+            for b in budgets
+        )
+        + " |",
+    ]
+    for arm in ns[budgets[0]]["arms"]:
+        L.append(f"| {arm} | " + " | ".join(_pct(ns[b]["arms"].get(arm)) for b in budgets) + " |")
+    dpg = summary.get("noisy_default_prompt_gain")
+    if dpg:
         L.append(
-            "| random | "
+            f"| delift:{dpg['kernel']} + min-prompt-gain-{dpg['min_prompt_gain']:g} (not trained) | "
             + " | ".join(
-                f"{_pct(ns[b]['random']['mean'])} [{_pct(ns[b]['random']['min'])}, {_pct(ns[b]['random']['max'])}]"
+                f"{_pct(dpg['budgets'][b]['swapped_share'])} ({dpg['budgets'][b]['excluded']} excluded)"
+                if b in dpg["budgets"]
+                else "--"
                 for b in budgets
             )
             + " |"
         )
-        for arm in ns[budgets[0]]["arms"]:
-            L.append(f"| {arm} | " + " | ".join(_pct(ns[b]["arms"].get(arm)) for b in budgets) + " |")
-        dpg = summary.get("noisy_default_prompt_gain")
-        if dpg:
-            L.append(
-                f"| delift:{dpg['kernel']} + min-prompt-gain-{dpg['min_prompt_gain']:g} (not trained) | "
-                + " | ".join(
-                    f"{_pct(dpg['budgets'][b]['swapped_share'])} ({dpg['budgets'][b]['excluded']} excluded)"
-                    if b in dpg["budgets"]
-                    else "--"
-                    for b in budgets
-                )
-                + " |"
-            )
-            L += [
-                "",
-                f"The last row is the config's default kernel when it ran (`{dpg['kernel']}`) with `selection.min_prompt_gain: "
-                f"{dpg['min_prompt_gain']:g}`: `delift-ray select` over the same cache, added after the default "
-                "changed; its subsets are not trained (a new trained arm would join the Holm family after the "
-                "others' results were seen). The trained `min-prompt-gain` arm uses `keep-minmax`.",
-            ]
-        L.append("")
-    else:
-        L += ["Not yet measured: the noisy pool's utilities are scored once the clean pool's budgets are in.", ""]
-    L += ["## Which kernel? (section 5: defaults follow the evidence)", ""]
-    pairs = vv + (summary.get("variants_vs_each_other") or [])
-    if pairs:
         L += [
-            "Each DELIFT arm against `keep-minmax`, the paper's kernel and the default while the study ran (the `min-prompt-gain` arm too: a selection "
-            "option, not a kernel variant, so it is not in the rule below), and the other kernel variants against "
-            "each other (delta = NLL(against) - NLL(arm), > 0: the arm is better; hierarchical bootstrap over items "
-            "and both arms' seeds, 95%):",
             "",
-            "| pool | budget | arm | against | delta [95% CI] |",
-            "|---|---|---|---|---|",
+            f"The last row is the config's default kernel when it ran (`{dpg['kernel']}`) with "
+            f"`selection.min_prompt_gain: {dpg['min_prompt_gain']:g}`: `delift-ray select` over the same cache, "
+            "added after the default changed; its subsets are not trained (a new trained arm would join the Holm "
+            "family after the others' results were seen). The trained `min-prompt-gain` arm uses `keep-minmax`.",
         ]
-        for v in sorted(pairs, key=lambda v: (v["pool"] != "clean", -v["budget"], v["reference"], v["arm"])):
-            L.append(
-                f"| {v['pool']} | {int(round(v['budget'] * 100))}% | {v['arm']} | {v['reference']} | "
-                f"{_f(v['delta'])} [{_f(v['ci_low'])}, {_f(v['ci_high'])}] |"
-            )
-        L.append("")
-    else:
-        L += ["No variant has been trained yet.", ""]
+    return L
+
+
+def _kernel_pairs(summary: dict, probe: Optional[dict]) -> list[str]:
+    pairs = (summary.get("variants_vs_keep_minmax") or []) + (summary.get("variants_vs_each_other") or [])
+    if not pairs:
+        return [NO_VARIANT]
+    L = ["| pool | budget | arm | against | delta [95% CI] |", "|---|---|---|---|---|"]
+    for v in sorted(pairs, key=lambda v: (v["pool"] != "clean", -v["budget"], v["reference"], v["arm"])):
+        L.append(
+            f"| {v['pool']} | {int(round(v['budget'] * 100))}% | {v['arm']} | {v['reference']} | "
+            f"{_f(v['delta'])} [{_f(v['ci_low'])}, {_f(v['ci_high'])}] |"
+        )
+    return L
+
+
+def _kernel_vs_ranking(summary: dict, probe: Optional[dict]) -> list[str]:
     vr = summary.get("variants_vs_simplest_ranking") or []
-    if vr:
-        L += [
-            "Each variant against the simplest ranking it could reduce to (`self_utility` for `keep`, "
-            "`example_utility` for `drop`; delta = NLL(ranking) - NLL(variant), > 0: the greedy adds something "
-            "beyond the ranking; same bootstrap):",
-            "",
-            "| pool | budget | variant | ranking | delta [95% CI] |",
-            "|---|---|---|---|---|",
-        ]
-        for v in vr:
-            L.append(
-                f"| {v['pool']} | {int(round(v['budget'] * 100))}% | {v['arm']} | {v['reference']} | "
-                f"{_f(v['delta'])} [{_f(v['ci_low'])}, {_f(v['ci_high'])}] |"
-            )
-        L.append("")
+    if not vr:
+        return [NO_VARIANT]
+    L = ["| pool | budget | variant | ranking | delta [95% CI] |", "|---|---|---|---|---|"]
+    for v in vr:
+        L.append(
+            f"| {v['pool']} | {int(round(v['budget'] * 100))}% | {v['arm']} | {v['reference']} | "
+            f"{_f(v['delta'])} [{_f(v['ci_low'])}, {_f(v['ci_high'])}] |"
+        )
+    return L
+
+
+def _kernel_rule(summary: dict, probe: Optional[dict]) -> list[str]:
     ke = summary.get("kernel_evidence") or {}
     pools_txt = "both pools" if "noisy" in summary.get("pools", ("clean", "noisy")) else "the pool"
-    L += [
-        "The criterion is the issue's (section 5), written before any unit ran: whichever kernel variant is best, "
-        "or no worse than the others, becomes the default. How it is read here was written on 2026-12-01, after the "
-        "clean pool was complete: a variant is *worse* than another at a pool and budget when the 95% interval of "
-        "their difference lies wholly on the other's side. Candidates: the variants worse than no other at any "
-        f"budget of {'either pool' if pools_txt == 'both pools' else 'the pool'}; among them the largest mean delta against `keep-minmax` over every cell, then the "
-        "fewest options changed from it; if none qualifies, the default falls back to `keep-minmax`, the paper's kernel. Cells: no worse, worse, not yet "
-        "(a comparison not trained). The rule compares only the kernel variants' own units (each comparison "
-        "resamples the held-out items and the two variants' seeds, nothing else), so once a pool's variant units "
-        "are all in, its random subsets and baselines still to run cannot change it: a variant worse somewhere on "
-        f"such a pool is out for good, and the default is decided once {pools_txt}' variant units are all in. "
-        "(Until 2026-12-02 the page waited for every unit of both pools; it was changed after the noisy 15% "
-        "variant units were in and before any noisy 5% unit had run, and it changes when the default is read, "
-        "not what it is.) Each comparison calls a variant worse that is "
-        "not with a chance of 2.5%; a variant faces "
+    L = [
+        "Each comparison calls a variant worse that is not with a chance of 2.5%; a variant faces "
         f"{ke.get('comparisons_per_variant', 0)} of them, so one no different from the others is ruled out with a "
         f"chance of about {100 * ke.get('chance_out_if_equal', 0):.0f}% (comparisons taken as independent).",
         "",
@@ -1048,124 +966,162 @@ def write_docs(summary: dict, docs: Path) -> Path:
             )
             + ".",
         ]
-    L.append("")
-    probe_path = Path(__file__).resolve().parent / "results" / "noise_probe.json"
-    if probe_path.exists():
-        import json
+    return L
 
-        doc = json.loads(probe_path.read_text())
-        pr_ = doc["results"]
-        L += [
-            "## Noise probe: which samples does each arm keep? (no training needed)",
-            "",
-            f"`benchmarks/noise_probe.py` ({doc['date']}): the first {pr_['n']} samples of the study's pool, "
-            f"{pr_['swapped']} of them with their responses swapped among themselves, scored densely "
-            f"({pr_['counts']['pairs_scored']:,} pairs scored and {pr_['counts']['pairs_reused']:,} read from the "
-            f"cache in {pr_['scoring_wall_s'] / 60:.1f} min). Share of swapped samples in each subset (random: 50% expected; "
-            "a selector worth its cost keeps it far below):",
-            "",
-        ]
-        budgets = list(pr_["swapped_share"])
-        L += ["| arm | " + " | ".join(f"budget {b}" for b in budgets) + " |", "|---|" + "---|" * len(budgets)]
-        for arm in pr_["swapped_share"][budgets[0]]:
-            L.append(f"| {arm} | " + " | ".join(_pct(pr_["swapped_share"][b].get(arm)) for b in budgets) + " |")
-        u = pr_["uf"]
-        L += [
-            "",
-            f"Utilities: UF(i <- i) averages {u['diag_mean']:.3f}; off the diagonal {u['offdiag_mean']:.4f} ± "
-            f"{u['offdiag_sd']:.4f}. As in-context examples, swapped samples average {u['offdiag_mean_swapped_as_example']:.4f} "
-            f"and intact ones {u['offdiag_mean_intact_as_example']:.4f}.",
-            "",
-            "Scores computed from the stored utilities alone, as detectors of swapped samples (AUROC: 0.5 no signal, "
-            "1 perfect):",
-            "",
-            "| score | AUROC |",
-            "|---|---|",
-        ]
-        for k, v in sorted(pr_["noise_signal_auroc"].items(), key=lambda kv: -kv[1]):
-            L.append(f"| {k} | {_f(v, 3)} |")
-        L += [
-            "",
-            "An AUROC below 0.5 means the opposite ranking detects: a swapped sample tends to have a *high* "
-            "self-utility (the model cannot predict its response from the prompt, so seeing the response once "
-            "helps a lot).",
-            "",
-        ]
-        pmi = pr_.get("pmi")
-        if pmi:
-            ex = pr_["delift_keep_minmax_swapped_share_with_exclusion"]
-            cols = list(next(iter(ex.values())))
-            L += [
-                "A signal outside the utilities: the pointwise mutual information of prompt and response, "
-                "PMI = d(response | no prompt) - d(response | its prompt), one more forward pass per sample "
-                f"({pmi['wall_s']:.0f} s for {pr_['n']} samples here). Low PMI flags a swapped sample with AUROC "
-                f"{_f(pmi['auroc_low_pmi'], 3)} (mean PMI {pmi['mean_swapped']:.2f} nats/token for swapped samples, "
-                f"{pmi['mean_intact']:.2f} for intact ones). Swapped share of the keep-minmax DELIFT subset when the "
-                "most suspect samples may not be picked (their kernel columns set to 0):",
-                "",
-                "| excluded | " + " | ".join(f"budget {b}" for b in cols) + " |",
-                "|---|" + "---|" * len(cols),
-            ]
-            for name, row in ex.items():
-                L.append(f"| {name} | " + " | ".join(_pct(row[b]) for b in cols) + " |")
-            L.append("")
-        pg = pr_.get("min_prompt_gain")
-        if pg:
-            L += [
-                "The job's option for it, `selection.min_prompt_gain`: the prompt's gain d(r | empty prompt) - "
-                "d(r | its prompt) in the utility's own distance, from one more baseline per pool sample. Low gain "
-                f"flags a swapped sample with AUROC {_f(pg['auroc_low_gain'], 3)}; swapped samples' gains run from "
-                f"{min(pg['gain_swapped']):.3f} to {max(pg['gain_swapped']):.3f}, intact ones' from "
-                f"{min(pg['gain_intact']):.3f} to {max(pg['gain_intact']):.3f}. `delift-ray select` over the same cache "
-                "at each threshold (kernel keep-minmax, the default when the probe ran):",
-                "",
-                "| min_prompt_gain @ budget | excluded | swapped share of the subset |",
-                "|---|---|---|",
-            ]
-            for name, row in pg["runs"].items():
-                L.append(f"| {name} | {row['excluded']} of {pr_['n']} | {_pct(row['swapped_share'])} |")
-            L += [
-                "",
-                "These thresholds were looked at on the same 48 samples they are reported on, so the table shows "
-                "what the signal can do, not a tuned result; the study's noisy pool (240 samples, another swap) is "
-                "where the option is tested. No stored-utility signal and no kernel variant keeps swapped samples "
-                "out: each keeps them above their share.",
-                "",
-            ]
-    ns = summary.get("noise_signals")
-    L += ["## Noise: can the stored utilities flag swapped responses? (the study's noisy pool)", ""]
-    if ns:
-        L += [
-            f"On the noisy pool ({ns['swapped']} of {ns['n']} samples swapped), each score below is computed from the "
-            "stored utilities only; AUROC is the chance that a swapped sample scores higher than an intact one "
-            "(0.5: no signal, 1: perfect).",
-            "",
-            "| score | AUROC |",
-            "|---|---|",
-        ]
-        for k, v in sorted(ns["auroc"].items(), key=lambda kv: -kv[1]):
-            L.append(f"| {k} | {_f(v, 3)} |")
-    else:
-        L.append("Not yet measured: the noisy pool's utilities are scored once the clean pool's budgets are in.")
+
+def _noise_probe(summary: dict, probe: Optional[dict]) -> list[str]:
+    if not probe:
+        return [NO_PROBE]
+    pr_ = probe["results"]
+    budgets = list(pr_["swapped_share"])
+    L = [
+        f"`benchmarks/noise_probe.py` ({probe['date']}): the first {pr_['n']} samples of the study's pool, "
+        f"{pr_['swapped']} of them with their responses swapped among themselves, scored densely "
+        f"({pr_['counts']['pairs_scored']:,} pairs scored and {pr_['counts']['pairs_reused']:,} read from the "
+        f"cache in {pr_['scoring_wall_s'] / 60:.1f} min). Share of swapped samples in each subset (random: 50% "
+        "expected; a selector worth its cost keeps it far below):",
+        "",
+        "| arm | " + " | ".join(f"budget {b}" for b in budgets) + " |",
+        "|---|" + "---|" * len(budgets),
+    ]
+    for arm in pr_["swapped_share"][budgets[0]]:
+        L.append(f"| {arm} | " + " | ".join(_pct(pr_["swapped_share"][b].get(arm)) for b in budgets) + " |")
+    u = pr_["uf"]
     L += [
         "",
-        STATIC_SECTIONS,
-        "",
-        "## Reproduce or resume",
-        "",
-        "```",
-        "OMP_WAIT_POLICY=PASSIVE nice -n 19 .venv/bin/python -m benchmarks.quality_study",
-        ".venv/bin/python -m benchmarks.quality_study --report   # only this page",
-        "```",
-        "",
-        "Each finished unit (a scoring run, one arm x seed trained and evaluated) is stored as JSON under "
-        "`benchmarks/results/quality/units/` as soon as it ends; a re-run skips it, so the study survives interruptions. "
-        "The scoring runs' shards go to `benchmarks/results/quality/cache/` (committed, a few MB), so a "
-        "scoring run interrupted on one machine resumes from its stored blocks on another.",
-        "",
+        f"Utilities: UF(i <- i) averages {u['diag_mean']:.3f}; off the diagonal {u['offdiag_mean']:.4f} ± "
+        f"{u['offdiag_sd']:.4f}. As in-context examples, swapped samples average "
+        f"{u['offdiag_mean_swapped_as_example']:.4f} and intact ones {u['offdiag_mean_intact_as_example']:.4f}.",
     ]
+    return L
+
+
+def _noise_probe_auroc(summary: dict, probe: Optional[dict]) -> list[str]:
+    if not probe:
+        return [NO_PROBE]
+    return _auroc_table(probe["results"]["noise_signal_auroc"])
+
+
+def _auroc_table(aurocs: dict[str, float]) -> list[str]:
+    return ["| score | AUROC |", "|---|---|"] + [
+        f"| {k} | {_f(v, 3)} |" for k, v in sorted(aurocs.items(), key=lambda kv: -kv[1])
+    ]
+
+
+def _noise_probe_exclusion(summary: dict, probe: Optional[dict]) -> list[str]:
+    if not probe:
+        return [NO_PROBE]
+    pr_ = probe["results"]
+    L = []
+    pmi = pr_.get("pmi")
+    if pmi:
+        ex = pr_["delift_keep_minmax_swapped_share_with_exclusion"]
+        cols = list(next(iter(ex.values())))
+        L += [
+            "A signal outside the utilities: the pointwise mutual information of prompt and response, "
+            "PMI = d(response | no prompt) - d(response | its prompt), one more forward pass per sample "
+            f"({pmi['wall_s']:.0f} s for {pr_['n']} samples here). Low PMI flags a swapped sample with AUROC "
+            f"{_f(pmi['auroc_low_pmi'], 3)} (mean PMI {pmi['mean_swapped']:.2f} nats/token for swapped samples, "
+            f"{pmi['mean_intact']:.2f} for intact ones). Swapped share of the keep-minmax DELIFT subset when the "
+            "most suspect samples may not be picked (their kernel columns set to 0):",
+            "",
+            "| excluded | " + " | ".join(f"budget {b}" for b in cols) + " |",
+            "|---|" + "---|" * len(cols),
+        ]
+        for name, row in ex.items():
+            L.append(f"| {name} | " + " | ".join(_pct(row[b]) for b in cols) + " |")
+        L.append("")
+    pg = pr_.get("min_prompt_gain")
+    if pg:
+        L += [
+            "The job's option for it, `selection.min_prompt_gain`: the prompt's gain d(r | empty prompt) - "
+            "d(r | its prompt) in the utility's own distance, from one more baseline per pool sample. Low gain "
+            f"flags a swapped sample with AUROC {_f(pg['auroc_low_gain'], 3)}; swapped samples' gains run from "
+            f"{min(pg['gain_swapped']):.3f} to {max(pg['gain_swapped']):.3f}, intact ones' from "
+            f"{min(pg['gain_intact']):.3f} to {max(pg['gain_intact']):.3f}. `delift-ray select` over the same cache "
+            "at each threshold (kernel keep-minmax, the default when the probe ran):",
+            "",
+            "| min_prompt_gain @ budget | excluded | swapped share of the subset |",
+            "|---|---|---|",
+        ]
+        for name, row in pg["runs"].items():
+            L.append(f"| {name} | {row['excluded']} of {pr_['n']} | {_pct(row['swapped_share'])} |")
+    return L or ["Not measured: the probe predates these signals."]
+
+
+def _noise_signals(summary: dict, probe: Optional[dict]) -> list[str]:
+    ns = summary.get("noise_signals")
+    if not ns:
+        return [NOT_YET_NOISY]
+    return [
+        f"On the noisy pool ({ns['swapped']} of {ns['n']} samples swapped), each score below is computed from the "
+        "stored utilities only; AUROC is the chance that a swapped sample scores higher than an intact one "
+        "(0.5: no signal, 1: perfect).",
+        "",
+    ] + _auroc_table(ns["auroc"])
+
+
+BLOCKS = {
+    "status": _status,
+    "answer": _answer,
+    "design": _design,
+    "statistics": _statistics,
+    "results": _results,
+    "simplest-rankings": _simplest_rankings,
+    "noisy-selections": _noisy_selections,
+    "kernel-pairs": _kernel_pairs,
+    "kernel-vs-ranking": _kernel_vs_ranking,
+    "kernel-rule": _kernel_rule,
+    "noise-probe": _noise_probe,
+    "noise-probe-auroc": _noise_probe_auroc,
+    "noise-probe-exclusion": _noise_probe_exclusion,
+    "noise-signals": _noise_signals,
+}
+PROBE_BLOCKS = {"noise-probe", "noise-probe-auroc", "noise-probe-exclusion"}
+
+
+def render_block(name: str, summary: dict, probe: Optional[dict] = None) -> str:
+    """The body of block ``quality:NAME`` of docs/quality.md (ends with a newline): a comment
+    naming what renders it, then its lines. ``summary``: the "results" of quality_study.json;
+    ``probe``: the whole noise_probe.json document, or None."""
+    if name not in BLOCKS:
+        raise ValueError(f"docs/quality.md: unknown generated block 'quality:{name}' (known: {', '.join(BLOCKS)})")
+    lines = BLOCKS[name](summary, probe)
+    while lines and not lines[-1]:
+        lines = lines[:-1]
+    source = PROBE_JSON if name in PROBE_BLOCKS else SUMMARY_JSON
+    head = f"<!-- rendered by benchmarks/quality_report.py ({name}) from {source}: python docs/generate.py -->"
+    return "\n".join([head, *lines]) + "\n"
+
+
+def fill_blocks(text: str, summary: dict, probe: Optional[dict] = None) -> str:
+    """``text`` with every ``quality:`` block rendered again; the text outside them is kept as is."""
+    return BLOCK.sub(lambda m: m.group(1) + render_block(m.group("name"), summary, probe) + m.group(4), text)
+
+
+def committed_probe() -> Optional[dict]:
+    """benchmarks/results/noise_probe.json, or None where it is missing."""
+    path = Path(__file__).resolve().parent / "results" / "noise_probe.json"
+    return json.loads(path.read_text()) if path.exists() else None
+
+
+def write_docs(summary: dict, docs: Path, probe: Optional[dict] = None) -> Path:
+    """Fill the generated blocks of ``docs``/quality.md in place from ``summary`` (and ``probe``,
+    default the committed noise probe) and draw ``docs``/quality.png. The page is hand-written:
+    it must exist and hold at least one ``quality:`` block."""
     path = docs / "quality.md"
-    tmp = path.with_suffix(".md.tmp")
-    tmp.write_text("\n".join(L))
-    tmp.replace(path)
+    if not path.exists():
+        raise FileNotFoundError(f"{path}: the page is hand-written; copy docs/quality.md there first")
+    text = path.read_text()
+    if not BLOCK.search(text):
+        raise ValueError(f"{path}: no <!-- generated:quality:NAME --> block to fill")
+    # What docs/generate.py renders from the JSON the study writes (benchmarks/results.py: default=str).
+    summary = json.loads(json.dumps(summary, default=str))
+    if not render_plot(summary, docs / "quality.png") and plot_panels(summary):
+        print(f"matplotlib is not installed: {docs / 'quality.png'} was not redrawn", file=sys.stderr)
+    out = fill_blocks(text, summary, committed_probe() if probe is None else probe)
+    if out != text:
+        tmp = path.with_suffix(".md.tmp")
+        tmp.write_text(out)
+        tmp.replace(path)
     return path

@@ -21,7 +21,11 @@ NAME is one of:
 * ``knn-default``: knn against dense under the default kernel (``benchmarks/knn_default.py``);
 * ``report-1m``: the report of a synthetic 1M-sample run (``benchmarks/report_1m.py``);
 * ``driver-sim``: the dispatcher against stand-in scorers (``benchmarks/driver_sim.py``);
-* ``s3-store``: requests and times of the shard store on S3, before and after (``benchmarks/s3_store.py``).
+* ``s3-store``: requests and times of the shard store on S3, before and after (``benchmarks/s3_store.py``);
+* ``quality:SECTION``: one section's figures and tables of docs/quality.md, the quality study
+  (``benchmarks/results/quality_study.json`` and ``noise_probe.json``, rendered by
+  ``benchmarks/quality_report.py``; ``python -m benchmarks.quality_study --report`` also redraws
+  docs/quality.png).
 """
 
 from __future__ import annotations
@@ -80,6 +84,12 @@ def render_block(name: str, path: Path, results: dict, root: Path = ROOT) -> str
         from benchmarks.s3_store import markdown
 
         return markdown(results["s3_store_5000_before"], results["s3_store_5000_after"]) + "\n"
+    if name.startswith("quality:"):
+        from benchmarks.quality_report import render_block as quality_block
+
+        if "quality_study" not in results:
+            raise ValueError(f"{path}: block {name!r} needs benchmarks/results/quality_study.json")
+        return quality_block(name.split(":", 1)[1], results["quality_study"]["results"], results.get("noise_probe"))
     if name == "noise-gate":
         from benchmarks.noise_gate import markdown
 

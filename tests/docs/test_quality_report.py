@@ -1,9 +1,18 @@
 """The kernel rule that sets the default (benchmarks/quality_report.py ``kernel_evidence``) and
-the page's answer (``answer_lines``), on comparisons made up by hand with known answers."""
+the page's answer (``answer_lines``), on comparisons made up by hand with known answers; and
+docs/quality.md, hand-written with generated blocks that ``render_block`` fills."""
 
 from __future__ import annotations
 
-from benchmarks.quality_report import answer_lines, kernel_evidence
+import importlib.util
+
+import pytest
+
+from benchmarks.quality_report import BLOCK, BLOCKS, answer_lines, kernel_evidence, render_block, write_docs
+from benchmarks.results import read_results
+from tests.helpers import ROOT
+
+PAGE = ROOT / "docs" / "quality.md"
 
 VARIANTS = ["keep-minmax", "drop-minmax", "drop-clip"]
 BUDGETS = [0.15, 0.05]
@@ -141,10 +150,10 @@ def test_the_answer_counts_each_verdict_from_the_rows():
 def test_the_answer_is_interim_while_a_unit_is_missing_even_without_a_comparison():
     s = _summary()
     s["rows"].append({"arm": "random", "pool": "noisy", "budget": 0.05, "interim": True})
-    assert answer_lines(s)[2].startswith("Interim")
+    assert answer_lines(s)[0].startswith("Interim")
     s = _summary()
     s["progress"]["units_done"] = 8
-    assert answer_lines(s)[2].startswith("Interim")
+    assert answer_lines(s)[0].startswith("Interim")
 
 
 def test_the_answer_flags_a_default_not_applied_and_waits_for_the_default():
@@ -153,3 +162,65 @@ def test_the_answer_flags_a_default_not_applied_and_waits_for_the_default():
     assert "**not yet** the config's default" in "\n".join(answer_lines(s))
     s["kernel_evidence"]["default"] = None
     assert answer_lines(s) == []
+    assert render_block("answer", s).endswith(
+        'Not decided yet: the answer is read once the evidence supports a default kernel ("Which kernel?" below).\n'
+    )
+
+
+# --------------------------------------------------------------------------- docs/quality.md
+
+
+def _generate_module():
+    spec = importlib.util.spec_from_file_location("docs_generate", ROOT / "docs" / "generate.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+def test_the_page_is_hand_written_around_one_block_per_renderer():
+    text = PAGE.read_text()
+    assert "do not edit" not in text and "STATIC_SECTIONS" not in text
+    blocks = list(_generate_module().BLOCK.finditer(text))
+    assert [m.group("name") for m in blocks] == [f"quality:{n}" for n in BLOCKS]  # in the page's order
+    for m in blocks:  # each block names what renders it
+        assert m.group("body").startswith("<!-- rendered by benchmarks/quality_report.py"), m.group("name")
+    prose = BLOCK.sub("", text)
+    for heading in ("## Status", "## Answer", "## Which kernel?", "## The kernel options", "## Reproduce or resume"):
+        assert f"\n{heading}" in prose, heading
+    with pytest.raises(ValueError, match="unknown generated block"):
+        render_block("nope", {})
+
+
+def test_the_prose_outside_the_blocks_survives_a_regeneration_and_a_stale_block_is_caught(tmp_path):
+    gen = _generate_module()
+    results = read_results(ROOT / "benchmarks" / "results")
+    text = PAGE.read_text()
+    hand = text
+    for heading in ("## Answer\n", "## The kernel options\n"):  # beside a block, and in the fixed sections
+        hand = hand.replace(heading, heading + "\nA sentence added by hand.\n", 1)
+    assert hand.count("A sentence added by hand.") == 2
+    # A block out of date (a result changed since it was rendered), next to the hand edits.
+    stale = BLOCK.sub(lambda m: m.group(1) + "an old figure\n" + m.group(4), hand, count=1)
+    page = tmp_path / "docs" / "quality.md"
+    page.parent.mkdir()
+    page.write_text(stale)
+    assert gen.stale_files(tmp_path, results) == [page]  # what docs/generate.py --check reports
+    out = gen.regenerate(stale, page, results, tmp_path)
+    assert "an old figure" not in out and BLOCK.sub("", out) == BLOCK.sub("", stale)  # prose byte for byte
+    assert out == hand
+    page.write_text(out)
+    assert gen.stale_files(tmp_path, results) == []
+    # python -m benchmarks.quality_study --report fills the same blocks in place, the prose left alone.
+    page.write_text(stale)
+    write_docs(results["quality_study"]["results"], page.parent, probe=results["noise_probe"])
+    assert page.read_text() == hand
+    assert (page.parent / "quality.png").exists() == (importlib.util.find_spec("matplotlib") is not None)
+
+
+def test_write_docs_needs_the_hand_written_page(tmp_path):
+    summary = read_results(ROOT / "benchmarks" / "results")["quality_study"]["results"]
+    with pytest.raises(FileNotFoundError, match="hand-written"):
+        write_docs(summary, tmp_path)
+    (tmp_path / "quality.md").write_text("# A page without blocks\n")
+    with pytest.raises(ValueError, match="no <!-- generated:quality:NAME --> block"):
+        write_docs(summary, tmp_path)
