@@ -2,11 +2,10 @@
 
 from __future__ import annotations
 
-import json
-
 import pytest
 
 from benchmarks.alpaca import ALPACA_ROWS
+from tests.helpers import write_rows
 
 
 @pytest.fixture(scope="session")
@@ -21,9 +20,7 @@ def tiny_model_dir(tmp_path_factory):
 def alpaca_jsonl(tmp_path):
     """A 12-row Alpaca-style JSONL file (instruction, input, output; 5 rows with an input)."""
     path = tmp_path / "alpaca.jsonl"
-    with open(path, "w", encoding="utf-8") as fh:
-        for row in ALPACA_ROWS:
-            fh.write(json.dumps(row, ensure_ascii=False) + "\n")
+    write_rows(path, ALPACA_ROWS, ensure_ascii=False)  # non-ASCII text as UTF-8, not escapes
     return path
 
 

@@ -20,7 +20,7 @@ import pytest
 
 from delift_ray.config import EngineConfig, load_config
 from delift_ray.errors import ConfigError, DeliftError
-from tests.helpers import ROOT, one_line_error, write_rows
+from tests.helpers import ROOT, assert_one_line_error, write_rows
 
 ROWS = [{"prompt": f"Question number {k}?", "response": f"Answer number {k}."} for k in range(6)]
 
@@ -45,10 +45,6 @@ def select(model, data, out, *extra, timeout=240):
         *extra,
     ]
     return subprocess.run(cmd, capture_output=True, text=True, timeout=timeout)
-
-
-def assert_one_line_error(p, *needles):
-    return one_line_error(p.returncode, p.stderr, *needles)
 
 
 @pytest.fixture

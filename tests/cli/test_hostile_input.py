@@ -36,7 +36,7 @@ from delift_ray.errors import (
     classify_engine_start_error,
     engine_start_message,
 )
-from tests.helpers import one_line_error, write_rows
+from tests.helpers import assert_one_line_error, write_rows
 
 ROWS = [{"prompt": f"Question number {k}?", "response": f"Answer number {k}."} for k in range(6)]
 # Derandomised so that CI sees the same examples every run; set derandomize=False locally for
@@ -127,10 +127,7 @@ def test_50mb_row_is_skipped_in_seconds_and_bounded_memory(tiny_model_dir, tmp_p
     """Issue 16's case: normal rows, then one 50 MB row of the same columns. Before the
     screen it was tokenised in full (16 GB RSS after 84 s without finishing)."""
     data = tmp_path / "big.jsonl"
-    with open(data, "w") as f:
-        for r in ROWS:
-            f.write(json.dumps(r) + "\n")
-        f.write('{"prompt": "' + "x " * (25 * 1024 * 1024) + '", "response": "y"}\n')
+    write_rows(data, [*ROWS, '{"prompt": "' + "x " * (25 * 1024 * 1024) + '", "response": "y"}'])
     assert data.stat().st_size > 50 * 1024 * 1024
     limit = 2 * 1024**3
     t = time.perf_counter()
@@ -260,7 +257,7 @@ def test_cache_outside_through_dotdot_is_refused_and_writes_nothing(tiny_model_d
     job = work / "job.yaml"
     job.write_text(f"data: {pool}\nmodel: {tiny_model_dir}\nout: runs/x\ncache: ../elsewhere\nbudget: 2\n")
     code, err = cli_subprocess("select", "--config", job, "--quiet", cwd=work, timeout=120)
-    one_line_error(code, err, "'cache'", "leaves the working directory through '..'", "absolute path")
+    assert_one_line_error((code, err), "'cache'", "leaves the working directory through '..'", "absolute path")
     assert not (tmp_path / "elsewhere").exists() and not (work / "runs").exists()
 
 
@@ -306,7 +303,7 @@ def test_submit_applies_the_path_rules_before_shipping(fake_jobs, tmp_path, caps
     if "--working-dir" not in flags:
         args += ["--working-dir", work]
     code, err = cli_run(capsys, *args, *flags)
-    one_line_error(code, err, *needles)
+    assert_one_line_error((code, err), *needles)
     assert fake_jobs.sent == [] and [p.name for p in work.iterdir()] == ["pool.jsonl"]
 
 
@@ -324,7 +321,7 @@ def test_submit_applies_the_path_rules_before_shipping(fake_jobs, tmp_path, caps
 def test_command_flags_that_write_follow_the_write_rule(tmp_path, capsys, monkeypatch, argv, needles):
     monkeypatch.chdir(tmp_path)
     code, err = cli_run(capsys, *argv)
-    one_line_error(code, err, *needles)
+    assert_one_line_error((code, err), *needles)
     assert not (tmp_path.parent / argv[argv.index("--out") + 1].strip("./")).exists()
 
 
@@ -401,7 +398,7 @@ def _config_file(tmp_path, kind, pool, model):
 def test_config_file_encoding_and_shape(tmp_path, capsys, pool, kind, needles):
     cfg = _config_file(tmp_path, kind, pool, "org/model")
     code, err = cli_run(capsys, "select", "--config", cfg, "--quiet")
-    one_line_error(code, err, *needles)
+    assert_one_line_error((code, err), *needles)
     assert not (tmp_path / "o").exists()
 
 
@@ -410,9 +407,9 @@ def test_unreadable_config_and_data_files(tmp_path, capsys, pool):
     blocker = tmp_path / "file"
     blocker.write_text("x")
     code, err = cli_run(capsys, "select", "--config", blocker / "job.yaml")
-    one_line_error(code, err, "job.yaml")
+    assert_one_line_error((code, err), "job.yaml")
     code, err = cli_run(capsys, "select", "--config", tmp_path / ("n" * 5000 + ".yaml"))
-    one_line_error(code, err, "cannot read config file", "File name too long")
+    assert_one_line_error((code, err), "cannot read config file", "File name too long")
     with pytest.raises(DataError, match="cannot use data path"):
         load_samples(str(tmp_path / ("n" * 5000 + ".jsonl")))
 
@@ -448,7 +445,7 @@ def test_files_without_read_permission(tiny_model_dir, tmp_path):
             pytest.skip(f"running as root, and user nobody may not run this interpreter: {exc}")
         if as_other and "delift-ray" not in p.stderr:
             pytest.skip(f"running as root, and user nobody cannot import the package here: {p.stderr[-300:]}")
-        one_line_error(p.returncode, p.stderr, "cannot read config file", "Permission denied")
+        assert_one_line_error(p, "cannot read config file", "Permission denied")
         p = subprocess.run(
             [sys.executable, "-c", data_code], capture_output=True, text=True, preexec_fn=pre, env=env, timeout=120
         )
@@ -540,7 +537,7 @@ def test_templates_with_braces_of_their_own(capsys, pool, tmp_path, template, ne
         "--templates.no-example",
         template,
     )
-    one_line_error(code, err, "templates.no_example", *needles)
+    assert_one_line_error((code, err), "templates.no_example", *needles)
 
 
 def test_escaped_braces_in_a_template_are_text(tokenizer):
@@ -599,7 +596,7 @@ def test_data_reader_random_unicode(tmp_path, rows):
     """Property: random Unicode (lone surrogates, NUL) in prompt/response: each row a sample
     or a counted skip, and every kept text encodes as UTF-8."""
     path = tmp_path / "u.jsonl"
-    path.write_text("".join(json.dumps(r) + "\n" for r in rows))  # ensure_ascii: surrogates as \\udXXX escapes
+    write_rows(path, rows)  # ensure_ascii: surrogates as \\udXXX escapes
     try:
         s = load_samples(str(path))
     except DataError as exc:
@@ -645,7 +642,7 @@ def test_json_lines_that_crashed_the_reader(tmp_path):
 def test_data_reader_random_json_values(tmp_path, values):
     """Property: random JSON values as JSONL lines: a SampleSet whose rows add up, or one DataError line."""
     path = tmp_path / "v.jsonl"
-    path.write_text("".join(json.dumps(v) + "\n" for v in values) + json.dumps(ROWS[0]) + "\n")
+    write_rows(path, [json.dumps(v) for v in values] + [ROWS[0]])  # a string value is a line: dump it first
     try:
         s = load_samples(str(path))
     except DataError as exc:
@@ -688,7 +685,7 @@ def test_submit_to_a_working_dir_it_cannot_write(fake_jobs, tmp_path, capsys):
         "--out",
         "s3://b/o",
     )
-    one_line_error(code, err, "--working-dir", "no such directory")
+    assert_one_line_error((code, err), "--working-dir", "no such directory")
 
 
 class JobsAPI(BaseHTTPRequestHandler):
@@ -723,7 +720,7 @@ def jobs_api():
 @pytest.mark.parametrize("command", ["status", "logs"])
 def test_job_id_that_does_not_exist(jobs_api, capsys, command):
     code, err = cli_run(capsys, command, "raysubmit_nope", "--address", jobs_api)
-    one_line_error(code, err, "no job 'raysubmit_nope'", "check the id")
+    assert_one_line_error((code, err), "no job 'raysubmit_nope'", "check the id")
 
 
 @pytest.mark.parametrize("command", ["status", "logs"])
@@ -738,7 +735,7 @@ def test_jobs_address_where_nothing_answers(capsys, monkeypatch, command):
 
     monkeypatch.setattr(requests.Session, "request", counted)
     code, err = cli_run(capsys, command, "raysubmit_1", "--address", "http://127.0.0.1:1")
-    one_line_error(code, err, "127.0.0.1:1")
+    assert_one_line_error((code, err), "127.0.0.1:1")
     assert 1 <= len(calls) <= 2, calls  # refused at once: no retry loop
 
 
@@ -749,7 +746,7 @@ def test_verbose_shows_the_traceback_and_plain_does_not(tmp_path):
     bad = tmp_path / "bad.yaml"
     bad.write_bytes(b"data: \xff\n")
     code, err = cli_subprocess("select", "--config", bad, timeout=120)
-    one_line_error(code, err, "not UTF-8")
+    assert_one_line_error((code, err), "not UTF-8")
     code, err = cli_subprocess("-v", "select", "--config", bad, timeout=120)
     assert code == 2 and "Traceback" in err and "not UTF-8" in err.splitlines()[-1]
 
@@ -867,6 +864,6 @@ def test_checkpoint_without_weights_fails_once_in_one_line(tiny_model_dir, pool,
     )
     wall = time.perf_counter() - t
     print(f"no-weights select: {wall:.1f} s, {len(err.splitlines())} stderr lines")
-    line = one_line_error(code, err, "could not start", "missing weights")
+    line = assert_one_line_error((code, err), "could not start", "missing weights")
     assert "memory" not in line.split("missing weights")[0]
     assert len(err.splitlines()) < 60, err[-3000:]

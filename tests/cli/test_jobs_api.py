@@ -33,7 +33,7 @@ from pathlib import Path
 import pytest
 
 from benchmarks.alpaca import ALPACA_ROWS
-from tests.helpers import ROOT
+from tests.helpers import ROOT, assert_one_line_error, write_rows
 
 pytestmark = [pytest.mark.ray, pytest.mark.engine]
 
@@ -224,7 +224,7 @@ def head():
 @pytest.fixture(scope="module")
 def pool(tmp_path_factory) -> Path:
     path = tmp_path_factory.mktemp("jobs-data") / "pool.jsonl"
-    path.write_text("".join(json.dumps(r) + "\n" for r in ALPACA_ROWS[:5]))
+    write_rows(path, ALPACA_ROWS[:5])
     return path
 
 
@@ -281,15 +281,6 @@ def leftovers(workdir: Path) -> list[str]:
 RAY_LOG_RECORD = re.compile(r"^\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d+\s+(INFO|WARNING) ")  # Ray's own upload notes
 
 
-def assert_one_line_error(p: subprocess.CompletedProcess, *needles: str) -> str:
-    assert p.returncode == 2, (p.returncode, p.stdout[-2000:], p.stderr[-2000:])
-    lines = [ln for ln in p.stderr.splitlines() if ln.strip() and not RAY_LOG_RECORD.match(ln)]
-    assert len(lines) == 1 and lines[0].startswith("delift-ray: error:"), p.stderr[-3000:]
-    for n in needles:
-        assert n in lines[0], lines[0]
-    return lines[0]
-
-
 def test_missing_or_wrong_token_is_refused_in_one_line(head, tiny_model_dir, pool, workdir, tmp_path):
     args = ["submit", "--working-dir", str(workdir), *job_args(tiny_model_dir, pool, tmp_path / "out")]
     wrong = tmp_path / "wrong-token"
@@ -302,12 +293,27 @@ def test_missing_or_wrong_token_is_refused_in_one_line(head, tiny_model_dir, poo
     }
     for name, (env, says) in cases.items():
         p = head.cli(*args, timeout=120, **env)
-        line = assert_one_line_error(p, says, "RAY_AUTH_MODE=token", "RAY_AUTH_TOKEN_PATH", "ray get-auth-token")
+        line = assert_one_line_error(
+            p,
+            says,
+            "RAY_AUTH_MODE=token",
+            "RAY_AUTH_TOKEN_PATH",
+            "ray get-auth-token",
+            alone=True,
+            ignore=RAY_LOG_RECORD,
+        )
         assert secret not in p.stdout + p.stderr and wrong.read_text() not in line, name
         assert leftovers(workdir) == [], name
     # status and logs say the same
-    assert_one_line_error(head.cli("status", "raysubmit_x", timeout=120, token=wrong), "rejected the token")
-    assert_one_line_error(head.cli("logs", "raysubmit_x", timeout=120, token=None), "none was found")
+    assert_one_line_error(
+        head.cli("status", "raysubmit_x", timeout=120, token=wrong),
+        "rejected the token",
+        alone=True,
+        ignore=RAY_LOG_RECORD,
+    )
+    assert_one_line_error(
+        head.cli("logs", "raysubmit_x", timeout=120, token=None), "none was found", alone=True, ignore=RAY_LOG_RECORD
+    )
     assert head.api("/api/jobs/") == [], "a refused submit reached the cluster"
 
 
@@ -315,7 +321,9 @@ def test_relative_out_is_refused_before_upload(head, tiny_model_dir, pool, workd
     p = head.cli(
         "submit", "--working-dir", str(workdir), *job_args(tiny_model_dir, pool, "runs/x"), timeout=120, cwd=workdir
     )
-    assert_one_line_error(p, "out 'runs/x' is relative", "temporary copy of the working dir")
+    assert_one_line_error(
+        p, "out 'runs/x' is relative", "temporary copy of the working dir", alone=True, ignore=RAY_LOG_RECORD
+    )
     assert leftovers(workdir) == [] and head.api("/api/jobs/") == []
 
 
@@ -367,7 +375,7 @@ def test_submit_status_logs_and_the_run_lock(head, tiny_model_dir, pool, workdir
 
     # A submit the cluster refuses after the upload (a job id it knows) leaves nothing behind.
     p = head.cli("submit", *args, "--submission-id", job_a, timeout=300)
-    assert_one_line_error(p, "already exists")
+    assert_one_line_error(p, "already exists", alone=True, ignore=RAY_LOG_RECORD)
     assert leftovers(workdir) == [] and len(head.api("/api/jobs/")) == 2
 
     # The driver joined this cluster (RAY_ADDRESS): A's scorer actor ran here, under A's job id.

@@ -19,6 +19,7 @@ from delift_ray.watch import (
     read_history,
     watch,
 )
+from tests.helpers import assert_one_line_error, write_rows
 
 ENGINE = {"dtype": "float32", "max_model_len": 256, "block_size": 32, "kv_cache_space_gib": 1}
 
@@ -26,9 +27,7 @@ ENGINE = {"dtype": "float32", "max_model_len": 256, "block_size": 32, "kv_cache_
 def add_version(root, name, rows, marker=True):
     d = root / name
     d.mkdir(parents=True)
-    with open(d / "data.jsonl", "w") as f:
-        for r in rows:
-            f.write(json.dumps(r) + "\n")
+    write_rows(d / "data.jsonl", rows)
     if marker:
         (d / "_SUCCESS").write_text("")
     return d
@@ -139,7 +138,7 @@ def test_cli_second_watcher_refuses(tmp_path):
         text=True,
         timeout=120,
     )
-    assert p.returncode == 2 and "in use by another watcher" in p.stderr and "Traceback" not in p.stderr
+    assert_one_line_error(p, "in use by another watcher")
 
 
 def test_cli_watch_rejects_a_bad_config_before_any_version(tmp_path):
@@ -147,7 +146,7 @@ def test_cli_watch_rejects_a_bad_config_before_any_version(tmp_path):
     (tmp_path / "v1" / "_SUCCESS").write_text("")
     base = [sys.executable, "-m", "delift_ray.cli", "watch", str(tmp_path), "--out", str(tmp_path / "out"), "--once"]
     p = subprocess.run(base, capture_output=True, text=True, timeout=120)
-    assert p.returncode == 2 and "missing required key 'model'" in p.stderr and "Traceback" not in p.stderr
+    assert_one_line_error(p, "missing required key 'model'")
     assert not (tmp_path / "out").exists()  # nothing was processed or recorded
     p = subprocess.run(
         base + ["--model", str(tmp_path), "--interval", "0"], capture_output=True, text=True, timeout=120

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import re
 import socket
 import subprocess
@@ -13,6 +12,7 @@ import urllib.request
 import pytest
 
 from delift_ray import metrics
+from tests.helpers import write_rows
 
 ROWS = [{"instruction": f"Say the number {i}.", "input": "", "output": f"The number is {i}."} for i in range(8)]
 
@@ -67,7 +67,7 @@ def test_job_progress_reaches_the_prometheus_endpoint(metrics_cluster, tiny_mode
     from delift_ray.job import run
 
     data = tmp_path / "pool.jsonl"
-    data.write_text("".join(json.dumps(r) + "\n" for r in ROWS))
+    write_rows(data, ROWS)
     out = str(tmp_path / "run")
     r = run(
         {

@@ -28,6 +28,7 @@ from benchmarks.fixtures import descendants
 from delift_ray.errors import StorageError
 from delift_ray.job import run
 from delift_ray.storage import PROBE_DIR, TMP_PREFIX, UTILITY
+from tests.helpers import write_rows
 
 pytestmark = [pytest.mark.engine, pytest.mark.ray]
 
@@ -78,7 +79,7 @@ def cluster():
 @pytest.fixture(scope="module")
 def pool_file(tmp_path_factory):
     path = tmp_path_factory.mktemp("data") / "pool.jsonl"
-    path.write_text("".join(json.dumps(r) + "\n" for r in POOL))
+    write_rows(path, POOL)
     return str(path)
 
 

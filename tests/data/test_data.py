@@ -7,17 +7,11 @@ import pytest
 from delift_ray.config import ColumnConfig
 from delift_ray.data import load_samples, sample_id
 from delift_ray.errors import DataError
-
-
-def write_jsonl(path, rows):
-    with open(path, "w") as f:
-        for r in rows:
-            f.write((r if isinstance(r, str) else json.dumps(r)) + "\n")
-    return path
+from tests.helpers import write_rows
 
 
 def test_alpaca_input_is_appended(tmp_path):
-    p = write_jsonl(
+    p = write_rows(
         tmp_path / "a.jsonl",
         [
             {"instruction": "Add", "input": "2 and 3", "output": "5"},
@@ -40,7 +34,7 @@ def test_prompt_response_and_parquet(tmp_path):
 
 
 def test_chat_messages_first_turn(tmp_path):
-    p = write_jsonl(
+    p = write_rows(
         tmp_path / "c.jsonl",
         [
             {
@@ -89,7 +83,7 @@ def test_bad_rows_are_counted_by_reason(tmp_path):
 
 
 def test_strict_names_the_row(tmp_path):
-    p = write_jsonl(tmp_path / "s.jsonl", [{"prompt": "a", "response": "b"}, {"prompt": "a", "response": ""}])
+    p = write_rows(tmp_path / "s.jsonl", [{"prompt": "a", "response": "b"}, {"prompt": "a", "response": ""}])
     with pytest.raises(DataError, match="row 1: empty_response"):
         load_samples(str(p), strict=True)
 
@@ -97,15 +91,15 @@ def test_strict_names_the_row(tmp_path):
 def test_missing_file_unknown_columns_empty(tmp_path):
     with pytest.raises(DataError, match="not found"):
         load_samples(str(tmp_path / "nope.jsonl"))
-    p = write_jsonl(tmp_path / "u.jsonl", [{"question": "a", "answer": "b"}])
+    p = write_rows(tmp_path / "u.jsonl", [{"question": "a", "answer": "b"}])
     with pytest.raises(DataError, match="columns found: answer, question"):
         load_samples(str(p))
     assert load_samples(str(p), columns=ColumnConfig(prompt="question", response="answer")).prompts == ["a"]
-    e = write_jsonl(tmp_path / "e.jsonl", [{"prompt": "", "response": ""}])
+    e = write_rows(tmp_path / "e.jsonl", [{"prompt": "", "response": ""}])
     with pytest.raises(DataError, match="no valid rows"):
         load_samples(str(e))
 
 
 def test_hash_is_stable_under_whitespace_normalisation(tmp_path):
-    p = write_jsonl(tmp_path / "w.jsonl", [{"prompt": "  Hi\r\nthere ", "response": "yo\n"}])
+    p = write_rows(tmp_path / "w.jsonl", [{"prompt": "  Hi\r\nthere ", "response": "yo\n"}])
     assert load_samples(str(p)).sample_ids == [sample_id("Hi\nthere", "yo")]

@@ -15,6 +15,7 @@ from delift_ray.errors import DeliftError
 from delift_ray.evaluate.embeddings import cosine_kernel, top_k_similar
 from delift_ray.evaluate.formatting import PromptEncoder, icl_context, no_example_context
 from delift_ray.evaluate.metrics import lcs_length, paired_bootstrap, rouge_l, rouge_l_f1
+from tests.helpers import write_rows
 
 # --------------------------------------------------------------------------- ROUGE-L
 
@@ -224,9 +225,7 @@ def _write_run(run_dir, pairs, model, selected):
             }
         )
     )
-    (run_dir / "subset.jsonl").write_text(
-        "".join(json.dumps({"prompt": pairs[i][0], "response": pairs[i][1]}) + "\n" for i in selected)
-    )
+    write_rows(run_dir / "subset.jsonl", [{"prompt": pairs[i][0], "response": pairs[i][1]} for i in selected])
 
 
 TOPICS = [
@@ -263,7 +262,7 @@ def fake_run(tmp_path_factory, tiny_model):
     rows = [{"instruction": p, "input": "", "output": r} for p, r in held] + [
         {"instruction": pool[2][0], "input": "", "output": pool[2][1]}
     ]
-    (root / "heldout.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    write_rows(root / "heldout.jsonl", rows)
     return root
 
 
@@ -382,7 +381,7 @@ def test_user_errors(fake_run, tmp_path):
         evaluate_run(run_dir, tmp_path / "missing.jsonl")
     only_pool = tmp_path / "only_pool.jsonl"
     p, r = _pairs(1)[0]
-    only_pool.write_text(json.dumps({"prompt": p, "response": r}) + "\n")
+    write_rows(only_pool, [{"prompt": p, "response": r}])
     with pytest.raises(DeliftError, match="no held-out sample"):
         evaluate_run(run_dir, only_pool)
     empty = tmp_path / "empty.jsonl"

@@ -16,6 +16,7 @@ import pytest
 
 from delift_ray.errors import DeliftError
 from delift_ray.job import run
+from tests.helpers import write_rows
 
 pytestmark = [pytest.mark.engine, pytest.mark.ray]
 
@@ -47,8 +48,8 @@ HELD = [
 @pytest.fixture(scope="module")
 def scored_run(ray_cluster, tiny_model_dir, tmp_path_factory):
     d = tmp_path_factory.mktemp("quality")
-    (d / "pool.jsonl").write_text("".join(json.dumps(r) + "\n" for r in POOL))
-    (d / "held.jsonl").write_text("".join(json.dumps(r) + "\n" for r in HELD))
+    write_rows(d / "pool.jsonl", POOL)
+    write_rows(d / "held.jsonl", HELD)
     cfg = {
         "data": str(d / "pool.jsonl"),
         "model": str(tiny_model_dir),

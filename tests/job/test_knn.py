@@ -17,6 +17,7 @@ import pytest
 from delift_ray import neighbours, planning
 from delift_ray.kernel import assemble_sparse
 from delift_ray.stages import STAGE_MATRICES
+from tests.helpers import write_rows
 
 
 def clustered(n, d=16, centers=4, seed=0):
@@ -230,7 +231,7 @@ def test_knn_job_end_to_end_and_resume(ray_cluster, tiny_model_dir, tmp_path):
     from delift_ray.job import run
 
     data = tmp_path / "pool.jsonl"
-    data.write_text("".join(json.dumps(r) + "\n" for r in POOL16))
+    write_rows(data, POOL16)
     cfg = {
         "data": str(data),
         "model": str(tiny_model_dir),
@@ -301,9 +302,8 @@ def test_knn_job_end_to_end_and_resume(ray_cluster, tiny_model_dir, tmp_path):
     assert len(cut.selected_ids) == 4 and not excluded & set(cut.selected_ids)
     # The report of a knn run: the map from the embedder's vectors, where each best helper came
     # from, and the gate's exclusions.
-    from browser import report_sections
-
     from delift_ray.report.data import load
+    from tests.browser import report_sections
 
     assert report_sections(cut.out) == ["summary", "curve", "utilities", "map", "selected", "left-out"]
     shown = load(cut.out)
@@ -335,7 +335,7 @@ def test_estimate_cli_table_and_json(tiny_model_dir, tmp_path):
     import sys
 
     data = tmp_path / "pool.jsonl"
-    data.write_text("".join(json.dumps(r) + "\n" for r in POOL16))
+    write_rows(data, POOL16)
     base = [
         sys.executable,
         "-m",
@@ -404,7 +404,7 @@ def test_estimate_calibration_measures_the_engine(tiny_model_dir, tmp_path):
     from delift_ray.steps.ingest import ingest, load_tokenizer
 
     data = tmp_path / "pool.jsonl"
-    data.write_text("".join(json.dumps(r) + "\n" for r in POOL16))
+    write_rows(data, POOL16)
     cfg = validate_config(
         {
             "data": str(data),

@@ -17,7 +17,7 @@ import pytest
 from delift_ray.config import TemplateConfig
 from delift_ray.job import run
 from delift_ray.storage import UTILITY
-from tests.helpers import write_rows
+from tests.helpers import assert_one_line_error, write_rows
 
 pytestmark = [pytest.mark.engine, pytest.mark.ray]
 
@@ -234,9 +234,8 @@ def test_task_stage(ray_cluster, tiny_model_dir, datasets_dir, tmp_path):
 
 def check_report(r):
     """The report of a finished run: every section, the picks in order, each with what it covers."""
-    from browser import report_sections
-
     from delift_ray.report.data import load
+    from tests.browser import report_sections
 
     assert report_sections(r.out) == ["summary", "curve", "utilities", "map", "selected", "left-out"]
     shown = load(r.out)
@@ -309,5 +308,4 @@ def test_cli_bad_input_is_one_line(tiny_model_dir, datasets_dir, tmp_path, extra
         *extra,
     ]
     p = subprocess.run(cmd, capture_output=True, text=True, timeout=120)
-    assert p.returncode == 2
-    assert message in p.stderr and "Traceback" not in p.stderr
+    assert_one_line_error(p, message)

@@ -19,7 +19,7 @@ from delift_ray.report.data import Curve, load
 from delift_ray.report.page import SECTIONS, render
 from delift_ray.rundir import CURVE, MAP, RUN_JSON, SAMPLES, SELECTION, SUBSET, RunDir, json_bytes, read_file
 from tests.browser import Chromium
-from tests.helpers import ROOT
+from tests.helpers import ROOT, write_rows
 
 POOL = [
     {"instruction": f"Question {i}: what is {i} plus {i % 5}?", "input": "", "output": f"It is {i + i % 5}."}
@@ -45,7 +45,7 @@ ALLOWED = (
 def cli_run(tiny_model_dir, tmp_path_factory):
     d = tmp_path_factory.mktemp("report")
     data = d / "pool.jsonl"
-    data.write_text("".join(json.dumps(r) + "\n" for r in POOL))
+    write_rows(data, POOL)
     out = d / "run"
     cmd = [sys.executable, "-m", "delift_ray.cli", "select", "--data", str(data), "--model", str(tiny_model_dir)]
     cmd += ["--out", str(out), "--budget", "5", "--engine.dtype", "float32", "--engine.max-model-len", "256"]

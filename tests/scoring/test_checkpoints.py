@@ -31,6 +31,7 @@ from delift_ray.config import TemplateConfig
 from delift_ray.prompts import PROBES, Ragged, hstack, pair_sequence, plan_tokenisation, tokenize_set, whole_plan
 from delift_ray.scoring import engine as eng
 from delift_ray.storage import UTILITY
+from tests.helpers import write_rows
 
 # --------------------------------------------------------------------------- tokenizers
 
@@ -460,7 +461,7 @@ def test_checkpoint_matrix(case, tokenizers, ray_local, tmp_path):
         pytest.skip("auto is float32 on this CPU: the auto case of this checkpoint already runs float32")
     model = build_checkpoint(tmp_path / "model", arch, ckpt_dtype, tied, tokenizers[family])
     data = tmp_path / "data.jsonl"
-    data.write_text("".join(json.dumps(r) + "\n" for r in DATA))
+    write_rows(data, DATA)
     out = tmp_path / "out"
     run(
         {

@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-import json
-
 import numpy as np
 import pytest
 import scipy.sparse as sp
 
 from delift_ray import neighbours, selection
 from delift_ray.data import load_samples
+from tests.helpers import write_rows
 
 
 def bar_lines(err: str, desc: str) -> list[str]:
@@ -42,6 +41,6 @@ def test_neighbours_and_ingest_bars(capsys, tmp_path):
     assert np.array_equal(quiet, neighbours.candidates(x, x, 5, 2, exact_max=1000, seed=0, progress=True))
     assert "500/500" in bar_lines(capsys.readouterr().err, "neighbours")[-1]
     p = tmp_path / "d.jsonl"
-    p.write_text("".join(json.dumps({"prompt": f"p{i}", "response": "r"}) + "\n" for i in range(30)) + "not json\n")
+    write_rows(p, [{"prompt": f"p{i}", "response": "r"} for i in range(30)] + ["not json"])
     s = load_samples(str(p), "pool", progress=True)
     assert len(s) == 30 and "31/31" in bar_lines(capsys.readouterr().err, "reading pool")[-1]
