@@ -40,8 +40,9 @@ format: setup
 test: setup lint
 	$(PY) -m pytest -q -x -p no:cacheprovider tests
 
+# The tests that start no vLLM engine, Ray cluster or server (docs/testing.md).
 test-fast: setup
-	$(PY) -m pytest -q -m "not engine" tests
+	$(PY) -m pytest -q -m "not slow" tests
 
 demo: setup
 	$(VENV)/bin/delift-ray demo --out runs/demo

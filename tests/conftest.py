@@ -1,4 +1,4 @@
-"""Shared pytest fixtures."""
+"""Shared pytest fixtures, and the ``slow`` marker derived from the others (docs/testing.md)."""
 
 from __future__ import annotations
 
@@ -6,6 +6,18 @@ import pytest
 
 from benchmarks.alpaca import ALPACA_ROWS
 from tests.helpers import write_rows
+
+
+def pytest_collection_modifyitems(config, items):
+    """A test that uses the ``ray_cluster`` fixture is a ``ray`` test, and every ``engine`` or
+    ``ray`` test is ``slow``: ``-m "not slow"`` starts no vLLM engine and no Ray cluster. Tests
+    that start another real server (moto_server, a Ray head, Chromium) are marked ``slow`` where
+    they are defined."""
+    for item in items:
+        if "ray_cluster" in item.fixturenames and item.get_closest_marker("ray") is None:
+            item.add_marker(pytest.mark.ray)
+        if item.get_closest_marker("engine") or item.get_closest_marker("ray"):
+            item.add_marker(pytest.mark.slow)
 
 
 @pytest.fixture(scope="session")

@@ -1,4 +1,4 @@
-"""Hostile input (issue 16 sections 2-4): every bad input ends in one line or a counted skip.
+"""Hostile input: every bad input ends in one line or a counted skip.
 
 The invariant of every case: the CLI exits 2 with exactly one ``delift-ray: error:`` line
 that names the input (no traceback), or the step skips and counts the row; a finished run
@@ -79,7 +79,7 @@ def tokenizer(tiny_model_dir):
     return AutoTokenizer.from_pretrained(tiny_model_dir)
 
 
-# =========================================================================== §2 bounded memory on hostile rows
+# =========================================================================== bounded memory on hostile rows
 
 BIG_ROW_CHILD = textwrap.dedent(r"""
     import json, os, resource, sys, threading, time
@@ -123,9 +123,11 @@ BIG_ROW_CHILD = textwrap.dedent(r"""
 """)
 
 
-def test_50mb_row_is_skipped_in_seconds_and_bounded_memory(tiny_model_dir, tmp_path):
-    """Issue 16's case: normal rows, then one 50 MB row of the same columns. Before the
-    screen it was tokenised in full (16 GB RSS after 84 s without finishing)."""
+def test_50mb_row_is_skipped_without_tokenising_it_in_bounded_memory(tiny_model_dir, tmp_path):
+    """Normal rows, then one 50 MB row of the same columns. Before the screen it was
+    tokenised in full (16 GB RSS after 84 s without finishing). What is checked is what the
+    ingest did, not how long it took: the row is skipped, no text near its size reaches the
+    tokenizer, and the peak RSS stays under the limit."""
     data = tmp_path / "big.jsonl"
     write_rows(data, [*ROWS, '{"prompt": "' + "x " * (25 * 1024 * 1024) + '", "response": "y"}'])
     assert data.stat().st_size > 50 * 1024 * 1024
@@ -192,7 +194,7 @@ def test_screen_never_rejects_a_row_that_fits(tokenizer, words, split, limit):
         assert n > limit
 
 
-# =========================================================================== §3 one path rule
+# =========================================================================== one path rule
 
 
 @pytest.mark.parametrize("key", ["out", "cache"])
@@ -251,7 +253,7 @@ def test_every_read_key_follows_the_read_rule(key, value, ok):
 
 
 def test_cache_outside_through_dotdot_is_refused_and_writes_nothing(tiny_model_dir, pool, tmp_path):
-    """Issue 16's case: ``cache: ../elsewhere`` in a job file wrote shards outside the working dir."""
+    """``cache: ../elsewhere`` in a job file once wrote shards outside the working dir."""
     work = tmp_path / "work"
     work.mkdir()
     job = work / "job.yaml"
@@ -339,7 +341,7 @@ def test_write_rule_property(path):
     assert norm != ".." and not norm.startswith("../")
 
 
-# =========================================================================== §4 one line: config files
+# =========================================================================== one line: config files
 
 
 def _config_file(tmp_path, kind, pool, model):
@@ -509,7 +511,7 @@ def test_config_loader_random_trees(tmp_path, tree, overrides):
         assert "\n" not in str(exc)
 
 
-# =========================================================================== §4 one line: templates
+# =========================================================================== one line: templates
 
 
 @pytest.mark.parametrize(
@@ -552,7 +554,7 @@ def test_escaped_braces_in_a_template_are_text(tokenizer):
     assert decoded.startswith('JSON like {"a": 1}.') and "What {is} this?" in decoded
 
 
-# =========================================================================== §4 one line / counted skip: rows
+# =========================================================================== one line / counted skip: rows
 
 
 def test_row_with_lone_surrogates_is_a_counted_skip(tmp_path):
@@ -665,7 +667,7 @@ def test_data_reader_random_bytes(tmp_path, raw, suffix):
     assert len(s) + sum(s.skipped.values()) == s.rows_read
 
 
-# =========================================================================== §4 one line: submit, status, logs
+# =========================================================================== one line: submit, status, logs
 
 
 def test_submit_to_a_working_dir_it_cannot_write(fake_jobs, tmp_path, capsys):
@@ -739,7 +741,7 @@ def test_jobs_address_where_nothing_answers(capsys, monkeypatch, command):
     assert 1 <= len(calls) <= 2, calls  # refused at once: no retry loop
 
 
-# =========================================================================== §4 one line: -v and bugs
+# =========================================================================== one line: -v and bugs
 
 
 def test_verbose_shows_the_traceback_and_plain_does_not(tmp_path):
@@ -763,7 +765,7 @@ def test_an_unexpected_error_is_one_line_exit_1(monkeypatch, capsys):
         cli.main(["-v", "config-reference"])
 
 
-# =========================================================================== §4 engine start failures
+# =========================================================================== engine start failures
 
 VLLM_LIKE = {
     "missing weights": "RuntimeError: Cannot find any model weights with `/models/bare`",
@@ -842,7 +844,7 @@ def test_actor_start_failure_is_not_retried(ray_cluster, tmp_path):
 
 @pytest.mark.engine
 def test_checkpoint_without_weights_fails_once_in_one_line(tiny_model_dir, pool, tmp_path):
-    """Issue 16's case: a checkpoint without weights cost five engine starts and hundreds of
+    """A checkpoint without weights once cost five engine starts and hundreds of
     lines of actor stacks, and the last line blamed memory."""
     bare = tmp_path / "no-weights"
     shutil.copytree(tiny_model_dir, bare, ignore=shutil.ignore_patterns("*.safetensors", "*.bin"))

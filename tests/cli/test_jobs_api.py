@@ -1,4 +1,4 @@
-"""`delift-ray submit / status / logs` against a real Ray head with the Jobs API (issue 14, section 1).
+"""`delift-ray submit / status / logs` against a real Ray head with the Jobs API.
 
 One head per module, started as a user starts one: ``ray start --head`` with the dashboard on
 loopback and token authentication on (what Ray 2.60 does by default for ``ray start``), in its

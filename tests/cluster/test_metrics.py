@@ -63,6 +63,8 @@ def test_metrics_do_nothing_without_ray():
     assert p.returncode == 0 and p.stdout.strip() == "False", p.stderr
 
 
+@pytest.mark.engine
+@pytest.mark.ray
 def test_job_progress_reaches_the_prometheus_endpoint(metrics_cluster, tiny_model_dir, tmp_path):
     from delift_ray.job import run
 

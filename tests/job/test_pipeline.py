@@ -167,7 +167,7 @@ def run_files(out) -> dict:
 
 
 def test_refused_run_never_touches_a_finished_run(instruction_run, tiny_model_dir, datasets_dir, tmp_path):
-    """Issue 16 §1: other data with an impossible budget, then other data with a possible one,
+    """Other data with an impossible budget, then other data with a possible one,
     then a checkpoint whose engine cannot start: each is refused and the finished run is
     byte for byte what it was. ``--overwrite`` replaces it, in one commit."""
     from delift_ray.errors import BudgetError, DeliftError

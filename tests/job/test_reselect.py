@@ -1,8 +1,8 @@
 """New data versions: the content-keyed cache, its key index, the fingerprint, and reselect.
 
-Unit tests first (pure diffs, the footer key index, the fingerprint); then the targets of
-the versions issue on a real local Ray cluster and the real vLLM CPU engine with the tiny
-model: 20 -> 22 samples (+10%) scores the pairs touching the 2 new samples only and
+Unit tests first (pure diffs, the footer key index, the fingerprint); then what a new
+version must cost and select, on a real local Ray cluster and the real vLLM CPU engine with the
+tiny model: 20 -> 22 samples (+10%) scores the pairs touching the 2 new samples only and
 selects what a from-scratch run selects; an unchanged version scores nothing; a version
 that only removes samples scores nothing and selects anew.
 """

@@ -55,6 +55,9 @@ def cli_run(tiny_model_dir, tmp_path_factory):
     return out, p
 
 
+# cli_run is a real `delift-ray select`: its own local Ray and a vLLM engine.
+@pytest.mark.engine
+@pytest.mark.ray
 def test_quiet_terminal_shows_only_delift_rays_lines(cli_run):
     out, p = cli_run
     fragments = [f.strip() for f in re.split(r"[\r\n]", p.stderr) if f.strip()]
@@ -70,6 +73,8 @@ def test_quiet_terminal_shows_only_delift_rays_lines(cli_run):
     assert f"delift-ray report {out}" in p.stdout and f"other libraries' output: {out / 'delift-ray.log'}" in p.stdout
 
 
+@pytest.mark.engine
+@pytest.mark.ray
 def test_report_in_a_real_browser(cli_run, tmp_path):
     out, _ = cli_run
     page = tmp_path / "report.html"
@@ -141,6 +146,8 @@ def test_curve_reports_where_picks_stop_adding():
     assert Curve(np.zeros(3), 2, 5).flat_from() is None
 
 
+@pytest.mark.engine
+@pytest.mark.ray
 def test_report_of_a_run_made_before_the_profile_step(cli_run, tmp_path):
     """A run without map.parquet and curve.parquet (an older version): the report says so per
     section and draws the subset's own gains."""
@@ -167,6 +174,8 @@ def test_report_refuses_a_directory_that_is_not_a_run(tmp_path):
     assert shutil.which("chromium"), "the browser tests need chromium: make setup installs it"
 
 
+@pytest.mark.engine
+@pytest.mark.ray
 def test_report_files_belong_to_the_run(cli_run, tmp_path):
     """A map.parquet of another commit is refused like any run file."""
     out, _ = cli_run
@@ -177,6 +186,7 @@ def test_report_files_belong_to_the_run(cli_run, tmp_path):
         load(str(copy))
 
 
+@pytest.mark.slow  # a real Chromium draws the million-sample page
 def test_report_of_a_synthetic_million_sample_knn_run(tmp_path):
     """benchmarks/report_1m.py's run (the job's select, profile and write steps over a synthetic
     1M x 36 knn kernel): a page of at most 16 MiB whose map holds every selected sample and

@@ -406,7 +406,7 @@ CASES = {  # name: (arch, checkpoint dtype, tied head, tokenizer, engine.dtype, 
     # The body in bfloat16 on any CPU (emulated without bfloat16 instructions), the LM head in
     # float32 (engine.head_dtype auto): the body's rounding alone stays within 1e-3 of float32.
     "llama-fp32-tied-gpt2bpe-forced-bf16": ("llama", "float32", True, "gpt2", "bfloat16", "hidden", 1e-3),
-    # The head as it ran before issue 27 (engine.head_dtype: engine): in bfloat16 where the CPU
+    # The head as it ran before engine.head_dtype (head_dtype: engine): in bfloat16 where the CPU
     # has bfloat16 instructions, else float32 (head_dtype's rule); held to the same bound.
     "llama-fp32-tied-gpt2bpe-forced-bf16-head-engine": (
         "llama",
