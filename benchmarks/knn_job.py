@@ -17,8 +17,8 @@ import os
 import resource
 import time
 
+from benchmarks.job_scale import job_config  # the same job as the 100k session benchmark
 from benchmarks.results import write_result
-from benchmarks.scale import write_jsonl  # same synthetic data as the 1M stage benchmark
 
 
 def main() -> None:
@@ -30,26 +30,12 @@ def main() -> None:
     p.add_argument("--work", default="/tmp/delift-knn-job")
     args = p.parse_args()
 
-    from benchmarks.fixtures import build_tiny_model
     from delift_ray import run
     from delift_ray.config import validate_config
 
     os.makedirs(args.work, exist_ok=True)
-    data = os.path.join(args.work, f"pool-{args.n}.jsonl")
-    if not os.path.exists(data):
-        write_jsonl(data, args.n)
-    model = os.path.join(args.work, "tiny")
-    if not os.path.exists(os.path.join(model, "config.json")):
-        build_tiny_model(model, seed=0)
-    cfg = {
-        "data": data,
-        "model": model,
-        "out": os.path.join(args.work, f"run-{args.n}-k{args.k}-r{args.random}"),
-        "budget": 0.3,
-        "engine": {"dtype": "float32", "max_model_len": 512, "block_size": 32, "kv_cache_space_gib": 1},
-        "scoring": {"block_size": args.block_size},
-        "kernel": {"type": "knn", "k": args.k, "random": args.random},
-    }
+    out = os.path.join(args.work, f"run-{args.n}-k{args.k}-r{args.random}")
+    cfg = job_config(args.n, args.k, args.random, args.block_size, args.work, out, None)
     kernel = validate_config(cfg).kernel
     t0 = time.perf_counter()
     r = run(cfg, progress=True)
