@@ -218,6 +218,62 @@ def launch(args, name: str, n: int, out: str, cache: str | None, *, fresh: bool,
     return json.loads(Path(result).read_text())
 
 
+STEPS = ("ingest", "embed", "neighbours", "plan", "score", "assemble", "select")
+
+
+def markdown(doc: dict, synthetic_1m: dict | None = None) -> str:
+    """The docs' table of a committed result (benchmarks/results/job_scale.json); with the
+    synthetic 1M figure (scale_1m.json), its assembly time scaled to this run's pair count."""
+    r, m = doc["results"], doc["machine"]
+    s = r["summary"]
+    head = "| run | samples | pairs scored / reused | wall s | " + " | ".join(f"{x} s" for x in STEPS)
+    rows = [
+        head + " | pairs/s | driver peak RSS GiB | largest actor RSS GiB | shards (mean KiB) |",
+        "|---|---|---|---|" + "---|" * len(STEPS) + "---|---|---|---|",
+    ]
+    for name in ("small", "resumed", "cached"):
+        x = r[name]
+        t = x["timings"]
+        actor = max(x["actor_peak_rss_gib"].values(), default=None)
+        rows.append(
+            f"| {name} | {x['n']:,} | {x['pairs_scored']:,} / {x['pairs_reused']:,} | {x['wall_s']:g} | "
+            + " | ".join(f"{t.get(f'{st}_s', 0):g}" for st in STEPS)
+            + f" | {x['score_pairs_per_s'] or '-'} | {x['driver_peak_rss_gib']:g} | "
+            f"{'-' if actor is None else f'{actor:g}'} | {x['utility_shards']:,} "
+            f"({x['mean_shard_bytes'] / 1024:.1f}) |"
+        )
+    k = r["killed"]
+    lines = rows + [
+        "",
+        f"The first {r['settings']['n']:,}-sample run was killed (SIGKILL to the driver) {k['killed_at_s']:g} s in, "
+        f"with {k['utility_shards']:,} of {k['plan']['blocks']:,} blocks stored ({k['pairs_stored_at_kill']:,} pairs); "
+        f"{k['processes_left_after_kill']} of its Ray processes outlived the driver and were killed by pid. "
+        f"`resumed` is the same command again: it scored the {s['pairs_missing_at_kill']:,} pairs missing then, "
+        f"and {s['pairs_scored_by_resume_beyond_missing']:,} pairs beyond them. The first run took "
+        f"{s['first_run_wall_s']:g} s in all (killed part plus resume); the fully cached run took "
+        f"{s['cached_wall_s']:g} s, {100 * s['cached_share_of_first_run']:.1f}% of it. Scoring rate: "
+        f"{s['pairs_per_s_resumed']:g} pairs/s at {r['settings']['n']:,} samples (the resume) against "
+        f"{s['pairs_per_s_small']:g} at {r['settings']['small']:,}, "
+        f"{s['pairs_per_s_ratio_resumed_to_small']:g}x.",
+    ]
+    if synthetic_1m:
+        sy = synthetic_1m["results"]
+        pairs_1m = sy["n"] * (sy["k"] + sy["random"])
+        at_1m = next(st["seconds"] for st in sy["after_scoring"]["steps"] if st["name"] == "assemble")
+        ours = r["resumed"]["pairs_total"]
+        lines.append(
+            f"Assembly from the real shards: {r['cached']['timings']['assemble_s']:g} s for {ours:,} pairs (the cached "
+            f"run); the synthetic 1M assembly ({at_1m:g} s for {pairs_1m:,} pairs) scaled to this pair count is "
+            f"{at_1m * ours / pairs_1m:.1f} s."
+        )
+    lines.append(
+        f"Tiny test model, k {r['settings']['k']} + random {r['settings']['random']}, one CPU engine; "
+        f"{m.get('cpus')} cores ({', '.join(m.get('cpu_flags') or [])}), load {m.get('load_avg_1m')} at the end; "
+        f"{doc['date'][:10]}; `{doc['command']}`."
+    )
+    return "\n".join(lines)
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("mode", nargs="?", default="all", choices=("all", "child"))
