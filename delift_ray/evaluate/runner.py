@@ -28,13 +28,13 @@ from typing import Optional
 import numpy as np
 
 from delift_ray.config import TemplateConfig
-from delift_ray.embeddings import sample_text
+from delift_ray.embedder import Embedder, TransformersEmbedder, encoder_spec, sample_text
 from delift_ray.errors import DeliftError, one_line
-from delift_ray.evaluate.embeddings import SentenceEncoder, cosine_kernel, top_k_similar
 from delift_ray.evaluate.formatting import PromptEncoder
 from delift_ray.evaluate.inputs import EvalSet, RunData, load_eval_data, load_run
 from delift_ray.evaluate.metrics import greedy_generate, response_nll, rouge_l_f1
 from delift_ray.evaluate.report import SELECTIONS, build_report, write_report
+from delift_ray.evaluate.similarity import cosine_kernel, top_k_similar
 from delift_ray.evaluate.training import TrainSettings, fine_tune, load_model, load_tokenizer, resolve_dtype
 
 log = logging.getLogger(__name__)
@@ -52,7 +52,14 @@ def _release() -> None:
         pass
 
 
-def select_se(run: RunData, encoder: SentenceEncoder, pool_emb: np.ndarray) -> tuple[list[int], str]:
+def open_encoder(embedding_model: Optional[str], model: str, device: Optional[str] = None) -> TransformersEmbedder:
+    """The encoder of DELIFT-SE and example retrieval: the one embedder (:mod:`delift_ray.embedder`),
+    ``embedding_model`` resolved as ``kernel.embedding`` is (default ``minilm``; ``model`` is the
+    evaluated ``model``), at the encoder's own token limit, with transformers on ``device``."""
+    return TransformersEmbedder(encoder_spec(embedding_model, model=model, what="--embedding-model"), device=device)
+
+
+def select_se(run: RunData, encoder: Embedder, pool_emb: np.ndarray) -> tuple[list[int], str]:
     """DELIFT-SE: the run's stage's selection function on (cos+1)/2 embedding kernels."""
     from delift_ray import selection
 
@@ -66,11 +73,11 @@ def select_se(run: RunData, encoder: SentenceEncoder, pool_emb: np.ndarray) -> t
         return [sample_text(a, b) for a, b in p.pairs()]
 
     if run.stage == "task" and len(run.others.get("target", ())):
-        Q = cosine_kernel(pool_emb, encoder.encode(texts(run.others["target"])))
+        Q = cosine_kernel(pool_emb, encoder.embed(texts(run.others["target"])))
         idx, _ = selection.fl_mutual_information(K, Q, budget, eta=float(sel_cfg.get("eta", 1.0)))
         fn = "fl_mutual_information"
     elif run.stage == "continual" and len(run.others.get("existing", ())):
-        P = cosine_kernel(pool_emb, encoder.encode(texts(run.others["existing"])))
+        P = cosine_kernel(pool_emb, encoder.embed(texts(run.others["existing"])))
         idx, _ = selection.fl_conditional_gain(K, P, budget, nu=float(sel_cfg.get("nu", 1.0)))
         fn = "fl_conditional_gain"
     else:
@@ -250,12 +257,15 @@ def evaluate_run(
 
     # -- embeddings: DELIFT-SE selection and ICL retrieval
     t = time.perf_counter()
-    encoder = SentenceEncoder(embedding_model, device=dev)
-    pool_emb = encoder.encode([sample_text(p, r) for p, r in run.pool.pairs()])
+    encoder = open_encoder(embedding_model, model_path, dev)
+    spec = encoder.spec
+    pool_emb = encoder.embed([sample_text(p, r) for p, r in run.pool.pairs()])
     se_idx, se_fn = select_se(run, encoder, pool_emb)
-    pool_q = encoder.encode(run.pool.prompts)
-    eval_q = encoder.encode(ev.prompts)
-    emb_name = encoder.name
+    pool_q = encoder.embed(run.pool.prompts)
+    eval_q = encoder.embed(ev.prompts)
+    emb_name = spec.label
+    embedder_record = spec.record(pool_emb.shape[1])
+    encoder.close()
     del encoder
     gc.collect()
     timings["embeddings_s"] = time.perf_counter() - t
@@ -400,6 +410,7 @@ def evaluate_run(
             "eval_data": str(eval_data),
             "model": model_path,
             "embedding_model": emb_name,
+            "embedder": embedder_record,
             "stage": run.stage,
             "n_pool": n_pool,
             "budget": budget,

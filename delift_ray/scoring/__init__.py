@@ -4,5 +4,6 @@
   paths (hidden, full, suffix);
 * ``lm_head.LMHead``: the model's LM head applied to the response rows of the hidden path;
 * ``actor.BlockScorer``: scores one block and writes its shard (the job wraps it in a Ray actor);
-* ``embedder.BlockEmbedder``: the knn kernel's mean-pooled embeddings, on the same kind of actor.
+* ``embed_actor.BlockEmbedder``: the knn kernel's embeddings on the same kind of actor (the
+  vLLM backend of :mod:`delift_ray.embedder`).
 """

@@ -2,14 +2,17 @@
 
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from delift_ray.config import DeliftConfig
+from delift_ray.prompts import IngestedSet
 from delift_ray.steps.base import StepStats, id_list
-from delift_ray.steps.ingest import IngestedSet
+
+if TYPE_CHECKING:  # pragma: no cover
+    from delift_ray.embedder import EmbeddingStore, EncoderSpec
 
 
 @dataclass
@@ -17,9 +20,14 @@ class EmbedStats(StepStats):
     embedded: int = 0
     embeddings_reused: int = 0
     embedding_backend: str = ""
+    encoder: dict | None = None  # the embedder: EncoderSpec.record(dim), in run.json steps[name=embed]
 
     def summary(self) -> str:
-        return f"{self.embedded} samples embedded, {self.embeddings_reused} reused ({self.embedding_backend})"
+        who = (self.encoder or {}).get("source", "")
+        return (
+            f"{self.embedded} samples embedded, {self.embeddings_reused} reused"
+            f" ({who + ', ' if who else ''}{self.embedding_backend})"
+        )
 
 
 @dataclass
@@ -34,48 +42,42 @@ class NeighbourStats(StepStats):
 
 
 def embed(cfg: DeliftConfig, sets: dict[str, IngestedSet], progress: bool) -> tuple[dict[str, np.ndarray], EmbedStats]:
-    """L2-normalised vectors of every sample of every set, reusing the stored ones."""
-    from delift_ray import embeddings
+    """L2-normalised vectors of every sample of every set, reusing the stored ones.
 
-    kc = cfg.kernel
+    One embedder (:mod:`delift_ray.embedder`): the spec of the ``kernel.embedding*`` keys,
+    its vLLM backend on Ray actors or its transformers backend in this process (on the CPU).
+    """
+    from delift_ray import embedder
+
     names = list(sets)
     all_ids = [sid for n in names for sid in sets[n].samples.sample_ids]
     texts = [
-        embeddings.sample_text(p, r) for n in names for p, r in zip(sets[n].samples.prompts, sets[n].samples.responses)
+        embedder.sample_text(p, r) for n in names for p, r in zip(sets[n].samples.prompts, sets[n].samples.responses)
     ]
-    source = embeddings.resolve_source(kc.embedding, cfg.model)
-    backend = embeddings.resolve_backend(kc.embedding_backend, kc.embedding)
-    dtype = cfg.engine.dtype if backend == "vllm" else "float32"
+    spec = embedder.knn_spec(cfg)
     # In the content-keyed cache, like the utilities: a later run or reselect over the same
     # samples reuses the vectors.
-    store = embeddings.EmbeddingStore(
-        cfg.cache or cfg.out, embeddings.embedding_fingerprint(source, kc.embedding_max_length, backend, dtype)
-    )
-    if backend == "vllm":
+    store = embedder.EmbeddingStore(cfg.cache or cfg.out, spec.fingerprint)
+    if spec.backend == "vllm":
 
         def write_missing(todo):
-            embed_on_actors(cfg, source, store, all_ids, texts, todo, progress)
+            embed_on_actors(cfg, spec, store, all_ids, texts, todo, progress)
     else:
 
         def write_missing(todo):
-            embeddings.write_missing_locally(
-                store,
-                all_ids,
-                texts,
-                todo,
-                source=source,
-                max_length=kc.embedding_max_length,
-                batch_size=kc.embedding_batch_size,
-                trust_remote_code=cfg.engine.trust_remote_code,
-                progress=progress,
-            )
+            enc = embedder.TransformersEmbedder(spec, device="cpu", batch_size=cfg.kernel.embedding_batch_size)
+            try:
+                embedder.write_missing(store, enc, all_ids, texts, todo, progress=progress)
+            finally:
+                enc.close()
 
-    vec, counts = embeddings.embed_samples(all_ids, store, write_missing, progress=progress)
+    vec, counts = embedder.embed_samples(all_ids, store, write_missing, progress=progress)
     by_set, start = {}, 0
     for n in names:
         by_set[n] = vec[start : start + len(sets[n].samples)]
         start += len(sets[n].samples)
-    return by_set, EmbedStats(counts["embedded"], counts["embeddings_reused"], backend)
+    dim = None if vec is None else int(vec.shape[1])
+    return by_set, EmbedStats(counts["embedded"], counts["embeddings_reused"], spec.backend, spec.record(dim))
 
 
 def neighbours(
@@ -97,9 +99,15 @@ def neighbours(
 
 
 def embed_on_actors(
-    cfg: DeliftConfig, source: str, store, ids: list[str], texts: list[str], todo: np.ndarray, progress: bool
+    cfg: DeliftConfig,
+    spec: "EncoderSpec",
+    store: "EmbeddingStore",
+    ids: list[str],
+    texts: list[str],
+    todo: np.ndarray,
+    progress: bool,
 ) -> None:
-    """Embed the samples at ``todo`` with vLLM pooling engines on Ray actors (one per scorer slot).
+    """Embed the samples at ``todo`` with ``spec``'s vLLM backend on Ray actors (one per scorer slot).
 
     The actors write embedding shards themselves and are gone before the scorers start, so
     each device holds one engine at a time.
@@ -107,18 +115,15 @@ def embed_on_actors(
     from tqdm import tqdm
 
     from delift_ray import dispatch
-    from delift_ray.scoring.embedder import BlockEmbedder, EmbedBlock
+    from delift_ray.scoring.embed_actor import BlockEmbedder, EmbedBlock
 
     per_block = 32 * cfg.kernel.embedding_batch_size
     blocks = [
         EmbedBlock(f"embed-{s}", [ids[i] for i in todo[s : s + per_block]], [texts[i] for i in todo[s : s + per_block]])
         for s in range(0, todo.size, per_block)
     ]
-    model = os.path.abspath(source) if os.path.isdir(source) else source
     with (
-        dispatch.actor_pool(
-            cfg, BlockEmbedder, model, cfg.engine, store.root_uri, store.fingerprint, cfg.kernel.embedding_max_length
-        ) as pool,
+        dispatch.actor_pool(cfg, BlockEmbedder, spec, cfg.engine, store.root_uri) as pool,
         tqdm(total=int(todo.size), unit="sample", desc="embeddings", disable=not progress, dynamic_ncols=True) as bar,
     ):
         dispatch.dispatch(

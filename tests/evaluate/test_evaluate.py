@@ -12,9 +12,9 @@ import pytest
 
 from delift_ray.config import DEFAULT_WITH_EXAMPLE_TEMPLATE
 from delift_ray.errors import DeliftError
-from delift_ray.evaluate.embeddings import cosine_kernel, top_k_similar
 from delift_ray.evaluate.formatting import PromptEncoder, icl_context, no_example_context
 from delift_ray.evaluate.metrics import lcs_length, paired_bootstrap, rouge_l, rouge_l_f1
+from delift_ray.evaluate.similarity import cosine_kernel, top_k_similar
 from tests.helpers import write_rows
 
 # --------------------------------------------------------------------------- ROUGE-L

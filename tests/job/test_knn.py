@@ -257,19 +257,24 @@ def test_knn_job_end_to_end_and_resume(ray_cluster, tiny_model_dir, tmp_path):
     assert meta["config"]["kernel"]["type"] == "knn" and "embed_s" in meta["timings"]
     # Embeddings came from vLLM's pooling runner on a Ray actor; they equal the transformers route.
     assert c["embedding_backend"] == "vllm"
-    from delift_ray import embeddings
+    from delift_ray import embedder
 
     samples = pq.read_table(os.path.join(r.out, "samples.parquet")).to_pylist()
-    fp = embeddings.embedding_fingerprint(str(tiny_model_dir), 256, "vllm", "float32")
+    fp = embedder.embedding_fingerprint(str(tiny_model_dir), 256, "vllm", "float32")
+    # run.json names the embedder: steps[name=embed].encoder
+    enc = next(s for s in meta["steps"] if s["name"] == "embed")["encoder"]
+    assert enc["name"] == "model" and enc["source"] == str(tiny_model_dir) and enc["backend"] == "vllm"
+    assert (enc["fingerprint"], enc["max_length"], enc["dtype"], enc["dim"]) == (fp, 256, "float32", 256)
 
     def nothing_missing(todo):
         raise AssertionError(f"{todo.size} embeddings were not stored by the job")
 
-    got, _ = embeddings.embed_samples(
-        [x["sample_id"] for x in samples], embeddings.EmbeddingStore(r.out, fp), nothing_missing
+    got, _ = embedder.embed_samples(
+        [x["sample_id"] for x in samples], embedder.EmbeddingStore(r.out, fp), nothing_missing
     )
-    texts = [embeddings.sample_text(x["prompt"], x["response"]) for x in samples]
-    want = embeddings.MeanPoolEncoder(str(tiny_model_dir), 256).encode(texts)
+    texts = [embedder.sample_text(x["prompt"], x["response"]) for x in samples]
+    spec = embedder.encoder_spec("model", model=str(tiny_model_dir), max_length=256)
+    want = embedder.TransformersEmbedder(spec, device="cpu").embed(texts)
     assert got.shape == want.shape and np.abs(got - want).max() < 1e-4
 
     again = run(cfg, progress=False)  # everything is stored: no engine, no embedding pass
@@ -420,35 +425,36 @@ def test_estimate_calibration_measures_the_engine(tiny_model_dir, tmp_path):
 
 
 def test_transformers_embeddings_are_stored_and_only_missing_ones_computed(tiny_model_dir, tmp_path):
-    from delift_ray import embeddings
+    from delift_ray import embedder
 
-    texts = [embeddings.sample_text(x["prompt"], x["response"]) for x in POOL16[:6]]
+    texts = [embedder.sample_text(x["prompt"], x["response"]) for x in POOL16[:6]]
     ids = ids_of("e", 6)
-    store = embeddings.EmbeddingStore(str(tmp_path), embeddings.embedding_fingerprint(str(tiny_model_dir), 64))
+    spec = embedder.encoder_spec(str(tiny_model_dir), max_length=64)
+    assert spec.fingerprint == embedder.embedding_fingerprint(str(tiny_model_dir), 64)
+    store = embedder.EmbeddingStore(str(tmp_path), spec.fingerprint)
+    enc = embedder.TransformersEmbedder(spec, device="cpu", batch_size=4)
     written = []
 
     def write(todo):
         written.append(todo.tolist())
-        embeddings.write_missing_locally(
-            store, ids, texts, todo, source=str(tiny_model_dir), max_length=64, batch_size=4, chunk=2
-        )
+        embedder.write_missing(store, enc, ids, texts, todo, chunk=2)
 
-    v5, c5 = embeddings.embed_samples(ids[:5], store, write)
-    v6, c6 = embeddings.embed_samples(ids, store, write)
+    v5, c5 = embedder.embed_samples(ids[:5], store, write)
+    v6, c6 = embedder.embed_samples(ids, store, write)
     assert written == [[0, 1, 2, 3, 4], [5]]
     assert c5 == {"embedded": 5, "embeddings_reused": 0} and c6 == {"embedded": 1, "embeddings_reused": 5}
-    want = embeddings.MeanPoolEncoder(str(tiny_model_dir), 64).encode(texts)
+    want = embedder.TransformersEmbedder(spec, device="cpu", batch_size=len(texts)).embed(texts)
     assert np.allclose(v6, want, atol=1e-6) and np.array_equal(v6[:5], v5)
     assert np.allclose(np.linalg.norm(v6, axis=1), 1, atol=1e-5)
     # another backend or dtype is another fingerprint: its vectors are never mixed in
     fps = {
-        embeddings.embedding_fingerprint(str(tiny_model_dir), 64, b, d)
+        embedder.embedding_fingerprint(str(tiny_model_dir), 64, b, d)
         for b, d in [("transformers", "float32"), ("vllm", "float32"), ("vllm", "bfloat16")]
     }
     assert len(fps) == 3
     assert (
-        embeddings.resolve_backend("auto", "model") == "vllm"
-        and embeddings.resolve_backend("auto", "minilm") == "transformers"
+        embedder.resolve_backend("auto", "model") == "vllm"
+        and embedder.resolve_backend("auto", "minilm") == "transformers"
     )
 
 
