@@ -22,12 +22,12 @@ kernel assembly) inside their functions: the config imports this package to vali
 
 from __future__ import annotations
 
-import importlib
-import pkgutil
 from dataclasses import dataclass
 from typing import Any, Callable, Mapping, Optional
 
 import numpy as np
+
+from delift_ray.registry import Registry
 
 
 def _fits_anything(shapes: dict[str, tuple[int, int]], per_row: int) -> None:
@@ -74,29 +74,14 @@ class KernelType:
         return None if isinstance(M, np.ndarray) else int(M.nnz)
 
 
-_REGISTRY: dict[str, KernelType] = {}
+REGISTRY: Registry[KernelType] = Registry("kernel type")
 
 
 def register(kind: KernelType) -> KernelType:
-    if kind.name in _REGISTRY:
-        raise ValueError(f"kernel type {kind.name!r} is registered twice")
-    _REGISTRY[kind.name] = kind
-    return kind
+    return REGISTRY.add(kind.name, kind)
 
 
-def names() -> tuple[str, ...]:
-    return tuple(_REGISTRY)
-
-
-def get(name: str) -> KernelType:
-    try:
-        return _REGISTRY[name]
-    except KeyError:
-        raise ValueError(f"kernel type must be one of {names()}, got {name!r}") from None
-
-
-def all_types() -> tuple[KernelType, ...]:
-    return tuple(_REGISTRY.values())
+names, get, all_types = REGISTRY.names, REGISTRY.get, REGISTRY.entries
 
 
 def label(options: Mapping) -> str:
@@ -105,10 +90,9 @@ def label(options: Mapping) -> str:
     A type this version does not know is shown by its name, so an old or newer run still
     reads."""
     name = options.get("type", "dense")
-    kind = _REGISTRY.get(name)
+    kind = REGISTRY.find(name)
     return kind.label(options) if kind else str(name)
 
 
 # Dense first: the registry's order is the estimate table's column order.
-for _module in sorted((m.name for m in pkgutil.iter_modules(__path__)), key=lambda n: (n != "dense", n)):
-    importlib.import_module(f"{__name__}.{_module}")
+REGISTRY.load(__name__, __path__, first=("dense",))

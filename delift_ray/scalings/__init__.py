@@ -7,18 +7,18 @@ or every stored entry of a sparse one), never a block: scaling per block would m
 entries of different blocks incomparable.
 
 Every module of this package registers its scaling with :func:`register` when the package
-is imported (each module is found with :mod:`pkgutil`), and ``kernel.scaling`` accepts
+is imported (:class:`delift_ray.registry.Registry`), and ``kernel.scaling`` accepts
 exactly the registered names. A new scaling is one module here and its test.
 """
 
 from __future__ import annotations
 
-import importlib
-import pkgutil
 from dataclasses import dataclass
 from typing import Callable
 
 import numpy as np
+
+from delift_ray.registry import Registry
 
 
 @dataclass(frozen=True)
@@ -28,28 +28,18 @@ class Scaling:
     scale: Callable[[np.ndarray], None]  # in place; NaN entries stay NaN
 
 
-_REGISTRY: dict[str, Scaling] = {}
+REGISTRY: Registry[Scaling] = Registry("kernel scaling")
 
 
 def register(name: str, description: str) -> Callable[[Callable[[np.ndarray], None]], Callable[[np.ndarray], None]]:
     def add(fn: Callable[[np.ndarray], None]) -> Callable[[np.ndarray], None]:
-        if name in _REGISTRY:
-            raise ValueError(f"kernel scaling {name!r} is registered twice")
-        _REGISTRY[name] = Scaling(name, description, fn)
+        REGISTRY.add(name, Scaling(name, description, fn))
         return fn
 
     return add
 
 
-def names() -> tuple[str, ...]:
-    return tuple(_REGISTRY)
-
-
-def get(name: str) -> Scaling:
-    try:
-        return _REGISTRY[name]
-    except KeyError:
-        raise ValueError(f"kernel scaling must be one of {names()}, got {name!r}") from None
+names, get = REGISTRY.names, REGISTRY.get
 
 
 def finite_range(values: np.ndarray) -> tuple[float, float] | None:
@@ -62,5 +52,4 @@ def finite_range(values: np.ndarray) -> tuple[float, float] | None:
     return lo, float(np.nanmax(values))
 
 
-for _module in sorted(m.name for m in pkgutil.iter_modules(__path__)):
-    importlib.import_module(f"{__name__}.{_module}")
+REGISTRY.load(__name__, __path__)

@@ -148,7 +148,7 @@ def csr_dense(monkeypatch):
         assembly_peak_bytes=lambda r, c, per_row: 2 * (r * per_row * 8 + (r + 1) * 8),
         label=lambda options: "every pair, in CSR",
     )
-    monkeypatch.setitem(kernel_types._REGISTRY, kind.name, kind)
+    monkeypatch.setitem(kernel_types.REGISTRY._entries, kind.name, kind)
     return kind
 
 
