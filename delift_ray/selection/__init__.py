@@ -56,7 +56,7 @@ Dense kernels are used in place (``np.asarray``; no copy when the kernel is floa
 float64 and C-contiguous, otherwise one converted copy). Sparse kernels are never
 densified; one CSC copy of the structure is made.
 
-Mapping onto submodlib 0.0.3 (verified empirically, see tests/test_selection.py)
+Mapping onto submodlib 0.0.3 (verified empirically, see tests/selection/test_greedy.py)
 --------------------------------------------------------------------------------
 Our convention is submodlib's; nothing is transposed:
 
