@@ -166,6 +166,22 @@ def _knn_job(r: dict, doc: dict) -> Cells:
     ]
 
 
+def _job_scale(r: dict, doc: dict) -> Cells:
+    # benchmarks/job_scale.py: the whole knn job at 100k against 2k, killed, resumed, cached.
+    s, st = r["summary"], r["settings"]
+    return [
+        (
+            f"whole knn job, tiny test model, N = {num(st['n'])} against {num(st['small'])} in one session, "
+            f"k {st['k']} + r {st['random']} ({num(r['resumed']['pairs_total'])} pairs); driver killed at half, resumed",
+            f"scoring {num(s['pairs_per_s_resumed'], 1)} pairs/s against {num(s['pairs_per_s_small'], 1)} "
+            f"(x{num(s['pairs_per_s_ratio_resumed_to_small'])}); first run {secs(s['first_run_wall_s'])}, fully cached "
+            f"re-run {secs(s['cached_wall_s'])} ({num(100 * s['cached_share_of_first_run'], 2)}%); driver peak RSS "
+            f"{num(s['driver_peak_rss_gib'], 2)} GiB; {num(s['pairs_scored_by_resume_beyond_missing'])} stored pairs "
+            "re-scored after the kill",
+        )
+    ]
+
+
 def recorded_kernel(options: dict | None) -> dict:
     """A result's recorded kernel options. Files from before the options were recorded were
     made under keep-minmax, the default then."""
@@ -543,6 +559,7 @@ ROWS: list[Row] = [
     Row("pruning_synthetic", "scale", _pruning_synthetic),
     Row("pruning_real", "scale", _pruning_real),
     Row("knn_job", "scale", _knn_job),
+    Row("job_scale", "scale", _job_scale),
     Row("knn_default", "scale", _knn_default),
     Row("scale_1m", "scale", _scale_1m),
     Row("report_1m", "scale", _report_1m),

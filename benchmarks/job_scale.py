@@ -184,9 +184,11 @@ def launch(args, name: str, n: int, out: str, cache: str | None, *, fresh: bool,
     reader.start()
     killed = None
     if kill_at is not None:
-        cfg = job_config(n, args.k, args.random, args.block_size, args.work, out, cache)
+        cfg = None  # built once the child has planned: it writes the data and the model first
         while proc.poll() is None:
             time.sleep(5)
+            if plan and cfg is None:
+                cfg = job_config(n, args.k, args.random, args.block_size, args.work, out, cache)
             if plan and store_shards(cfg)["utility_shards"] >= kill_at * plan["blocks"]:
                 below = descendants(proc.pid)
                 proc.send_signal(signal.SIGKILL)
