@@ -30,7 +30,7 @@ import numpy as np
 from delift_ray.registry import Registry
 
 
-def _fits_anything(shapes: dict[str, tuple[int, int]], per_row: int) -> None:
+def _fits_anything(shapes: dict[str, tuple[int, int]]) -> None:
     return None
 
 
@@ -52,7 +52,7 @@ class KernelType:
     * ``kernel_bytes(n_rows, n_cols, per_row)`` and ``assembly_peak_bytes(...)``: memory;
     * ``label(options)``: its options as the report shows them, from a config mapping
       (``kernel`` of run.json, or ``KernelConfig.model_dump()``);
-    * ``check_fits(shapes, per_row)``: raise before scoring when the kernels cannot be held;
+    * ``check_fits(shapes)``: raise before scoring when the kernels cannot be held;
     * ``validate(kernel)``: raise ``ValueError`` for options this type cannot run.
     """
 
@@ -66,7 +66,7 @@ class KernelType:
     kernel_bytes: Callable[[int, int, int], int]
     assembly_peak_bytes: Callable[[int, int, int], int]
     label: Callable[[Mapping], str]
-    check_fits: Callable[[dict[str, tuple[int, int]], int], None] = _fits_anything
+    check_fits: Callable[[dict[str, tuple[int, int]]], None] = _fits_anything
     validate: Callable[[Any], None] = _no_rule
 
     def stored_entries(self, M: Any) -> Optional[int]:

@@ -26,7 +26,7 @@ def _assemble(tables, helped_ids, example_ids, candidates, kernel, *, allow_miss
     return finish_dense(M, helped_ids, example_ids, diagonal=kernel.diagonal, scaling=kernel.scaling)
 
 
-def _check_fits(shapes: dict[str, tuple[int, int]], per_row: int) -> None:
+def _check_fits(shapes: dict[str, tuple[int, int]]) -> None:
     from delift_ray.kernel import check_dense_fits
 
     check_dense_fits(shapes)

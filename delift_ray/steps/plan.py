@@ -102,10 +102,7 @@ def plan(
     kind = kernel_types.get(cfg.kernel.type)
     matrices = STAGE_MATRICES[cfg.stage]
     # The memory guard runs before hours of scoring, not after.
-    kind.check_fits(
-        {m.name: (len(sets[m.helped].samples), len(sets[m.example].samples)) for m in matrices},
-        cfg.kernel.k + cfg.kernel.random,
-    )
+    kind.check_fits({m.name: (len(sets[m.helped].samples), len(sets[m.example].samples)) for m in matrices})
     ids = sample_ids(sets)
     all_ids = {sid for v in ids.values() for sid in v}
     index = planning.IdIndex(ids)
