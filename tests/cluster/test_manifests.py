@@ -1,14 +1,26 @@
-"""cluster/: every manifest parses, has the fields its controller needs, and runs real CLI commands.
+"""cluster/: every manifest parses, matches its schema, and runs real CLI commands.
+
+Schemas: the KubeRay CRDs (RayJob, RayCluster; tests/cluster/schemas/README.md says where
+they come from), Kubernetes' batch/v1 CronJob (the ``kubernetes-validate`` package) and the
+Ray cluster launcher's own schema (the installed ``ray`` package). Unknown fields are
+errors, as on an API server under ``kubectl --validate=strict`` (the default since 1.27),
+so a misspelt field fails here rather than being dropped on a cluster.
 
 Commands (a RayJob entrypoint, a CronJob's container command, and the `delift-ray ...`
 lines in each file's comments) are parsed with the real argument parser, so a renamed
 flag or subcommand fails here rather than on a cluster.
 """
 
+import copy
+import json
 import re
 import shlex
+from pathlib import Path
 
+import jsonschema
+import kubernetes_validate
 import pytest
+import ray
 import yaml
 
 from delift_ray.cli import build_parser
@@ -16,6 +28,10 @@ from delift_ray.config import load_config
 from tests.helpers import ROOT
 
 CLUSTER = ROOT / "cluster"
+SCHEMAS = Path(__file__).parent / "schemas"
+KUBERAY_VERSION = "v1.7.0"
+KUBERNETES_VERSION = "1.31"
+MANIFESTS = ["cronjob-watch.yaml", "ray-cluster-launcher.yaml", "raycluster.yaml", "rayjob.yaml"]
 
 
 def load(name):
@@ -46,10 +62,93 @@ def containers(pod_template):
     return pod_template["spec"]["containers"]
 
 
+def strict(schema):
+    """A CRD schema as a strict API server applies it: fields it does not declare are errors
+    (except where it says ``x-kubernetes-preserve-unknown-fields``)."""
+    if isinstance(schema, list):
+        return [strict(s) for s in schema]
+    if not isinstance(schema, dict):
+        return schema
+    out = {k: strict(v) for k, v in schema.items()}
+    if (
+        "properties" in out
+        and "additionalProperties" not in out
+        and not out.get("x-kubernetes-preserve-unknown-fields")
+    ):
+        out["additionalProperties"] = False
+    return out
+
+
+def crd_errors(kind):
+    schema = strict(json.loads((SCHEMAS / f"kuberay-{KUBERAY_VERSION}-{kind}.json").read_text()))
+    validator = jsonschema.Draft7Validator(schema)
+    return lambda doc: [f"{'.'.join(map(str, e.path))}: {e.message}" for e in validator.iter_errors(doc)]
+
+
+def cronjob_errors(doc):
+    try:
+        kubernetes_validate.validate(doc, KUBERNETES_VERSION, strict=True)
+    except kubernetes_validate.ValidationError as exc:
+        return [f"{'.'.join(map(str, exc.path))}: {exc.message}"]
+    return []
+
+
+def launcher_errors(doc):
+    schema = json.loads((Path(ray.__file__).parent / "autoscaler" / "ray-schema.json").read_text())
+    return [f"{'.'.join(map(str, e.path))}: {e.message}" for e in jsonschema.Draft7Validator(schema).iter_errors(doc)]
+
+
+SCHEMA_ERRORS = {
+    "rayjob.yaml": crd_errors("rayjob"),
+    "raycluster.yaml": crd_errors("raycluster"),
+    "cronjob-watch.yaml": cronjob_errors,
+    "ray-cluster-launcher.yaml": launcher_errors,
+}
+
+
 def test_all_manifests_are_covered():
-    assert sorted(p.name for p in CLUSTER.glob("*.yaml")) == sorted(
-        ["cronjob-watch.yaml", "ray-cluster-launcher.yaml", "raycluster.yaml", "rayjob.yaml"]
-    )
+    assert sorted(p.name for p in CLUSTER.glob("*.yaml")) == MANIFESTS == sorted(SCHEMA_ERRORS)
+
+
+@pytest.mark.parametrize("name", MANIFESTS)
+def test_manifest_matches_its_schema(name):
+    assert SCHEMA_ERRORS[name](load(name)) == []
+
+
+HEAD = ("spec", "rayClusterSpec", "headGroupSpec")
+WORKER = ("spec", "rayClusterSpec", "workerGroupSpecs", 0)
+POD = ("spec", "jobTemplate", "spec", "template", "spec")
+
+
+@pytest.mark.parametrize(
+    ("name", "path", "typo"),
+    [
+        ("rayjob.yaml", ("spec", "entrypoint"), "entryPoint"),
+        ("rayjob.yaml", ("spec", "shutdownAfterJobFinishes"), "shutdownAfterJobFinished"),
+        ("rayjob.yaml", (*HEAD, "template", "spec", "containers", 0, "volumeMounts"), "volumeMount"),
+        ("rayjob.yaml", (*WORKER, "maxReplicas"), "maxReplica"),
+        ("raycluster.yaml", ("spec", "headGroupSpec", "rayStartParams"), "rayStartParameters"),
+        (
+            "raycluster.yaml",
+            ("spec", "workerGroupSpecs", 0, "template", "spec", "containers", 0, "resources"),
+            "resource",
+        ),
+        ("cronjob-watch.yaml", ("spec", "concurrencyPolicy"), "concurrencypolicy"),
+        ("cronjob-watch.yaml", (*POD, "restartPolicy"), "restartpolicy"),
+        ("cronjob-watch.yaml", (*POD, "containers", 0, "volumeMounts"), "volumemounts"),
+        ("ray-cluster-launcher.yaml", ("head_start_ray_commands",), "head_start_commands"),
+        ("ray-cluster-launcher.yaml", ("available_node_types", "gpu_worker", "min_workers"), "min_worker"),
+    ],
+)
+def test_misspelt_field_fails_its_schema(name, path, typo):
+    doc = copy.deepcopy(load(name))
+    parent = doc
+    for key in path[:-1]:
+        parent = parent[key]
+    assert path[-1] in parent, path  # the field the typo replaces is there
+    parent[typo] = parent.pop(path[-1])
+    errors = SCHEMA_ERRORS[name](doc)
+    assert errors and any(typo in e or repr(path[-1]) in e for e in errors), errors
 
 
 def test_rayjob():
