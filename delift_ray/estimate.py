@@ -22,11 +22,22 @@ reports, for dense and for knn candidate pruning:
   ``--tokens-per-s`` or is measured by a short calibration run of the configured model:
   one vLLM engine scores a small grid of real pairs (a few examples x several helped
   samples, example-major, with the job's prefix reuse setting) and the rate is the
-  tokens it computed (prompt tokens minus those read from the prefix cache) per second.
+  tokens it computed (prompt tokens minus those read from the prefix cache) per second;
+* what the machinery around the GPUs costs, from the constants in :data:`MEASURED`
+  (measured by benchmarks/, each citing its result file): blocks ``sum_m ceil(pairs_m /
+  scoring.block_size^2)`` and shards (the blocks plus ``ceil(|H| / 256)`` baseline
+  shards); a block's GPU time ``computed tokens / blocks / tokens_per_s``; the driver's
+  CPU, ``blocks x`` its CPU per dispatched block, and its share of one core with the
+  engines busy, ``engines / block time x`` that CPU; the engines one driver core feeds at
+  90% (``0.9 x block time / CPU per block``); the S3 requests to write every shard and
+  to list and validate them at a resume, and that resume's time; assembly and selection
+  time per pair. The first bottleneck is the driver when the engines outnumber the ones
+  it feeds, else the GPUs.
 """
 
 from __future__ import annotations
 
+import math
 import time
 from dataclasses import dataclass
 
@@ -34,7 +45,33 @@ import numpy as np
 
 from delift_ray import kernel_types
 from delift_ray.config import DeliftConfig
+from delift_ray.planning import BASELINE_CHUNK
 from delift_ray.steps.base import StepStats
+
+
+@dataclass(frozen=True)
+class MeasuredCosts:
+    """The machinery's costs, measured by benchmarks/ on the path users run (figures from the
+    result files in ``sources``; tests/test_estimate.py checks each against its file)."""
+
+    driver_cpu_s_per_block: float  # the dispatcher's CPU per block, worst of the 8-128 stand-in sweep
+    s3_requests_per_shard_written: float  # one shard's upload through ShardStore.write
+    s3_requests_per_shard_resumed: float  # the plan's stored-pair lookup, per shard
+    s3_resume_s_per_shard: float  # its time per shard, moto on loopback
+    assemble_s_per_pair: float  # the assemble step at 1M samples, k 32 + r 4
+    select_s_per_pair: float  # the select step there
+    sources: tuple[str, ...]
+
+
+MEASURED = MeasuredCosts(
+    driver_cpu_s_per_block=3.78e-3,
+    s3_requests_per_shard_written=3.0,
+    s3_requests_per_shard_resumed=2.0,
+    s3_resume_s_per_shard=5.37e-3,
+    assemble_s_per_pair=100.2 / 36_000_000,
+    select_s_per_pair=10.6 / 36_000_000,
+    sources=("driver_sim.json", "s3_store_5000_after.json", "scale_1m.json"),
+)
 
 
 @dataclass
@@ -74,12 +111,16 @@ def compute_estimate(
     reuse = cfg.scoring.prefix_reuse and cfg.engine.enable_prefix_caching
     # KV block of the engine's prefix cache (vLLM's CPU default is 128 when unset).
     kv_block = cfg.engine.block_size or 128
+    per_block = cfg.scoring.block_size**2
+    helped_sets = dict.fromkeys(m.helped for m in STAGE_MATRICES[cfg.stage])
+    baseline_shards = sum(math.ceil(lengths[n].n / BASELINE_CHUNK) for n in helped_sets)
     for kind in kernel_types.all_types():
-        pairs = tokens = computed = mem = mem_peak = 0
+        pairs = tokens = computed = mem = mem_peak = blocks = 0
         for m in STAGE_MATRICES[cfg.stage]:
             H, E = lengths[m.helped], lengths[m.example]
             c = kind.candidates_per_row(cfg.kernel, E.n)
             pairs += H.n * c
+            blocks += math.ceil(H.n * c / per_block)
             # mean pair length per helped row, capped at the engine limit
             row_tokens = np.minimum(H.tail_resp + float(E.head.mean()), max_len)
             tokens += int(c * row_tokens.sum())
@@ -90,6 +131,7 @@ def compute_estimate(
                 computed += int(c * row_tokens.sum())
             mem += kind.kernel_bytes(H.n, E.n, c)
             mem_peak += kind.assembly_peak_bytes(H.n, E.n, c)
+        pair_computed = computed
         tokens += base_tokens
         computed += base_tokens
         hours = computed / tokens_per_s / 3600
@@ -102,8 +144,29 @@ def compute_estimate(
             "assembly_peak_bytes": int(mem_peak),
             "engine_hours": float(f"{hours:.4g}"),
             "wall_hours": float(f"{hours / engines:.4g}"),
+            **machinery(blocks, blocks + baseline_shards, pairs, pair_computed, tokens_per_s, engines),
         }
     return out
+
+
+def machinery(blocks: int, shards: int, pairs: int, computed: int, tokens_per_s: float, engines: int) -> dict:
+    """The costs around the GPUs of a job with ``blocks`` pair blocks (see the module docstring)."""
+    c = MEASURED
+    block_s = computed / max(blocks, 1) / tokens_per_s
+    fed = int(0.9 * block_s / c.driver_cpu_s_per_block)
+    return {
+        "blocks": int(blocks),
+        "shards": int(shards),
+        "block_s": float(f"{block_s:.4g}"),
+        "driver_cpu_s": float(f"{blocks * c.driver_cpu_s_per_block:.4g}"),
+        "driver_core_share": float(f"{engines / block_s * c.driver_cpu_s_per_block:.3g}") if block_s else 0.0,
+        "engines_fed_at_90pct": fed,
+        "s3_write_requests": int(shards * c.s3_requests_per_shard_written),
+        "s3_resume_requests": int(shards * c.s3_requests_per_shard_resumed),
+        "s3_resume_s": float(f"{shards * c.s3_resume_s_per_shard:.4g}"),
+        "assemble_select_s": float(f"{pairs * (c.assemble_s_per_pair + c.select_s_per_pair):.4g}"),
+        "first_bottleneck": "driver" if engines > fed else "GPUs",
+    }
 
 
 def _time_scoring(model: str, engine_cfg: dict, requests: list, read_cache: bool) -> tuple[float, int]:
@@ -182,6 +245,16 @@ def format_table(est: dict) -> str:
             f"wall hours ({est['engines']} engine{'s' if est['engines'] > 1 else ''})",
             lambda v: f"{v:,.3g}",
         ),
+        ("blocks", "blocks", lambda v: f"{v:,}"),
+        ("shards", "shards", lambda v: f"{v:,}"),
+        ("block_s", "GPU s a block", lambda v: f"{v:,.3g}"),
+        ("driver_core_share", "driver core share", lambda v: f"{100 * v:.1f}%"),
+        ("engines_fed_at_90pct", "engines 1 driver core feeds", lambda v: f"{v:,}"),
+        ("first_bottleneck", "first bottleneck", str),
+        ("s3_write_requests", "S3 requests to write", lambda v: f"{v:,}"),
+        ("s3_resume_requests", "S3 requests to resume", lambda v: f"{v:,}"),
+        ("s3_resume_s", "resume listing s (S3)", lambda v: f"{v:,.3g}"),
+        ("assemble_select_s", "assemble + select s", lambda v: f"{v:,.3g}"),
     ):
         rows.append((label, *(f(est[n][key]) for n in kinds)))
     w = [max(len(r[c]) for r in rows) for c in range(len(rows[0]))]

@@ -122,10 +122,10 @@ def run(
     if lock is not None:
         if not lock.holds(out.path):
             raise ValueError(f"the lock passed to run() is not the held lock of {cfg.out}")
-        return _execute(cfg, out, progress, overwrite, finalize)
+        return _execute(cfg, out, lock, progress, overwrite, finalize)
     out.create()
-    with RunLock(out.fs, out.path, cfg.out):  # one run per output directory
-        return _execute(cfg, out, progress, overwrite, finalize)
+    with RunLock(out.fs, out.path, cfg.out) as held:  # one run per output directory
+        return _execute(cfg, out, held, progress, overwrite, finalize)
 
 
 def _candidates(steps: StepLog, cfg: DeliftConfig, sets: dict, progress: bool) -> tuple[Optional[dict], Optional[dict]]:
@@ -138,7 +138,7 @@ def _candidates(steps: StepLog, cfg: DeliftConfig, sets: dict, progress: bool) -
 
 
 def _execute(
-    cfg: DeliftConfig, out: RunDir, progress: bool, overwrite: bool, finalize: Optional[Finalize]
+    cfg: DeliftConfig, out: RunDir, lock: RunLock, progress: bool, overwrite: bool, finalize: Optional[Finalize]
 ) -> RunResult:
     out.recover()  # a commit interrupted after its commit point is finished first
     metrics.set_run(cfg.out)
@@ -188,6 +188,7 @@ def _execute(
         timings=timings,
         inputs_digest=digest,
         scorers=steps.stats("score").scorers,
+        lock=lock.protocol,
     )
     files = {
         SAMPLES: parquet_bytes(samples_table(sets, excluded)),

@@ -8,16 +8,23 @@ started at another time, i.e. the pid was reused); a stale lock is taken over wi
 warning. A lock held from another host cannot be checked from here: the error says to
 delete the file if that run is known to be dead.
 
-Object storage (``s3://``...) has no exclusive create that pyarrow can ask for. There the
-lock is: check that no lock object exists, write ours, wait ``SETTLE_S``, and read it back;
+On S3 the lock object is created with a conditional write, a PUT with ``If-None-Match: *``
+that the server refuses (412) when the key exists: an exclusive create, as on a disk.
+boto3 sends it (pyarrow cannot). Whether a server honours the header is probed once per
+location, by writing a probe key twice: a server that ignores the header (an older MinIO
+or Ceph; moto and AWS honour it) lets the second write through.
+
+Where it is not honoured (or boto3 is missing, or the store is not S3) the lock falls back
+to the protocol of earlier versions, and the run says so in a warning and in run.json's
+``lock``: check that no lock object exists, write ours, wait ``SETTLE_S``, and read it back;
 a run that finds another run's token has lost and stops with the same one-line error. S3
 is strongly consistent (read-after-write, last writer wins), so of runs that start
 together the one whose write landed last keeps the lock and every other sees its token.
-What it does not cover: a run that stalls for more than ``SETTLE_S`` between its check and
-its write can still overwrite a lock taken in between; both runs would then write the
-same content-keyed shards (same bytes, so nothing is corrupted) and the later run's
-outputs win. Staleness works as on a local disk: a lock whose owner ran on this host and
-is gone is taken over; one from another host is never taken over.
+What the fallback does not cover: a run that stalls for more than ``SETTLE_S`` between its
+check and its write can still overwrite a lock taken in between; both runs would then
+write the same content-keyed shards (same bytes, so nothing is corrupted) and the later
+run's outputs win. Staleness works as on a local disk: a lock whose owner ran on this
+host and is gone is taken over; one from another host is never taken over.
 """
 
 from __future__ import annotations
@@ -30,15 +37,22 @@ import time
 import uuid
 from datetime import datetime, timezone
 from typing import Optional
+from urllib.parse import parse_qs, urlsplit
 
 import pyarrow.fs as pafs
 
-from delift_ray.errors import DeliftError
+from delift_ray.errors import DeliftError, StorageError, one_line
+from delift_ray.storage.locations import s3_endpoint
 
 log = logging.getLogger(__name__)
 
 LOCK_NAME = ".delift-ray.lock"
-SETTLE_S = 1.0  # object storage: wait before reading our lock back (see the module docstring)
+SETTLE_S = 1.0  # the fallback on object storage: wait before reading our lock back (module docstring)
+
+# RunLock.protocol: how the lock object is created.
+EXCLUSIVE_CREATE = "exclusive-create"  # O_CREAT | O_EXCL on a file system
+CONDITIONAL_PUT = "conditional-put"  # S3 PUT with If-None-Match: *
+CHECK_WRITE_SETTLE = "check-write-settle"  # the fallback on object storage
 
 
 class LockError(DeliftError):
@@ -100,6 +114,26 @@ class RunLock:
         self.path = f"{out_path}/{name}"
         self.local = isinstance(fs, pafs.LocalFileSystem)
         self.record: Optional[dict] = None
+        self._conditional: Optional[ConditionalPut] = None
+        self.protocol = EXCLUSIVE_CREATE if self.local else self._object_store_protocol()
+
+    def _object_store_protocol(self) -> str:
+        """Probe the store for conditional writes; the protocol the lock will use there."""
+        why = "the store is not S3"
+        if self.fs.type_name == "s3":
+            try:
+                self._conditional, why = ConditionalPut.probe(self.fs, self.path, self.uri)
+            except ImportError:
+                why = "boto3 is not installed"
+        if self._conditional is not None:
+            return CONDITIONAL_PUT
+        log.warning(
+            "run lock on %s: no conditional write (%s), so the lock is check, write, settle and read back, "
+            "which is not a true mutex (docs/storage.md)",
+            self.uri,
+            why,
+        )
+        return CHECK_WRITE_SETTLE
 
     def _read(self) -> Optional[dict]:
         try:
@@ -115,6 +149,8 @@ class RunLock:
 
     def _create(self, rec: dict) -> bool:
         data = json.dumps(rec).encode()
+        if self._conditional is not None:
+            return self._conditional.put(self.path, data)
         if not self.local:
             if self._read() is not None:
                 return False
@@ -190,3 +226,66 @@ class RunLock:
 
     def __exit__(self, *exc) -> None:
         self.release()
+
+
+class ConditionalPut:
+    """Exclusive creates of S3 objects: PUT with ``If-None-Match: *`` through boto3, on the
+    endpoint and region the store's pyarrow file system uses (credentials: the same AWS chain)."""
+
+    # 412: the key exists. 409 (ConditionalRequestConflict): a conditional write of the same
+    # key was in flight; AWS lets at most one of them succeed, so this one has lost too.
+    LOST = (409, 412)
+
+    def __init__(self, client):
+        self.client = client
+
+    @classmethod
+    def probe(cls, fs: pafs.FileSystem, path: str, uri: str) -> tuple[Optional["ConditionalPut"], str]:
+        """(a ConditionalPut, "") when the server refuses a second create of a probe key under
+        ``path``; (None, why not) otherwise. An ImportError when boto3 is missing."""
+        import boto3
+        import botocore.exceptions
+        from botocore.config import Config
+
+        client = boto3.client(
+            "s3",
+            endpoint_url=_endpoint_of(uri),
+            region_name=fs.region or None,
+            config=Config(retries={"mode": "standard"}),
+        )
+        cond, probe = cls(client), f"{path}.probe-{uuid.uuid4().hex[:8]}"
+        try:
+            if cond.put(probe, b"") and not cond.put(probe, b""):
+                return cond, ""
+            return None, "the server ignores If-None-Match"
+        except (StorageError, botocore.exceptions.BotoCoreError) as exc:  # e.g. 501 NotImplemented for the header
+            return None, f"the probe failed: {one_line(exc, 160)}"
+        finally:
+            bucket, key = probe.split("/", 1)
+            try:
+                client.delete_object(Bucket=bucket, Key=key)
+            except (botocore.exceptions.ClientError, botocore.exceptions.BotoCoreError):
+                pass
+
+    def put(self, path: str, data: bytes) -> bool:
+        """Create ``path`` (``bucket/key``) with ``data``; False when it exists."""
+        import botocore.exceptions
+
+        bucket, key = path.split("/", 1)
+        try:
+            self.client.put_object(Bucket=bucket, Key=key, Body=data, IfNoneMatch="*")
+        except botocore.exceptions.ClientError as exc:
+            if exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode") in self.LOST:
+                return False
+            raise StorageError(f"cannot create s3://{path}: {one_line(exc, 200)}") from None
+        return True
+
+
+def _endpoint_of(uri: str) -> Optional[str]:
+    """The S3 endpoint of a location: its ``endpoint_override`` (as pyarrow reads it), else the
+    one in force (:func:`~delift_ray.storage.locations.s3_endpoint`); None means AWS itself."""
+    query = parse_qs(urlsplit(uri).query)
+    if "endpoint_override" not in query:
+        return s3_endpoint()
+    endpoint = query["endpoint_override"][0]
+    return endpoint if "://" in endpoint else f"{query.get('scheme', ['https'])[0]}://{endpoint}"

@@ -21,6 +21,8 @@ import pyarrow as pa
 
 from delift_ray.stages import MatrixSpec
 
+BASELINE_CHUNK = 256  # baselines a baseline block (and shard) holds
+
 
 @dataclass
 class PlannedBlock:
@@ -72,7 +74,7 @@ def plan_blocks(
     *,
     fingerprint: str,
     block_size: int,
-    baseline_chunk: int = 256,
+    baseline_chunk: int = BASELINE_CHUNK,
     index: "IdIndex | None" = None,
 ) -> Plan:
     """Blocks for every pair of every matrix (dense), cell by cell.
@@ -242,7 +244,7 @@ def plan_knn(
     index: IdIndex,
     fingerprint: str,
     block_size: int,
-    baseline_chunk: int = 256,
+    baseline_chunk: int = BASELINE_CHUNK,
 ) -> Plan:
     """Blocks for the pairs (h, candidates[m.name][h, c]) of every matrix.
 

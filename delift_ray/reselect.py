@@ -261,7 +261,7 @@ def _reselect_locked(
         )
         selected, counts, paths = result.selected_ids, result.counts, result.paths
     else:
-        selected, counts, paths = _continual(cfg, prev, new, diff, od, condition_on, budget, progress, add_diff)
+        selected, counts, paths = _continual(cfg, prev, new, diff, od, lock, condition_on, budget, progress, add_diff)
     return ReselectResult(out, mode, selected, diff, counts, report["changes"], paths)
 
 
@@ -275,6 +275,7 @@ def _continual(
     new,
     diff: DataDiff,
     od: RunDir,
+    lock: RunLock,
     condition_on: str,
     budget: Union[int, float, None],
     progress: bool,
@@ -335,6 +336,7 @@ def _continual(
         selection=SelectionRecord(stage=cfg.stage, budget=len(selected)),
         counts=counts.as_dict(),
         argv=sys.argv,
+        lock=lock.protocol,
     )
     files = {
         SAMPLES: parquet_bytes(version_samples(new, status)),

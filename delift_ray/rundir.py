@@ -361,6 +361,7 @@ class RunDocument(BaseModel):
     argv: list[str] = Field(default_factory=list)
     files: dict[str, FileEntry] = Field(default_factory=dict)
     reselect: Optional[dict[str, Any]] = None
+    lock: Optional[str] = None  # how the run lock was taken: a delift_ray.lock protocol name
 
     @property
     def fingerprint(self) -> Optional[str]:
@@ -426,9 +427,10 @@ def run_document(
     timings: dict,
     inputs_digest: str,
     scorers: list[dict],
+    lock: str,
 ) -> RunDocument:
     """run.json of a job's run (the manifest of the other files is added at commit).
-    ``scorers``: where each scorer ran (node id, accelerator ids)."""
+    ``scorers``: where each scorer ran (node id, accelerator ids); ``lock``: the run lock's protocol."""
     return RunDocument(
         config=config,
         versions=versions(),
@@ -441,6 +443,7 @@ def run_document(
         timings=timings,
         inputs_digest=inputs_digest,
         argv=sys.argv,
+        lock=lock,
     )
 
 

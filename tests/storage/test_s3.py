@@ -27,7 +27,7 @@ import pytest
 from benchmarks.fixtures import scorer_pids
 from delift_ray.errors import StorageError
 from delift_ray.job import run
-from delift_ray.lock import LOCK_NAME, LockError, RunLock
+from delift_ray.lock import CHECK_WRITE_SETTLE, CONDITIONAL_PUT, LOCK_NAME, LockError, RunLock
 from delift_ray.storage import PROBE_DIR, UTILITY, resolve_fs, set_endpoint
 from tests.helpers import write_rows
 
@@ -185,6 +185,7 @@ def full(cluster, s3, tiny_model_dir, data):
 def test_full_run_on_s3(full, s3):
     meta = read_json(s3, f"{BUCKET}/runs/full/run.json")
     assert meta["counts"]["pairs_scored"] == N * N and meta["counts"]["pairs_missing"] == 0
+    assert meta["lock"] == CONDITIONAL_PUT
     assert meta["cache"] == f"s3://{BUCKET}/runs/full"
     shards = objects(s3, f"{BUCKET}/runs/full/{UTILITY}")
     assert sum(pq.read_metadata(s3fs(s3).open_input_file(i.path)).num_rows for i in shards) == N * N
@@ -228,21 +229,48 @@ def test_s3_lock_refuses_a_second_run_and_is_taken_over_when_stale(cluster, env_
     assert fs.get_file_info(f"{path}/{LOCK_NAME}").type == pafs.FileType.NotFound  # released
 
 
-def test_s3_lock_of_runs_started_together_has_one_winner(s3, env_endpoint, tmp_path):
-    uri = f"s3://{BUCKET}/runs/race"
-    code = (
-        "import sys, time; from delift_ray.storage import resolve_fs; from delift_ray.lock import RunLock, LockError\n"
-        f"fs, p = resolve_fs({uri!r}); t = float(sys.argv[1])\n"
-        "time.sleep(max(0, t - time.time()))\n"
-        f"try:\n    RunLock(fs, p, {uri!r}).acquire(); print('won', flush=True); time.sleep(5)\n"
-        "except LockError as e:\n    print('lost', flush=True)\n"
-    )
-    start = time.time() + 3  # every process past its imports, then all at once
+def race(uri, contenders, rounds, without_boto3=False):
+    """{round: (winners, protocols)} of `contenders` spawned processes racing for one lock."""
+    import multiprocessing
+
+    from tests.storage.lock_race import contend
+
+    ctx = multiprocessing.get_context("spawn")
+    barrier, results = ctx.Barrier(contenders, timeout=120), ctx.Queue()
     procs = [
-        subprocess.Popen([sys.executable, "-c", code, str(start)], stdout=subprocess.PIPE, text=True) for _ in range(4)
+        ctx.Process(target=contend, args=(uri, rounds, barrier, results, without_boto3)) for _ in range(contenders)
     ]
-    outs = [p.communicate(timeout=60)[0].strip() for p in procs]
-    assert sorted(outs) == ["lost", "lost", "lost", "won"], outs
+    for p in procs:
+        p.start()
+    got = [results.get(timeout=600) for _ in range(contenders * rounds)]
+    for p in procs:
+        p.join(timeout=60)
+        assert p.exitcode == 0
+    return {
+        r: (sum(won for rr, won, _ in got if rr == r), {proto for rr, _, proto in got if rr == r})
+        for r in range(rounds)
+    }
+
+
+def test_s3_lock_is_a_conditional_put_and_8_racing_processes_have_one_winner_in_50_rounds(s3, env_endpoint):
+    rounds = race(f"s3://{BUCKET}/runs/race", contenders=8, rounds=50)
+    assert rounds == {r: (1, {CONDITIONAL_PUT}) for r in range(50)}
+
+
+def test_s3_lock_falls_back_and_says_so_without_conditional_writes(s3, env_endpoint):
+    """Without boto3 the lock is today's check-write-settle: still one winner of 8 (10 rounds;
+    each round waits SETTLE_S), and the run states the protocol in a warning."""
+    rounds = race(f"s3://{BUCKET}/runs/race-fallback", contenders=8, rounds=10, without_boto3=True)
+    assert rounds == {r: (1, {CHECK_WRITE_SETTLE}) for r in range(10)}
+    uri = f"s3://{BUCKET}/runs/race-fallback"
+    code = (
+        "import sys; sys.modules['boto3'] = None\n"
+        "from delift_ray.lock import RunLock; from delift_ray.storage import resolve_fs\n"
+        f"fs, p = resolve_fs({uri!r}); print(RunLock(fs, p, {uri!r}).protocol)"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == CHECK_WRITE_SETTLE
+    assert "boto3 is not installed" in out.stderr and "not a true mutex" in out.stderr
 
 
 # --------------------------------------------------------------------------- resume, reselect, watch
