@@ -182,6 +182,31 @@ def _job_scale(r: dict, doc: dict) -> Cells:
     ]
 
 
+def _estimate_1m(r: dict, doc: dict) -> Cells:
+    # benchmarks/estimate_1m.py: delift-ray estimate at 1M with the measured machinery constants.
+    rows = r["rows"]
+    first = next((x for x in rows if x["first_bottleneck"] == "driver"), None)
+    fed = {x["scorer"]: x["engines_fed_at_90pct"] for x in rows if x["block_size"] == 32}
+    return [
+        (
+            f"`delift-ray estimate` at N = {num(r['n'])}, knn k {r['k']} + r {r['random']}, 0.5B and 7B scorers on "
+            "64 and 256 assumed H100s, the machinery from measured constants",
+            "; ".join(
+                f"{x['scorer']}: {num(x['engine_hours'], 3)} GPU-hours"
+                for x in rows
+                if x["block_size"] == 32 and x["engines"] == 64
+            )
+            + "; H100s one driver core feeds at block_size 32: "
+            + ", ".join(f"{num(v)} ({k})" for k, v in fed.items())
+            + (
+                f"; first bottleneck the driver from {first['scorer']}, block_size {first['block_size']}"
+                if first
+                else ""
+            ),
+        )
+    ]
+
+
 def recorded_kernel(options: dict | None) -> dict:
     """A result's recorded kernel options. Files from before the options were recorded were
     made under keep-minmax, the default then."""
@@ -566,6 +591,7 @@ ROWS: list[Row] = [
     Row("assembly_checksum_1m", "scale", _assembly_checksum),
     Row("s3_store*", "scale", _s3_store),
     Row("driver_sim", "scale", _driver_sim),
+    Row("estimate_1m", "scale", _estimate_1m),
     Row("reselect_versions", "versions", _reselect),
     Row("chaos", "reliability", _chaos),
     Row("hostile_rows", "reliability", _hostile_rows),

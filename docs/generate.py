@@ -20,6 +20,7 @@ NAME is one of:
 * ``noise-gate``: the noise gate's swapped shares (``benchmarks/noise_gate.py``);
 * ``knn-default``: knn against dense under the default kernel (``benchmarks/knn_default.py``);
 * ``report-1m``: the report of a synthetic 1M-sample run (``benchmarks/report_1m.py``);
+* ``estimate-1m``: ``delift-ray estimate`` at 1M with the measured machinery constants (``benchmarks/estimate_1m.py``);
 * ``job-scale``: the whole knn job at 100k against 2k, killed, resumed and cached (``benchmarks/job_scale.py``);
 * ``driver-sim``: the dispatcher against stand-in scorers (``benchmarks/driver_sim.py``);
 * ``s3-store``: requests and times of the shard store on S3, before and after (``benchmarks/s3_store.py``);
@@ -81,6 +82,10 @@ def render_block(name: str, path: Path, results: dict, root: Path = ROOT) -> str
         from benchmarks.job_scale import markdown
 
         return markdown(results["job_scale"], results.get("scale_1m")) + "\n"
+    if name == "estimate-1m":
+        from benchmarks.estimate_1m import markdown
+
+        return markdown(results["estimate_1m"]) + "\n"
     if name == "driver-sim":
         from benchmarks.driver_sim import markdown
 

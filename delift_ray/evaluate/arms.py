@@ -13,7 +13,10 @@
   the first-pick gain of facility location (the instruction stage) on the ``drop-minmax``
   kernel, dense or knn, so it is the simplest ranking that kernel could reduce to, as
   ``self_utility`` is for ``keep`` (``drop-clip``'s first pick ranks by the mean of
-  max(UF, 0) instead, which orders the samples much the same way, not identically).
+  max(UF, 0) instead, which orders the samples much the same way, not identically);
+* ``longest`` -- the k samples with the longest responses (in characters): free, needs no
+  model, and reported as hard to beat for instruction tuning (Zhao et al., "Long Is More
+  for Alignment", ICML 2024).
 
 Ties are broken by the lower pool index, so every arm is deterministic. A baseline whose
 scores are stored for fewer than k pool samples (a run whose cache was moved, say) raises
@@ -32,7 +35,7 @@ from delift_ray.errors import DeliftError
 from delift_ray.evaluate.inputs import RunData
 from delift_ray.kernel import DIAGONALS, SCALINGS
 
-BASELINE_ARMS = ("self_utility", "hardness", "example_utility")
+BASELINE_ARMS = ("self_utility", "hardness", "example_utility", "longest")
 
 
 @dataclass(frozen=True)
@@ -211,7 +214,9 @@ class BaselineScores:
         if name not in BASELINE_ARMS:
             raise DeliftError(f"unknown baseline {name!r}; choose from {', '.join(BASELINE_ARMS)}")
         if name not in self._scores:
-            if name == "hardness":
+            if name == "longest":
+                self._scores[name] = np.array([len(r) for r in self.run.pool.responses], dtype=np.float64)
+            elif name == "hardness":
                 self._scores[name] = baseline_distances(self.run, self.store)
             else:
                 self._scores["self_utility"], self._scores["example_utility"] = pool_pair_scores(self.run, self.store)

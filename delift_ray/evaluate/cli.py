@@ -155,7 +155,7 @@ def configure_parser(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
         metavar="LIST",
         help="Baseline rows: self_utility (top k by UF(i<-i)), hardness (top k by d(i, no example)), "
         "example_utility (top k by how much j helps the others as an example: the drop-minmax kernel's "
-        "first-pick gain), a comma list, none, or auto (every one the run's stored utilities can rank; "
+        "first-pick gain), longest (the k longest responses), a comma list, none, or auto (every one the run's stored utilities can rank; "
         "default).",
     )
     p.add_argument("--out", default=None, help="Output directory (default RUN_DIR/eval).")

@@ -92,12 +92,14 @@ def test_variants_and_baselines_from_stored_shards(scored_run):
     assert keep.counts["pairs_scored"] == 0
     where = {sid: i for i, sid in enumerate(r.pool.sample_ids)}
     assert [where[s] for s in keep.selected_ids] == delift_variant(r, Variant("keep", "clip"), 4, store)
-    arms = arm_subsets(r, 4, [Variant("drop", "minmax")], ("self_utility", "hardness", "example_utility"))
+    arms = arm_subsets(r, 4, [Variant("drop", "minmax")], ("self_utility", "hardness", "example_utility", "longest"))
     assert arms["self_utility"] == list(np.argsort(-np.diag(uf), kind="stable")[:4])
     assert arms["hardness"] == list(np.argsort(-baseline_distances(r, store), kind="stable")[:4])
     off = np.where(np.eye(12, dtype=bool), np.nan, uf)  # drop-minmax's first-pick gain, by hand
     assert np.allclose(helps, np.nansum(off - np.nanmin(off), axis=0))
     assert arms["example_utility"] == list(np.argsort(-helps, kind="stable")[:4])
+    lengths = np.array([len(x) for x in r.pool.responses])
+    assert arms["longest"] == list(np.argsort(-lengths, kind="stable")[:4])
     assert len(set(arms["delift:drop-minmax"])) == 4
 
 
@@ -146,6 +148,7 @@ def test_evaluate_with_variants_baselines_and_statistics(scored_run, capsys):
         "self_utility",
         "hardness",
         "example_utility",
+        "longest",
         "delift_se",
         "random",
         "full",
@@ -163,6 +166,7 @@ def test_evaluate_with_variants_baselines_and_statistics(scored_run, capsys):
         "self_utility",
         "hardness",
         "example_utility",
+        "longest",
         "delift_se",
     }
     for c in vr.values():
