@@ -366,6 +366,21 @@ def plan_arms(pool: str, budget: float, args) -> list[tuple[str, int]]:
     return order
 
 
+def baseline_subsets(run, k: int, names) -> dict[str, list[int]]:
+    """Each baseline's subset where the run's shards can rank it; one they cannot (``ifd``
+    without the prompt-free baselines) is left out with a log line, and its units are skipped."""
+    from delift_ray.errors import DeliftError
+    from delift_ray.evaluate.arms import arm_subsets
+
+    out: dict[str, list[int]] = {}
+    for name in names:
+        try:
+            out |= arm_subsets(run, k, [], (name,))
+        except DeliftError as exc:
+            log(f"baseline {name} left out: {exc}")
+    return out
+
+
 def unit_name(pool: str, budget: float, arm: str, seed: int) -> str:
     return f"train-{pool}-b{int(round(budget * 100)):02d}-{arm.replace(':', '_')}-s{seed}"
 
@@ -400,7 +415,7 @@ def selections_unit(units: Units, pool: str, args, work: Path, meta: dict, budge
     if complete:
         # A baseline joined the design after these subsets were stored: add it, keep the rest as stored.
         for v in stored["budgets"].values():
-            new = arm_subsets(run, v["k"], [], tuple(a for a in BASELINE_ARMS if a not in v["arms"]))
+            new = baseline_subsets(run, v["k"], [a for a in BASELINE_ARMS if a not in v["arms"]])
             v["arms"].update(new)
             v["swapped_share"].update({a: share(idx) for a, idx in new.items()})
         units.save(name, stored)
@@ -410,7 +425,7 @@ def selections_unit(units: Units, pool: str, args, work: Path, meta: dict, budge
     out: dict = {"pool": pool, "n": n, "sample_ids": run.pool.sample_ids, "budgets": {}}
     for budget in budgets:
         k = max(1, int(round(budget * n)))
-        arms = arm_subsets(run, k, parse_variants(args.variants), BASELINE_ARMS)
+        arms = arm_subsets(run, k, parse_variants(args.variants), ()) | baseline_subsets(run, k, BASELINE_ARMS)
         if prompt_gain_arm(args):
             arms[prompt_gain_arm(args)] = prompt_gain_subset(pool, budget, args, work, meta, run.pool.sample_ids)
         short = {a: len(idx) for a, idx in arms.items() if len(idx) != k}
@@ -503,7 +518,7 @@ def run_pool(
     swapped = set(meta["swapped_ids"]) if pool == "noisy" else set()
     for arm, seed in plan_arms(pool, budget, args):
         name = unit_name(pool, budget, arm, seed)
-        if units.done(name) or (only is not None and arm not in only):
+        if units.done(name) or (only is not None and arm not in only) or (arm != "random" and arm not in sel["arms"]):
             continue
         # Sorted: a training run is a function of the subset as a set and the seed, not of the
         # greedy pick order, so two arms that pick the same set train the same model.

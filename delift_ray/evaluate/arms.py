@@ -14,6 +14,10 @@
   kernel, dense or knn, so it is the simplest ranking that kernel could reduce to, as
   ``self_utility`` is for ``keep`` (``drop-clip``'s first pick ranks by the mean of
   max(UF, 0) instead, which orders the samples much the same way, not identically);
+* ``ifd`` -- the k samples with the largest d(i, no example) / d(r_i | empty prompt), an
+  IFD-style ratio (Li et al., NAACL 2024): how little the sample's own prompt helps the model
+  predict its response. It needs the prompt-free baselines, which a run stores when
+  ``selection.min_prompt_gain`` is set (with ``--baselines auto`` it is left out otherwise);
 * ``longest`` -- the k samples with the longest responses (in characters): free, needs no
   model, and reported as hard to beat for instruction tuning (Zhao et al., "Long Is More
   for Alignment", ICML 2024).
@@ -35,7 +39,7 @@ from delift_ray.errors import DeliftError
 from delift_ray.evaluate.inputs import RunData
 from delift_ray.kernel import DIAGONALS, SCALINGS
 
-BASELINE_ARMS = ("self_utility", "hardness", "example_utility", "longest")
+BASELINE_ARMS = ("self_utility", "hardness", "example_utility", "ifd", "longest")
 
 
 @dataclass(frozen=True)
@@ -124,12 +128,12 @@ def pool_pair_scores(run: RunData, store=None) -> tuple[np.ndarray, np.ndarray]:
     return own, helps
 
 
-def baseline_distances(run: RunData, store=None) -> np.ndarray:
-    """d(i, no example) per pool sample (NaN where it was not stored)."""
+def baseline_distances(run: RunData, store=None, ids: Optional[list[str]] = None) -> np.ndarray:
+    """d(i, no example) per pool sample, or per sample id of ``ids`` (NaN where it was not stored)."""
     from delift_ray.storage import BASELINE
 
     store = store or run_store(run)
-    ids = run.pool.sample_ids
+    ids = run.pool.sample_ids if ids is None else ids
     t = store.read_relevant(BASELINE, ids)
     d = dict(zip(t.column("sample_id").to_pylist(), t.column("distance").to_pylist()))
     return np.array([d.get(s, np.nan) for s in ids], dtype=np.float64)
@@ -216,6 +220,12 @@ class BaselineScores:
         if name not in self._scores:
             if name == "longest":
                 self._scores[name] = np.array([len(r) for r in self.run.pool.responses], dtype=np.float64)
+            elif name == "ifd":
+                from delift_ray.gate import prompt_free_id
+
+                free = baseline_distances(self.run, self.store, [prompt_free_id(r) for r in self.run.pool.responses])
+                with np.errstate(divide="ignore", invalid="ignore"):
+                    self._scores[name] = np.where(free > 0, self["hardness"] / free, np.nan)
             elif name == "hardness":
                 self._scores[name] = baseline_distances(self.run, self.store)
             else:

@@ -155,7 +155,8 @@ def configure_parser(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
         metavar="LIST",
         help="Baseline rows: self_utility (top k by UF(i<-i)), hardness (top k by d(i, no example)), "
         "example_utility (top k by how much j helps the others as an example: the drop-minmax kernel's "
-        "first-pick gain), longest (the k longest responses), a comma list, none, or auto (every one the run's stored utilities can rank; "
+        "first-pick gain), ifd (top k by d(i, no example) / d(response | empty prompt); needs the prompt-free "
+        "baselines of selection.min_prompt_gain), longest (the k longest responses), a comma list, none, or auto (every one the run's stored utilities can rank; "
         "default).",
     )
     p.add_argument("--out", default=None, help="Output directory (default RUN_DIR/eval).")

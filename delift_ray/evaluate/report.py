@@ -28,6 +28,7 @@ DISPLAY = {
     "self_utility": "self-utility top k",
     "hardness": "hardness top k",
     "example_utility": "example-utility top k",
+    "ifd": "IFD-style ratio top k",
     "longest": "longest responses top k",
 }
 COMPARISONS = (("delift", "random"), ("delift", "full"), ("delift", "delift_se"))

@@ -209,7 +209,7 @@ def evaluate_run(
 
     ``variants`` ('keep-minmax,drop-clip'): one extra DELIFT row per kernel variant, selected
     again from the run's stored utilities (:mod:`delift_ray.evaluate.arms`). ``baselines``:
-    'self_utility,hardness,example_utility,longest' or a part of it, 'none', or 'auto' (every one the
+    'self_utility,hardness,example_utility,ifd,longest' or a part of it, 'none', or 'auto' (every one the
     run's shards can rank).
     ``steps``: fixed optimiser steps per training run (default: ``epochs`` passes).
     With two or more random subsets, every fine-tuned arm is tested against random on the

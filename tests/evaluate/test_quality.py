@@ -100,6 +100,9 @@ def test_variants_and_baselines_from_stored_shards(scored_run):
     assert arms["example_utility"] == list(np.argsort(-helps, kind="stable")[:4])
     lengths = np.array([len(x) for x in r.pool.responses])
     assert arms["longest"] == list(np.argsort(-lengths, kind="stable")[:4])
+    # ifd needs the prompt-free baselines, which this run did not score: a clear error, not a ranking of NaNs.
+    with pytest.raises(DeliftError, match="baseline ifd: .* 0 of 12"):
+        arm_subsets(r, 4, [], ("ifd",))
     assert len(set(arms["delift:drop-minmax"])) == 4
 
 
@@ -181,7 +184,7 @@ def test_evaluate_with_variants_baselines_and_statistics(scored_run, capsys):
 
 
 def test_min_prompt_gain_on_a_real_run(scored_run):
-    from delift_ray.evaluate.arms import Variant, delift_variant, run_store
+    from delift_ray.evaluate.arms import Variant, arm_subsets, baseline_distances, delift_variant, run_store
     from delift_ray.evaluate.inputs import load_run
     from delift_ray.gate import prompt_free_id
     from delift_ray.steps.gate import prompt_gains
@@ -195,6 +198,11 @@ def test_min_prompt_gain_on_a_real_run(scored_run):
     assert (low.counts["pairs_scored"], low.counts["baselines_scored"]) == (0, 12)
     assert low.counts["excluded_low_prompt_gain"] == 0 and low.selected_ids == res.selected_ids
     r = load_run(d / "run")
+    # Now the cache holds them: the IFD-style ratio d(i, no example) / d(response | empty prompt), highest first.
+    free = baseline_distances(r, run_store(r), [prompt_free_id(x) for x in r.pool.responses])
+    ratio = baseline_distances(r, run_store(r)) / free
+    assert np.isfinite(ratio).all()
+    assert arm_subsets(r, 4, [], ("ifd",))["ifd"] == list(np.argsort(-ratio, kind="stable")[:4])
     gains = prompt_gains(r.pool.sample_ids, [prompt_free_id(x) for x in r.pool.responses], run_store(r))
     assert np.isfinite(gains).all() and len(set(gains.tolist())) == 12
     thr = float(np.sort(gains)[6])  # the six lowest gains fall below it
