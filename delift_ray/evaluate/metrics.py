@@ -2,6 +2,9 @@
 
 * :func:`response_nll` -- per held-out sample, the mean negative log-likelihood (nats per
   token) of the reference response tokens given the context (teacher forcing).
+* :func:`mismatched_responses` -- for each held-out prompt another item's response, for the
+  held-out margin: NLL(mismatched response | prompt) - NLL(right response | prompt), which a
+  model trained on wrong answers loses even where its NLL on fluent text does not suffer.
 * :func:`greedy_generate` -- greedy continuations of the contexts.
 * :func:`rouge_l_f1` -- ROUGE-L F1 from the longest common subsequence (LCS) of lowercased
   word tokens (runs of letters/digits, so punctuation does not count).
@@ -174,6 +177,17 @@ def response_nll(
             if progress is not None:
                 progress(len(batch))
     return out
+
+
+def mismatched_responses(sample_ids: Sequence[str], responses: Sequence[str]) -> list[str]:
+    """Item k's mismatched response: that of the item after k in the id order (the noise
+    gate's fixed, seedless derangement, :func:`delift_ray.gate.derangements`)."""
+    from delift_ray.gate import derangements
+
+    if len(sample_ids) < 2:
+        raise ValueError("the held-out margin needs at least two held-out items")
+    donors = derangements(list(sample_ids), 1)[0]
+    return [responses[int(d)] for d in donors]
 
 
 def greedy_generate(

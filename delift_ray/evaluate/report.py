@@ -12,9 +12,11 @@ import numpy as np
 from delift_ray.evaluate.metrics import paired_bootstrap
 
 SELECTIONS = ("initial", "delift", "delift_se", "random", "full")
-METRICS = ("nll", "rouge_l", "icl_nll", "icl_rouge_l")
+METRICS = ("nll", "margin", "rouge_l", "icl_nll", "icl_margin", "icl_rouge_l")
 METRIC_INFO = {
     "nll": {"label": "NLL", "better": "lower", "mode": "fine-tuned", "scale": 1.0},
+    "margin": {"label": "margin", "better": "higher", "mode": "fine-tuned", "scale": 1.0},
+    "icl_margin": {"label": "ICL margin", "better": "higher", "mode": "in-context", "scale": 1.0},
     "rouge_l": {"label": "ROUGE-L F1", "better": "higher", "mode": "fine-tuned", "scale": 100.0},
     "icl_nll": {"label": "ICL NLL", "better": "lower", "mode": "in-context", "scale": 1.0},
     "icl_rouge_l": {"label": "ICL ROUGE-L F1", "better": "higher", "mode": "in-context", "scale": 100.0},
@@ -142,25 +144,39 @@ def build_report(
         "rows": rows,
         "bootstrap": boot,
         "vs_random": vs_random(results, resamples=bootstrap_resamples, seed=bootstrap_seed),
+        "vs_random_margin": vs_random(results, resamples=bootstrap_resamples, seed=bootstrap_seed, metric="margin"),
     }
 
 
 def vs_random(
-    results: dict[str, list[dict]], *, resamples: int, seed: int, alpha: float = 0.05, eq_bound_sd: float = 0.5
+    results: dict[str, list[dict]],
+    *,
+    resamples: int,
+    seed: int,
+    alpha: float = 0.05,
+    eq_bound_sd: float = 0.5,
+    metric: str = "nll",
 ) -> list[dict]:
-    """Each fine-tuned arm against the random subsets on the primary metric (held-out NLL):
-    rank p, effect size, hierarchical bootstrap interval, Holm across the arms, verdict
-    (:mod:`delift_ray.evaluate.statistics`). Empty with fewer than two random subsets."""
+    """Each fine-tuned arm against the random subsets on ``metric`` (the primary one is held-out
+    NLL; the second, fixed up front, the held-out margin): rank p, effect size, hierarchical
+    bootstrap interval, Holm across the arms, verdict (:mod:`delift_ray.evaluate.statistics`).
+    ``delta`` is the arm's improvement over random, so positive is better for either
+    direction. Empty with fewer than two random subsets."""
     from delift_ray.evaluate.statistics import compare, decide
 
-    rand = [np.asarray(s["nll"], dtype=np.float64) for s in results.get("random") or [] if s.get("nll") is not None]
+    sign = 1.0 if METRIC_INFO[metric]["better"] == "lower" else -1.0  # compare() takes lower as better
+
+    def values(slots):
+        return [sign * np.asarray(s[metric], dtype=np.float64) for s in slots if s.get(metric) is not None]
+
+    rand = values(results.get("random") or [])
     if len(rand) < 2:
         return []
     names, comps = [], []
     for name, slots in results.items():
         if name in ("initial", "random", "full"):
             continue
-        arm = [np.asarray(s["nll"], dtype=np.float64) for s in slots if s.get("nll") is not None]
+        arm = values(slots)
         if arm:
             names.append(name)
             comps.append(compare(np.stack(arm), np.stack(rand), resamples=resamples, seed=seed))
@@ -310,6 +326,28 @@ def render_markdown(report: dict) -> str:
             'Holm-adjusted bootstrap p ≤ 0.05; "no better than random" when the interval\'s upper end lies below '
             'half a standard deviation of the random subsets (the equivalence bound); otherwise "inconclusive". '
             "With R random subsets the exact rank p cannot go below 1/(R+1).",
+        ]
+    vm = report.get("vs_random_margin") or []
+    if vm:
+        lines += [
+            "",
+            "## Against random on the held-out margin (second metric, fixed up front)",
+            "",
+            "| selection | seeds | margin | Δ = selection − random [95% interval] | z | p bootstrap (Holm) | verdict |",
+            "|---|---:|---:|---:|---:|---:|---|",
+        ]
+        for c in vm:
+            lines.append(
+                f"| {DISPLAY.get(c['selection'], c['selection'])} | {c['n_seeds']} | {-c['arm_nll']:.3f} | "
+                f"{c['delta']:+.4f} [{c['ci_low']:+.4f}, {c['ci_high']:+.4f}] | "
+                + (f"{c['z']:+.2f}" if c.get("z") is not None else "—")
+                + f" | {c['p_boot']:.4f} ({c['p_boot_holm']:.4f}) | **{c['verdict']}** |"
+            )
+        lines += [
+            "",
+            "The margin of a held-out item is NLL(another item's response | its prompt) − NLL(its response | its "
+            "prompt): how much better the tuned model predicts the right answer than a wrong one. A subset of wrong "
+            "answers can keep NLL low by teaching the format; it cannot keep the margin. Same statistics as above.",
         ]
     notes = []
     if report.get("se_selection_function"):

@@ -11,7 +11,10 @@ Rows (selections):
 Columns (metrics), each a mean over held-out samples:
 
 * ``nll`` / ``rouge_l`` -- the model fine-tuned on the selection (``initial``: untuned);
-* ``icl_nll`` / ``icl_rouge_l`` -- the untuned model with, for each held-out prompt, the
+* ``margin`` -- the held-out margin of that model: NLL of another held-out item's response
+  after the prompt minus NLL of the right one (:func:`~delift_ray.evaluate.metrics.mismatched_responses`);
+  higher is better, and a model tuned on wrong answers must score lower on it;
+* ``icl_nll`` / ``icl_rouge_l`` / ``icl_margin`` -- the untuned model with, for each held-out prompt, the
   ``icl_examples`` most similar samples of the selection (embedding cosine of the prompts)
   prepended as examples (the paper's in-context setting).
 """
@@ -32,7 +35,7 @@ from delift_ray.embedder import Embedder, TransformersEmbedder, encoder_spec, sa
 from delift_ray.errors import DeliftError, one_line
 from delift_ray.evaluate.formatting import PromptEncoder
 from delift_ray.evaluate.inputs import EvalSet, RunData, load_eval_data, load_run
-from delift_ray.evaluate.metrics import greedy_generate, response_nll, rouge_l_f1
+from delift_ray.evaluate.metrics import greedy_generate, mismatched_responses, response_nll, rouge_l_f1
 from delift_ray.evaluate.report import SELECTIONS, build_report, write_report
 from delift_ray.evaluate.similarity import cosine_kernel, top_k_similar
 from delift_ray.evaluate.training import TrainSettings, fine_tune, load_model, load_tokenizer, resolve_dtype
@@ -152,19 +155,23 @@ def _evaluate_model(
     n = len(ev)
     ex = examples if examples is not None else [None] * n
     items = [enc.pair(ev.prompts[k], ev.responses[k], examples=ex[k]) for k in range(n)]
+    wrong = mismatched_responses(ev.sample_ids, ev.responses)
+    wrong_items = [enc.pair(ev.prompts[k], wrong[k], examples=ex[k]) for k in range(n)]
     ctxs = [enc.generation_context(ev.prompts[k], examples=ex[k], max_new_tokens=max_new_tokens) for k in range(n)]
-    bar = tqdm(total=2 * n, desc=desc, unit="sample", disable=not progress, leave=False, dynamic_ncols=True)
+    bar = tqdm(total=3 * n, desc=desc, unit="sample", disable=not progress, leave=False, dynamic_ncols=True)
     nll = response_nll(model, items, pad_id=tok.pad_token_id, batch_size=batch_size, progress=bar.update)
+    margin = response_nll(model, wrong_items, pad_id=tok.pad_token_id, batch_size=batch_size, progress=bar.update) - nll
     gens = greedy_generate(model, tok, ctxs, max_new_tokens=max_new_tokens, batch_size=batch_size, progress=bar.update)
     bar.close()
     rouge = np.array([rouge_l_f1(g, r) for g, r in zip(gens, ev.responses)], dtype=np.float64)
     _log(
         progress,
-        f"{desc}: NLL {np.mean(nll):.3f}, ROUGE-L F1 {100 * np.mean(rouge):.2f} "
+        f"{desc}: NLL {np.mean(nll):.3f}, margin {np.mean(margin):.3f}, ROUGE-L F1 {100 * np.mean(rouge):.2f} "
         f"({n} samples, {time.perf_counter() - t0:.0f} s)",
     )
     return {
         "nll": nll,
+        "margin": margin,
         "rouge_l": rouge,
         "generations": gens,
         "context_tokens": float(np.mean([len(c) for c, _ in items])),
@@ -309,6 +316,7 @@ def evaluate_run(
         slot.setdefault("seed", seed_)
         prefix = "icl_" if mode == "icl" else ""
         slot[prefix + "nll"] = r["nll"]
+        slot[prefix + "margin"] = r["margin"]
         slot[prefix + "rouge_l"] = r["rouge_l"]
         slot[prefix + "context_tokens"] = r["context_tokens"]
         for k in range(len(ev)):
@@ -321,6 +329,7 @@ def evaluate_run(
                     "sample_id": ev.sample_ids[k],
                     "generation": r["generations"][k],
                     "nll": float(r["nll"][k]),
+                    "margin": float(r["margin"][k]),
                     "rouge_l": float(r["rouge_l"][k]),
                 }
             )

@@ -79,6 +79,32 @@ def test_bootstrap_noise_only_and_determinism():
 # --------------------------------------------------------------------------- kernel
 
 
+def test_mismatched_responses_are_a_fixed_derangement():
+    from delift_ray.evaluate.metrics import mismatched_responses
+
+    ids = [f"id{k}" for k in range(7)]
+    responses = [f"answer {k}" for k in range(7)]
+    wrong = mismatched_responses(ids, responses)
+    assert sorted(wrong) == sorted(responses)  # every response used once
+    assert all(w != r for w, r in zip(wrong, responses))  # none after its own prompt
+    assert mismatched_responses(ids[::-1], responses[::-1]) == wrong[::-1]  # by id, not by input order
+    with pytest.raises(ValueError, match="at least two"):
+        mismatched_responses(ids[:1], responses[:1])
+
+
+def test_vs_random_on_the_margin_counts_higher_as_better():
+    from delift_ray.evaluate.report import vs_random
+
+    rng = np.random.default_rng(0)
+    rand = [{"nll": rng.normal(2.0, 0.01, 40), "margin": rng.normal(0.5, 0.01, 40)} for _ in range(8)]
+    arm = [{"nll": rng.normal(2.0, 0.01, 40), "margin": rng.normal(0.8, 0.01, 40)} for _ in range(2)]
+    (c,) = vs_random({"random": rand, "delift": arm}, resamples=200, seed=0, metric="margin")
+    assert c["delta"] == pytest.approx(0.3, abs=0.02) and c["verdict"] == "better than random"
+    worse = [{"margin": rng.normal(0.2, 0.01, 40)} for _ in range(2)]
+    (w,) = vs_random({"random": rand, "delift": worse}, resamples=200, seed=0, metric="margin")
+    assert w["delta"] < 0 and w["verdict"] != "better than random"
+
+
 def test_cosine_kernel_range():
     x = np.random.default_rng(0).normal(size=(30, 8))
     x = np.vstack([x, -x[:1], np.zeros((1, 8)) + np.eye(8)[0]])
@@ -350,7 +376,11 @@ def test_evaluate_end_to_end(fake_run, capsys):
     assert rows["random"]["n_seeds"] == 2 and len(rows["random"]["per_seed"]) == 2
     assert rows["full"]["n_train"] == 20 and rows["delift"]["n_train"] == 6 == rows["delift_se"]["n_train"]
     for name, r in rows.items():
-        metrics = ("nll", "rouge_l") if name == "initial" else ("nll", "rouge_l", "icl_nll", "icl_rouge_l")
+        metrics = (
+            ("nll", "margin", "rouge_l")
+            if name == "initial"
+            else ("nll", "margin", "rouge_l", "icl_nll", "icl_margin", "icl_rouge_l")
+        )
         for m in metrics:
             assert r["mean"][m] is not None and math.isfinite(r["mean"][m]), (name, m)
         if name == "initial":
@@ -359,7 +389,7 @@ def test_evaluate_end_to_end(fake_run, capsys):
             assert r["train"] and all(math.isfinite(t["last_loss"]) for t in r["train"])
     assert all(math.isfinite(v) for v in rows["random"]["std"].values() if v is not None)
     comps = {(b["a"], b["b"], b["metric"]) for b in rep["bootstrap"]}
-    for m in ("nll", "rouge_l", "icl_nll", "icl_rouge_l"):
+    for m in ("nll", "margin", "rouge_l", "icl_nll", "icl_margin", "icl_rouge_l"):
         assert ("delift", "random", m) in comps and ("delift", "full", m) in comps
     for b in rep["bootstrap"]:
         assert b["low"] <= b["diff"] <= b["high"]
