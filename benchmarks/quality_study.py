@@ -55,6 +55,7 @@ import numpy as np
 
 from benchmarks.results import write_result
 from delift_ray.evaluate.arms import BASELINE_ARMS  # delift-ray evaluate's baselines
+from delift_ray.evaluate.metrics import mismatched_responses
 from delift_ray.rundir import read_run_document
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -280,7 +281,8 @@ sys.exit(main(sys.argv[1:]))
 
 
 class Trainer:
-    """Fine-tune + held-out NLL, with the evaluate module's own functions."""
+    """Fine-tune + held-out NLL and margin (NLL of a mismatched response minus NLL of the right
+    one, ``delift_ray.evaluate.metrics.mismatched_responses``), with the evaluate module's own functions."""
 
     def __init__(self, args, meta: dict, work: Path):
         import torch
@@ -297,22 +299,35 @@ class Trainer:
         self.dtype = resolve_dtype(args.dtype, "cpu")
         ev = load_eval_data(work / "heldout.jsonl")
         self.eval_items = [self.enc.pair(p, r) for p, r in zip(ev.prompts, ev.responses)]
+        wrong = mismatched_responses(ev.sample_ids, ev.responses)
+        self.wrong_items = [self.enc.pair(p, r) for p, r in zip(ev.prompts, wrong)]
         self.settings = TrainSettings(
             epochs=1, steps=args.steps, lr=args.lr, batch_size=args.batch_size, max_length=args.max_length
         )
 
-    def nll(self, model) -> np.ndarray:
+    def nll(self, model, items=None) -> np.ndarray:
         from delift_ray.evaluate.metrics import response_nll
 
-        return response_nll(model, self.eval_items, pad_id=self.tok.pad_token_id, batch_size=self.args.eval_batch_size)
+        items = self.eval_items if items is None else items
+        return response_nll(model, items, pad_id=self.tok.pad_token_id, batch_size=self.args.eval_batch_size)
+
+    def scores(self, model) -> dict:
+        """Held-out NLL and margin per item, with their means."""
+        nll = self.nll(model)
+        margin = self.nll(model, self.wrong_items) - nll
+        return {
+            "nll": nll.tolist(),
+            "nll_mean": float(nll.mean()),
+            "margin": margin.tolist(),
+            "margin_mean": float(margin.mean()),
+        }
 
     def initial(self) -> dict:
         from delift_ray.evaluate.training import load_model
 
         t0 = time.time()
         m = load_model(self.model, dtype=self.dtype, device="cpu")
-        nll = self.nll(m)
-        return {"nll": nll.tolist(), "nll_mean": float(nll.mean()), "wall_s": round(time.time() - t0, 1)}
+        return {**self.scores(m), "wall_s": round(time.time() - t0, 1)}
 
     def train_eval(self, pairs: list[tuple[str, str]], seed: int) -> dict:
         from delift_ray.evaluate.training import fine_tune
@@ -330,11 +345,10 @@ class Trainer:
             progress=False,
         )
         t1 = time.time()
-        nll = self.nll(model)
+        scores = self.scores(model)
         del model
         return {
-            "nll": nll.tolist(),
-            "nll_mean": float(nll.mean()),
+            **scores,
             "train": stats.to_dict(),
             "train_s": round(t1 - t0, 1),
             "eval_s": round(time.time() - t1, 1),
@@ -584,7 +598,7 @@ def recheck_unit(units: Units, trainer, name: str, work: Path) -> dict:
 
 
 # A twin's unit carries the trained model's measurements, not its own compute.
-TWIN_KEYS = ("nll", "nll_mean", "train", "settings")
+TWIN_KEYS = ("nll", "nll_mean", "margin", "margin_mean", "train", "settings")
 
 
 def train_settings(args) -> dict:
