@@ -225,6 +225,26 @@ def _fmt_signed(m: str, v: float) -> str:
     return f"{v * scale:+.{digits}f}"
 
 
+def _vs_random_table(comparisons: list[dict], metric: str) -> list[str]:
+    """The vs-random table of one metric; ``arm_nll`` holds the arm's score as compare() saw it
+    (negated for a higher-is-better metric, see :func:`vs_random`)."""
+    sign = 1.0 if METRIC_INFO[metric]["better"] == "lower" else -1.0
+    lines = [
+        f"| selection | seeds | {METRIC_INFO[metric]['label']} | Δ [95% interval] | z | rank | p rank (Holm) "
+        "| p bootstrap (Holm) | verdict |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---|",
+    ]
+    for c in comparisons:
+        lines.append(
+            f"| {DISPLAY.get(c['selection'], c['selection'])} | {c['n_seeds']} | {sign * c['arm_nll']:.3f} | "
+            f"{c['delta']:+.4f} [{c['ci_low']:+.4f}, {c['ci_high']:+.4f}] | "
+            + (f"{c['z']:+.2f}" if c.get("z") is not None else "—")
+            + f" | {c['rank']} of {c['n_random'] + 1} | {c['p_rank']:.3f} ({c['p_rank_holm']:.3f}) | "
+            f"{c['p_boot']:.4f} ({c['p_boot_holm']:.4f}) | **{c['verdict']}** |"
+        )
+    return lines
+
+
 def render_markdown(report: dict) -> str:
     s = report.get("settings", {})
     lines = ["# Evaluation of the DELIFT subset", ""]
@@ -307,18 +327,7 @@ def render_markdown(report: dict) -> str:
             "",
             f"## Against random (primary metric: held-out NLL; {vr[0]['n_random']} random subsets)",
             "",
-            "| selection | seeds | NLL | Δ = random − selection [95% interval] | z | rank | p rank (Holm) | p bootstrap (Holm) | verdict |",
-            "|---|---:|---:|---:|---:|---:|---:|---:|---|",
-        ]
-        for c in vr:
-            lines.append(
-                f"| {DISPLAY.get(c['selection'], c['selection'])} | {c['n_seeds']} | {c['arm_nll']:.3f} | "
-                f"{c['delta']:+.4f} [{c['ci_low']:+.4f}, {c['ci_high']:+.4f}] | "
-                + (f"{c['z']:+.2f}" if c.get("z") is not None else "—")
-                + f" | {c['rank']} of {c['n_random'] + 1} | {c['p_rank']:.3f} ({c['p_rank_holm']:.3f}) | "
-                f"{c['p_boot']:.4f} ({c['p_boot_holm']:.4f}) | **{c['verdict']}** |"
-            )
-        lines += [
+            *_vs_random_table(vr, "nll"),
             "",
             "Δ > 0: the selection's fine-tuned model predicts the held-out responses better than the random subsets' "
             "on average; z: Δ in units of the random subsets' spread. The interval is a hierarchical bootstrap over "
@@ -333,21 +342,12 @@ def render_markdown(report: dict) -> str:
             "",
             "## Against random on the held-out margin (second metric, fixed up front)",
             "",
-            "| selection | seeds | margin | Δ = selection − random [95% interval] | z | p bootstrap (Holm) | verdict |",
-            "|---|---:|---:|---:|---:|---:|---|",
-        ]
-        for c in vm:
-            lines.append(
-                f"| {DISPLAY.get(c['selection'], c['selection'])} | {c['n_seeds']} | {-c['arm_nll']:.3f} | "
-                f"{c['delta']:+.4f} [{c['ci_low']:+.4f}, {c['ci_high']:+.4f}] | "
-                + (f"{c['z']:+.2f}" if c.get("z") is not None else "—")
-                + f" | {c['p_boot']:.4f} ({c['p_boot_holm']:.4f}) | **{c['verdict']}** |"
-            )
-        lines += [
+            *_vs_random_table(vm, "margin"),
             "",
             "The margin of a held-out item is NLL(another item's response | its prompt) − NLL(its response | its "
             "prompt): how much better the tuned model predicts the right answer than a wrong one. A subset of wrong "
-            "answers can keep NLL low by teaching the format; it cannot keep the margin. Same statistics as above.",
+            "answers can keep NLL low by teaching the format; it cannot keep the margin. Δ = selection − random "
+            "here (> 0: better); the same statistics as above.",
         ]
     notes = []
     if report.get("se_selection_function"):

@@ -180,7 +180,8 @@ def test_evaluate_with_variants_baselines_and_statistics(scored_run, capsys):
             c["delta"], rows["random"]["mean"]["nll"] - rows[c["selection"]]["mean"]["nll"], abs_tol=1e-9
         )
     md = (d / "run" / "eval" / "report.md").read_text()
-    assert "Against random" in md and "keep-clip" in md
+    assert "Against random" in md and "keep-clip" in md and "Against random on the held-out margin" in md
+    assert {c["selection"] for c in rep["vs_random_margin"]} == set(vr)
 
 
 def test_min_prompt_gain_on_a_real_run(scored_run):
