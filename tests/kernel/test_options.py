@@ -307,10 +307,16 @@ def test_baselines_from_a_missing_cache_raise_or_are_left_out(tmp_path, caplog):
     with pytest.raises(DeliftError, match="is the cache named in run.json still there"):
         extra_arms(run, None, "hardness")
     with caplog.at_level("WARNING", logger="delift_ray"):
-        assert extra_arms(run, None, "auto") == {}
-    assert caplog.text.count("left out") == 3
+        got = extra_arms(run, None, "auto")
+    assert set(got) == {"longest"}  # the one baseline that reads no shard
+    assert caplog.text.count("left out") == 4  # self_utility, hardness, example_utility, ifd
     live = _sparse_run(tmp_path, {("a", "b"): 0.3, ("b", "a"): 0.1, ("a", "a"): 0.5})
-    assert extra_arms(live, None, "auto") == {"self_utility": [0], "hardness": [1], "example_utility": [1]}
+    got = extra_arms(live, None, "auto")
+    assert {k: v for k, v in got.items() if k != "longest"} == {
+        "self_utility": [0],
+        "hardness": [1],
+        "example_utility": [1],
+    }
 
 
 def test_baselines_read_the_pool_utilities_once(tmp_path, monkeypatch):
@@ -324,5 +330,5 @@ def test_baselines_read_the_pool_utilities_once(tmp_path, monkeypatch):
         ShardStore, "iter_relevant", lambda self, kind, *a, **k: reads.append(kind) or real(self, kind, *a, **k)
     )
     run = _sparse_run(tmp_path, {("a", "b"): 0.3, ("b", "a"): 0.1, ("a", "a"): 0.5})
-    assert set(extra_arms(run, None, "auto")) == {"self_utility", "hardness", "example_utility"}
+    assert set(extra_arms(run, None, "auto")) == {"self_utility", "hardness", "example_utility", "longest"}
     assert reads.count(UTILITY) == 1
