@@ -427,7 +427,7 @@ def run_document(
     timings: dict,
     inputs_digest: str,
     scorers: list[dict],
-    lock: str,
+    lock: Optional[str] = None,
 ) -> RunDocument:
     """run.json of a job's run (the manifest of the other files is added at commit).
     ``scorers``: where each scorer ran (node id, accelerator ids); ``lock``: the run lock's protocol."""
