@@ -35,6 +35,7 @@ import shutil
 import tempfile
 import time
 import zlib
+from dataclasses import dataclass
 
 import numpy as np
 
@@ -46,17 +47,52 @@ SIDE = 128  # scoring.block_size: helped x examples per block
 SEGMENT = {"no_example": 40, "tail": 30, "head": 40, "response": 15}  # tokens a sample, per segment
 
 
+@dataclass
+class LightBlock:
+    """A block with PairBlock's fields and arrays (the same bytes to pickle) whose class
+    imports only numpy: ``--light`` stand-ins load neither pyarrow nor pydantic, which is
+    what lets 256 of them fit in 24 GB (a stand-in that imports the job's modules holds
+    about 100 MB)."""
+
+    key: str
+    helped_ids: list
+    helped: dict
+    d_without: np.ndarray
+    example_ids: list
+    examples: dict
+    h_idx: np.ndarray
+    e_idx: np.ndarray
+
+    @property
+    def size(self) -> int:
+        return int(self.h_idx.size)
+
+    @property
+    def group(self) -> tuple:
+        return tuple(self.example_ids)
+
+
+@dataclass
+class LightResult:
+    key: str
+    n_pairs: int
+    stats: dict
+
+
 class StandInScorer:
     """An H100's time per block, then the block's real shard; the real actor's interface."""
 
-    def __init__(self, root: str, fingerprint: str, seconds_per_pair: float, write: bool = True):
+    def __init__(self, root: str, fingerprint: str, seconds_per_pair: float, write: bool = True, light: bool = False):
+        self.seconds_per_pair = seconds_per_pair
+        self.write = write
+        self.light = light
+        if light:
+            return
         from delift_ray.scoring.actor import BlockResult  # imported before the clock starts
         from delift_ray.storage import ShardStore
 
         self.result = BlockResult
         self.store = ShardStore(root, fingerprint)
-        self.seconds_per_pair = seconds_per_pair
-        self.write = write
 
     def score_pairs(self, block):
         import pyarrow as pa
@@ -65,6 +101,8 @@ class StandInScorer:
 
         t0 = time.perf_counter()
         time.sleep(block.size * self.seconds_per_pair)
+        if self.light:
+            return LightResult(block.key, block.size, {"busy_s": time.perf_counter() - t0})
         if not self.write:
             return self.result(block.key, block.size, {"busy_s": time.perf_counter() - t0}, "stand-in", "", "")
         rng = np.random.default_rng(zlib.crc32(block.key.encode()))
@@ -83,21 +121,30 @@ class StandInScorer:
     def shutdown(self) -> None:
         pass
 
+    def memory(self) -> tuple[int, int]:
+        """(pid, unique set size in bytes) of this stand-in's process."""
+        import psutil
 
-def blocks_for(n_blocks: int, seed: int = 0) -> list:
+        me = psutil.Process()
+        return me.pid, me.memory_full_info().uss
+
+
+def blocks_for(n_blocks: int, seed: int = 0, light: bool = False) -> list:
     """``n_blocks`` dense SIDE x SIDE blocks over distinct samples, with token segments of
-    the stated lengths (their values do not matter to the driver)."""
+    the stated lengths (their values do not matter to the driver); ``light``: as
+    :class:`LightBlock`, the same arrays."""
     from delift_ray.planning import block_key
     from delift_ray.prompts import Ragged, TokenizedSet
     from delift_ray.scoring.actor import PairBlock
 
     rng = np.random.default_rng(seed)
 
-    def tokens(n: int) -> TokenizedSet:
+    def tokens(n: int):
         segs = {}
         for name, length in SEGMENT.items():
-            segs[name] = Ragged(rng.integers(0, 50_000, n * length, dtype=np.int32), np.arange(n + 1) * length)
-        return TokenizedSet(**segs)
+            values, offsets = rng.integers(0, 50_000, n * length, dtype=np.int32), np.arange(n + 1) * length
+            segs[name] = (values, offsets) if light else Ragged(values, offsets)
+        return segs if light else TokenizedSet(**segs)
 
     h_idx = np.repeat(np.arange(SIDE), SIDE)
     e_idx = np.tile(np.arange(SIDE), SIDE)
@@ -106,7 +153,7 @@ def blocks_for(n_blocks: int, seed: int = 0) -> list:
         helped = [f"h{b:06d}-{i:03d}" for i in range(SIDE)]
         examples = [f"e{b:06d}-{i:03d}" for i in range(SIDE)]
         out.append(
-            PairBlock(
+            (LightBlock if light else PairBlock)(
                 block_key("sim", helped, examples),
                 helped,
                 tokens(SIDE),
@@ -125,7 +172,7 @@ def driver_cpu_s() -> float:
     return ru.ru_utime + ru.ru_stime
 
 
-def run_one(standins: int, blocks_each: int, work: str, write: bool = True) -> dict:
+def run_one(standins: int, blocks_each: int, work: str, write: bool = True, light: bool = False) -> dict:
     import ray
 
     from delift_ray import dispatch
@@ -152,12 +199,13 @@ def run_one(standins: int, blocks_each: int, work: str, write: bool = True) -> d
         logging_level="ERROR",
     )
     try:
-        blocks = blocks_for(standins * blocks_each)
+        blocks = blocks_for(standins * blocks_each, light=light)
         t0 = time.perf_counter()
-        with dispatch.actor_pool(cfg, StandInScorer, root, "sim", seconds_per_pair, write) as pool:
+        with dispatch.actor_pool(cfg, StandInScorer, root, "sim", seconds_per_pair, write and not light, light) as pool:
             # Every stand-in up before the clock starts: start-up is Ray's cost, not the driver's.
             ray.get([a.shutdown.remote() for a in pool.actors])
             start_s = time.perf_counter() - t0
+            uss = [m[1] for m in ray.get([a.memory.remote() for a in pool.actors])]
             busy = []
             reset_peak_rss()
             c0, t1 = driver_cpu_s(), time.perf_counter()
@@ -170,7 +218,7 @@ def run_one(standins: int, blocks_each: int, work: str, write: bool = True) -> d
             )
             wall = time.perf_counter() - t1
             cpu = driver_cpu_s() - c0
-        shards = len(os.listdir(os.path.join(root, "utility", "fp=sim"))) if write else 0
+        shards = len(os.listdir(os.path.join(root, "utility", "fp=sim"))) if write and not light else 0
     finally:
         ray.shutdown()
         shutil.rmtree(root, ignore_errors=True)
@@ -178,7 +226,8 @@ def run_one(standins: int, blocks_each: int, work: str, write: bool = True) -> d
     ideal = n * SIDE * SIDE * seconds_per_pair / standins
     return {
         "standins": standins,
-        "shards": write,
+        "shards": write and not light,
+        "light": light,
         "blocks": n,
         "shards_written": shards,
         "block_s_h100": round(SIDE * SIDE * seconds_per_pair, 3),
@@ -192,6 +241,7 @@ def run_one(standins: int, blocks_each: int, work: str, write: bool = True) -> d
         "driver_cpu_share": round(cpu / wall, 3),
         "driver_cpu_ms_per_block": round(1000 * cpu / n, 2),
         "driver_peak_rss_gib": round(peak_rss_bytes() / 2**30, 3),
+        "standin_uss_mib": round(float(np.mean(uss)) / 2**20, 1),
         "retries": rep.retries,
     }
 
@@ -201,19 +251,25 @@ def gpu_share(run: dict) -> float:
     return run["ideal_wall_s"] / run["dispatch_wall_s"]
 
 
+def _kind(run: dict) -> str:
+    if run.get("light"):
+        return ", light"
+    return "" if run.get("shards", True) else ", no shards"
+
+
 def markdown(doc: dict) -> str:
     """The docs' table of a committed result (benchmarks/results/driver_sim.json)."""
     r = doc["results"]
     rows = [
         "| stand-ins | blocks | blocks/s needed | blocks/s sustained | GPU time share | busy share | "
-        "driver CPU share | driver ms CPU per block | driver peak RSS GiB |",
-        "|---|---|---|---|---|---|---|---|---|",
+        "driver CPU share | driver ms CPU per block | driver peak RSS GiB | stand-in USS MiB |",
+        "|---|---|---|---|---|---|---|---|---|---|",
     ]
     for x in r["runs"]:
         rows.append(
-            f"| {x['standins']}{'' if x.get('shards', True) else ', no shards'} | {x['blocks']:,} | {x['blocks_per_s_needed']:g} | {x['blocks_per_s']:g} | "
+            f"| {x['standins']}{_kind(x)} | {x['blocks']:,} | {x['blocks_per_s_needed']:g} | {x['blocks_per_s']:g} | "
             f"{100 * gpu_share(x):.0f}% | {100 * x['utilisation']:.0f}% | {100 * x['driver_cpu_share']:.1f}% | "
-            f"{x['driver_cpu_ms_per_block']:g} | {x['driver_peak_rss_gib']:g} |"
+            f"{x['driver_cpu_ms_per_block']:g} | {x['driver_peak_rss_gib']:g} | {x.get('standin_uss_mib', 'n/a')} |"
         )
     a, m = r["assumption"], doc["machine"]
     rows += [
@@ -237,21 +293,37 @@ def main() -> None:
         help="Comma-separated stand-in counts run again without shard writes: the driver alone, "
         "when the machine has too few cores for the stand-ins' writes.",
     )
+    p.add_argument(
+        "--light-at",
+        default="",
+        help="Comma-separated stand-in counts run with light stand-ins (LightBlock, no shards): more of "
+        "them fit in memory.",
+    )
     p.add_argument("--write", action="store_true", help="Write benchmarks/results/driver_sim.json.")
     args = p.parse_args()
     work = tempfile.mkdtemp(prefix="delift-driver-sim-")
     runs = []
     try:
-        todo = [(int(x), True) for x in args.standins.split(",")]
-        todo += [(int(x), False) for x in args.no_shards_at.split(",") if x]
-        for n, write in todo:
-            runs.append(run_one(n, args.blocks_each, work, write))
+        todo = [(int(x), True, False) for x in args.standins.split(",") if x]
+        todo += [(int(x), False, False) for x in args.no_shards_at.split(",") if x]
+        todo += [(int(x), False, True) for x in args.light_at.split(",") if x]
+        for n, write, light in todo:
+            runs.append(run_one(n, args.blocks_each, work, write, light))
             print(json.dumps(runs[-1]), flush=True)
+            if args.write:  # each run is kept as it finishes
+                write_result("driver_sim", summary(runs))
     finally:
         shutil.rmtree(work, ignore_errors=True)
+    out = summary(runs)
+    print(json.dumps(out, indent=1))
+    if args.write:
+        print(write_result("driver_sim", out))
+
+
+def summary(runs: list[dict]) -> dict:
     per_block = max(r["driver_cpu_ms_per_block"] for r in runs) / 1000
     block_s = runs[0]["block_s_h100"]
-    out = {
+    return {
         "assumption": {
             "computed_tokens_per_pair": round(TOKENS_PER_PAIR, 1),
             "h100_computed_tokens_per_s": H100_TOKENS_PER_S,
@@ -263,9 +335,6 @@ def main() -> None:
         # 90% of that it feeds this many GPUs (the worst CPU per block of the sweep).
         "gpus_fed_at_90pct": int(0.9 * block_s / per_block),
     }
-    print(json.dumps(out, indent=1))
-    if args.write:
-        print(write_result("driver_sim", out))
 
 
 if __name__ == "__main__":

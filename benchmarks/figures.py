@@ -445,13 +445,19 @@ def _s3_store(r: dict, doc: dict) -> Cells:
     ]
 
 
+def _standin_kind(run: dict) -> str:
+    if run.get("light"):
+        return " (light, no shard writes)"
+    return "" if run.get("shards", True) else " (no shard writes)"
+
+
 def _driver_sim(r: dict, doc: dict) -> Cells:
     # benchmarks/driver_sim.py: the real dispatcher against stand-in scorers.
     runs = r["runs"]
     return [
         (
             "the dispatcher against "
-            + ", ".join(f"{x['standins']}{'' if x.get('shards', True) else ' (no shard writes)'}" for x in runs)
+            + ", ".join(f"{x['standins']}{_standin_kind(x)}" for x in runs)
             + f" stand-in H100 scorers ({num(r['assumption']['block_s_h100'])} s a block), real shards written",
             "GPU time share "
             + ", ".join(f"{100 * x['ideal_wall_s'] / x['dispatch_wall_s']:.0f}%" for x in runs)
@@ -462,22 +468,24 @@ def _driver_sim(r: dict, doc: dict) -> Cells:
 
 
 def _noise_gate(r: dict, doc: dict) -> Cells:
-    # benchmarks/noise_gate.py: swapped share of the default subset without and with the gate.
-    cells = []
+    # benchmarks/noise_gate.py: swapped share of the default subset, without the gate and with
+    # each donor rule, over every noisy pool (one row: the README's line budget).
+    arms = r["rule"]["arms"]
+    parts = []
     for name, pool in r["pools"].items():
         if not pool["swapped"]:
             continue
         rows = pool["budgets"]
         tags = sorted({k.split("-")[0] for k in rows})
-        fig = "swapped share, default / with selection.noise_gate: " + ", ".join(
-            f"{_pct(rows[f'{t}-default']['swapped_share'])} / {_pct(rows[f'{t}-gate']['swapped_share'])} at "
-            f"{int(t[1:])}%"
-            for t in tags
+        shares = "; ".join(
+            f"{int(t[1:])}% " + " / ".join(_pct(rows[f"{t}-{a}"]["swapped_share"]) for a in arms) for t in tags
         )
-        g = rows[f"{tags[0]}-gate"]
-        fig += f"; gain AUROC {num(g['gain_auroc'], 3)}; intact samples excluded {_pct(g['intact_excluded_share'])}"
-        cells.append((f"noise gate, {name} pool, {pool['n']} samples, {pool['swapped']} swapped", fig))
-    return cells
+        last = rows[f"{tags[0]}-{arms[-1]}"]
+        parts.append(
+            f"{name} ({pool['n']}, {pool['swapped']} swapped): {shares}; {arms[-1]} gain AUROC "
+            f"{num(last['gain_auroc'], 3)}, intact excluded {_pct(last['intact_excluded_share'])}"
+        )
+    return [("noise gate, swapped share of the subset: " + " / ".join(arms), " | ".join(parts).replace("|", ";"))]
 
 
 def _noise_probe(r: dict, doc: dict) -> Cells:

@@ -242,6 +242,12 @@ class SelectionConfig(_Section):
     gate_prompts: int = Field(
         4, ge=2, le=64, description="noise_gate: mismatched prompts each pool sample is scored after (its null)."
     )
+    gate_donors: Literal["random", "similar"] = Field(
+        "random",
+        description="noise_gate: whose prompts the mismatches use. random: fixed derangements of the pool. "
+        "similar: the samples with the most similar prompts (word TF-IDF cosine), so that only the right prompt, "
+        "not the right kind of prompt, earns gain; quadratic in the pool size on the driver (docs/noise-gate.md).",
+    )
     gate_fdr: float = Field(
         0.05,
         gt=0,

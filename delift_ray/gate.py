@@ -64,16 +64,78 @@ def prompt_free_id(response: str) -> str:
     return sample_id("", response)
 
 
-def mismatched_pairs(pool_ids: list[str], m: int) -> list[tuple[int, int]]:
+# Cells of the (m, n) similarity search per chunk of rows: bounds its memory (8 bytes a cell).
+SIMILAR_CHUNK_CELLS = 2**24
+
+
+def similar_donors(prompts: list[str], sample_ids: list[str], m: int) -> np.ndarray:
+    """(m, n) donors: row k maps pool position i to the sample with the (k+1)-th most similar
+    prompt to its own; -1 where fewer than k+1 other prompts exist.
+
+    Similarity is the cosine of word TF-IDF vectors (sublinear term frequency). Prompts equal
+    to the sample's own are never donors: their mismatched copy would be the sample itself.
+    Ties go to the lower sample id (the order :func:`derangements` uses), on similarities
+    rounded to 1e-6, so the donors do not depend on input order or on the last bits of a
+    sparse product.
+
+    Why: a random donor is usually another *kind* of prompt, so a response that answers a
+    neighbouring question ("How many legs does a spider have?" answered "An insect has six
+    legs.") is better predicted by its nominal prompt than by random ones and passes the
+    gate. Against donors of the same kind only the right prompt earns gain.
+    """
+    from sklearn.feature_extraction.text import TfidfVectorizer
+
+    n = len(prompts)
+    if not 0 < m < n:
+        raise ValueError(f"the noise gate needs more pool samples ({n}) than mismatched prompts per sample ({m})")
+    try:
+        X = TfidfVectorizer(sublinear_tf=True).fit_transform(prompts).tocsr()
+    except ValueError:  # no word in any prompt: every donor is as good as another
+        X = None
+    _, group = np.unique(np.asarray(prompts, dtype=object).astype(str), return_inverse=True)
+    rank = np.empty(n, dtype=np.int64)
+    rank[np.argsort(np.asarray(sample_ids), kind="stable")] = np.arange(n)
+    tie = n - 1 - rank  # larger wins: the lower sample id
+    donors = np.full((m, n), -1, dtype=np.int64)
+    step = max(1, SIMILAR_CHUNK_CELLS // n)
+    for lo in range(0, n, step):
+        rows = np.arange(lo, min(n, lo + step))
+        sim = np.zeros((rows.size, n)) if X is None else (X[rows] @ X.T).toarray()
+        key = np.rint(sim * 1e6).astype(np.int64) * n + tie[None, :]
+        key[group[rows][:, None] == group[None, :]] = -1  # the sample itself and equal prompts
+        top = np.argpartition(-key, m - 1, axis=1)[:, :m] if m < n else np.argsort(-key, axis=1)
+        top = np.take_along_axis(top, np.argsort(-np.take_along_axis(key, top, axis=1), axis=1), axis=1)
+        valid = np.take_along_axis(key, top, axis=1) >= 0
+        donors[:, rows] = np.where(valid, top, -1).T
+    return donors
+
+
+def donors_for(pool, m: int, rule: str = "random") -> np.ndarray:
+    """(m, n) donor positions of the gate's mismatched prompts by ``rule``: ``random``
+    (:func:`derangements`) or ``similar`` (:func:`similar_donors`); -1 for none."""
+    if rule == "random":
+        return derangements(pool.sample_ids, m)
+    if rule == "similar":
+        return similar_donors(list(pool.prompts), pool.sample_ids, m)
+    raise ValueError(f"unknown gate donor rule {rule!r}")
+
+
+def mismatched_pairs(pool, m: int, rule: str = "random") -> list[tuple[int, int]]:
     """(pool position i, donor position) for each of the gate's m mismatched prompts of each sample."""
-    donors = derangements(pool_ids, m)
-    return [(i, int(donors[k, i])) for i in range(len(pool_ids)) for k in range(m)]
+    donors = donors_for(pool, m, rule)
+    return [(i, int(donors[k, i])) for i in range(len(pool.sample_ids)) for k in range(m) if donors[k, i] >= 0]
 
 
-def mismatched_ids(pool, m: int) -> np.ndarray:
-    """(n, m) sample ids of d(r_i | p_donor): where the gate finds each sample's mismatched baselines."""
-    ids = [sample_id(pool.prompts[d], pool.responses[i]) for i, d in mismatched_pairs(pool.sample_ids, m)]
-    return np.array(ids, dtype=object).reshape(len(pool), m)
+def mismatched_ids(pool, m: int, rule: str = "random") -> np.ndarray:
+    """(n, m) sample ids of d(r_i | p_donor), None where a sample has no k-th donor: where the
+    gate finds each sample's mismatched baselines."""
+    donors = donors_for(pool, m, rule)
+    ids = np.full((len(pool.sample_ids), m), None, dtype=object)
+    for k in range(m):
+        for i, d in enumerate(donors[k]):
+            if d >= 0:
+                ids[i, k] = sample_id(pool.prompts[d], pool.responses[i])
+    return ids
 
 
 @dataclass

@@ -43,6 +43,7 @@ def select(
     cfg: DeliftConfig,
     progress: bool = False,
     excluded: Optional[np.ndarray] = None,
+    uncovered: bool = False,
 ) -> tuple[np.ndarray, np.ndarray]:
     """Run the stage's submodular maximisation; (indices into the pool, gains).
 
@@ -51,6 +52,12 @@ def select(
     enters each only as a column of K) while still counting as samples to cover. Once
     every gain is 0 the greedy's tie rule would take them by index; those zero-gain picks
     go to the lowest-index samples not excluded instead.
+
+    ``uncovered``: the excluded samples also stop counting as samples to cover: their rows
+    of K are set to 0 too, so their term of each objective is 0 whatever is picked (FL's
+    max over A, FLMI's min with it, FLCG's max(. - nu * P, 0)). The noise gate does this:
+    a wrong answer left as something to cover rewards the samples that best "explain" wrong
+    answers, which are the near-miss wrong answers the gate let through.
     """
     # Imported here: the selection code loads numba, after which a vLLM CPU engine can no
     # longer start in the same process ('_lib_fn_wrapper' object has no attribute 'get').
@@ -68,6 +75,8 @@ def select(
                 f"({int(excluded.sum())} of {excluded.size} excluded by selection.min_prompt_gain)"
             )
         K = zero_columns(K, excluded)
+        if uncovered:
+            K = zero_rows(K, excluded)
     if stage == "instruction":
         idx, gains = selection.facility_location(K, budget, stop_if_zero_gain=s.stop_if_zero_gain, progress=progress)
     elif stage == "task":
@@ -92,6 +101,17 @@ def zero_columns(K, excluded: np.ndarray):
         return K
     K = K.tocsr()
     K.data[excluded[K.indices]] = 0
+    K.eliminate_zeros()
+    return K
+
+
+def zero_rows(K, excluded: np.ndarray):
+    """K with the rows of ``excluded`` set to 0, in place (a dense array or scipy CSR)."""
+    if isinstance(K, np.ndarray):
+        K[excluded, :] = 0
+        return K
+    K = K.tocsr()
+    K.data[np.repeat(excluded, np.diff(K.indptr))] = 0
     K.eliminate_zeros()
     return K
 

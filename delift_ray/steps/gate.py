@@ -87,10 +87,10 @@ def gate(selection: SelectionConfig, pool: SampleSet, store: ShardStore) -> tupl
     stats = GateStats()
     gated = selection.noise_gate == "contrastive"
     if gated:
-        mm = mismatched_ids(pool, selection.gate_prompts)
+        mm = mismatched_ids(pool, selection.gate_prompts, selection.gate_donors)
         d = baseline_lookup(store, set(pool.sample_ids) | set(mm.ravel()))
         d_own = np.array([d.get(s, np.nan) for s in pool.sample_ids], dtype=np.float64)
-        d_mm = np.vectorize(lambda s: d.get(s, np.nan), otypes=[np.float64])(mm)
+        d_mm = np.vectorize(lambda s: np.nan if s is None else d.get(s, np.nan), otypes=[np.float64])(mm)
         res = contrastive_gate(d_own, d_mm, selection.gate_fdr)
         status[~res.keep] = NOISE_GATE
         gain, q = res.gain, res.q_value

@@ -144,7 +144,7 @@ def mismatched_set(cfg: DeliftConfig, pool: SampleSet, tokenizer) -> IngestedSet
     mismatches); copies that coincide (duplicate prompts) are scored once.
     """
     seen: dict[str, tuple[int, int]] = {}
-    for i, d in mismatched_pairs(pool.sample_ids, cfg.selection.gate_prompts):
+    for i, d in mismatched_pairs(pool, cfg.selection.gate_prompts, cfg.selection.gate_donors):
         seen.setdefault(sample_id(pool.prompts[d], pool.responses[i]), (i, d))
     ids = list(seen)
     prompts = [pool.prompts[d] for _, d in seen.values()]

@@ -51,7 +51,7 @@ def select(
     kernels: dict,
     budget: int,
     excluded: Optional[np.ndarray] = None,
-    cap_to_kept: bool = False,
+    noise_gate: bool = False,
     progress: bool = False,
     curve: bool = False,
 ) -> tuple[Selection, SelectStats]:
@@ -59,11 +59,13 @@ def select(
 
     ``curve``: go on past the budget to ``selection.curve_horizon`` times it, for the job's
     gain curve (:class:`Selection` ``next_*``); the subset is the same either way.
-    ``cap_to_kept`` (the noise gate): when fewer samples may be picked than the budget,
-    the subset holds those (a wrong answer is not picked to fill a quota); the log says so.
+    ``noise_gate``: ``excluded`` is the noise gate's. Excluded samples then leave the
+    objective altogether (neither picked nor covered: ``stages.select(uncovered=True)``),
+    and when fewer samples may be picked than the budget, the subset holds those (a wrong
+    answer is not picked to fill a quota); the log says so.
     """
     picks = budget
-    if excluded is not None and cap_to_kept:
+    if excluded is not None and noise_gate:
         kept = int((~excluded).sum())
         if not kept:
             raise DeliftError(f"the noise gate excluded all {excluded.size} pool samples: nothing can be selected")
@@ -81,7 +83,9 @@ def select(
     # The job's gain curve (curve=True) only: other callers (evaluate's arms) pay for the subset alone.
     horizon = curve_horizon(picks, cfg.selection.curve_horizon, pickable) if curve else picks
     # The greedy's picks do not depend on its budget, so the subset is the first ``picks``.
-    indices, gains = stages.select(cfg.stage, kernels, horizon, cfg, progress, excluded=excluded)
+    indices, gains = stages.select(
+        cfg.stage, kernels, horizon, cfg, progress, excluded=excluded, uncovered=noise_gate and excluded is not None
+    )
     indices, gains = np.asarray(indices, dtype=np.int64), np.asarray(gains, dtype=np.float64)
     chosen = min(picks, indices.size)
     stats = SelectStats(

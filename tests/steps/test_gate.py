@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from delift_ray.gate import contrastive_gate, derangements, null_gains, p_values, storey_bh
+from delift_ray.gate import contrastive_gate, derangements, null_gains, p_values, similar_donors, storey_bh
 
 
 def test_derangements_are_derangements_with_distinct_donors():
@@ -94,3 +94,52 @@ def test_gate_rejects_bad_arguments():
         contrastive_gate(np.zeros(3), np.zeros((3, 2)), fdr=1.0)
     with pytest.raises(ValueError, match=r"\(n, m\)"):
         contrastive_gate(np.zeros(3), np.zeros((4, 2)), fdr=0.1)
+
+
+def _legs_and_capitals():
+    prompts = [
+        "How many legs does a spider have?",
+        "How many legs does an insect have?",
+        "What is the capital of France?",
+        "What is the capital of Spain?",
+        "How many legs does a spider have?",
+    ]
+    return prompts, [f"id{i}" for i in range(len(prompts))]
+
+
+def test_similar_donors_are_the_nearest_other_prompts():
+    prompts, ids = _legs_and_capitals()
+    donors = similar_donors(prompts, ids, 1)[0]
+    # 0's nearest is 1, not its own duplicate 4; 1's nearest are 0 and 4 (equal): the lower id.
+    assert list(donors) == [1, 0, 3, 2, 1]
+    second = similar_donors(prompts, ids, 2)[1]
+    assert second[2] in (0, 1, 4) and second[0] in (2, 3)  # beyond the same kind: another kind
+
+
+def test_similar_donors_do_not_depend_on_input_order():
+    prompts, ids = _legs_and_capitals()
+    perm = [3, 0, 4, 2, 1]
+    donors = similar_donors(prompts, ids, 2)
+    shuffled = similar_donors([prompts[p] for p in perm], [ids[p] for p in perm], 2)
+    for k in range(2):
+        assert [ids[perm[d]] for d in shuffled[k]] == [ids[donors[k, p]] for p in perm]
+
+
+def test_similar_donors_mark_missing_ones():
+    donors = similar_donors(["aa bb", "aa bb", "cc dd"], ["x", "y", "z"], 2)
+    assert list(donors[0]) == [2, 2, 0]  # "cc dd" shares no word: similarity 0, the lower id first
+    assert list(donors[1]) == [-1, -1, 1]  # 0 and 1 have one other distinct prompt only
+
+
+def test_mismatched_ids_use_the_donor_rule():
+    from types import SimpleNamespace
+
+    from delift_ray.data import sample_id
+    from delift_ray.gate import mismatched_ids, mismatched_pairs
+
+    prompts, ids = _legs_and_capitals()
+    pool = SimpleNamespace(sample_ids=ids, prompts=prompts, responses=[f"r{i}" for i in range(5)])
+    mm = mismatched_ids(pool, 1, "similar")
+    assert mm[0, 0] == sample_id(prompts[1], "r0") and mm[2, 0] == sample_id(prompts[3], "r2")
+    assert mismatched_pairs(pool, 1, "similar") == [(0, 1), (1, 0), (2, 3), (3, 2), (4, 1)]
+    assert len(mismatched_pairs(pool, 2, "random")) == 10

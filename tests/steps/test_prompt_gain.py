@@ -87,3 +87,50 @@ def test_config_key():
     base = {"data": "d.jsonl", "model": "m", "out": "o"}
     assert load_config(None, dict(base)).selection.min_prompt_gain is None
     assert load_config(None, {**base, "selection.min_prompt_gain": 0.02}).selection.min_prompt_gain == 0.02
+
+
+def _near_miss() -> np.ndarray:
+    # 0 and 1 intact, 2 a near-miss wrong answer the gate kept, 3 a wrong answer it excluded.
+    # 2 "explains" 3 well (1.0) and the intact samples little (0.15 each); 0 and 1 cover
+    # each other (0.4).
+    K = np.zeros((4, 4))
+    K[0, 1] = K[1, 0] = 0.4
+    K[0, 2] = K[1, 2] = 0.15
+    K[3, 2] = 1.0
+    return K
+
+
+@pytest.mark.parametrize("sparse", [False, True])
+@pytest.mark.parametrize("stage", ["instruction", "task", "continual"])
+def test_uncovered_excluded_samples_stop_rewarding_what_explains_them(stage, sparse):
+    other = {"instruction": {}, "task": {"Q": np.ones((4, 2))}, "continual": {"P": np.zeros((4, 1))}}[stage]
+    excluded = np.array([False, False, False, True])
+
+    def pick(uncovered):
+        K = sp.csr_matrix(_near_miss()) if sparse else _near_miss()
+        idx, gains = stages.select(stage, {"K": K, **other}, 1, _cfg(), excluded=excluded, uncovered=uncovered)
+        return list(idx), list(np.round(gains, 6))
+
+    # Still counted as a sample to cover, 3 makes the near miss worth 1.3 against 0.4.
+    assert pick(False) == ([2], [1.3])
+    # Left out of the objective, 3 counts for nothing: 2 is worth 0.3, and 0 (0.4) wins.
+    assert pick(True) == ([0], [0.4])
+
+
+def test_zero_rows_dense_and_sparse_agree():
+    K = np.arange(16, dtype=np.float64).reshape(4, 4)
+    mask = np.array([True, False, True, False])
+    dense = stages.zero_rows(K.copy(), mask)
+    assert (dense[mask] == 0).all() and (dense[~mask] == K[~mask]).all()
+    assert (stages.zero_rows(sp.csr_matrix(K), mask).toarray() == dense).all()
+
+
+def test_the_noise_gates_exclusions_leave_the_objective_and_min_prompt_gains_stay_covered():
+    from delift_ray.steps.select import select
+
+    cfg = SimpleNamespace(stage="instruction", selection=SelectionConfig())
+    excluded = np.array([False, False, False, True])
+    gated, _ = select(cfg, {"K": _near_miss()}, 1, excluded, noise_gate=True)
+    assert list(gated.indices) == [0]
+    older, _ = select(cfg, {"K": _near_miss()}, 1, excluded)  # selection.min_prompt_gain's exclusions
+    assert list(older.indices) == [2]
