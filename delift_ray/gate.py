@@ -31,6 +31,7 @@ is untested and kept.
 
 from __future__ import annotations
 
+import zlib
 from dataclasses import dataclass
 
 import numpy as np
@@ -68,20 +69,29 @@ def prompt_free_id(response: str) -> str:
 SIMILAR_CHUNK_CELLS = 2**24
 
 
+# similar donors: each sample's m donors are drawn from its NEIGHBOURHOOD * m nearest prompts.
+NEIGHBOURHOOD = 2
+
+
 def similar_donors(prompts: list[str], sample_ids: list[str], m: int) -> np.ndarray:
-    """(m, n) donors: row k maps pool position i to the sample with the (k+1)-th most similar
-    prompt to its own; -1 where fewer than k+1 other prompts exist.
+    """(m, n) donors: row k maps pool position i to the k-th of m samples drawn from the
+    ``NEIGHBOURHOOD * m`` whose prompts are most similar to its own; -1 where too few other
+    prompts exist.
 
     Similarity is the cosine of word TF-IDF vectors (sublinear term frequency). Prompts equal
     to the sample's own are never donors: their mismatched copy would be the sample itself.
-    Ties go to the lower sample id (the order :func:`derangements` uses), on similarities
-    rounded to 1e-6, so the donors do not depend on input order or on the last bits of a
-    sparse product.
+    The neighbourhood is ranked on similarities rounded to 1e-6, ties to the lower sample id;
+    the draw from it is a hash of the two sample ids. So the donors depend neither on input
+    order nor on the last bits of a sparse product.
 
-    Why: a random donor is usually another *kind* of prompt, so a response that answers a
-    neighbouring question ("How many legs does a spider have?" answered "An insect has six
-    legs.") is better predicted by its nominal prompt than by random ones and passes the
-    gate. Against donors of the same kind only the right prompt earns gain.
+    Why similar: a random donor is usually another *kind* of prompt, so a response that
+    answers a neighbouring question ("How many legs does a spider have?" answered "An insect
+    has six legs.") is better predicted by its nominal prompt than by random ones and passes
+    the gate. Against donors of the same kind only the right prompt earns gain.
+    Why drawn: the null treats a sample's donors as exchangeable. The m nearest, in rank
+    order, are not (the nearest predicts a response systematically better than the m-th),
+    which fattens the null's tail and costs intact samples; m drawn from a wider
+    neighbourhood are exchangeable given it.
     """
     from sklearn.feature_extraction.text import TfidfVectorizer
 
@@ -96,6 +106,7 @@ def similar_donors(prompts: list[str], sample_ids: list[str], m: int) -> np.ndar
     rank = np.empty(n, dtype=np.int64)
     rank[np.argsort(np.asarray(sample_ids), kind="stable")] = np.arange(n)
     tie = n - 1 - rank  # larger wins: the lower sample id
+    wide = min(n - 1, NEIGHBOURHOOD * m)
     donors = np.full((m, n), -1, dtype=np.int64)
     step = max(1, SIMILAR_CHUNK_CELLS // n)
     for lo in range(0, n, step):
@@ -103,11 +114,17 @@ def similar_donors(prompts: list[str], sample_ids: list[str], m: int) -> np.ndar
         sim = np.zeros((rows.size, n)) if X is None else (X[rows] @ X.T).toarray()
         key = np.rint(sim * 1e6).astype(np.int64) * n + tie[None, :]
         key[group[rows][:, None] == group[None, :]] = -1  # the sample itself and equal prompts
-        top = np.argpartition(-key, m - 1, axis=1)[:, :m] if m < n else np.argsort(-key, axis=1)
-        top = np.take_along_axis(top, np.argsort(-np.take_along_axis(key, top, axis=1), axis=1), axis=1)
-        valid = np.take_along_axis(key, top, axis=1) >= 0
-        donors[:, rows] = np.where(valid, top, -1).T
+        top = np.argpartition(-key, wide - 1, axis=1)[:, :wide]
+        for r, i in enumerate(rows):
+            near = [int(j) for j in top[r] if key[r, j] >= 0]
+            near.sort(key=lambda j: _draw(sample_ids[i], sample_ids[j]))
+            donors[: min(m, len(near)), i] = near[:m]
     return donors
+
+
+def _draw(a: str, b: str) -> int:
+    """A seedless, order-free pseudo-random key of the pair (a, b)."""
+    return zlib.crc32(f"{a}\x1f{b}".encode())
 
 
 def donors_for(pool, m: int, rule: str = "random") -> np.ndarray:

@@ -107,13 +107,17 @@ def _legs_and_capitals():
     return prompts, [f"id{i}" for i in range(len(prompts))]
 
 
-def test_similar_donors_are_the_nearest_other_prompts():
+def test_similar_donors_are_drawn_from_the_nearest_other_prompts():
+    from delift_ray.gate import _draw
+
     prompts, ids = _legs_and_capitals()
-    donors = similar_donors(prompts, ids, 1)[0]
-    # 0's nearest is 1, not its own duplicate 4; 1's nearest are 0 and 4 (equal): the lower id.
-    assert list(donors) == [1, 0, 3, 2, 1]
-    second = similar_donors(prompts, ids, 2)[1]
-    assert second[2] in (0, 1, 4) and second[0] in (2, 3)  # beyond the same kind: another kind
+    donors = similar_donors(prompts, ids, 1)[0]  # drawn from the 2 nearest
+    # 0's nearest is 1, never its own duplicate 4; then, at similarity 0, the lowest id (2).
+    near = {0: {1, 2}, 1: {0, 4}, 2: {3, 0}, 3: {2, 0}, 4: {1, 2}}
+    for i, d in enumerate(donors):
+        assert d in near[i]
+        assert d == min(near[i], key=lambda j: _draw(ids[i], ids[j]))
+    assert all(prompts[d] != prompts[i] for i, d in enumerate(donors))
 
 
 def test_similar_donors_do_not_depend_on_input_order():
@@ -127,8 +131,8 @@ def test_similar_donors_do_not_depend_on_input_order():
 
 def test_similar_donors_mark_missing_ones():
     donors = similar_donors(["aa bb", "aa bb", "cc dd"], ["x", "y", "z"], 2)
-    assert list(donors[0]) == [2, 2, 0]  # "cc dd" shares no word: similarity 0, the lower id first
-    assert list(donors[1]) == [-1, -1, 1]  # 0 and 1 have one other distinct prompt only
+    assert list(donors[:, 0]) == [2, -1] and list(donors[:, 1]) == [2, -1]  # one other distinct prompt
+    assert sorted(donors[:, 2]) == [0, 1]
 
 
 def test_mismatched_ids_use_the_donor_rule():
@@ -139,7 +143,11 @@ def test_mismatched_ids_use_the_donor_rule():
 
     prompts, ids = _legs_and_capitals()
     pool = SimpleNamespace(sample_ids=ids, prompts=prompts, responses=[f"r{i}" for i in range(5)])
+    donors = similar_donors(prompts, ids, 1)[0]
     mm = mismatched_ids(pool, 1, "similar")
-    assert mm[0, 0] == sample_id(prompts[1], "r0") and mm[2, 0] == sample_id(prompts[3], "r2")
-    assert mismatched_pairs(pool, 1, "similar") == [(0, 1), (1, 0), (2, 3), (3, 2), (4, 1)]
+    assert [mm[i, 0] for i in range(5)] == [sample_id(prompts[d], f"r{i}") for i, d in enumerate(donors)]
+    assert mismatched_pairs(pool, 1, "similar") == [(i, int(d)) for i, d in enumerate(donors)]
+    three = SimpleNamespace(sample_ids=["x", "y", "z"], prompts=["aa bb", "aa bb", "cc dd"], responses=["1", "2", "3"])
+    assert mismatched_ids(three, 2, "similar")[0, 1] is None  # no second donor: the gate reads NaN
+    assert len(mismatched_pairs(three, 2, "similar")) == 4
     assert len(mismatched_pairs(pool, 2, "random")) == 10
