@@ -477,15 +477,32 @@ def _noise_gate(r: dict, doc: dict) -> Cells:
             continue
         rows = pool["budgets"]
         tags = sorted({k.split("-")[0] for k in rows})
-        shares = "; ".join(
-            f"{int(t[1:])}% " + " / ".join(_pct(rows[f"{t}-{a}"]["swapped_share"]) for a in arms) for t in tags
-        )
-        last = rows[f"{tags[0]}-{arms[-1]}"]
-        parts.append(
-            f"{name} ({pool['n']}, {pool['swapped']} swapped): {shares}; {arms[-1]} gain AUROC "
-            f"{num(last['gain_auroc'], 3)}, intact excluded {_pct(last['intact_excluded_share'])}"
-        )
+        shares = "; ".join(f"{int(t[1:])}% " + " / ".join(_gate_share(rows[f"{t}-{a}"]) for a in arms) for t in tags)
+        excluded = ", ".join(f"{a} {_pct(rows[f'{tags[0]}-{a}']['intact_excluded_share'])}" for a in arms[1:])
+        parts.append(f"{name} ({pool['n']}, {pool['swapped']} swapped): {shares}; intact excluded: {excluded}")
     return [("noise gate, swapped share of the subset: " + " / ".join(arms), " | ".join(parts).replace("|", ";"))]
+
+
+def _margin_check(r: dict, doc: dict) -> Cells:
+    # benchmarks/margin_check.py: does the held-out margin tell wrong answers from right ones?
+    x = {m: r["summary"][m] for m in ("nll", "margin")}
+
+    def cell(m):
+        v = x[m]
+        return f"{m} {v['clean_minus_swapped']:+.4f} ({v['ci95'][0]:+.4f} to {v['ci95'][1]:+.4f})"
+
+    return [
+        (
+            f"held-out metrics, all-clean minus all-swapped subset ({r['k']} of the noisy {r['n_pool']}, "
+            f"{r['seeds']} seeds)",
+            f"{cell('margin')}, separates: {num(x['margin']['separates'])}; {cell('nll')}, separates: "
+            f"{num(x['nll']['separates'])}",
+        )
+    ]
+
+
+def _gate_share(row: dict) -> str:
+    return "none kept" if row.get("stopped") else _pct(row["swapped_share"])
 
 
 def _noise_probe(r: dict, doc: dict) -> Cells:
@@ -605,6 +622,7 @@ ROWS: list[Row] = [
     Row("hostile_rows", "reliability", _hostile_rows),
     Row("noise_probe", "evaluation", _noise_probe),
     Row("noise_gate", "evaluation", _noise_gate),
+    Row("margin_check", "evaluation", _margin_check),
     Row("quality_study", "evaluation", _quality_study),
     # Fallbacks by topic for result files without a spec of their own yet.
     Row("scale*", "scale", lambda r, doc: _fallback(doc)),

@@ -148,7 +148,13 @@ class Units:
         return out
 
 
-def select_run(out: Path, data: Path, budget: float, args, meta: dict, *extra: str, diagonal: str = "keep") -> dict:
+class JobStopped(Exception):
+    """``delift-ray select`` stopped with a message that a retry cannot change."""
+
+
+def select_run(
+    out: Path, data: Path, budget: float, args, meta: dict, *extra: str, diagonal: str = "keep", final: str = ""
+) -> dict:
     """``delift-ray select`` (dense, the CLI users run) into ``out``; returns its run.json (:class:`delift_ray.rundir.RunDocument`).
 
     ``diagonal`` keep: keep-minmax, the default when the study ran (the scoring runs and the
@@ -188,8 +194,12 @@ def select_run(out: Path, data: Path, budget: float, args, meta: dict, *extra: s
     # A re-run resumes from the stored shards. On a loaded machine at nice 19 the embedded
     # Ray node can miss its fixed 30 s start-up window, so a failed attempt is retried.
     for attempt in range(1, args.score_attempts + 1):
-        if subprocess.run(cmd).returncode == 0:
+        done = subprocess.run(cmd, stderr=subprocess.PIPE, text=True)
+        sys.stderr.write(done.stderr)
+        if done.returncode == 0:
             break
+        if final and final in done.stderr:  # e.g. the noise gate kept no sample: not worth a retry
+            raise JobStopped(next(line for line in done.stderr.splitlines() if final in line).strip())
         if attempt == args.score_attempts:
             raise SystemExit(f"{out.name}: delift-ray select failed {attempt} times; re-run to resume")
         log(f"{out.name}: attempt {attempt} failed; retrying in 60 s (stored shards are kept)")

@@ -18,6 +18,7 @@ NAME is one of:
   rendered by ``benchmarks/scale.py``);
 * ``precision``: bfloat16 against float32 (``benchmarks/precision.py``);
 * ``noise-gate``: the noise gate's swapped shares (``benchmarks/noise_gate.py``);
+* ``margin-check``: the held-out margin on an all-clean against an all-swapped subset (``benchmarks/margin_check.py``);
 * ``knn-default``: knn against dense under the default kernel (``benchmarks/knn_default.py``);
 * ``report-1m``: the report of a synthetic 1M-sample run (``benchmarks/report_1m.py``);
 * ``estimate-1m``: ``delift-ray estimate`` at 1M with the measured machinery constants (``benchmarks/estimate_1m.py``);
@@ -104,6 +105,10 @@ def render_block(name: str, path: Path, results: dict, root: Path = ROOT) -> str
         from benchmarks.noise_gate import markdown
 
         return markdown(results["noise_gate"]) + "\n"
+    if name == "margin-check":
+        from benchmarks.margin_check import markdown
+
+        return markdown(results["margin_check"]) + "\n"
     raise ValueError(f"{path}: unknown generated block {name!r}")
 
 

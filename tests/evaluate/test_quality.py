@@ -273,3 +273,37 @@ def test_noise_gate_on_a_real_run(scored_run):
     assert not excluded & set(g.selected_ids) and len(g.selected_ids) == min(4, 12 - len(excluded))
     where = {sid: i for i, sid in enumerate(r.pool.sample_ids)}
     assert delift_variant(r, Variant("drop", "minmax"), 4, run_store(r)) == [where[s] for s in g.selected_ids]
+
+
+def test_noise_gate_with_similar_donors_on_a_real_run(scored_run):
+    """selection.gate_donors: similar on the tiny model: the job scores exactly the similar
+    donors' mismatched baselines it lacks, and excludes what the pure gate computes from them."""
+    from delift_ray.evaluate.arms import run_store
+    from delift_ray.evaluate.inputs import load_run
+    from delift_ray.gate import contrastive_gate, mismatched_ids
+    from delift_ray.storage import baseline_lookup
+
+    d, cfg, res = scored_run
+    r0 = load_run(d / "run")
+    before = set(baseline_lookup(run_store(r0)))
+    mm = mismatched_ids(r0.pool, 4, "similar")
+    new = {s for s in mm.ravel() if s is not None} - before
+    selection = {"noise_gate": "contrastive", "gate_donors": "similar", "gate_fdr": 0.9}
+    out = d / "run-gate-similar"
+    try:
+        g = run({**cfg, "out": str(out), "cache": str(d / "run"), "selection": selection}, progress=False)
+    except DeliftError as exc:  # a random model's prompts predict nothing; the job may keep none
+        assert "the noise gate excluded all 12 pool samples" in str(exc)
+        g = None
+    dist = baseline_lookup(run_store(r0))
+    assert new <= set(dist)  # every similar donor's baseline was scored, by the run or before it
+    d_own = np.array([dist[s] for s in r0.pool.sample_ids])
+    d_mm = np.vectorize(lambda s: np.nan if s is None else dist[s], otypes=[float])(mm)
+    want = contrastive_gate(d_own, d_mm, fdr=0.9)
+    if g is None:
+        assert not want.keep.any()
+        return
+    assert g.counts["baselines_scored"] == len(new)
+    assert g.counts["excluded_noise_gate"] == int((~want.keep).sum())
+    kept = {s for s, k in zip(r0.pool.sample_ids, want.keep) if k}
+    assert set(g.selected_ids) <= kept
