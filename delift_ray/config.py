@@ -245,7 +245,7 @@ class SelectionConfig(_Section):
     gate_donors: Literal["random", "similar"] = Field(
         "random",
         description="noise_gate: whose prompts the mismatches use. random: fixed derangements of the pool. "
-        "similar: the samples with the most similar prompts (word TF-IDF cosine), so that only the right prompt, "
+        "similar: drawn from the 2 x gate_prompts samples with the most similar prompts (word TF-IDF cosine), so that only the right prompt, "
         "not the right kind of prompt, earns gain; quadratic in the pool size on the driver (docs/noise-gate.md).",
     )
     gate_fdr: float = Field(

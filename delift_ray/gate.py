@@ -65,7 +65,7 @@ def prompt_free_id(response: str) -> str:
     return sample_id("", response)
 
 
-# Cells of the (m, n) similarity search per chunk of rows: bounds its memory (8 bytes a cell).
+# Cells of the (rows, n) similarity block computed at once: bounds its memory (8 bytes a cell).
 SIMILAR_CHUNK_CELLS = 2**24
 
 
