@@ -127,13 +127,21 @@ def _draw(a: str, b: str) -> int:
     return zlib.crc32(f"{a}\x1f{b}".encode())
 
 
+# The last similar-donor search: the job's ingest (which plans the mismatched baselines) and
+# its gate step (which reads them) ask for the same pool's donors, and the search is quadratic.
+_LAST_SIMILAR: dict = {}
+
+
 def donors_for(pool, m: int, rule: str = "random") -> np.ndarray:
     """(m, n) donor positions of the gate's mismatched prompts by ``rule``: ``random``
     (:func:`derangements`) or ``similar`` (:func:`similar_donors`); -1 for none."""
     if rule == "random":
         return derangements(pool.sample_ids, m)
     if rule == "similar":
-        return similar_donors(list(pool.prompts), pool.sample_ids, m)
+        key = (m, tuple(pool.sample_ids))  # a sample id is a hash of its prompt and response
+        if _LAST_SIMILAR.get("key") != key:
+            _LAST_SIMILAR.update(key=key, donors=similar_donors(list(pool.prompts), pool.sample_ids, m))
+        return _LAST_SIMILAR["donors"]
     raise ValueError(f"unknown gate donor rule {rule!r}")
 
 

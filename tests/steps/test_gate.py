@@ -151,3 +151,21 @@ def test_mismatched_ids_use_the_donor_rule():
     assert mismatched_ids(three, 2, "similar")[0, 1] is None  # no second donor: the gate reads NaN
     assert len(mismatched_pairs(three, 2, "similar")) == 4
     assert len(mismatched_pairs(pool, 2, "random")) == 10
+
+
+def test_the_similar_donor_search_runs_once_per_pool(monkeypatch):
+    from types import SimpleNamespace
+
+    import delift_ray.gate as g
+
+    calls = []
+    real = g.similar_donors
+    monkeypatch.setattr(g, "similar_donors", lambda *a: calls.append(1) or real(*a))
+    prompts, ids = _legs_and_capitals()
+    pool = SimpleNamespace(sample_ids=ids, prompts=prompts, responses=[f"r{i}" for i in range(5)])
+    g._LAST_SIMILAR.clear()
+    g.mismatched_pairs(pool, 1, "similar")  # ingest
+    g.mismatched_ids(pool, 1, "similar")  # the gate step
+    assert len(calls) == 1
+    g.mismatched_ids(pool, 2, "similar")  # other settings: searched again
+    assert len(calls) == 2
