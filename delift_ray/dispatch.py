@@ -523,18 +523,26 @@ def dispatch(
     queue = AffinityQueue(blocks)
     attempts: dict[int, int] = {}
     running: dict[Any, tuple[Any, Any]] = {}  # ref -> (block, actor)
-    load = {id(a): 0 for a in pool.actors}
+    load: dict[int, int] = {}  # id(actor) -> its blocks running
 
-    def submit(actor) -> None:
-        block = queue.pop_for(id(actor))
-        ref = getattr(actor, method).remote(block)
-        running[ref] = (block, actor)
-        load[id(actor)] = load.get(id(actor), 0) + 1
+    def fill(actor) -> None:
+        while queue and load.get(id(actor), 0) < inflight:
+            block = queue.pop_for(id(actor))
+            ref = getattr(actor, method).remote(block)
+            running[ref] = (block, actor)
+            load[id(actor)] = load.get(id(actor), 0) + 1
 
+    # After a block is done only its actor has a free slot, so only it is refilled: a sweep
+    # over every actor per block would cost O(cluster) per block on the driver. Anything else
+    # (a requeue, a retry, a replaced or retired actor) can leave other actors with free slots
+    # and the pool changed, so the next round sweeps them all.
+    sweep, refill = True, None
     while queue or running:
-        for actor in list(pool.actors):
-            while queue and load.get(id(actor), 0) < inflight:
-                submit(actor)
+        if sweep:
+            for actor in list(pool.actors):
+                fill(actor)
+        elif refill is not None:
+            fill(refill)
         ready, _ = ray.wait(list(running), num_returns=1)
         ref = ready[0]
         block, actor = running.pop(ref)
@@ -570,6 +578,8 @@ def dispatch(
         # The policy's side (delift_ray.dispatch_policy): what happens to the block.
         decision = decide(outcome, attempts.get(id(block), 0), max_retries, skip_failed)
         n = attempts[id(block)] = decision.attempts
+        sweep = decision.action is not Action.DONE
+        refill = actor
         if decision.action is Action.DONE:
             report.done.append(block)
             metrics.block_done(method, getattr(block, "size", 1))
