@@ -501,6 +501,15 @@ def _margin_check(r: dict, doc: dict) -> Cells:
     ]
 
 
+def _baselines_study(r: dict, doc: dict) -> Cells:
+    # benchmarks/baselines_study.py: DELIFT's default against the cheap baselines, and knn32 against dense.
+    parts = []
+    for pool, rows in r["families"].items():
+        cells = [f"{x['reference']} {x['delta']:+.3f} ({x['verdict']})" for x in rows if x["kind"] != "vs random"]
+        parts.append(f"{pool}: " + ", ".join(cells))
+    return [("DELIFT (drop-minmax) vs cheap baselines and knn32, held-out NLL delta at 15%", "; ".join(parts))]
+
+
 def _gate_share(row: dict) -> str:
     return "none kept" if row.get("stopped") else _pct(row["swapped_share"])
 
@@ -623,6 +632,7 @@ ROWS: list[Row] = [
     Row("noise_probe", "evaluation", _noise_probe),
     Row("noise_gate", "evaluation", _noise_gate),
     Row("margin_check", "evaluation", _margin_check),
+    Row("baselines_study", "evaluation", _baselines_study),
     Row("quality_study", "evaluation", _quality_study),
     # Fallbacks by topic for result files without a spec of their own yet.
     Row("scale*", "scale", lambda r, doc: _fallback(doc)),

@@ -324,6 +324,8 @@ class Trainer:
     def scores(self, model) -> dict:
         """Held-out NLL and margin per item, with their means."""
         nll = self.nll(model)
+        if self.args.no_margin:
+            return {"nll": nll.tolist(), "nll_mean": float(nll.mean())}
         margin = self.nll(model, self.wrong_items) - nll
         return {
             "nll": nll.tolist(),
@@ -713,6 +715,11 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--score-attempts", type=int, default=30, help="Attempts of each scoring run before giving up.")
     p.add_argument("--no-noisy", action="store_true", help="Skip the noisy-pool half.")
+    p.add_argument(
+        "--no-margin",
+        action="store_true",
+        help="Held-out NLL only (halves evaluation): for arms whose references were trained without the margin.",
+    )
     p.add_argument("--stop-after-scoring", action="store_true")
     p.add_argument("--report", action="store_true", help="Only rewrite the summary JSON and docs/quality.md.")
     p.add_argument(

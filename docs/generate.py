@@ -18,6 +18,7 @@ NAME is one of:
   rendered by ``benchmarks/scale.py``);
 * ``precision``: bfloat16 against float32 (``benchmarks/precision.py``);
 * ``noise-gate``: the noise gate's swapped shares (``benchmarks/noise_gate.py``);
+* ``baselines-study``: DELIFT against the cheap baselines and knn against dense (``benchmarks/baselines_study.py``);
 * ``margin-check``: the held-out margin on an all-clean against an all-swapped subset (``benchmarks/margin_check.py``);
 * ``knn-default``: knn against dense under the default kernel (``benchmarks/knn_default.py``);
 * ``report-1m``: the report of a synthetic 1M-sample run (``benchmarks/report_1m.py``);
@@ -105,6 +106,10 @@ def render_block(name: str, path: Path, results: dict, root: Path = ROOT) -> str
         from benchmarks.noise_gate import markdown
 
         return markdown(results["noise_gate"]) + "\n"
+    if name == "baselines-study":
+        from benchmarks.baselines_study import markdown
+
+        return markdown(results["baselines_study"]) + "\n"
     if name == "margin-check":
         from benchmarks.margin_check import markdown
 

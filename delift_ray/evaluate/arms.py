@@ -16,7 +16,8 @@
   max(UF, 0) instead, which orders the samples much the same way, not identically);
 * ``ifd`` -- the k samples with the largest d(i, no example) / d(r_i | empty prompt), an
   IFD-style ratio (Li et al., NAACL 2024): how little the sample's own prompt helps the model
-  predict its response. It needs the prompt-free baselines, which a run stores when
+  predict its response. As in IFD, a ratio above 1 (the prompt hurts) marks a sample to
+  drop: those rank after every ratio <= 1. It needs the prompt-free baselines, which a run stores when
   ``selection.min_prompt_gain`` is set (with ``--baselines auto`` it is left out otherwise);
 * ``longest`` -- the k samples with the longest responses (in characters): free, needs no
   model, and reported as hard to beat for instruction tuning (Zhao et al., "Long Is More
@@ -139,6 +140,13 @@ def baseline_distances(run: RunData, store=None, ids: Optional[list[str]] = None
     return np.array([d.get(s, np.nan) for s in ids], dtype=np.float64)
 
 
+def ifd_priority(ratio: np.ndarray) -> np.ndarray:
+    """IFD's ranking key: a ratio above 1 (the prompt makes the response harder to predict)
+    marks a sample IFD discards, so every such sample ranks after all ratios <= 1; among
+    those kept, the highest ratio first (NaN stays NaN: not stored)."""
+    return np.where(ratio > 1, -ratio, ratio)
+
+
 def top_k(scores: np.ndarray, k: int) -> list[int]:
     """Indices of the k largest scores (NaN last), ties to the lower index."""
     s = np.asarray(scores, dtype=np.float64)
@@ -225,7 +233,8 @@ class BaselineScores:
 
                 free = baseline_distances(self.run, self.store, [prompt_free_id(r) for r in self.run.pool.responses])
                 with np.errstate(divide="ignore", invalid="ignore"):
-                    self._scores[name] = np.where(free > 0, self["hardness"] / free, np.nan)
+                    ratio = np.where(free > 0, self["hardness"] / free, np.nan)
+                self._scores[name] = ifd_priority(ratio)
             elif name == "hardness":
                 self._scores[name] = baseline_distances(self.run, self.store)
             else:
