@@ -38,11 +38,11 @@ from __future__ import annotations
 
 import sys
 from pathlib import Path
-from typing import Optional
 
 import numpy as np
 
 from benchmarks import quality_study as qs
+from benchmarks.quality_report import RESAMPLES
 from benchmarks.results import write_result
 
 RESULT = "baselines_study"
@@ -60,10 +60,11 @@ def extra_name(pool: str, budget: float, arm: str, seed: int) -> str:
     return f"extra-{pool}-{tag(budget)}-{arm}-s{seed}"
 
 
-def study_runs(units: qs.Units, pool: str, budget: float, arm: str) -> dict[int, list[float]]:
-    """seed -> held-out NLLs of an arm's training units (the study's ``train-`` or this file's ``extra-``)."""
+def study_runs(stored: dict[str, dict], pool: str, budget: float, arm: str) -> dict[int, list[float]]:
+    """seed -> held-out NLLs of an arm's training units (the study's ``train-`` or this file's ``extra-``)
+    among ``stored`` (:meth:`quality_study.Units.all`)."""
     out = {}
-    for name, doc in units.all().items():
+    for name, doc in stored.items():
         r = doc.get("results", {})
         if name.startswith(("train-", "extra-")) and (r.get("pool"), r.get("budget"), r.get("arm")) == (
             pool,
@@ -77,10 +78,11 @@ def study_runs(units: qs.Units, pool: str, budget: float, arm: str) -> dict[int,
 def se_subset(run, model: str, k: int) -> list[int]:
     """DELIFT-SE on the scoring model's own mean-pooled hidden states: facility location on (cos+1)/2."""
     from delift_ray import selection
-    from delift_ray.embedder import TransformersEmbedder, encoder_spec, sample_text
+    from delift_ray.embedder import sample_text
+    from delift_ray.evaluate.runner import open_encoder
     from delift_ray.evaluate.similarity import cosine_kernel
 
-    enc = TransformersEmbedder(encoder_spec("model", model=model, what="the SE arm"), device="cpu")
+    enc = open_encoder("model", model, device="cpu")
     emb = enc.embed([sample_text(p, r) for p, r in run.pool.pairs()])
     idx, _ = selection.facility_location(cosine_kernel(emb), k)
     return [int(i) for i in idx]
@@ -162,7 +164,7 @@ def train_arms(units: qs.Units, trainer, pool: str, budget: float, sel: dict, ar
             if units.done(name) or arm not in b["arms"]:
                 continue
             idx = sorted(b["arms"][arm])
-            twin = twin_unit(units, pool, budget, seed, idx, settings)
+            twin = qs.trained_twin(units, pool, budget, seed, idx, settings, prefixes=("train-", "extra-"))
             if twin:
                 res = {key: v for key, v in units.load(twin).items() if key in qs.TWIN_KEYS}
                 res["same_subset_as"] = twin
@@ -183,20 +185,6 @@ def train_arms(units: qs.Units, trainer, pool: str, budget: float, sel: dict, ar
             write_summary(units, args, meta)
 
 
-def twin_unit(units: qs.Units, pool: str, budget: float, seed: int, idx: list[int], settings: dict) -> Optional[str]:
-    """A trained unit (study or extension) with the same subset, seed and settings."""
-    for name, doc in units.all().items():
-        r = doc.get("results", {})
-        if (
-            name.startswith(("train-", "extra-"))
-            and (r.get("pool"), r.get("budget"), r.get("seed"), r.get("subset")) == (pool, budget, seed, idx)
-            and "same_subset_as" not in r
-            and r.get("settings", settings) == settings
-        ):
-            return name
-    return None
-
-
 # --------------------------------------------------------------------------- summary
 
 
@@ -206,7 +194,7 @@ def paired(delift: dict[int, list[float]], other: dict[int, list[float]]) -> dic
 
     X = np.array([delift[s] for s in sorted(delift)])
     Y = np.array([other[s] for s in sorted(other)])
-    boot = hierarchical_bootstrap(X, Y, resamples=qs_resamples(), seed=0)
+    boot = hierarchical_bootstrap(X, Y, resamples=RESAMPLES, seed=0)
     lo, hi = np.quantile(boot, [0.025, 0.975])
     return {
         "delta": float(Y.mean() - X.mean()),
@@ -215,12 +203,6 @@ def paired(delift: dict[int, list[float]], other: dict[int, list[float]]) -> dic
         "p": float((1 + np.count_nonzero(boot <= 0)) / (boot.size + 1)),
         "seeds": [len(X), len(Y)],
     }
-
-
-def qs_resamples() -> int:
-    from benchmarks.quality_report import RESAMPLES
-
-    return RESAMPLES
 
 
 def verdict(p_holm: float, lo: float, hi: float, eq_bound: float) -> str:
@@ -238,17 +220,18 @@ def pool_family(units: qs.Units, pool: str, budgets: list[float], min_seeds: int
     from delift_ray.evaluate.statistics import compare, holm
 
     rows = []
+    stored = units.all()
     for budget in budgets:
-        rand = study_runs(units, pool, budget, "random")
-        delift = study_runs(units, pool, budget, DELIFT)
+        rand = study_runs(stored, pool, budget, "random")
+        delift = study_runs(stored, pool, budget, DELIFT)
         if len(rand) < 2 or not delift:
             continue
         Y = np.array([rand[s] for s in sorted(rand)])
         sd = float(Y.mean(axis=1).std(ddof=1))
         for arm in NEW_ARMS:
-            runs = study_runs(units, pool, budget, arm)
+            runs = study_runs(stored, pool, budget, arm)
             if runs:
-                c = compare(np.array([runs[s] for s in sorted(runs)]), Y, resamples=qs_resamples(), seed=0)
+                c = compare(np.array([runs[s] for s in sorted(runs)]), Y, resamples=RESAMPLES, seed=0)
                 rows.append(
                     {
                         "pool": pool,
@@ -267,7 +250,7 @@ def pool_family(units: qs.Units, pool: str, budgets: list[float], min_seeds: int
                     }
                 )
         for other in (*NEW_ARMS, *STUDY_BASELINES):
-            runs = study_runs(units, pool, budget, other)
+            runs = study_runs(stored, pool, budget, other)
             if runs:
                 d = paired(delift, runs)
                 rows.append(

@@ -620,13 +620,15 @@ def train_settings(args) -> dict:
     }
 
 
-def trained_twin(units: Units, pool: str, budget: float, seed: int, idx: list[int], settings: dict) -> Optional[str]:
-    """A stored, actually trained unit of this pool, budget and seed with the same subset and
-    training settings (a unit that recorded no settings is never a twin)."""
+def trained_twin(
+    units: Units, pool: str, budget: float, seed: int, idx: list[int], settings: dict, prefixes=("train-",)
+) -> Optional[str]:
+    """A stored, actually trained unit (named with one of ``prefixes``) of this pool, budget and
+    seed with the same subset and training settings (a unit that recorded no settings is never a twin)."""
     for name, doc in units.all().items():
         res = doc.get("results", {})
         if (
-            name.startswith("train-")
+            name.startswith(tuple(prefixes))
             and res.get("pool") == pool
             and res.get("budget") == budget
             and res.get("seed") == seed
